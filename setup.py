@@ -1,0 +1,33 @@
+"""vit-adapter-ds: ViT-Adapter / BEiT-Adapter dense prediction trained with DeepSpeed.
+
+The kernels live in the top-level ``ops/`` folder and are installed as the subpackage
+``vit_adapter_ds.ops`` (there is deliberately no top-level ``ops`` module).
+"""
+from setuptools import find_packages, setup
+
+# Other torch/torchvision releases download several GB on the project's machines.
+TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+
+packages = find_packages(include=["vit_adapter_ds", "vit_adapter_ds.*"])
+packages += ["vit_adapter_ds.ops"]
+
+setup(
+    name="vit-adapter-ds",
+    version="0.1.0",
+    description="ViT-Adapter / BEiT-Adapter for dense prediction, trained with DeepSpeed",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"vit_adapter_ds.ops": "ops"},
+    package_data={"vit_adapter_ds.ops": ["csrc/*", "csrc/**/*"]},
+    install_requires=TORCH_PINS + [
+        "timm>=1.0",
+        "numpy",
+        "scipy>=1.10",
+        "tqdm",
+    ],
+    extras_require={
+        "train": ["deepspeed>=0.16", "webdataset>=0.2", "mmengine>=0.10", "tensorboard", "pycocotools"],
+        "mm": ["mmengine>=0.10", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2", "mmdet==3.3.0"],
+        "dev": ["pytest>=8", "pytest-timeout", "ninja"],
+    },
+)
