@@ -311,3 +311,16 @@ def test_injector_starts_as_identity_for_vit_and_small_for_beit():
     assert torch.count_nonzero(tiny_vit().interactions[0].injector.gamma) == 0
     g = tiny_beit(init_values=1e-6).interactions[0].injector.gamma
     torch.testing.assert_close(g, torch.full_like(g, 1e-6))
+
+
+def test_bf16_model_runs_the_deformable_attention_in_fp32_and_stays_close():
+    torch.manual_seed(0)
+    ref = tiny_vit().eval()
+    low = tiny_vit().eval()
+    low.load_state_dict(ref.state_dict())
+    low = low.to(torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(ref(x), low(x.bfloat16())):
+            assert b.dtype == torch.bfloat16
+            assert ((a - b.float()).norm() / a.norm()) < 0.05

@@ -107,6 +107,12 @@ class MSDeformAttn(nn.Module):
                                   + sampling_offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"last dim of reference_points must be 2 or 4, got {reference_points.shape[-1]}")
-        output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, sampling_locations,
-                                attention_weights)
+        if value.dtype != sampling_locations.dtype:
+            # Low-precision value (bf16/fp16) with fp32 locations (reference points are fp32): run the op in fp32,
+            # as the official code does under AMP (sampling locations in bf16 would be off by up to ~0.5 pixel).
+            output = ms_deform_attn(value.float(), input_spatial_shapes, input_level_start_index,
+                                    sampling_locations.float(), attention_weights.float()).to(value.dtype)
+        else:
+            output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, sampling_locations,
+                                    attention_weights)
         return self.output_proj(output)
