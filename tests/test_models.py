@@ -5,28 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_adapter_ds.models import BEiTAdapter, MSDeformAttn, ViTAdapter
+from vit_adapter_ds.models import BEiTAdapter, MSDeformAttn, ViTAdapter, create_backbone
 from vit_adapter_ds.models.backbones.adapter import deform_inputs, get_reference_points
 from vit_adapter_ds.models.backbones.beit import BEiTAttention, relative_position_index
 from vit_adapter_ds.models.backbones.vit import WindowedAttention
 
-I4 = [[0, 2], [3, 5], [6, 8], [9, 11]]
-I24 = [[0, 5], [6, 11], [12, 17], [18, 23]]
-CONFIGS = {  # the official backbone dicts (spec §3)
-    "T": (ViTAdapter, dict(embed_dim=192, depth=12, num_heads=3, deform_num_heads=6, interaction_indexes=I4)),
-    "S": (ViTAdapter, dict(embed_dim=384, depth=12, num_heads=6, deform_num_heads=6, interaction_indexes=I4)),
-    "B": (ViTAdapter, dict(embed_dim=768, depth=12, num_heads=12, deform_num_heads=12, deform_ratio=0.5,
-                           interaction_indexes=I4)),
-    "L": (ViTAdapter, dict(embed_dim=1024, depth=24, num_heads=16, deform_num_heads=16, deform_ratio=0.5,
-                           interaction_indexes=I24, img_size=384, pretrain_size=384)),
-    "BEiT-L": (BEiTAdapter, dict(img_size=224, embed_dim=1024, depth=24, num_heads=16, qkv_bias=True,
-                                 use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6,
-                                 deform_num_heads=16, deform_ratio=0.5, interaction_indexes=I24)),
-    "BEiT-L-det": (BEiTAdapter, dict(img_size=224, embed_dim=1024, depth=24, num_heads=16, qkv_bias=True,
-                                     use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6,
-                                     deform_num_heads=16, deform_ratio=0.5, interaction_indexes=I24,
-                                     window_attn=[True] * 24, window_size=[14, 14, 14, 14, 14, 56] * 4,
-                                     task="detection")),
+CONFIGS = {  # name -> (preset, overrides); parameter counts are at the official img_size
+    "T": ("vit_adapter_tiny", {}), "S": ("vit_adapter_small", {}), "B": ("vit_adapter_base", {}),
+    "L": ("vit_adapter_large", {}), "BEiT-L": ("beit_adapter_large_640", dict(img_size=224)),
+    "BEiT-L-det": ("beit_adapter_large_det", {}),
 }
 # (parameters in millions at 1 decimal (spec §3 / issue), number of state_dict entries (spec §6))
 EXPECTED = {"T": (8.0, 410), "S": (27.5, 410), "B": (99.5, 410), "L": (327.0, 578), "BEiT-L": (326.6, 650),
@@ -50,8 +37,8 @@ def tiny_beit(**kw):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_official_sizes_and_key_counts(name):
-    cls, cfg = CONFIGS[name]
-    model = cls(**cfg)
+    preset, overrides = CONFIGS[name]
+    model = create_backbone(preset, **overrides)
     n_params = sum(p.numel() for p in model.parameters())
     millions, n_keys = EXPECTED[name]
     assert round(n_params / 1e6, 1) == millions
@@ -59,7 +46,7 @@ def test_official_sizes_and_key_counts(name):
 
 
 def test_tiny_key_names_and_shapes_follow_the_spec():
-    sd = ViTAdapter(**CONFIGS["T"][1]).state_dict()
+    sd = create_backbone("vit_adapter_tiny").state_dict()
     assert sd["pos_embed"].shape == (1, 197, 192)
     assert sd["level_embed"].shape == (3, 192)
     assert sd["interactions.0.injector.attn.sampling_offsets.weight"].shape == (144, 192)
@@ -324,3 +311,8 @@ def test_bf16_model_runs_the_deformable_attention_in_fp32_and_stays_close():
         for a, b in zip(ref(x), low(x.bfloat16())):
             assert b.dtype == torch.bfloat16
             assert ((a - b.float()).norm() / a.norm()) < 0.05
+
+
+def test_unknown_preset_is_named_in_the_error():
+    with pytest.raises(ValueError, match="vit_adapter_tiny"):
+        create_backbone("vit_adapter_huge")
