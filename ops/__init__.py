@@ -1,14 +1,181 @@
 """Multi-scale deformable attention ops, installed as ``vit_adapter_ds.ops``.
 
-``ms_deform_attn`` is the one entry point; today it runs the pure-PyTorch reference. Fused kernels
-(CUDA extension, Triton) plug in behind the same function.
+``ms_deform_attn`` is the one entry point. It dispatches to
+
+* ``"cuda"``: the CUDA C++ extension in ``csrc/`` (built with ninja on first use, see ``ops/README.md``),
+* ``"triton"``: the Triton kernels in ``triton_msda.py`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
+* ``"pytorch"``: :func:`ms_deform_attn_reference` (``grid_sample``; the only CPU path by default).
+
+``backend=None`` reads ``VIT_ADAPTER_MSDA_BACKEND`` (``auto`` / ``cuda`` / ``triton`` / ``pytorch``, default
+``auto``). ``auto`` picks cuda -> triton -> pytorch for CUDA tensors and pytorch for CPU tensors. The choice
+is logged once per (backend, device type) on the ``vit_adapter_ds.ops`` logger.
 """
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+
 from .reference import ms_deform_attn_reference
 
+BACKENDS = ("auto", "cuda", "triton", "pytorch")
+ENV_VAR = "VIT_ADAPTER_MSDA_BACKEND"
 
-def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """Multi-scale deformable attention; see :func:`ms_deform_attn_reference` for shapes and semantics."""
-    return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+logger = logging.getLogger(__name__)
+_logged: set[tuple[str, str]] = set()
+_triton_module = None
+_triton_error: Exception | None = None
 
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference"]
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _load_triton():
+    """``triton_msda`` module or ``None`` when triton is not importable (reported once)."""
+    global _triton_module, _triton_error
+    if _triton_module is None and _triton_error is None:
+        try:
+            from . import triton_msda
+
+            _triton_module = triton_msda
+        except Exception as err:  # noqa: BLE001 - any import problem means "fall back"
+            _triton_error = err
+            logger.warning("ms_deform_attn: triton unavailable (%s: %s)", type(err).__name__, err)
+    return _triton_module
+
+
+def _alert_not_deterministic(name: str) -> None:
+    """Mirror ``at::globalContext().alertNotDeterministic`` for the Triton backward (atomic value gradient)."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    msg = (f"{name} does not have a deterministic implementation, but you set "
+           "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation, "
+           "or you can use the 'warn_only=True' option, if that's acceptable for your application.")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    else:
+        raise RuntimeError(msg)
+
+
+def resolve_backend(device: torch.device, backend: str | None = None) -> str:
+    """The concrete backend (``cuda`` / ``triton`` / ``pytorch``) for tensors on ``device``."""
+    requested = (backend or os.environ.get(ENV_VAR) or "auto").lower()
+    if requested not in BACKENDS:
+        raise ValueError(f"ms_deform_attn: backend {requested!r} (argument or ${ENV_VAR}) not in {BACKENDS}")
+    on_cuda = device.type == "cuda"
+    if requested == "cuda":
+        if not on_cuda:
+            raise ValueError(f"ms_deform_attn: backend 'cuda' needs CUDA tensors, got {device}")
+        from . import cuda_ext
+
+        cuda_ext.build()  # raises with the compiler error if it cannot be built
+        return "cuda"
+    if requested == "triton":
+        if not on_cuda and not _triton_interpret():
+            raise ValueError("ms_deform_attn: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 "
+                             "(set before triton is imported)")
+        if _load_triton() is None:
+            raise RuntimeError(f"ms_deform_attn: backend 'triton' requested but triton failed: {_triton_error}")
+        return "triton"
+    if requested == "pytorch" or not on_cuda:
+        return "pytorch"
+    from . import cuda_ext
+
+    if cuda_ext.load_or_none() is not None:
+        return "cuda"
+    if _load_triton() is not None:
+        return "triton"
+    return "pytorch"
+
+
+def _prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Contiguous tensors in the dtypes the kernels read (int64 shapes; locations/weights share a dtype)."""
+    same = sampling_locations.dtype == value.dtype and attention_weights.dtype == value.dtype
+    loc_dtype = value.dtype if same else torch.float32
+    return (value.contiguous(), spatial_shapes.to(device=value.device, dtype=torch.long).contiguous(),
+            level_start_index.to(device=value.device, dtype=torch.long).contiguous(),
+            sampling_locations.to(loc_dtype).contiguous(), attention_weights.to(loc_dtype).contiguous())
+
+
+class _MSDeformAttnFunction(torch.autograd.Function):
+    """Autograd wrapper of the fused kernels (works under activation checkpointing: backward recomputes)."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+        args = _prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        if backend == "cuda":
+            from . import cuda_ext
+
+            out = cuda_ext.build().forward(*args)
+        else:
+            out = _load_triton().msda_forward(*args)
+        ctx.backend = backend
+        ctx.dtypes = (sampling_locations.dtype, attention_weights.dtype)
+        ctx.save_for_backward(*args)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        value, shapes, starts, loc, attn = ctx.saved_tensors
+        if ctx.backend == "cuda":
+            from . import cuda_ext
+
+            grads = cuda_ext.build().backward(value, shapes, starts, loc, attn, grad_output.contiguous())
+        else:
+            _alert_not_deterministic("ms_deform_attn_backward_triton")
+            grads = _load_triton().msda_backward(value, shapes, starts, loc, attn,
+                                                 grad_output.to(value.dtype).contiguous())
+        grad_value, grad_loc, grad_attn = grads
+        return (grad_value.to(value.dtype), None, None, grad_loc.to(ctx.dtypes[0]), grad_attn.to(ctx.dtypes[1]), None)
+
+
+def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    if value.dim() != 4:
+        raise ValueError(f"ms_deform_attn: value must be (N, S, M, D), got {tuple(value.shape)}")
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError("ms_deform_attn: sampling_locations must be (N, Lq, M, L, P, 2), "
+                         f"got {tuple(sampling_locations.shape)}")
+    n, lq, m, n_levels, n_points, _ = sampling_locations.shape
+    if attention_weights.shape != (n, lq, m, n_levels, n_points):
+        raise ValueError(f"ms_deform_attn: attention_weights {tuple(attention_weights.shape)} must be "
+                         f"{(n, lq, m, n_levels, n_points)}")
+    if value.shape[0] != n or value.shape[2] != m:
+        raise ValueError(f"ms_deform_attn: value {tuple(value.shape)} does not match batch/heads of "
+                         f"sampling_locations {tuple(sampling_locations.shape)}")
+    if spatial_shapes.shape != (n_levels, 2) or level_start_index.shape != (n_levels,):
+        raise ValueError(f"ms_deform_attn: spatial_shapes must be ({n_levels}, 2) and level_start_index "
+                         f"({n_levels},), got {tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}")
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                   backend: str | None = None):
+    """Multi-scale deformable attention; see :func:`ms_deform_attn_reference` for shapes and semantics.
+
+    Args:
+        value: (N, S, M, D) float32 / float16 / bfloat16 (float64 works too).
+        spatial_shapes: (L, 2) int64 (H, W) per level; level_start_index: (L,) int64.
+        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y); attention_weights: (N, Lq, M, L, P).
+            Both in value's dtype or float32 (the fused kernels read float32 locations for half values).
+        backend: ``None`` (use ``$VIT_ADAPTER_MSDA_BACKEND``, default ``auto``), ``auto``, ``cuda``,
+            ``triton`` or ``pytorch``.
+
+    Returns:
+        (N, Lq, M * D) in value's dtype; the fused kernels accumulate in float32.
+    """
+    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    chosen = resolve_backend(value.device, backend)
+    key = (chosen, value.device.type)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("ms_deform_attn: using the %s backend for %s tensors", chosen, value.device.type)
+    if chosen == "pytorch":
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights)
+    return _MSDeformAttnFunction.apply(value, spatial_shapes, level_start_index, sampling_locations,
+                                       attention_weights, chosen)
+
+
+__all__ = ["BACKENDS", "ENV_VAR", "ms_deform_attn", "ms_deform_attn_reference", "resolve_backend"]

@@ -1,0 +1,105 @@
+// Host launchers for the multi-scale deformable attention kernels (ATen tensors in, ATen tensors out).
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that needs cuSPARSE/cuBLAS headers
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+
+#include "ms_deform_attn_kernels.cuh"
+
+namespace {
+
+constexpr int kThreads = 256;  // 8 warps per block, one warp per (n, q, m)
+
+// at::Half / at::BFloat16 share the layout of the CUDA types used by the kernels.
+template <typename T> struct CudaType { using type = T; };
+template <> struct CudaType<at::Half> { using type = __half; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+
+int64_t num_blocks(int64_t warps) {
+  const int64_t blocks = (warps * 32 + kThreads - 1) / kThreads;
+  return std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30));  // grid-stride beyond that
+}
+
+// Locations / weights either share value's dtype or are float32 (value half / bfloat16).
+template <typename scalar_t, typename Fn>
+void dispatch_loc(const at::Tensor& loc, Fn&& fn) {
+  if (loc.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value) {
+    fn(static_cast<typename CudaType<scalar_t>::type*>(nullptr));
+  } else {
+    TORCH_CHECK(loc.scalar_type() == at::kFloat, "ms_deform_attn: sampling_locations dtype ", loc.scalar_type(),
+                " must match value (", c10::CppTypeToScalarType<scalar_t>::value, ") or be float32");
+    fn(static_cast<float*>(nullptr));
+  }
+}
+
+}  // namespace
+
+at::Tensor msda_forward_cuda(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                             const at::Tensor& loc, const at::Tensor& attn) {
+  const c10::cuda::CUDAGuard guard(value.device());
+  const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
+  const int64_t Lq = loc.size(1);
+  const int L = static_cast<int>(loc.size(3)), P = static_cast<int>(loc.size(4));
+  auto out = at::empty({N, Lq, M, D}, value.options());
+  const int64_t warps = N * Lq * M;
+  if (warps == 0 || D == 0) return out.view({N, Lq, M * D});
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
+    using vec_t = typename CudaType<scalar_t>::type;
+    dispatch_loc<scalar_t>(loc, [&](auto* tag) {
+      using loc_t = std::remove_pointer_t<decltype(tag)>;
+      msda::msda_forward_kernel<vec_t, loc_t><<<num_blocks(warps), kThreads, 0, stream>>>(
+          reinterpret_cast<const vec_t*>(value.const_data_ptr<scalar_t>()), shapes.const_data_ptr<int64_t>(),
+          starts.const_data_ptr<int64_t>(), reinterpret_cast<const loc_t*>(loc.const_data_ptr()),
+          reinterpret_cast<const loc_t*>(attn.const_data_ptr()), reinterpret_cast<vec_t*>(out.data_ptr<scalar_t>()),
+          N, S, M, D, Lq, L, P);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out.view({N, Lq, M * D});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(const at::Tensor& value, const at::Tensor& shapes,
+                                                                  const at::Tensor& starts, const at::Tensor& loc,
+                                                                  const at::Tensor& attn,
+                                                                  const at::Tensor& grad_out) {
+  // The value gradient is scattered with atomicAdd: raise (or warn, with warn_only=True) like PyTorch's ops.
+  at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda");
+  const c10::cuda::CUDAGuard guard(value.device());
+  const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
+  const int64_t Lq = loc.size(1);
+  const int L = static_cast<int>(loc.size(3)), P = static_cast<int>(loc.size(4));
+  const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto acc_opts = value.options().dtype(acc_dtype);
+  auto grad_value = at::zeros(value.sizes(), acc_opts);
+  auto grad_loc = at::empty(loc.sizes(), acc_opts);
+  auto grad_attn = at::empty(attn.sizes(), acc_opts);
+  const int64_t warps = N * Lq * M;
+  if (warps == 0 || D == 0) {
+    grad_loc.zero_();
+    grad_attn.zero_();
+    return {grad_value, grad_loc, grad_attn};
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
+    using vec_t = typename CudaType<scalar_t>::type;
+    using acc_t = typename msda::AccType<vec_t>::type;
+    dispatch_loc<scalar_t>(loc, [&](auto* tag) {
+      using loc_t = std::remove_pointer_t<decltype(tag)>;
+      msda::msda_backward_kernel<vec_t, loc_t><<<num_blocks(warps), kThreads, 0, stream>>>(
+          reinterpret_cast<const vec_t*>(value.const_data_ptr<scalar_t>()), shapes.const_data_ptr<int64_t>(),
+          starts.const_data_ptr<int64_t>(), reinterpret_cast<const loc_t*>(loc.const_data_ptr()),
+          reinterpret_cast<const loc_t*>(attn.const_data_ptr()),
+          reinterpret_cast<const vec_t*>(grad_out.const_data_ptr<scalar_t>()), grad_value.data_ptr<acc_t>(),
+          grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(), N, S, M, D, Lq, L, P);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {grad_value, grad_loc, grad_attn};
+}

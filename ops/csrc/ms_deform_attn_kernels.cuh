@@ -1,0 +1,188 @@
+// Multi-scale deformable attention CUDA kernels (forward + backward), free of ATen so they compile fast.
+//
+// Layouts (all contiguous):
+//   value      (N, S, M, D)          scalar_t   S = sum_l H_l * W_l
+//   shapes     (L, 2) int64 (H, W)   starts (L,) int64
+//   loc        (N, Lq, M, L, P, 2)   loc_t      normalised (x, y); pixel = (x * W - 0.5, y * H - 0.5)
+//   attn       (N, Lq, M, L, P)      loc_t
+//   out        (N, Lq, M, D)         scalar_t
+// Semantics: grid_sample bilinear, align_corners=False, zeros outside the map.
+//
+// Mapping: one warp per (n, q, m); the lanes stride over the head dim (any D). Accumulation is in acc_t
+// (float for half / bfloat16 / float, double for double); all offsets are int64.
+// Backward: location / attention-weight gradients are reduced over D with warp shuffles and written by lane
+// 0 (each (n, q, m, l, p) belongs to one warp); the value gradient is scattered with atomicAdd into an acc_t
+// buffer, so it is not bitwise deterministic (the host code raises under use_deterministic_algorithms).
+#pragma once
+
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace msda {
+
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_acc(float v);
+template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <typename T> __device__ __forceinline__ T from_acc(double v) { return static_cast<T>(v); }
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Bilinear setup of one sample: top-left corner (h0, w0), fractions (lh, lw) and corner validity.
+template <typename acc_t>
+struct Sample {
+  int64_t h0, w0;
+  acc_t lh, lw;
+  bool v1, v2, v3, v4;  // (h0,w0) (h0,w0+1) (h0+1,w0) (h0+1,w0+1)
+  bool any;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ Sample<acc_t> make_sample(acc_t x, acc_t y, int64_t H, int64_t W) {
+  Sample<acc_t> s;
+  acc_t hf = y * static_cast<acc_t>(H) - acc_t(0.5);
+  acc_t wf = x * static_cast<acc_t>(W) - acc_t(0.5);
+  // Clamp far-away (or huge) points so the integer cast stays defined; they stay outside the map.
+  hf = fmin(fmax(hf, acc_t(-2)), static_cast<acc_t>(H + 1));
+  wf = fmin(fmax(wf, acc_t(-2)), static_cast<acc_t>(W + 1));
+  const acc_t h0f = floor(hf), w0f = floor(wf);
+  s.h0 = static_cast<int64_t>(h0f);
+  s.w0 = static_cast<int64_t>(w0f);
+  s.lh = hf - h0f;
+  s.lw = wf - w0f;
+  const bool h_lo = s.h0 >= 0 && s.h0 < H, h_hi = s.h0 + 1 >= 0 && s.h0 + 1 < H;
+  const bool w_lo = s.w0 >= 0 && s.w0 < W, w_hi = s.w0 + 1 >= 0 && s.w0 + 1 < W;
+  s.v1 = h_lo && w_lo;
+  s.v2 = h_lo && w_hi;
+  s.v3 = h_hi && w_lo;
+  s.v4 = h_hi && w_hi;
+  s.any = s.v1 || s.v2 || s.v3 || s.v4;
+  return s;
+}
+
+template <typename scalar_t, typename loc_t>
+__global__ void msda_forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
+                                    const int64_t* __restrict__ starts, const loc_t* __restrict__ loc,
+                                    const loc_t* __restrict__ attn, scalar_t* __restrict__ out, int64_t N, int64_t S,
+                                    int64_t M, int64_t D, int64_t Lq, int L, int P) {
+  using acc_t = typename AccType<scalar_t>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t total = N * Lq * M;
+  const int64_t warps_per_grid = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < total;
+       w += warps_per_grid) {
+    const int64_t m = w % M;
+    const int64_t n = w / (Lq * M);
+    const int64_t lp_base = w * L * P;       // index of (n, q, m, 0, 0) in attn
+    const int64_t v_base = n * S;            // row of (n, 0) in value
+    for (int64_t d0 = 0; d0 < D; d0 += 32) {
+      const int64_t d = d0 + lane;
+      const bool d_ok = d < D;
+      acc_t acc = 0;
+      for (int l = 0; l < L; ++l) {
+        const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
+        for (int p = 0; p < P; ++p) {
+          const int64_t i = lp_base + l * P + p;
+          const acc_t x = static_cast<acc_t>(to_acc(loc[2 * i])), y = static_cast<acc_t>(to_acc(loc[2 * i + 1]));
+          const acc_t a = static_cast<acc_t>(to_acc(attn[i]));
+          const Sample<acc_t> s = make_sample<acc_t>(x, y, H, W);
+          if (!s.any || !d_ok) continue;
+          const acc_t hh = 1 - s.lh, hw = 1 - s.lw;
+          const int64_t base = ((v_base + start + s.h0 * W + s.w0) * M + m) * D + d;  // (h0, w0)
+          const int64_t dw = M * D, dh = W * M * D;
+          acc_t v = 0;
+          if (s.v1) v += hh * hw * to_acc(value[base]);
+          if (s.v2) v += hh * s.lw * to_acc(value[base + dw]);
+          if (s.v3) v += s.lh * hw * to_acc(value[base + dh]);
+          if (s.v4) v += s.lh * s.lw * to_acc(value[base + dh + dw]);
+          acc += a * v;
+        }
+      }
+      if (d_ok) out[w * D + d] = from_acc<scalar_t>(acc);
+    }
+  }
+}
+
+// grad_value / grad_loc / grad_attn are acc_t buffers (grad_value zero-initialised).
+template <typename scalar_t, typename loc_t>
+__global__ void msda_backward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
+                                     const int64_t* __restrict__ starts, const loc_t* __restrict__ loc,
+                                     const loc_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
+                                     typename AccType<scalar_t>::type* __restrict__ grad_value,
+                                     typename AccType<scalar_t>::type* __restrict__ grad_loc,
+                                     typename AccType<scalar_t>::type* __restrict__ grad_attn, int64_t N, int64_t S,
+                                     int64_t M, int64_t D, int64_t Lq, int L, int P) {
+  using acc_t = typename AccType<scalar_t>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t total = N * Lq * M;
+  const int64_t warps_per_grid = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < total;
+       w += warps_per_grid) {
+    const int64_t m = w % M;
+    const int64_t n = w / (Lq * M);
+    const int64_t lp_base = w * L * P;
+    const int64_t v_base = n * S;
+    for (int l = 0; l < L; ++l) {
+      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
+      for (int p = 0; p < P; ++p) {
+        const int64_t i = lp_base + l * P + p;
+        const acc_t x = static_cast<acc_t>(to_acc(loc[2 * i])), y = static_cast<acc_t>(to_acc(loc[2 * i + 1]));
+        const acc_t a = static_cast<acc_t>(to_acc(attn[i]));
+        const Sample<acc_t> s = make_sample<acc_t>(x, y, H, W);
+        if (!s.any) {  // whole warp agrees: the sample does not depend on d
+          if (lane == 0) {
+            grad_attn[i] = 0;
+            grad_loc[2 * i] = 0;
+            grad_loc[2 * i + 1] = 0;
+          }
+          continue;
+        }
+        const acc_t hh = 1 - s.lh, hw = 1 - s.lw;
+        const acc_t w1 = hh * hw, w2 = hh * s.lw, w3 = s.lh * hw, w4 = s.lh * s.lw;
+        const int64_t dw = M * D, dh = W * M * D;
+        const int64_t base0 = ((v_base + start + s.h0 * W + s.w0) * M + m) * D;
+        acc_t g_a = 0, g_lw = 0, g_lh = 0;
+        for (int64_t d = lane; d < D; d += 32) {
+          const acc_t go = to_acc(grad_out[w * D + d]);
+          const int64_t base = base0 + d;
+          const acc_t v1 = s.v1 ? to_acc(value[base]) : acc_t(0);
+          const acc_t v2 = s.v2 ? to_acc(value[base + dw]) : acc_t(0);
+          const acc_t v3 = s.v3 ? to_acc(value[base + dh]) : acc_t(0);
+          const acc_t v4 = s.v4 ? to_acc(value[base + dh + dw]) : acc_t(0);
+          g_a += go * (w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4);
+          g_lw += go * (hh * (v2 - v1) + s.lh * (v4 - v3));
+          g_lh += go * (hw * (v3 - v1) + s.lw * (v4 - v2));
+          const acc_t ag = a * go;
+          if (s.v1) atomicAdd(grad_value + base, ag * w1);
+          if (s.v2) atomicAdd(grad_value + base + dw, ag * w2);
+          if (s.v3) atomicAdd(grad_value + base + dh, ag * w3);
+          if (s.v4) atomicAdd(grad_value + base + dh + dw, ag * w4);
+        }
+        g_a = warp_sum(g_a);
+        g_lw = warp_sum(g_lw);
+        g_lh = warp_sum(g_lh);
+        if (lane == 0) {
+          grad_attn[i] = g_a;
+          grad_loc[2 * i] = a * g_lw * static_cast<acc_t>(W);
+          grad_loc[2 * i + 1] = a * g_lh * static_cast<acc_t>(H);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace msda

@@ -1,0 +1,180 @@
+"""Triton kernels for multi-scale deformable attention (forward and backward).
+
+Tiling: one program handles ``BLOCK_Q`` queries of one (batch, head) pair and the whole head dimension
+(``BLOCK_D`` = next power of two of ``D``, masked). It loops over levels and points; for every sample it
+gathers the four bilinear corners as ``(BLOCK_Q, BLOCK_D)`` tiles (zeros outside the map) and accumulates
+in float32 (float64 for float64 inputs).
+
+Backward recomputes the corners, writes the location and attention-weight gradients directly (each
+``(n, q, m, l, p)`` belongs to exactly one program) and scatters the value gradient with ``tl.atomic_add``
+into a float32 buffer (so the value gradient is not bitwise deterministic; see ``_alert_not_deterministic``).
+
+The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors (that is how CI tests them); the
+environment variable must be set before this module is imported.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _corner(value_ptr, row_base, h, w, H, W, start, M, m, d, q_mask, d_mask, D: tl.constexpr):
+    """Pointer offsets, validity and float tile of one bilinear corner ``(h, w)`` (int32 vectors)."""
+    valid = q_mask & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    idx = (start + h.to(tl.int64) * W + w.to(tl.int64))  # position inside S
+    offs = ((row_base + idx) * M + m) * D  # int64
+    ptrs = offs[:, None] + d[None, :]
+    mask = valid[:, None] & d_mask[None, :]
+    v = tl.load(value_ptr + ptrs, mask=mask, other=0.0)
+    return ptrs, mask, v
+
+
+@triton.jit
+def _sample_coords(loc_ptr, loc_off, H, W, q_mask, ACC_DTYPE: tl.constexpr):
+    """Integer top-left corner and fractional parts of the samples (``x*W-0.5``, ``y*H-0.5``)."""
+    x = tl.load(loc_ptr + 2 * loc_off, mask=q_mask, other=0.0).to(ACC_DTYPE)
+    y = tl.load(loc_ptr + 2 * loc_off + 1, mask=q_mask, other=0.0).to(ACC_DTYPE)
+    hf = y * H.to(ACC_DTYPE) - 0.5
+    wf = x * W.to(ACC_DTYPE) - 0.5
+    # Clamp far-away points (keeps the int cast defined); they stay outside, so they contribute nothing.
+    hf = tl.minimum(tl.maximum(hf, -2.0), H.to(ACC_DTYPE) + 1.0)
+    wf = tl.minimum(tl.maximum(wf, -2.0), W.to(ACC_DTYPE) + 1.0)
+    h0f = tl.floor(hf)
+    w0f = tl.floor(wf)
+    return h0f.to(tl.int32), w0f.to(tl.int32), hf - h0f, wf - w0f
+
+
+@triton.jit
+def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
+                     S, Lq, M,
+                     D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
+                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    pid_q = tl.program_id(0)
+    pid_nm = tl.program_id(1).to(tl.int64)
+    n = pid_nm // M
+    m = pid_nm % M
+    q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q).to(tl.int64)
+    q_mask = q < Lq
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < D
+    row_base = n * S
+    qm = (n * Lq + q) * M + m  # (BLOCK_Q,) flat (n, q, m)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC_DTYPE)
+    for lvl in range(L):
+        H = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
+        W = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(starts_ptr + lvl)
+        for p in range(P):
+            loc_off = qm * (L * P) + lvl * P + p
+            a = tl.load(attn_ptr + loc_off, mask=q_mask, other=0.0).to(ACC_DTYPE)
+            h0, w0, lh, lw = _sample_coords(loc_ptr, loc_off, H, W, q_mask, ACC_DTYPE)
+            hh = 1.0 - lh
+            hw = 1.0 - lw
+            _, _, v1 = _corner(value_ptr, row_base, h0, w0, H, W, start, M, m, d, q_mask, d_mask, D)
+            _, _, v2 = _corner(value_ptr, row_base, h0, w0 + 1, H, W, start, M, m, d, q_mask, d_mask, D)
+            _, _, v3 = _corner(value_ptr, row_base, h0 + 1, w0, H, W, start, M, m, d, q_mask, d_mask, D)
+            _, _, v4 = _corner(value_ptr, row_base, h0 + 1, w0 + 1, H, W, start, M, m, d, q_mask, d_mask, D)
+            s = ((hh * hw)[:, None] * v1.to(ACC_DTYPE) + (hh * lw)[:, None] * v2.to(ACC_DTYPE)
+                 + (lh * hw)[:, None] * v3.to(ACC_DTYPE) + (lh * lw)[:, None] * v4.to(ACC_DTYPE))
+            acc += a[:, None] * s
+    out_offs = qm[:, None] * D + d[None, :]
+    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_out_ptr,
+                     grad_value_ptr, grad_loc_ptr, grad_attn_ptr,
+                     S, Lq, M,
+                     D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
+                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    pid_q = tl.program_id(0)
+    pid_nm = tl.program_id(1).to(tl.int64)
+    n = pid_nm // M
+    m = pid_nm % M
+    q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q).to(tl.int64)
+    q_mask = q < Lq
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < D
+    row_base = n * S
+    qm = (n * Lq + q) * M + m
+    go = tl.load(grad_out_ptr + qm[:, None] * D + d[None, :], mask=q_mask[:, None] & d_mask[None, :],
+                 other=0.0).to(ACC_DTYPE)
+    for lvl in range(L):
+        H = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
+        W = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(starts_ptr + lvl)
+        for p in range(P):
+            loc_off = qm * (L * P) + lvl * P + p
+            a = tl.load(attn_ptr + loc_off, mask=q_mask, other=0.0).to(ACC_DTYPE)
+            h0, w0, lh, lw = _sample_coords(loc_ptr, loc_off, H, W, q_mask, ACC_DTYPE)
+            hh = 1.0 - lh
+            hw = 1.0 - lw
+            p1, k1, v1 = _corner(value_ptr, row_base, h0, w0, H, W, start, M, m, d, q_mask, d_mask, D)
+            p2, k2, v2 = _corner(value_ptr, row_base, h0, w0 + 1, H, W, start, M, m, d, q_mask, d_mask, D)
+            p3, k3, v3 = _corner(value_ptr, row_base, h0 + 1, w0, H, W, start, M, m, d, q_mask, d_mask, D)
+            p4, k4, v4 = _corner(value_ptr, row_base, h0 + 1, w0 + 1, H, W, start, M, m, d, q_mask, d_mask, D)
+            g1 = tl.sum(go * v1.to(ACC_DTYPE), axis=1)
+            g2 = tl.sum(go * v2.to(ACC_DTYPE), axis=1)
+            g3 = tl.sum(go * v3.to(ACC_DTYPE), axis=1)
+            g4 = tl.sum(go * v4.to(ACC_DTYPE), axis=1)
+            grad_a = hh * hw * g1 + hh * lw * g2 + lh * hw * g3 + lh * lw * g4
+            grad_lw = hh * (g2 - g1) + lh * (g4 - g3)
+            grad_lh = hw * (g3 - g1) + lw * (g4 - g2)
+            tl.store(grad_attn_ptr + loc_off, grad_a, mask=q_mask)
+            tl.store(grad_loc_ptr + 2 * loc_off, a * grad_lw * W.to(ACC_DTYPE), mask=q_mask)
+            tl.store(grad_loc_ptr + 2 * loc_off + 1, a * grad_lh * H.to(ACC_DTYPE), mask=q_mask)
+            tl.atomic_add(grad_value_ptr + p1, (a * hh * hw)[:, None] * go, mask=k1)
+            tl.atomic_add(grad_value_ptr + p2, (a * hh * lw)[:, None] * go, mask=k2)
+            tl.atomic_add(grad_value_ptr + p3, (a * lh * hw)[:, None] * go, mask=k3)
+            tl.atomic_add(grad_value_ptr + p4, (a * lh * lw)[:, None] * go, mask=k4)
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _launch_config(lq: int, d: int, block_q: int | None):
+    block_d = triton.next_power_of_2(max(int(d), 1))
+    if block_q is None:
+        block_q = max(1, min(64, 4096 // block_d))  # keep a (BLOCK_Q, BLOCK_D) tile ~4k elements
+        block_q = min(block_q, triton.next_power_of_2(max(int(lq), 1)))
+    return block_q, block_d
+
+
+def msda_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                 block_q: int | None = None):
+    """Forward on contiguous inputs (see ``vit_adapter_ds.ops.ms_deform_attn``); returns (N, Lq, M*D)."""
+    n, s, m, d = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    out = value.new_empty((n, lq, m, d))
+    if out.numel() == 0:
+        return out.view(n, lq, m * d)
+    block_q, block_d = _launch_config(lq, d, block_q)
+    _, acc = _acc_dtype(value.dtype)
+    grid = (triton.cdiv(lq, block_q), n * m)
+    _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
+                           s, lq, m, D=d, L=n_levels, P=n_points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                           ACC_DTYPE=acc)
+    return out.view(n, lq, m * d)
+
+
+def msda_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output,
+                  block_q: int | None = None):
+    """Gradients (value, sampling_locations, attention_weights) in float32 (float64 for float64 value)."""
+    n, s, m, d = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    acc_t, acc = _acc_dtype(value.dtype)
+    grad_value = torch.zeros(value.shape, dtype=acc_t, device=value.device)
+    grad_loc = torch.zeros(sampling_locations.shape, dtype=acc_t, device=value.device)
+    grad_attn = torch.zeros(attention_weights.shape, dtype=acc_t, device=value.device)
+    if n * lq * m * d == 0:
+        return grad_value, grad_loc, grad_attn
+    block_q, block_d = _launch_config(lq, d, block_q)
+    grid = (triton.cdiv(lq, block_q), n * m)
+    _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                           grad_output, grad_value, grad_loc, grad_attn,
+                           s, lq, m, D=d, L=n_levels, P=n_points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                           ACC_DTYPE=acc)
+    return grad_value, grad_loc, grad_attn
