@@ -1,0 +1,79 @@
+"""Load a recipe file, apply ``key=value`` overrides, validate.
+
+    cfg = load_recipe("upernet_deit_adapter_tiny_512_160k_ade20k", ["runner.max_iters=100"])
+    cfg = load_recipe(None)                    # the built-in synthetic quickstart recipe
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from mmengine import Config
+
+from .errors import ConfigError  # noqa: F401  (re-exported)
+from .schema import validate_recipe
+
+
+def resolve_recipe_path(name_or_path: str | None) -> Path:
+    """A recipe file path, or the stem of a file in ``vit_adapter_ds/recipes`` (None: the quickstart recipe)."""
+    from ..recipes import QUICKSTART, RECIPES
+
+    if name_or_path is None:
+        return QUICKSTART
+    p = Path(name_or_path)
+    if p.is_file():
+        return p.resolve()
+    stem = p.name[:-3] if p.name.endswith(".py") else p.name
+    if stem in RECIPES and (len(p.parts) == 1):
+        return RECIPES[stem]
+    raise ConfigError(f"recipe {name_or_path!r} not found: give a path to a .py config file or one of the "
+                      f"built-in recipes: {', '.join(sorted(RECIPES))}")
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def parse_options(options: list[str] | None) -> dict:
+    """``["a.b=1", "c=[1, 2]", "d=text"]`` -> ``{"a.b": 1, "c": [1, 2], "d": "text"}`` (python literals)."""
+    out = {}
+    for opt in options or []:
+        if "=" not in opt:
+            raise ConfigError(f"--cfg-options expects key=value, got {opt!r}")
+        key, value = opt.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--cfg-options: bad key in {opt!r}")
+        out[key] = _parse_value(value.strip())
+    return out
+
+
+def load_recipe(name_or_path: str | None = None, options: list[str] | dict | None = None,
+                validate: bool = True) -> Config:
+    """Load, override and (by default) validate a recipe; raises ``ConfigError`` with a readable message."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as e:  # syntax errors, missing _base_ files ...
+        raise ConfigError(f"cannot load recipe {path}: {type(e).__name__}: {e}") from e
+    opts = options if isinstance(options, dict) else parse_options(options)
+    for key in opts:
+        top = key.split(".")[0]
+        if top not in cfg and not top.startswith("_"):
+            from .schema import TOP_LEVEL_KEYS
+            if top not in TOP_LEVEL_KEYS:
+                raise ConfigError(f"--cfg-options: unknown key {key!r}; valid top-level keys: "
+                                  f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
+    if opts:
+        cfg.merge_from_dict(opts)
+    if validate:
+        validate_recipe(cfg)
+    return cfg

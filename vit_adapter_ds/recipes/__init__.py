@@ -1,0 +1,11 @@
+"""Training recipes (mmseg-style Python config files, loaded with ``vit_adapter_ds.config.load_recipe``).
+
+Each file reproduces one official ViT-Adapter configuration field for field (spec §4); ``synthetic_quickstart.py``
+is the tiny built-in recipe used when ``launch/train.py`` gets no ``--config``. ``RECIPES`` maps a short name to a
+file so ``--config upernet_deit_adapter_tiny_512_160k_ade20k`` works without a path.
+"""
+from pathlib import Path
+
+RECIPE_DIR = Path(__file__).resolve().parent
+RECIPES = {p.stem: p for p in sorted(RECIPE_DIR.glob("*.py")) if not p.name.startswith("_")}
+QUICKSTART = RECIPE_DIR / "synthetic_quickstart.py"

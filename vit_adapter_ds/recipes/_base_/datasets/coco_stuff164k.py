@@ -1,0 +1,12 @@
+# COCO-Stuff-164k (171 classes) as WebDataset shards; official pipeline as in ade20k.py.
+dataset_type = 'COCOStuffDataset'
+data_root = 'shards/coco_stuff164k'
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+crop_size = (512, 512)
+data = dict(
+    samples_per_gpu=2,
+    workers_per_gpu=4,
+    train=dict(shard_dir='shards/coco_stuff164k/train', crop_size=crop_size, scale=(2048, 512), ratio_range=(0.5, 2.0),
+               cat_max_ratio=0.75, reduce_zero_label=False, img_norm_cfg=img_norm_cfg),
+    val=dict(shard_dir='shards/coco_stuff164k/val', scale=(2048, 512), size_divisor=32, reduce_zero_label=False,
+             img_norm_cfg=img_norm_cfg))

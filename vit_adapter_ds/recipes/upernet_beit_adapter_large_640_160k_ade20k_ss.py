@@ -1,0 +1,44 @@
+# Official: segmentation/configs/ade20k/upernet_beit_adapter_large_640_160k_ade20k_ss.py (spec §4.2).
+# UperNet (channels 1024) + BEiT-Adapter-L, ADE20K 640x640, 160k iters, batch 16, layer decay 0.9. 58.0 / 58.4 mIoU.
+_base_ = ['./_base_/models/upernet_vit_adapter.py', './_base_/datasets/ade20k.py',
+          './_base_/default_runtime.py', './_base_/schedules/schedule_160k.py']
+crop_size = (640, 640)
+pretrained = 'pretrained/beit_large_patch16_224_pt22k_ft22k.pth'
+model = dict(
+    pretrained=pretrained,
+    backbone=dict(
+        _delete_=True,
+        type='BEiTAdapter',
+        img_size=640,
+        patch_size=16,
+        embed_dim=1024,
+        depth=24,
+        num_heads=16,
+        mlp_ratio=4,
+        qkv_bias=True,
+        use_abs_pos_emb=False,
+        use_rel_pos_bias=True,
+        init_values=1e-6,
+        drop_path_rate=0.3,
+        conv_inplane=64,
+        n_points=4,
+        deform_num_heads=16,
+        cffn_ratio=0.25,
+        deform_ratio=0.5,
+        with_cp=True,
+        interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]]),
+    decode_head=dict(in_channels=[1024, 1024, 1024, 1024], num_classes=150, channels=1024),
+    auxiliary_head=dict(in_channels=1024, num_classes=150),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(426, 426)))
+optimizer = dict(_delete_=True, type='AdamW', lr=2e-5, betas=(0.9, 0.999), weight_decay=0.05,
+                 constructor='LayerDecayOptimizerConstructor',
+                 paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.90))
+lr_config = dict(_delete_=True, policy='poly', warmup='linear', warmup_iters=1500, warmup_ratio=1e-6, power=1.0,
+                 min_lr=0.0, by_epoch=False)
+data = dict(samples_per_gpu=2,
+            train=dict(crop_size=crop_size, scale=(2560, 640)),
+            val=dict(scale=(2560, 640)))
+global_batch_size = 16
+runner = dict(type='IterBasedRunner', max_iters=160000)
+checkpoint_config = dict(by_epoch=False, interval=1000, max_keep_ckpts=1)
+evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU')
