@@ -1,0 +1,60 @@
+"""Backend selection of ``ms_deform_attn`` on CPU (argument, environment variable, errors, one log line)."""
+import logging
+
+import pytest
+import torch
+
+import vit_adapter_ds.ops as ops
+from msda_naive import make_inputs
+from vit_adapter_ds.ops import ms_deform_attn, ms_deform_attn_reference, resolve_backend
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def inputs():
+    return make_inputs(2, 3, 2, 4, [(3, 5), (2, 2)], 2, dtype=torch.float32)
+
+
+def test_auto_on_cpu_is_the_reference(inputs, monkeypatch):
+    monkeypatch.delenv(ops.ENV_VAR, raising=False)
+    assert resolve_backend(CPU) == "pytorch"
+    assert torch.equal(ms_deform_attn(*inputs), ms_deform_attn_reference(*inputs))
+
+
+def test_env_var_and_argument(monkeypatch):
+    monkeypatch.setenv(ops.ENV_VAR, "PyTorch")
+    assert resolve_backend(CPU) == "pytorch"
+    monkeypatch.setenv(ops.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        resolve_backend(CPU)
+    assert resolve_backend(CPU, "auto") == "pytorch"  # the argument wins over the environment
+
+
+def test_unavailable_explicit_backends_raise(monkeypatch):
+    monkeypatch.delenv(ops.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        resolve_backend(CPU, "cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        resolve_backend(CPU, "triton")
+
+
+def test_choice_is_logged_once(inputs, caplog, monkeypatch):
+    monkeypatch.delenv(ops.ENV_VAR, raising=False)
+    monkeypatch.setattr(ops, "_logged", set())
+    with caplog.at_level(logging.INFO, logger="vit_adapter_ds.ops"):
+        ms_deform_attn(*inputs)
+        ms_deform_attn(*inputs)
+    msgs = [r.getMessage() for r in caplog.records if "backend" in r.getMessage()]
+    assert msgs == ["ms_deform_attn: using the pytorch backend for cpu tensors"]
+
+
+def test_bad_shapes_are_reported(inputs):
+    value, shapes, starts, loc, attn = inputs
+    with pytest.raises(ValueError, match="attention_weights"):
+        ms_deform_attn(value, shapes, starts, loc, attn[..., :1])
+    with pytest.raises(ValueError, match="value"):
+        ms_deform_attn(value[:1], shapes, starts, loc, attn)
+    with pytest.raises(ValueError, match="spatial_shapes"):
+        ms_deform_attn(value, shapes[:1], starts, loc, attn)
