@@ -1,0 +1,98 @@
+"""Class lists and label mappings of the supported datasets (dataset facts, no code).
+
+* ``ADE20K_CLASSES``: the 150 SceneParsing classes (``objectInfo150``); the PNGs hold 0 = "other/unlabeled"
+  and 1..150, mapped with reduce-zero-label (0 -> 255, v -> v - 1).
+* ``COCO_STUFF_CLASSES``: the 171 classes of COCO-Stuff-164k in train-id order (80 things, 91 stuff).
+* ``COCO_STUFF_IDS``: the original (0-based) ids of ``stuffthingmaps_trainval2017`` in train-id order: train id
+  ``t`` is original id ``COCO_STUFF_IDS[t]``. The 11 ids absent here (11, 25, 28, 29, 44, 65, 67, 68, 70, 82,
+  90) are COCO category ids without annotations and never occur in the maps (mmseg's converter would leave them
+  unchanged); we map them, and every other id outside the table, to 254, an invalid label that the loader
+  reports as bad data instead of training on it. 255 (unlabelled) stays 255. This is the table of mmseg's COCO-Stuff-164k converter
+  (``tools/dataset_converters/coco_stuff164k.py``, ``clsID_to_trID``), checked in tests against that file.
+"""
+
+ADE20K_CLASSES = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed ', 'windowpane', 'grass', 'cabinet',
+    'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant', 'curtain', 'chair', 'car', 'water',
+    'painting', 'sofa', 'shelf', 'house', 'sea', 'mirror', 'rug', 'field', 'armchair', 'seat', 'fence',
+    'desk', 'rock', 'wardrobe', 'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace', 'refrigerator', 'grandstand',
+    'path', 'stairs', 'runway', 'case', 'pool table', 'pillow', 'screen door', 'stairway', 'river', 'bridge',
+    'bookcase', 'blind', 'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove',
+    'palm', 'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine', 'hovel', 'bus',
+    'towel', 'light', 'truck', 'tower', 'chandelier', 'awning', 'streetlight', 'booth', 'television receiver',
+    'airplane', 'dirt track', 'apparel', 'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle',
+    'buffet', 'poster', 'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything',
+    'swimming pool', 'stool', 'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike', 'cradle', 'oven',
+    'ball', 'food', 'step', 'tank', 'trade name', 'microwave', 'pot', 'animal', 'bicycle', 'lake',
+    'dishwasher', 'screen', 'blanket', 'sculpture', 'hood', 'sconce', 'vase', 'traffic light', 'tray',
+    'ashcan', 'fan', 'pier', 'crt screen', 'plate', 'monitor', 'bulletin board', 'shower', 'radiator',
+    'glass', 'clock', 'flag',
+)
+
+COCO_STUFF_CLASSES = (
+    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
+    'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',
+    'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie', 'suitcase', 'frisbee',
+    'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove', 'skateboard', 'surfboard',
+    'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple',
+    'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch',
+    'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote', 'keyboard',
+    'cell phone', 'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors',
+    'teddy bear', 'hair drier', 'toothbrush', 'banner', 'blanket', 'branch', 'bridge', 'building-other',
+    'bush', 'cabinet', 'cage', 'cardboard', 'carpet', 'ceiling-other', 'ceiling-tile', 'cloth', 'clothes',
+    'clouds', 'counter', 'cupboard', 'curtain', 'desk-stuff', 'dirt', 'door-stuff', 'fence', 'floor-marble',
+    'floor-other', 'floor-stone', 'floor-tile', 'floor-wood', 'flower', 'fog', 'food-other', 'fruit',
+    'furniture-other', 'grass', 'gravel', 'ground-other', 'hill', 'house', 'leaves', 'light', 'mat', 'metal',
+    'mirror-stuff', 'moss', 'mountain', 'mud', 'napkin', 'net', 'paper', 'pavement', 'pillow', 'plant-other',
+    'plastic', 'platform', 'playingfield', 'railing', 'railroad', 'river', 'road', 'rock', 'roof', 'rug',
+    'salad', 'sand', 'sea', 'shelf', 'sky-other', 'skyscraper', 'snow', 'solid-other', 'stairs', 'stone',
+    'straw', 'structural-other', 'table', 'tent', 'textile-other', 'towel', 'tree', 'vegetable', 'wall-brick',
+    'wall-concrete', 'wall-other', 'wall-panel', 'wall-stone', 'wall-tile', 'wall-wood', 'water-other',
+    'waterdrops', 'window-blind', 'window-other', 'wood',
+)
+
+COCO_STUFF_IDS = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 26, 27, 30, 31, 32,
+    33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
+    60, 61, 62, 63, 64, 66, 69, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 83, 84, 85, 86, 87, 88, 89, 91,
+    92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114,
+    115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, 134, 135,
+    136, 137, 138, 139, 140, 141, 142, 143, 144, 145, 146, 147, 148, 149, 150, 151, 152, 153, 154, 155, 156,
+    157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173, 174, 175, 176, 177,
+    178, 179, 180, 181,
+)
+
+assert len(ADE20K_CLASSES) == 150 and len(COCO_STUFF_CLASSES) == 171 and len(COCO_STUFF_IDS) == 171
+
+
+def reduce_zero_label_map():
+    """256-entry label lookup table of mmseg's ``reduce_zero_label``: 0 -> 255, v -> v - 1, 255 -> 255."""
+    return [255] + list(range(254)) + [255]
+
+
+def coco_stuff_label_map():
+    """256-entry lookup table: original stuffthingmaps id -> COCO-Stuff-164k train id (171 classes), 255 -> 255,
+    any other id -> 254 (invalid: >= 171, flagged as bad data by the loader)."""
+    lut = [254] * 255 + [255]
+    for train_id, orig in enumerate(COCO_STUFF_IDS):
+        lut[orig] = train_id
+    return lut
+
+
+def identity_label_map():
+    """256-entry identity lookup table (labels already stored as train ids, 255 = ignore)."""
+    return list(range(256))
+
+
+def make_palette(num_classes, seed=0):
+    """Deterministic, well separated RGB colours for visualisation: list of ``num_classes`` [r, g, b] lists."""
+    import colorsys
+
+    out = []
+    for i in range(num_classes):
+        h = (i * 0.618033988749895 + seed * 0.1) % 1.0
+        s = 0.55 + 0.45 * ((i * 7) % 5) / 4
+        v = 0.6 + 0.4 * ((i * 3) % 4) / 3
+        out.append([int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v)])
+    return out

@@ -1,0 +1,119 @@
+"""Random-access reading of samples from tar shards and safe decoding (torchvision.io JPEG/PNG decoders only).
+
+A sample is located by the manifest's member index (byte offset and size of each tar member's data), so reading
+it is one ``seek`` + ``read`` per member; nothing is unpickled or executed. Every problem with one sample raises
+:class:`BadSample` with a reason; the loader counts and skips those.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+
+IMAGE_EXTS = ("jpg", "jpeg", "png")
+
+
+class BadSample(Exception):
+    """One unusable sample (truncated member, undecodable image, missing/mismatched/out-of-range mask)."""
+
+
+class ShardReader:
+    """Reads members of samples from the shards of one manifest; keeps one open file per shard (per process)."""
+
+    def __init__(self, manifest):
+        self.dir = manifest["shard_dir"]
+        self.shards = manifest["shards"]
+        self._files = {}
+
+    def __getstate__(self):  # open files are per process
+        d = dict(self.__dict__)
+        d["_files"] = {}
+        return d
+
+    def close(self):
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def key(self, shard, index):
+        return self.shards[shard]["samples"][index][0]
+
+    def read(self, shard, index):
+        """Return ``{ext: bytes}`` of sample ``index`` of shard number ``shard``; raises :class:`BadSample`."""
+        s = self.shards[shard]
+        key, members = s["samples"][index]
+        f = self._files.get(shard)
+        if f is None:
+            path = os.path.join(self.dir, s["name"])
+            try:
+                f = self._files[shard] = open(path, "rb")
+            except OSError as e:
+                raise BadSample(f"cannot open shard: {e}") from e
+        out = {}
+        for ext, (offset, size) in members.items():
+            try:
+                f.seek(offset)
+                data = f.read(size)
+            except OSError as e:
+                raise BadSample(f"read error in member {key}.{ext}: {e}") from e
+            if len(data) != size:
+                raise BadSample(f"member {key}.{ext} truncated ({len(data)} of {size} bytes; truncated tar?)")
+            out[ext] = data
+        return out
+
+
+def _tensor(data):
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def decode_image(data, ext):
+    """Encoded JPEG/PNG bytes -> uint8 tensor (3, H, W), RGB."""
+    try:
+        if ext in ("jpg", "jpeg"):
+            return decode_jpeg(_tensor(data), mode=ImageReadMode.RGB)
+        if ext == "png":
+            return decode_png(_tensor(data), mode=ImageReadMode.RGB)
+    except Exception as e:  # torchvision raises RuntimeError on corrupt data
+        raise BadSample(f"corrupt {ext} image: {str(e).splitlines()[0][:200]}") from e
+    raise BadSample(f"unsupported image type {ext!r}")
+
+
+def decode_label(data, lut=None):
+    """Single-channel 8-bit PNG bytes -> uint8 tensor (H, W), mapped through ``lut`` (uint8 tensor (256,))."""
+    try:
+        lab = decode_png(_tensor(data), mode=ImageReadMode.UNCHANGED)
+    except Exception as e:
+        raise BadSample(f"corrupt label png: {str(e).splitlines()[0][:200]}") from e
+    if lab.dim() != 3 or lab.shape[0] != 1 or lab.dtype != torch.uint8:
+        raise BadSample(f"label png must be single-channel 8-bit, got shape {tuple(lab.shape)} {lab.dtype}")
+    lab = lab[0]
+    if lut is not None:
+        lab = lut[lab.long()]
+    return lab
+
+
+def image_member(sample):
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return ext
+    return None
+
+
+def decode_seg_sample(sample, lut, num_classes, ignore_index=255):
+    """``{ext: bytes}`` -> (image uint8 (3, H, W), label uint8 (H, W) of train ids / ignore); raises BadSample
+    for a missing image or mask, a corrupt file, a size mismatch or labels outside [0, num_classes) + {ignore}."""
+    ext = image_member(sample)
+    if ext is None:
+        raise BadSample(f"no image member (has {sorted(sample)})")
+    if "seg.png" not in sample:
+        raise BadSample("missing mask (no seg.png member)")
+    img = decode_image(sample[ext], ext)
+    lab = decode_label(sample["seg.png"], lut)
+    if tuple(img.shape[1:]) != tuple(lab.shape):
+        raise BadSample(f"image size {tuple(img.shape[1:])} != mask size {tuple(lab.shape)}")
+    bad = (lab >= num_classes) & (lab != ignore_index)
+    if bool(bad.any()):
+        vals = torch.unique(lab[bad]).tolist()[:8]
+        raise BadSample(f"labels {vals} outside [0, {num_classes}) and != {ignore_index}")
+    return img, lab

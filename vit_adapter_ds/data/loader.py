@@ -1,0 +1,384 @@
+"""Deterministic, exactly resumable train loader and exact-coverage validation loader over tar shards.
+
+Design ("global order", see ``shards/README.md``):
+
+* The manifest lists every sample as (shard, index) with its tar member offsets. An epoch's order is a
+  permutation of all N samples, a pure function of ``(seed, epoch)`` (and the shuffle mode).
+* The epoch is cut into global steps of ``world_size * batch_size`` consecutive *slots* of that order; slot ``g``
+  holds sample ``order[g % N]`` (the last step wraps around to the start of the order, so every rank gets
+  ``ceil(N / (world_size * batch_size))`` batches; nothing is dropped, a few samples are seen twice).
+  Rank ``r``'s batch at step ``s`` holds slots ``P0 + s * W * B + r * B + j``, ``j < B``.
+* A sample's augmentation is drawn from ``numpy.random.default_rng([seed, epoch, g])``.
+* DataLoader worker ``w`` of ``n`` computes the batches ``s = w, w + n, ...``; PyTorch's iterable-dataset
+  loader returns workers' outputs round-robin, which restores the order ``s = 0, 1, 2, ...``.
+
+So a batch is a pure function of (seed, epoch, position, rank, world size, batch size) and independent of the
+number of workers. The loader's position is ``samples_consumed_in_epoch`` = P (global slots consumed, counted in
+the main process as batches are handed out, ``W * B`` per batch). Resuming from P with the same world size and
+batch size reproduces the uninterrupted run exactly, for any number of workers; with another world size or batch
+size the epoch continues from slot P, so no sample of the epoch before P is repeated and none after P is
+skipped (only the wrap-around at the end of the epoch differs).
+
+A bad sample (see :class:`BadSample`) is replaced by the next sample of the epoch order that decodes; bad
+samples are counted, warned about (rate-limited, naming shard and key) and the loader raises
+:class:`TooManyBadSamples` once they exceed ``max_bad_fraction`` of the rank's samples in the epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .decode import BadSample, ShardReader, decode_seg_sample
+from .manifest import ShardSetError, read_manifest, verify_shards
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class TooManyBadSamples(RuntimeError):
+    """More than ``max_bad_fraction`` of the samples could not be used."""
+
+
+def _seg_manifest(shard_dir, split, num_classes, verify):
+    m = read_manifest(shard_dir, split)
+    if m.get("task", "segmentation") != "segmentation":
+        raise ShardSetError(f"{m['shard_dir']} holds {m.get('task')!r} shards, not segmentation")
+    verify_shards(m["shard_dir"], m, verify)
+    nc = int(m["num_classes"])
+    if num_classes is not None and int(num_classes) != nc:
+        raise ShardSetError(f"{m['shard_dir']}: the manifest has {nc} classes, the model/recipe {num_classes}")
+    return m
+
+
+def _lut(m):
+    lm = m.get("label_map")
+    return torch.tensor(lm if lm is not None else list(range(256)), dtype=torch.uint8)
+
+
+def sample_ids(manifest):
+    """All (shard, index) pairs in manifest order, as an int64 array (N, 2)."""
+    ids = [(si, i) for si, s in enumerate(manifest["shards"]) for i in range(s["num_samples"])]
+    return np.asarray(ids, dtype=np.int64).reshape(-1, 2)
+
+
+def epoch_order(manifest, seed, epoch, shuffle="global", window_shards=4):
+    """The epoch's sample order: an int array of positions into :func:`sample_ids`.
+
+    ``shuffle``: ``'global'`` (uniform permutation of all samples), ``'shards'`` (permute the shards, then
+    permute samples within each window of ``window_shards`` consecutive shards of that order: fewer shards are
+    read at the same time; a deterministic stand-in for webdataset's shard shuffle + shuffle buffer) or
+    ``'none'`` (manifest order).
+    """
+    counts = [s["num_samples"] for s in manifest["shards"]]
+    n = sum(counts)
+    rng = np.random.default_rng([int(seed), int(epoch), 7919])
+    if shuffle == "none":
+        return np.arange(n)
+    if shuffle == "global":
+        return rng.permutation(n)
+    if shuffle == "shards":
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        shard_perm = rng.permutation(len(counts))
+        out = []
+        for w0 in range(0, len(shard_perm), window_shards):
+            idx = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in shard_perm[w0:w0 + window_shards]])
+            out.append(idx[rng.permutation(len(idx))])
+        return np.concatenate(out)
+    raise ValueError(f"shuffle must be 'global', 'shards' or 'none', got {shuffle!r}")
+
+
+class _TrainStream(IterableDataset):
+    """Yields the rank's batches of one epoch from position ``start`` (global slots), split across workers."""
+
+    def __init__(self, manifest, *, epoch, start, num_batches, rank, world_size, batch_size, crop_size, scale,
+                 ratio_range, cat_max_ratio, seed, shuffle, window_shards, mean, std, ignore_index, photometric,
+                 max_substitutes=32):
+        super().__init__()
+        self.reader = ShardReader(manifest)
+        self.ids = sample_ids(manifest)
+        self.order = epoch_order(manifest, seed, epoch, shuffle, window_shards)
+        self.lut = _lut(manifest)
+        self.num_classes = int(manifest["num_classes"])
+        self.epoch, self.start, self.num_batches = epoch, start, num_batches
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.crop_size, self.scale, self.ratio_range = tuple(crop_size), tuple(scale), tuple(ratio_range)
+        self.cat_max_ratio, self.seed, self.mean, self.std = cat_max_ratio, seed, mean, std
+        self.ignore_index, self.photometric, self.max_substitutes = ignore_index, photometric, max_substitutes
+
+    def slots(self, step):
+        base = self.start + step * self.world_size * self.batch_size + self.rank * self.batch_size
+        return range(base, base + self.batch_size)
+
+    def _load(self, g, bad):
+        n = len(self.order)
+        for k in range(self.max_substitutes + 1):
+            shard, idx = self.ids[self.order[(g + k) % n]]
+            shard, idx = int(shard), int(idx)
+            key = self.reader.key(shard, idx)
+            try:
+                img, lab = decode_seg_sample(self.reader.read(shard, idx), self.lut, self.num_classes,
+                                             self.ignore_index)
+                return img, lab, shard, key
+            except BadSample as e:
+                bad.append((self.reader.shards[shard]["name"], key, str(e)))
+        raise TooManyBadSamples(f"{self.max_substitutes + 1} consecutive samples of the epoch order from slot "
+                                f"{g} are bad, last: {bad[-1]}")
+
+    def make_batch(self, step):
+        imgs, labs, keys, shapes, shards, bad = [], [], [], [], [], []
+        slots = list(self.slots(step))
+        for g in slots:
+            img, lab, shard, key = self._load(g, bad)
+            rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
+            x, y = train_transform(img, lab, rng, self.crop_size, self.scale, self.ratio_range, self.cat_max_ratio,
+                                   photometric=self.photometric, mean=self.mean, std=self.std,
+                                   ignore_index=self.ignore_index)
+            imgs.append(x)
+            labs.append(y)
+            keys.append(key)
+            shards.append(self.reader.shards[shard]["name"])
+            shapes.append(tuple(img.shape[1:]))
+        return {"img": torch.stack(imgs), "gt_semantic_seg": torch.stack(labs),
+                "meta": {"keys": keys, "shards": shards, "ori_shape": shapes, "slots": slots, "epoch": self.epoch,
+                         "step": step, "bad": bad}}
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            for step in range(wid, self.num_batches, nw):
+                yield self.make_batch(step)
+        finally:
+            self.reader.close()
+
+
+class _BadCounter:
+    """Counts bad samples, logs rate-limited warnings and raises past the allowed fraction."""
+
+    def __init__(self, max_bad_fraction, what):
+        self.max_bad_fraction, self.what = max_bad_fraction, what
+        self.total = 0
+        self.epoch_count = 0
+
+    def reset_epoch(self):
+        self.epoch_count = 0
+
+    def add(self, bad, denominator):
+        for shard, key, reason in bad:
+            self.total += 1
+            self.epoch_count += 1
+            if self.total <= 10 or self.total % 100 == 0:
+                log.warning("%s: skipped bad sample %s in shard %s: %s (%d bad so far)%s", self.what, key, shard,
+                            reason, self.total, "; further warnings every 100th" if self.total == 10 else "")
+        if bad and self.epoch_count > self.max_bad_fraction * denominator:
+            shard, key, reason = bad[-1]
+            raise TooManyBadSamples(
+                f"{self.what}: {self.epoch_count} bad samples this epoch, more than max_bad_fraction="
+                f"{self.max_bad_fraction} of {denominator}; last: {key} in shard {shard}: {reason}")
+
+
+def _dataloader(ds, num_workers, timeout, pin_memory, prefetch_factor):
+    kw = {}
+    if num_workers > 0:
+        kw = dict(timeout=timeout, prefetch_factor=prefetch_factor, persistent_workers=False)
+    return DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kw)
+
+
+class TrainLoader:
+    """Infinite iterator over training batches with an exactly resumable position (see module docstring).
+
+    ``iter(loader)`` yields batches forever, rolling over epochs; ``epoch_batches()`` yields the rest of the
+    current epoch only. Batches: ``img`` float32 (B, 3, ch, cw), ``gt_semantic_seg`` int64 (B, ch, cw) with
+    ``ignore_index`` for ignored/padded pixels, ``meta`` (keys, shards, ori_shape, slots, epoch, step, bad).
+    """
+
+    def __init__(self, shard_dir, *, batch_size, crop_size, scale=(2048, 512), num_workers=0, seed=0, rank=0,
+                 world_size=1, num_classes=None, ignore_index=255, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 max_bad_fraction=0.01, ratio_range=(0.5, 2.0), cat_max_ratio=0.75, photometric=True,
+                 shuffle="global", window_shards=4, split=None, verify="size", worker_timeout=300.0,
+                 pin_memory=False, prefetch_factor=2):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if isinstance(crop_size, int):
+            crop_size = (crop_size, crop_size)
+        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify)
+        self.shard_dir = self.manifest["shard_dir"]
+        self.num_samples = int(self.manifest["num_samples"])
+        self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
+        self.num_workers, self.worker_timeout = int(num_workers), worker_timeout
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.opts = dict(crop_size=tuple(crop_size), scale=tuple(scale), ratio_range=tuple(ratio_range),
+                         cat_max_ratio=cat_max_ratio, shuffle=shuffle, window_shards=window_shards,
+                         mean=tuple(mean), std=tuple(std), ignore_index=ignore_index, photometric=photometric)
+        epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
+        self.bad = _BadCounter(max_bad_fraction, f"train loader (rank {rank})")
+        self.epoch = 0
+        self.samples_consumed_in_epoch = 0
+
+    @property
+    def global_batch(self):
+        return self.world_size * self.batch_size
+
+    @property
+    def len_per_epoch(self):
+        """Batches per rank in a full epoch: ceil(N / (world_size * batch_size))."""
+        return math.ceil(self.num_samples / self.global_batch)
+
+    def __len__(self):
+        return self.len_per_epoch
+
+    def remaining_in_epoch(self):
+        left = self.num_samples - self.samples_consumed_in_epoch
+        return max(0, math.ceil(left / self.global_batch))
+
+    def set_epoch(self, epoch):
+        """Start epoch ``epoch`` from its beginning at the next ``iter()``."""
+        self.epoch, self.samples_consumed_in_epoch = int(epoch), 0
+
+    def state_dict(self):
+        epoch, pos = self.epoch, self.samples_consumed_in_epoch
+        if pos >= self.num_samples:
+            epoch, pos = epoch + 1, 0
+        return {"epoch": epoch, "samples_consumed_in_epoch": pos, "seed": self.seed,
+                "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": self.num_samples,
+                "shuffle": self.opts["shuffle"], "bad_samples_total": self.bad.total}
+
+    def load_state_dict(self, state):
+        """Restore a position saved by :meth:`state_dict` (takes effect at the next ``iter()``). A different
+        world size or batch size is allowed: the epoch continues from the same global position."""
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.seed}")
+        if int(state.get("num_samples", self.num_samples)) != self.num_samples:
+            raise ValueError(f"loader state is for {state['num_samples']} samples, the shards hold "
+                             f"{self.num_samples}: a different dataset")
+        if state.get("shuffle", self.opts["shuffle"]) != self.opts["shuffle"]:
+            raise ValueError(f"loader state used shuffle={state['shuffle']!r}, this loader {self.opts['shuffle']!r}")
+        if int(state["world_size"]) != self.world_size or int(state.get("batch_size", self.batch_size)) != \
+                self.batch_size:
+            log.warning("resuming the data position with world_size*batch_size %d*%d (saved with %d*%d): the "
+                        "epoch continues from global sample %d", self.world_size, self.batch_size,
+                        state["world_size"], state.get("batch_size", -1), state["samples_consumed_in_epoch"])
+        self.epoch = int(state["epoch"])
+        self.samples_consumed_in_epoch = int(state["samples_consumed_in_epoch"])
+        self.bad.total = int(state.get("bad_samples_total", 0))
+
+    def _stream(self):
+        return _TrainStream(self.manifest, epoch=self.epoch, start=self.samples_consumed_in_epoch,
+                            num_batches=self.remaining_in_epoch(), rank=self.rank, world_size=self.world_size,
+                            batch_size=self.batch_size, seed=self.seed, **self.opts)
+
+    def epoch_batches(self):
+        """Yield the remaining batches of the current epoch, then advance to the next epoch."""
+        if self.samples_consumed_in_epoch == 0:
+            self.bad.reset_epoch()
+        n = self.remaining_in_epoch()
+        if n > 0:
+            dl = _dataloader(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
+                             self.prefetch_factor)
+            denom = self.len_per_epoch * self.batch_size
+            for batch in dl:
+                self.bad.add(batch["meta"]["bad"], denom)
+                self.samples_consumed_in_epoch += self.global_batch
+                yield batch
+        self.epoch += 1
+        self.samples_consumed_in_epoch = 0
+
+    def __iter__(self):
+        while True:
+            yield from self.epoch_batches()
+
+
+class _ValStream(IterableDataset):
+    def __init__(self, manifest, indices, mean, std, ignore_index):
+        super().__init__()
+        self.reader = ShardReader(manifest)
+        self.ids = sample_ids(manifest)
+        self.indices = indices
+        self.lut = _lut(manifest)
+        self.num_classes = int(manifest["num_classes"])
+        self.mean, self.std, self.ignore_index = mean, std, ignore_index
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            for i in self.indices[wid::nw]:
+                shard, idx = (int(v) for v in self.ids[i])
+                key = self.reader.key(shard, idx)
+                name = self.reader.shards[shard]["name"]
+                try:
+                    img, lab = decode_seg_sample(self.reader.read(shard, idx), self.lut, self.num_classes,
+                                                 self.ignore_index)
+                except BadSample as e:
+                    yield {"bad": [(name, key, str(e))], "index": int(i)}
+                    continue
+                yield {"img": normalize(img, self.mean, self.std)[None], "gt_semantic_seg": lab.long()[None],
+                       "meta": {"keys": [key], "shards": [name], "ori_shape": [tuple(img.shape[1:])],
+                                "index": [int(i)], "bad": []}}
+        finally:
+            self.reader.close()
+
+
+class ValLoader:
+    """Every validation sample exactly once across ranks, in manifest order, as single-sample batches.
+
+    Rank ``r`` of ``W`` gets the contiguous block ``[r * N // W, (r + 1) * N // W)`` (counts differ by at most
+    one; no padding duplicates). Batches: ``img`` float32 (1, 3, H, W) normalised at the original size,
+    ``gt_semantic_seg`` int64 (1, H, W), ``meta`` (keys, shards, ori_shape, index). Resizing to the test scale is
+    the evaluator's job. For exact distributed mIoU each rank accumulates per-class intersection/union areas
+    over its samples and the areas are all-reduced (summed); do not average per-rank mIoUs.
+    """
+
+    def __init__(self, shard_dir, *, rank=0, world_size=1, num_workers=0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 num_classes=None, ignore_index=255, max_bad_fraction=0.01, split="val", verify="size",
+                 worker_timeout=300.0, pin_memory=False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify)
+        n = int(self.manifest["num_samples"])
+        self.indices = np.arange(rank * n // world_size, (rank + 1) * n // world_size)
+        self.num_workers, self.worker_timeout, self.pin_memory = num_workers, worker_timeout, pin_memory
+        self.mean, self.std, self.ignore_index = tuple(mean), tuple(std), ignore_index
+        self.bad = _BadCounter(max_bad_fraction, f"val loader (rank {rank})")
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        self.bad.reset_epoch()
+        ds = _ValStream(self.manifest, self.indices, self.mean, self.std, self.ignore_index)
+        for item in _dataloader(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2):
+            if "img" not in item:
+                self.bad.add(item["bad"], max(1, len(self.indices)))
+                continue
+            yield item
+
+
+def build_train_loader(shard_dir, *, batch_size, crop_size, scale=(2048, 512), num_workers=0, seed=0, rank=0,
+                       world_size=1, num_classes=None, ignore_index=255, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       max_bad_fraction=0.01, **kw):
+    """Build a :class:`TrainLoader` (infinite, resumable; ``len_per_epoch`` batches per rank per epoch).
+
+    ``shard_dir``: a split folder with ``manifest.json`` or a folder with ``train/`` (see :func:`read_manifest`).
+    ``crop_size``: int or (h, w); ``scale``: the recipe's (long, short) RandomResize scale. Extra keywords:
+    ``ratio_range``, ``cat_max_ratio``, ``photometric``, ``shuffle`` ('global'|'shards'|'none'),
+    ``window_shards``, ``split``, ``verify`` ('size'|'sha256'|'exists'|'none'), ``worker_timeout``,
+    ``pin_memory``, ``prefetch_factor``.
+    """
+    return TrainLoader(shard_dir, batch_size=batch_size, crop_size=crop_size, scale=scale, num_workers=num_workers,
+                       seed=seed, rank=rank, world_size=world_size, num_classes=num_classes,
+                       ignore_index=ignore_index, mean=mean, std=std, max_bad_fraction=max_bad_fraction, **kw)
+
+
+def build_val_loader(shard_dir, *, rank=0, world_size=1, num_workers=0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     **kw):
+    """Build a :class:`ValLoader` (each sample exactly once across ranks, batch size 1, original size).
+    ``shard_dir``: a split folder or a folder with ``val/``. Extra keywords: ``num_classes``, ``ignore_index``,
+    ``max_bad_fraction``, ``split``, ``verify``, ``worker_timeout``, ``pin_memory``."""
+    return ValLoader(shard_dir, rank=rank, world_size=world_size, num_workers=num_workers, mean=mean, std=std, **kw)

@@ -1,0 +1,267 @@
+"""Shard writers for ADE20K, COCO-Stuff-164k, COCO instances, a custom folder layout and the synthetic dataset.
+
+CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and ``manifest.json``)::
+
+    python -m vit_adapter_ds.data.make_shards ade20k    --root data/ade/ADEChallengeData2016 [--out shards/ade20k]
+    python -m vit_adapter_ds.data.make_shards cocostuff --root data/coco_stuff164k            [--out shards/cocostuff]
+    python -m vit_adapter_ds.data.make_shards coco      --root data/coco                      [--out shards/coco]
+    python -m vit_adapter_ds.data.make_shards custom    --images IMG_DIR --masks MASK_DIR --classes classes.txt \\
+        --split train [--reduce-zero-label] --out shards/mydata             # -> shards/mydata/train
+    python -m vit_adapter_ds.data.make_shards synthetic --out shards/synthetic --num-train 64 --num-val 16
+    python -m vit_adapter_ds.data.make_shards verify shards/synthetic/train      # sha256 + counts check
+
+Common options: ``--max-samples`` / ``--max-bytes`` per shard, ``--workers`` (processes), ``--splits``.
+Label PNGs are stored as they are; the manifest's ``label_map`` (256-entry lookup table) is applied when a sample
+is decoded (reduce-zero-label for ADE20K, the COCO-Stuff id -> train id table for COCO-Stuff).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+from . import classes as C
+from .shard_writer import write_shards
+
+IMG_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def _stems(folder, exts):
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder not found: {folder}")
+    out = {}
+    for fn in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(fn)
+        if ext.lower() in exts:
+            if stem in out:
+                raise ValueError(f"{folder}: two images with stem {stem!r}")
+            out[stem] = os.path.join(folder, fn)
+    return out
+
+
+def _img_ext(path):
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    return "jpg" if ext == "jpeg" else ext
+
+
+def _safe_key(stem):
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", stem)
+
+
+def _pair(images, masks, skip_missing):
+    """Samples ``(key, {img_ext: path, 'seg.png': path})`` for images with a same-stem mask, sorted by key."""
+    samples, missing, keys = [], [], {}
+    for stem, ipath in images.items():
+        mpath = masks.get(stem)
+        if mpath is None:
+            missing.append(stem)
+            continue
+        key = _safe_key(stem)
+        if key in keys:
+            raise ValueError(f"stems {keys[key]!r} and {stem!r} give the same key {key!r}")
+        keys[key] = stem
+        samples.append((key, {_img_ext(ipath): ipath, "seg.png": mpath}))
+    if missing and not skip_missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) have no mask, e.g. {missing[:5]}; "
+                                "pass --skip-missing to leave them out")
+    if not samples:
+        raise FileNotFoundError("no image/mask pairs found")
+    return sorted(samples)
+
+
+def _seg_meta(dataset, split, classes, label_map, label_map_name, palette=None, source=""):
+    return {"dataset": dataset, "split": split, "task": "segmentation", "classes": list(classes),
+            "num_classes": len(classes), "palette": palette or C.make_palette(len(classes)),
+            "ignore_index": 255, "label_map": label_map, "label_map_name": label_map_name, "source": source}
+
+
+def ade20k_samples(root, split, skip_missing=False):
+    """ADE20K (``ADEChallengeData2016``; ``root`` may be that folder or its parent)."""
+    if os.path.isdir(os.path.join(root, "ADEChallengeData2016")):
+        root = os.path.join(root, "ADEChallengeData2016")
+    sub = {"train": "training", "val": "validation"}[split]
+    images = _stems(os.path.join(root, "images", sub), (".jpg", ".jpeg"))
+    masks = _stems(os.path.join(root, "annotations", sub), (".png",))
+    return _pair(images, masks, skip_missing)
+
+
+def write_ade20k(root, out, split, classes=C.ADE20K_CLASSES, dataset="ade20k", palette=None, **kw):
+    skip = kw.pop("skip_missing", False)
+    samples = ade20k_samples(root, split, skip)
+    meta = _seg_meta(dataset, split, classes, C.reduce_zero_label_map(), "reduce_zero_label", palette,
+                     os.path.abspath(root))
+    return write_shards(samples, out, meta, **kw)
+
+
+def cocostuff_samples(root, split, skip_missing=False):
+    """COCO-Stuff-164k: ``images/{train2017,val2017}`` and ``stuffthingmaps_trainval2017/{..}`` (or the mmseg
+    ``annotations/{..}``). Raw maps (original ids) are preferred; if only mmseg-converted ``*_labelTrainIds.png``
+    exist they are used with an identity label map. Returns ``(samples, converted)``."""
+    sub = {"train": "train2017", "val": "val2017"}[split]
+    images = _stems(os.path.join(root, "images", sub), (".jpg", ".jpeg"))
+    ann_root = os.path.join(root, "stuffthingmaps_trainval2017")
+    if not os.path.isdir(ann_root):
+        ann_root = os.path.join(root, "annotations")
+    pngs = _stems(os.path.join(ann_root, sub), (".png",))
+    raw = {s: p for s, p in pngs.items() if not s.endswith("_labelTrainIds")}
+    if raw:
+        return _pair(images, raw, skip_missing), False
+    conv = {s[: -len("_labelTrainIds")]: p for s, p in pngs.items()}
+    return _pair(images, conv, skip_missing), True
+
+
+def write_cocostuff(root, out, split, **kw):
+    skip = kw.pop("skip_missing", False)
+    samples, converted = cocostuff_samples(root, split, skip)
+    lut, name = ((C.identity_label_map(), "identity") if converted
+                 else (C.coco_stuff_label_map(), "coco_stuff_164k"))
+    meta = _seg_meta("cocostuff", split, C.COCO_STUFF_CLASSES, lut, name, None, os.path.abspath(root))
+    return write_shards(samples, out, meta, **kw)
+
+
+def coco_samples(root, split, year=2017):
+    """COCO instances: ``annotations/instances_{split}{year}.json`` and images in ``{split}{year}/`` or
+    ``images/{split}{year}/``. Each sample: the image bytes and ``json`` = {"image": ..., "annotations": [...]}.
+    Returns ``(samples, categories)``."""
+    sub = f"{split}{year}"
+    ann_file = os.path.join(root, "annotations", f"instances_{sub}.json")
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
+    with open(ann_file) as f:
+        coco = json.load(f)
+    img_dir = os.path.join(root, sub)
+    if not os.path.isdir(img_dir):
+        img_dir = os.path.join(root, "images", sub)
+    if not os.path.isdir(img_dir):
+        raise FileNotFoundError(f"COCO image folder not found: {os.path.join(root, sub)} or {img_dir}")
+    anns = {}
+    for a in coco.get("annotations", []):
+        anns.setdefault(a["image_id"], []).append(a)
+    samples = []
+    for im in sorted(coco["images"], key=lambda d: d["id"]):
+        path = os.path.join(img_dir, im["file_name"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image listed in {ann_file} not found: {path}")
+        rec = {"image": im, "annotations": sorted(anns.get(im["id"], []), key=lambda a: a["id"])}
+        samples.append((f"{int(im['id']):012d}",
+                        {_img_ext(path): path, "json": json.dumps(rec, separators=(",", ":")).encode()}))
+    return samples, coco.get("categories", [])
+
+
+def write_coco(root, out, split, year=2017, **kw):
+    kw.pop("skip_missing", None)
+    samples, cats = coco_samples(root, split, year)
+    meta = {"dataset": "coco", "split": split, "task": "detection", "categories": cats,
+            "classes": [c["name"] for c in cats], "num_classes": len(cats),
+            "palette": C.make_palette(len(cats)), "source": os.path.abspath(root)}
+    return write_shards(samples, out, meta, **kw)
+
+
+def read_class_file(path):
+    """One class name per line (blank lines and lines starting with '#' ignored)."""
+    with open(path) as f:
+        names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    if not names:
+        raise ValueError(f"no class names in {path}")
+    return names
+
+
+def write_custom(images, masks, classes_file, out, split, reduce_zero_label=False, dataset="custom", **kw):
+    """Generic layout: a folder of images, a folder of same-stem single-channel PNG masks (values = class index,
+    255 = ignore; or 0 = ignore and 1..K with ``reduce_zero_label``), and a class list file."""
+    skip = kw.pop("skip_missing", False)
+    names = read_class_file(classes_file)
+    samples = _pair(_stems(images, IMG_EXTS), _stems(masks, (".png",)), skip)
+    lut, lname = ((C.reduce_zero_label_map(), "reduce_zero_label") if reduce_zero_label
+                  else (C.identity_label_map(), "identity"))
+    meta = _seg_meta(dataset, split, names, lut, lname, None, os.path.abspath(images))
+    return write_shards(samples, out, meta, **kw)
+
+
+def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=None, **kw):
+    """Generate the synthetic dataset in the ADE20K layout (kept in ``raw_dir`` if given, else a temporary
+    folder) and shard it into ``out/train`` and ``out/val``. Returns ``{split: manifest}``."""
+    from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, write_synthetic_ade
+
+    tmp = None
+    if raw_dir is None:
+        tmp = raw_dir = tempfile.mkdtemp(prefix="synthetic_raw_")
+    try:
+        root = write_synthetic_ade(raw_dir, num_train, num_val, seed=seed, size=size)
+        out_m = {}
+        for split, n in (("train", num_train), ("val", num_val)):
+            if n > 0:
+                out_m[split] = write_ade20k(root, os.path.join(out, split), split, classes=SYNTHETIC_CLASSES,
+                                            dataset="synthetic", palette=SYNTHETIC_PALETTE, **kw)
+        return out_m
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m vit_adapter_ds.data.make_shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="dataset", required=True)
+
+    def common(sp, default_out):
+        sp.add_argument("--out", default=default_out, help="output folder (one subfolder per split)")
+        sp.add_argument("--max-samples", type=int, default=1000, help="max samples per shard")
+        sp.add_argument("--max-bytes", type=float, default=256e6, help="max bytes per shard (approximate)")
+        sp.add_argument("--workers", type=int, default=None, help="writer processes (default: #CPUs)")
+        sp.add_argument("--no-progress", action="store_true")
+
+    for name in ("ade20k", "cocostuff", "coco"):
+        sp = sub.add_parser(name)
+        sp.add_argument("--root", required=True)
+        sp.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+        sp.add_argument("--skip-missing", action="store_true", help="leave out images without a mask")
+        common(sp, os.path.join("shards", name))
+    sp = sub.add_parser("custom")
+    sp.add_argument("--images", required=True)
+    sp.add_argument("--masks", required=True)
+    sp.add_argument("--classes", required=True, help="text file, one class name per line")
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--reduce-zero-label", action="store_true")
+    sp.add_argument("--skip-missing", action="store_true")
+    common(sp, os.path.join("shards", "custom"))
+    sp = sub.add_parser("synthetic")
+    sp.add_argument("--num-train", type=int, default=64)
+    sp.add_argument("--num-val", type=int, default=16)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--size", type=int, nargs=2, default=[512, 683], metavar=("H", "W"))
+    sp.add_argument("--raw-dir", default=None, help="keep the generated ADE20K-layout folders here")
+    common(sp, os.path.join("shards", "synthetic"))
+    sp = sub.add_parser("verify")
+    sp.add_argument("shard_dir")
+    a = p.parse_args(argv)
+
+    if a.dataset == "verify":
+        from .manifest import read_manifest, verify_shards
+
+        m = read_manifest(a.shard_dir)
+        verify_shards(a.shard_dir, m, mode="sha256")
+        print(f"{a.shard_dir}: {len(m['shards'])} shard(s), {m['num_samples']} samples, checksums OK")
+        return 0
+    kw = dict(max_samples=a.max_samples, max_bytes=int(a.max_bytes), num_workers=a.workers,
+              progress=not a.no_progress)
+    if a.dataset == "synthetic":
+        res = write_synthetic(a.out, a.num_train, a.num_val, a.seed, tuple(a.size), a.raw_dir, **kw)
+    elif a.dataset == "custom":
+        res = {a.split: write_custom(a.images, a.masks, a.classes, os.path.join(a.out, a.split), a.split,
+                                     a.reduce_zero_label, skip_missing=a.skip_missing, **kw)}
+    else:
+        fn = {"ade20k": write_ade20k, "cocostuff": write_cocostuff, "coco": write_coco}[a.dataset]
+        res = {s: fn(a.root, os.path.join(a.out, s), s, skip_missing=a.skip_missing, **kw) for s in a.splits}
+    for split, m in res.items():
+        print(f"{split}: {m['num_samples']} samples in {len(m['shards'])} shard(s) -> "
+              f"{os.path.join(a.out, split)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
