@@ -1,0 +1,144 @@
+"""Stand-in components for the engine tests (a tiny conv segmentor, a resumable in-memory loader) and a script entry
+point: ``deepspeed --num_gpus 2 tests/test_engine_stubs.py <launch/train.py arguments>`` trains them with the real
+engine. No tests live here; ``test_engine_*.py`` files run this script.
+
+The loader's batch ``n`` on rank ``r`` is a pure function of ``(seed, r, n)``, so its state is just ``n``; the model
+uses dropout, so resuming is bitwise only if the engine restores the torch RNG state too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_CLASSES = 4
+
+
+class TinySeg(nn.Module):
+    """conv-BN-ReLU-dropout-conv; loss dict like the real EncoderDecoder (decode + auxiliary term)."""
+
+    def __init__(self, num_classes=NUM_CLASSES, width=8):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.decode_head = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(width, num_classes, 1))
+        self.auxiliary_head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, img, gt_semantic_seg=None):
+        feat = self.backbone(img)
+        logits = self.decode_head(feat)
+        if gt_semantic_seg is None:
+            return logits
+        gt = gt_semantic_seg.long()
+        if gt.dim() == 4:
+            gt = gt[:, 0]
+        loss_ce = F.cross_entropy(logits.float(), gt, ignore_index=255)
+        loss_aux = 0.4 * F.cross_entropy(self.auxiliary_head(feat).float(), gt, ignore_index=255)
+        return {"loss_ce": loss_ce, "loss_aux": loss_aux, "loss": loss_ce + loss_aux}
+
+    def predict(self, img):
+        return self.forward(img).argmax(1)
+
+
+def make_batch(seed, rank, n, batch_size=2, size=16):
+    g = torch.Generator().manual_seed(seed * 1000003 + rank * 7919 + n)
+    img = torch.randn(batch_size, 3, size, size, generator=g)
+    gt = (img[:, 0] > 0).long() + 2 * (img[:, 1] > 0.5).long()
+    return {"img": img, "gt_semantic_seg": gt}
+
+
+class StubLoader:
+    def __init__(self, seed, rank, batch_size):
+        self.seed, self.rank, self.batch_size, self.pos = seed, rank, batch_size, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = make_batch(self.seed, self.rank, self.pos, self.batch_size)
+        self.pos += 1
+        return b
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = int(state["pos"])
+
+
+class StubVal:
+    def __init__(self, rank):
+        self.batches = [make_batch(12345, rank, i) for i in range(2)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def stub_lr_at(cfg, it):
+    """poly(1.0) with linear warm-up, mmcv formula (used only when the real schedule module is absent)."""
+    lc = cfg.lr_config
+    base, max_iters = cfg.optimizer.lr, cfg.runner.max_iters
+    lr = (base - lc.min_lr) * (1 - it / max_iters) ** lc.power + lc.min_lr
+    if lc.get("warmup") and it < lc.warmup_iters:
+        lr = lr * (1 - (1 - it / lc.warmup_iters) * (1 - lc.warmup_ratio))
+    return lr
+
+
+def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
+    import torch.distributed as dist
+    correct = torch.zeros(2, dtype=torch.float64)
+    for b in val_loader:
+        pred = model.predict(b["img"].to(dtype))
+        correct[0] += (pred == b["gt_semantic_seg"]).sum()
+        correct[1] += pred.numel()
+    if dist.is_initialized():
+        dist.all_reduce(correct)
+    vis = []
+    if num_vis:
+        from vit_adapter_ds.utils.vis import triptych
+        img = (b["img"][0].float().permute(1, 2, 0).clamp(-2, 2) * 60 + 128).byte().numpy()
+        vis.append(triptych(img, b["gt_semantic_seg"][0].numpy(), pred[0].numpy(), NUM_CLASSES))
+    return {"aAcc": float(correct[0] / correct[1])}, vis
+
+
+def stub_components():
+    from vit_adapter_ds.engine.trainer import Components
+
+    def build_model(cfg):
+        return TinySeg()
+
+    def build_loaders(cfg, rank, world_size, seed):
+        return StubLoader(seed, rank, cfg.data.samples_per_gpu), StubVal(rank)
+
+    def build_param_groups(model, cfg):
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+        return [{"params": decay, "lr_scale": 1.0, "group_name": "decay"},
+                {"params": no_decay, "lr_scale": 0.5, "weight_decay": 0.0, "group_name": "no_decay"}]
+
+    return Components(build_model=build_model, build_loaders=build_loaders, build_param_groups=build_param_groups,
+                      lr_at=stub_lr_at, evaluate=stub_evaluate)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from vit_adapter_ds.engine.cli import main
+    crash_at = os.environ.get("STUB_CRASH_AT_ITER")
+    if crash_at:  # simulate a hard crash (SIGKILL of this rank) once the given iteration's line is logged
+        import signal
+        import threading
+        import time
+
+        def _watch(path, it):
+            while True:
+                try:
+                    with open(path) as f:
+                        if any(f'"iter": {it},' in line for line in f):
+                            os.kill(os.getpid(), signal.SIGKILL)
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.01)
+        threading.Thread(target=_watch, args=(os.environ["STUB_CRASH_FILE"], int(crash_at)), daemon=True).start()
+    sys.exit(main(sys.argv[1:], components=stub_components()))
