@@ -132,7 +132,7 @@ def write_shards(samples, out_dir, meta, *, max_samples=1000, max_bytes=256 << 2
     """Write ``samples`` (list of ``(key, {ext: path or bytes})``) as shards + manifest into ``out_dir``.
 
     ``meta`` is merged into the manifest (dataset, split, task, classes, palette, label_map, ...). Returns the
-    manifest dict. Keys must be unique.
+    manifest dict (plus ``shard_dir``). Keys must be unique.
     """
     samples = list(samples)
     if not samples:
@@ -177,4 +177,5 @@ def write_shards(samples, out_dir, meta, *, max_samples=1000, max_bytes=256 << 2
                 "num_samples": sum(s["num_samples"] for s in shards), "shards": shards}
     _fsync_dir(out_dir)
     atomic_write_bytes(manifest_path, json.dumps(manifest, separators=(",", ":")).encode())
+    manifest["shard_dir"] = out_dir  # as read_manifest returns it (not stored in the file)
     return manifest
