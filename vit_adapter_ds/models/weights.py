@@ -95,7 +95,7 @@ def _torch_load(path: Path):
             except RuntimeError as err:
                 if "mmap can only be used" not in str(err):
                     raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-1.6) format
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-1.6) format
         except pickle.UnpicklingError as err:
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
             if found:
@@ -105,9 +105,9 @@ def _torch_load(path: Path):
                     "(torch.load(weights_only=True)). If you trust the file, re-save just its weights: "
                     "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)") from None
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from None
-        except (RuntimeError, EOFError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - damaged files fail in many ways inside the unpickler
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (damaged, truncated or another "
-                                  f"format): {_first_line(err)}") from None
+                                  f"format): {type(err).__name__}: {_first_line(err)}") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -361,6 +361,9 @@ def resize_rel_pos_table(table: torch.Tensor, dst_size: int, src_extra: int = NU
     if src_size is None:
         raise CheckpointError(f"a relative-position table with {table.shape[0]} rows is not (2w-1)^2 + {src_extra}")
     grid, extra = table[:table.shape[0] - src_extra], table[table.shape[0] - src_extra:]
+    if src_size != dst_size and src_size < 5:
+        raise CheckpointError(f"a {src_size}x{src_size} relative-position table is too small for cubic resampling "
+                              "(it needs at least 5x5 offsets, i.e. a window of 3 patches)")
     if src_size == dst_size:
         resized = grid.clone()
     else:
