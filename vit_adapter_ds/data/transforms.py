@@ -12,9 +12,10 @@ process computes it. The pipeline (ViT-Adapter ADE20K/COCO-Stuff configs, mmseg 
     Normalize(ImageNet mean/std, RGB) then Pad to crop_size (image 0, label 255), bottom/right
 
 Differences from mmseg/mmcv, all sub-pixel or +-1 grey level: resizing uses torchvision (bilinear without
-antialias for images, like cv2.INTER_LINEAR; nearest for labels) instead of OpenCV, and HSV conversions use
-float arithmetic with OpenCV's 8-bit ranges (H in [0, 180), S and V in [0, 255], rounded) instead of OpenCV's
-fixed-point tables.
+antialias for images, like cv2.INTER_LINEAR; nearest for labels) instead of OpenCV's fixed-point resize, and
+the HSV round trip of saturation/hue is OpenCV's algorithm re-implemented in torch (RGB->HSV bit-exact,
+HSV->RGB within 1 grey level). The random draws happen in the same order as mmseg's (tests check the outputs
+against mmseg's own transforms given the same numpy seed).
 """
 from __future__ import annotations
 
@@ -93,39 +94,39 @@ def _convert(x, alpha=1.0, beta=0.0):
     return (x.float() * alpha + beta).clamp_(0, 255).to(torch.uint8)
 
 
+_HSV_SHIFT = 12  # OpenCV's 8-bit RGB->HSV fixed-point tables
+_SDIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)], dtype=torch.int64)
+_HDIV = torch.tensor([0] + [round((180 << _HSV_SHIFT) / (6.0 * i)) for i in range(1, 256)], dtype=torch.int64)
+_SECTOR = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])  # (b, g, r) columns
+
+
 def rgb_to_hsv8(img):
-    """uint8 RGB (3, H, W) -> uint8 HSV with OpenCV 8-bit ranges: H in [0, 180) (degrees / 2), S, V in [0, 255]."""
-    x = img.float()
+    """uint8 RGB (3, H, W) -> uint8 HSV with OpenCV's 8-bit convention and integer arithmetic: H in [0, 180)
+    (degrees / 2), S and V in [0, 255] (bit-exact with ``cv2.cvtColor(..., COLOR_RGB2HSV)``)."""
+    x = img.long()
     r, g, b = x[0], x[1], x[2]
-    v, _ = x.max(0)
-    mn, _ = x.min(0)
-    d = v - mn
-    s = torch.where(v > 0, d * 255.0 / v.clamp(min=1e-6), torch.zeros_like(v))
-    dd = d.clamp(min=1e-6)
-    h = torch.where(v == r, 60.0 * (g - b) / dd,
-                    torch.where(v == g, 120.0 + 60.0 * (b - r) / dd, 240.0 + 60.0 * (r - g) / dd))
-    h = torch.where(d > 0, h, torch.zeros_like(h))
-    h = torch.remainder(h, 360.0) / 2.0
-    h = torch.round(h).remainder(180.0)
-    return torch.stack([h, torch.round(s), v]).to(torch.uint8)
+    v = x.max(0).values
+    diff = v - x.min(0).values
+    half = 1 << (_HSV_SHIFT - 1)
+    s = (diff * _SDIV[v] + half) >> _HSV_SHIFT
+    h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * _HDIV[diff] + half) >> _HSV_SHIFT
+    h = torch.where(h < 0, h + 180, h)
+    return torch.stack([h, s, v]).to(torch.uint8)
 
 
 def hsv8_to_rgb(hsv):
-    """Inverse of :func:`rgb_to_hsv8` (rounded to uint8)."""
+    """Inverse of :func:`rgb_to_hsv8` with OpenCV's sector formula in float32, truncated to uint8 (as the
+    installed OpenCV 5 does; differs from ``cv2.cvtColor(..., COLOR_HSV2RGB)`` by 1 in < 1 % of values)."""
     x = hsv.float()
-    h, s, v = x[0] * 2.0, x[1] / 255.0, x[2]
-    c = v * s
-    hp = h / 60.0
-    xx = c * (1 - (torch.remainder(hp, 2.0) - 1).abs())
-    z = torch.zeros_like(c)
-    i = torch.floor(hp).long().clamp(0, 5)
-    rs = torch.stack([c, xx, z, z, xx, c])
-    gs = torch.stack([xx, c, c, xx, z, z])
-    bs = torch.stack([z, z, xx, c, c, xx])
-    idx = i[None]
-    m = v - c
-    rgb = torch.stack([rs.gather(0, idx)[0], gs.gather(0, idx)[0], bs.gather(0, idx)[0]]) + m
-    return torch.round(rgb).clamp_(0, 255).to(torch.uint8)
+    h, s, v = x[0] * (6.0 / 180.0), x[1] * (1.0 / 255.0), x[2]
+    h = torch.where(h >= 6, h - 6, h)
+    sector = torch.floor(h)
+    f = h - sector
+    idx = _SECTOR[sector.long().clamp(0, 5)]  # (H, W, 3)
+    tab = torch.stack([v, v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))])
+    rgb = torch.stack([tab.gather(0, idx[..., k][None])[0] for k in (2, 1, 0)])
+    return torch.floor(rgb).clamp_(0, 255).to(torch.uint8)
 
 
 def photometric_distortion(img, rng, brightness_delta=32, contrast_range=(0.5, 1.5),
