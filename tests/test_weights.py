@@ -352,7 +352,7 @@ def test_released_checkpoint_of_another_geometry_resizes_and_drops_stale_index()
     source = tiny_beit(img_size=48)
     report = load_pretrained(tiny_beit(img_size=64), _released(source))
     assert len([r for r in report.resized if r[0].endswith("bias_table")]) == DEPTH
-    assert f"blocks.0.attn.relative_position_index" in report.dropped
+    assert "blocks.0.attn.relative_position_index" in report.dropped
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -404,3 +404,47 @@ def test_zip_release_archive_wrapping_one_checkpoint(tmp_path):
         zf.write(inner, "b.pth")
     with pytest.raises(CheckpointError, match="holds 2 checkpoint files"):
         load_checkpoint_file(tmp_path / "two.zip")
+
+
+def _write_jax_npz(model, path):
+    """Write a timm ViT in Google's JAX (AugReg) .npz layout: HWIO patch kernel, (in, heads, head_dim) q/k/v kernels,
+    (heads, head_dim, out) output kernel, (in, out) dense kernels."""
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    d, h = sd["cls_token"].shape[-1], model.blocks[0].attn.num_heads
+    w = {"embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+         "embedding/bias": sd["patch_embed.proj.bias"], "cls": sd["cls_token"],
+         "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
+         "Transformer/encoder_norm/scale": sd["norm.weight"], "Transformer/encoder_norm/bias": sd["norm.bias"],
+         "head/kernel": sd["head.weight"].T, "head/bias": sd["head.bias"]}
+    for i in range(len(model.blocks)):
+        b, p = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        m = p + "MultiHeadDotProductAttention_1/"
+        for j, n in enumerate(("query", "key", "value")):
+            w[m + n + "/kernel"] = sd[b + "attn.qkv.weight"][j * d:(j + 1) * d].T.reshape(d, h, d // h)
+            w[m + n + "/bias"] = sd[b + "attn.qkv.bias"][j * d:(j + 1) * d].reshape(h, d // h)
+        w[m + "out/kernel"] = sd[b + "attn.proj.weight"].T.reshape(h, d // h, d)
+        w[m + "out/bias"] = sd[b + "attn.proj.bias"]
+        for ln, name in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
+            w[p + ln + "/scale"], w[p + ln + "/bias"] = sd[b + name + ".weight"], sd[b + name + ".bias"]
+        for r in range(2):
+            w[p + f"MlpBlock_3/Dense_{r}/kernel"] = sd[b + f"mlp.fc{r + 1}.weight"].T
+            w[p + f"MlpBlock_3/Dense_{r}/bias"] = sd[b + f"mlp.fc{r + 1}.bias"]
+    np.savez(path, **w)
+
+
+def test_jax_npz_and_safetensors_checkpoints(tmp_path):
+    deit = timm_deit()
+    _write_jax_npz(deit, tmp_path / "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz")
+    model = tiny_vit()
+    report = load_pretrained(model, tmp_path / "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1.npz")
+    assert report.kind == "vit" and sorted(report.unexpected) == ["cls_token", "head.bias", "head.weight",
+                                                                   "norm.bias", "norm.weight"]
+    for key, value in deit.state_dict().items():
+        if key in model.state_dict():
+            assert torch.equal(model.state_dict()[key], value), key
+
+    from safetensors.torch import save_file
+    save_file(deit.state_dict(), str(tmp_path / "model.safetensors"))
+    model = tiny_vit()
+    load_pretrained(model, tmp_path / "model.safetensors")
+    assert torch.equal(model.blocks[3].mlp.fc1.weight, deit.blocks[3].mlp.fc1.weight)

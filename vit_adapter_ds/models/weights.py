@@ -19,7 +19,8 @@ Three kinds of files are understood, recognised by their keys:
 Every file is read with ``torch.load(weights_only=True)`` (plus numpy scalars/arrays and ``argparse.Namespace``,
 which training scripts store next to the weights and which cannot run code); a file holding any other pickled object
 is refused. ``.pth.tar`` files are ordinary ``torch.save`` files; a ``.zip`` release archive that wraps one
-checkpoint file is unpacked to a temporary folder; ``.safetensors`` files are read with ``safetensors``.
+checkpoint file is unpacked to a temporary folder; ``.safetensors`` files are read with ``safetensors``; JAX ``.npz``
+ViT checkpoints (AugReg) are converted to timm names with timm's own converter.
 
 The functions follow timm's ``checkpoint_filter_fn(state_dict, model)`` style and fill a :class:`LoadReport`,
 which ``str()`` renders in plain words.
@@ -122,9 +123,10 @@ def _is_torch_zip(zf: zipfile.ZipFile) -> bool:
 def read_checkpoint(path: str | os.PathLike):
     """The raw object stored in a checkpoint file (usually a dict), read safely on the CPU.
 
-    ``.safetensors`` → ``safetensors.torch.load_file``; a ``.zip`` archive wrapping exactly one checkpoint file (how
-    some ViT-Adapter releases are shipped) is unpacked to a temporary folder first; everything else
-    (``.pth``, ``.pth.tar``, ``.pt``, ...) goes through ``torch.load(weights_only=True)``.
+    ``.safetensors`` → ``safetensors.torch.load_file``; ``.npz`` (JAX AugReg ViT) → timm state dict; a ``.zip``
+    archive wrapping exactly one checkpoint file (how some ViT-Adapter releases are shipped) is unpacked to a
+    temporary folder first; everything else (``.pth``, ``.pth.tar``, ``.pt``, ...) goes through
+    ``torch.load(weights_only=True)``.
     """
     path = Path(path)
     if not path.exists():
@@ -133,9 +135,7 @@ def read_checkpoint(path: str | os.PathLike):
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a checkpoint file")
     if path.name.endswith(".npz"):
-        raise CheckpointError(f"{path} is a JAX .npz checkpoint (AugReg); convert it to a timm .pth first, e.g. "
-                              "timm.create_model('vit_large_patch16_384', pretrained=True, "
-                              "pretrained_cfg_overlay=dict(file=path)) and torch.save(model.state_dict(), ...)")
+        return _npz_to_timm_state_dict(path)
     if path.name.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -157,6 +157,36 @@ def read_checkpoint(path: str | os.PathLike):
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
     return _torch_load(path)
+
+
+def _npz_to_timm_state_dict(path: Path) -> "OrderedDict[str, torch.Tensor]":
+    """A Google JAX/Flax ``.npz`` ViT checkpoint (AugReg) as a timm ``VisionTransformer`` state dict: the model is
+    sized from the file (width, depth, heads, MLP, patch, position grid) and filled by timm's own converter."""
+    from timm.models.vision_transformer import VisionTransformer, _load_weights
+
+    with np.load(path, allow_pickle=False) as npz:
+        shapes = {k: npz[k].shape for k in npz.files}
+    prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in shapes), None)
+    if prefix is None:
+        raise CheckpointError(f"{path} is a .npz file without 'embedding/kernel'; not a JAX ViT checkpoint")
+    block = f"{prefix}Transformer/encoderblock_"
+    depth = len({k[len(block):].split("/")[0] for k in shapes if k.startswith(block)})
+    if depth == 0:
+        raise CheckpointError(f"{path}: only JAX ViTs with per-block 'encoderblock_i' entries are supported")
+    patch, _, in_chans, dim = shapes[f"{prefix}embedding/kernel"]
+    heads = shapes[f"{block}0/MultiHeadDotProductAttention_1/query/kernel"][1]
+    hidden = shapes[f"{block}0/MlpBlock_3/Dense_0/kernel"][1]
+    tokens = shapes[f"{prefix}Transformer/posembed_input/pos_embedding"][1]
+    grid = _grid_side(tokens - 1)
+    if grid is None:
+        raise CheckpointError(f"{path}: a position embedding of {tokens} tokens is not a class token plus a grid")
+    num_classes = shapes[f"{prefix}head/kernel"][-1] if f"{prefix}head/kernel" in shapes else 0
+    model = VisionTransformer(img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim, depth=depth,
+                              num_heads=heads, mlp_ratio=hidden / dim, qkv_bias=True, num_classes=num_classes)
+    _load_weights(model, str(path))
+    logger.info("converted the JAX checkpoint %s to timm names (%d blocks, width %d, %dx%d grid)", path, depth, dim,
+                grid, grid)
+    return model.state_dict()
 
 
 def _pick_state_dict(checkpoint, source: str) -> dict:
@@ -281,9 +311,12 @@ class LoadReport:
         lines = [f"Loaded {self.source} ({_KIND_WORDS.get(self.kind, self.kind)}) into {self.model}:",
                  f"  {len(self.loaded)} tensors loaded"]
         if self.resized:
-            shown = "; ".join(f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in self.resized[:4])
-            more = f"; and {len(self.resized) - 4} more" if len(self.resized) > 4 else ""
-            lines.append(f"  {len(self.resized)} resized: {shown}{more}")
+            groups: "OrderedDict[tuple, int]" = OrderedDict()
+            for key, before, after in self.resized:
+                group = (re.sub(r"\.\d+(?=\.)", ".*", key), tuple(before), tuple(after))
+                groups[group] = groups.get(group, 0) + 1
+            shown = "; ".join(f"{k} {a} -> {b}" + (f" x{n}" if n > 1 else "") for (k, a, b), n in groups.items())
+            lines.append(f"  {len(self.resized)} resized: {shown}")
         if self.renamed:
             lines.append(f"  {len(self.renamed)} renamed: " + ", ".join(f"{a} -> {b}" for a, b in self.renamed[:3])
                          + (" ..." if len(self.renamed) > 3 else ""))
