@@ -141,7 +141,7 @@ class _TrainStream(IterableDataset):
             labs.append(y)
             keys.append(key)
             shards.append(self.reader.shards[shard]["name"])
-            shapes.append(tuple(img.shape[1:]))
+            shapes.append([int(v) for v in img.shape[1:]])
         return {"img": torch.stack(imgs), "gt_semantic_seg": torch.stack(labs),
                 "meta": {"keys": keys, "shards": shards, "ori_shape": shapes, "slots": slots, "epoch": self.epoch,
                          "step": step, "bad": bad}}
@@ -319,7 +319,7 @@ class _ValStream(IterableDataset):
                     yield {"bad": [(name, key, str(e))], "index": int(i)}
                     continue
                 yield {"img": normalize(img, self.mean, self.std)[None], "gt_semantic_seg": lab.long()[None],
-                       "meta": {"keys": [key], "shards": [name], "ori_shape": [tuple(img.shape[1:])],
+                       "meta": {"keys": [key], "shards": [name], "ori_shape": [[int(v) for v in img.shape[1:]]],
                                 "index": [int(i)], "bad": []}}
         finally:
             self.reader.close()

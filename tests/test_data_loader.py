@@ -1,0 +1,187 @@
+"""Train/val loaders: rank/worker coverage, equal batch counts, exact resume (workers, world size), val exactness."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+from vit_adapter_ds.data import build_train_loader, build_val_loader, epoch_order, read_manifest
+from vit_adapter_ds.data.make_shards import write_ade20k
+from vit_adapter_ds.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, write_synthetic_ade
+
+N_TRAIN, N_VAL = 24, 10
+OPTS = dict(crop_size=(32, 32), scale=(80, 40), seed=7)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore:This DataLoader will create")]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    base = tmp_path_factory.mktemp("loader")
+    root = write_synthetic_ade(base / "raw", N_TRAIN, N_VAL, seed=11, size=(64, 80))
+    kw = dict(classes=SYNTHETIC_CLASSES, dataset="synthetic", palette=SYNTHETIC_PALETTE, num_workers=1,
+              progress=False)
+    write_ade20k(root, str(base / "syn" / "train"), "train", max_samples=5, **kw)  # shards of 5,5,5,5,4
+    write_ade20k(root, str(base / "syn" / "val"), "val", max_samples=3, **kw)  # 3,3,3,1
+    write_ade20k(root, str(base / "one" / "train"), "train", max_samples=1000, **kw)  # a single shard
+    return base
+
+
+def _epoch(loader):
+    return list(loader.epoch_batches())
+
+
+def _keys(batches):
+    return [k for b in batches for k in b["meta"]["keys"]]
+
+
+def test_read_manifest_api(shards):
+    m = read_manifest(str(shards / "syn"))
+    assert m["classes"] == list(SYNTHETIC_CLASSES) and m["num_samples"] == N_TRAIN and len(m["palette"]) == 8
+    assert read_manifest(str(shards / "syn"), "val")["num_samples"] == N_VAL
+
+
+def test_batch_format(shards):
+    loader = build_train_loader(str(shards / "syn"), batch_size=3, num_workers=0, num_classes=8, **OPTS)
+    b = next(iter(loader))
+    assert b["img"].shape == (3, 3, 32, 32) and b["img"].dtype == torch.float32
+    assert b["gt_semantic_seg"].shape == (3, 32, 32) and b["gt_semantic_seg"].dtype == torch.int64
+    vals = set(b["gt_semantic_seg"].unique().tolist())
+    assert vals <= set(range(8)) | {255}
+    assert len(b["meta"]["keys"]) == 3 and all(s == [64, 80] for s in b["meta"]["ori_shape"])
+    assert loader.state_dict()["samples_consumed_in_epoch"] == 3
+
+
+@pytest.mark.parametrize("world_size,batch_size", [(3, 2), (5, 2), (2, 4)])
+def test_ranks_cover_the_dataset_with_equal_batch_counts(shards, world_size, batch_size):
+    per_rank = []
+    for r in range(world_size):
+        loader = build_train_loader(str(shards / "syn"), batch_size=batch_size, num_workers=0, rank=r,
+                                    world_size=world_size, **OPTS)
+        batches = _epoch(loader)
+        assert len(batches) == loader.len_per_epoch == -(-N_TRAIN // (world_size * batch_size))
+        assert all(len(b["meta"]["keys"]) == batch_size for b in batches)
+        per_rank.append(batches)
+    # global order of the epoch: step-major, then rank
+    slots = sorted((g, k) for batches in per_rank for b in batches for g, k in zip(b["meta"]["slots"],
+                                                                                    b["meta"]["keys"]))
+    total = len(per_rank[0]) * world_size * batch_size
+    assert [g for g, _ in slots] == list(range(total))
+    keys = [k for _, k in slots]
+    all_keys = {f"ADE_train_{i:08d}" for i in range(1, N_TRAIN + 1)}
+    assert set(keys[:N_TRAIN]) == all_keys and len(set(keys[:N_TRAIN])) == N_TRAIN  # each sample once...
+    assert keys[N_TRAIN:] == keys[: total - N_TRAIN]  # ...then the wrap-around repeats the start of the order
+
+
+@pytest.mark.parametrize("num_workers", [2, 3])
+def test_workers_do_not_change_batches(shards, num_workers):
+    """Fewer shards (1) than workers (2, 3), and 5 shards split over workers: identical to a single process."""
+    for name in ("one", "syn"):
+        ref = _epoch(build_train_loader(str(shards / name), batch_size=2, num_workers=0, rank=1, world_size=2,
+                                        **OPTS))
+        got = _epoch(build_train_loader(str(shards / name), batch_size=2, num_workers=num_workers, rank=1,
+                                        world_size=2, **OPTS))
+        assert len(got) == len(ref) == 6
+        for a, b in zip(ref, got):
+            assert a["meta"]["keys"] == b["meta"]["keys"]
+            assert torch.equal(a["img"], b["img"]) and torch.equal(a["gt_semantic_seg"], b["gt_semantic_seg"])
+
+
+def test_exact_resume_with_a_different_worker_count(shards):
+    kw = dict(batch_size=2, rank=1, world_size=2, **OPTS)
+    ref_loader = build_train_loader(str(shards / "syn"), num_workers=0, **kw)
+    it = iter(ref_loader)
+    ref = [next(it) for _ in range(9)]  # 1.5 epochs (6 batches per epoch)
+    assert [b["meta"]["epoch"] for b in ref] == [0] * 6 + [1] * 3
+    a = build_train_loader(str(shards / "syn"), num_workers=0, **kw)
+    it = iter(a)
+    got = [next(it) for _ in range(4)]
+    state = a.state_dict()
+    assert state["epoch"] == 0 and state["samples_consumed_in_epoch"] == 16 and state["world_size"] == 2
+    del it
+    b = build_train_loader(str(shards / "syn"), num_workers=2, **kw)
+    b.load_state_dict(state)
+    it = iter(b)
+    got += [next(it) for _ in range(5)]
+    for x, y in zip(ref, got):
+        assert x["meta"]["keys"] == y["meta"]["keys"] and x["meta"]["epoch"] == y["meta"]["epoch"]
+        assert torch.equal(x["img"], y["img"]) and torch.equal(x["gt_semantic_seg"], y["gt_semantic_seg"])
+    assert b.state_dict()["epoch"] == 1 and b.state_dict()["samples_consumed_in_epoch"] == 12
+
+
+def test_epoch_end_state_and_new_order(shards):
+    loader = build_train_loader(str(shards / "syn"), batch_size=4, num_workers=0, world_size=2, **OPTS)
+    it = iter(loader)
+    e0 = [next(it) for _ in range(loader.len_per_epoch)]
+    st = loader.state_dict()
+    assert (st["epoch"], st["samples_consumed_in_epoch"]) == (1, 0)  # a finished epoch reads as the next one
+    e1 = next(it)
+    assert e1["meta"]["epoch"] == 1 and e1["meta"]["keys"] != e0[0]["meta"]["keys"]
+    m = read_manifest(str(shards / "syn"))
+    assert not np.array_equal(epoch_order(m, 7, 0), epoch_order(m, 7, 1))
+    np.testing.assert_array_equal(epoch_order(m, 7, 3), epoch_order(m, 7, 3))
+    o = epoch_order(m, 7, 0, shuffle="shards", window_shards=2)
+    assert sorted(o.tolist()) == list(range(N_TRAIN))
+
+
+def _consume(shard_dir, world_size, batch_size, steps=None, state=None):
+    """Run all ranks in lockstep for ``steps`` global steps (None: rest of the epoch); return (keys, state)."""
+    loaders = [build_train_loader(shard_dir, batch_size=batch_size, num_workers=0, rank=r, world_size=world_size,
+                                  **OPTS) for r in range(world_size)]
+    for ld in loaders:
+        if state is not None:
+            ld.load_state_dict(state)
+    n = loaders[0].remaining_in_epoch() if steps is None else steps
+    assert all(ld.remaining_in_epoch() == loaders[0].remaining_in_epoch() for ld in loaders)
+    iters = [iter(ld) for ld in loaders]
+    slots = []
+    for _ in range(n):
+        for it in iters:
+            b = next(it)
+            slots += list(zip(b["meta"]["slots"], b["meta"]["keys"]))
+    states = [ld.state_dict() for ld in loaders]
+    assert all(s == states[0] for s in states)
+    return sorted(slots), states[0]
+
+
+@pytest.mark.parametrize("new_world", [3, 4, 1])
+def test_world_size_change_continues_the_epoch(shards, new_world):
+    d = str(shards / "syn")
+    before, state = _consume(d, 2, 2, steps=3)  # 12 of 24 samples
+    assert state["samples_consumed_in_epoch"] == 12
+    after, state2 = _consume(d, new_world, 2, state=state)
+    assert [g for g, _ in before] == list(range(12)) and after[0][0] == 12
+    assert [g for g, _ in after] == list(range(12, 12 + len(after)))
+    kb, ka = [k for _, k in before], [k for _, k in after]
+    assert len(set(kb) | set(ka[: N_TRAIN - 12])) == N_TRAIN  # nothing skipped, nothing repeated in the epoch
+    assert ka[N_TRAIN - 12:] == kb[: len(ka) - (N_TRAIN - 12)]  # only the wrap-around repeats
+    assert (state2["epoch"], state2["samples_consumed_in_epoch"]) == (1, 0)
+
+
+@pytest.mark.parametrize("world_size,num_workers", [(1, 0), (3, 0), (3, 2), (4, 3)])
+def test_val_loader_visits_each_sample_once_in_order(shards, world_size, num_workers):
+    seen, counts = [], []
+    for r in range(world_size):
+        loader = build_val_loader(str(shards / "syn"), rank=r, world_size=world_size, num_workers=num_workers)
+        got = list(loader)
+        counts.append(len(got))
+        assert len(got) == len(loader)
+        seen += [b["meta"]["keys"][0] for b in got]
+    assert seen == [f"ADE_val_{i:08d}" for i in range(1, N_VAL + 1)]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == N_VAL
+
+
+def test_val_sample_is_the_normalised_original(shards):
+    b = next(iter(build_val_loader(str(shards / "syn"), rank=0, world_size=1)))
+    key = b["meta"]["keys"][0]
+    raw = os.path.join(shards, "raw", "ADEChallengeData2016")
+    img = decode_jpeg(read_file(os.path.join(raw, "images", "validation", key + ".jpg")), mode=ImageReadMode.RGB)
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    torch.testing.assert_close(b["img"][0], (img.double() - mean.double()).div(std.double()).float())
+    from PIL import Image
+
+    lab = np.array(Image.open(os.path.join(raw, "annotations", "validation", key + ".png"))).astype(np.int64)
+    ref = np.where(lab == 0, 255, lab - 1)  # reduce_zero_label by hand
+    np.testing.assert_array_equal(b["gt_semantic_seg"][0].numpy(), ref)
+    assert b["meta"]["ori_shape"] == [[64, 80]]
