@@ -132,7 +132,8 @@ def main():
                     if impl == "pytorch":
                         ref[backward] = t
                     ratio = f"{ref[backward] / t:.2f}" if backward in ref else "n/a"
-                    row += [f"{t * 1e3:.2f}", f"{floor_bytes(inputs, backward) / t / 1e9:.1f}", ratio]
+                    gbs = floor_bytes(inputs, backward) / t / 1e9
+                    row += [f"{t * 1e3:.2f}", f"{gbs:.3g}", ratio]
                 print("| " + " | ".join(row) + " |", flush=True)
             del inputs
             if device.type == "cuda":

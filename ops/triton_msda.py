@@ -1,6 +1,6 @@
 """Triton kernels for multi-scale deformable attention (forward and backward).
 
-Tiling: one program handles ``BLOCK_Q`` queries of one (batch, head) pair and the whole head dimension
+Tiling: one program (1-D grid) handles ``BLOCK_Q`` queries of one (batch, head) pair and the whole head dimension
 (``BLOCK_D`` = next power of two of ``D``, masked). It loops over levels and points; for every sample it
 gathers the four bilinear corners as ``(BLOCK_Q, BLOCK_D)`` tiles (zeros outside the map) and accumulates
 in float32 (float64 for float64 inputs).
@@ -51,11 +51,14 @@ def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_p
                      S, Lq, M,
                      D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
                      BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    pid_q = tl.program_id(0)
-    pid_nm = tl.program_id(1).to(tl.int64)
+    # 1-D grid (no 65535 limit on a second axis): consecutive programs walk the query blocks of one (n, m)
+    pid = tl.program_id(0).to(tl.int64)
+    n_q_blocks = tl.cdiv(Lq, BLOCK_Q)
+    pid_q = pid % n_q_blocks
+    pid_nm = pid // n_q_blocks
     n = pid_nm // M
     m = pid_nm % M
-    q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q).to(tl.int64)
+    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q).to(tl.int64)
     q_mask = q < Lq
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
@@ -89,11 +92,14 @@ def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_
                      S, Lq, M,
                      D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
                      BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    pid_q = tl.program_id(0)
-    pid_nm = tl.program_id(1).to(tl.int64)
+    # 1-D grid (no 65535 limit on a second axis): consecutive programs walk the query blocks of one (n, m)
+    pid = tl.program_id(0).to(tl.int64)
+    n_q_blocks = tl.cdiv(Lq, BLOCK_Q)
+    pid_q = pid % n_q_blocks
+    pid_nm = pid // n_q_blocks
     n = pid_nm // M
     m = pid_nm % M
-    q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q).to(tl.int64)
+    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q).to(tl.int64)
     q_mask = q < Lq
     d = tl.arange(0, BLOCK_D)
     d_mask = d < D
@@ -153,7 +159,7 @@ def msda_forward(value, spatial_shapes, level_start_index, sampling_locations, a
         return out.view(n, lq, m * d)
     block_q, block_d = _launch_config(lq, d, block_q)
     _, acc = _acc_dtype(value.dtype)
-    grid = (triton.cdiv(lq, block_q), n * m)
+    grid = (triton.cdiv(lq, block_q) * n * m,)
     _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
                            s, lq, m, D=d, L=n_levels, P=n_points, BLOCK_Q=block_q, BLOCK_D=block_d,
                            ACC_DTYPE=acc)
@@ -172,7 +178,7 @@ def msda_backward(value, spatial_shapes, level_start_index, sampling_locations, 
     if n * lq * m * d == 0:
         return grad_value, grad_loc, grad_attn
     block_q, block_d = _launch_config(lq, d, block_q)
-    grid = (triton.cdiv(lq, block_q), n * m)
+    grid = (triton.cdiv(lq, block_q) * n * m,)
     _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                            grad_output, grad_value, grad_loc, grad_attn,
                            s, lq, m, D=d, L=n_levels, P=n_points, BLOCK_Q=block_q, BLOCK_D=block_d,
