@@ -74,13 +74,17 @@ def _data_only_globals() -> list:
     """Objects that training scripts store next to the weights and that cannot execute code: numpy scalars, arrays
     and dtypes (mmcv's ``meta['hook_msgs']['best_score']``) and ``argparse.Namespace`` (unilm/DeiT ``args``). Old
     pickles name numpy's internals ``numpy.core.*``, new ones ``numpy._core.*``; both names are allowed."""
-    from numpy._core import multiarray
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
 
     allowed = [argparse.Namespace, np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct,
                (multiarray.scalar, "numpy.core.multiarray.scalar"),
                (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
-    for name in dir(np.dtypes):
-        obj = getattr(np.dtypes, name)
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    for name in dir(dtypes) if dtypes is not None else []:
+        obj = getattr(dtypes, name)
         if isinstance(obj, type) and issubclass(obj, np.dtype):
             allowed.append(obj)
     return allowed
