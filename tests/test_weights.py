@@ -448,3 +448,25 @@ def test_jax_npz_and_safetensors_checkpoints(tmp_path):
     model = tiny_vit()
     load_pretrained(model, tmp_path / "model.safetensors")
     assert torch.equal(model.blocks[3].mlp.fc1.weight, deit.blocks[3].mlp.fc1.weight)
+
+
+@pytest.mark.slow
+def test_official_geometry_beit_large_224_checkpoint_into_the_896_model(tmp_path):
+    """BEiT-L pt22k_ft22k (224: 27x27 tables, 732 rows) into the Mask2Former 896 BEiT-Adapter-L (111x111, 12324)."""
+    from vit_adapter_ds.models import create_backbone
+
+    g = torch.Generator().manual_seed(0)
+    sd = {"cls_token": torch.randn(1, 1, 1024, generator=g), "norm.weight": torch.ones(1024),
+          "head.weight": torch.zeros(21841, 1024)}
+    for i in range(24):
+        sd[f"blocks.{i}.attn.relative_position_bias_table"] = torch.randn(732, 16, generator=g)
+        sd[f"blocks.{i}.attn.relative_position_index"] = relative_position_index(14, 14, True)
+    path = save({"model": sd}, tmp_path / "beit_large_patch16_224_pt22k_ft22k.pth")
+    model = create_backbone("beit_adapter_large_896", pretrained=str(path))
+    for i in (0, 23):
+        table = model.blocks[i].attn.relative_position_bias_table.detach()
+        src = sd[f"blocks.{i}.attn.relative_position_bias_table"]
+        assert table.shape == (12324, 16)
+        assert torch.equal(table[-3:], src[-3:])
+        torch.testing.assert_close(table[55 * 111 + 55], src[13 * 27 + 13], rtol=0, atol=1e-6)  # centre offset
+    assert torch.equal(model.cls_token.detach(), sd["cls_token"])
