@@ -385,7 +385,8 @@ def resize_rel_pos_table(table: torch.Tensor, dst_size: int, src_extra: int = NU
     head is fitted with an interpolating bicubic spline (``RectBivariateSpline(y, x, z, kx=3, ky=3, s=0)``, i.e.
     what the official ``scipy.interpolate.interp2d(x, y, z, kind='cubic')`` computed on a rectangular grid, with
     z rows along y) at :func:`geometric_source_coordinates` and evaluated on the integer grid; points beyond the
-    outermost source offset take the edge value (FITPACK clamps, as interp2d did).
+    outermost source offset take the edge value (FITPACK clamps, as interp2d did). As in the official code the
+    values are taken in float32 (``.float().numpy()``) and fitted in float64.
     """
     if table.ndim != 2:
         raise ValueError(f"expected a (positions, heads) table, got shape {tuple(table.shape)}")
