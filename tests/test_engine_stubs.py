@@ -20,10 +20,10 @@ NUM_CLASSES = 4
 class TinySeg(nn.Module):
     """conv-BN-ReLU-dropout-conv; loss dict like the real EncoderDecoder (decode + auxiliary term)."""
 
-    def __init__(self, num_classes=NUM_CLASSES, width=8):
+    def __init__(self, num_classes=NUM_CLASSES, width=8, dropout=0.1):
         super().__init__()
         self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.decode_head = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(width, num_classes, 1))
+        self.decode_head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(width, num_classes, 1))
         self.auxiliary_head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, img, gt_semantic_seg=None):
@@ -42,35 +42,43 @@ class TinySeg(nn.Module):
         return self.forward(img).argmax(1)
 
 
-def make_batch(seed, rank, n, batch_size=2, size=16):
-    g = torch.Generator().manual_seed(seed * 1000003 + rank * 7919 + n)
-    img = torch.randn(batch_size, 3, size, size, generator=g)
-    gt = (img[:, 0] > 0).long() + 2 * (img[:, 1] > 0.5).long()
-    return {"img": img, "gt_semantic_seg": gt}
+def make_sample(seed, index, size=16):
+    g = torch.Generator().manual_seed(seed * 1000003 + index)
+    img = torch.randn(3, size, size, generator=g)
+    gt = (img[0] > 0).long() + 2 * (img[1] > 0.5).long()
+    return img, gt
+
+
+def make_batch(seed, first, batch_size):
+    imgs, gts = zip(*(make_sample(seed, first + i) for i in range(batch_size)))
+    return {"img": torch.stack(imgs), "gt_semantic_seg": torch.stack(gts)}
 
 
 class StubLoader:
-    def __init__(self, seed, rank, batch_size):
-        self.seed, self.rank, self.batch_size, self.pos = seed, rank, batch_size, 0
+    """Global sample stream: micro-batch ``n`` of rank ``r`` holds samples ``(n * world + r) * bs ...``; the state is
+    the number of samples consumed by all ranks, so it carries over to another world size."""
+
+    def __init__(self, seed, rank, world_size, batch_size):
+        self.seed, self.rank, self.world, self.batch_size, self.pos = seed, rank, world_size, batch_size, 0
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        b = make_batch(self.seed, self.rank, self.pos, self.batch_size)
+        b = make_batch(self.seed, (self.pos * self.world + self.rank) * self.batch_size, self.batch_size)
         self.pos += 1
         return b
 
     def state_dict(self):
-        return {"pos": self.pos}
+        return {"samples": self.pos * self.world * self.batch_size}
 
     def load_state_dict(self, state):
-        self.pos = int(state["pos"])
+        self.pos = int(state["samples"]) // (self.world * self.batch_size)
 
 
 class StubVal:
     def __init__(self, rank):
-        self.batches = [make_batch(12345, rank, i) for i in range(2)]
+        self.batches = [make_batch(12345, (2 * i + rank) * 2, 2) for i in range(2)]
 
     def __iter__(self):
         return iter(self.batches)
@@ -95,6 +103,9 @@ def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
         correct[1] += pred.numel()
     if dist.is_initialized():
         dist.all_reduce(correct)
+    dump = os.environ.get("STUB_DUMP_OUTPUT")
+    if dump and (not dist.is_initialized() or dist.get_rank() == 0):  # live-model logits on fixed inputs
+        torch.save(model(make_batch(777, 0, 2)["img"].to(dtype)).float(), dump)
     vis = []
     if num_vis:
         from vit_adapter_ds.utils.vis import triptych
@@ -107,10 +118,10 @@ def stub_components():
     from vit_adapter_ds.engine.trainer import Components
 
     def build_model(cfg):
-        return TinySeg()
+        return TinySeg(dropout=cfg.model.decode_head.dropout_ratio)
 
     def build_loaders(cfg, rank, world_size, seed):
-        return StubLoader(seed, rank, cfg.data.samples_per_gpu), StubVal(rank)
+        return StubLoader(seed, rank, world_size, cfg.data.samples_per_gpu), StubVal(rank)
 
     def build_param_groups(model, cfg):
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -132,6 +143,8 @@ if __name__ == "__main__":
         import time
 
         def _watch(path, it):
+            if os.environ.get("RANK") != os.environ.get("STUB_CRASH_RANK", "1"):
+                return
             while True:
                 try:
                     with open(path) as f:

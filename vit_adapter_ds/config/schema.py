@@ -28,7 +28,7 @@ SECTIONS = {
     "lr_config": {"policy", "warmup", "warmup_iters", "warmup_ratio", "power", "min_lr", "by_epoch"},
     "runner": {"type", "max_iters"},
     "checkpoint_config": {"by_epoch", "interval", "max_keep_ckpts"},
-    "evaluation": {"interval", "metric", "save_best"},
+    "evaluation": {"interval", "metric", "save_best", "img_scale", "size_divisor"},
     "log_config": {"interval"},
     "fp16": {"loss_scale"},
     "vis": {"num_images"},
@@ -52,6 +52,10 @@ CHOICES = {
 }
 POSITIVE_INTS = ("runner.max_iters", "checkpoint_config.interval", "evaluation.interval", "log_config.interval",
                  "data.samples_per_gpu")
+# Official head keys the engine translates before building (norm_cfg -> norm, loss_decode -> segmentor losses).
+HEAD_TRANSLATED = {"norm_cfg", "loss_decode"}
+# Official data keys the engine translates (img_norm_cfg -> mean/std).
+DATA_TRANSLATED = {"img_norm_cfg"}
 # Keys supplied by the engine itself (not by the recipe) when it calls the data loader builders.
 LOADER_ENGINE_ARGS = {"shard_dir", "batch_size", "num_workers", "seed", "rank", "world_size"}
 PENDING_HEADS = {"EncoderDecoderMask2Former": "Mask2Former (its own issue)"}
@@ -183,20 +187,20 @@ def _validate_heads(cfg) -> None:
         if cls is None:
             known = sorted(n for n in dir(heads_pkg) if n.endswith("Head"))
             raise ConfigError(f"recipe: model.{section}.type={node.get('type')!r} is unknown; available: {known}")
-        check_kwargs(f"model.{section}", node, cls)
+        check_kwargs(f"model.{section}", node, cls, skip=("type", "_delete_", *HEAD_TRANSLATED))
 
 
 def _validate_data(cfg) -> None:
     try:
-        from .. import data as data_pkg
-        train_fn = getattr(data_pkg, "build_train_loader")
-        val_fn = getattr(data_pkg, "build_val_loader")
-    except (ImportError, AttributeError):
+        from ..data.loader import TrainLoader, ValLoader
+    except ImportError:
         return
+    train_fn, val_fn = TrainLoader.__init__, ValLoader.__init__
     for section, fn in (("train", train_fn), ("val", val_fn)):
         node = cfg.data.get(section)
         if node is None:
             raise ConfigError(f"recipe: data.{section} is missing")
         if "shard_dir" not in node:
             raise ConfigError(f"recipe: data.{section}.shard_dir is missing")
-        check_kwargs(f"data.{section}", node, fn, engine_supplied=LOADER_ENGINE_ARGS)
+        check_kwargs(f"data.{section}", node, fn, skip=("type", "_delete_", *DATA_TRANSLATED),
+                     engine_supplied=LOADER_ENGINE_ARGS)

@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import timm  # noqa: F401  (import timm/torchvision before DeepSpeed touches module construction)
 import torch
-import torchvision  # noqa: F401
 
 from ..config.errors import ConfigError
 from . import checkpoint as ckpt
@@ -150,7 +148,7 @@ def train(cfg, ds_config: dict, work_dir, components: Components, *, resume: str
 
     # ---- model, parameter groups, loaders
     seed_everything(seed)
-    model = components.build_model(cfg)
+    model = components.build_model(cfg)  # a plain module (no zero.Init), so every init function runs as written
     if load_from:
         report = ckpt.load_for_finetune(model, load_from)
         if du.is_main():

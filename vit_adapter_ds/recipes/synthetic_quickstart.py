@@ -31,9 +31,8 @@ data = dict(
     samples_per_gpu=4,
     workers_per_gpu=1,
     train=dict(shard_dir='shards/synthetic/train', crop_size=crop_size, scale=(256, 128), ratio_range=(0.5, 2.0),
-               cat_max_ratio=0.75, reduce_zero_label=True, img_norm_cfg=img_norm_cfg),
-    val=dict(shard_dir='shards/synthetic/val', scale=(256, 128), size_divisor=32, reduce_zero_label=True,
-             img_norm_cfg=img_norm_cfg))
+               cat_max_ratio=0.75, img_norm_cfg=img_norm_cfg),
+    val=dict(shard_dir='shards/synthetic/val', img_norm_cfg=img_norm_cfg))
 optimizer = dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01,
                  constructor='LayerDecayOptimizerConstructor',
                  paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.95))
@@ -42,6 +41,6 @@ lr_config = dict(policy='poly', warmup='linear', warmup_iters=20, warmup_ratio=1
                  by_epoch=False)
 runner = dict(type='IterBasedRunner', max_iters=300)
 checkpoint_config = dict(by_epoch=False, interval=100, max_keep_ckpts=2)
-evaluation = dict(interval=100, metric='mIoU', save_best='mIoU')
+evaluation = dict(interval=100, metric='mIoU', save_best='mIoU', img_scale=(256, 128), size_divisor=32)
 log_config = dict(interval=10)
 work_dir = 'work_dirs/synthetic_quickstart'

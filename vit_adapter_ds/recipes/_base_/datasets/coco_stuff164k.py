@@ -7,6 +7,5 @@ data = dict(
     samples_per_gpu=2,
     workers_per_gpu=4,
     train=dict(shard_dir='shards/coco_stuff164k/train', crop_size=crop_size, scale=(2048, 512), ratio_range=(0.5, 2.0),
-               cat_max_ratio=0.75, reduce_zero_label=False, img_norm_cfg=img_norm_cfg),
-    val=dict(shard_dir='shards/coco_stuff164k/val', scale=(2048, 512), size_divisor=32, reduce_zero_label=False,
-             img_norm_cfg=img_norm_cfg))
+               cat_max_ratio=0.75, img_norm_cfg=img_norm_cfg),
+    val=dict(shard_dir='shards/coco_stuff164k/val', img_norm_cfg=img_norm_cfg))

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Export consolidated fp32 weights from a DeepSpeed checkpoint (any ZeRO stage).
+
+    python launch/export.py work_dirs/x/checkpoints/iter_1000 --out model.pth              # mmcv format (default)
+    python launch/export.py work_dirs/x --out model.pth                                    # newest complete checkpoint
+    python launch/export.py CKPT --out model.safetensors --format safetensors              # plain tensors
+
+``mmcv`` format: ``{'meta': {...}, 'state_dict': {'backbone.*', 'decode_head.*', 'auxiliary_head.*'}}``, the layout of
+the officially released ViT-Adapter checkpoints; ``torch``: the bare state dict.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint tag dir (iter_N), a checkpoints dir or a work dir")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--format", choices=("mmcv", "torch", "safetensors"), default="mmcv")
+    args = p.parse_args(argv)
+
+    from vit_adapter_ds.engine.checkpoint import consolidated_state_dict, find_resume, to_mmcv
+
+    try:
+        found = find_resume(args.checkpoint, args.checkpoint)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if found is None:
+        print(f"error: no complete checkpoint under {args.checkpoint}", file=sys.stderr)
+        return 2
+    tag_dir, meta = found
+    sd = consolidated_state_dict(tag_dir)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
+    elif args.format == "torch":
+        torch.save(sd, out)
+    else:
+        work_dir = tag_dir.parent.parent
+        info = {"iter": meta.get("iteration"), "exported_from": str(tag_dir), "time": time.asctime(),
+                "zero_stage": meta.get("zero_stage"), "precision": meta.get("precision")}
+        if (work_dir / "config.py").is_file():
+            info["config"] = (work_dir / "config.py").read_text()
+        torch.save(to_mmcv(sd, info), out)
+    print(json.dumps({"checkpoint": str(tag_dir), "out": str(out), "format": args.format, "tensors": len(sd)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
