@@ -77,8 +77,12 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
         if not on_cuda and not _triton_interpret():
             raise ValueError("ms_deform_attn: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 "
                              "(set before triton is imported)")
-        if _load_triton() is None:
+        module = _load_triton()
+        if module is None:
             raise RuntimeError(f"ms_deform_attn: backend 'triton' requested but triton failed: {_triton_error}")
+        if not on_cuda and type(module._msda_fwd_kernel).__name__ != "InterpretedFunction":
+            raise ValueError("ms_deform_attn: the Triton kernels were compiled for the GPU because "
+                             "TRITON_INTERPRET was set after they were imported; set it before importing")
         return "triton"
     if requested == "pytorch" or not on_cuda:
         return "pytorch"

@@ -1,5 +1,6 @@
 """Backend selection of ``ms_deform_attn`` on CPU (argument, environment variable, errors, one log line)."""
 import logging
+import os
 
 import pytest
 import torch
@@ -58,3 +59,13 @@ def test_bad_shapes_are_reported(inputs):
         ms_deform_attn(value[:1], shapes, starts, loc, attn)
     with pytest.raises(ValueError, match="spatial_shapes"):
         ms_deform_attn(value, shapes[:1], starts, loc, attn)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"), reason="interpreter set globally")
+def test_interpreter_flag_set_after_import_is_reported(monkeypatch):
+    pytest.importorskip("triton")
+    from vit_adapter_ds.ops import triton_msda  # noqa: F401 - imported without the interpreter
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="before importing"):
+        resolve_backend(CPU, "triton")
