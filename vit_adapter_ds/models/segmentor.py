@@ -1,0 +1,325 @@
+"""Encoder-decoder segmentor (mmseg ``EncoderDecoder``): backbone -> decode head (+ auxiliary head), losses and
+whole / sliding-window / multi-scale + flip inference.
+
+Training (``model.train()``; ``model(img, gt_semantic_seg)``) returns a dict of scalar tensors::
+
+    loss_ce   decode-head cross entropy (weight ``decode_weight`` = 1.0)
+    loss_aux  auxiliary-head cross entropy times ``aux_weight`` (0.4), only with an auxiliary head
+    loss      their sum (what the engine back-propagates)
+    acc       pixel accuracy (%) of the decode head over labelled pixels, detached (a metric, not a loss)
+
+mmseg semantics: the logits are resized bilinearly (``align_corners``) to the label size and the loss is computed in
+float32. ``avg_non_ignore=False`` (default, mmseg <= 0.22 and mmseg 1.x default ``CrossEntropyLoss``, hence the
+official ViT-Adapter recipes on mmseg 0.20.2) divides the summed loss by *all* label pixels, ignored ones included;
+``avg_non_ignore=True`` divides by the non-ignored pixels only (PyTorch's ``F.cross_entropy(ignore_index=...)``).
+
+Inference (mmseg 0.x ``inference`` / ``aug_test``) returns per-pixel class probabilities (softmax), see
+:meth:`EncoderDecoder.predict` and :meth:`EncoderDecoder.aug_test`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads.common import resize
+
+
+def rescale_size(h: int, w: int, scale) -> tuple[int, int]:
+    """mmcv ``rescale_size`` for a (long, short) scale with keep_ratio: the largest size that fits both the long
+    edge into ``max(scale)`` and the short edge into ``min(scale)``; returns (new_h, new_w)."""
+    long_edge, short_edge = max(scale), min(scale)
+    f = min(long_edge / max(h, w), short_edge / min(h, w))
+    return int(h * f + 0.5), int(w * f + 0.5)
+
+
+def inference_size(h: int, w: int, scale=None, size_divisor: int | None = None) -> tuple[int, int]:
+    """Test-pipeline size of an (h, w) image: mmseg ``Resize(scale, keep_ratio=True)`` (skipped if ``scale`` is
+    None) then ``ResizeToMultiple(size_divisor)`` (each side rounded *up* to a multiple)."""
+    if scale is not None:
+        h, w = rescale_size(h, w, scale)
+    if size_divisor:
+        h, w = (int(math.ceil(s / size_divisor)) * size_divisor for s in (h, w))
+    return h, w
+
+
+def scales_from_ratios(img_scale, ratios: Sequence[float]) -> list[tuple[int, int]]:
+    """mmseg ``MultiScaleFlipAug(img_scale, img_ratios)``: ``[(int(w * r), int(h * r)) for r in ratios]``."""
+    return [(int(img_scale[0] * r), int(img_scale[1] * r)) for r in ratios]
+
+
+def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255,
+                  avg_non_ignore: bool = False) -> torch.Tensor:
+    """Pixel cross entropy in float32. logits (N, C, H, W), label (N, H, W) int; mean over all pixels
+    (mmseg default) or over non-ignored pixels (``avg_non_ignore``). All pixels ignored -> 0 (with a graph)."""
+    loss = F.cross_entropy(logits.float(), label, ignore_index=ignore_index, reduction="sum")
+    denom = (label != ignore_index).sum() if avg_non_ignore else label.new_tensor(label.numel())
+    return loss / denom.clamp(min=1).to(loss.dtype)
+
+
+def pixel_accuracy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Top-1 accuracy in percent over non-ignored pixels (mmseg ``accuracy(..., ignore_index)``), detached."""
+    with torch.no_grad():
+        valid = label != ignore_index
+        correct = (logits.argmax(1) == label) & valid
+        return correct.sum().float() * 100.0 / valid.sum().clamp(min=1).float()
+
+
+class EncoderDecoder(nn.Module):
+    """``backbone`` (image -> list of 4 NCHW maps) + ``decode_head`` (+ optional ``auxiliary_head``).
+
+    Attribute names are mmseg's (``backbone``, ``decode_head``, ``auxiliary_head``), so released whole-segmentor
+    checkpoints load with ``load_state_dict``. ``test_cfg`` (mmseg style: ``mode`` 'whole' | 'slide',
+    ``crop_size``, ``stride``) gives the defaults of :meth:`predict`.
+    """
+
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module, auxiliary_head: nn.Module | None = None, *,
+                 num_classes: int | None = None, aux_weight: float = 0.4, decode_weight: float = 1.0,
+                 ignore_index: int = 255, align_corners: bool | None = None, avg_non_ignore: bool = False,
+                 test_cfg: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        if auxiliary_head is not None:
+            self.auxiliary_head = auxiliary_head
+        else:
+            self.auxiliary_head = None
+        head_classes = getattr(decode_head, "num_classes", None)
+        self.num_classes = int(num_classes if num_classes is not None else head_classes)
+        if head_classes is not None and int(head_classes) != self.num_classes:
+            raise ValueError(f"num_classes={num_classes} but the decode head has {head_classes} classes")
+        aux_classes = getattr(auxiliary_head, "num_classes", self.num_classes)
+        if auxiliary_head is not None and int(aux_classes) != self.num_classes:
+            raise ValueError(f"the auxiliary head has {aux_classes} classes, the decode head {self.num_classes}")
+        self.aux_weight = float(aux_weight)
+        self.decode_weight = float(decode_weight)
+        self.ignore_index = int(ignore_index)
+        self.align_corners = bool(getattr(decode_head, "align_corners", False) if align_corners is None
+                                  else align_corners)
+        self.avg_non_ignore = bool(avg_non_ignore)
+        self.test_cfg = dict(test_cfg or {"mode": "whole"})
+
+    # ------------------------------------------------------------------ training
+    def extract_feat(self, img: torch.Tensor):
+        feats = self.backbone(img)
+        if not isinstance(feats, (list, tuple)):
+            raise TypeError(f"the backbone must return a list of feature maps, got {type(feats)}")
+        return list(feats)
+
+    def encode_decode(self, img: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> decode-head logits resized to (N, C, H, W)."""
+        return resize(self.decode_head(self.extract_feat(img)), img.shape[2:], self.align_corners)
+
+    @staticmethod
+    def _label(gt: torch.Tensor) -> torch.Tensor:
+        if gt.dim() == 4:
+            if gt.shape[1] != 1:
+                raise ValueError(f"gt_semantic_seg must be (N, H, W) or (N, 1, H, W), got {tuple(gt.shape)}")
+            gt = gt[:, 0]
+        if gt.dim() != 3:
+            raise ValueError(f"gt_semantic_seg must be (N, H, W) or (N, 1, H, W), got {tuple(gt.shape)}")
+        return gt.long()
+
+    def _head_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        logits = resize(logits.float(), label.shape[1:], self.align_corners)
+        return cross_entropy(logits, label, self.ignore_index, self.avg_non_ignore), logits
+
+    def forward_train(self, img: torch.Tensor, gt_semantic_seg: torch.Tensor) -> dict[str, torch.Tensor]:
+        label = self._label(gt_semantic_seg)
+        feats = self.extract_feat(img)
+        loss_ce, logits = self._head_loss(self.decode_head(feats), label)
+        losses = {"loss_ce": self.decode_weight * loss_ce}
+        total = losses["loss_ce"]
+        if self.auxiliary_head is not None:
+            loss_aux, _ = self._head_loss(self.auxiliary_head(feats), label)
+            losses["loss_aux"] = self.aux_weight * loss_aux
+            total = total + losses["loss_aux"]
+        losses["loss"] = total
+        losses["acc"] = pixel_accuracy(logits, label, self.ignore_index)
+        return losses
+
+    def forward(self, img: torch.Tensor, gt_semantic_seg: torch.Tensor | None = None):
+        """With labels: the loss dict (see the module docstring). Without: logits (N, C, H, W) at image size."""
+        if gt_semantic_seg is not None:
+            return self.forward_train(img, gt_semantic_seg)
+        return self.encode_decode(img)
+
+    # ------------------------------------------------------------------ inference
+    def slide_logits(self, img: torch.Tensor, crop_size, stride) -> torch.Tensor:
+        """mmseg ``slide_inference`` (before softmax): overlapping ``crop_size`` windows every ``stride`` pixels, the
+        last window of a row/column shifted back inside the image, logits summed and divided by the per-pixel
+        window count. Images smaller than a crop are decoded at their own size. (N, 3, H, W) -> (N, C, H, W)."""
+        h_stride, w_stride = _pair(stride)
+        h_crop, w_crop = _pair(crop_size)
+        n, _, h_img, w_img = img.shape
+        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+        preds = None
+        count = None
+        for hi in range(h_grids):
+            for wi in range(w_grids):
+                y1, x1 = hi * h_stride, wi * w_stride
+                y2, x2 = min(y1 + h_crop, h_img), min(x1 + w_crop, w_img)
+                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+                logit = _at_least_fp32(self.encode_decode(img[:, :, y1:y2, x1:x2]))
+                if preds is None:
+                    preds = logit.new_zeros((n, logit.shape[1], h_img, w_img))
+                    count = logit.new_zeros((n, 1, h_img, w_img))
+                preds[:, :, y1:y2, x1:x2] += logit
+                count[:, :, y1:y2, x1:x2] += 1
+        if (count == 0).any():
+            raise RuntimeError("sliding window left pixels uncovered (stride larger than crop_size?)")
+        return preds / count
+
+    def logits(self, img: torch.Tensor, mode: str | None = None, crop_size=None, stride=None) -> torch.Tensor:
+        """Logits (N, C, H, W) at image size by 'whole' or 'slide' inference (defaults from ``test_cfg``)."""
+        mode = mode or self.test_cfg.get("mode", "whole")
+        if mode == "whole":
+            return _at_least_fp32(self.encode_decode(img))
+        if mode == "slide":
+            crop_size = crop_size or self.test_cfg.get("crop_size")
+            stride = stride or self.test_cfg.get("stride")
+            if crop_size is None or stride is None:
+                raise ValueError("slide inference needs crop_size and stride (arguments or test_cfg)")
+            return self.slide_logits(img, crop_size, stride)
+        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+
+    @torch.no_grad()
+    def predict(self, img: torch.Tensor, mode: str | None = None, crop_size=None, stride=None, out_size=None,
+                flip: bool = False) -> torch.Tensor:
+        """mmseg 0.x ``inference``: class probabilities (N, C, h, w) = softmax of the logits resized bilinearly to
+        ``out_size`` (default: the image size). With ``flip`` the image is flipped horizontally first and the
+        result flipped back."""
+        x = img.flip(3) if flip else img
+        logit = self.logits(x, mode, crop_size, stride)
+        if out_size is not None:
+            logit = resize(logit, out_size, self.align_corners)
+        prob = logit.softmax(dim=1)
+        return prob.flip(3) if flip else prob
+
+    @torch.no_grad()
+    def predict_labels(self, img: torch.Tensor, **kwargs) -> torch.Tensor:
+        """(N, H, W) int64 labels: argmax of :meth:`predict` (same keyword arguments)."""
+        return self.predict(img, **kwargs).argmax(dim=1)
+
+    @torch.no_grad()
+    def aug_test(self, img: torch.Tensor, scales=(None,), flip: bool = True, size_divisor: int | None = None,
+                 mode: str | None = None, crop_size=None, stride=None, out_size=None) -> torch.Tensor:
+        """Multi-scale (+ flip) test, mmseg 0.x ``MultiScaleFlipAug`` + ``aug_test``: for every scale in ``scales``
+        ((long, short) tuples as in ``Resize(keep_ratio=True)``, or None for the input size) the image is resized
+        bilinearly to :func:`inference_size` (``size_divisor``: ``ResizeToMultiple``), inferred (and, with ``flip``,
+        also inferred flipped), the logits resized to ``out_size`` (default: input size) and soft-maxed; returns
+        the mean of all these probability maps, (N, C, h, w)."""
+        h, w = img.shape[2:]
+        out_size = tuple(out_size) if out_size is not None else (h, w)
+        total, n = None, 0
+        for scale in scales:
+            size = inference_size(h, w, scale, size_divisor)
+            x = resize(img, size, align_corners=False)
+            for f in ((False, True) if flip else (False,)):
+                p = self.predict(x, mode, crop_size, stride, out_size=out_size, flip=f)
+                total = p if total is None else total + p
+                n += 1
+        return total / n
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    a, b = v
+    return int(a), int(b)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building from an mmseg-style ``model`` config dict
+# ---------------------------------------------------------------------------------------------------------------------
+
+_HEAD_KEYS = {
+    "UPerHead": ("in_channels", "channels", "num_classes", "pool_scales", "in_index", "dropout_ratio",
+                 "align_corners"),
+    "FCNHead": ("in_channels", "channels", "num_classes", "in_index", "num_convs", "kernel_size", "dilation",
+                "concat_input", "dropout_ratio", "align_corners"),
+}
+_IGNORED_HEAD_KEYS = {"type", "norm_cfg", "loss_decode", "act_cfg", "conv_cfg", "input_transform", "init_cfg",
+                      "ignore_index", "sampler"}
+
+
+def _norm_from_cfg(norm_cfg) -> str:
+    t = (norm_cfg or {}).get("type", "BN")
+    if t in ("BN", "BN2d"):
+        return "bn"
+    if t == "SyncBN":
+        return "syncbn"
+    raise ValueError(f"unsupported head norm_cfg type {t!r} (BN or SyncBN)")
+
+
+def _loss_weight(cfg, default: float) -> float:
+    loss = cfg.get("loss_decode") or {}
+    if isinstance(loss, (list, tuple)):
+        if len(loss) != 1:
+            raise ValueError("only a single CrossEntropyLoss per head is supported")
+        loss = loss[0]
+    if loss and loss.get("type", "CrossEntropyLoss") != "CrossEntropyLoss":
+        raise ValueError(f"unsupported loss {loss.get('type')!r} (CrossEntropyLoss only)")
+    if loss.get("use_sigmoid") or loss.get("class_weight") is not None:
+        raise ValueError("sigmoid / class-weighted cross entropy is not supported")
+    return float(loss.get("loss_weight", default))
+
+
+def build_head(cfg: dict) -> nn.Module:
+    """A decode head from an mmseg head config (``type`` UPerHead | FCNHead); unsupported keys raise."""
+    from .heads import FCNHead, UPerHead
+
+    cfg = dict(cfg)
+    kind = cfg.get("type")
+    if kind not in _HEAD_KEYS:
+        raise ValueError(f"unsupported head type {kind!r}; supported: {sorted(_HEAD_KEYS)}")
+    unknown = set(cfg) - set(_HEAD_KEYS[kind]) - _IGNORED_HEAD_KEYS
+    if unknown:
+        raise ValueError(f"{kind}: unsupported config keys {sorted(unknown)}")
+    if cfg.get("input_transform") not in (None, "multiple_select"):
+        raise ValueError(f"{kind}: input_transform={cfg['input_transform']!r} is not supported")
+    kwargs = {k: cfg[k] for k in _HEAD_KEYS[kind] if k in cfg}
+    cls = UPerHead if kind == "UPerHead" else FCNHead
+    return cls(norm=_norm_from_cfg(cfg.get("norm_cfg")), **kwargs)
+
+
+def build_segmentor(model_cfg: dict, backbone: nn.Module | None = None) -> EncoderDecoder:
+    """An :class:`EncoderDecoder` from an mmseg-style ``model`` dict (``type='EncoderDecoder'``, ``backbone``,
+    ``decode_head``, ``auxiliary_head``, ``test_cfg``). The backbone is built by ``type`` (ViTAdapter |
+    BEiTAdapter, remaining keys passed through; ``model.pretrained`` becomes the backbone's ``pretrained``)
+    unless given. Loss weights come from the heads' ``loss_decode.loss_weight`` (decode 1.0, auxiliary 0.4)."""
+    cfg = dict(model_cfg)
+    if cfg.get("type", "EncoderDecoder") != "EncoderDecoder":
+        raise ValueError(f"build_segmentor builds EncoderDecoder models, not {cfg.get('type')!r}")
+    if backbone is None:
+        from . import backbones
+        bcfg = dict(cfg["backbone"])
+        kind = bcfg.pop("type")
+        if kind not in ("ViTAdapter", "BEiTAdapter"):
+            raise ValueError(f"unsupported backbone type {kind!r} (ViTAdapter or BEiTAdapter)")
+        if cfg.get("pretrained") and not bcfg.get("pretrained"):
+            bcfg["pretrained"] = cfg["pretrained"]
+        backbone = getattr(backbones, kind)(**bcfg)
+    dcfg = cfg["decode_head"]
+    decode_head = build_head(dcfg)
+    acfg = cfg.get("auxiliary_head")
+    if isinstance(acfg, (list, tuple)):
+        raise ValueError("a list of auxiliary heads is not supported")
+    aux = build_head(acfg) if acfg else None
+    loss = dcfg.get("loss_decode") or {}
+    loss = loss[0] if isinstance(loss, (list, tuple)) else loss
+    return EncoderDecoder(backbone, decode_head, aux, num_classes=dcfg["num_classes"],
+                          decode_weight=_loss_weight(dcfg, 1.0),
+                          aux_weight=_loss_weight(acfg, 0.4) if acfg else 0.4,
+                          ignore_index=int(dcfg.get("ignore_index", 255)),
+                          align_corners=bool(dcfg.get("align_corners", False)),
+                          avg_non_ignore=bool(loss.get("avg_non_ignore", False)),
+                          test_cfg=dict(cfg.get("test_cfg") or {"mode": "whole"}))
