@@ -23,8 +23,12 @@ def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor, 
         attention_weights: (N, Lq, M, L, P) weights (already softmax-ed by the caller).
 
     Returns:
-        (N, Lq, M * D)
+        (N, Lq, M * D) in value's dtype. When the dtypes differ (e.g. bf16 value with float32 locations, as the
+        model passes them), the sampling runs in the promoted dtype, like the fused kernels' float32 arithmetic.
     """
+    out_dtype = value.dtype
+    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    value, sampling_locations, attention_weights = (t.to(dtype) for t in (value, sampling_locations, attention_weights))
     n, s, m, d = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
@@ -40,4 +44,4 @@ def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor, 
     stacked = torch.stack(sampled, dim=-2)
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels, n_points)
     out = (stacked * weights).sum(dim=(-1, -2)).view(n, m * d, lq)
-    return out.transpose(1, 2).contiguous()
+    return out.transpose(1, 2).contiguous().to(out_dtype)

@@ -316,3 +316,15 @@ def test_bf16_model_runs_the_deformable_attention_in_fp32_and_stays_close():
 def test_unknown_preset_is_named_in_the_error():
     with pytest.raises(ValueError, match="vit_adapter_tiny"):
         create_backbone("vit_adapter_huge")
+
+
+def test_reference_op_samples_mixed_dtypes_in_float32():
+    from vit_adapter_ds.ops import ms_deform_attn_reference
+    g = torch.Generator().manual_seed(0)
+    value = torch.randn(2, 20, 2, 4, generator=g).bfloat16()
+    shapes, starts = torch.tensor([[4, 4], [2, 2]]), torch.tensor([0, 16])
+    loc = torch.rand(2, 5, 2, 2, 3, 2, generator=g)
+    w = torch.rand(2, 5, 2, 2, 3, generator=g)
+    out = ms_deform_attn_reference(value, shapes, starts, loc, w)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, ms_deform_attn_reference(value.float(), shapes, starts, loc, w).bfloat16())

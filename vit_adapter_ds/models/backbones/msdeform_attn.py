@@ -107,12 +107,9 @@ class MSDeformAttn(nn.Module):
                                   + sampling_offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"last dim of reference_points must be 2 or 4, got {reference_points.shape[-1]}")
-        if value.dtype != sampling_locations.dtype:
-            # Low-precision value (bf16/fp16) with fp32 locations (reference points are fp32): run the op in fp32,
-            # as the official code does under AMP (sampling locations in bf16 would be off by up to ~0.5 pixel).
-            output = ms_deform_attn(value.float(), input_spatial_shapes, input_level_start_index,
-                                    sampling_locations.float(), attention_weights.float()).to(value.dtype)
-        else:
-            output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, sampling_locations,
-                                    attention_weights)
+        # With a bf16/fp16 model the locations stay float32 (reference points are float32; bf16 locations would be
+        # off by up to half a pixel): the op samples in float32 like the official code under AMP, and returns
+        # value's dtype.
+        output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, sampling_locations,
+                                attention_weights)
         return self.output_proj(output)
