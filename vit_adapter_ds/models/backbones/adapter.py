@@ -279,18 +279,20 @@ class AdapterMixin:
         for layer, (first, last) in zip(self.interactions, self.interaction_indexes):
             x, c, cls = layer(x, c, self.blocks[first:last + 1], deform_inputs1, deform_inputs2, H, W, cls=cls)
             if self.task == "segmentation":
-                outs.append(x.transpose(1, 2).reshape(bs, dim, H, W))
+                outs.append(x.transpose(1, 2).reshape(bs, dim, H, W).contiguous())
 
-        c2 = c[:, :n2].transpose(1, 2).reshape(bs, dim, H * 2, W * 2)
-        c3 = c[:, n2:n2 + n3].transpose(1, 2).reshape(bs, dim, H, W)
-        c4 = c[:, n2 + n3:].transpose(1, 2).reshape(bs, dim, H // 2, W // 2)
+        # .contiguous() as in the official code: with batch 1 these views look channels-last, and torch's CPU
+        # BatchNorm backward returns wrong gradients for them (norm2..4 and everything upstream; torch 2.14).
+        c2 = c[:, :n2].transpose(1, 2).reshape(bs, dim, H * 2, W * 2).contiguous()
+        c3 = c[:, n2:n2 + n3].transpose(1, 2).reshape(bs, dim, H, W).contiguous()
+        c4 = c[:, n2 + n3:].transpose(1, 2).reshape(bs, dim, H // 2, W // 2).contiguous()
         c1 = self.up(c2) + c1
 
         if self.add_vit_feature:
             if self.task == "segmentation":
                 x1, x2, x3, x4 = outs
             else:
-                x1 = x2 = x3 = x4 = x.transpose(1, 2).reshape(bs, dim, H, W)
+                x1 = x2 = x3 = x4 = x.transpose(1, 2).reshape(bs, dim, H, W).contiguous()
             x1 = F.interpolate(x1, scale_factor=4, mode="bilinear", align_corners=False)
             x2 = F.interpolate(x2, scale_factor=2, mode="bilinear", align_corners=False)
             x4 = F.interpolate(x4, scale_factor=0.5, mode="bilinear", align_corners=False)
