@@ -7,6 +7,7 @@ it is one ``seek`` + ``read`` per member; nothing is unpickled or executed. Ever
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png
@@ -63,6 +64,11 @@ class ShardReader:
         return out
 
 
+def _reason(e):
+    """First line of a torchvision decoder error without its C++ source location."""
+    return re.sub(r"^.*\.cpp:\d+, ", "", str(e).splitlines()[0] if str(e) else repr(e))[:200]
+
+
 def _tensor(data):
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
@@ -75,7 +81,7 @@ def decode_image(data, ext):
         if ext == "png":
             return decode_png(_tensor(data), mode=ImageReadMode.RGB)
     except Exception as e:  # torchvision raises RuntimeError on corrupt data
-        raise BadSample(f"corrupt {ext} image: {str(e).splitlines()[0][:200]}") from e
+        raise BadSample(f"corrupt {ext} image: {_reason(e)}") from e
     raise BadSample(f"unsupported image type {ext!r}")
 
 
@@ -84,7 +90,7 @@ def decode_label(data, lut=None):
     try:
         lab = decode_png(_tensor(data), mode=ImageReadMode.UNCHANGED)
     except Exception as e:
-        raise BadSample(f"corrupt label png: {str(e).splitlines()[0][:200]}") from e
+        raise BadSample(f"corrupt label png: {_reason(e)}") from e
     if lab.dim() != 3 or lab.shape[0] != 1 or lab.dtype != torch.uint8:
         raise BadSample(f"label png must be single-channel 8-bit, got shape {tuple(lab.shape)} {lab.dtype}")
     lab = lab[0]

@@ -157,20 +157,26 @@ class _TrainStream(IterableDataset):
 
 
 class _BadCounter:
-    """Counts bad samples, logs rate-limited warnings and raises past the allowed fraction."""
+    """Counts distinct bad samples per epoch, logs rate-limited warnings and raises past the allowed fraction."""
 
     def __init__(self, max_bad_fraction, what):
         self.max_bad_fraction, self.what = max_bad_fraction, what
-        self.total = 0
-        self.epoch_count = 0
+        self.total = 0  # distinct bad samples per epoch, summed over epochs
+        self.seen = set()
 
     def reset_epoch(self):
-        self.epoch_count = 0
+        self.seen = set()
+
+    @property
+    def epoch_count(self):
+        return len(self.seen)
 
     def add(self, bad, denominator):
         for shard, key, reason in bad:
+            if (shard, key) in self.seen:  # met again as a substitute candidate
+                continue
+            self.seen.add((shard, key))
             self.total += 1
-            self.epoch_count += 1
             if self.total <= 10 or self.total % 100 == 0:
                 log.warning("%s: skipped bad sample %s in shard %s: %s (%d bad so far)%s", self.what, key, shard,
                             reason, self.total, "; further warnings every 100th" if self.total == 10 else "")
@@ -181,11 +187,20 @@ class _BadCounter:
                 f"{self.max_bad_fraction} of {denominator}; last: {key} in shard {shard}: {reason}")
 
 
-def _dataloader(ds, num_workers, timeout, pin_memory, prefetch_factor):
+def _iterate(ds, num_workers, timeout, pin_memory, prefetch_factor):
+    """Iterate a DataLoader over ``ds`` (items are already batches). Workers are shut down as soon as the
+    iteration ends, fails or is abandoned: left to the garbage collector after a worker error, PyTorch's
+    shutdown waits ~5 s per worker."""
     kw = {}
     if num_workers > 0:
         kw = dict(timeout=timeout, prefetch_factor=prefetch_factor, persistent_workers=False)
-    return DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kw)
+    it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kw))
+    try:
+        yield from it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class TrainLoader:
@@ -279,10 +294,9 @@ class TrainLoader:
             self.bad.reset_epoch()
         n = self.remaining_in_epoch()
         if n > 0:
-            dl = _dataloader(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
-                             self.prefetch_factor)
             denom = self.len_per_epoch * self.batch_size
-            for batch in dl:
+            for batch in _iterate(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
+                                  self.prefetch_factor):
                 self.bad.add(batch["meta"]["bad"], denom)
                 self.samples_consumed_in_epoch += self.global_batch
                 yield batch
@@ -353,7 +367,7 @@ class ValLoader:
     def __iter__(self):
         self.bad.reset_epoch()
         ds = _ValStream(self.manifest, self.indices, self.mean, self.std, self.ignore_index)
-        for item in _dataloader(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2):
+        for item in _iterate(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2):
             if "img" not in item:
                 self.bad.add(item["bad"], max(1, len(self.indices)))
                 continue
