@@ -1,0 +1,1 @@
+"""Fidelity against the official ViT-Adapter code: seeded weights, variant table, golden generation."""

@@ -1,0 +1,71 @@
+"""The official configurations checked for fidelity (spec §3), with the small inputs used for the goldens.
+
+``official`` names the official class (segmentation / detection copy); ``kwargs`` are the official
+``backbone=dict(...)`` arguments, accepted unchanged by our ``ViTAdapter`` / ``BEiTAdapter`` plus ``task``.
+Drop-path is 0 so that train-mode checks are deterministic.
+"""
+from __future__ import annotations
+
+I12 = [[0, 2], [3, 5], [6, 8], [9, 11]]
+I24 = [[0, 5], [6, 11], [12, 17], [18, 23]]
+_COMMON = dict(patch_size=16, mlp_ratio=4, conv_inplane=64, n_points=4, cffn_ratio=0.25, drop_path_rate=0.0)
+_BEIT_L = dict(embed_dim=1024, depth=24, num_heads=16, qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True,
+               init_values=1e-6, deform_num_heads=16, deform_ratio=0.5, interaction_indexes=I24)
+
+VARIANTS: dict[str, dict] = {
+    "vit_adapter_tiny": dict(
+        official="seg_vit", task="segmentation", input=(2, 3, 64, 96), slow=False,
+        kwargs=dict(_COMMON, embed_dim=192, depth=12, num_heads=3, deform_num_heads=6, deform_ratio=1.0,
+                    interaction_indexes=I12)),
+    "vit_adapter_small": dict(
+        official="seg_vit", task="segmentation", input=(2, 3, 64, 96), slow=False,
+        kwargs=dict(_COMMON, embed_dim=384, depth=12, num_heads=6, deform_num_heads=6, deform_ratio=1.0,
+                    interaction_indexes=I12)),
+    "vit_adapter_base": dict(
+        official="seg_vit", task="segmentation", input=(2, 3, 64, 96), slow=False,
+        kwargs=dict(_COMMON, embed_dim=768, depth=12, num_heads=12, deform_num_heads=12, deform_ratio=0.5,
+                    interaction_indexes=I12)),
+    "vit_adapter_large": dict(  # AugReg-L: pos_embed grid 24x24 resized on every forward
+        official="seg_vit", task="segmentation", input=(1, 3, 64, 96), slow=True,
+        kwargs=dict(_COMMON, img_size=384, pretrain_size=384, embed_dim=1024, depth=24, num_heads=16,
+                    deform_num_heads=16, deform_ratio=0.5, interaction_indexes=I24)),
+    "beit_adapter_large": dict(  # segmentation BEiT: input must be exactly img_size
+        official="seg_beit", task="segmentation", input=(1, 3, 64, 64), slow=True,
+        kwargs=dict(_COMMON, img_size=64, **_BEIT_L)),
+    "vit_adapter_small_det": dict(  # 16x20 token grid: 14-windows pad to 28x28
+        official="det_vit", task="detection", input=(2, 3, 256, 320), slow=False,
+        kwargs=dict(_COMMON, embed_dim=384, depth=12, num_heads=6, deform_num_heads=6, deform_ratio=1.0,
+                    interaction_indexes=I12, window_attn=[True, True, False] * 4, window_size=[14] * 12)),
+    "beit_adapter_large_det": dict(  # 16x20 grid: 14-windows pad to 28x28, 56-windows to 56x56
+        official="det_beit", task="detection", input=(1, 3, 256, 320), slow=True,
+        kwargs=dict(_COMMON, img_size=224, window_attn=[True] * 24, window_size=[14, 14, 14, 14, 14, 56] * 4,
+                    **_BEIT_L)),
+}
+# Batch 1 (the per-GPU batch of the detection / Mask2Former recipes): a cheap case for batch-1 layout effects.
+VARIANTS["vit_adapter_tiny_b1"] = dict(VARIANTS["vit_adapter_tiny"], input=(1, 3, 64, 96))
+
+# Train-mode variant (BatchNorm with batch statistics; dropout and drop-path are 0).
+TRAIN_VARIANTS = {"vit_adapter_tiny_train": "vit_adapter_tiny"}
+
+
+def grad_keys(name: str) -> list[str]:
+    """Representative parameters whose gradients are compared."""
+    cfg = VARIANTS[name]
+    kw = cfg["kwargs"]
+    depth = kw["depth"]
+    beit = cfg["official"].endswith("beit")
+    keys = ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", f"blocks.{depth - 1}.mlp.fc2.weight",
+            "blocks.1.gamma_1" if beit else "blocks.1.gamma1",
+            "interactions.0.injector.gamma", "interactions.0.injector.attn.sampling_offsets.weight",
+            "interactions.0.injector.attn.value_proj.weight", "interactions.1.extractor.attn.attention_weights.weight",
+            "interactions.3.extractor.ffn.dwconv.dwconv.weight", "interactions.3.extra_extractors.1.ffn.fc2.weight",
+            "spm.stem.0.weight", "spm.stem.1.weight", "spm.fc4.weight", "level_embed", "up.weight", "norm1.weight"]
+    if beit:
+        keys += ["blocks.0.attn.q_bias", "blocks.0.attn.v_bias", "blocks.0.attn.relative_position_bias_table"]
+        if cfg["official"] == "det_beit":
+            keys += ["blocks.5.attn.relative_position_bias_table"]  # a 56-window layer
+        else:
+            keys += ["cls_token"]
+    else:
+        keys += ["pos_embed"]
+    return keys
