@@ -1,0 +1,127 @@
+"""Data-loading benchmark: shard loader vs a file-per-image loader on the same synthetic data, and shard writing.
+
+    OMP_NUM_THREADS=1 python benchmarks/data.py [--num-images 64] [--workers 1 2] [--crops 512 896]
+
+Both loaders decode with torchvision.io and run the same training transforms (RandomResize at the recipe
+scale (4*crop, crop), RandomCrop with cat_max_ratio, flip, PhotoMetricDistortion, Normalize, Pad), so the
+difference is the storage path: one ``seek + read`` per member in a few large tar files vs opening two files per
+sample. Reported: images/s over one epoch after a warm-up batch, and images/s per worker. Shard writing: samples/s
+and MB/s of ``make_shards`` over the same folders (1 and 2 processes). Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from vit_adapter_ds.data import build_train_loader  # noqa: E402
+from vit_adapter_ds.data.classes import reduce_zero_label_map  # noqa: E402
+from vit_adapter_ds.data.make_shards import write_ade20k  # noqa: E402
+from vit_adapter_ds.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_ade  # noqa: E402
+from vit_adapter_ds.data.transforms import train_transform  # noqa: E402
+
+
+class FolderDataset(Dataset):
+    """The baseline: a map-style dataset over ADE20K-layout folders (one JPEG + one PNG per sample)."""
+
+    def __init__(self, root, crop, scale, seed=0):
+        self.img_dir = os.path.join(root, "images", "training")
+        self.ann_dir = os.path.join(root, "annotations", "training")
+        self.names = sorted(os.path.splitext(f)[0] for f in os.listdir(self.img_dir))
+        self.crop, self.scale, self.seed = crop, scale, seed
+        self.lut = torch.tensor(reduce_zero_label_map(), dtype=torch.uint8)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        n = self.names[i]
+        img = decode_jpeg(read_file(os.path.join(self.img_dir, n + ".jpg")), mode=ImageReadMode.RGB)
+        lab = self.lut[decode_png(read_file(os.path.join(self.ann_dir, n + ".png")))[0].long()]
+        x, y = train_transform(img, lab, np.random.default_rng([self.seed, i]), (self.crop, self.crop), self.scale)
+        return x, y
+
+
+def _time_epoch(it, n_batches, batch_size):
+    next(it)  # warm-up (worker start, first decode)
+    t = time.perf_counter()
+    for _ in range(n_batches - 1):
+        next(it)
+    return (n_batches - 1) * batch_size / (time.perf_counter() - t)
+
+
+def bench_loaders(root, shard_dir, crops, workers, batch_size, n_images):
+    rows = []
+    n_batches = n_images // batch_size
+    for crop in crops:
+        scale = (4 * crop, crop)
+        for nw in workers:
+            sl = build_train_loader(shard_dir, batch_size=batch_size, crop_size=crop, scale=scale, num_workers=nw,
+                                    seed=0)
+            shard_ips = _time_epoch(iter(sl), n_batches, batch_size)
+            dl = DataLoader(FolderDataset(root, crop, scale), batch_size=batch_size, shuffle=True, num_workers=nw,
+                            generator=torch.Generator().manual_seed(0), drop_last=True)
+            folder_ips = _time_epoch(iter(dl), n_batches, batch_size)
+            per = max(nw, 1)
+            rows.append((crop, nw, shard_ips, shard_ips / per, folder_ips, folder_ips / per))
+            print(f"crop {crop} workers {nw}: shards {shard_ips:.1f} img/s, folders {folder_ips:.1f} img/s",
+                  flush=True)
+    return rows
+
+
+def bench_writing(root, out, procs):
+    rows = []
+    total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(root)) for f in fs
+                if "training" in dp)
+    for p in procs:
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        m = write_ade20k(root, out, "train", classes=SYNTHETIC_CLASSES, max_samples=16, num_workers=p,
+                         progress=False)
+        dt = time.perf_counter() - t
+        rows.append((p, m["num_samples"] / dt, total / dt / 1e6, len(m["shards"])))
+        print(f"writing with {p} process(es): {m['num_samples'] / dt:.0f} samples/s", flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--num-images", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--crops", type=int, nargs="+", default=[512, 896])
+    ap.add_argument("--size", type=int, nargs=2, default=[512, 683])
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="bench_data_")
+    try:
+        t = time.perf_counter()
+        root = write_synthetic_ade(os.path.join(tmp, "raw"), a.num_images, 0, seed=0, size=tuple(a.size))
+        print(f"generated {a.num_images} synthetic {a.size[0]}x{a.size[1]} images in "
+              f"{time.perf_counter() - t:.1f} s", flush=True)
+        wrows = bench_writing(root, os.path.join(tmp, "shards", "train"), [1, 2])
+        lrows = bench_loaders(root, os.path.join(tmp, "shards", "train"), a.crops, a.workers, a.batch_size,
+                              a.num_images)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n| crop | workers | shards img/s | shards img/s/worker | folders img/s | folders img/s/worker | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for crop, nw, s, sp, f, fp in lrows:
+        print(f"| {crop} | {nw} | {s:.1f} | {sp:.1f} | {f:.1f} | {fp:.1f} | {s / f:.2f} |")
+    print("\n| writer processes | samples/s | MB/s | shards |")
+    print("|---|---|---|---|")
+    for p, sps, mbs, ns in wrows:
+        print(f"| {p} | {sps:.0f} | {mbs:.1f} | {ns} |")
+
+
+if __name__ == "__main__":
+    main()
