@@ -1,0 +1,185 @@
+"""mIoU: a hand-computed 3x3 example, equality with mmseg 1.2.2 ``IoUMetric``, exact 2-rank (gloo) all-reduce,
+dataset evaluation against an explicit pipeline, and indexed prediction PNGs."""
+import math
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vit_adapter_ds.evaluation import (IoUAccumulator, colorize, evaluate, format_table, intersect_and_union,
+                                       save_mask_png, summarize)
+
+try:
+    from mmseg.evaluation.metrics import IoUMetric
+except Exception:  # noqa: BLE001
+    IoUMetric = None
+
+
+def test_hand_computed_3x3():
+    label = torch.tensor([[0, 0, 1], [1, 2, 2], [255, 2, 0]])
+    pred = torch.tensor([[0, 1, 1], [1, 2, 0], [2, 2, 0]])
+    inter, union, area_pred, area_label = intersect_and_union(pred, label, 4, 255)
+    assert inter.tolist() == [2, 2, 2, 0] and inter.dtype == torch.int64
+    assert area_label.tolist() == [3, 2, 3, 0]
+    assert area_pred.tolist() == [3, 3, 2, 0]
+    assert union.tolist() == [4, 3, 3, 0]
+    m = summarize(inter, union, area_pred, area_label, ["a", "b", "c", "d"])
+    assert m["aAcc"] == pytest.approx(6 / 8)
+    np.testing.assert_allclose(m["IoU"][:3], [0.5, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(m["Acc"][:3], [2 / 3, 1.0, 2 / 3])
+    assert math.isnan(m["IoU"][3]) and math.isnan(m["Acc"][3])
+    assert m["mIoU"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    assert m["mAcc"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert m["per_class"][1] == {"class": "b", "IoU": pytest.approx(2 / 3), "Acc": 1.0}
+    assert "mIoU 61.11" in format_table(m)
+
+
+def test_predicted_but_absent_class():
+    # class 1 predicted but never labelled: IoU 0 (union > 0), Acc NaN
+    m = summarize(*intersect_and_union(torch.tensor([0, 1]), torch.tensor([0, 0]), 2))
+    assert m["IoU"].tolist()[1] == 0.0 and math.isnan(m["Acc"][1])
+    assert m["mIoU"] == pytest.approx(0.25) and m["mAcc"] == pytest.approx(0.5)
+    with pytest.raises(TypeError):
+        intersect_and_union(torch.zeros(2), torch.zeros(2, dtype=torch.long), 2)
+    with pytest.raises(ValueError):
+        intersect_and_union(torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long), 2)
+
+
+def random_pairs(n=6, num_classes=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        h, w = 20 + i, 30 - i
+        label = torch.randint(0, num_classes - 1, (h, w), generator=g)  # class num_classes-1 never labelled
+        label[torch.rand(h, w, generator=g) < 0.2] = 255
+        if i == 0:
+            label[0, :5] = num_classes + 3  # out-of-range label value
+        pred = torch.where(torch.rand(h, w, generator=g) < 0.6, label.clamp(max=num_classes - 1),
+                           torch.randint(0, num_classes, (h, w), generator=g))
+        pred[pred == 2] = 3  # class 2 never predicted
+        out.append((pred, label))
+    return out
+
+
+@pytest.mark.skipif(IoUMetric is None, reason="mmsegmentation not importable")
+def test_matches_mmseg_iou_metric():
+    nc = 7
+    pairs = random_pairs(num_classes=nc)
+    acc = IoUAccumulator(nc)
+    ref = []
+    for pred, label in pairs:
+        acc.update(pred, label)
+        ours = intersect_and_union(pred, label, nc, 255)
+        theirs = IoUMetric.intersect_and_union(pred, label, nc, 255)
+        for a, b in zip(ours, theirs):
+            assert a.tolist() == b.long().tolist()
+        ref.append(theirs)
+    totals = [sum(r[i] for r in ref) for i in range(4)]
+    rm = IoUMetric.total_area_to_metrics(*totals, metrics=["mIoU"])
+    m = acc.summarize()
+    assert m["aAcc"] == pytest.approx(float(rm["aAcc"]), rel=1e-6)
+    np.testing.assert_allclose(m["IoU"], rm["IoU"], rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(m["Acc"], rm["Acc"], rtol=1e-6, equal_nan=True)
+    assert m["mIoU"] == pytest.approx(float(np.nanmean(rm["IoU"])), rel=1e-6)
+    assert m["mAcc"] == pytest.approx(float(np.nanmean(rm["Acc"])), rel=1e-6)
+    assert math.isnan(m["Acc"][nc - 1]) and not math.isnan(m["IoU"][nc - 1])
+    # mmseg 1.x IoUMetric.compute_metrics reports round(nanmean * 100, 2)
+    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric.dataset_meta = dict(classes=[str(i) for i in range(nc)])
+    res = metric.compute_metrics([tuple(t) for t in ref])
+    assert res["mIoU"] == pytest.approx(round(m["mIoU"] * 100, 2))
+    assert res["aAcc"] == pytest.approx(round(m["aAcc"] * 100, 2))
+
+
+def _worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    acc = IoUAccumulator(7)
+    for i, (pred, label) in enumerate(random_pairs(num_classes=7)):
+        if i % world == rank:
+            acc.update(pred, label)
+    acc.all_reduce()
+    if rank == 0:
+        torch.save({"areas": acc.areas, "n": acc.num_images}, out_file)
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_all_reduce_two_ranks_exact():
+    single = IoUAccumulator(7)
+    for pred, label in random_pairs(num_classes=7):
+        single.update(pred, label)
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "out.pt")
+        # fork: the children need no re-import of this module (spawn would take ~10 s on 2 cores)
+        mp.start_processes(_worker, args=(2, os.path.join(d, "init"), out), nprocs=2, join=True,
+                           start_method="fork")
+        res = torch.load(out)
+    assert torch.equal(res["areas"], single.areas) and res["n"] == single.num_images
+    single.all_reduce()  # no process group: no-op, and further updates are refused
+    with pytest.raises(RuntimeError):
+        single.update(*random_pairs(1)[0])
+
+
+def test_evaluate_against_explicit_pipeline():
+    from torch import nn
+
+    from vit_adapter_ds.models.heads import FCNHead
+    from vit_adapter_ds.models.segmentor import EncoderDecoder
+
+    class Pointwise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            y = self.proj(x)
+            return [y, y, y, y]
+
+    torch.manual_seed(0)
+    nc = 3
+    model = EncoderDecoder(Pointwise(), FCNHead(4, 4, num_classes=nc, in_index=0), num_classes=nc).eval()
+    g = torch.Generator().manual_seed(1)
+    data = []
+    for h, w in [(40, 50), (36, 30)]:
+        img = torch.randn(1, 3, h, w, generator=g)
+        gt = torch.randint(0, nc, (1, h, w), generator=g)
+        gt[:, :4] = 255
+        data.append({"img": img, "gt_semantic_seg": gt})
+    res = evaluate(model, data, nc, img_scale=(64, 32), size_divisor=32, num_vis=1, class_names=["x", "y", "z"])
+    acc = IoUAccumulator(nc)
+    with torch.no_grad():
+        for b in data:
+            h, w = b["gt_semantic_seg"].shape[1:]
+            # Resize(keep_ratio) to (64, 32) then ResizeToMultiple(32), written out per image:
+            # (40, 50): factor min(64/50, 32/40) = 0.8 -> (32, 40) -> (32, 64)
+            # (36, 30): factor min(64/36, 32/30) = 1.0667 -> (38, 32) -> (64, 32)
+            size = {(40, 50): (32, 64), (36, 30): (64, 32)}[(h, w)]
+            x = F.interpolate(b["img"], size=size, mode="bilinear", align_corners=False)
+            logit = F.interpolate(model.decode_head(model.backbone(x)), size=size, mode="bilinear")
+            logit = F.interpolate(logit, size=(h, w), mode="bilinear")
+            acc.update(logit.argmax(1)[0], b["gt_semantic_seg"][0])
+    ref = acc.summarize()
+    assert res["mIoU"] == pytest.approx(ref["mIoU"]) and res["aAcc"] == pytest.approx(ref["aAcc"])
+    assert res["num_images"] == 2 and res["per_class"][2]["class"] == "z"
+    assert res["vis"][0].shape == (40, 150, 3)
+    with pytest.raises(ValueError):
+        evaluate(model, data, nc, aug=dict(ratios=[1.0]))  # ratios without img_scale
+
+
+def test_mask_png_roundtrip(tmp_path):
+    from PIL import Image
+
+    label = np.array([[0, 1, 2], [255, 1, 0]])
+    pal = [[10, 20, 30], [40, 50, 60], [70, 80, 90]]
+    p = save_mask_png(tmp_path / "m.png", label, 3, pal)
+    im = Image.open(p)
+    assert im.mode == "P"
+    np.testing.assert_array_equal(np.asarray(im), label)
+    rgb = np.asarray(im.convert("RGB"))
+    assert rgb[0, 2].tolist() == [70, 80, 90] and rgb[1, 0].tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(colorize(label, 3, pal), rgb)

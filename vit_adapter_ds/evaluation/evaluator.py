@@ -1,0 +1,120 @@
+"""Dataset evaluation of a segmentor: the mmseg test pipeline, inference, exact distributed mIoU.
+
+For every validation sample (original-size normalised image and label, as the val loader yields them) the test
+pipeline of the recipes is applied: ``Resize(img_scale, keep_ratio=True)`` then ``ResizeToMultiple(size_divisor)``
+(or, for multi-scale testing, one such resize per ``img_scale * ratio``), whole or sliding-window inference,
+logits resized back to the label size, softmax (averaged over scales/flips) and argmax. Per-class areas are
+accumulated per rank and summed over ranks, so the distributed result equals a single-process evaluation.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..models.segmentor import scales_from_ratios
+from .miou import IoUAccumulator
+
+
+def _denormalize(img: torch.Tensor, mean, std) -> np.ndarray:
+    x = img.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return x.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = None, crop_size=None, stride=None,
+             img_scale=None, size_divisor: int | None = 32, aug: dict | None = None, ignore_index: int = 255,
+             class_names: Sequence[str] | None = None, device=None, dtype: torch.dtype | None = None,
+             num_vis: int = 0, palette=None, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+             progress: bool = False) -> dict:
+    """Evaluate ``model`` (an :class:`~vit_adapter_ds.models.segmentor.EncoderDecoder`) on ``loader``.
+
+    ``loader`` yields ``{'img': (B, 3, H, W) float, 'gt_semantic_seg': (B, H, W) int, ...}`` (B images of one
+    size; the val loader gives B=1 at the original size). ``mode``/``crop_size``/``stride``: 'whole' | 'slide'
+    (default: the model's ``test_cfg``). ``img_scale``: the (long, short) test scale (None: no resize);
+    ``size_divisor``: ResizeToMultiple. ``aug``: multi-scale/flip test, ``dict(ratios=[0.5, 0.75, ...],
+    flip=True)`` (ratios of ``img_scale``) or ``dict(scales=[(w, h), ...], flip=...)``; None = single scale, no flip.
+    ``dtype``: cast the images (bf16/fp16 models); ``num_vis``: keep that many (image | label | prediction)
+    visualisations (uint8 (H, 3W, 3)) of this rank under ``'vis'``.
+
+    Returns :func:`~vit_adapter_ds.evaluation.miou.summarize`'s dict (``aAcc``, ``mIoU``, ``mAcc``, ``IoU``,
+    ``Acc``, ``per_class``), plus ``num_images`` (all ranks) and ``vis``. Call it on every rank when distributed.
+    """
+    from .visualize import colorize
+
+    if not hasattr(model, "aug_test"):
+        raise TypeError(f"{type(model).__name__} has no aug_test(); evaluate() needs an EncoderDecoder")
+    aug = dict(aug or {})
+    unknown = set(aug) - {"ratios", "scales", "flip"}
+    if unknown:
+        raise ValueError(f"aug: unknown keys {sorted(unknown)} (ratios, scales, flip)")
+    if "ratios" in aug and "scales" in aug:
+        raise ValueError("aug: give ratios or scales, not both")
+    if "ratios" in aug:
+        if img_scale is None:
+            raise ValueError("aug ratios need img_scale")
+        scales = scales_from_ratios(img_scale, aug["ratios"])
+    else:
+        scales = list(aug.get("scales") or [img_scale])
+    flip = bool(aug.get("flip", False))
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    acc = IoUAccumulator(num_classes, ignore_index)
+    vis = []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(loader, desc="eval", leave=False)
+    for batch in it:
+        img = batch["img"].to(device)
+        if dtype is not None:
+            img = img.to(dtype)
+        gt = batch["gt_semantic_seg"]
+        gt = gt[:, 0] if gt.dim() == 4 else gt
+        prob = model.aug_test(img, scales=scales, flip=flip, size_divisor=size_divisor, mode=mode,
+                              crop_size=crop_size, stride=stride, out_size=tuple(gt.shape[-2:]))
+        pred = prob.argmax(dim=1).cpu()
+        for p, g, im in zip(pred, gt, batch["img"]):
+            acc.update(p, g)
+            if len(vis) < num_vis:
+                vis.append(np.concatenate([_denormalize(im, mean, std), colorize(g, num_classes, palette),
+                                           colorize(p, num_classes, palette)], axis=1))
+    model.train(was_training)
+    acc.all_reduce()
+    out = acc.summarize(class_names)
+    out["num_images"] = acc.num_images
+    out["vis"] = vis
+    return out
+
+
+def _cfg_get(obj, key, default=None):
+    if obj is None:
+        return default
+    return obj.get(key, default) if hasattr(obj, "get") else getattr(obj, key, default)
+
+
+def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0):
+    """The engine's ``evaluate(model, val_loader, cfg, dtype, num_vis) -> (metrics, vis)`` hook for a recipe:
+    test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor and optional ``img_ratios``/``flip`` from
+    ``cfg.evaluation``; class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
+    model_cfg = _cfg_get(cfg, "model")
+    test_cfg = _cfg_get(model_cfg, "test_cfg") or {}
+    ev = _cfg_get(cfg, "evaluation") or {}
+    num_classes = int(_cfg_get(_cfg_get(model_cfg, "decode_head"), "num_classes"))
+    ratios = _cfg_get(ev, "img_ratios")
+    aug = dict(ratios=list(ratios), flip=bool(_cfg_get(ev, "flip", False))) if ratios else \
+        dict(flip=bool(_cfg_get(ev, "flip", False)))
+    manifest = getattr(val_loader, "manifest", None) or {}
+    names = manifest.get("classes")
+    names = names if names is not None and len(names) == num_classes else None
+    norm = _cfg_get(_cfg_get(_cfg_get(cfg, "data"), "val"), "img_norm_cfg") or {}
+    res = evaluate(model, val_loader, num_classes, mode=_cfg_get(test_cfg, "mode"),
+                   crop_size=_cfg_get(test_cfg, "crop_size"), stride=_cfg_get(test_cfg, "stride"),
+                   img_scale=_cfg_get(ev, "img_scale"), size_divisor=_cfg_get(ev, "size_divisor", 32), aug=aug,
+                   class_names=names, dtype=dtype, num_vis=num_vis, palette=manifest.get("palette"),
+                   mean=_cfg_get(norm, "mean", (123.675, 116.28, 103.53)),
+                   std=_cfg_get(norm, "std", (58.395, 57.12, 57.375)))
+    return {k: res[k] for k in ("aAcc", "mIoU", "mAcc")}, res["vis"]
