@@ -32,14 +32,15 @@ def _compile(kernel, ptr_types, consts):
 
 
 @pytest.mark.parametrize("value_t,loc_t,acc,d", [("fp32", "fp32", tl.float32, 32), ("bf16", "fp32", tl.float32, 32),
-                                                  ("fp16", "fp16", tl.float32, 20)])
+                                                  ("fp16", "fp16", tl.float32, 20),
+                                                  ("fp64", "fp64", tl.float64, 5)])
 def test_kernels_compile_for_sm90(value_t, loc_t, acc, d):
     block_d = triton.next_power_of_2(d)
     consts = {"D": d, "L": 3, "P": 4, "BLOCK_Q": 64, "BLOCK_D": block_d, "ACC_DTYPE": acc}
     fwd = _compile(triton_msda._msda_fwd_kernel,
                    {"value_ptr": f"*{value_t}", "loc_ptr": f"*{loc_t}", "attn_ptr": f"*{loc_t}",
                     "out_ptr": f"*{value_t}"}, consts)
-    acc_t = "fp32"
+    acc_t = "fp64" if value_t == "fp64" else "fp32"
     bwd = _compile(triton_msda._msda_bwd_kernel,
                    {"value_ptr": f"*{value_t}", "loc_ptr": f"*{loc_t}", "attn_ptr": f"*{loc_t}",
                     "grad_out_ptr": f"*{value_t}", "grad_value_ptr": f"*{acc_t}", "grad_loc_ptr": f"*{acc_t}",
