@@ -1,0 +1,228 @@
+"""Layer-decay parameter groups vs the official rules (hand-written table), custom_keys vs mmengine's
+DefaultOptimWrapperConstructor, and the poly + linear warm-up schedule vs hand-computed values."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vit_adapter_ds.engine.optim import build_param_groups, layer_id_for, param_groups_from_cfg
+from vit_adapter_ds.engine.schedule import PolyWarmupLR, lr_at, lr_from_cfg, lr_lambda
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 4)
+        self.gamma1 = nn.Parameter(torch.ones(4))
+        self.attn = nn.Module()
+        self.attn.relative_position_bias_table = nn.Parameter(torch.zeros(7, 2))
+
+
+class Backbone(nn.Module):
+    def __init__(self, depth=3):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, 4, 2, 2)
+        self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+        self.level_embed = nn.Parameter(torch.zeros(3, 4))
+        self.spm = nn.Conv2d(3, 4, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(4)
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bottleneck = nn.Module()
+        self.bottleneck.conv = nn.Conv2d(4, 4, 1, bias=False)
+        self.bottleneck.bn = nn.BatchNorm2d(4)
+        self.conv_seg = nn.Conv2d(4, 2, 1)
+        self.query_feat = nn.Embedding(3, 4)
+
+
+class Seg(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = Backbone()
+        self.decode_head = Head()
+        self.auxiliary_head = nn.Conv2d(4, 2, 1)
+
+
+R = 0.9  # num_layers = 3 -> L = 5: scale(layer) = 0.9 ** (4 - layer)
+# name -> (layer_id, decay under the official quirk, decay without it); written from spec §4.3
+EXPECTED = {
+    "backbone.pos_embed": (0, True, False),
+    "backbone.cls_token": (0, True, False),
+    "backbone.patch_embed.proj.weight": (0, True, True),
+    "backbone.patch_embed.proj.bias": (0, False, False),
+    "backbone.level_embed": (4, True, False),
+    "backbone.spm.weight": (4, True, True),
+    "backbone.norm1.weight": (4, False, False),
+    "backbone.norm1.bias": (4, False, False),
+    "decode_head.bottleneck.conv.weight": (4, True, True),
+    "decode_head.bottleneck.bn.weight": (4, False, False),
+    "decode_head.bottleneck.bn.bias": (4, False, False),
+    "decode_head.conv_seg.weight": (4, True, True),
+    "decode_head.conv_seg.bias": (4, False, False),
+    "decode_head.query_feat.weight": (0, True, True),
+    "auxiliary_head.weight": (4, True, True),
+    "auxiliary_head.bias": (4, False, False),
+}
+for i in range(3):
+    EXPECTED.update({
+        f"backbone.blocks.{i}.norm.weight": (i + 1, False, False),
+        f"backbone.blocks.{i}.norm.bias": (i + 1, False, False),
+        f"backbone.blocks.{i}.fc.weight": (i + 1, True, True),
+        f"backbone.blocks.{i}.fc.bias": (i + 1, False, False),
+        f"backbone.blocks.{i}.gamma1": (i + 1, False, False),
+        f"backbone.blocks.{i}.attn.relative_position_bias_table": (i + 1, True, False),
+    })
+
+
+@pytest.mark.parametrize("quirk", [True, False])
+def test_layer_decay_groups_match_official_rules(quirk):
+    model = Seg()
+    groups = build_param_groups(model, 1e-4, 0.05, layer_decay_rate=R, num_layers=3, official_wd_quirk=quirk,
+                                with_names=True)
+    seen = {}
+    for g in groups:
+        for name, p in zip(g["param_names"], g["params"]):
+            seen[name] = g
+    assert set(seen) == set(EXPECTED) == {n for n, _ in model.named_parameters()}
+    for name, (layer, decay_q, decay_nq) in EXPECTED.items():
+        g = seen[name]
+        decay = decay_q if quirk else decay_nq
+        assert g["lr_scale"] == pytest.approx(R ** (4 - layer)), name
+        assert g["lr"] == pytest.approx(1e-4 * R ** (4 - layer)), name
+        assert g["weight_decay"] == (0.05 if decay else 0.0), name
+        assert g["group_name"] == f"layer_{layer}_{'decay' if decay else 'no_decay'}", name
+    # merged by (layer, decay): one group per name
+    assert len({g["group_name"] for g in groups}) == len(groups)
+    assert seen["backbone.blocks.2.fc.weight"]["lr_scale"] == pytest.approx(0.9)  # last block: rate ** 1
+    assert seen["backbone.pos_embed"]["lr_scale"] == pytest.approx(0.6561)
+    # usable by AdamW as is
+    torch.optim.AdamW(build_param_groups(model, 1e-4, 0.05, layer_decay_rate=R, num_layers=3), lr=1e-4)
+
+
+def test_layer_id_rules():
+    assert layer_id_for("backbone.mask_token", 26) == 0
+    assert layer_id_for("backbone.layers.7.linear1.weight", 26) == 8  # Uni-Perceiver naming
+    assert layer_id_for("backbone.blocks.23.mlp.fc1.weight", 26) == 24
+    assert layer_id_for("backbone.pos_embed_extra", 26) == 25  # exact names only
+    assert layer_id_for("decode_head.level_embed.weight", 26) == 0
+    assert layer_id_for("neck.level_embed", 26) == 25
+    with pytest.raises(ValueError):
+        build_param_groups(Seg(), 1e-4, 0.05, layer_decay_rate=R, num_layers=2)  # blocks.2 -> layer 3 > L-1
+    with pytest.raises(ValueError):
+        build_param_groups(Seg(), 1e-4, 0.05, layer_decay_rate=R, num_layers=3, custom_keys={"x": {}})
+
+
+def test_frozen_params_skipped_and_single_group():
+    model = Seg()
+    model.backbone.pos_embed.requires_grad_(False)
+    g = build_param_groups(model, 1e-3, 0.01)
+    assert len(g) == 1 and g[0]["lr_scale"] == 1.0 and len(g[0]["params"]) == len(list(model.parameters())) - 1
+
+
+AUGREG_B_KEYS = {"level_embed": dict(decay_mult=0.0), "pos_embed": dict(decay_mult=0.0),
+                 "norm": dict(decay_mult=0.0), "bias": dict(decay_mult=0.0), "head": dict(lr_mult=10.0)}
+
+
+def test_custom_keys_hand_checked():
+    model = Seg()
+    groups = build_param_groups(model, 2e-5, 0.05, custom_keys=AUGREG_B_KEYS, with_names=True)
+    by_name = {n: g for g in groups for n in g["param_names"]}
+    # 'bias' sorts before 'head' (equal length, alphabetical): head biases get lr x1, wd 0
+    assert (by_name["decode_head.conv_seg.bias"]["lr"], by_name["decode_head.conv_seg.bias"]["weight_decay"]) == \
+        (pytest.approx(2e-5), 0.0)
+    assert by_name["decode_head.conv_seg.weight"]["lr"] == pytest.approx(2e-4)
+    assert by_name["decode_head.conv_seg.weight"]["weight_decay"] == pytest.approx(0.05)
+    assert by_name["decode_head.bottleneck.bn.weight"]["lr"] == pytest.approx(2e-4)  # 'bn' is not 'norm'
+    assert by_name["backbone.norm1.weight"]["weight_decay"] == 0.0
+    assert by_name["backbone.blocks.0.norm.weight"]["weight_decay"] == 0.0
+    assert by_name["backbone.pos_embed"]["weight_decay"] == 0.0
+    assert by_name["backbone.blocks.0.fc.weight"]["weight_decay"] == pytest.approx(0.05)
+    assert by_name["backbone.blocks.0.gamma1"]["weight_decay"] == pytest.approx(0.05)  # 1-D but no key matches
+
+
+def test_custom_keys_match_mmengine():
+    pytest.importorskip("mmengine")
+    from mmengine.optim import DefaultOptimWrapperConstructor
+
+    model = Seg()
+    ctor = DefaultOptimWrapperConstructor(dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=2e-5,
+                                                                                    weight_decay=0.05)),
+                                          dict(custom_keys=AUGREG_B_KEYS))
+    ref = {}
+    for g in ctor(model).optimizer.param_groups:
+        for p in g["params"]:
+            ref[id(p)] = (g["lr"], g["weight_decay"])
+    ours = {id(p): (g["lr"], g["weight_decay"]) for g in build_param_groups(model, 2e-5, 0.05,
+                                                                             custom_keys=AUGREG_B_KEYS)
+            for p in g["params"]}
+    assert ours.keys() == ref.keys()
+    for k in ours:
+        assert ours[k] == pytest.approx(ref[k])
+
+
+def test_param_groups_from_recipe():
+    from vit_adapter_ds.config import load_recipe
+    cfg = load_recipe("upernet_deit_adapter_tiny_512_160k_ade20k")
+    groups = param_groups_from_cfg(Seg(), cfg)  # num_layers 12: blocks 0..2 -> layers 1..3 of L=14
+    scales = {g["group_name"]: g["lr_scale"] for g in groups}
+    assert scales["layer_13_decay"] == 1.0 and scales["layer_0_decay"] == pytest.approx(0.95 ** 13)
+    assert groups[0]["lr"] == pytest.approx(12e-5 * groups[0]["lr_scale"])
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+KW = dict(base_lr=6e-5, max_iters=160000, warmup_iters=1500, warmup_ratio=1e-6)
+
+
+def test_lr_at_hand_computed():
+    assert lr_at(0, **KW) == pytest.approx(6e-11, rel=1e-9)  # 6e-5 * (1 - 0.999999)
+    # 750: regular 5.971875e-05; k = 0.5 * 0.999999 -> x 0.5000005
+    assert lr_at(750, **KW) == pytest.approx(2.9859404859375e-05, rel=1e-12)
+    # 1499: regular 5.9437875e-05; 1 - k = 1 - 0.999999 / 1500
+    assert lr_at(1499, **KW) == pytest.approx(5.9437875e-05 * (1 - 0.999999 / 1500), rel=1e-12)
+    assert lr_at(1500, **KW) == pytest.approx(5.94375e-05, rel=1e-12)  # warm-up over: 6e-5 * 0.990625
+    assert lr_at(80000, **KW) == pytest.approx(3e-05, rel=1e-12)
+    assert lr_at(159999, **KW) == pytest.approx(3.75e-10, rel=1e-9)
+    assert lr_at(160000, **KW) == 0.0
+    assert lr_at(10, base_lr=1.0, max_iters=100, power=2.0, min_lr=0.1) == pytest.approx(0.9 * 0.81 + 0.1)
+    with pytest.raises(ValueError):
+        lr_at(-1, **KW)
+
+
+def test_lambda_and_scheduler_object():
+    params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.AdamW([{"params": [params[0]], "lr": 6e-5, "lr_scale": 1.0},
+                             {"params": [params[1]], "lr": 6e-5 * 0.5, "lr_scale": 0.5}], lr=6e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(160000, 1500, 1e-6))
+    for _ in range(750):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.9859404859375e-05, rel=1e-9)
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * 2.9859404859375e-05, rel=1e-9)
+
+    opt2 = torch.optim.AdamW([{"params": [params[0]], "lr_scale": 1.0}, {"params": [params[1]], "lr_scale": 0.5}],
+                             lr=1.0)
+    s2 = PolyWarmupLR(opt2, **KW)
+    assert s2.get_last_lr() == [pytest.approx(6e-11), pytest.approx(3e-11)]
+    for _ in range(1500):
+        s2.step()
+    assert opt2.param_groups[1]["lr"] == pytest.approx(0.5 * 5.94375e-05)
+    state = s2.state_dict()
+    s3 = PolyWarmupLR(opt2, **KW)
+    s3.load_state_dict(state)
+    assert s3.last_iter == 1500 and opt2.param_groups[0]["lr"] == pytest.approx(5.94375e-05)
+
+
+def test_lr_from_recipe():
+    from vit_adapter_ds.config import load_recipe
+    cfg = load_recipe("upernet_deit_adapter_tiny_512_160k_ade20k")
+    assert lr_from_cfg(cfg, 80000) == pytest.approx(6e-05)  # 12e-5 / 2
+    assert lr_from_cfg(cfg, 0) == pytest.approx(12e-5 * 1e-6)
+    assert math.isclose(lr_from_cfg(cfg, 160000), 0.0)

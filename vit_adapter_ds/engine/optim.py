@@ -1,0 +1,171 @@
+"""AdamW parameter groups: layer-wise learning-rate decay (official ``LayerDecayOptimizerConstructor``) or mmcv
+``paramwise_cfg.custom_keys`` multipliers (AugReg-B / Mask R-CNN recipes).
+
+Layer decay (spec §4.3, ``segmentation/mmcv_custom/layer_decay_optimizer_constructor.py``), names are the full
+segmentor names (``backbone.*``, ``decode_head.*``, ...)::
+
+    L = num_layers + 2
+    layer_id = 0        backbone.cls_token | backbone.mask_token | backbone.pos_embed (exact names),
+                        backbone.patch_embed.*,
+                        decode_head.{mask_embed,cls_embed,level_embed,query_embed,query_feat}.*  (Mask2Former)
+             = i + 1    backbone.blocks.i.* | backbone.layers.i.*
+             = L - 1    everything else (adapter: spm, interactions, level_embed, up, norm1-4; heads)
+    lr_scale = rate ** (L - layer_id - 1);   lr = base_lr * lr_scale
+    weight_decay = 0 for 1-D parameters and names ending in '.bias', else the base weight decay
+
+The official code also lists ``('pos_embed', 'cls_token')`` (``'visual_embed'`` at HEAD) as no-decay names but compares
+them with the *prefixed* names, so they never match: ``pos_embed``, ``cls_token``, ``level_embed`` and the BEiT
+relative-position tables DO get weight decay. ``official_wd_quirk=True`` (default) reproduces that; ``False``
+exempts parameters named ``pos_embed``, ``cls_token``, ``mask_token``, ``level_embed`` or
+``relative_position_bias_table`` (last name component) from weight decay, which is what the list intended.
+
+Groups are merged by (layer_id, decay/no_decay) like the official code (group names ``layer_{id}_{decay|no_decay}``,
+in order of first appearance). Every group carries ``params``, ``lr`` (= base_lr * lr_scale, the value at the
+schedule's peak), ``weight_decay``, ``lr_scale`` and ``group_name``; the schedule sets
+``lr = lr_at(iter) * lr_scale`` every iteration.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+from torch import nn
+
+_ZERO_LAYER_NAMES = ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed")
+_ZERO_LAYER_PREFIXES = ("backbone.patch_embed", "decode_head.mask_embed", "decode_head.cls_embed",
+                        "decode_head.level_embed", "decode_head.query_embed", "decode_head.query_feat")
+_BLOCK = re.compile(r"^backbone\.(?:blocks|layers)\.(\d+)(?:\.|$)")
+INTENDED_NO_DECAY = ("pos_embed", "cls_token", "mask_token", "level_embed", "relative_position_bias_table")
+
+
+def layer_id_for(name: str, num_layers: int) -> int:
+    """Official ``get_num_layer_for_vit(name, num_layers)``; ``num_layers`` is cfg.num_layers + 2."""
+    if name in _ZERO_LAYER_NAMES or name.startswith(_ZERO_LAYER_PREFIXES):
+        return 0
+    m = _BLOCK.match(name)
+    if m:
+        return int(m.group(1)) + 1
+    return num_layers - 1
+
+
+def _no_decay(name: str, param, official_wd_quirk: bool) -> bool:
+    if param.ndim == 1 or name.endswith(".bias"):
+        return True
+    return not official_wd_quirk and name.rsplit(".", 1)[-1] in INTENDED_NO_DECAY
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def _layer_decay_groups(model, base_lr, weight_decay, rate, num_layers, official_wd_quirk, with_names):
+    if num_layers is None:
+        raise ValueError("layer decay needs num_layers (the backbone depth, e.g. 12 or 24)")
+    total = int(num_layers) + 2
+    groups: "OrderedDict[str, dict]" = OrderedDict()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = _no_decay(name, param, official_wd_quirk)
+        layer_id = layer_id_for(name, total)
+        if _BLOCK.match(name) and layer_id - 1 >= num_layers:
+            raise ValueError(f"{name}: block index {layer_id - 1} >= num_layers={num_layers} (paramwise_cfg."
+                             "num_layers must be the backbone depth)")
+        key = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
+        if key not in groups:
+            scale = rate ** (total - layer_id - 1)
+            groups[key] = {"params": [], "lr": base_lr * scale, "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": scale, "group_name": key}
+            if with_names:
+                groups[key]["param_names"] = []
+        groups[key]["params"].append(param)
+        if with_names:
+            groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def custom_key_multipliers(name: str, custom_keys: dict) -> tuple[float, float] | None:
+    """mmcv ``DefaultOptimizerConstructor`` matching: keys sorted alphabetically, then by length (longest first);
+    the first key that is a substring of ``'{module path}.{param name}'`` gives ``(lr_mult, decay_mult)``.
+    (For a parameter of the root module the string is ``'.{name}'``.) None if no key matches."""
+    full = name if "." in name else f".{name}"
+    for key in sorted(sorted(custom_keys), key=len, reverse=True):
+        if key in full:
+            c = custom_keys[key]
+            return float(c.get("lr_mult", 1.0)), float(c.get("decay_mult", 1.0))
+    return None
+
+
+def _custom_key_groups(model, base_lr, weight_decay, custom_keys, with_names):
+    for key, c in custom_keys.items():
+        unknown = set(c) - {"lr_mult", "decay_mult"}
+        if unknown:
+            raise ValueError(f"custom_keys[{key!r}]: unsupported entries {sorted(unknown)} (lr_mult, decay_mult)")
+    groups: "OrderedDict[tuple, dict]" = OrderedDict()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        mult = custom_key_multipliers(name, custom_keys)
+        lr_mult, decay_mult = mult if mult is not None else (1.0, 1.0)
+        key = (lr_mult, decay_mult)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": base_lr * lr_mult, "weight_decay": weight_decay * decay_mult,
+                           "lr_scale": lr_mult, "group_name": f"lr_x{lr_mult:g}_wd_x{decay_mult:g}"}
+            if with_names:
+                groups[key]["param_names"] = []
+        groups[key]["params"].append(param)
+        if with_names:
+            groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def build_param_groups(model: nn.Module, base_lr: float, weight_decay: float, layer_decay_rate: float | None = None,
+                       num_layers: int | None = None, custom_keys: dict | None = None,
+                       official_wd_quirk: bool = True, *, with_names: bool = False) -> list[dict]:
+    """Parameter groups for ``torch.optim.AdamW`` / DeepSpeed (see the module docstring).
+
+    * ``layer_decay_rate`` + ``num_layers``: official layer-wise decay (``official_wd_quirk`` as described).
+    * ``custom_keys``: ``{substring: dict(lr_mult=..., decay_mult=...)}`` (mmcv semantics, one rule per parameter,
+      groups merged by equal multipliers; parameters matching no key keep lr/wd x1).
+    * neither: one group with everything (plain AdamW, decay on all parameters as mmcv does without paramwise_cfg).
+
+    Frozen parameters (``requires_grad=False``) are left out. ``with_names`` adds ``param_names`` to each group
+    (for logging/tests; leave it off for optimizers that copy group dicts)."""
+    model = _unwrap(model)
+    if layer_decay_rate is not None and custom_keys:
+        raise ValueError("give either layer_decay_rate (LayerDecayOptimizerConstructor) or custom_keys, not both")
+    if layer_decay_rate is not None:
+        return _layer_decay_groups(model, base_lr, weight_decay, float(layer_decay_rate), num_layers,
+                                   official_wd_quirk, with_names)
+    if custom_keys:
+        return _custom_key_groups(model, base_lr, weight_decay, custom_keys, with_names)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    group = {"params": [p for _, p in named], "lr": base_lr, "weight_decay": weight_decay, "lr_scale": 1.0,
+             "group_name": "all"}
+    if with_names:
+        group["param_names"] = [n for n, _ in named]
+    return [group]
+
+
+def param_groups_from_cfg(model: nn.Module, cfg, official_wd_quirk: bool = True) -> list[dict]:
+    """Groups from a recipe's ``optimizer`` dict: ``constructor='LayerDecayOptimizerConstructor'`` with
+    ``paramwise_cfg=dict(num_layers, layer_decay_rate)``, or ``paramwise_cfg=dict(custom_keys=...)``, or none.
+    This is the engine's ``build_param_groups(model, cfg)`` hook."""
+    opt = dict(cfg["optimizer"])
+    if opt.get("type", "AdamW") != "AdamW":
+        raise ValueError(f"only AdamW recipes are supported, got optimizer.type={opt.get('type')!r}")
+    pw = dict(opt.get("paramwise_cfg") or {})
+    constructor = opt.get("constructor")
+    base_lr, wd = float(opt["lr"]), float(opt.get("weight_decay", 0.0))
+    if constructor == "LayerDecayOptimizerConstructor":
+        unknown = set(pw) - {"num_layers", "layer_decay_rate"}
+        if unknown:
+            raise ValueError(f"LayerDecayOptimizerConstructor paramwise_cfg: unsupported keys {sorted(unknown)}")
+        return build_param_groups(model, base_lr, wd, layer_decay_rate=float(pw["layer_decay_rate"]),
+                                  num_layers=int(pw["num_layers"]), official_wd_quirk=official_wd_quirk)
+    if constructor not in (None, "DefaultOptimizerConstructor"):
+        raise ValueError(f"unsupported optimizer constructor {constructor!r}")
+    unknown = set(pw) - {"custom_keys"}
+    if unknown:
+        raise ValueError(f"paramwise_cfg: unsupported keys {sorted(unknown)} (custom_keys only)")
+    return build_param_groups(model, base_lr, wd, custom_keys=dict(pw.get("custom_keys") or {}) or None)
