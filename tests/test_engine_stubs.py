@@ -77,8 +77,8 @@ class StubLoader:
 
 
 class StubVal:
-    def __init__(self, rank):
-        self.batches = [make_batch(12345, (2 * i + rank) * 2, 2) for i in range(2)]
+    def __init__(self, rank):  # unequal per-rank counts, like the real val loader
+        self.batches = [make_batch(12345, (2 * i + rank) * 2, 2) for i in range(2 + rank)]
 
     def __iter__(self):
         return iter(self.batches)
@@ -104,8 +104,10 @@ def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
     if dist.is_initialized():
         dist.all_reduce(correct)
     dump = os.environ.get("STUB_DUMP_OUTPUT")
-    if dump and (not dist.is_initialized() or dist.get_rank() == 0):  # live-model logits on fixed inputs
-        torch.save(model(make_batch(777, 0, 2)["img"].to(dtype)).float(), dump)
+    if dump:  # live-model logits on fixed inputs (forward on every rank, saved by rank 0)
+        out = model(make_batch(777, 0, 2)["img"].to(dtype)).float()
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            torch.save(out, dump)
     vis = []
     if num_vis:
         from vit_adapter_ds.utils.vis import triptych

@@ -28,7 +28,7 @@ SECTIONS = {
     "lr_config": {"policy", "warmup", "warmup_iters", "warmup_ratio", "power", "min_lr", "by_epoch"},
     "runner": {"type", "max_iters"},
     "checkpoint_config": {"by_epoch", "interval", "max_keep_ckpts"},
-    "evaluation": {"interval", "metric", "save_best", "img_scale", "size_divisor"},
+    "evaluation": {"interval", "metric", "save_best", "img_scale", "size_divisor", "img_ratios", "flip"},
     "log_config": {"interval"},
     "fp16": {"loss_scale"},
     "vis": {"num_images"},

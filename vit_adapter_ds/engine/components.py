@@ -64,48 +64,26 @@ class _Resumable:
 
 
 def build_param_groups(model, cfg):
-    from .optim import build_param_groups as groups
-    opt = cfg.optimizer
-    pw = opt.get("paramwise_cfg") or {}
-    layer_decay = opt.get("constructor") == "LayerDecayOptimizerConstructor"
-    return groups(model, base_lr=opt.lr, weight_decay=opt.weight_decay,
-                  layer_decay_rate=pw.get("layer_decay_rate", 1.0) if layer_decay else 1.0,
-                  num_layers=pw.get("num_layers", 0) if layer_decay else 0,
-                  custom_keys=pw.get("custom_keys"), official_wd_quirk=pw.get("official_wd_quirk", True))
+    """Layer-decay (or custom_keys) groups of the recipe; ``optimizer.paramwise_cfg.official_wd_quirk`` (default
+    True) keeps the official weight decay on pos_embed/cls_token/level_embed/rel-pos tables."""
+    from .optim import param_groups_from_cfg
+    opt = cfg.optimizer.to_dict() if hasattr(cfg.optimizer, "to_dict") else dict(cfg.optimizer)
+    pw = dict(opt.get("paramwise_cfg") or {})
+    quirk = bool(pw.pop("official_wd_quirk", True))
+    opt["paramwise_cfg"] = pw
+    return param_groups_from_cfg(model, {"optimizer": opt}, official_wd_quirk=quirk)
 
 
 def lr_at(cfg, iteration: int) -> float:
-    from .schedule import lr_at as schedule_lr
-    lc = cfg.lr_config
-    return schedule_lr(iteration, base_lr=cfg.optimizer.lr, max_iters=cfg.runner.max_iters, power=lc.power,
-                       min_lr=lc.min_lr, warmup_iters=lc.warmup_iters if lc.get("warmup") else 0,
-                       warmup_ratio=lc.warmup_ratio)
+    from .schedule import lr_from_cfg
+    return lr_from_cfg(cfg, iteration)
 
 
 def evaluate(model, val_loader, cfg, dtype, num_vis):
-    """mIoU over the validation shards (every sample once over all ranks; per-class areas all-reduced), with the
-    recipe's test pipeline (keep-ratio resize to ``evaluation.img_scale``, ``size_divisor``) and ``test_cfg``."""
-    from ..evaluation import IoUAccumulator
-    from ..utils.vis import denormalize, triptych
-
-    ev = cfg.get("evaluation") or {}
-    norm = (cfg.data.val.get("img_norm_cfg") or {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]})
-    acc = IoUAccumulator(num_classes(cfg), ignore_index=255)
-    device = next(model.parameters()).device
-    vis = []
-    for batch in val_loader:
-        img = batch["img"].to(device)
-        img = img.to(dtype)
-        gt = batch["gt_semantic_seg"].to(device)
-        prob = model.aug_test(img, scales=[ev.get("img_scale")], flip=False, size_divisor=ev.get("size_divisor"),
-                              out_size=tuple(gt.shape[-2:]))
-        pred = prob.argmax(1)
-        acc.update(pred, gt)
-        if len(vis) < num_vis:
-            vis.append(triptych(denormalize(batch["img"][0], norm["mean"], norm["std"]), gt[0].cpu().numpy(),
-                                pred[0].cpu().numpy(), num_classes(cfg)))
-    metrics = acc.compute()  # all-reduced over ranks
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or torch.is_tensor(v) and v.numel() == 1}, vis
+    """mIoU over the validation shards (every sample once over all ranks, per-class areas all-reduced) with the
+    recipe's test pipeline; the evaluation package's hook."""
+    from ..evaluation import evaluate_from_cfg
+    return evaluate_from_cfg(model, val_loader, cfg, dtype=dtype, num_vis=num_vis)
 
 
 def default_components() -> Components:

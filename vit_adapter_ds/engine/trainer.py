@@ -189,13 +189,31 @@ def train(cfg, ds_config: dict, work_dir, components: Components, *, resume: str
         tag = ckpt.save_checkpoint(engine, work_dir, iteration, state, meta_out, keep_last)
         log.info(f"saved checkpoint {tag}")
 
+    eval_copy = {}
+
+    def eval_model():
+        """The module to evaluate. Under ZeRO-3 the parameters are partitioned and every forward is a collective,
+        which would deadlock on the val loader's unequal per-rank sample counts: gather them (all ranks) into a
+        plain copy instead."""
+        if zero_stage(ds_config) < 3:
+            return engine.module
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+            state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+        if "model" not in eval_copy:
+            eval_copy["model"] = components.build_model(cfg).to(device=device, dtype=dtype)
+        eval_copy["model"].load_state_dict(state)
+        return eval_copy["model"]
+
     def run_eval(iteration):
+        rng = ckpt.rng_state()  # evaluation must not shift the training RNG streams (resume equality)
         du.broadcast_buffers(engine.module)
-        engine.module.eval()
+        model_eval = eval_model()
+        model_eval.eval()
         t = time.time()
         with torch.no_grad():
-            metrics, vis = components.evaluate(engine.module, val_loader, cfg, dtype, num_vis if du.is_main() else 0)
+            metrics, vis = components.evaluate(model_eval, val_loader, cfg, dtype, num_vis if du.is_main() else 0)
         engine.module.train()
+        ckpt.set_rng_state(rng)
         log.scalars(iteration, metrics, prefix="val/")
         log.jsonl({"iter": iteration, "mode": "val", **metrics})
         log.info(f"eval @ {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
