@@ -149,7 +149,8 @@ def build_param_groups(model: nn.Module, base_lr: float, weight_decay: float, la
 
 def param_groups_from_cfg(model: nn.Module, cfg, official_wd_quirk: bool = True) -> list[dict]:
     """Groups from a recipe's ``optimizer`` dict: ``constructor='LayerDecayOptimizerConstructor'`` with
-    ``paramwise_cfg=dict(num_layers, layer_decay_rate)``, or ``paramwise_cfg=dict(custom_keys=...)``, or none.
+    ``paramwise_cfg=dict(num_layers, layer_decay_rate[, official_wd_quirk])``, or
+    ``paramwise_cfg=dict(custom_keys=...)``, or none.
     This is the engine's ``build_param_groups(model, cfg)`` hook."""
     opt = dict(cfg["optimizer"])
     if opt.get("type", "AdamW") != "AdamW":
@@ -158,11 +159,12 @@ def param_groups_from_cfg(model: nn.Module, cfg, official_wd_quirk: bool = True)
     constructor = opt.get("constructor")
     base_lr, wd = float(opt["lr"]), float(opt.get("weight_decay", 0.0))
     if constructor == "LayerDecayOptimizerConstructor":
-        unknown = set(pw) - {"num_layers", "layer_decay_rate"}
+        unknown = set(pw) - {"num_layers", "layer_decay_rate", "official_wd_quirk"}
         if unknown:
             raise ValueError(f"LayerDecayOptimizerConstructor paramwise_cfg: unsupported keys {sorted(unknown)}")
         return build_param_groups(model, base_lr, wd, layer_decay_rate=float(pw["layer_decay_rate"]),
-                                  num_layers=int(pw["num_layers"]), official_wd_quirk=official_wd_quirk)
+                                  num_layers=int(pw["num_layers"]),
+                                  official_wd_quirk=bool(pw.get("official_wd_quirk", official_wd_quirk)))
     if constructor not in (None, "DefaultOptimizerConstructor"):
         raise ValueError(f"unsupported optimizer constructor {constructor!r}")
     unknown = set(pw) - {"custom_keys"}

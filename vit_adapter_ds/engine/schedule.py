@@ -7,7 +7,9 @@ At iteration ``i`` (0-based, the value used for the optimizer step of iteration 
     else:                 lr(i) = regular(i)
 
 and each parameter group uses ``lr(i) * group['lr_scale']`` (layer decay). mmcv applies the warm-up to the
-*regular* (already decayed) value, so at the end of warm-up there is no jump.
+*regular* (already decayed) value, so at the end of warm-up there is no jump. (mmcv decays each group from its own
+initial lr, ``(base_lr * lr_scale - min_lr) * coeff + min_lr``; that equals ``lr(i) * lr_scale`` for the recipes'
+``min_lr = 0`` and differs slightly otherwise.)
 
 ``lr_at`` is the pure function; ``lr_lambda`` gives the multiplicative factor ``lr(i) / base_lr`` for
 ``torch.optim.lr_scheduler.LambdaLR`` (whose base lrs are then the groups' ``base_lr * lr_scale``);

@@ -5,6 +5,10 @@ pipeline of the recipes is applied: ``Resize(img_scale, keep_ratio=True)`` then 
 (or, for multi-scale testing, one such resize per ``img_scale * ratio``), whole or sliding-window inference,
 logits resized back to the label size, softmax (averaged over scales/flips) and argmax. Per-class areas are
 accumulated per rank and summed over ranks, so the distributed result equals a single-process evaluation.
+
+Difference from mmseg: the image is resized after normalisation (the loader normalises at the original size), in
+float, where mmcv resizes the uint8 image with OpenCV before normalising; bilinear resizing is linear, so this only
+removes mmcv's rounding to 8 bits (sub-grey-level differences).
 """
 from __future__ import annotations
 
