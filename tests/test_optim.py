@@ -226,3 +226,29 @@ def test_lr_from_recipe():
     assert lr_from_cfg(cfg, 80000) == pytest.approx(6e-05)  # 12e-5 / 2
     assert lr_from_cfg(cfg, 0) == pytest.approx(12e-5 * 1e-6)
     assert math.isclose(lr_from_cfg(cfg, 160000), 0.0)
+
+
+def test_layer_decay_on_tiny_vit_adapter_segmentor():
+    """Real official parameter names (ViTAdapter + UperNet): where each family lands."""
+    from vit_adapter_ds.config import load_recipe
+    from vit_adapter_ds.models.segmentor import build_segmentor
+
+    cfg = load_recipe("synthetic_quickstart")  # depth 4, paramwise_cfg num_layers=4, rate 0.95
+    model = build_segmentor(cfg.model.to_dict())
+    groups = build_param_groups(model, 1e-3, 0.01, layer_decay_rate=0.95, num_layers=4, with_names=True)
+    where = {n: g for g in groups for n in g["param_names"]}
+    assert len(where) == sum(1 for _ in model.parameters())
+    top = 5  # L - 1 with L = 4 + 2
+    expect = {"backbone.pos_embed": "layer_0_decay", "backbone.patch_embed.proj.weight": "layer_0_decay",
+              "backbone.patch_embed.proj.bias": "layer_0_no_decay",
+              "backbone.blocks.0.attn.qkv.weight": "layer_1_decay", "backbone.blocks.3.gamma1": "layer_4_no_decay",
+              "backbone.level_embed": f"layer_{top}_decay", "backbone.up.weight": f"layer_{top}_decay",
+              "backbone.spm.stem.0.weight": f"layer_{top}_decay", "backbone.norm4.weight": f"layer_{top}_no_decay",
+              "backbone.interactions.0.injector.gamma": f"layer_{top}_no_decay",
+              "decode_head.conv_seg.weight": f"layer_{top}_decay",
+              "auxiliary_head.convs.0.bn.weight": f"layer_{top}_no_decay"}
+    for name, group in expect.items():
+        assert where[name]["group_name"] == group, name
+    assert where["backbone.blocks.0.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.95 ** 4)
+    groups = param_groups_from_cfg(model, cfg)
+    assert {g["group_name"] for g in groups} == {f"layer_{i}_{k}" for i in range(6) for k in ("decay", "no_decay")}
