@@ -131,10 +131,10 @@ def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_
             tl.store(grad_attn_ptr + loc_off, grad_a, mask=q_mask)
             tl.store(grad_loc_ptr + 2 * loc_off, a * grad_lw * W.to(ACC_DTYPE), mask=q_mask)
             tl.store(grad_loc_ptr + 2 * loc_off + 1, a * grad_lh * H.to(ACC_DTYPE), mask=q_mask)
-            tl.atomic_add(grad_value_ptr + p1, (a * hh * hw)[:, None] * go, mask=k1)
-            tl.atomic_add(grad_value_ptr + p2, (a * hh * lw)[:, None] * go, mask=k2)
-            tl.atomic_add(grad_value_ptr + p3, (a * lh * hw)[:, None] * go, mask=k3)
-            tl.atomic_add(grad_value_ptr + p4, (a * lh * lw)[:, None] * go, mask=k4)
+            tl.atomic_add(grad_value_ptr + p1, (a * hh * hw)[:, None] * go, mask=k1, sem="relaxed")
+            tl.atomic_add(grad_value_ptr + p2, (a * hh * lw)[:, None] * go, mask=k2, sem="relaxed")
+            tl.atomic_add(grad_value_ptr + p3, (a * lh * hw)[:, None] * go, mask=k3, sem="relaxed")
+            tl.atomic_add(grad_value_ptr + p4, (a * lh * lw)[:, None] * go, mask=k4, sem="relaxed")
 
 
 def _acc_dtype(dtype: torch.dtype):
