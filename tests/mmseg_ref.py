@@ -3,6 +3,10 @@
 ``mmseg.models`` imports its whole model zoo, part of which needs the compiled ``mmcv._ext``. We bypass the package
 ``__init__`` files (registering bare package modules) and stub ``mmcv.ops`` (only referenced, never called, by the
 modules used here). Returns None when mmseg / mmcv-lite are not installed (tests then skip).
+
+The stubs stay in ``sys.modules`` for the session: the imported mmseg modules cannot be dropped and re-imported,
+because mmengine refuses to create a registry scope twice. ``test_interop.py`` and ``test_data_transforms.py``
+pass before and after these tests in one session.
 """
 from __future__ import annotations
 
