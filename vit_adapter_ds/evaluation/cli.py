@@ -148,7 +148,9 @@ def eval_main(argv=None) -> int:
         print(format_table(res))
         print(f"{res['num_images']} images; aAcc {res['aAcc']:.4f} mIoU {res['mIoU']:.4f} mAcc {res['mAcc']:.4f}")
         if args.out:
-            out = {k: res[k] for k in ("aAcc", "mIoU", "mAcc", "num_images", "per_class")}
+            out = {k: res[k] for k in ("aAcc", "mIoU", "mAcc", "num_images")}
+            out["per_class"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                                for row in res["per_class"]]  # NaN (class absent) -> null: strict JSON
             out.update(checkpoint=str(args.checkpoint), shards=str(shard_dir), aug=_aug(args),
                        **{k: v for k, v in _test_settings(cfg, args).items()})
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
