@@ -13,7 +13,8 @@ Configurations (ViT-Adapter-L at 896x896, Mask2Former pixel decoder, the TMLR de
 ``--small`` divides the query count by 8 (CPU). GB/s is measured against the compulsory-bytes floor:
 forward = value + sampling locations + attention weights read once, output written once; forward+backward
 adds reading value, locations, weights and grad_output once more and writing the three gradients once.
-The ratio column is time(pytorch reference) / time(implementation), same dtype, same run.
+The ratio column is time(pytorch reference) / time(implementation), same dtype, same run; "fwd rel err" is
+max |out - float64 reference| / max |float64 reference| (``--no-check`` skips it).
 Locations and weights are in the value dtype (the reference's grid_sample needs one dtype).
 """
 from __future__ import annotations
@@ -107,6 +108,8 @@ def main():
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="queries / 8 (for CPU runs)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip the max |err| / max |ref| check of each forward against a float64 reference")
     args = parser.parse_args()
     device = torch.device(args.device)
     impls = args.impls or (["pytorch", "cuda", "triton"] if device.type == "cuda" else ["pytorch"])
@@ -115,12 +118,17 @@ def main():
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"# torch {torch.__version__}, {machine}, iters={args.iters}, small={args.small}")
-    print("| config | impl | dtype | fwd ms | fwd GB/s | fwd x ref | fwd+bwd ms | fwd+bwd GB/s | fwd+bwd x ref |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| config | impl | dtype | fwd ms | fwd GB/s | fwd x ref | fwd+bwd ms | fwd+bwd GB/s | fwd+bwd x ref "
+          "| fwd rel err |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.configs:
         for dname in args.dtypes:
             inputs = make_inputs(CONFIGS[name], DTYPES[dname], device, args.small)
             ref = {}
+            exact = None
+            if not args.no_check:
+                value, shapes, starts, loc, attn = inputs
+                exact = ms_deform_attn(value.double(), shapes, starts, loc.double(), attn.double(), backend="pytorch")
             for impl in impls:
                 row = [name, impl, dname]
                 for backward in (False, True):
@@ -134,8 +142,18 @@ def main():
                     ratio = f"{ref[backward] / t:.2f}" if backward in ref else "n/a"
                     gbs = floor_bytes(inputs, backward) / t / 1e9
                     row += [f"{t * 1e3:.2f}", f"{gbs:.3g}", ratio]
+                if exact is not None:
+                    try:
+                        with torch.no_grad():
+                            out = ms_deform_attn(*inputs, backend=impl)
+                        err = float((out.double() - exact).abs().max()) / float(exact.abs().max())
+                        row.append(f"{err:.1e}")
+                    except Exception as err:  # noqa: BLE001
+                        row.append(f"error: {type(err).__name__}")
+                else:
+                    row.append("")
                 print("| " + " | ".join(row) + " |", flush=True)
-            del inputs
+            del inputs, exact
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 

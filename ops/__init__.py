@@ -4,7 +4,8 @@
 
 * ``"cuda"``: the CUDA C++ extension in ``csrc/`` (built with ninja on first use, see ``ops/README.md``),
 * ``"triton"``: the Triton kernels in ``triton_msda.py`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
-* ``"pytorch"``: :func:`ms_deform_attn_reference` (``grid_sample``; the only CPU path by default).
+* ``"pytorch"``: :func:`ms_deform_attn_reference` (``grid_sample``; the only CPU path by default; on CPU,
+  float16/bfloat16 inputs are computed in float32 and the output cast back, see ``ops/README.md``).
 
 ``backend=None`` reads ``VIT_ADAPTER_MSDA_BACKEND`` (``auto`` / ``cuda`` / ``triton`` / ``pytorch``, default
 ``auto``). ``auto`` picks cuda -> triton -> pytorch for CUDA tensors and pytorch for CPU tensors. The choice
@@ -176,6 +177,12 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         _logged.add(key)
         logger.info("ms_deform_attn: using the %s backend for %s tensors", chosen, value.device.type)
     if chosen == "pytorch":
+        if value.device.type == "cpu" and value.dtype in (torch.float16, torch.bfloat16):
+            # grid_sample's reduced-precision CPU kernel reads out of bounds (wrong values or a segfault) on the
+            # reference's strided per-level views in torch 2.14.1 (levels >= ~56x56), and is slower than fp32.
+            out = ms_deform_attn_reference(value.float(), spatial_shapes, level_start_index,
+                                           sampling_locations.float(), attention_weights.float())
+            return out.to(value.dtype)
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
                                         attention_weights)
     return _MSDeformAttnFunction.apply(value, spatial_shapes, level_start_index, sampling_locations,

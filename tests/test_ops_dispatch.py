@@ -1,6 +1,8 @@
 """Backend selection of ``ms_deform_attn`` on CPU (argument, environment variable, errors, one log line)."""
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -69,3 +71,26 @@ def test_interpreter_flag_set_after_import_is_reported(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="before importing"):
         resolve_backend(CPU, "triton")
+
+
+def test_cpu_half_inputs_are_computed_in_float32():
+    """In a subprocess: grid_sample's bf16/fp16 CPU kernel segfaults on the reference's strided views
+    (torch 2.14.1, levels >= ~56x56); ms_deform_attn must not, and must match the float64 reference."""
+    code = """
+import torch
+from msda_naive import make_inputs
+from vit_adapter_ds.ops import ms_deform_attn, ms_deform_attn_reference
+for dtype in (torch.bfloat16, torch.float16):
+    value, shapes, starts, loc, attn = make_inputs(1, 40, 16, 32, [(112, 112), (56, 56)], 2, dtype=dtype)
+    value.requires_grad_()
+    out = ms_deform_attn(value, shapes, starts, loc, attn, backend="pytorch")
+    out.float().sum().backward()
+    exact = ms_deform_attn_reference(value.double(), shapes, starts, loc.double(), attn.double())
+    err = float((out.double() - exact).abs().max() / exact.abs().max())
+    assert out.dtype == dtype and value.grad.dtype == dtype and err < 1e-2, (dtype, err)
+print("OK")
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.abspath(__file__))] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "OK" in proc.stdout, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
