@@ -1,7 +1,6 @@
 """Shard writers: byte-exact round trips, manifests, bounded shards, atomicity, dataset layouts, label maps."""
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ from PIL import Image
 from vit_adapter_ds.data import ShardSetError, read_manifest, verify_shards
 from vit_adapter_ds.data.classes import COCO_STUFF_IDS, coco_stuff_label_map, reduce_zero_label_map
 from vit_adapter_ds.data.decode import ShardReader, decode_seg_sample
-from vit_adapter_ds.data.make_shards import write_ade20k, write_coco, write_cocostuff, write_custom, write_synthetic
+from vit_adapter_ds.data.make_shards import write_ade20k, write_coco, write_cocostuff, write_custom
 from vit_adapter_ds.data.shard_writer import plan_shards, write_shards
 from vit_adapter_ds.data.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_TO_COCO_STUFF_ID, write_synthetic_ade,
                                            write_synthetic_coco)
@@ -59,6 +58,18 @@ def test_ade20k_round_trip_bytes_and_manifest(ade_root, tmp_path):
     m2 = read_manifest(str(tmp_path))  # parent folder -> train/
     assert m2["num_samples"] == 13 and m2["shard_dir"] == out
     verify_shards(out, m2, "sha256")
+
+
+def test_shards_are_readable_by_webdataset(ade_root, tmp_path):
+    wds = pytest.importorskip("webdataset")
+    out = str(tmp_path / "train")
+    m = write_ade20k(ade_root, out, "train", max_samples=5, num_workers=1, progress=False)
+    urls = [os.path.join(out, s["name"]) for s in m["shards"]]
+    got = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in got] == [k for s in m["shards"] for k, _ in s["samples"]]
+    assert all(set(s) >= {"jpg", "seg.png"} for s in got)
+    assert got[0]["jpg"] == open(os.path.join(ade_root, "images", "training", got[0]["__key__"] + ".jpg"),
+                                 "rb").read()
 
 
 def test_writer_is_deterministic_and_bounded(tmp_path):

@@ -43,8 +43,10 @@ class TooManyBadSamples(RuntimeError):
     """More than ``max_bad_fraction`` of the samples could not be used."""
 
 
-def _seg_manifest(shard_dir, split, num_classes, verify):
+def _seg_manifest(shard_dir, split, num_classes, verify, expect_split):
     m = read_manifest(shard_dir, split)
+    if m.get("split") not in (None, expect_split):
+        log.warning("%s holds the %r split, read by the %s loader", m["shard_dir"], m.get("split"), expect_split)
     if m.get("task", "segmentation") != "segmentation":
         raise ShardSetError(f"{m['shard_dir']} holds {m.get('task')!r} shards, not segmentation")
     verify_shards(m["shard_dir"], m, verify)
@@ -222,7 +224,7 @@ class TrainLoader:
             raise ValueError("batch_size must be >= 1")
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
-        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify)
+        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify, "train")
         self.shard_dir = self.manifest["shard_dir"]
         self.num_samples = int(self.manifest["num_samples"])
         self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
@@ -354,7 +356,7 @@ class ValLoader:
                  worker_timeout=300.0, pin_memory=False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify)
+        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify, "val")
         n = int(self.manifest["num_samples"])
         self.indices = np.arange(rank * n // world_size, (rank + 1) * n // world_size)
         self.num_workers, self.worker_timeout, self.pin_memory = num_workers, worker_timeout, pin_memory

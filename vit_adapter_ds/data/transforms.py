@@ -19,7 +19,6 @@ against mmseg's own transforms given the same numpy seed).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
