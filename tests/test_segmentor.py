@@ -107,6 +107,7 @@ def test_slide_matches_mmseg(size, crop, stride):
     metas = [dict(ori_shape=size, img_shape=size, pad_shape=size, padding_size=[0, 0, 0, 0])] * 2
     ref = ed_mod.EncoderDecoder.slide_inference(fake, img, metas)
     torch.testing.assert_close(model.slide_logits(img, crop, stride).double(), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.slide_logits(img, crop, stride, crop_batch=4), ref, rtol=1e-10, atol=1e-10)
 
 
 def test_slide_hand_windows():
