@@ -155,6 +155,24 @@ def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, 
                          f"({n_levels},), got {tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}")
 
 
+def _reference_promoted(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """The reference in the promoted dtype of its inputs (``grid_sample`` needs one dtype), output in value's.
+
+    On CPU, float16/bfloat16 are computed in float32: in torch 2.14.1 ``grid_sample``'s reduced-precision CPU
+    kernel reads out of bounds on channel-strided inputs such as the reference's per-level views (wrong values
+    or a segfault for levels of ~56x56 and larger), and it is slower than float32 anyway.
+    """
+    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
+    if value.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    if value.dtype == sampling_locations.dtype == attention_weights.dtype == dtype:
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights)
+    out = ms_deform_attn_reference(value.to(dtype), spatial_shapes, level_start_index, sampling_locations.to(dtype),
+                                   attention_weights.to(dtype))
+    return out.to(value.dtype)
+
+
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                    backend: str | None = None):
     """Multi-scale deformable attention; see :func:`ms_deform_attn_reference` for shapes and semantics.
@@ -177,14 +195,7 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         _logged.add(key)
         logger.info("ms_deform_attn: using the %s backend for %s tensors", chosen, value.device.type)
     if chosen == "pytorch":
-        if value.device.type == "cpu" and value.dtype in (torch.float16, torch.bfloat16):
-            # grid_sample's reduced-precision CPU kernel reads out of bounds (wrong values or a segfault) on the
-            # reference's strided per-level views in torch 2.14.1 (levels >= ~56x56), and is slower than fp32.
-            out = ms_deform_attn_reference(value.float(), spatial_shapes, level_start_index,
-                                           sampling_locations.float(), attention_weights.float())
-            return out.to(value.dtype)
-        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
-                                        attention_weights)
+        return _reference_promoted(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     return _MSDeformAttnFunction.apply(value, spatial_shapes, level_start_index, sampling_locations,
                                        attention_weights, chosen)
 

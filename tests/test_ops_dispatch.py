@@ -94,3 +94,11 @@ print("OK")
         [os.path.dirname(os.path.abspath(__file__))] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and "OK" in proc.stdout, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_reference_path_accepts_mixed_dtypes(inputs):
+    value, shapes, starts, loc, attn = inputs
+    out = ms_deform_attn(value.double(), shapes, starts, loc, attn, backend="pytorch")  # f64 value, f32 locations
+    assert out.dtype == torch.float64
+    exact = ms_deform_attn_reference(value.double(), shapes, starts, loc.double(), attn.double())
+    torch.testing.assert_close(out, exact, rtol=1e-6, atol=1e-6)
