@@ -93,19 +93,18 @@ def _convert(x, alpha=1.0, beta=0.0):
     return (x.float() * alpha + beta).clamp_(0, 255).to(torch.uint8)
 
 
-_HSV_SHIFT = 12  # OpenCV's 8-bit RGB->HSV fixed-point tables
-_SDIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)], dtype=torch.int64)
-_HDIV = torch.tensor([0] + [round((180 << _HSV_SHIFT) / (6.0 * i)) for i in range(1, 256)], dtype=torch.int64)
-_SECTOR = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])  # (b, g, r) columns
+_HSV_SHIFT = 12  # OpenCV's 8-bit RGB->HSV fixed-point tables (values fit in int32)
+_SDIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)], dtype=torch.int32)
+_HDIV = torch.tensor([0] + [round((180 << _HSV_SHIFT) / (6.0 * i)) for i in range(1, 256)], dtype=torch.int32)
 
 
 def rgb_to_hsv8(img):
     """uint8 RGB (3, H, W) -> uint8 HSV with OpenCV's 8-bit convention and integer arithmetic: H in [0, 180)
     (degrees / 2), S and V in [0, 255] (bit-exact with ``cv2.cvtColor(..., COLOR_RGB2HSV)``)."""
-    x = img.long()
+    x = img.to(torch.int32)
     r, g, b = x[0], x[1], x[2]
-    v = x.max(0).values
-    diff = v - x.min(0).values
+    v = torch.maximum(torch.maximum(r, g), b)
+    diff = v - torch.minimum(torch.minimum(r, g), b)
     half = 1 << (_HSV_SHIFT - 1)
     s = (diff * _SDIV[v] + half) >> _HSV_SHIFT
     h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
@@ -115,17 +114,19 @@ def rgb_to_hsv8(img):
 
 
 def hsv8_to_rgb(hsv):
-    """Inverse of :func:`rgb_to_hsv8` with OpenCV's sector formula in float32, truncated to uint8 (as the
-    installed OpenCV 5 does; differs from ``cv2.cvtColor(..., COLOR_HSV2RGB)`` by 1 in < 1 % of values)."""
+    """Inverse of :func:`rgb_to_hsv8`: channel ``n`` in (5, 3, 1) for (R, G, B) is
+    ``V * (1 - S * clamp(min(k, 4 - k), 0, 1))`` with ``k = (n + H / 30) mod 6`` (OpenCV's sector formula written
+    without branches), in float32, truncated to uint8 as the installed OpenCV 5 does; differs from
+    ``cv2.cvtColor(..., COLOR_HSV2RGB)`` by 1 in < 1 % of values."""
     x = hsv.float()
-    h, s, v = x[0] * (6.0 / 180.0), x[1] * (1.0 / 255.0), x[2]
-    h = torch.where(h >= 6, h - 6, h)
-    sector = torch.floor(h)
-    f = h - sector
-    idx = _SECTOR[sector.long().clamp(0, 5)]  # (H, W, 3)
-    tab = torch.stack([v, v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))])
-    rgb = torch.stack([tab.gather(0, idx[..., k][None])[0] for k in (2, 1, 0)])
-    return torch.floor(rgb).clamp_(0, 255).to(torch.uint8)
+    h6 = x[0] * (6.0 / 180.0)
+    v, s = x[2], x[1] * (1.0 / 255.0)
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for c, n in enumerate((5.0, 3.0, 1.0)):
+        k = torch.remainder(h6 + n, 6.0)
+        w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        out[c] = v * (1.0 - s * w)
+    return out.floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def photometric_distortion(img, rng, brightness_delta=32, contrast_range=(0.5, 1.5),
