@@ -5,7 +5,9 @@
 Both loaders decode with torchvision.io and run the same training transforms (RandomResize at the recipe
 scale (4*crop, crop), RandomCrop with cat_max_ratio, flip, PhotoMetricDistortion, Normalize, Pad), so the
 difference is the storage path: one ``seek + read`` per member in a few large tar files vs opening two files per
-sample. Reported: images/s over one epoch after a warm-up batch, and images/s per worker. Shard writing: samples/s
+sample. The folder loader visits the same samples in the same order with the same random draws, so the work
+is identical. Reported: images/s over one epoch after a warm-up batch (best of ``--repeats`` alternating runs),
+and images/s per worker. Shard writing: samples/s
 and MB/s of ``make_shards`` over the same folders (1 and 2 processes). Prints a markdown table.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vit_adapter_ds.data import build_train_loader  # noqa: E402
+from vit_adapter_ds.data import build_train_loader, epoch_order, read_manifest  # noqa: E402
 from vit_adapter_ds.data.classes import reduce_zero_label_map  # noqa: E402
 from vit_adapter_ds.data.make_shards import write_ade20k  # noqa: E402
 from vit_adapter_ds.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_ade  # noqa: E402
@@ -32,24 +34,28 @@ from vit_adapter_ds.data.transforms import train_transform  # noqa: E402
 
 
 class FolderDataset(Dataset):
-    """The baseline: a map-style dataset over ADE20K-layout folders (one JPEG + one PNG per sample)."""
+    """The baseline: a map-style dataset over ADE20K-layout folders (one JPEG + one PNG per sample), visiting
+    the samples in the shard loader's epoch-0 order with the same per-slot random draws, so both loaders do
+    identical decoding and transform work and differ only in how the bytes are found and read."""
 
-    def __init__(self, root, crop, scale, seed=0):
+    def __init__(self, root, shard_dir, crop, scale, seed=0):
         self.img_dir = os.path.join(root, "images", "training")
         self.ann_dir = os.path.join(root, "annotations", "training")
-        self.names = sorted(os.path.splitext(f)[0] for f in os.listdir(self.img_dir))
+        m = read_manifest(shard_dir)
+        keys = [k for s in m["shards"] for k, _ in s["samples"]]
+        self.names = [keys[i] for i in epoch_order(m, seed, 0)]
         self.crop, self.scale, self.seed = crop, scale, seed
         self.lut = torch.tensor(reduce_zero_label_map(), dtype=torch.uint8)
 
     def __len__(self):
         return len(self.names)
 
-    def __getitem__(self, i):
-        n = self.names[i]
+    def __getitem__(self, g):
+        n = self.names[g]
         img = decode_jpeg(read_file(os.path.join(self.img_dir, n + ".jpg")), mode=ImageReadMode.RGB)
         lab = self.lut[decode_png(read_file(os.path.join(self.ann_dir, n + ".png")))[0].long()]
-        x, y = train_transform(img, lab, np.random.default_rng([self.seed, i]), (self.crop, self.crop), self.scale)
-        return x, y
+        rng = np.random.default_rng([self.seed, 0, g])
+        return train_transform(img, lab, rng, (self.crop, self.crop), self.scale)
 
 
 def _time_epoch(it, n_batches, batch_size):
@@ -60,18 +66,21 @@ def _time_epoch(it, n_batches, batch_size):
     return (n_batches - 1) * batch_size / (time.perf_counter() - t)
 
 
-def bench_loaders(root, shard_dir, crops, workers, batch_size, n_images):
+def bench_loaders(root, shard_dir, crops, workers, batch_size, n_images, repeats):
+    """Best of ``repeats`` alternating runs (the machine is shared: the best run is the least disturbed)."""
     rows = []
     n_batches = n_images // batch_size
     for crop in crops:
         scale = (4 * crop, crop)
         for nw in workers:
-            sl = build_train_loader(shard_dir, batch_size=batch_size, crop_size=crop, scale=scale, num_workers=nw,
-                                    seed=0)
-            shard_ips = _time_epoch(iter(sl), n_batches, batch_size)
-            dl = DataLoader(FolderDataset(root, crop, scale), batch_size=batch_size, shuffle=True, num_workers=nw,
-                            generator=torch.Generator().manual_seed(0), drop_last=True)
-            folder_ips = _time_epoch(iter(dl), n_batches, batch_size)
+            shard_ips = folder_ips = 0.0
+            for _ in range(repeats):
+                sl = build_train_loader(shard_dir, batch_size=batch_size, crop_size=crop, scale=scale,
+                                        num_workers=nw, seed=0)
+                shard_ips = max(shard_ips, _time_epoch(iter(sl), n_batches, batch_size))
+                dl = DataLoader(FolderDataset(root, shard_dir, crop, scale), batch_size=batch_size, shuffle=False,
+                                num_workers=nw, drop_last=True)
+                folder_ips = max(folder_ips, _time_epoch(iter(dl), n_batches, batch_size))
             per = max(nw, 1)
             rows.append((crop, nw, shard_ips, shard_ips / per, folder_ips, folder_ips / per))
             print(f"crop {crop} workers {nw}: shards {shard_ips:.1f} img/s, folders {folder_ips:.1f} img/s",
@@ -101,6 +110,7 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--crops", type=int, nargs="+", default=[512, 896])
     ap.add_argument("--size", type=int, nargs=2, default=[512, 683])
+    ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_data_")
     try:
@@ -110,7 +120,7 @@ def main():
               f"{time.perf_counter() - t:.1f} s", flush=True)
         wrows = bench_writing(root, os.path.join(tmp, "shards", "train"), [1, 2])
         lrows = bench_loaders(root, os.path.join(tmp, "shards", "train"), a.crops, a.workers, a.batch_size,
-                              a.num_images)
+                              a.num_images, a.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("\n| crop | workers | shards img/s | shards img/s/worker | folders img/s | folders img/s/worker | ratio |")
