@@ -154,6 +154,11 @@ def test_synthetic_cli(tmp_path, capsys):
 
     assert main(["verify", str(out / "train")]) == 0
     assert "checksums OK" in capsys.readouterr().out
+    for layout, task, nc in (("cocostuff", "segmentation", 171), ("coco", "detection", 7)):
+        assert main(["synthetic", "--layout", layout, "--out", str(tmp_path / layout), "--num-train", "2",
+                     "--num-val", "1", "--size", "32", "40", "--no-progress", "--workers", "1"]) == 0
+        m = read_manifest(str(tmp_path / layout), "val")
+        assert (m["task"], m["num_classes"], m["num_samples"]) == (task, nc, 1)
 
 
 def _mmseg_converter_table():

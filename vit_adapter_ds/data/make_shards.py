@@ -8,6 +8,7 @@ CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and 
     python -m vit_adapter_ds.data.make_shards custom    --images IMG_DIR --masks MASK_DIR --classes classes.txt \\
         --split train [--reduce-zero-label] --out shards/mydata             # -> shards/mydata/train
     python -m vit_adapter_ds.data.make_shards synthetic --out shards/synthetic --num-train 64 --num-val 16
+        [--layout {ade20k,cocostuff,coco}] [--size 512 683] [--seed 0] [--raw-dir DIR]
     python -m vit_adapter_ds.data.make_shards verify shards/synthetic/train      # sha256 + counts check
 
 Common options: ``--max-samples`` / ``--max-bytes`` per shard, ``--workers`` (processes), ``--splits``.
@@ -182,22 +183,32 @@ def write_custom(images, masks, classes_file, out, split, reduce_zero_label=Fals
     return write_shards(samples, out, meta, **kw)
 
 
-def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=None, **kw):
-    """Generate the synthetic dataset in the ADE20K layout (kept in ``raw_dir`` if given, else a temporary
-    folder) and shard it into ``out/train`` and ``out/val``. Returns ``{split: manifest}``."""
-    from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, write_synthetic_ade
+def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=None, layout="ade20k", **kw):
+    """Generate the synthetic dataset (kept in ``raw_dir`` if given, else a temporary folder) and shard it into
+    ``out/train`` and ``out/val``. ``layout``: ``'ade20k'`` (8 synthetic classes, the quickstart default),
+    ``'cocostuff'`` (COCO-Stuff ids and its 171-class manifest) or ``'coco'`` (detection shards from the COCO
+    instances JSON). Returns ``{split: manifest}``."""
+    from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, write_synthetic_ade, write_synthetic_coco
 
     tmp = None
     if raw_dir is None:
         tmp = raw_dir = tempfile.mkdtemp(prefix="synthetic_raw_")
     try:
-        root = write_synthetic_ade(raw_dir, num_train, num_val, seed=seed, size=size)
-        out_m = {}
-        for split, n in (("train", num_train), ("val", num_val)):
-            if n > 0:
-                out_m[split] = write_ade20k(root, os.path.join(out, split), split, classes=SYNTHETIC_CLASSES,
-                                            dataset="synthetic", palette=SYNTHETIC_PALETTE, **kw)
-        return out_m
+        if layout == "ade20k":
+            root = write_synthetic_ade(raw_dir, num_train, num_val, seed=seed, size=size)
+
+            def fn(split, dst):
+                return write_ade20k(root, dst, split, classes=SYNTHETIC_CLASSES, dataset="synthetic",
+                                    palette=SYNTHETIC_PALETTE, **kw)
+        elif layout in ("cocostuff", "coco"):
+            root = write_synthetic_coco(raw_dir, num_train, num_val, seed=seed, size=size)
+
+            def fn(split, dst):
+                return (write_cocostuff if layout == "cocostuff" else write_coco)(root, dst, split, **kw)
+        else:
+            raise ValueError(f"layout must be ade20k, cocostuff or coco, got {layout!r}")
+        return {split: fn(split, os.path.join(out, split))
+                for split, n in (("train", num_train), ("val", num_val)) if n > 0}
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -234,7 +245,9 @@ def main(argv=None):
     sp.add_argument("--num-val", type=int, default=16)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--size", type=int, nargs=2, default=[512, 683], metavar=("H", "W"))
-    sp.add_argument("--raw-dir", default=None, help="keep the generated ADE20K-layout folders here")
+    sp.add_argument("--raw-dir", default=None, help="keep the generated dataset folders here")
+    sp.add_argument("--layout", default="ade20k", choices=["ade20k", "cocostuff", "coco"],
+                    help="folder layout / shard type to generate (default: ade20k, 8 classes)")
     common(sp, os.path.join("shards", "synthetic"))
     sp = sub.add_parser("verify")
     sp.add_argument("shard_dir")
@@ -250,7 +263,7 @@ def main(argv=None):
     kw = dict(max_samples=a.max_samples, max_bytes=int(a.max_bytes), num_workers=a.workers,
               progress=not a.no_progress)
     if a.dataset == "synthetic":
-        res = write_synthetic(a.out, a.num_train, a.num_val, a.seed, tuple(a.size), a.raw_dir, **kw)
+        res = write_synthetic(a.out, a.num_train, a.num_val, a.seed, tuple(a.size), a.raw_dir, a.layout, **kw)
     elif a.dataset == "custom":
         res = {a.split: write_custom(a.images, a.masks, a.classes, os.path.join(a.out, a.split), a.split,
                                      a.reduce_zero_label, skip_missing=a.skip_missing, **kw)}
