@@ -41,7 +41,11 @@ def build_loaders(cfg, rank, world_size, seed):
 
 class _Resumable:
     """``iter(TrainLoader)`` as an iterator that keeps ``state_dict()`` / ``load_state_dict()`` (a loaded state takes
-    effect at the next batch: the underlying generator is restarted)."""
+    effect at the next batch: the underlying generator is restarted).
+
+    Every fetch runs under ``torch.random.fork_rng``: creating a ``DataLoader`` iterator draws a base seed from the
+    global torch RNG, and a resumed run creates it at another point than the uninterrupted run, which would shift
+    the dropout / drop-path masks of the model (resume would no longer be bitwise)."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -51,9 +55,10 @@ class _Resumable:
         return self
 
     def __next__(self):
-        if self._it is None:
-            self._it = iter(self.loader)
-        return next(self._it)
+        with torch.random.fork_rng(devices=[]):
+            if self._it is None:
+                self._it = iter(self.loader)
+            return next(self._it)
 
     def state_dict(self):
         return self.loader.state_dict()
