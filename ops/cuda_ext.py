@@ -67,6 +67,9 @@ def build(verbose: bool = False):
     _ensure_cuda_home()
     from torch.utils.cpp_extension import load
 
+    logger.info("ms_deform_attn: loading the CUDA extension (compiled with ninja on first use, ~1-2 min; "
+                "cached in TORCH_EXTENSIONS_DIR)")
+
     _module = load(name=EXT_NAME, sources=[str(s) for s in SOURCES], extra_include_paths=[str(CSRC)],
                    extra_cflags=["-O3", "-std=c++20"], extra_cuda_cflags=NVCC_FLAGS + arch_flags(),
                    verbose=verbose)
