@@ -140,16 +140,14 @@ def train(cfg, ds_config: dict, work_dir, components: Components, *, resume: str
     found = ckpt.find_resume(resume, work_dir)
     if found is not None:
         tag_dir, meta = found
-        if int(meta.get("world_size", world)) != world:
-            if meta.get("precision") != precision(ds_config) or int(meta.get("zero_stage", -1)) != zero_stage(ds_config):
-                pass  # DeepSpeed's universal loader handles both; recorded in the log below
+        if int(meta.get("world_size", world)) != world:  # DeepSpeed universal checkpoint, converted once
             tag_dir = ckpt.convert_to_universal(tag_dir, int(meta.get("zero_stage", zero_stage(ds_config))))
             ds_config = dict(ds_config, checkpoint=dict(ds_config.get("checkpoint", {}), load_universal=True))
 
     # ---- model, parameter groups, loaders
     seed_everything(seed)
     model = components.build_model(cfg)  # a plain module (no zero.Init), so every init function runs as written
-    if load_from:
+    if load_from and found is None:  # a resumed run restores everything from its own checkpoint instead
         report = ckpt.load_for_finetune(model, load_from)
         if du.is_main():
             print(report["text"], flush=True)
