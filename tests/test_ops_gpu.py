@@ -80,3 +80,19 @@ def test_int64_offsets(backend):
     attn = torch.ones(1, 1, 1, 1, 1, device="cuda")
     out = ms_deform_attn(value, shapes, starts, loc.float(), attn, backend=backend)
     torch.testing.assert_close(out.float(), torch.ones(1, 1, d, device="cuda"), rtol=0, atol=1e-2)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_injector_size(backend, dtype):
+    """ViT-Adapter-L injector geometry (3136 queries, 112^2/56^2/28^2, 16 heads x 32, 4 points)."""
+    levels = [(112, 112), (56, 56), (28, 28)]
+    inputs = [t.cuda() for t in make_inputs(1, 3136, 16, 32, levels, 4, dtype=dtype, lo=-0.05, hi=1.05, seed=3)]
+    grad_out = torch.randn(1, 3136, 16 * 32, device="cuda", dtype=torch.float64).to(dtype)
+    out, grads = _run(backend, inputs, grad_out)
+    leaves = [t.double().requires_grad_() if t.is_floating_point() else t for t in inputs]
+    ref = ms_deform_attn_reference(*leaves)
+    ref.backward(grad_out.double())
+    assert _rel_err(out, ref) <= RTOL[dtype]
+    for got, leaf in zip(grads, (leaves[0], leaves[3], leaves[4])):
+        assert _rel_err(got, leaf.grad) <= RTOL[dtype]
