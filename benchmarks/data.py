@@ -88,6 +88,41 @@ def bench_loaders(root, shard_dir, crops, workers, batch_size, n_images, repeats
     return rows
 
 
+def bench_read_decode(root, shard_dir, repeats):
+    """Single process, no transforms: read only, and read + decode (+ label map), shards vs folders."""
+    from vit_adapter_ds.data.decode import ShardReader, decode_seg_sample
+
+    m = read_manifest(shard_dir)
+    lut = torch.tensor(m["label_map"], dtype=torch.uint8)
+    ids = [(si, i) for si, s in enumerate(m["shards"]) for i in range(s["num_samples"])]
+    ds = FolderDataset(root, shard_dir, 512, (2048, 512))
+    warm = ShardReader(m)
+    decode_seg_sample(warm.read(*ids[0]), lut, m["num_classes"])  # first-call initialisation of the decoders
+    warm.close()
+    out = {}
+    for decode in (False, True):
+        best_s = best_f = 0.0
+        for _ in range(repeats):
+            reader = ShardReader(m)
+            t = time.perf_counter()
+            for si, i in ids:
+                sample = reader.read(si, i)
+                if decode:
+                    decode_seg_sample(sample, lut, m["num_classes"])
+            best_s = max(best_s, len(ids) / (time.perf_counter() - t))
+            reader.close()
+            t = time.perf_counter()
+            for n in ds.names:
+                img = read_file(os.path.join(ds.img_dir, n + ".jpg"))
+                lab = read_file(os.path.join(ds.ann_dir, n + ".png"))
+                if decode:
+                    decode_jpeg(img, mode=ImageReadMode.RGB)
+                    ds.lut[decode_png(lab)[0].long()]
+            best_f = max(best_f, len(ids) / (time.perf_counter() - t))
+        out["read + decode" if decode else "read only"] = (best_s, best_f)
+    return out
+
+
 def bench_writing(root, out, procs):
     rows = []
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(os.path.join(root)) for f in fs
@@ -119,6 +154,7 @@ def main():
         print(f"generated {a.num_images} synthetic {a.size[0]}x{a.size[1]} images in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
         wrows = bench_writing(root, os.path.join(tmp, "shards", "train"), [1, 2])
+        drows = bench_read_decode(root, os.path.join(tmp, "shards", "train"), a.repeats + 1)
         lrows = bench_loaders(root, os.path.join(tmp, "shards", "train"), a.crops, a.workers, a.batch_size,
                               a.num_images, a.repeats)
     finally:
@@ -127,6 +163,10 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for crop, nw, s, sp, f, fp in lrows:
         print(f"| {crop} | {nw} | {s:.1f} | {sp:.1f} | {f:.1f} | {fp:.1f} | {s / f:.2f} |")
+    print("\n| 1 process, no transforms | shards samples/s | folders samples/s | ratio |")
+    print("|---|---|---|---|")
+    for name, (sv, fv) in drows.items():
+        print(f"| {name} | {sv:.0f} | {fv:.0f} | {sv / fv:.2f} |")
     print("\n| writer processes | samples/s | MB/s | shards |")
     print("|---|---|---|---|")
     for p, sps, mbs, ns in wrows:
