@@ -163,3 +163,21 @@ def test_unusable_shard_sets_fail_at_construction(tmp_path, bad_set):
                 build_train_loader(bad_set, batch_size=2, **OPTS)
     finally:
         os.chmod(os.path.join(bad_set, "shard-000000.tar"), 0o644)
+
+
+@pytest.mark.parametrize("ignore_index", [255, 0])
+def test_label_range_check_edges(raw, ignore_index):
+    from vit_adapter_ds.data.classes import identity_label_map
+    from vit_adapter_ds.data.decode import BadSample, decode_seg_sample
+
+    jpg = open(ade20k_samples(raw, "train")[0][1]["jpg"], "rb").read()
+    lut = torch.tensor(identity_label_map(), dtype=torch.uint8)
+    ok = np.full((64, 80), 7, np.uint8)
+    ok[0, :8] = np.arange(8)
+    ok[1, 0] = ignore_index
+    decode_seg_sample({"jpg": jpg, "seg.png": _png(ok)}, lut, 8, ignore_index)
+    for v in (8, 254) + ((255,) if ignore_index != 255 else ()):
+        bad = ok.copy()
+        bad[5, 5] = v
+        with pytest.raises(BadSample, match=rf"\[{v}\] outside"):
+            decode_seg_sample({"jpg": jpg, "seg.png": _png(bad)}, lut, 8, ignore_index)

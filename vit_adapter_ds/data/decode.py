@@ -118,8 +118,12 @@ def decode_seg_sample(sample, lut, num_classes, ignore_index=255):
     lab = decode_label(sample["seg.png"], lut)
     if tuple(img.shape[1:]) != tuple(lab.shape):
         raise BadSample(f"image size {tuple(img.shape[1:])} != mask size {tuple(lab.shape)}")
-    bad = (lab >= num_classes) & (lab != ignore_index)
-    if bool(bad.any()):
+    if ignore_index == 255 and num_classes <= 255:  # fast path: uint8 wrap-around maps 255 -> 0
+        ok = int((lab + 1).max()) <= num_classes if lab.numel() else True
+    else:
+        ok = not bool(((lab >= num_classes) & (lab != ignore_index)).any())
+    if not ok:
+        bad = (lab >= num_classes) & (lab != ignore_index)
         vals = torch.unique(lab[bad]).tolist()[:8]
         raise BadSample(f"labels {vals} outside [0, {num_classes}) and != {ignore_index}")
     return img, lab
