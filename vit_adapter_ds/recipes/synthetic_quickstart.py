@@ -1,7 +1,7 @@
 # Built-in quickstart: a tiny ViT-Adapter (embed 96, depth 4, 4 interactions) + UperNet (channels 64) on the
 # synthetic dataset (8 classes: python -m vit_adapter_ds.data.make_shards synthetic ...), 128x128 crops.
 # Sized to train in a few minutes with 2 ranks on a 2-core CPU (DeepSpeed ZeRO-2 fp32) and reach an mIoU far above
-# chance (1/8).
+# chance (measured: mIoU 0.69 after 300 iterations, ~4-5 min on a shared 2-core CPU).
 _base_ = ['./_base_/models/upernet_vit_adapter.py', './_base_/default_runtime.py']
 num_classes = 8
 crop_size = (128, 128)
@@ -17,7 +17,7 @@ model = dict(
         depth=4,
         num_heads=3,
         mlp_ratio=4,
-        drop_path_rate=0.1,
+        drop_path_rate=0.0,
         conv_inplane=32,
         n_points=4,
         deform_num_heads=6,
@@ -33,7 +33,7 @@ data = dict(
     train=dict(shard_dir='shards/synthetic/train', crop_size=crop_size, scale=(256, 128), ratio_range=(0.5, 2.0),
                cat_max_ratio=0.75, img_norm_cfg=img_norm_cfg),
     val=dict(shard_dir='shards/synthetic/val', img_norm_cfg=img_norm_cfg))
-optimizer = dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01,
+optimizer = dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01,
                  constructor='LayerDecayOptimizerConstructor',
                  paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.95))
 optimizer_config = dict(grad_clip=dict(max_norm=1.0, norm_type=2))
