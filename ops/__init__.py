@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 import torch
 
@@ -46,19 +45,6 @@ def _load_triton():
             _triton_error = err
             logger.warning("ms_deform_attn: triton unavailable (%s: %s)", type(err).__name__, err)
     return _triton_module
-
-
-def _alert_not_deterministic(name: str) -> None:
-    """Mirror ``at::globalContext().alertNotDeterministic`` for the Triton backward (atomic value gradient)."""
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    msg = (f"{name} does not have a deterministic implementation, but you set "
-           "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation, "
-           "or you can use the 'warn_only=True' option, if that's acceptable for your application.")
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(msg, UserWarning, stacklevel=3)
-    else:
-        raise RuntimeError(msg)
 
 
 def resolve_backend(device: torch.device, backend: str | None = None) -> str:
@@ -125,14 +111,18 @@ class _MSDeformAttnFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         value, shapes, starts, loc, attn = ctx.saved_tensors
+        # Under torch.use_deterministic_algorithms(True) the value gradient is accumulated in int64 fixed point
+        # (bitwise reproducible) instead of with float atomics.
+        deterministic = torch.are_deterministic_algorithms_enabled()
         if ctx.backend == "cuda":
             from . import cuda_ext
 
-            grads = cuda_ext.build().backward(value, shapes, starts, loc, attn, grad_output.contiguous())
+            grads = cuda_ext.build().backward(value, shapes, starts, loc, attn, grad_output.contiguous(),
+                                              deterministic)
         else:
-            _alert_not_deterministic("ms_deform_attn_backward_triton")
             grads = _load_triton().msda_backward(value, shapes, starts, loc, attn,
-                                                 grad_output.to(value.dtype).contiguous())
+                                                 grad_output.to(value.dtype).contiguous(),
+                                                 deterministic=deterministic)
         grad_value, grad_loc, grad_attn = grads
         return (grad_value.to(value.dtype), None, None, grad_loc.to(ctx.dtypes[0]), grad_attn.to(ctx.dtypes[1]), None)
 

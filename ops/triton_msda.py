@@ -6,13 +6,17 @@ gathers the four bilinear corners as ``(BLOCK_Q, BLOCK_D)`` tiles (zeros outside
 in float32 (float64 for float64 inputs).
 
 Backward recomputes the corners, writes the location and attention-weight gradients directly (each
-``(n, q, m, l, p)`` belongs to exactly one program) and scatters the value gradient with ``tl.atomic_add``
-into a float32 buffer (so the value gradient is not bitwise deterministic; see ``_alert_not_deterministic``).
+``(n, q, m, l, p)`` belongs to exactly one program) and scatters the value gradient with ``tl.atomic_add``:
+into a float32 buffer (fast, not bitwise reproducible) or, with ``deterministic=True`` (what
+``ms_deform_attn`` uses under ``torch.use_deterministic_algorithms(True)``), into an int64 fixed-point buffer,
+whose integer additions give the same bits in any order.
 
 The kernels also run under ``TRITON_INTERPRET=1`` on CPU tensors (that is how CI tests them); the
 environment variable must be set before this module is imported.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -87,11 +91,22 @@ def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_p
 
 
 @triton.jit
+def _scatter(ptrs, contrib, mask, fixed_scale, FIXED_POINT: tl.constexpr):
+    """Value-gradient scatter: float atomics, or (deterministic) int64 fixed point: round(contrib * scale)."""
+    if FIXED_POINT:
+        q = tl.floor(contrib.to(tl.float64) * fixed_scale + 0.5).to(tl.int64)
+        tl.atomic_add(ptrs, q, mask=mask, sem="relaxed")
+    else:
+        tl.atomic_add(ptrs, contrib, mask=mask, sem="relaxed")
+
+
+@triton.jit
 def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_out_ptr,
                      grad_value_ptr, grad_loc_ptr, grad_attn_ptr,
-                     S, Lq, M,
+                     S, Lq, M, fixed_scale,
                      D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
-                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr):
+                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                     FIXED_POINT: tl.constexpr):
     # 1-D grid (no 65535 limit on a second axis): consecutive programs walk the query blocks of one (n, m)
     pid = tl.program_id(0).to(tl.int64)
     n_q_blocks = tl.cdiv(Lq, BLOCK_Q)
@@ -131,10 +146,10 @@ def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_
             tl.store(grad_attn_ptr + loc_off, grad_a, mask=q_mask)
             tl.store(grad_loc_ptr + 2 * loc_off, a * grad_lw * W.to(ACC_DTYPE), mask=q_mask)
             tl.store(grad_loc_ptr + 2 * loc_off + 1, a * grad_lh * H.to(ACC_DTYPE), mask=q_mask)
-            tl.atomic_add(grad_value_ptr + p1, (a * hh * hw)[:, None] * go, mask=k1, sem="relaxed")
-            tl.atomic_add(grad_value_ptr + p2, (a * hh * lw)[:, None] * go, mask=k2, sem="relaxed")
-            tl.atomic_add(grad_value_ptr + p3, (a * lh * hw)[:, None] * go, mask=k3, sem="relaxed")
-            tl.atomic_add(grad_value_ptr + p4, (a * lh * lw)[:, None] * go, mask=k4, sem="relaxed")
+            _scatter(grad_value_ptr + p1, (a * hh * hw)[:, None] * go, k1, fixed_scale, FIXED_POINT)
+            _scatter(grad_value_ptr + p2, (a * hh * lw)[:, None] * go, k2, fixed_scale, FIXED_POINT)
+            _scatter(grad_value_ptr + p3, (a * lh * hw)[:, None] * go, k3, fixed_scale, FIXED_POINT)
+            _scatter(grad_value_ptr + p4, (a * lh * lw)[:, None] * go, k4, fixed_scale, FIXED_POINT)
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -166,21 +181,38 @@ def msda_forward(value, spatial_shapes, level_start_index, sampling_locations, a
     return out.view(n, lq, m * d)
 
 
+def fixed_point_scale(attention_weights, grad_output) -> float:
+    """Scale of the deterministic int64 value gradient: every partial sum is bounded by
+    sum|attn| * max|grad_out| (bilinear weights sum to <= 1); the largest power of two mapping that bound to
+    <= 2^62 (so nothing can overflow; a power of two is exact in the kernel's fp32 argument and the division)."""
+    if attention_weights.numel() == 0 or grad_output.numel() == 0:
+        return 1.0
+    bound = float(attention_weights.double().abs().sum()) * float(grad_output.double().abs().max()) * 1.01
+    if not (bound > 0 and math.isfinite(bound)):
+        return 1.0
+    return 2.0 ** min(max(math.floor(62 - math.log2(bound)), -60), 120)
+
+
 def msda_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output,
-                  block_q: int | None = None):
-    """Gradients (value, sampling_locations, attention_weights) in float32 (float64 for float64 value)."""
+                  block_q: int | None = None, deterministic: bool = False):
+    """Gradients (value, sampling_locations, attention_weights) in float32 (float64 for float64 value).
+
+    ``deterministic``: accumulate the value gradient in int64 fixed point (bitwise reproducible; resolution
+    ``1 / fixed_point_scale``, about 1e-12 of sum|attn| * max|grad_out|) instead of float atomics."""
     n, s, m, d = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
     acc_t, acc = _acc_dtype(value.dtype)
-    grad_value = torch.zeros(value.shape, dtype=acc_t, device=value.device)
+    scale = fixed_point_scale(attention_weights, grad_output) if deterministic else 1.0
+    grad_value = torch.zeros(value.shape, dtype=torch.int64 if deterministic else acc_t, device=value.device)
     grad_loc = torch.zeros(sampling_locations.shape, dtype=acc_t, device=value.device)
     grad_attn = torch.zeros(attention_weights.shape, dtype=acc_t, device=value.device)
-    if n * lq * m * d == 0:
-        return grad_value, grad_loc, grad_attn
-    block_q, block_d = _launch_config(lq, d, block_q)
-    grid = (triton.cdiv(lq, block_q) * n * m,)
-    _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                           grad_output, grad_value, grad_loc, grad_attn,
-                           s, lq, m, D=d, L=n_levels, P=n_points, BLOCK_Q=block_q, BLOCK_D=block_d,
-                           ACC_DTYPE=acc)
+    if n * lq * m * d > 0:
+        block_q, block_d = _launch_config(lq, d, block_q)
+        grid = (triton.cdiv(lq, block_q) * n * m,)
+        _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                               grad_output, grad_value, grad_loc, grad_attn,
+                               s, lq, m, scale, D=d, L=n_levels, P=n_points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                               ACC_DTYPE=acc, FIXED_POINT=deterministic)
+    if deterministic:
+        grad_value = (grad_value.double() / scale).to(acc_t)
     return grad_value, grad_loc, grad_attn

@@ -1,6 +1,6 @@
 """The CUDA sources must compile (no GPU needed): a broken kernel cannot land.
 
-* ``test_kernels_compile``: nvcc -c of every kernel instantiation (all dtypes) in ``ms_deform_attn_kernels.cuh``
+* ``test_kernels_compile``: nvcc -c of every kernel instantiation (all dtypes, both value-gradient modes) in ``ms_deform_attn_kernels.cuh``
   for sm_90, with only the CUDA headers (~3 s on 2 cores); ptxas must report no register spills.
 * ``test_extension_builds`` (slow, ~1.5 min cold, seconds when cached): the real JIT build path
   (``cuda_ext.build`` -> ``torch.utils.cpp_extension.load``) for one architecture, in a subprocess, into
@@ -36,9 +36,13 @@ INSTANTIATIONS = """
 #define INST(T, LT)                                                                                         \\
   template __global__ void msda::msda_forward_kernel<T, LT>(const T*, const int64_t*, const int64_t*,       \\
       const LT*, const LT*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);                     \\
-  template __global__ void msda::msda_backward_kernel<T, LT>(const T*, const int64_t*, const int64_t*,      \\
-      const LT*, const LT*, const T*, msda::AccType<T>::type*, msda::AccType<T>::type*,                    \\
-      msda::AccType<T>::type*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int);
+  template __global__ void msda::msda_backward_kernel<T, LT, msda::AccType<T>::type>(const T*,             \\
+      const int64_t*, const int64_t*, const LT*, const LT*, const T*, msda::AccType<T>::type*,              \\
+      msda::AccType<T>::type*, msda::AccType<T>::type*, int64_t, int64_t, int64_t, int64_t, int64_t, int,    \\
+      int, double);                                                                                         \\
+  template __global__ void msda::msda_backward_kernel<T, LT, unsigned long long>(const T*, const int64_t*,  \\
+      const int64_t*, const LT*, const LT*, const T*, unsigned long long*, msda::AccType<T>::type*,         \\
+      msda::AccType<T>::type*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, double);
 INST(float, float)
 INST(double, double)
 INST(double, float)
@@ -57,7 +61,7 @@ def test_kernels_compile(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     log = proc.stdout + proc.stderr
-    assert log.count("Compiling entry function") == 14, log  # 7 type pairs x (forward, backward)
+    assert log.count("Compiling entry function") == 21, log  # 7 type pairs x (forward, 2 backward)
     spills = [ln for ln in log.splitlines() if "spill" in ln and " 0 bytes spill stores, 0 bytes spill loads" not in ln]
     assert not spills, "\n".join(spills)
     assert (tmp_path / "instantiate.o").stat().st_size > 0

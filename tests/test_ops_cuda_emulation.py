@@ -17,6 +17,15 @@ import torch
 from msda_naive import make_inputs
 from vit_adapter_ds.ops import cuda_ext, ms_deform_attn_reference
 
+try:
+    from vit_adapter_ds.ops.triton_msda import fixed_point_scale
+except ImportError:  # triton missing: the same rule, spelled out
+    import math
+
+    def fixed_point_scale(attn, grad_out):
+        bound = float(attn.double().abs().sum()) * float(grad_out.double().abs().max()) * 1.01
+        return 2.0 ** min(max(math.floor(62 - math.log2(bound)), -60), 120)
+
 HERE = Path(__file__).resolve().parent
 CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 RTOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 4e-3, torch.bfloat16: 2e-2}
@@ -52,8 +61,10 @@ def _sizes(value, loc, blocks, threads):
             ctypes.c_int(threads)]
 
 
-def run_emulated(lib, value, shapes, starts, loc, attn, grad_out, blocks=None, threads=64):
-    """Forward output and (value, loc, attn) gradients from the emulated CUDA kernels (acc-dtype gradients)."""
+def run_emulated(lib, value, shapes, starts, loc, attn, grad_out, blocks=None, threads=64, deterministic=False):
+    """Forward output and (value, loc, attn) gradients from the emulated CUDA kernels (acc-dtype gradients).
+
+    ``deterministic`` uses the fixed-point value gradient with the host launcher's scale rule."""
     n, s, m, d = value.shape
     lq = loc.shape[1]
     if blocks is None:  # the launcher's rule: one warp per (n, q, m)
@@ -64,13 +75,18 @@ def run_emulated(lib, value, shapes, starts, loc, attn, grad_out, blocks=None, t
     rc = lib.msda_emu_forward(CODES[value.dtype], loc_float, _ptr(value), _ptr(shapes), _ptr(starts), _ptr(loc),
                               _ptr(attn), _ptr(out), *_sizes(value, loc, blocks, threads))
     assert rc == 0
-    grad_value = torch.zeros(value.shape, dtype=acc)
+    scale = 0.0
+    if deterministic:  # same rule as ms_deform_attn_cuda.cu
+        scale = fixed_point_scale(attn, grad_out)
+    grad_value = torch.zeros(value.shape, dtype=torch.int64 if deterministic else acc)
     grad_loc = torch.full(loc.shape, float("nan"), dtype=acc)  # every entry must be written
     grad_attn = torch.full(attn.shape, float("nan"), dtype=acc)
     rc = lib.msda_emu_backward(CODES[value.dtype], loc_float, _ptr(value), _ptr(shapes), _ptr(starts), _ptr(loc),
                                _ptr(attn), _ptr(grad_out), _ptr(grad_value), _ptr(grad_loc), _ptr(grad_attn),
-                               *_sizes(value, loc, blocks, threads))
+                               *_sizes(value, loc, blocks, threads), ctypes.c_double(scale))
     assert rc == 0
+    if deterministic:
+        grad_value = (grad_value.double() / scale).to(acc)
     return out.view(n, lq, m * d), (grad_value, grad_loc, grad_attn)
 
 
@@ -113,3 +129,21 @@ def test_emulated_far_points_give_zero(emu):
     grad_out = torch.ones(1, 3, 4)
     out, (gv, gl, ga) = run_emulated(emu, value, shapes, starts, loc, attn, grad_out)
     assert out.abs().max() == 0 and gv.abs().max() == 0 and gl.abs().max() == 0 and ga.abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_emulated_deterministic_value_gradient(emu, dtype):
+    """Fixed-point scatter: matches the reference, and is bitwise identical across launch shapes (the
+    accumulation order changes with blocks/threads; float atomics would round differently)."""
+    inputs = make_inputs(2, 6, 2, 8, LEVELS, 3, dtype=dtype, lo=0.1, hi=0.9, seed=13)  # many shared pixels
+    _check(emu, inputs, dtype, deterministic=True)
+    value, shapes, starts, loc, attn = [t.contiguous() for t in inputs]
+    grad_out = torch.randn(2, 6, 16, dtype=torch.float64).to(dtype)
+    runs = [run_emulated(emu, value, shapes, starts, loc, attn, grad_out, blocks=b, threads=t, deterministic=True)
+            for b, t in ((None, 64), (1, 32), (3, 96))]
+    for _, grads in runs[1:]:
+        assert torch.equal(grads[0], runs[0][1][0])
+    if dtype == torch.float32:  # sanity: float atomics do depend on the order for these inputs
+        fast = [run_emulated(emu, value, shapes, starts, loc, attn, grad_out, blocks=b, threads=t)[1][0]
+                for b, t in ((None, 64), (3, 96))]
+        assert not torch.equal(fast[0], fast[1])

@@ -49,19 +49,23 @@ def test_bf16_value_fp32_locations(backend):
     assert out.dtype == torch.bfloat16 and _rel_err(out, ref) <= RTOL[torch.bfloat16]
 
 
-def test_auto_prefers_cuda_and_deterministic_mode_raises():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_deterministic_mode_is_bitwise_reproducible(backend):
     from vit_adapter_ds.ops import resolve_backend
 
     assert resolve_backend(torch.device("cuda")) == "cuda"
-    value, shapes, starts, loc, attn = [t.cuda() for t in make_inputs(1, 4, 2, 8, LEVELS, 2, dtype=torch.float32)]
-    value.requires_grad_()
+    inputs = [t.cuda() for t in make_inputs(2, 300, 8, 32, LEVELS, 4, dtype=torch.float32, lo=0.3, hi=0.7)]
+    grad_out = torch.randn(2, 300, 8 * 32, device="cuda")
     try:
         torch.use_deterministic_algorithms(True)
-        out = ms_deform_attn(value, shapes, starts, loc, attn, backend="cuda")
-        with pytest.raises(RuntimeError, match="ms_deform_attn_backward_cuda"):
-            out.sum().backward()
+        runs = [_run(backend, inputs, grad_out)[1] for _ in range(3)]
     finally:
         torch.use_deterministic_algorithms(False)
+    for grads in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads, runs[0]))
+    leaves = [t.double().requires_grad_() if t.is_floating_point() else t for t in inputs]
+    ms_deform_attn_reference(*leaves).backward(grad_out.double())
+    assert _rel_err(runs[0][0], leaves[0].grad) <= RTOL[torch.float32]
 
 
 @pytest.mark.slow

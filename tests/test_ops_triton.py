@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).with_name("msda_triton_interpret.py")
 CHECKS = [
     "fp64_batch3_levels3", "fp64_batch80", "fp32_query_blocks_and_far_points", "gradcheck_fp64", "bf16", "fp16",
     "bf16_value_fp32_locations", "non_contiguous_inputs", "env_var_backend_and_checkpoint", "grad_fn_is_triton",
-    "deterministic_mode_raises_or_warns", "auto_on_cpu_is_reference",
+    "deterministic_mode_is_bitwise_reproducible", "auto_on_cpu_is_reference",
 ]
 
 

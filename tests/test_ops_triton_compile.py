@@ -19,8 +19,8 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from vit_adapter_ds.ops import triton_msda  # noqa: E402
 
-COMMON = {"shapes_ptr": "*i64", "starts_ptr": "*i64", "S": "i32", "Lq": "i32", "M": "i32"}
-CONSTS = ("D", "L", "P", "BLOCK_Q", "BLOCK_D", "ACC_DTYPE")
+COMMON = {"shapes_ptr": "*i64", "starts_ptr": "*i64", "S": "i32", "Lq": "i32", "M": "i32", "fixed_scale": "fp32"}
+CONSTS = ("D", "L", "P", "BLOCK_Q", "BLOCK_D", "ACC_DTYPE", "FIXED_POINT")
 
 
 def _compile(kernel, ptr_types, consts):
@@ -36,15 +36,17 @@ def _compile(kernel, ptr_types, consts):
                                                   ("fp64", "fp64", tl.float64, 5)])
 def test_kernels_compile_for_sm90(value_t, loc_t, acc, d):
     block_d = triton.next_power_of_2(d)
-    consts = {"D": d, "L": 3, "P": 4, "BLOCK_Q": 64, "BLOCK_D": block_d, "ACC_DTYPE": acc}
+    consts = {"D": d, "L": 3, "P": 4, "BLOCK_Q": 64, "BLOCK_D": block_d, "ACC_DTYPE": acc, "FIXED_POINT": False}
     fwd = _compile(triton_msda._msda_fwd_kernel,
                    {"value_ptr": f"*{value_t}", "loc_ptr": f"*{loc_t}", "attn_ptr": f"*{loc_t}",
-                    "out_ptr": f"*{value_t}"}, consts)
+                    "out_ptr": f"*{value_t}"}, {k: v for k, v in consts.items() if k != "FIXED_POINT"})
+    assert len(fwd.asm["cubin"]) > 0
     acc_t = "fp64" if value_t == "fp64" else "fp32"
-    bwd = _compile(triton_msda._msda_bwd_kernel,
-                   {"value_ptr": f"*{value_t}", "loc_ptr": f"*{loc_t}", "attn_ptr": f"*{loc_t}",
-                    "grad_out_ptr": f"*{value_t}", "grad_value_ptr": f"*{acc_t}", "grad_loc_ptr": f"*{acc_t}",
-                    "grad_attn_ptr": f"*{acc_t}"}, consts)
-    for k in (fwd, bwd):
-        assert len(k.asm["cubin"]) > 0
-    assert "atom" in bwd.asm["ptx"] or "red." in bwd.asm["ptx"]  # the value-gradient scatter
+    for fixed in (False, True):  # float atomics / deterministic int64 fixed point
+        bwd = _compile(triton_msda._msda_bwd_kernel,
+                       {"value_ptr": f"*{value_t}", "loc_ptr": f"*{loc_t}", "attn_ptr": f"*{loc_t}",
+                        "grad_out_ptr": f"*{value_t}", "grad_value_ptr": "*i64" if fixed else f"*{acc_t}",
+                        "grad_loc_ptr": f"*{acc_t}", "grad_attn_ptr": f"*{acc_t}"}, dict(consts, FIXED_POINT=fixed))
+        assert len(bwd.asm["cubin"]) > 0
+        ptx = bwd.asm["ptx"]
+        assert ("atom" in ptx or "red." in ptx) and (".u64" in ptx or ".s64" in ptx or not fixed)

@@ -7,7 +7,8 @@ at::Tensor msda_forward_cuda(const at::Tensor& value, const at::Tensor& shapes, 
                              const at::Tensor& loc, const at::Tensor& attn);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(const at::Tensor& value, const at::Tensor& shapes,
                                                                   const at::Tensor& starts, const at::Tensor& loc,
-                                                                  const at::Tensor& attn, const at::Tensor& grad_out);
+                                                                  const at::Tensor& attn, const at::Tensor& grad_out,
+                                                                  bool deterministic);
 
 namespace {
 
@@ -41,12 +42,13 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& shapes, const at::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& value, const at::Tensor& shapes,
                                                         const at::Tensor& starts, const at::Tensor& loc,
-                                                        const at::Tensor& attn, const at::Tensor& grad_out) {
+                                                        const at::Tensor& attn, const at::Tensor& grad_out,
+                                                        bool deterministic) {
   check_inputs(value, shapes, starts, loc, attn);
   TORCH_CHECK(grad_out.numel() == loc.size(0) * loc.size(1) * value.size(2) * value.size(3),
               "ms_deform_attn: grad_output has ", grad_out.numel(), " elements, expected N*Lq*M*D");
   return msda_backward_cuda(value.contiguous(), shapes.contiguous(), starts.contiguous(), loc.contiguous(),
-                            attn.contiguous(), grad_out.to(value.scalar_type()).contiguous());
+                            attn.contiguous(), grad_out.to(value.scalar_type()).contiguous(), deterministic);
 }
 
 }  // namespace
@@ -55,6 +57,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Multi-scale deformable attention (vit_adapter_ds.ops)";
   m.def("forward", &forward, "ms_deform_attn forward -> (N, Lq, M*D)");
   m.def("backward", &backward,
-        "ms_deform_attn backward -> (grad_value, grad_sampling_locations, grad_attention_weights) in float32 "
-        "(float64 for float64 value)");
+        "ms_deform_attn backward(..., grad_out, deterministic) -> (grad_value, grad_sampling_locations, "
+        "grad_attention_weights) in float32 (float64 for float64 value); deterministic=True accumulates the "
+        "value gradient in fixed point (bitwise reproducible)");
 }

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that needs cuSPARSE/cuBLAS headers
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <type_traits>
 
@@ -68,23 +69,33 @@ at::Tensor msda_forward_cuda(const at::Tensor& value, const at::Tensor& shapes, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(const at::Tensor& value, const at::Tensor& shapes,
                                                                   const at::Tensor& starts, const at::Tensor& loc,
                                                                   const at::Tensor& attn,
-                                                                  const at::Tensor& grad_out) {
-  // The value gradient is scattered with atomicAdd: raise (or warn, with warn_only=True) like PyTorch's ops.
-  at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda");
+                                                                  const at::Tensor& grad_out, bool deterministic) {
   const c10::cuda::CUDAGuard guard(value.device());
   const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
   const int64_t Lq = loc.size(1);
   const int L = static_cast<int>(loc.size(3)), P = static_cast<int>(loc.size(4));
   const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto acc_opts = value.options().dtype(acc_dtype);
-  auto grad_value = at::zeros(value.sizes(), acc_opts);
+  // Deterministic: fixed-point int64 value gradient. |partial sums| <= sum|attn| * max|grad_out| =: bound, so
+  // scale = the largest power of two with bound * scale <= 2^62 cannot overflow; resolution ~bound / 2^62.
+  // (Same rule as triton_msda.fixed_point_scale.)
+  double fixed_scale = 1.0;
+  if (deterministic && grad_out.numel() > 0 && attn.numel() > 0) {
+    const double bound = attn.to(at::kDouble).abs().sum().item<double>() *
+                         grad_out.to(at::kDouble).abs().max().item<double>() * 1.01;
+    if (bound > 0 && std::isfinite(bound)) {
+      const int e = std::min(std::max(static_cast<int>(std::floor(62.0 - std::log2(bound))), -60), 120);
+      fixed_scale = std::ldexp(1.0, e);
+    }
+  }
+  auto grad_value = at::zeros(value.sizes(), deterministic ? value.options().dtype(at::kLong) : acc_opts);
   auto grad_loc = at::empty(loc.sizes(), acc_opts);
   auto grad_attn = at::empty(attn.sizes(), acc_opts);
   const int64_t warps = N * Lq * M;
   if (warps == 0 || D == 0) {
     grad_loc.zero_();
     grad_attn.zero_();
-    return {grad_value, grad_loc, grad_attn};
+    return {grad_value.to(acc_dtype), grad_loc, grad_attn};
   }
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
@@ -92,14 +103,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(const at::Tens
     using acc_t = typename msda::AccType<vec_t>::type;
     dispatch_loc<scalar_t>(loc, [&](auto* tag) {
       using loc_t = std::remove_pointer_t<decltype(tag)>;
-      msda::msda_backward_kernel<vec_t, loc_t><<<num_blocks(warps), kThreads, 0, stream>>>(
-          reinterpret_cast<const vec_t*>(value.const_data_ptr<scalar_t>()), shapes.const_data_ptr<int64_t>(),
-          starts.const_data_ptr<int64_t>(), reinterpret_cast<const loc_t*>(loc.const_data_ptr()),
-          reinterpret_cast<const loc_t*>(attn.const_data_ptr()),
-          reinterpret_cast<const vec_t*>(grad_out.const_data_ptr<scalar_t>()), grad_value.data_ptr<acc_t>(),
-          grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>(), N, S, M, D, Lq, L, P);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto launch = [&](auto* gv) {
+        using gv_t = std::remove_pointer_t<decltype(gv)>;
+        msda::msda_backward_kernel<vec_t, loc_t, gv_t><<<num_blocks(warps), kThreads, 0, stream>>>(
+            reinterpret_cast<const vec_t*>(value.const_data_ptr<scalar_t>()), shapes.const_data_ptr<int64_t>(),
+            starts.const_data_ptr<int64_t>(), reinterpret_cast<const loc_t*>(loc.const_data_ptr()),
+            reinterpret_cast<const loc_t*>(attn.const_data_ptr()),
+            reinterpret_cast<const vec_t*>(grad_out.const_data_ptr<scalar_t>()), gv, grad_loc.data_ptr<acc_t>(),
+            grad_attn.data_ptr<acc_t>(), N, S, M, D, Lq, L, P, fixed_scale);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (deterministic) {
+        launch(reinterpret_cast<unsigned long long*>(grad_value.data_ptr<int64_t>()));
+      } else {
+        launch(grad_value.data_ptr<acc_t>());
+      }
     });
   });
+  if (deterministic) grad_value = (grad_value.to(at::kDouble) / fixed_scale).to(acc_dtype);
   return {grad_value, grad_loc, grad_attn};
 }

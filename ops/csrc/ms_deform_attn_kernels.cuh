@@ -11,8 +11,10 @@
 // Mapping: one warp per (n, q, m); the lanes stride over the head dim (any D). Accumulation is in acc_t
 // (float for half / bfloat16 / float, double for double); all offsets are int64.
 // Backward: location / attention-weight gradients are reduced over D with warp shuffles and written by lane
-// 0 (each (n, q, m, l, p) belongs to one warp); the value gradient is scattered with atomicAdd into an acc_t
-// buffer, so it is not bitwise deterministic (the host code raises under use_deterministic_algorithms).
+// 0 (each (n, q, m, l, p) belongs to one warp); the value gradient is scattered with atomicAdd, either into an
+// acc_t buffer (fast; float addition order varies, so not bitwise reproducible) or, for a deterministic
+// backward, as fixed-point int64 (each contribution rounded to a multiple of 1/scale, then integer atomics,
+// which are associative: the result is independent of the order).
 #pragma once
 
 #include <cstdint>
@@ -117,15 +119,26 @@ __global__ void msda_forward_kernel(const scalar_t* __restrict__ value, const in
   }
 }
 
-// grad_value / grad_loc / grad_attn are acc_t buffers (grad_value zero-initialised).
-template <typename scalar_t, typename loc_t>
+// Value-gradient scatter: floating atomics, or fixed point (round(v * scale) added as a two's-complement int64;
+// the host picks scale so that no partial sum can overflow).
+template <typename acc_t>
+__device__ __forceinline__ void scatter_add(acc_t* p, acc_t v, double) { atomicAdd(p, v); }
+template <typename acc_t>
+__device__ __forceinline__ void scatter_add(unsigned long long* p, acc_t v, double scale) {
+  const long long q = static_cast<long long>(floor(static_cast<double>(v) * scale + 0.5));
+  atomicAdd(p, static_cast<unsigned long long>(q));
+}
+
+// grad_loc / grad_attn are acc_t buffers; grad_value is gv_t (acc_t, or unsigned long long for fixed point),
+// zero-initialised. fixed_scale is only used for fixed point.
+template <typename scalar_t, typename loc_t, typename gv_t>
 __global__ void msda_backward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
                                      const int64_t* __restrict__ starts, const loc_t* __restrict__ loc,
                                      const loc_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
-                                     typename AccType<scalar_t>::type* __restrict__ grad_value,
+                                     gv_t* __restrict__ grad_value,
                                      typename AccType<scalar_t>::type* __restrict__ grad_loc,
                                      typename AccType<scalar_t>::type* __restrict__ grad_attn, int64_t N, int64_t S,
-                                     int64_t M, int64_t D, int64_t Lq, int L, int P) {
+                                     int64_t M, int64_t D, int64_t Lq, int L, int P, double fixed_scale) {
   using acc_t = typename AccType<scalar_t>::type;
   const int lane = threadIdx.x & 31;
   const int64_t total = N * Lq * M;
@@ -167,10 +180,10 @@ __global__ void msda_backward_kernel(const scalar_t* __restrict__ value, const i
           g_lw += go * (hh * (v2 - v1) + s.lh * (v4 - v3));
           g_lh += go * (hw * (v3 - v1) + s.lw * (v4 - v2));
           const acc_t ag = a * go;
-          if (s.v1) atomicAdd(grad_value + base, ag * w1);
-          if (s.v2) atomicAdd(grad_value + base + dw, ag * w2);
-          if (s.v3) atomicAdd(grad_value + base + dh, ag * w3);
-          if (s.v4) atomicAdd(grad_value + base + dh + dw, ag * w4);
+          if (s.v1) scatter_add(grad_value + base, ag * w1, fixed_scale);
+          if (s.v2) scatter_add(grad_value + base + dw, ag * w2, fixed_scale);
+          if (s.v3) scatter_add(grad_value + base + dh, ag * w3, fixed_scale);
+          if (s.v4) scatter_add(grad_value + base + dh + dw, ag * w4, fixed_scale);
         }
         g_a = warp_sum(g_a);
         g_lw = warp_sum(g_lw);

@@ -147,21 +147,27 @@ extern "C" int msda_emu_forward(int dtype, int loc_float, const void* value, con
   return rc != 0 ? rc : (ok ? 0 : 2);  // 2: a warp diverged at a shuffle
 }
 
+// fixed_scale > 0: grad_value is an int64 fixed-point buffer (the deterministic mode), else an acc_t buffer.
 extern "C" int msda_emu_backward(int dtype, int loc_float, const void* value, const int64_t* shapes,
                                  const int64_t* starts, const void* loc, const void* attn, const void* grad_out,
                                  void* grad_value, void* grad_loc, void* grad_attn, int64_t N, int64_t S, int64_t M,
-                                 int64_t D, int64_t Lq, int L, int P, int64_t blocks, int threads) {
+                                 int64_t D, int64_t Lq, int L, int P, int64_t blocks, int threads,
+                                 double fixed_scale) {
   bool ok = true;
   const int rc = dispatch(dtype, loc_float, [&](auto* vt, auto* lt) {
     using T = std::remove_pointer_t<decltype(vt)>;
     using LT = std::remove_pointer_t<decltype(lt)>;
     using A = typename msda::AccType<T>::type;
-    ok = emu_launch(blocks, threads, [&] {
-      msda::msda_backward_kernel<T, LT>(static_cast<const T*>(value), shapes, starts, static_cast<const LT*>(loc),
-                                        static_cast<const LT*>(attn), static_cast<const T*>(grad_out),
-                                        static_cast<A*>(grad_value), static_cast<A*>(grad_loc),
-                                        static_cast<A*>(grad_attn), N, S, M, D, Lq, L, P);
-    });
+    auto run = [&](auto* gv) {
+      using G = std::remove_pointer_t<decltype(gv)>;
+      return emu_launch(blocks, threads, [&] {
+        msda::msda_backward_kernel<T, LT, G>(static_cast<const T*>(value), shapes, starts,
+                                             static_cast<const LT*>(loc), static_cast<const LT*>(attn),
+                                             static_cast<const T*>(grad_out), gv, static_cast<A*>(grad_loc),
+                                             static_cast<A*>(grad_attn), N, S, M, D, Lq, L, P, fixed_scale);
+      });
+    };
+    ok = fixed_scale > 0 ? run(static_cast<unsigned long long*>(grad_value)) : run(static_cast<A*>(grad_value));
   });
   return rc != 0 ? rc : (ok ? 0 : 2);  // 2: a warp diverged at a shuffle
 }
