@@ -52,12 +52,13 @@ def test_batch_format(shards):
     assert loader.state_dict()["samples_consumed_in_epoch"] == 3
 
 
-@pytest.mark.parametrize("world_size,batch_size", [(3, 2), (5, 2), (2, 4)])
-def test_ranks_cover_the_dataset_with_equal_batch_counts(shards, world_size, batch_size):
+@pytest.mark.parametrize("world_size,batch_size,shuffle", [(3, 2, "global"), (5, 2, "global"), (2, 4, "global"),
+                                                           (3, 2, "shards"), (2, 4, "none")])
+def test_ranks_cover_the_dataset_with_equal_batch_counts(shards, world_size, batch_size, shuffle):
     per_rank = []
     for r in range(world_size):
         loader = build_train_loader(str(shards / "syn"), batch_size=batch_size, num_workers=0, rank=r,
-                                    world_size=world_size, **OPTS)
+                                    world_size=world_size, shuffle=shuffle, **OPTS)
         batches = _epoch(loader)
         assert len(batches) == loader.len_per_epoch == -(-N_TRAIN // (world_size * batch_size))
         assert all(len(b["meta"]["keys"]) == batch_size for b in batches)

@@ -144,7 +144,7 @@ def test_synthetic_cli(tmp_path, capsys):
     out = tmp_path / "syn"
     r = subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--out", str(out),
                         "--num-train", "5", "--num-val", "2", "--size", "64", "80", "--max-samples", "2",
-                        "--no-progress", "--workers", "1"], capture_output=True, text=True, timeout=120,
+                        "--no-progress", "--workers", "1", "--raw-dir", str(tmp_path / "raw")], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     mt, mv = read_manifest(str(out), "train"), read_manifest(str(out), "val")
@@ -154,6 +154,9 @@ def test_synthetic_cli(tmp_path, capsys):
 
     assert main(["verify", str(out / "train")]) == 0
     assert "checksums OK" in capsys.readouterr().out
+    assert main(["ade20k", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "ade"), "--splits", "val",
+                 "--no-progress", "--workers", "1"]) == 0
+    assert read_manifest(str(tmp_path / "ade"), "val")["num_samples"] == 2
     for layout, task, nc in (("cocostuff", "segmentation", 171), ("coco", "detection", 7)):
         assert main(["synthetic", "--layout", layout, "--out", str(tmp_path / layout), "--num-train", "2",
                      "--num-val", "1", "--size", "32", "40", "--no-progress", "--workers", "1"]) == 0
