@@ -144,7 +144,8 @@ def test_synthetic_cli(tmp_path, capsys):
     out = tmp_path / "syn"
     r = subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--out", str(out),
                         "--num-train", "5", "--num-val", "2", "--size", "64", "80", "--max-samples", "2",
-                        "--no-progress", "--workers", "1", "--raw-dir", str(tmp_path / "raw")], capture_output=True, text=True, timeout=120,
+                        "--no-progress", "--workers", "1", "--raw-dir", str(tmp_path / "raw")],
+                       capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     mt, mv = read_manifest(str(out), "train"), read_manifest(str(out), "val")

@@ -7,7 +7,8 @@
   ``t`` is original id ``COCO_STUFF_IDS[t]``. The 11 ids absent here (11, 25, 28, 29, 44, 65, 67, 68, 70, 82,
   90) are COCO category ids without annotations and never occur in the maps (mmseg's converter would leave them
   unchanged); we map them, and every other id outside the table, to 254, an invalid label that the loader
-  reports as bad data instead of training on it. 255 (unlabelled) stays 255. This is the table of mmseg's COCO-Stuff-164k converter
+  reports as bad data instead of training on it. 255 (unlabelled) stays 255. This is the table of mmseg's
+  COCO-Stuff-164k converter
   (``tools/dataset_converters/coco_stuff164k.py``, ``clsID_to_trID``), checked in tests against that file.
 """
 

@@ -2,7 +2,8 @@
 
 Design ("global order", see ``shards/README.md``):
 
-* The manifest lists every sample as (shard, index) with its tar member offsets. An epoch's order is a
+* The manifest lists every sample (global id = position in manifest order) with its tar member offsets (kept
+  in compact arrays by :class:`ShardReader`; ``loader.manifest`` omits the per-sample index). An epoch's order is a
   permutation of all N samples, a pure function of ``(seed, epoch)`` (and the shuffle mode).
 * The epoch is cut into global steps of ``world_size * batch_size`` consecutive *slots* of that order; slot ``g``
   holds sample ``order[g % N]`` (the last step wraps around to the start of the order, so every rank gets
@@ -43,7 +44,8 @@ class TooManyBadSamples(RuntimeError):
     """More than ``max_bad_fraction`` of the samples could not be used."""
 
 
-def _seg_manifest(shard_dir, split, num_classes, verify, expect_split):
+def _open_set(shard_dir, split, num_classes, verify, expect_split):
+    """Read and check a segmentation shard set; return (manifest without the per-sample index, ShardReader)."""
     m = read_manifest(shard_dir, split)
     if m.get("split") not in (None, expect_split):
         log.warning("%s holds the %r split, read by the %s loader", m["shard_dir"], m.get("split"), expect_split)
@@ -53,7 +55,9 @@ def _seg_manifest(shard_dir, split, num_classes, verify, expect_split):
     nc = int(m["num_classes"])
     if num_classes is not None and int(num_classes) != nc:
         raise ShardSetError(f"{m['shard_dir']}: the manifest has {nc} classes, the model/recipe {num_classes}")
-    return m
+    reader = ShardReader(m)
+    light = dict(m, shards=[{k: v for k, v in s.items() if k != "samples"} for s in m["shards"]])
+    return light, reader
 
 
 def _lut(m):
@@ -61,14 +65,8 @@ def _lut(m):
     return torch.tensor(lm if lm is not None else list(range(256)), dtype=torch.uint8)
 
 
-def sample_ids(manifest):
-    """All (shard, index) pairs in manifest order, as an int64 array (N, 2)."""
-    ids = [(si, i) for si, s in enumerate(manifest["shards"]) for i in range(s["num_samples"])]
-    return np.asarray(ids, dtype=np.int64).reshape(-1, 2)
-
-
 def epoch_order(manifest, seed, epoch, shuffle="global", window_shards=4):
-    """The epoch's sample order: an int array of positions into :func:`sample_ids`.
+    """The epoch's sample order: an int array of global sample ids (positions in manifest order).
 
     ``shuffle``: ``'global'`` (uniform permutation of all samples), ``'shards'`` (permute the shards, then
     permute samples within each window of ``window_shards`` consecutive shards of that order: fewer shards are
@@ -87,7 +85,8 @@ def epoch_order(manifest, seed, epoch, shuffle="global", window_shards=4):
         shard_perm = rng.permutation(len(counts))
         out = []
         for w0 in range(0, len(shard_perm), window_shards):
-            idx = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in shard_perm[w0:w0 + window_shards]])
+            window = shard_perm[w0:w0 + window_shards]
+            idx = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in window])
             out.append(idx[rng.permutation(len(idx))])
         return np.concatenate(out)
     raise ValueError(f"shuffle must be 'global', 'shards' or 'none', got {shuffle!r}")
@@ -96,12 +95,11 @@ def epoch_order(manifest, seed, epoch, shuffle="global", window_shards=4):
 class _TrainStream(IterableDataset):
     """Yields the rank's batches of one epoch from position ``start`` (global slots), split across workers."""
 
-    def __init__(self, manifest, *, epoch, start, num_batches, rank, world_size, batch_size, crop_size, scale,
-                 ratio_range, cat_max_ratio, seed, shuffle, window_shards, mean, std, ignore_index, photometric,
-                 max_substitutes=32):
+    def __init__(self, manifest, reader, *, epoch, start, num_batches, rank, world_size, batch_size, crop_size,
+                 scale, ratio_range, cat_max_ratio, seed, shuffle, window_shards, mean, std, ignore_index,
+                 photometric, max_substitutes=32):
         super().__init__()
-        self.reader = ShardReader(manifest)
-        self.ids = sample_ids(manifest)
+        self.reader = reader
         self.order = epoch_order(manifest, seed, epoch, shuffle, window_shards)
         self.lut = _lut(manifest)
         self.num_classes = int(manifest["num_classes"])
@@ -118,15 +116,14 @@ class _TrainStream(IterableDataset):
     def _load(self, g, bad):
         n = len(self.order)
         for k in range(self.max_substitutes + 1):
-            shard, idx = self.ids[self.order[(g + k) % n]]
-            shard, idx = int(shard), int(idx)
-            key = self.reader.key(shard, idx)
+            i = int(self.order[(g + k) % n])
+            key = str(self.reader.keys[i])
             try:
-                img, lab = decode_seg_sample(self.reader.read(shard, idx), self.lut, self.num_classes,
+                img, lab = decode_seg_sample(self.reader.read_global(i), self.lut, self.num_classes,
                                              self.ignore_index)
-                return img, lab, shard, key
+                return img, lab, self.reader.shard_name(i), key
             except BadSample as e:
-                bad.append((self.reader.shards[shard]["name"], key, str(e)))
+                bad.append((self.reader.shard_name(i), key, str(e)))
         raise TooManyBadSamples(f"{self.max_substitutes + 1} consecutive samples of the epoch order from slot "
                                 f"{g} are bad, last: {bad[-1]}")
 
@@ -142,7 +139,7 @@ class _TrainStream(IterableDataset):
             imgs.append(x)
             labs.append(y)
             keys.append(key)
-            shards.append(self.reader.shards[shard]["name"])
+            shards.append(shard)
             shapes.append([int(v) for v in img.shape[1:]])
         return {"img": torch.stack(imgs), "gt_semantic_seg": torch.stack(labs),
                 "meta": {"keys": keys, "shards": shards, "ori_shape": shapes, "slots": slots, "epoch": self.epoch,
@@ -224,7 +221,7 @@ class TrainLoader:
             raise ValueError("batch_size must be >= 1")
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
-        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify, "train")
+        self.manifest, self.reader = _open_set(shard_dir, split, num_classes, verify, "train")
         self.shard_dir = self.manifest["shard_dir"]
         self.num_samples = int(self.manifest["num_samples"])
         self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
@@ -286,7 +283,7 @@ class TrainLoader:
         self.bad.total = int(state.get("bad_samples_total", 0))
 
     def _stream(self):
-        return _TrainStream(self.manifest, epoch=self.epoch, start=self.samples_consumed_in_epoch,
+        return _TrainStream(self.manifest, self.reader, epoch=self.epoch, start=self.samples_consumed_in_epoch,
                             num_batches=self.remaining_in_epoch(), rank=self.rank, world_size=self.world_size,
                             batch_size=self.batch_size, seed=self.seed, **self.opts)
 
@@ -311,10 +308,9 @@ class TrainLoader:
 
 
 class _ValStream(IterableDataset):
-    def __init__(self, manifest, indices, mean, std, ignore_index):
+    def __init__(self, manifest, reader, indices, mean, std, ignore_index):
         super().__init__()
-        self.reader = ShardReader(manifest)
-        self.ids = sample_ids(manifest)
+        self.reader = reader
         self.indices = indices
         self.lut = _lut(manifest)
         self.num_classes = int(manifest["num_classes"])
@@ -325,11 +321,9 @@ class _ValStream(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         try:
             for i in self.indices[wid::nw]:
-                shard, idx = (int(v) for v in self.ids[i])
-                key = self.reader.key(shard, idx)
-                name = self.reader.shards[shard]["name"]
+                key, name = str(self.reader.keys[i]), self.reader.shard_name(i)
                 try:
-                    img, lab = decode_seg_sample(self.reader.read(shard, idx), self.lut, self.num_classes,
+                    img, lab = decode_seg_sample(self.reader.read_global(i), self.lut, self.num_classes,
                                                  self.ignore_index)
                 except BadSample as e:
                     yield {"bad": [(name, key, str(e))], "index": int(i)}
@@ -356,7 +350,7 @@ class ValLoader:
                  worker_timeout=300.0, pin_memory=False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        self.manifest = _seg_manifest(shard_dir, split, num_classes, verify, "val")
+        self.manifest, self.reader = _open_set(shard_dir, split, num_classes, verify, "val")
         n = int(self.manifest["num_samples"])
         self.indices = np.arange(rank * n // world_size, (rank + 1) * n // world_size)
         self.num_workers, self.worker_timeout, self.pin_memory = num_workers, worker_timeout, pin_memory
@@ -368,7 +362,7 @@ class ValLoader:
 
     def __iter__(self):
         self.bad.reset_epoch()
-        ds = _ValStream(self.manifest, self.indices, self.mean, self.std, self.ignore_index)
+        ds = _ValStream(self.manifest, self.reader, self.indices, self.mean, self.std, self.ignore_index)
         for item in _iterate(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2):
             if "img" not in item:
                 self.bad.add(item["bad"], max(1, len(self.indices)))
