@@ -28,17 +28,24 @@ def seeded_tensor(key: str, shape, seed: int, dtype: torch.dtype = torch.float32
     shape = tuple(shape)
     g = _generator(seed, key)
     leaf = key.rsplit(".", 1)[-1]
-    randn = torch.randn(shape, generator=g, dtype=torch.float64)
+    randn = torch.randn(shape, generator=g, dtype=torch.float32)
     if leaf == "running_var":
-        value = 0.5 + torch.rand(shape, generator=g, dtype=torch.float64)
+        value = 0.5 + torch.rand(shape, generator=g, dtype=torch.float32)
     elif leaf == "running_mean":
         value = 0.1 * randn
     elif leaf in _GAMMAS:
-        value = 0.5 + 0.5 * torch.rand(shape, generator=g, dtype=torch.float64)
+        value = 0.5 + 0.5 * torch.rand(shape, generator=g, dtype=torch.float32)
     elif leaf == "relative_position_bias_table":
         value = 0.5 * randn
     elif leaf in ("pos_embed", "cls_token", "level_embed"):
         value = 0.2 * randn
+    elif key.endswith("sampling_offsets.weight"):
+        # Query-dependent offsets of ~0.1 pixel: float32 noise then moves sampling points by ~1e-8 pixel, so no
+        # point crosses a pixel boundary, where bilinear sampling has a gradient discontinuity (a crossing changes
+        # parameter gradients by ~1e-4 relative in the large configurations, for any correct implementation).
+        value = randn.mul_(0.1 * shape[1] ** -0.5)
+    elif key.endswith("sampling_offsets.bias"):  # the spread of the sampling points: ~1 pixel
+        value = randn
     elif leaf == "weight" and len(shape) == 1:  # LayerNorm / BatchNorm scale
         value = 1.0 + 0.1 * randn
     elif leaf.endswith("bias") and len(shape) == 1:  # biases, q_bias, v_bias
@@ -47,7 +54,7 @@ def seeded_tensor(key: str, shape, seed: int, dtype: torch.dtype = torch.float32
         fan_in = 1
         for s in shape[1:]:
             fan_in *= s
-        value = randn / fan_in ** 0.5
+        value = randn.mul_(fan_in ** -0.5)
     else:
         value = 0.1 * randn
     return value.to(dtype)
