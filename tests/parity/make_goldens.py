@@ -19,8 +19,8 @@ The official code is never part of this repository. To regenerate:
    dropped and ``MSDeformAttnFunction.apply(value, shapes, level_start, locations, weights, im2col_step)`` calls the
    official pure-PyTorch ``ms_deform_attn_core_pytorch(value, shapes, locations, weights)`` (exact: the CUDA kernel
    computes the same bilinear sampling). ``timm.models.layers`` is timm's deprecated alias (timm 1.x).
-3. ``python tests/parity/make_goldens.py --official-dir <dir>`` (all variants, ~3 min on 2 cores; ``--variants``
-   to pick some).
+3. ``python tests/parity/make_goldens.py --official-dir <dir>`` (all variants, ~5 min and ~8 GB on 2 cores;
+   ``--variants`` to pick some). Last run: 2026-11-24, torch 2.14.1, timm 1.0.31, CPU.
 
 The goldens committed here were generated from these official file versions (the store of the search tool; the
 spec describes HEAD fd64a51 and these files agree with it for everything the goldens exercise):
