@@ -78,6 +78,8 @@ def main(argv=None, components=None) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
+    import warnings  # DeepSpeed 0.19 calls a deprecated torch collective on every ZeRO step
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
     du.init_distributed(timeout_s=args.dist_timeout)
     from .trainer import train
 
