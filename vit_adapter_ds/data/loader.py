@@ -193,7 +193,11 @@ def _iterate(ds, num_workers, timeout, pin_memory, prefetch_factor):
     kw = {}
     if num_workers > 0:
         kw = dict(timeout=timeout, prefetch_factor=prefetch_factor, persistent_workers=False)
-    it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kw))
+    # A private generator: creating the iterator draws a base seed from it, and drawing from the global torch RNG
+    # would shift the model's dropout / drop-path stream (a resumed run creates its iterator at another point).
+    # Sample randomness comes from (seed, epoch, slot), never from the worker seed.
+    it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                         generator=torch.Generator().manual_seed(0), **kw))
     try:
         yield from it
     finally:

@@ -4,7 +4,6 @@ parameter groups, the poly schedule and mIoU evaluation. Official recipe keys ar
 from __future__ import annotations
 
 import timm  # noqa: F401  (timm/torchvision before any DeepSpeed module construction, see the DeepSpeed notes)
-import torch
 import torchvision  # noqa: F401
 
 from .trainer import Components
@@ -41,11 +40,8 @@ def build_loaders(cfg, rank, world_size, seed):
 
 class _Resumable:
     """``iter(TrainLoader)`` as an iterator that keeps ``state_dict()`` / ``load_state_dict()`` (a loaded state takes
-    effect at the next batch: the underlying generator is restarted).
-
-    Every fetch runs under ``torch.random.fork_rng``: creating a ``DataLoader`` iterator draws a base seed from the
-    global torch RNG, and a resumed run creates it at another point than the uninterrupted run, which would shift
-    the dropout / drop-path masks of the model (resume would no longer be bitwise)."""
+    effect at the next batch: the underlying generator is restarted). The loader never draws from the global torch
+    RNG (its DataLoader has a private generator), so restarting it does not shift the model's dropout stream."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -55,10 +51,9 @@ class _Resumable:
         return self
 
     def __next__(self):
-        with torch.random.fork_rng(devices=[]):
-            if self._it is None:
-                self._it = iter(self.loader)
-            return next(self._it)
+        if self._it is None:
+            self._it = iter(self.loader)
+        return next(self._it)
 
     def state_dict(self):
         return self.loader.state_dict()
