@@ -230,3 +230,15 @@ def test_synthetic_data_is_learnable(tmp_path):
         loss.backward()
         opt.step()
     assert miou() > 0.4
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_iterating_leaves_the_global_torch_rng_alone(shards, num_workers):
+    """A resumed run restarts the loader at another point than an uninterrupted one; if iterating drew from the
+    global torch RNG, the model's dropout / drop-path masks would shift and resume would not be bitwise."""
+    loader = build_train_loader(str(shards / "syn"), batch_size=2, num_workers=num_workers, **OPTS)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    it = iter(loader)
+    next(it), next(it)
+    assert torch.equal(before, torch.get_rng_state())
