@@ -9,7 +9,8 @@ and logs to TensorBoard / ``metrics.jsonl``.
 The engine only knows the interfaces of the parts it drives, collected in ``Components``:
 
 * ``build_model(cfg) -> nn.Module``; in train mode ``model(img, gt_semantic_seg)`` returns a dict of scalar losses
-  with the total under ``'loss'``; in eval mode ``model.predict(img)`` returns (B, H, W) labels.
+  with the total under ``'loss'``; evaluation goes through ``evaluate`` below (the segmentor's ``predict`` gives
+  probabilities, ``predict_labels`` labels).
 * ``build_loaders(cfg, rank, world_size, seed) -> (train_iter, val_loader)``; ``train_iter`` is an infinite iterator of
   ``{'img', 'gt_semantic_seg'}`` batches with ``state_dict()`` / ``load_state_dict()``.
 * ``build_param_groups(model, cfg) -> list[dict]`` (each group may carry ``lr_scale`` and ``group_name``).
