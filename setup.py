@@ -5,8 +5,10 @@ The kernels live in the top-level ``ops/`` folder and are installed as the subpa
 """
 from setuptools import find_packages, setup
 
-# Other torch/torchvision releases download several GB on the project's machines.
-TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+# The range of torch/torchvision the code works with (a cluster's own build, a GPU image's torch 2.11, ...).
+# The exact pins that avoid multi-GB downloads here (torch==2.14.1, torchvision==0.29.1) live in the Quickstart and
+# CI install steps, not in the package.
+TORCH_REQUIRES = ["torch>=2.5,<3", "torchvision>=0.20"]
 
 packages = find_packages(include=["vit_adapter_ds", "vit_adapter_ds.*"])
 packages += ["vit_adapter_ds.ops"]
@@ -19,7 +21,7 @@ setup(
     packages=packages,
     package_dir={"vit_adapter_ds.ops": "ops"},
     package_data={"vit_adapter_ds.ops": ["csrc/*", "csrc/**/*"]},
-    install_requires=TORCH_PINS + [
+    install_requires=TORCH_REQUIRES + [
         "timm>=1.0",
         "numpy",
         "scipy>=1.10",
