@@ -209,7 +209,7 @@ def _iterate(ds, num_workers, timeout, pin_memory, prefetch_factor):
 class TrainLoader:
     """Infinite iterator over training batches with an exactly resumable position (see module docstring).
 
-    ``iter(loader)`` yields batches forever, rolling over epochs; ``epoch_batches()`` yields the rest of the
+    ``next(loader)`` yields batches forever (the loader is its own iterator), rolling over epochs; ``epoch_batches()`` yields the rest of the
     current epoch only. Batches: ``img`` float32 (B, 3, ch, cw), ``gt_semantic_seg`` int64 (B, ch, cw) with
     ``ignore_index`` for ignored/padded pixels, ``meta`` (keys, shards, ori_shape, slots, epoch, step, bad).
     """
@@ -238,6 +238,7 @@ class TrainLoader:
         self.bad = _BadCounter(max_bad_fraction, f"train loader (rank {rank})")
         self.epoch = 0
         self.samples_consumed_in_epoch = 0
+        self._it = None
 
     @property
     def global_batch(self):
@@ -256,8 +257,9 @@ class TrainLoader:
         return max(0, math.ceil(left / self.global_batch))
 
     def set_epoch(self, epoch):
-        """Start epoch ``epoch`` from its beginning at the next ``iter()``."""
+        """Start epoch ``epoch`` from its beginning at the next ``next()``."""
         self.epoch, self.samples_consumed_in_epoch = int(epoch), 0
+        self._close()
 
     def state_dict(self):
         epoch, pos = self.epoch, self.samples_consumed_in_epoch
@@ -268,7 +270,7 @@ class TrainLoader:
                 "shuffle": self.opts["shuffle"], "bad_samples_total": self.bad.total}
 
     def load_state_dict(self, state):
-        """Restore a position saved by :meth:`state_dict` (takes effect at the next ``iter()``). A different
+        """Restore a position saved by :meth:`state_dict` (takes effect at the next ``next()``). A different
         world size or batch size is allowed: the epoch continues from the same global position."""
         if int(state["seed"]) != self.seed:
             raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.seed}")
@@ -285,6 +287,13 @@ class TrainLoader:
         self.epoch = int(state["epoch"])
         self.samples_consumed_in_epoch = int(state["samples_consumed_in_epoch"])
         self.bad.total = int(state.get("bad_samples_total", 0))
+        self._close()
+
+    def _close(self):
+        """Drop the running batch generator (its workers shut down); the next ``next()`` starts from the state."""
+        it, self._it = getattr(self, "_it", None), None
+        if it is not None:
+            it.close()
 
     def _stream(self):
         return _TrainStream(self.manifest, self.reader, epoch=self.epoch, start=self.samples_consumed_in_epoch,
@@ -306,9 +315,19 @@ class TrainLoader:
         self.epoch += 1
         self.samples_consumed_in_epoch = 0
 
-    def __iter__(self):
+    def _batches(self):
         while True:
             yield from self.epoch_batches()
+
+    def __iter__(self):
+        """The loader is its own (infinite) iterator: ``next(loader)`` gives the next batch, and
+        :meth:`load_state_dict` takes effect at the next ``next()``."""
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it)
 
 
 class _ValStream(IterableDataset):
