@@ -77,8 +77,8 @@ def test_beit_keys_value_projection_ratio_and_index_buffers():
     for k in ["blocks.0.attn.q_bias", "blocks.0.attn.v_bias", "blocks.0.gamma_1", "blocks.3.gamma_2"]:
         assert k in sd
     assert "blocks.0.attn.qkv.bias" not in sd
-    # one shared index tensor, not one per block
-    assert sd["blocks.0.attn.relative_position_index"].data_ptr() == sd["blocks.3.attn.relative_position_index"].data_ptr()
+    # every entry is its own tensor (nobody else holds it)
+    assert sd["blocks.0.attn.relative_position_index"].data_ptr() != sd["blocks.3.attn.relative_position_index"].data_ptr()
     det = tiny_beit(task="detection", window_attn=[True] * 4, window_size=[3, 3, 3, 5])
     dsd = det.state_dict()
     assert "cls_token" not in dsd
@@ -112,6 +112,33 @@ def test_strict_round_trip_through_a_file(tmp_path, make):
     x = torch.randn(1, 3, 64, 64)
     for oa, ob in zip(a(x), b(x)):
         assert torch.equal(oa, ob)
+
+
+def test_editing_a_state_dict_in_place_leaves_the_model_and_other_state_dicts_intact():
+    """An in-place edit of one state dict's index (an EMA helper, ``sd[k].zero_()``) must not reach the model's
+    cached index: the model's outputs, later state dicts and later loads of correct checkpoints stay right."""
+    torch.manual_seed(0)
+    model = tiny_beit().eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = model(x)
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    edited = model.state_dict()
+    for k in edited:
+        if k.endswith("relative_position_index"):
+            edited[k].zero_()
+    fresh = model.state_dict()
+    for k in fresh:
+        if k.endswith("relative_position_index"):
+            assert torch.equal(fresh[k], good[k]), k
+    assert torch.equal(relative_position_index(4, 4, True), good["blocks.0.attn.relative_position_index"])
+    for a, b in zip(model(x), before):
+        assert torch.equal(a, b)
+    other = tiny_beit()
+    other.load_state_dict(good, strict=True)  # a correct checkpoint still loads
+    for a, b in zip(other.eval()(x), before):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="relative position index"):
+        tiny_beit().load_state_dict(edited)  # the edited one is still recognised as wrong
 
 
 def test_wrong_relative_position_index_is_rejected():

@@ -5,12 +5,13 @@ a relative-position table sized by the whole image (+3 class-token entries), so 
 ``task='detection'`` is the official detection copy: no class token, tables sized by ``window_size`` and (optionally)
 windowed attention, where the normalised tokens are zero-padded *before* the qkv projection, without a mask.
 
-``relative_position_index`` appears in ``state_dict()`` (official key names), but is computed once per geometry and
-device and shared by all blocks; when a state dict is loaded the stored index is verified, not copied.
+``relative_position_index`` appears in ``state_dict()`` (official key names and dtype), but the model keeps no buffer:
+the index is computed once per geometry and device into a private cache shared by all blocks, and every
+``state_dict()`` entry is a fresh copy, so editing a state dict in place never reaches the model or other state
+dicts. When a state dict is loaded the stored index is verified, not copied.
 """
 from __future__ import annotations
 
-import functools
 import math
 from functools import partial
 
@@ -23,10 +24,9 @@ from .adapter import AdapterMixin
 from .layers import PatchEmbed, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
 
 
-@functools.lru_cache(maxsize=None)
 def relative_position_index(wh: int, ww: int, with_cls: bool) -> torch.Tensor:
-    """BEiT's pair-wise relative position index for a ``wh x ww`` window (CPU, int64), with the three class-token
-    entries (cls->token, token->cls, cls->cls) when ``with_cls``."""
+    """BEiT's pair-wise relative position index for a ``wh x ww`` window (a new CPU int64 tensor), with the three
+    class-token entries (cls->token, token->cls, cls->cls) when ``with_cls``."""
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
     rel[:, :, 0] += wh - 1
@@ -47,6 +47,7 @@ _DEVICE_INDEX: dict = {}
 
 
 def _index_on(device: torch.device, wh: int, ww: int, with_cls: bool) -> torch.Tensor:
+    """The cached index on ``device``. Private: only read here, never handed out (``state_dict`` copies it)."""
     key = (wh, ww, with_cls, str(device))
     if key not in _DEVICE_INDEX:
         _DEVICE_INDEX[key] = relative_position_index(wh, ww, with_cls).to(device)
@@ -93,7 +94,8 @@ class BEiTAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def expected_index(self) -> torch.Tensor:
-        return relative_position_index(self.window_size[0], self.window_size[1], self.with_cls)
+        """This block's relative position index (a new CPU int64 tensor, safe to modify)."""
+        return _index_on(torch.device("cpu"), self.window_size[0], self.window_size[1], self.with_cls).clone()
 
     def _rel_pos_bias(self, n: int, device) -> torch.Tensor:
         wh, ww = self.window_size
@@ -145,7 +147,7 @@ def _check_index_in_state_dict(module, state_dict, prefix, local_metadata, stric
     if key not in state_dict:
         return
     stored = state_dict.pop(key)
-    expected = module.expected_index()
+    expected = _index_on(torch.device("cpu"), module.window_size[0], module.window_size[1], module.with_cls)
     if tuple(stored.shape) != tuple(expected.shape) or not torch.equal(stored.to(expected.device).long(), expected):
         error_msgs.append(f"{key}: the stored relative position index (shape {tuple(stored.shape)}) does not match "
                           f"this model's geometry (shape {tuple(expected.shape)}, window {module.window_size}, "
