@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..norm import norm_class
 from .layers import init_adapter_weights, make_drop_path, maybe_checkpoint
 from .msdeform_attn import MSDeformAttn
 
@@ -202,14 +203,6 @@ class SpatialPriorModule(nn.Module):
         return c1, *(c.view(bs, dim, -1).transpose(1, 2) for c in (c2, c3, c4))
 
 
-def _norm_class(norm: str):
-    if norm == "bn":
-        return nn.BatchNorm2d
-    if norm == "syncbn":
-        return nn.SyncBatchNorm
-    raise ValueError(f"norm must be 'bn' or 'syncbn', got {norm!r}")
-
-
 class AdapterMixin:
     """Adds the adapter (SPM, interactions, up-sampling, output norms) to a plain ViT/BEiT ``nn.Module`` and
     implements the adapter forward. The host class provides ``blocks``, ``embed_dim`` and ``_embed_tokens(x)``."""
@@ -233,7 +226,7 @@ class AdapterMixin:
         self.task = task
         self.interaction_indexes = [list(i) for i in interaction_indexes]
         self.add_vit_feature = add_vit_feature
-        norm_cls = _norm_class(norm)
+        norm_cls = norm_class(norm)
         self.level_embed = nn.Parameter(torch.zeros(3, embed_dim))
         self.spm = SpatialPriorModule(inplanes=conv_inplane, embed_dim=embed_dim, norm=norm_cls)
         n = len(interaction_indexes)

@@ -6,8 +6,9 @@ a relative-position table sized by the whole image (+3 class-token entries), so 
 windowed attention, where the normalised tokens are zero-padded *before* the qkv projection, without a mask.
 
 ``relative_position_index`` appears in ``state_dict()`` (official key names and dtype), but the model keeps no buffer:
-the index is computed once per geometry and device into a private cache shared by all blocks, and every
-``state_dict()`` entry is a fresh copy, so editing a state dict in place never reaches the model or other state
+the index is computed once per geometry and device into a private cache shared by all blocks and never handed out.
+Each ``state_dict()`` call of a ``BEiTAdapter`` makes one fresh copy per geometry, shared by the blocks of that
+call only (a checkpoint stores it once), so editing a state dict in place never reaches the model or other state
 dicts. When a state dict is loaded the stored index is verified, not copied.
 """
 from __future__ import annotations
@@ -27,7 +28,9 @@ from .layers import PatchEmbed, make_drop_path, maybe_checkpoint, resize_pos_emb
 def relative_position_index(wh: int, ww: int, with_cls: bool) -> torch.Tensor:
     """BEiT's pair-wise relative position index for a ``wh x ww`` window (a new CPU int64 tensor), with the three
     class-token entries (cls->token, token->cls, cls->cls) when ``with_cls``."""
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    cpu = torch.device("cpu")  # also under a meta default device
+    coords = torch.stack(torch.meshgrid(torch.arange(wh, device=cpu), torch.arange(ww, device=cpu),
+                                        indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
     rel[:, :, 0] += wh - 1
     rel[:, :, 1] += ww - 1
@@ -35,7 +38,7 @@ def relative_position_index(wh: int, ww: int, with_cls: bool) -> torch.Tensor:
     if not with_cls:
         return rel.sum(-1)
     num = (2 * wh - 1) * (2 * ww - 1) + 3
-    index = torch.zeros((wh * ww + 1,) * 2, dtype=rel.dtype)
+    index = torch.zeros((wh * ww + 1,) * 2, dtype=rel.dtype, device=cpu)
     index[1:, 1:] = rel.sum(-1)
     index[0, 0:] = num - 3
     index[0:, 0] = num - 2
@@ -136,8 +139,30 @@ class BEiTAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+class _IndexCopies:
+    """The index copies handed out by the ``BEiTAdapter.state_dict()`` call in progress, one per geometry; shared
+    by the model's blocks, opened and closed by the model's state-dict pre-/post-hooks."""
+
+    def __init__(self):
+        self.current: dict | None = None
+
+    def begin(self, module, prefix, keep_vars) -> None:
+        self.current = {}
+
+    def end(self, module, state_dict, prefix, local_metadata) -> None:
+        self.current = None
+
+
 def _add_index_to_state_dict(module, state_dict, prefix, local_metadata):
-    state_dict[prefix + "relative_position_index"] = module.expected_index()
+    copies = getattr(module, "_index_copies", None)
+    if copies is None or copies.current is None:  # a block's own state_dict(): a copy of its own
+        index = module.expected_index()
+    else:
+        geometry = (*module.window_size, module.with_cls)
+        if geometry not in copies.current:
+            copies.current[geometry] = module.expected_index()
+        index = copies.current[geometry]
+    state_dict[prefix + "relative_position_index"] = index
     return state_dict
 
 
@@ -253,7 +278,7 @@ class BEiTAdapter(AdapterMixin, nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(p=drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth, device="cpu")]  # also under a meta default device
 
         def table_size(i):
             if segmentation:

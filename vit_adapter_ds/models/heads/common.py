@@ -5,27 +5,17 @@
   Init as mmcv: Kaiming-normal (fan_out, ReLU) conv weight, norm weight 1 / bias 0.
 * :class:`BaseDecodeHead`: mmseg ``BaseDecodeHead``'s classifier part: ``cls_seg`` = ``Dropout2d(dropout_ratio)``
   then ``conv_seg`` (1x1 conv with bias, init normal std 0.01, bias 0). Losses live in the segmentor.
-* :func:`norm_class`: ``'bn'`` -> ``nn.BatchNorm2d``; ``'syncbn'`` -> ``nn.SyncBatchNorm`` only when a
-  process group with a GPU backend (NCCL) is initialised, else ``nn.BatchNorm2d`` (gloo/CPU cannot run SyncBN
-  in training). Both have identical state-dict keys, so checkpoints move freely between them.
+* :func:`norm_class` (from :mod:`vit_adapter_ds.models.norm`, the project's one SyncBN rule): ``'bn'`` ->
+  ``nn.BatchNorm2d``; ``'syncbn'`` -> a BatchNorm2d that the engine converts to ``nn.SyncBatchNorm`` when several
+  GPU ranks train under NCCL. Identical state-dict keys, so checkpoints move freely between them.
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("bn", "syncbn")
-
-
-def norm_class(norm: str = "bn") -> type[nn.Module]:
-    """The 2-d norm layer class for ``norm`` ('bn' | 'syncbn'); see the module docstring for the SyncBN rule."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if norm == "syncbn" and dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return nn.SyncBatchNorm
-    return nn.BatchNorm2d
+from ..norm import NORMS, norm_class  # noqa: F401  (re-exported)
 
 
 def resize(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
@@ -94,3 +84,102 @@ class BaseDecodeHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_index={self.in_index}, num_classes={self.num_classes}, align_corners={self.align_corners}"
+
+
+# ------------------------------------------------------------------------------------ official config translation
+def _int_seq(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(i, int) and not isinstance(i, bool)
+                                                               for i in v)
+
+
+LOSS_DECODE_KEYS = {"type", "use_sigmoid", "loss_weight", "avg_non_ignore", "class_weight", "reduction",
+                    "loss_name", "use_mask"}
+
+
+def loss_from_cfg(loss_cfg, where: str) -> dict:
+    """mmseg ``loss_decode=dict(type='CrossEntropyLoss', ...)`` -> ``{'loss_weight', 'avg_non_ignore'}``; the
+    options this project does not implement are accepted only at their neutral value."""
+    from ...config.errors import ConfigError
+    from ...config.keys import check_keys, take
+
+    if loss_cfg is None:
+        return {"loss_weight": 1.0, "avg_non_ignore": False}
+    if isinstance(loss_cfg, (list, tuple)):
+        if len(loss_cfg) != 1:
+            raise ConfigError(f"recipe: {where} lists {len(loss_cfg)} losses; one CrossEntropyLoss is supported")
+        loss_cfg, where = loss_cfg[0], f"{where}[0]"
+    check_keys(loss_cfg, LOSS_DECODE_KEYS, where)
+    take(loss_cfg, "type", str, where, default="CrossEntropyLoss", choices=("CrossEntropyLoss",))
+    take(loss_cfg, "use_sigmoid", bool, where, default=False, choices=(False,))
+    take(loss_cfg, "use_mask", bool, where, default=False, choices=(False,))
+    take(loss_cfg, "class_weight", type(None), where, default=None)
+    take(loss_cfg, "reduction", str, where, default="mean", choices=("mean",))
+    take(loss_cfg, "loss_name", str, where, default="loss_ce")
+    return {"loss_weight": take(loss_cfg, "loss_weight", float, where, default=1.0),
+            "avg_non_ignore": take(loss_cfg, "avg_non_ignore", bool, where, default=False)}
+
+
+def head_from_config(cls, cfg: dict, where: str, value_keys: dict, input_transform=None):
+    """Build head class ``cls`` from an official mmseg head dict.
+
+    ``value_keys`` maps each constructor keyword of ``cls`` to a checker ``f(value, where) -> value``. Common keys
+    (``norm_cfg``, ``loss_decode``, ``ignore_index``, ``act_cfg``, ``conv_cfg``, ``init_cfg``, ``sampler``,
+    ``input_transform``) are translated here. The loss settings and ``ignore_index`` end up as attributes of the
+    head (``loss_weight``, ``avg_non_ignore``, ``ignore_index``), where the segmentor reads them."""
+    from ...config.errors import ConfigError
+    from ...config.keys import check_keys, take
+    from ..norm import norm_from_cfg
+
+    common = {"type", "norm_cfg", "loss_decode", "ignore_index", "act_cfg", "conv_cfg", "init_cfg", "sampler",
+              "input_transform"}
+    check_keys(cfg, set(value_keys) | common, where)
+    kwargs = {k: check(cfg[k], f"{where}.{k}") for k, check in value_keys.items() if k in cfg}
+    act = cfg.get("act_cfg")
+    if act is not None and dict(act) != {"type": "ReLU"}:
+        raise ConfigError(f"recipe: {where}.act_cfg={act!r} is not supported (ReLU only)")
+    for key in ("conv_cfg", "init_cfg", "sampler"):
+        if cfg.get(key) is not None:
+            raise ConfigError(f"recipe: {where}.{key}={cfg[key]!r} is not supported (None only)")
+    if cfg.get("input_transform", input_transform) != input_transform:
+        raise ConfigError(f"recipe: {where}.input_transform={cfg['input_transform']!r} is not supported for "
+                          f"{cls.__name__} (only {input_transform!r})")
+    loss = loss_from_cfg(cfg.get("loss_decode"), f"{where}.loss_decode")
+    ignore_index = take(cfg, "ignore_index", int, where, default=255)
+    try:
+        head = cls(norm=norm_from_cfg(cfg.get("norm_cfg"), f"{where}.norm_cfg"), **kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"recipe: {where}: {e}") from e
+    head.loss_weight, head.avg_non_ignore, head.ignore_index = loss["loss_weight"], loss["avg_non_ignore"], \
+        ignore_index
+    return head
+
+
+def check_int(v, where):
+    from ...config.keys import check_type
+    return check_type(v, int, where)
+
+
+def check_float(v, where):
+    from ...config.keys import check_type
+    return check_type(v, float, where)
+
+
+def check_bool(v, where):
+    from ...config.keys import check_type
+    return check_type(v, bool, where)
+
+
+def check_int_or_ints(v, where):
+    from ...config.errors import ConfigError
+    if (isinstance(v, int) and not isinstance(v, bool)) or _int_seq(v):
+        return list(v) if isinstance(v, (list, tuple)) else v
+    raise ConfigError(f"recipe: {where} must be an int or a list of ints, got {v!r}")
+
+
+def check_ints(v, where):
+    from ...config.errors import ConfigError
+    if _int_seq(v):
+        return list(v)
+    raise ConfigError(f"recipe: {where} must be a list of ints, got {v!r}")

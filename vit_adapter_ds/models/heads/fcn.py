@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import BaseDecodeHead, ConvModule
+from .common import BaseDecodeHead, ConvModule, check_bool, check_float, check_int, head_from_config
 
 
 class FCNHead(BaseDecodeHead):
@@ -43,3 +43,11 @@ class FCNHead(BaseDecodeHead):
         if self.concat_input:
             out = self.conv_cat(torch.cat([x, out], dim=1))
         return self.cls_seg(out)
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "model.auxiliary_head") -> "FCNHead":
+        """From the official mmseg ``FCNHead`` dict (one input map)."""
+        return head_from_config(cls, cfg, where, {
+            "in_channels": check_int, "channels": check_int, "num_classes": check_int, "in_index": check_int,
+            "num_convs": check_int, "kernel_size": check_int, "dilation": check_int, "concat_input": check_bool,
+            "dropout_ratio": check_float, "align_corners": check_bool})

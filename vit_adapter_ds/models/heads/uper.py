@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import BaseDecodeHead, ConvModule, resize
+from .common import (BaseDecodeHead, ConvModule, check_bool, check_float, check_int, check_ints, head_from_config,
+                     resize)
 
 
 class PPM(nn.ModuleList):
@@ -77,3 +78,11 @@ class UPerHead(BaseDecodeHead):
 
     def forward(self, inputs) -> torch.Tensor:
         return self.cls_seg(self.forward_features(inputs))
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "model.decode_head") -> "UPerHead":
+        """From the official mmseg ``UPerHead`` dict (``input_transform='multiple_select'``)."""
+        return head_from_config(cls, cfg, where, {
+            "in_channels": check_ints, "channels": check_int, "num_classes": check_int, "pool_scales": check_ints,
+            "in_index": check_ints, "dropout_ratio": check_float, "align_corners": check_bool},
+            input_transform="multiple_select")
