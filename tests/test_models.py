@@ -77,8 +77,10 @@ def test_beit_keys_value_projection_ratio_and_index_buffers():
     for k in ["blocks.0.attn.q_bias", "blocks.0.attn.v_bias", "blocks.0.gamma_1", "blocks.3.gamma_2"]:
         assert k in sd
     assert "blocks.0.attn.qkv.bias" not in sd
-    # every entry is its own tensor (nobody else holds it)
-    assert sd["blocks.0.attn.relative_position_index"].data_ptr() != sd["blocks.3.attn.relative_position_index"].data_ptr()
+    # one index tensor per state_dict() call, shared by its blocks (stored once in a checkpoint), never the model's
+    assert sd["blocks.0.attn.relative_position_index"].data_ptr() == sd["blocks.3.attn.relative_position_index"].data_ptr()
+    assert model.state_dict()["blocks.0.attn.relative_position_index"].data_ptr() != \
+        sd["blocks.0.attn.relative_position_index"].data_ptr()
     det = tiny_beit(task="detection", window_attn=[True] * 4, window_size=[3, 3, 3, 5])
     dsd = det.state_dict()
     assert "cls_token" not in dsd
