@@ -291,6 +291,11 @@ class BEiTAdapter(AdapterMixin, nn.Module):
                       init_values=init_values, window_size=table_size(i), with_cls=segmentation,
                       windowed=bool(window_attn[i]), with_cp=with_cp)
             for i in range(depth)])
+        copies = _IndexCopies()  # one index copy per geometry and state_dict() call, shared by the blocks
+        for blk in self.blocks:
+            blk.attn._index_copies = copies
+        self.register_state_dict_pre_hook(copies.begin)
+        self._register_state_dict_hook(copies.end)
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
