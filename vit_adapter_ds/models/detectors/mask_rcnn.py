@@ -1,0 +1,490 @@
+"""Mask R-CNN (mmdet 2.x ``MaskRCNN`` of the official ``mask_rcnn_r50_fpn`` base config) on torchvision's
+maintained detection parts: ``RegionProposalNetwork`` / ``RPNHead``, ``RoIHeads``, ``TwoMLPHead``,
+``FastRCNNPredictor``, ``MaskRCNNHeads`` / ``MaskRCNNPredictor``, ``BoxCoder``, ``Matcher``,
+``BalancedPositiveNegativeSampler``, ``batched_nms``, ``roi_align`` and ``paste_masks_in_image``.
+
+Where mmdet and torchvision differ, the mmdet behaviour of the official config is kept:
+
+* anchors: mmdet ``AnchorGenerator(scales=[8], ratios=[0.5, 1, 2], strides=[4, 8, 16, 32, 64])`` -- fixed strides
+  (torchvision infers them as ``image // feature`` size, wrong for the max-pool level of odd sizes) and unrounded
+  base anchors (torchvision rounds them);
+* box losses: ``L1Loss`` (torchvision: smooth L1 with beta 1/9), summed over positives and divided by the number
+  of sampled anchors / RoIs as mmdet's ``avg_factor``;
+* assigners: ``MaxIoUAssigner`` low-quality matches only at IoU >= ``min_pos_iou`` (0.3 RPN, 0.5 R-CNN);
+* RoI pooling: mmcv ``RoIAlign(aligned=True)`` with mmdet's level mapping (:mod:`.roi_extractor`);
+* mask targets: the ground-truth bitmaps cropped with ``roi_align(aligned=True)`` and binarised at 0.5
+  (mmdet ``BitmapMasks.crop_and_resize``); torchvision uses unbinarised ``aligned=False`` crops;
+* initialisation: mmdet's (RPN convs normal 0.01; shared FCs Xavier uniform; ``fc_cls`` normal 0.01,
+  ``fc_reg`` normal 0.001; mask convs Kaiming normal fan-out).
+
+Class indices: targets and predictions use 0-based class indices ``0 .. num_classes - 1`` (mmdet's labels); the
+torchvision predictors have ``num_classes + 1`` outputs with background at index 0 (mmdet puts it last, see
+:mod:`.keymap`).
+
+Train mode: ``model(images, targets)`` with ``images`` (B, 3, H, W) normalised and padded to a multiple of 32 and
+``targets`` a list of dicts ``boxes`` (N, 4) float x1y1x2y2 in input pixels, ``labels`` (N,) int64 class indices,
+``masks`` (N, H', W') uint8 bitmaps (H' x W' at least the unpadded image, aligned at the top-left) and optionally
+``img_shape`` (h, w) of the unpadded image (default: the padded size). Returns a dict of scalar tensors:
+``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``, ``loss_mask``, their sum ``loss`` and the
+detached metric ``acc`` (R-CNN classification accuracy, %).
+
+Eval: :meth:`MaskRCNN.predict` returns per image ``boxes`` (K, 4), ``labels`` (K,), ``scores`` (K,) and
+``masks`` (K, h, w) bool, in original-image pixels when ``ori_shapes`` is given.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import roi_align
+
+from ...config.errors import ConfigError
+from ..backbones import BEiTAdapter, ViTAdapter
+from ._cfg import Fixed, Param, Raw, parse
+from .fpn import FPN
+from .roi_extractor import LevelRoIAlign
+
+BACKBONES = {"ViTAdapter": ViTAdapter, "BEiTAdapter": BEiTAdapter}
+
+
+class FixedStrideAnchorGenerator(AnchorGenerator):
+    """mmdet 2.x ``AnchorGenerator`` (``center_offset=0``): base anchor sizes ``stride * scale`` per level, ratio
+    ``h / w``, ratio-major order, not rounded; anchors at ``(x * stride, y * stride)``."""
+
+    def __init__(self, strides=(4, 8, 16, 32, 64), scales=(8,), ratios=(0.5, 1.0, 2.0)):
+        self.strides = tuple(int(s) for s in strides)
+        sizes = tuple(tuple(float(s * k) for k in scales) for s in self.strides)
+        super().__init__(sizes, (tuple(float(r) for r in ratios),) * len(self.strides))
+
+    def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
+        scales = torch.as_tensor(scales, dtype=dtype, device=device)
+        aspect_ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(aspect_ratios)
+        w_ratios = 1 / h_ratios
+        ws = (w_ratios[:, None] * scales[None, :]).view(-1)
+        hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(feature_maps) != len(self.strides):
+            raise ValueError(f"{len(feature_maps)} feature maps for {len(self.strides)} anchor strides")
+        dtype, device = feature_maps[0].dtype, feature_maps[0].device
+        grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
+        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(dtype, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]
+
+
+class MaxIoUMatcher(det_utils.Matcher):
+    """torchvision ``Matcher`` with mmdet ``MaxIoUAssigner`` low-quality matching: each ground truth's best
+    anchors/proposals become positive only if that best IoU is at least ``min_pos_iou``."""
+
+    def __init__(self, pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality=True):
+        super().__init__(pos_iou_thr, neg_iou_thr, allow_low_quality_matches=match_low_quality)
+        self.min_pos_iou = float(min_pos_iou)
+
+    def set_low_quality_matches_(self, matches, all_matches, match_quality_matrix):
+        best, _ = match_quality_matrix.max(dim=1)
+        ok = (match_quality_matrix == best[:, None]) & (best[:, None] >= self.min_pos_iou) & (best[:, None] > 0)
+        idx = torch.where(ok)[1]
+        matches[idx] = all_matches[idx]
+
+
+class RPN(RegionProposalNetwork):
+    """torchvision ``RegionProposalNetwork`` with mmdet ``RPNHead`` losses (sigmoid CE + L1, weighted)."""
+
+    def __init__(self, in_channels=256, *, anchor_generator, pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                 match_low_quality=True, num=256, pos_fraction=0.5, train_nms_pre=2000, train_max_per_img=1000,
+                 train_nms_iou=0.7, test_nms_pre=1000, test_max_per_img=1000, test_nms_iou=0.7,
+                 target_stds=(1.0, 1.0, 1.0, 1.0), loss_cls_weight=1.0, loss_bbox_weight=1.0):
+        head = RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
+        super().__init__(anchor_generator, head, pos_iou_thr, neg_iou_thr, num, pos_fraction,
+                         dict(training=train_nms_pre, testing=test_nms_pre),
+                         dict(training=train_max_per_img, testing=test_max_per_img), train_nms_iou)
+        if train_nms_iou != test_nms_iou:
+            raise ValueError("torchvision's RPN has one NMS threshold for training and testing")
+        self.proposal_matcher = MaxIoUMatcher(pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality)
+        self.box_coder = det_utils.BoxCoder(tuple(1.0 / s for s in target_stds))
+        self.loss_cls_weight, self.loss_bbox_weight = float(loss_cls_weight), float(loss_bbox_weight)
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        pos, neg = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(pos, dim=0))[0]
+        neg = torch.where(torch.cat(neg, dim=0))[0]
+        sampled = torch.cat([pos, neg], dim=0)
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        n = max(1, sampled.numel())
+        box_loss = F.l1_loss(pred_bbox_deltas[pos], regression_targets[pos], reduction="sum") / n
+        cls_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled],
+                                                      reduction="sum") / n
+        return self.loss_cls_weight * cls_loss, self.loss_bbox_weight * box_loss
+
+
+def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
+    """mmdet ``BitmapMasks.crop_and_resize`` + binarize: (K, size, size) float 0/1 targets of the matched
+    ground-truth masks inside ``boxes``."""
+    if boxes.shape[0] == 0:
+        return boxes.new_zeros(0, size, size)
+    rois = torch.cat([matched[:, None].to(boxes.dtype), boxes], dim=1)
+    crops = roi_align(gt_masks[:, None].to(boxes.dtype), rois, (size, size), 1.0, 0, aligned=True)[:, 0]
+    return (crops >= 0.5).to(boxes.dtype)
+
+
+class MaskRCNNRoIHeads(RoIHeads):
+    """torchvision ``RoIHeads`` (box + mask branches) with mmdet ``StandardRoIHead`` losses: CE classification,
+    L1 class-specific box regression (``/ num sampled RoIs``), binary CE on the binarised mask targets."""
+
+    def __init__(self, *, box_roi_pool, box_head, box_predictor, mask_roi_pool, mask_head, mask_predictor,
+                 pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, match_low_quality=True, num=512,
+                 pos_fraction=0.25, target_stds=(0.1, 0.1, 0.2, 0.2), score_thr=0.05, nms_iou=0.5, max_per_img=100,
+                 mask_size=28, mask_thr_binary=0.5, loss_cls_weight=1.0, loss_bbox_weight=1.0,
+                 loss_mask_weight=1.0):
+        super().__init__(box_roi_pool, box_head, box_predictor, pos_iou_thr, neg_iou_thr, num, pos_fraction,
+                         tuple(1.0 / s for s in target_stds), score_thr, nms_iou, max_per_img,
+                         mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor)
+        self.proposal_matcher = MaxIoUMatcher(pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality)
+        self.mask_size, self.mask_thr_binary = int(mask_size), float(mask_thr_binary)
+        self.loss_cls_weight, self.loss_bbox_weight = float(loss_cls_weight), float(loss_bbox_weight)
+        self.loss_mask_weight = float(loss_mask_weight)
+
+    def _box_losses(self, class_logits, box_regression, labels, regression_targets):
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        n = max(1, labels.numel())
+        loss_cls = F.cross_entropy(class_logits, labels, reduction="sum") / n
+        pos = torch.where(labels > 0)[0]
+        box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
+        loss_bbox = F.l1_loss(box_regression[pos, labels[pos]], regression_targets[pos], reduction="sum") / n
+        acc = (class_logits.detach().argmax(1) == labels).float().mean() * 100 if labels.numel() else \
+            class_logits.new_zeros(())
+        return self.loss_cls_weight * loss_cls, self.loss_bbox_weight * loss_bbox, acc
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_feats = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_feats)
+        if not self.training:
+            boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals,
+                                                                image_shapes)
+            result = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)]
+            mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+            for prob, r in zip(maskrcnn_inference(mask_logits, labels), result):
+                r["masks"] = prob
+            return result, {}
+        loss_cls, loss_bbox, acc = self._box_losses(class_logits, box_regression, labels, regression_targets)
+        pos_boxes, pos_labels, pos_targets = [], [], []
+        for p, m, lab, t in zip(proposals, matched_idxs, labels, targets):
+            keep = torch.where(lab > 0)[0]
+            pos_boxes.append(p[keep])
+            pos_labels.append(lab[keep])
+            pos_targets.append(mask_targets(t["masks"], p[keep], m[keep], self.mask_size))
+        mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, pos_boxes, image_shapes)))
+        pos_labels = torch.cat(pos_labels)
+        if pos_labels.numel() == 0:
+            loss_mask = mask_logits.sum() * 0
+        else:
+            picked = mask_logits[torch.arange(pos_labels.numel(), device=pos_labels.device), pos_labels]
+            loss_mask = F.binary_cross_entropy_with_logits(picked, torch.cat(pos_targets))
+        return [], {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_mask": self.loss_mask_weight * loss_mask,
+                    "acc": acc}
+
+
+def _init_box_branch(box_head: TwoMLPHead, predictor: FastRCNNPredictor) -> None:
+    for fc in (box_head.fc6, box_head.fc7):
+        nn.init.xavier_uniform_(fc.weight)
+        nn.init.zeros_(fc.bias)
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+
+
+def _box(v):
+    return tuple(float(x) for x in v)
+
+
+_LOSS_CE = lambda prefix, use_sigmoid: {  # noqa: E731
+    "type": Fixed("CrossEntropyLoss"), "use_sigmoid": Fixed(use_sigmoid), "use_mask": Fixed(False),
+    "reduction": Fixed("mean"), "class_weight": Fixed(None), "ignore_index": Fixed(None),
+    "loss_weight": Param(prefix + "_weight", (float,), 1.0)}
+_LOSS_L1 = lambda prefix: {  # noqa: E731
+    "type": Fixed("L1Loss"), "reduction": Fixed("mean"), "loss_weight": Param(prefix + "_weight", (float,), 1.0)}
+_CODER = lambda prefix, stds: {  # noqa: E731
+    "type": Fixed("DeltaXYWHBBoxCoder"), "target_means": Fixed([0.0, 0.0, 0.0, 0.0]),
+    "target_stds": Param(prefix + "_target_stds", (list, tuple), stds), "clip_border": Fixed(True)}
+_ROI_EXTRACTOR = lambda prefix, size: {  # noqa: E731
+    "type": Fixed("SingleRoIExtractor"),
+    "roi_layer": {"type": Fixed("RoIAlign"), "output_size": Param(prefix + "_roi_size", (int,), size),
+                  "sampling_ratio": Param(prefix + "_sampling_ratio", (int,), 0),
+                  "aligned": Param(prefix + "_aligned", (bool,), True), "pool_mode": Fixed("avg"),
+                  "use_torchvision": Fixed(False)},
+    "out_channels": Param(prefix + "_roi_channels", (int,), 256),
+    "featmap_strides": Param(prefix + "_featmap_strides", (list, tuple), (4, 8, 16, 32)),
+    "finest_scale": Param(prefix + "_finest_scale", (int,), 56), "init_cfg": Fixed(None)}
+_ASSIGNER = lambda prefix, pos, neg, mn: {  # noqa: E731
+    "type": Fixed("MaxIoUAssigner"), "pos_iou_thr": Param(prefix + "_pos_iou_thr", (float,), pos),
+    "neg_iou_thr": Param(prefix + "_neg_iou_thr", (float,), neg),
+    "min_pos_iou": Param(prefix + "_min_pos_iou", (float,), mn),
+    "match_low_quality": Param(prefix + "_match_low_quality", (bool,), True), "ignore_iof_thr": Fixed(-1),
+    "gt_max_assign_all": Fixed(True)}
+_SAMPLER = lambda prefix, num, frac, add_gt: {  # noqa: E731
+    "type": Fixed("RandomSampler"), "num": Param(prefix + "_num", (int,), num),
+    "pos_fraction": Param(prefix + "_pos_fraction", (float,), frac), "neg_pos_ub": Fixed(-1),
+    "add_gt_as_proposals": Fixed(add_gt)}
+_PROPOSAL = lambda prefix, nms_pre, max_per_img: {  # noqa: E731
+    "nms_pre": Param(prefix + "_nms_pre", (int,), nms_pre),
+    "max_per_img": Param(prefix + "_max_per_img", (int,), max_per_img),
+    "nms": {"type": Fixed("nms"), "iou_threshold": Param(prefix + "_nms_iou", (float,), 0.7)},
+    "min_bbox_size": Fixed(0)}
+
+MASK_RCNN_SPEC = {
+    "type": Fixed("MaskRCNN"),
+    "backbone": Raw("backbone"),
+    "neck": Raw("neck"),
+    "pretrained": Param("pretrained", (str, type(None)), None),
+    "init_cfg": Fixed(None),
+    "rpn_head": {
+        "type": Fixed("RPNHead"), "in_channels": Param("rpn_in_channels", (int,), 256),
+        "feat_channels": Param("rpn_feat_channels", (int,), 256), "init_cfg": Fixed(None),
+        "anchor_generator": {"type": Fixed("AnchorGenerator"),
+                             "scales": Param("anchor_scales", (list, tuple), (8,)),
+                             "ratios": Param("anchor_ratios", (list, tuple), (0.5, 1.0, 2.0)),
+                             "strides": Param("anchor_strides", (list, tuple), (4, 8, 16, 32, 64)),
+                             "center_offset": Fixed(0.0)},
+        "bbox_coder": _CODER("rpn", (1.0, 1.0, 1.0, 1.0)),
+        "loss_cls": _LOSS_CE("rpn_loss_cls", True),
+        "loss_bbox": _LOSS_L1("rpn_loss_bbox"),
+    },
+    "roi_head": {
+        "type": Fixed("StandardRoIHead"), "init_cfg": Fixed(None),
+        "bbox_roi_extractor": _ROI_EXTRACTOR("box", 7),
+        "bbox_head": {
+            "type": Fixed("Shared2FCBBoxHead"), "in_channels": Param("box_in_channels", (int,), 256),
+            "fc_out_channels": Param("fc_out_channels", (int,), 1024),
+            "roi_feat_size": Param("box_roi_feat_size", (int,), 7),
+            "num_classes": Param("num_classes", (int,), 80), "reg_class_agnostic": Fixed(False),
+            "reg_decoded_bbox": Fixed(False), "with_avg_pool": Fixed(False), "init_cfg": Fixed(None),
+            "bbox_coder": _CODER("rcnn", (0.1, 0.1, 0.2, 0.2)),
+            "loss_cls": _LOSS_CE("rcnn_loss_cls", False), "loss_bbox": _LOSS_L1("rcnn_loss_bbox")},
+        "mask_roi_extractor": _ROI_EXTRACTOR("mask", 14),
+        "mask_head": {
+            "type": Fixed("FCNMaskHead"), "num_convs": Param("mask_num_convs", (int,), 4),
+            "in_channels": Param("mask_in_channels", (int,), 256),
+            "conv_out_channels": Param("mask_conv_channels", (int,), 256),
+            "num_classes": Param("mask_num_classes", (int,), 80), "roi_feat_size": Fixed(14),
+            "conv_kernel_size": Fixed(3), "class_agnostic": Fixed(False),
+            "upsample_cfg": Fixed({"type": "deconv", "scale_factor": 2}), "init_cfg": Fixed(None),
+            "conv_cfg": Fixed(None), "norm_cfg": Fixed(None),
+            "loss_mask": {"type": Fixed("CrossEntropyLoss"), "use_mask": Fixed(True), "use_sigmoid": Fixed(False),
+                          "reduction": Fixed("mean"), "loss_weight": Param("mask_loss_weight", (float,), 1.0)}},
+    },
+    "train_cfg": {
+        "rpn": {"assigner": _ASSIGNER("rpn", 0.7, 0.3, 0.3), "sampler": _SAMPLER("rpn", 256, 0.5, False),
+                "allowed_border": Fixed(-1), "pos_weight": Fixed(-1), "debug": Fixed(False)},
+        "rpn_proposal": _PROPOSAL("rpn_train", 2000, 1000),
+        "rcnn": {"assigner": _ASSIGNER("rcnn", 0.5, 0.5, 0.5), "sampler": _SAMPLER("rcnn", 512, 0.25, True),
+                 "mask_size": Param("mask_size", (int,), 28), "pos_weight": Fixed(-1), "debug": Fixed(False)},
+    },
+    "test_cfg": {
+        "rpn": _PROPOSAL("rpn_test", 1000, 1000),
+        "rcnn": {"score_thr": Param("score_thr", (float,), 0.05),
+                 "nms": {"type": Fixed("nms"), "iou_threshold": Param("rcnn_nms_iou", (float,), 0.5)},
+                 "max_per_img": Param("max_per_img", (int,), 100),
+                 "mask_thr_binary": Param("mask_thr_binary", (float,), 0.5)},
+    },
+}
+
+
+class MaskRCNN(nn.Module):
+    """Backbone (4 maps, strides 4-32) -> :class:`~.fpn.FPN` -> :class:`RPN` -> :class:`MaskRCNNRoIHeads`.
+
+    ``pretrained``: a backbone checkpoint path recorded for the builder (``self.pretrained``); nothing is read
+    here (constructors never read files).
+    """
+
+    def __init__(self, backbone: nn.Module, neck: FPN, rpn: RPN, roi_heads: MaskRCNNRoIHeads, num_classes: int,
+                 pretrained: str | None = None):
+        super().__init__()
+        self.backbone, self.neck, self.rpn, self.roi_heads = backbone, neck, rpn, roi_heads
+        self.num_classes = int(num_classes)
+        self.pretrained = pretrained
+
+    @classmethod
+    def build(cls, backbone: nn.Module, num_classes: int = 80, in_channels=(768,) * 4, *, out_channels=256,
+              fc_out_channels=1024, mask_convs=4, **kw) -> "MaskRCNN":
+        """The official ``mask_rcnn_r50_fpn`` detector around ``backbone`` (defaults are its values); ``kw`` are
+        the flat parameter names of :data:`MASK_RCNN_SPEC` (e.g. ``score_thr``, ``rpn_train_nms_pre``)."""
+        p = parse({}, MASK_RCNN_SPEC, "model")
+        p.update(num_classes=num_classes, mask_num_classes=num_classes, fc_out_channels=fc_out_channels,
+                 mask_num_convs=mask_convs, rpn_in_channels=out_channels, rpn_feat_channels=out_channels,
+                 box_in_channels=out_channels, box_roi_channels=out_channels, mask_roi_channels=out_channels,
+                 mask_in_channels=out_channels, mask_conv_channels=out_channels)
+        unknown = sorted(set(kw) - set(p))
+        if unknown:
+            raise TypeError(f"unknown MaskRCNN.build arguments {unknown}")
+        p.update(kw)
+        return cls._from_params(backbone, FPN(in_channels, out_channels, 5), p, "model")
+
+    @classmethod
+    def _from_params(cls, backbone, neck, p, where):
+        nc = p["num_classes"]
+        if p["mask_num_classes"] != nc:
+            raise ConfigError(f"recipe: {where}.roi_head.mask_head.num_classes={p['mask_num_classes']} differs from "
+                              f"bbox_head.num_classes={nc}")
+        c = neck.out_channels
+        for key, name in (("rpn_in_channels", "rpn_head.in_channels"), ("rpn_feat_channels", "rpn_head.feat_channels"),
+                          ("box_in_channels", "roi_head.bbox_head.in_channels"),
+                          ("box_roi_channels", "roi_head.bbox_roi_extractor.out_channels"),
+                          ("mask_roi_channels", "roi_head.mask_roi_extractor.out_channels"),
+                          ("mask_in_channels", "roi_head.mask_head.in_channels")):
+            if p[key] != c:
+                raise ConfigError(f"recipe: {where}.{name}={p[key]} must equal the neck's out_channels {c}")
+        if p["box_roi_feat_size"] != p["box_roi_size"]:
+            raise ConfigError(f"recipe: {where}.roi_head.bbox_head.roi_feat_size={p['box_roi_feat_size']} must "
+                              f"equal bbox_roi_extractor.roi_layer.output_size={p['box_roi_size']}")
+        if p["mask_size"] != 2 * p["mask_roi_size"]:
+            raise ConfigError(f"recipe: {where}.train_cfg.rcnn.mask_size={p['mask_size']} must be twice "
+                              f"mask_roi_extractor.roi_layer.output_size={p['mask_roi_size']} (one deconv x2)")
+        if p["rpn_train_nms_iou"] != p["rpn_test_nms_iou"]:
+            raise ConfigError(f"recipe: {where}.train_cfg.rpn_proposal.nms.iou_threshold and test_cfg.rpn.nms."
+                              "iou_threshold must be equal (torchvision's RPN has one NMS threshold)")
+        if len(p["anchor_strides"]) != len(neck.names):
+            raise ConfigError(f"recipe: {where}.rpn_head.anchor_generator.strides has {len(p['anchor_strides'])} "
+                              f"levels, the neck gives {len(neck.names)}")
+        for pre in ("box", "mask"):
+            if len(p[pre + "_featmap_strides"]) > len(neck.names):
+                raise ConfigError(f"recipe: {where}.roi_head.{pre}_roi_extractor.featmap_strides has more levels than "
+                                  "the neck")
+        anchors = FixedStrideAnchorGenerator(p["anchor_strides"], p["anchor_scales"], p["anchor_ratios"])
+        rpn = RPN(c, anchor_generator=anchors, pos_iou_thr=p["rpn_pos_iou_thr"], neg_iou_thr=p["rpn_neg_iou_thr"],
+                  min_pos_iou=p["rpn_min_pos_iou"], match_low_quality=p["rpn_match_low_quality"], num=p["rpn_num"],
+                  pos_fraction=p["rpn_pos_fraction"], train_nms_pre=p["rpn_train_nms_pre"],
+                  train_max_per_img=p["rpn_train_max_per_img"], train_nms_iou=p["rpn_train_nms_iou"],
+                  test_nms_pre=p["rpn_test_nms_pre"], test_max_per_img=p["rpn_test_max_per_img"],
+                  test_nms_iou=p["rpn_test_nms_iou"], target_stds=_box(p["rpn_target_stds"]),
+                  loss_cls_weight=p["rpn_loss_cls_weight"], loss_bbox_weight=p["rpn_loss_bbox_weight"])
+        names = neck.names
+        box_pool = LevelRoIAlign(names[:len(p["box_featmap_strides"])], p["box_roi_size"], p["box_featmap_strides"],
+                                 p["box_sampling_ratio"], p["box_aligned"], p["box_finest_scale"])
+        mask_pool = LevelRoIAlign(names[:len(p["mask_featmap_strides"])], p["mask_roi_size"],
+                                  p["mask_featmap_strides"], p["mask_sampling_ratio"], p["mask_aligned"],
+                                  p["mask_finest_scale"])
+        box_head = TwoMLPHead(c * p["box_roi_size"] ** 2, p["fc_out_channels"])
+        box_predictor = FastRCNNPredictor(p["fc_out_channels"], nc + 1)
+        _init_box_branch(box_head, box_predictor)
+        mask_head = MaskRCNNHeads(c, [p["mask_conv_channels"]] * p["mask_num_convs"], 1)
+        mask_predictor = MaskRCNNPredictor(p["mask_conv_channels"], p["mask_conv_channels"], nc + 1)
+        roi_heads = MaskRCNNRoIHeads(
+            box_roi_pool=box_pool, box_head=box_head, box_predictor=box_predictor, mask_roi_pool=mask_pool,
+            mask_head=mask_head, mask_predictor=mask_predictor, pos_iou_thr=p["rcnn_pos_iou_thr"],
+            neg_iou_thr=p["rcnn_neg_iou_thr"], min_pos_iou=p["rcnn_min_pos_iou"],
+            match_low_quality=p["rcnn_match_low_quality"], num=p["rcnn_num"], pos_fraction=p["rcnn_pos_fraction"],
+            target_stds=_box(p["rcnn_target_stds"]), score_thr=p["score_thr"], nms_iou=p["rcnn_nms_iou"],
+            max_per_img=p["max_per_img"], mask_size=p["mask_size"], mask_thr_binary=p["mask_thr_binary"],
+            loss_cls_weight=p["rcnn_loss_cls_weight"], loss_bbox_weight=p["rcnn_loss_bbox_weight"],
+            loss_mask_weight=p["mask_loss_weight"])
+        return cls(backbone, neck, rpn, roi_heads, nc, pretrained=p.get("pretrained"))
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "model") -> "MaskRCNN":
+        """Build from the official mmdet ``model=dict(type='MaskRCNN', backbone=..., neck=..., rpn_head=...,
+        roi_head=..., train_cfg=..., test_cfg=...)``. Unknown keys anywhere raise ConfigError naming the dotted
+        path; official keys without a knob here are accepted only with their official value. The backbone's
+        ``pretrained`` path is recorded in ``model.pretrained`` (loaded by the builder, not here)."""
+        p = parse(cfg, MASK_RCNN_SPEC, where)
+        bcfg = p["backbone"]
+        if not isinstance(bcfg, dict) or bcfg.get("type") not in BACKBONES:
+            raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
+        bkw = {k: v for k, v in bcfg.items() if k not in ("type", "_delete_")}
+        pretrained = bkw.pop("pretrained", None)
+        if pretrained is not None and p["pretrained"] is not None:
+            raise ConfigError(f"recipe: set pretrained weights either in {where}.pretrained or "
+                              f"{where}.backbone.pretrained")
+        p["pretrained"] = p["pretrained"] or pretrained
+        bkw.setdefault("task", "detection")
+        if bkw["task"] != "detection":
+            raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
+        backbone = _build_backbone(BACKBONES[bcfg["type"]], bkw, f"{where}.backbone")
+        neck = FPN.from_config(p["neck"], f"{where}.neck")
+        return cls._from_params(backbone, neck, p, where)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def extract_feat(self, images: torch.Tensor):
+        return self.neck(self.backbone(images))
+
+    @staticmethod
+    def _image_sizes(images, targets=None, image_sizes=None):
+        if image_sizes is None and targets is not None and all("img_shape" in t for t in targets):
+            image_sizes = [t["img_shape"] for t in targets]
+        if image_sizes is None:
+            image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+        return [(int(h), int(w)) for h, w in image_sizes]
+
+    def forward(self, images: torch.Tensor, targets=None, image_sizes=None):
+        """Train mode: dict of losses (see module docstring). Eval mode: :meth:`predict`."""
+        if not self.training:
+            return self.predict(images, image_sizes)
+        if targets is None or len(targets) != images.shape[0]:
+            raise ValueError("training needs one target dict per image")
+        sizes = self._image_sizes(images, targets, image_sizes)
+        tv_targets = []
+        for t in targets:
+            boxes = t["boxes"].to(images.dtype).reshape(-1, 4)
+            labels = t["labels"].to(torch.int64).reshape(-1) + 1
+            masks = t["masks"]
+            if masks.shape[0] != boxes.shape[0]:
+                raise ValueError(f"{boxes.shape[0]} boxes but {masks.shape[0]} masks")
+            tv_targets.append({"boxes": boxes, "labels": labels, "masks": masks})
+        feats = self.extract_feat(images)
+        image_list = ImageList(images, sizes)
+        proposals, rpn_losses = self.rpn(image_list, feats, tv_targets)
+        _, roi_losses = self.roi_heads(feats, proposals, sizes, tv_targets)
+        losses = {"loss_rpn_cls": rpn_losses["loss_objectness"], "loss_rpn_bbox": rpn_losses["loss_rpn_box_reg"]}
+        losses.update(roi_losses)
+        losses["loss"] = sum(v for k, v in losses.items() if k.startswith("loss"))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, image_sizes=None, ori_shapes=None):
+        """Detections per image: ``boxes`` (K, 4), ``labels`` (K,) 0-based, ``scores`` (K,), ``masks`` (K, h, w)
+        bool (``mask_thr_binary``). ``image_sizes``: unpadded (h, w) of each resized image (default: padded size);
+        ``ori_shapes``: original (h, w) to rescale boxes and paste masks into (default: ``image_sizes``)."""
+        sizes = self._image_sizes(images, None, image_sizes)
+        feats = self.extract_feat(images)
+        proposals, _ = self.rpn(ImageList(images, sizes), feats)
+        dets, _ = self.roi_heads(feats, proposals, sizes)
+        out = []
+        for i, d in enumerate(dets):
+            (h, w), (oh, ow) = sizes[i], (ori_shapes[i] if ori_shapes is not None else sizes[i])
+            scale = d["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
+            boxes = d["boxes"] * scale
+            masks = paste_masks_in_image(d["masks"], boxes, (int(oh), int(ow)))[:, 0] >= \
+                self.roi_heads.mask_thr_binary
+            out.append({"boxes": boxes, "labels": d["labels"] - 1, "scores": d["scores"], "masks": masks})
+        return out
+
+
+def _build_backbone(cls, kwargs, where):
+    import inspect
+
+    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ConfigError(f"recipe: {where}.{unknown[0]}: unknown key (unknown: {unknown}); valid keys: "
+                          f"{', '.join(sorted(names))}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"recipe: {where}: {e}") from e
