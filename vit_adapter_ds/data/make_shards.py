@@ -9,7 +9,7 @@ CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and 
         --split train [--reduce-zero-label] --out shards/mydata             # -> shards/mydata/train
     python -m vit_adapter_ds.data.make_shards synthetic --out shards/synthetic --num-train 64 --num-val 16
         [--layout {ade20k,cocostuff,coco}] [--size 512 683] [--seed 0] [--raw-dir DIR]
-    python -m vit_adapter_ds.data.make_shards verify shards/synthetic/train      # sha256 + counts check
+    python -m vit_adapter_ds.data.make_shards verify shards/synthetic     # every split: schema, counts, sha256
 
 Common options: ``--max-samples`` / ``--max-bytes`` per shard, ``--workers`` (processes), ``--splits``.
 Label PNGs are stored as they are; the manifest's ``label_map`` (256-entry lookup table) is applied when a sample
@@ -214,6 +214,32 @@ def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def verify_main(shard_dir):
+    """``verify``: check every split folder at ``shard_dir`` (itself if it holds a manifest, else each
+    sub-folder with one: ``train/``, ``val/``, ...) -- manifest schema, counts, sizes and sha256 of every shard.
+    Prints one line per split; returns 0 if all are OK, else 1 (the error is printed)."""
+    from .manifest import ShardSetError, read_manifest, split_dirs, verify_shards
+
+    try:
+        dirs = split_dirs(shard_dir)
+    except ShardSetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    failed = 0
+    for d in dirs:
+        try:
+            m = read_manifest(d)
+            verify_shards(d, m, mode="sha256")
+        except ShardSetError as e:
+            print(f"{d}: FAILED: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{d}: {len(m['shards'])} shard(s), {m['num_samples']} samples, checksums OK")
+    if failed:
+        print(f"{failed} of {len(dirs)} split(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m vit_adapter_ds.data.make_shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,12 +280,7 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     if a.dataset == "verify":
-        from .manifest import read_manifest, verify_shards
-
-        m = read_manifest(a.shard_dir)
-        verify_shards(a.shard_dir, m, mode="sha256")
-        print(f"{a.shard_dir}: {len(m['shards'])} shard(s), {m['num_samples']} samples, checksums OK")
-        return 0
+        return verify_main(a.shard_dir)
     kw = dict(max_samples=a.max_samples, max_bytes=int(a.max_bytes), num_workers=a.workers,
               progress=not a.no_progress)
     if a.dataset == "synthetic":

@@ -31,6 +31,105 @@ def resolve_shard_dir(shard_dir, split=None):
         f"(the manifest is written last). Write shards with `python -m vit_adapter_ds.data.make_shards ...`")
 
 
+SUPPORTED_VERSIONS = (1,)
+_SHA256_CHARS = frozenset("0123456789abcdef")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_manifest(m, path="manifest.json"):
+    """Check a parsed manifest against the schema of ``shards/README.md``; raise :class:`ShardSetError` naming
+    ``path`` and the offending field.
+
+    Required: ``format`` (``"vit-adapter-ds-shards"``), integer ``version`` (one of :data:`SUPPORTED_VERSIONS`:
+    a newer, unknown version is refused rather than misread), integer ``num_classes`` >= 1, integer
+    ``num_samples`` equal to the shards' sum (>= 1), and a non-empty list ``shards`` of objects with a file
+    ``name`` (no folders), integer ``num_samples``, ``bytes`` and a hex ``sha256``, and ``samples``:
+    ``[[key, {ext: [offset, size]}], ...]`` with string keys, non-negative integer offsets and sizes that lie
+    inside the shard's ``bytes``. Optional, type-checked when present: ``task``, ``split``, ``dataset`` (strings),
+    ``classes`` (strings, as many as ``num_classes``), ``label_map`` (null or 256 integers in [0, 255]),
+    ``ignore_index`` (integer).
+    """
+    def fail(field, msg):
+        raise ShardSetError(f"{path}: field '{field}' {msg}")
+
+    if not isinstance(m, dict):
+        raise ShardSetError(f"{path}: a manifest must be a JSON object, got {type(m).__name__}")
+    if m.get("format") != FORMAT:
+        raise ShardSetError(f"{path} is not a {FORMAT} manifest (field 'format' is {m.get('format')!r})")
+    if "version" not in m:
+        fail("version", "is missing")
+    if not _is_int(m["version"]) or m["version"] not in SUPPORTED_VERSIONS:
+        fail("version", f"is {m['version']!r}: this reader supports version(s) {list(SUPPORTED_VERSIONS)} "
+                        "(written by a newer vit-adapter-ds? rewrite the shards or update)")
+    for key in ("num_classes", "num_samples"):
+        if key not in m:
+            fail(key, "is missing")
+        if not _is_int(m[key]) or m[key] < 1:
+            fail(key, f"must be a positive integer, got {m[key]!r}")
+    for key in ("task", "split", "dataset"):
+        if m.get(key) is not None and not isinstance(m[key], str):
+            fail(key, f"must be a string, got {m[key]!r}")
+    if "classes" in m:
+        cl = m["classes"]
+        if not isinstance(cl, list) or not all(isinstance(c, str) for c in cl):
+            fail("classes", "must be a list of strings")
+        if len(cl) != m["num_classes"]:
+            fail("classes", f"has {len(cl)} names but num_classes={m['num_classes']}")
+    lm = m.get("label_map")
+    if lm is not None:
+        if not isinstance(lm, list) or len(lm) != 256:
+            fail("label_map", f"must be null or a list of 256 entries, has "
+                              f"{len(lm) if isinstance(lm, list) else type(lm).__name__}")
+        if not all(_is_int(v) and 0 <= v <= 255 for v in lm):
+            fail("label_map", "entries must be integers in [0, 255]")
+    if "ignore_index" in m and not _is_int(m["ignore_index"]):
+        fail("ignore_index", f"must be an integer, got {m['ignore_index']!r}")
+    shards = m.get("shards")
+    if not isinstance(shards, list):
+        fail("shards", f"must be a list, got {type(shards).__name__}")
+    if not shards:
+        raise ShardSetError(f"{path} lists no shards (field 'shards' is empty)")
+    total = 0
+    for i, s in enumerate(shards):
+        where = f"shards[{i}]"
+        if not isinstance(s, dict):
+            fail(where, f"must be an object, got {type(s).__name__}")
+        name = s.get("name")
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+            fail(f"{where}.name", f"must be a shard file name (no folders), got {name!r}")
+        where = f"shards[{i}] ({name})"
+        for key in ("num_samples", "bytes"):
+            if not _is_int(s.get(key)) or s[key] < 0:
+                fail(f"{where}.{key}", f"must be a non-negative integer, got {s.get(key)!r}")
+        sha = s.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or not _SHA256_CHARS.issuperset(sha):
+            fail(f"{where}.sha256", f"must be 64 lower-case hex digits, got {sha!r}")
+        samples = s.get("samples")
+        if not isinstance(samples, list):
+            fail(f"{where}.samples", "is missing or not a list")
+        if len(samples) != s["num_samples"]:
+            raise ShardSetError(f"{path}: shard {name} lists {len(samples)} samples but num_samples="
+                                f"{s['num_samples']}")
+        size = s["bytes"]
+        for j, entry in enumerate(samples):
+            ok = (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and entry[0]
+                  and isinstance(entry[1], dict) and entry[1])
+            if ok:
+                for ext, loc in entry[1].items():
+                    if not (isinstance(loc, list) and len(loc) == 2 and _is_int(loc[0]) and _is_int(loc[1])
+                            and loc[0] >= 0 and loc[1] >= 0 and loc[0] + loc[1] <= size):
+                        fail(f"{where}.samples[{j}][1][{ext!r}]", f"must be [offset, size], non-negative integers "
+                                                                f"inside the shard's {size} bytes, got {loc!r}")
+            else:
+                fail(f"{where}.samples[{j}]", f"must be [key, {{ext: [offset, size]}}], got {entry!r:.80}")
+        total += len(samples)
+    if total != m["num_samples"]:
+        raise ShardSetError(f"{path}: shards hold {total} samples but num_samples={m['num_samples']}")
+
+
 def read_manifest(shard_dir, split=None):
     """Load and check the manifest of a shard set.
 
@@ -38,7 +137,7 @@ def read_manifest(shard_dir, split=None):
     folders (``split`` picks one; default ``train``). Returns the manifest dict (``classes``, ``palette``,
     ``num_classes``, ``num_samples``, ``label_map``, ``task``, ``shards`` [{name, num_samples, bytes, sha256,
     samples: [[key, {ext: [offset, size]}], ...]}], ...) plus ``shard_dir``: the resolved folder.
-    Raises :class:`ShardSetError` for anything inconsistent.
+    Raises :class:`ShardSetError` for anything inconsistent (see :func:`check_manifest`).
     """
     d = resolve_shard_dir(shard_dir, split)
     path = os.path.join(d, MANIFEST)
@@ -47,27 +146,24 @@ def read_manifest(shard_dir, split=None):
             m = json.load(f)
     except (OSError, ValueError) as e:
         raise ShardSetError(f"cannot read manifest {path}: {e}") from e
-    if m.get("format") != FORMAT:
-        raise ShardSetError(f"{path} is not a {FORMAT} manifest (format={m.get('format')!r})")
-    shards = m.get("shards") or []
-    if not shards:
-        raise ShardSetError(f"{path} lists no shards")
-    total = 0
-    for s in shards:
-        n = len(s.get("samples", []))
-        if n != s.get("num_samples"):
-            raise ShardSetError(f"{path}: shard {s.get('name')} lists {n} samples but num_samples="
-                                f"{s.get('num_samples')}")
-        total += n
-    if total != m.get("num_samples"):
-        raise ShardSetError(f"{path}: shards hold {total} samples but num_samples={m.get('num_samples')}")
-    if total == 0:
-        raise ShardSetError(f"{path}: the shard set is empty")
-    lm = m.get("label_map")
-    if lm is not None and len(lm) != 256:
-        raise ShardSetError(f"{path}: label_map must have 256 entries, has {len(lm)}")
+    check_manifest(m, path)
     m["shard_dir"] = d
     return m
+
+
+def split_dirs(shard_dir):
+    """The shard-set folders at ``shard_dir``: itself if it holds a manifest, else its sub-folders that do
+    (``train``, ``val``, ...; sorted). Raises :class:`ShardSetError` if there are none."""
+    shard_dir = os.fspath(shard_dir)
+    if os.path.isfile(os.path.join(shard_dir, MANIFEST)):
+        return [shard_dir]
+    if not os.path.isdir(shard_dir):
+        raise ShardSetError(f"shard directory not found or not a directory: {shard_dir}")
+    subs = [os.path.join(shard_dir, n) for n in sorted(os.listdir(shard_dir))
+            if os.path.isfile(os.path.join(shard_dir, n, MANIFEST))]
+    if not subs:
+        raise ShardSetError(f"no {MANIFEST} in {shard_dir} or any of its sub-folders: not a shard set")
+    return subs
 
 
 def verify_shards(shard_dir, manifest, mode="size"):
