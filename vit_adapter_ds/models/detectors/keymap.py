@@ -1,0 +1,128 @@
+"""State-dict key mapping between official mmdet 2.x Mask R-CNN checkpoints and :class:`~.mask_rcnn.MaskRCNN`.
+
+Released ViT-Adapter detection checkpoints are mmcv files ``{'meta', 'state_dict'[, 'optimizer']}`` whose
+``state_dict`` keys are ``backbone.*`` (the backbone's own keys, identical here), ``neck.*``, ``rpn_head.*`` and
+``roi_head.*``. The mapping (mmdet -> here; ``C`` = number of classes):
+
+=============================================  ===========================================  ======================
+mmdet                                          here                                         tensor change
+=============================================  ===========================================  ======================
+``backbone.<k>``                               ``backbone.<k>``                             --
+``neck.lateral_convs.i.conv.{weight,bias}``    ``neck.fpn.inner_blocks.i.0.{weight,bias}``  --
+``neck.fpn_convs.i.conv.{weight,bias}``        ``neck.fpn.layer_blocks.i.0.{weight,bias}``  --
+``rpn_head.rpn_conv.*``                        ``rpn.head.conv.0.0.*``                      --
+``rpn_head.rpn_cls.*``                         ``rpn.head.cls_logits.*``                    -- (A = 3 sigmoid logits)
+``rpn_head.rpn_reg.*``                         ``rpn.head.bbox_pred.*``                     --
+``roi_head.bbox_head.shared_fcs.0.*``          ``roi_heads.box_head.fc6.*``                 --
+``roi_head.bbox_head.shared_fcs.1.*``          ``roi_heads.box_head.fc7.*``                 --
+``roi_head.bbox_head.fc_cls.*`` (C + 1)        ``roi_heads.box_predictor.cls_score.*``      background row moves
+                                                                                            from last to first
+``roi_head.bbox_head.fc_reg.*`` (4 C)          ``roi_heads.box_predictor.bbox_pred.*``      4 zero background rows
+                                               (4 (C + 1))                                  prepended
+``roi_head.mask_head.convs.i.conv.*``          ``roi_heads.mask_head.i.0.*``                --
+``roi_head.mask_head.upsample.*``              ``roi_heads.mask_predictor.conv5_mask.*``    --
+``roi_head.mask_head.conv_logits.*`` (C)       ``roi_heads.mask_predictor.mask_fcn_logits.*``  1 zero background
+                                               (C + 1)                                      channel prepended
+=============================================  ===========================================  ======================
+
+The background rows of the box regressor and mask logits exist only in torchvision's layout and are never used
+(regression and masks are read at the ground-truth / predicted class): export drops them, so
+mmdet -> here -> mmdet is exact. The RPN's anchor order (ratio-major, per location) and the channel layout of
+``rpn_cls`` / ``rpn_reg`` (``a * 4 + k``) are the same in both.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+_RENAMES = [  # (mmdet regex, ours template); applied to keys after the prefix
+    (r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"neck.fpn.inner_blocks.\1.0.\2"),
+    (r"neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)", r"neck.fpn.layer_blocks.\1.0.\2"),
+    (r"rpn_head\.rpn_conv\.(weight|bias)", r"rpn.head.conv.0.0.\1"),
+    (r"rpn_head\.rpn_cls\.(weight|bias)", r"rpn.head.cls_logits.\1"),
+    (r"rpn_head\.rpn_reg\.(weight|bias)", r"rpn.head.bbox_pred.\1"),
+    (r"roi_head\.bbox_head\.shared_fcs\.0\.(weight|bias)", r"roi_heads.box_head.fc6.\1"),
+    (r"roi_head\.bbox_head\.shared_fcs\.1\.(weight|bias)", r"roi_heads.box_head.fc7.\1"),
+    (r"roi_head\.bbox_head\.fc_cls\.(weight|bias)", r"roi_heads.box_predictor.cls_score.\1"),
+    (r"roi_head\.bbox_head\.fc_reg\.(weight|bias)", r"roi_heads.box_predictor.bbox_pred.\1"),
+    (r"roi_head\.mask_head\.convs\.(\d+)\.conv\.(weight|bias)", r"roi_heads.mask_head.\1.0.\2"),
+    (r"roi_head\.mask_head\.upsample\.(weight|bias)", r"roi_heads.mask_predictor.conv5_mask.\1"),
+    (r"roi_head\.mask_head\.conv_logits\.(weight|bias)", r"roi_heads.mask_predictor.mask_fcn_logits.\1"),
+]
+_BACK = [  # ours regex -> mmdet template
+    (r"neck\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
+    (r"neck\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)", r"neck.fpn_convs.\1.conv.\2"),
+    (r"rpn\.head\.conv\.0\.0\.(weight|bias)", r"rpn_head.rpn_conv.\1"),
+    (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn_head.rpn_cls.\1"),
+    (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn_head.rpn_reg.\1"),
+    (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.0.\1"),
+    (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"roi_head.bbox_head.shared_fcs.1.\1"),
+    (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"roi_head.bbox_head.fc_cls.\1"),
+    (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"roi_head.bbox_head.fc_reg.\1"),
+    (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"roi_head.mask_head.convs.\1.conv.\2"),
+    (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"roi_head.mask_head.upsample.\1"),
+    (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"roi_head.mask_head.conv_logits.\1"),
+]
+
+
+class KeyMapError(KeyError):
+    """A key that belongs to neither layout (the message names it)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def _rename(key, table, what):
+    if key.startswith("backbone."):
+        return key
+    for pat, rep in table:
+        if re.fullmatch(pat, key):
+            return re.sub(pat, rep, key)
+    raise KeyMapError(f"{what} key {key!r} has no counterpart (known: backbone.*, neck, rpn_head, roi_head "
+                      "bbox/mask heads of Mask R-CNN)")
+
+
+def unwrap(checkpoint) -> dict:
+    """The state dict of an mmcv checkpoint (``{'state_dict': ...}``) or a plain state dict; strips ``module.``."""
+    sd = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def from_mmdet(state_dict: dict) -> dict:
+    """Official mmdet Mask R-CNN state dict (or mmcv checkpoint) -> this package's ``MaskRCNN`` state dict."""
+    out = {}
+    for k, v in unwrap(state_dict).items():
+        new = _rename(k, _RENAMES, "mmdet")
+        if new.endswith("cls_score.weight") or new.endswith("cls_score.bias"):
+            v = torch.cat([v[-1:], v[:-1]], dim=0)          # [fg 0..C-1, bg] -> [bg, fg]
+        elif new.endswith("bbox_pred.weight") and new.startswith("roi_heads"):
+            v = torch.cat([v.new_zeros(4, *v.shape[1:]), v], dim=0)
+        elif new.endswith("bbox_pred.bias") and new.startswith("roi_heads"):
+            v = torch.cat([v.new_zeros(4), v], dim=0)
+        elif "mask_fcn_logits" in new:
+            v = torch.cat([v.new_zeros(1, *v.shape[1:]), v], dim=0)
+        out[new] = v
+    return out
+
+
+def to_mmdet(state_dict: dict) -> dict:
+    """This package's ``MaskRCNN`` state dict -> the official mmdet key layout (background rows of the box
+    regressor and mask logits dropped, background class moved last)."""
+    out = {}
+    for k, v in unwrap(state_dict).items():
+        new = _rename(k, _BACK, "MaskRCNN")
+        if new.startswith("roi_head.bbox_head.fc_cls."):
+            v = torch.cat([v[1:], v[:1]], dim=0)
+        elif new.startswith("roi_head.bbox_head.fc_reg."):
+            v = v[4:]
+        elif new.startswith("roi_head.mask_head.conv_logits."):
+            v = v[1:]
+        out[new] = v.clone()
+    return out
+
+
+def load_mmdet_checkpoint(model, checkpoint, strict: bool = True):
+    """Load an official mmdet Mask R-CNN checkpoint (dict, already read with ``torch.load(...,
+    weights_only=True)``) into ``model``; returns ``model.load_state_dict``'s result."""
+    return model.load_state_dict(from_mmdet(checkpoint), strict=strict)
