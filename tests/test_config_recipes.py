@@ -101,6 +101,57 @@ def test_mask2former_recipes_match_official(name, classes, things, load_from):
     assert (c.checkpoint_config.interval, c.evaluation.interval) == (1000, 8000)
 
 
+# The official pipeline scales, typed from the official configs (github.com/czczup/ViT-Adapter,
+# segmentation/configs/{ade20k,coco_stuff164k}/<name>.py and mmseg 0.20 _base_/datasets/ade20k.py), independently
+# of the recipes: train Resize(img_scale, ratio_range), RandomCrop(crop_size, cat_max_ratio); test
+# MultiScaleFlipAug(img_scale, img_ratios, flip) + Resize(keep_ratio) + ResizeToMultiple(size_divisor); test_cfg
+# mode / crop_size / stride; and the resize type of the official multi-scale (_ms) test pipeline.
+_ADE512 = dict(train_scale=(2048, 512), ratio_range=(0.5, 2.0), crop=(512, 512), cat_max_ratio=0.75,
+               test_scale=(2048, 512), size_divisor=32, img_ratios=None, flip=False, mode="slide",
+               test_crop=(512, 512), stride=(341, 341), ms_resize="Resize")
+_M2F896 = dict(train_scale=(3584, 896), ratio_range=(0.5, 2.0), crop=(896, 896), cat_max_ratio=0.75,
+               test_scale=(3584, 896), size_divisor=32, img_ratios=None, flip=False, mode="slide",
+               test_crop=(896, 896), stride=(512, 512), ms_resize=None)  # _ms pipeline: the Mask2Former issue's
+OFFICIAL_PIPELINES = {
+    "upernet_deit_adapter_tiny_512_160k_ade20k": _ADE512,
+    "upernet_deit_adapter_small_512_160k_ade20k": _ADE512,
+    "upernet_deit_adapter_base_512_160k_ade20k": _ADE512,
+    "upernet_augreg_adapter_large_512_160k_ade20k": _ADE512,
+    "upernet_beit_adapter_large_640_160k_ade20k_ss": dict(
+        train_scale=(2048, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
+        test_scale=(2048, 640), size_divisor=32, img_ratios=None, flip=False, mode="slide", test_crop=(640, 640),
+        stride=(426, 426), ms_resize=("SETR_Resize", (640, 640))),
+    "mask2former_beit_adapter_large_896_80k_ade20k_ss": _M2F896,
+    "mask2former_beit_adapter_large_896_80k_cocostuff164k_ss": _M2F896,
+}
+
+
+def test_every_official_recipe_has_a_pipeline_row():
+    assert sorted(OFFICIAL_PIPELINES) == sorted(n for n in RECIPES if n != "synthetic_quickstart")
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PIPELINES))
+def test_pipeline_scales_match_official(name):
+    want = OFFICIAL_PIPELINES[name]
+    c = load_recipe(name)
+    train, ev, tc = c.data.train, c.evaluation, c.model.test_cfg
+    assert tuple(train.scale) == want["train_scale"]
+    assert tuple(train.ratio_range) == want["ratio_range"]
+    assert tuple(train.crop_size) == want["crop"]
+    assert train.cat_max_ratio == want["cat_max_ratio"]
+    assert tuple(ev.img_scale) == want["test_scale"]
+    assert ev.get("size_divisor") == want["size_divisor"]
+    assert ev.get("img_ratios") == want["img_ratios"]
+    assert bool(ev.get("flip", False)) == want["flip"]
+    assert (tc.mode, tuple(tc.crop_size), tuple(tc.stride)) == (want["mode"], want["test_crop"], want["stride"])
+    ms = ev.get("ms_resize")
+    if want["ms_resize"] == "Resize":
+        assert ms is None or dict(ms) == {"type": "Resize"}
+    elif isinstance(want["ms_resize"], tuple):
+        kind, crop = want["ms_resize"]
+        assert ms["type"] == kind and tuple(ms["crop_size"]) == crop
+
+
 def test_quickstart_recipe_is_tiny():
     c = load_recipe(None)
     b = c.model.backbone

@@ -103,7 +103,7 @@ def _test_settings(cfg, args) -> dict:
     ev = dict(cfg.get("evaluation") or {})
     return dict(mode=args.mode or tc.get("mode"), crop_size=args.crop_size or tc.get("crop_size"),
                 stride=args.stride or tc.get("stride"), img_scale=ev.get("img_scale"),
-                size_divisor=ev.get("size_divisor", 32))
+                size_divisor=ev.get("size_divisor", 32), ms_resize=ev.get("ms_resize"))
 
 
 def _norm(cfg) -> tuple[tuple, tuple]:
@@ -209,15 +209,16 @@ def predict_main(argv=None) -> int:
     mean, std = _norm(cfg)
     st = _test_settings(cfg, args)
     aug = _aug(args)
-    from ..models.segmentor import scales_from_ratios
+    from ..models.test_time_resize import scales_from_ratios, select_test_resize
     scales = scales_from_ratios(st["img_scale"], aug["ratios"]) if aug.get("ratios") else [st["img_scale"]]
+    resize_rule = select_test_resize(st["size_divisor"], st["ms_resize"], multi_scale=bool(aug.get("ratios")))
     out_dir = Path(args.out)
     images = list_images(args.images)
     for path in images:
         rgb, x = read_image(path, mean, std)
         x = x.to(device, torch.bfloat16 if args.bf16 else torch.float32)
         with torch.no_grad():
-            prob = model.aug_test(x, scales=scales, flip=aug["flip"], size_divisor=st["size_divisor"],
+            prob = model.aug_test(x, scales=scales, flip=aug["flip"], resize_rule=resize_rule,
                                   mode=st["mode"], crop_size=st["crop_size"], stride=st["stride"])
         pred = prob.argmax(1)[0].cpu().numpy()
         save_mask_png(out_dir / f"{path.stem}.png", pred, num_classes)

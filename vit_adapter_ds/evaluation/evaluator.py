@@ -2,7 +2,8 @@
 
 For every validation sample (original-size normalised image and label, as the val loader yields them) the test
 pipeline of the recipes is applied: ``Resize(img_scale, keep_ratio=True)`` then ``ResizeToMultiple(size_divisor)``
-(or, for multi-scale testing, one such resize per ``img_scale * ratio``), whole or sliding-window inference,
+(or, for multi-scale testing, one resize per ``img_scale * ratio`` by the recipe's multi-scale rule, e.g. the
+official ``SETR_Resize``; see :mod:`vit_adapter_ds.models.test_time_resize`), whole or sliding-window inference,
 logits resized back to the label size, softmax (averaged over scales/flips) and argmax. Per-class areas are
 accumulated per rank and summed over ranks, so the distributed result equals a single-process evaluation.
 
@@ -17,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..models.segmentor import scales_from_ratios
+from ..models.test_time_resize import scales_from_ratios, select_test_resize
 from .miou import IoUAccumulator
 
 
@@ -28,7 +29,8 @@ def _denormalize(img: torch.Tensor, mean, std) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = None, crop_size=None, stride=None,
-             img_scale=None, size_divisor: int | None = 32, aug: dict | None = None, ignore_index: int = 255,
+             img_scale=None, size_divisor: int | None = 32, ms_resize: dict | None = None,
+             aug: dict | None = None, ignore_index: int = 255,
              class_names: Sequence[str] | None = None, device=None, dtype: torch.dtype | None = None,
              num_vis: int = 0, palette=None, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
              progress: bool = False) -> dict:
@@ -39,6 +41,8 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
     (default: the model's ``test_cfg``). ``img_scale``: the (long, short) test scale (None: no resize);
     ``size_divisor``: ResizeToMultiple. ``aug``: multi-scale/flip test, ``dict(ratios=[0.5, 0.75, ...],
     flip=True)`` (ratios of ``img_scale``) or ``dict(scales=[(w, h), ...], flip=...)``; None = single scale, no flip.
+    ``ms_resize``: the resize rule of multi-scale tests (``evaluation.ms_resize``, e.g.
+    ``dict(type='SETR_Resize', crop_size=(640, 640))``); None = the single-scale rule.
     ``dtype``: cast the images (bf16/fp16 models); ``num_vis``: keep that many (image | label | prediction)
     visualisations (uint8 (H, 3W, 3)) of this rank under ``'vis'``.
 
@@ -62,6 +66,8 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
     else:
         scales = list(aug.get("scales") or [img_scale])
     flip = bool(aug.get("flip", False))
+    multi_scale = bool(aug.get("ratios") or aug.get("scales"))
+    resize_rule = select_test_resize(size_divisor, ms_resize, multi_scale)
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training
@@ -78,7 +84,7 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
             img = img.to(dtype)
         gt = batch["gt_semantic_seg"]
         gt = gt[:, 0] if gt.dim() == 4 else gt
-        prob = model.aug_test(img, scales=scales, flip=flip, size_divisor=size_divisor, mode=mode,
+        prob = model.aug_test(img, scales=scales, flip=flip, resize_rule=resize_rule, mode=mode,
                               crop_size=crop_size, stride=stride, out_size=tuple(gt.shape[-2:]))
         pred = prob.argmax(dim=1).cpu()
         for p, g, im in zip(pred, gt, batch["img"]):
@@ -102,8 +108,8 @@ def _cfg_get(obj, key, default=None):
 
 def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0):
     """The engine's ``evaluate(model, val_loader, cfg, dtype, num_vis) -> (metrics, vis)`` hook for a recipe:
-    test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor and optional ``img_ratios``/``flip`` from
-    ``cfg.evaluation``; class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
+    test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor and optional ``img_ratios``/``flip``/
+    ``ms_resize`` from ``cfg.evaluation``; class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
     model_cfg = _cfg_get(cfg, "model")
     test_cfg = _cfg_get(model_cfg, "test_cfg") or {}
     ev = _cfg_get(cfg, "evaluation") or {}
@@ -117,7 +123,8 @@ def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0):
     norm = _cfg_get(_cfg_get(_cfg_get(cfg, "data"), "val"), "img_norm_cfg") or {}
     res = evaluate(model, val_loader, num_classes, mode=_cfg_get(test_cfg, "mode"),
                    crop_size=_cfg_get(test_cfg, "crop_size"), stride=_cfg_get(test_cfg, "stride"),
-                   img_scale=_cfg_get(ev, "img_scale"), size_divisor=_cfg_get(ev, "size_divisor", 32), aug=aug,
+                   img_scale=_cfg_get(ev, "img_scale"), size_divisor=_cfg_get(ev, "size_divisor", 32),
+                   ms_resize=_cfg_get(ev, "ms_resize"), aug=aug,
                    class_names=names, dtype=dtype, num_vis=num_vis, palette=manifest.get("palette"),
                    mean=_cfg_get(norm, "mean", (123.675, 116.28, 103.53)),
                    std=_cfg_get(norm, "std", (58.395, 57.12, 57.375)))

@@ -18,37 +18,12 @@ Inference (mmseg 0.x ``inference`` / ``aug_test``) returns per-pixel class proba
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .heads.common import resize
-
-
-def rescale_size(h: int, w: int, scale) -> tuple[int, int]:
-    """mmcv ``rescale_size`` for a (long, short) scale with keep_ratio: the largest size that fits both the long
-    edge into ``max(scale)`` and the short edge into ``min(scale)``; returns (new_h, new_w)."""
-    long_edge, short_edge = max(scale), min(scale)
-    f = min(long_edge / max(h, w), short_edge / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
-
-
-def inference_size(h: int, w: int, scale=None, size_divisor: int | None = None) -> tuple[int, int]:
-    """Test-pipeline size of an (h, w) image: mmseg ``Resize(scale, keep_ratio=True)`` (skipped if ``scale`` is
-    None) then ``ResizeToMultiple(size_divisor)`` (each side rounded *up* to a multiple)."""
-    if scale is not None:
-        h, w = rescale_size(h, w, scale)
-    if size_divisor:
-        h, w = (int(math.ceil(s / size_divisor)) * size_divisor for s in (h, w))
-    return h, w
-
-
-def scales_from_ratios(img_scale, ratios: Sequence[float]) -> list[tuple[int, int]]:
-    """mmseg ``MultiScaleFlipAug(img_scale, img_ratios)``: ``[(int(w * r), int(h * r)) for r in ratios]``."""
-    return [(int(img_scale[0] * r), int(img_scale[1] * r)) for r in ratios]
+from .test_time_resize import KeepRatioResize, inference_size, rescale_size, scales_from_ratios  # noqa: F401
 
 
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255,
@@ -215,17 +190,22 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def aug_test(self, img: torch.Tensor, scales=(None,), flip: bool = True, size_divisor: int | None = None,
-                 mode: str | None = None, crop_size=None, stride=None, out_size=None) -> torch.Tensor:
+                 mode: str | None = None, crop_size=None, stride=None, out_size=None, resize_rule=None) -> torch.Tensor:
         """Multi-scale (+ flip) test, mmseg 0.x ``MultiScaleFlipAug`` + ``aug_test``: for every scale in ``scales``
-        ((long, short) tuples as in ``Resize(keep_ratio=True)``, or None for the input size) the image is resized
-        bilinearly to :func:`inference_size` (``size_divisor``: ``ResizeToMultiple``), inferred (and, with ``flip``,
-        also inferred flipped), the logits resized to ``out_size`` (default: input size) and soft-maxed; returns
-        the mean of all these probability maps, (N, C, h, w)."""
+        ((long, short) tuples, or None for the input size) the image is resized bilinearly to the size given by the
+        test-time resize rule ``resize_rule`` (:mod:`vit_adapter_ds.models.test_time_resize`; default
+        ``KeepRatioResize(size_divisor)``: ``Resize(keep_ratio=True)`` + ``ResizeToMultiple``), inferred (and, with
+        ``flip``, also inferred flipped), the logits resized to ``out_size`` (default: input size) and soft-maxed;
+        returns the mean of all these probability maps, (N, C, h, w)."""
+        if resize_rule is None:
+            resize_rule = KeepRatioResize(size_divisor)
+        elif size_divisor is not None:
+            raise ValueError("give either a resize rule or size_divisor, not both")
         h, w = img.shape[2:]
         out_size = tuple(out_size) if out_size is not None else (h, w)
         total, n = None, 0
         for scale in scales:
-            size = inference_size(h, w, scale, size_divisor)
+            size = resize_rule(h, w, scale)
             x = resize(img, size, align_corners=False)
             for f in ((False, True) if flip else (False,)):
                 p = self.predict(x, mode, crop_size, stride, out_size=out_size, flip=f)

@@ -36,8 +36,12 @@ optimizer = dict(_delete_=True, type='AdamW', lr=2e-5, betas=(0.9, 0.999), weigh
 lr_config = dict(_delete_=True, policy='poly', warmup='linear', warmup_iters=1500, warmup_ratio=1e-6, power=1.0,
                  min_lr=0.0, by_epoch=False)
 data = dict(samples_per_gpu=2,
-            train=dict(crop_size=crop_size, scale=(2560, 640)))
+            train=dict(crop_size=crop_size, scale=(2048, 640)))
 global_batch_size = 16
 runner = dict(type='IterBasedRunner', max_iters=160000)
 checkpoint_config = dict(by_epoch=False, interval=1000, max_keep_ckpts=1)
-evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU', img_scale=(2560, 640), size_divisor=32)
+# Test: MultiScaleFlipAug(img_scale=(2048, 640)) + Resize(keep_ratio) + ResizeToMultiple(32). Multi-scale testing
+# (img_ratios / launch/eval.py --aug-test) resizes like the official _ms config: SETR_Resize (short side at least the
+# crop size, no long-edge cap, no ResizeToMultiple), ratios 0.5-1.75 + flip.
+evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU', img_scale=(2048, 640), size_divisor=32,
+                  ms_resize=dict(type='SETR_Resize', crop_size=crop_size))
