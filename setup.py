@@ -1,9 +1,13 @@
 """vit-adapter-ds: ViT-Adapter / BEiT-Adapter dense prediction trained with DeepSpeed.
 
-The kernels live in the top-level ``ops/`` folder and are installed as the subpackage
-``vit_adapter_ds.ops`` (there is deliberately no top-level ``ops`` module).
+The kernels live in the top-level ``ops/`` folder (no ``__init__.py``: there is deliberately no top-level ``ops``
+package). ``vit_adapter_ds/ops/__init__.py`` loads them from the ``ops/`` folder of its own checkout; a built
+wheel gets copies of the ``ops/`` sources next to that file (``BuildPyWithOps``).
 """
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 # The range of torch/torchvision the code works with (a cluster's own build, a GPU image's torch 2.11, ...).
 # The exact pins that avoid multi-GB downloads here (torch==2.14.1, torchvision==0.29.1) live in the Quickstart and
@@ -11,7 +15,26 @@ from setuptools import find_packages, setup
 TORCH_REQUIRES = ["torch>=2.5,<3", "torchvision>=0.20"]
 
 packages = find_packages(include=["vit_adapter_ds", "vit_adapter_ds.*"])
-packages += ["vit_adapter_ds.ops"]
+OPS_SOURCES = ["*.py", "README.md", "csrc/*"]  # ops/ files a wheel needs (vit_adapter_ds.ops loads them)
+
+
+class BuildPyWithOps(build_py):
+    """Also copy the ``ops/`` sources into ``vit_adapter_ds/ops/`` of the build (not for editable installs,
+    which load them from the checkout)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        root = Path(__file__).resolve().parent / "ops"
+        target = Path(self.build_lib) / "vit_adapter_ds" / "ops"
+        for pattern in OPS_SOURCES:
+            for src in sorted(root.glob(pattern)):
+                if src.is_file():
+                    dest = target / src.relative_to(root)
+                    self.mkpath(str(dest.parent))
+                    self.copy_file(str(src), str(dest))
+
 
 setup(
     name="vit-adapter-ds",
@@ -19,8 +42,7 @@ setup(
     description="ViT-Adapter / BEiT-Adapter for dense prediction, trained with DeepSpeed",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"vit_adapter_ds.ops": "ops"},
-    package_data={"vit_adapter_ds.ops": ["csrc/*", "csrc/**/*"]},
+    cmdclass={"build_py": BuildPyWithOps},
     install_requires=TORCH_REQUIRES + [
         "timm>=1.0",
         "numpy",

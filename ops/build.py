@@ -5,6 +5,10 @@ uses), so later runs only load the shared library. A GPU is not needed to build.
 """
 from __future__ import annotations
 
+if __package__ != "vit_adapter_ds.ops":
+    raise ImportError(f"{__name__}: import the kernels as vit_adapter_ds.ops, not from the ops/ folder "
+                      "(see vit_adapter_ds/ops/__init__.py)")
+
 import argparse
 import sys
 import time

@@ -9,6 +9,10 @@ sm_90 plus compute_90 PTX (for newer GPUs) plus the architecture of the visible 
 """
 from __future__ import annotations
 
+if __package__ != "vit_adapter_ds.ops":
+    raise ImportError(f"{__name__}: import the kernels as vit_adapter_ds.ops, not from the ops/ folder "
+                      "(see vit_adapter_ds/ops/__init__.py)")
+
 import logging
 import os
 from pathlib import Path

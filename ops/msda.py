@@ -1,6 +1,6 @@
-"""Multi-scale deformable attention ops, installed as ``vit_adapter_ds.ops``.
+"""``vit_adapter_ds.ops.ms_deform_attn``: the public multi-scale deformable attention op and its dispatch.
 
-``ms_deform_attn`` is the one entry point. It dispatches to
+``ms_deform_attn`` is the one entry point (re-exported by ``vit_adapter_ds.ops``). It dispatches to
 
 * ``"cuda"``: the CUDA C++ extension in ``csrc/`` (built with ninja on first use, see ``ops/README.md``),
 * ``"triton"``: the Triton kernels in ``triton_msda.py`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
@@ -18,12 +18,19 @@ import os
 
 import torch
 
-from .reference import ms_deform_attn_reference
+if __package__ != "vit_adapter_ds.ops":
+    raise ImportError(f"{__name__}: import the kernels as vit_adapter_ds.ops, not from the ops/ folder "
+                      "(see vit_adapter_ds/ops/__init__.py)")
+
+from torch.autograd.function import once_differentiable  # noqa: E402
+
+from .checks import check_inputs  # noqa: E402
+from .reference import ms_deform_attn_reference  # noqa: E402
 
 BACKENDS = ("auto", "cuda", "triton", "pytorch")
 ENV_VAR = "VIT_ADAPTER_MSDA_BACKEND"
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("vit_adapter_ds.ops")
 _logged: set[tuple[str, str]] = set()
 _triton_module = None
 _triton_error: Exception | None = None
@@ -83,16 +90,20 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
 
 
 def _prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """Contiguous tensors in the dtypes the kernels read (int64 shapes; locations/weights share a dtype)."""
+    """Contiguous tensors in the dtypes the kernels read (locations/weights share a dtype; the int64 shapes
+    come from :func:`check_inputs`)."""
     same = sampling_locations.dtype == value.dtype and attention_weights.dtype == value.dtype
     loc_dtype = value.dtype if same else torch.float32
-    return (value.contiguous(), spatial_shapes.to(device=value.device, dtype=torch.long).contiguous(),
-            level_start_index.to(device=value.device, dtype=torch.long).contiguous(),
+    return (value.contiguous(), spatial_shapes, level_start_index,
             sampling_locations.to(loc_dtype).contiguous(), attention_weights.to(loc_dtype).contiguous())
 
 
 class _MSDeformAttnFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels (works under activation checkpointing: backward recomputes)."""
+    """Autograd wrapper of the fused kernels (works under activation checkpointing: backward recomputes).
+
+    Once differentiable: the kernels have no double backward, so differentiating the gradients raises
+    ``RuntimeError: trying to differentiate twice a function that was marked with @once_differentiable``
+    (use ``backend="pytorch"`` for higher-order gradients)."""
 
     @staticmethod
     def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
@@ -100,7 +111,7 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         if backend == "cuda":
             from . import cuda_ext
 
-            out = cuda_ext.build().forward(*args)
+            out = cuda_ext.build().forward(*args, check_geometry=False)  # check_inputs did it
         else:
             out = _load_triton().msda_forward(*args)
         ctx.backend = backend
@@ -109,6 +120,7 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         value, shapes, starts, loc, attn = ctx.saved_tensors
         # Under torch.use_deterministic_algorithms(True) the value gradient is accumulated in int64 fixed point
@@ -118,31 +130,13 @@ class _MSDeformAttnFunction(torch.autograd.Function):
             from . import cuda_ext
 
             grads = cuda_ext.build().backward(value, shapes, starts, loc, attn, grad_output.contiguous(),
-                                              deterministic)
+                                              deterministic, check_geometry=False)
         else:
             grads = _load_triton().msda_backward(value, shapes, starts, loc, attn,
                                                  grad_output.to(value.dtype).contiguous(),
                                                  deterministic=deterministic)
         grad_value, grad_loc, grad_attn = grads
         return (grad_value.to(value.dtype), None, None, grad_loc.to(ctx.dtypes[0]), grad_attn.to(ctx.dtypes[1]), None)
-
-
-def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    if value.dim() != 4:
-        raise ValueError(f"ms_deform_attn: value must be (N, S, M, D), got {tuple(value.shape)}")
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        raise ValueError("ms_deform_attn: sampling_locations must be (N, Lq, M, L, P, 2), "
-                         f"got {tuple(sampling_locations.shape)}")
-    n, lq, m, n_levels, n_points, _ = sampling_locations.shape
-    if attention_weights.shape != (n, lq, m, n_levels, n_points):
-        raise ValueError(f"ms_deform_attn: attention_weights {tuple(attention_weights.shape)} must be "
-                         f"{(n, lq, m, n_levels, n_points)}")
-    if value.shape[0] != n or value.shape[2] != m:
-        raise ValueError(f"ms_deform_attn: value {tuple(value.shape)} does not match batch/heads of "
-                         f"sampling_locations {tuple(sampling_locations.shape)}")
-    if spatial_shapes.shape != (n_levels, 2) or level_start_index.shape != (n_levels,):
-        raise ValueError(f"ms_deform_attn: spatial_shapes must be ({n_levels}, 2) and level_start_index "
-                         f"({n_levels},), got {tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}")
 
 
 def _reference_promoted(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -165,20 +159,28 @@ def _reference_promoted(value, spatial_shapes, level_start_index, sampling_locat
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                    backend: str | None = None):
-    """Multi-scale deformable attention; see :func:`ms_deform_attn_reference` for shapes and semantics.
+    """Multi-scale deformable attention; the contract is in ``ops/README.md`` ("Contract").
 
     Args:
-        value: (N, S, M, D) float32 / float16 / bfloat16 (float64 works too).
-        spatial_shapes: (L, 2) int64 (H, W) per level; level_start_index: (L,) int64.
-        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y); attention_weights: (N, Lq, M, L, P).
-            Both in value's dtype or float32 (the fused kernels read float32 locations for half values).
+        value: (N, S, M, D) float32 / float16 / bfloat16 / float64 (integer values are refused).
+        spatial_shapes: (L, 2) integer (H, W) per level, on value's device or the CPU, or a sequence of
+            (H, W) pairs; ``sum(H * W)`` must be ``S``.
+        level_start_index: (L,) the exclusive cumulative sum of ``H * W`` (tensor or sequence, like above).
+        sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y); attention_weights: (N, Lq, M, L, P); on
+            value's device, in value's dtype or float32 (the fused kernels read float32 locations for half values).
+            A sample with a NaN or infinite coordinate is NaN (its output row and its gradients) on every backend.
         backend: ``None`` (use ``$VIT_ADAPTER_MSDA_BACKEND``, default ``auto``), ``auto``, ``cuda``,
             ``triton`` or ``pytorch``.
 
     Returns:
         (N, Lq, M * D) in value's dtype; the fused kernels accumulate in float32.
+
+    Raises:
+        TypeError / ValueError naming the argument and the mismatch (see :mod:`.checks`; the geometry of
+        accelerator tensors is checked once per geometry, ``$VIT_ADAPTER_MSDA_CHECK=always`` on every call).
     """
-    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    spatial_shapes, level_start_index = check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
+                                                     attention_weights)
     chosen = resolve_backend(value.device, backend)
     key = (chosen, value.device.type)
     if key not in _logged:

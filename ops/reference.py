@@ -7,6 +7,10 @@ values are bilinearly interpolated with zeros outside the map (``grid_sample`` w
 """
 from __future__ import annotations
 
+if __package__ != "vit_adapter_ds.ops":
+    raise ImportError(f"{__name__}: import the kernels as vit_adapter_ds.ops, not from the ops/ folder "
+                      "(see vit_adapter_ds/ops/__init__.py)")
+
 import torch
 import torch.nn.functional as F
 

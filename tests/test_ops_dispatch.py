@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vit_adapter_ds.ops as ops
+from vit_adapter_ds.ops import msda
 from msda_naive import make_inputs
 from vit_adapter_ds.ops import ms_deform_attn, ms_deform_attn_reference, resolve_backend
 
@@ -45,7 +46,7 @@ def test_unavailable_explicit_backends_raise(monkeypatch):
 
 def test_choice_is_logged_once(inputs, caplog, monkeypatch):
     monkeypatch.delenv(ops.ENV_VAR, raising=False)
-    monkeypatch.setattr(ops, "_logged", set())
+    monkeypatch.setattr(msda, "_logged", set())
     with caplog.at_level(logging.INFO, logger="vit_adapter_ds.ops"):
         ms_deform_attn(*inputs)
         ms_deform_attn(*inputs)
