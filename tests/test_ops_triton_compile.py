@@ -19,7 +19,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from vit_adapter_ds.ops import triton_msda  # noqa: E402
 
-COMMON = {"shapes_ptr": "*i64", "starts_ptr": "*i64", "S": "i32", "Lq": "i32", "M": "i32", "fixed_scale": "fp32"}
+COMMON = {"shapes_ptr": "*i64", "starts_ptr": "*i64", "S": "i32", "Lq": "i32", "M": "i32", "fixed_exp": "i32"}
 CONSTS = ("D", "L", "P", "BLOCK_Q", "BLOCK_D", "ACC_DTYPE", "FIXED_POINT")
 
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 
@@ -77,15 +78,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(const at::Tens
   const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto acc_opts = value.options().dtype(acc_dtype);
   // Deterministic: fixed-point int64 value gradient. |partial sums| <= sum|attn| * max|grad_out| =: bound, so
-  // scale = the largest power of two with bound * scale <= 2^62 cannot overflow; resolution ~bound / 2^62.
-  // (Same rule as triton_msda.fixed_point_scale.)
+  // scale = 2^(62 - exponent(bound)) (bound < 2^exponent) cannot overflow, at any magnitude of the inputs
+  // (no cap: grad_out of 1e-38 keeps float32 accuracy); resolution ~bound / 2^62. A non-finite bound (NaN /
+  // inf weights or grad_out) makes the deterministic value gradient all NaN. Same rule as ops/fixed_point.py.
   double fixed_scale = 1.0;
+  bool non_finite_bound = false;
   if (deterministic && grad_out.numel() > 0 && attn.numel() > 0) {
-    const double bound = attn.to(at::kDouble).abs().sum().item<double>() *
-                         grad_out.to(at::kDouble).abs().max().item<double>() * 1.01;
-    if (bound > 0 && std::isfinite(bound)) {
-      const int e = std::min(std::max(static_cast<int>(std::floor(62.0 - std::log2(bound))), -60), 120);
-      fixed_scale = std::ldexp(1.0, e);
+    const auto stats = at::stack({attn.to(at::kDouble).abs().sum(), grad_out.to(at::kDouble).abs().max()})
+                           .to(at::kCPU);  // one sync
+    const double bound = stats[0].item<double>() * stats[1].item<double>();
+    if (!std::isfinite(bound)) {
+      non_finite_bound = true;
+    } else if (bound > 0) {
+      int exponent = 0;
+      std::frexp(bound, &exponent);  // bound = f * 2^exponent, 0.5 <= f < 1
+      fixed_scale = std::ldexp(1.0, std::min(std::max(62 - exponent, -960), 960));
     }
   }
   auto grad_value = at::zeros(value.sizes(), deterministic ? value.options().dtype(at::kLong) : acc_opts);
@@ -120,6 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msda_backward_cuda(const at::Tens
       }
     });
   });
-  if (deterministic) grad_value = (grad_value.to(at::kDouble) / fixed_scale).to(acc_dtype);
+  if (deterministic) {
+    grad_value = (grad_value.to(at::kDouble) / fixed_scale).to(acc_dtype);
+    if (non_finite_bound) grad_value.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
   return {grad_value, grad_loc, grad_attn};
 }

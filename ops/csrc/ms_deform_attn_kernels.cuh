@@ -6,18 +6,23 @@
 //   loc        (N, Lq, M, L, P, 2)   loc_t      normalised (x, y); pixel = (x * W - 0.5, y * H - 0.5)
 //   attn       (N, Lq, M, L, P)      loc_t
 //   out        (N, Lq, M, D)         scalar_t
-// Semantics: grid_sample bilinear, align_corners=False, zeros outside the map.
+// Semantics: grid_sample bilinear, align_corners=False, zeros outside the map. A sample whose location has a
+// NaN / infinite coordinate is NaN: it makes its output row NaN, its attention-weight and location gradients
+// NaN, and adds nothing to the value gradient (the documented contract of vit_adapter_ds.ops, all backends).
+// Memory safety does not depend on the host's geometry check: a level whose rows [start, start + H*W) do not
+// lie inside [0, S) is treated as outside the map (no load, no store).
 //
 // Mapping: one warp per (n, q, m); the lanes stride over the head dim (any D). Accumulation is in acc_t
 // (float for half / bfloat16 / float, double for double); all offsets are int64.
 // Backward: location / attention-weight gradients are reduced over D with warp shuffles and written by lane
 // 0 (each (n, q, m, l, p) belongs to one warp); the value gradient is scattered with atomicAdd, either into an
 // acc_t buffer (fast; float addition order varies, so not bitwise reproducible) or, for a deterministic
-// backward, as fixed-point int64 (each contribution rounded to a multiple of 1/scale, then integer atomics,
-// which are associative: the result is independent of the order).
+// backward, as fixed-point int64 (each contribution computed in double, rounded to a multiple of 1/scale, then
+// integer atomics, which are associative: the result is independent of the order).
 #pragma once
 
 #include <cstdint>
+#include <math.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -38,6 +43,9 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
 template <typename T> __device__ __forceinline__ T from_acc(double v) { return static_cast<T>(v); }
 
 template <typename acc_t>
+__device__ __forceinline__ acc_t quiet_nan() { return static_cast<acc_t>(NAN); }
+
+template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -51,13 +59,20 @@ struct Sample {
   acc_t lh, lw;
   bool v1, v2, v3, v4;  // (h0,w0) (h0,w0+1) (h0+1,w0) (h0+1,w0+1)
   bool any;
+  bool finite;  // both coordinates finite (else the sample is NaN and touches no pixel)
 };
 
+// Whether level rows [start, start + H*W) lie inside value's S rows (always true for a checked geometry).
+__device__ __forceinline__ bool level_fits(int64_t H, int64_t W, int64_t start, int64_t S) {
+  return H > 0 && W > 0 && start >= 0 && start <= S && H <= (S - start) / W;  // H * W <= S - start, no overflow
+}
+
 template <typename acc_t>
-__device__ __forceinline__ Sample<acc_t> make_sample(acc_t x, acc_t y, int64_t H, int64_t W) {
+__device__ __forceinline__ Sample<acc_t> make_sample(acc_t x, acc_t y, int64_t H, int64_t W, bool level_ok) {
   Sample<acc_t> s;
-  acc_t hf = y * static_cast<acc_t>(H) - acc_t(0.5);
-  acc_t wf = x * static_cast<acc_t>(W) - acc_t(0.5);
+  s.finite = isfinite(x) && isfinite(y);
+  acc_t hf = s.finite ? y * static_cast<acc_t>(H) - acc_t(0.5) : acc_t(-2);
+  acc_t wf = s.finite ? x * static_cast<acc_t>(W) - acc_t(0.5) : acc_t(-2);
   // Clamp far-away (or huge) points so the integer cast stays defined; they stay outside the map.
   hf = fmin(fmax(hf, acc_t(-2)), static_cast<acc_t>(H + 1));
   wf = fmin(fmax(wf, acc_t(-2)), static_cast<acc_t>(W + 1));
@@ -66,7 +81,7 @@ __device__ __forceinline__ Sample<acc_t> make_sample(acc_t x, acc_t y, int64_t H
   s.w0 = static_cast<int64_t>(w0f);
   s.lh = hf - h0f;
   s.lw = wf - w0f;
-  const bool h_lo = s.h0 >= 0 && s.h0 < H, h_hi = s.h0 + 1 >= 0 && s.h0 + 1 < H;
+  const bool h_lo = level_ok && s.h0 >= 0 && s.h0 < H, h_hi = level_ok && s.h0 + 1 >= 0 && s.h0 + 1 < H;
   const bool w_lo = s.w0 >= 0 && s.w0 < W, w_hi = s.w0 + 1 >= 0 && s.w0 + 1 < W;
   s.v1 = h_lo && w_lo;
   s.v2 = h_lo && w_hi;
@@ -97,12 +112,20 @@ __global__ void msda_forward_kernel(const scalar_t* __restrict__ value, const in
       acc_t acc = 0;
       for (int l = 0; l < L; ++l) {
         const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
+        const bool level_ok = level_fits(H, W, start, S);
         for (int p = 0; p < P; ++p) {
           const int64_t i = lp_base + l * P + p;
           const acc_t x = static_cast<acc_t>(to_acc(loc[2 * i])), y = static_cast<acc_t>(to_acc(loc[2 * i + 1]));
           const acc_t a = static_cast<acc_t>(to_acc(attn[i]));
-          const Sample<acc_t> s = make_sample<acc_t>(x, y, H, W);
-          if (!s.any || !d_ok) continue;
+          const Sample<acc_t> s = make_sample<acc_t>(x, y, H, W, level_ok);
+          if (!s.finite) {
+            acc += quiet_nan<acc_t>();
+            continue;
+          }
+          if (!s.any || !d_ok) {
+            acc += a * acc_t(0);  // a NaN / infinite weight still propagates, like the reference
+            continue;
+          }
           const acc_t hh = 1 - s.lh, hw = 1 - s.lw;
           const int64_t base = ((v_base + start + s.h0 * W + s.w0) * M + m) * D + d;  // (h0, w0)
           const int64_t dw = M * D, dh = W * M * D;
@@ -119,14 +142,17 @@ __global__ void msda_forward_kernel(const scalar_t* __restrict__ value, const in
   }
 }
 
-// Value-gradient scatter: floating atomics, or fixed point (round(v * scale) added as a two's-complement int64;
-// the host picks scale so that no partial sum can overflow).
+// Value-gradient scatter of the contribution a * go * w: floating atomics of (a * go) * w, or fixed point:
+// round(a * go * w * scale) computed in double (exact for float32 factors, subnormal grad_output included),
+// added as a two's-complement int64; the host picks the power-of-two scale so that no partial sum can overflow.
 template <typename acc_t>
-__device__ __forceinline__ void scatter_add(acc_t* p, acc_t v, double) { atomicAdd(p, v); }
+__device__ __forceinline__ void scatter_add(acc_t* p, acc_t ag, acc_t, acc_t, acc_t w, double) {
+  atomicAdd(p, ag * w);
+}
 template <typename acc_t>
-__device__ __forceinline__ void scatter_add(unsigned long long* p, acc_t v, double scale) {
-  const long long q = static_cast<long long>(floor(static_cast<double>(v) * scale + 0.5));
-  atomicAdd(p, static_cast<unsigned long long>(q));
+__device__ __forceinline__ void scatter_add(unsigned long long* p, acc_t, acc_t a, acc_t go, acc_t w, double scale) {
+  const double v = static_cast<double>(a) * static_cast<double>(w) * static_cast<double>(go) * scale;
+  atomicAdd(p, static_cast<unsigned long long>(static_cast<long long>(floor(v + 0.5))));
 }
 
 // grad_loc / grad_attn are acc_t buffers; grad_value is gv_t (acc_t, or unsigned long long for fixed point),
@@ -151,11 +177,20 @@ __global__ void msda_backward_kernel(const scalar_t* __restrict__ value, const i
     const int64_t v_base = n * S;
     for (int l = 0; l < L; ++l) {
       const int64_t H = shapes[2 * l], W = shapes[2 * l + 1], start = starts[l];
+      const bool level_ok = level_fits(H, W, start, S);
       for (int p = 0; p < P; ++p) {
         const int64_t i = lp_base + l * P + p;
         const acc_t x = static_cast<acc_t>(to_acc(loc[2 * i])), y = static_cast<acc_t>(to_acc(loc[2 * i + 1]));
         const acc_t a = static_cast<acc_t>(to_acc(attn[i]));
-        const Sample<acc_t> s = make_sample<acc_t>(x, y, H, W);
+        const Sample<acc_t> s = make_sample<acc_t>(x, y, H, W, level_ok);
+        if (!s.finite) {  // a NaN sample: NaN gradients, nothing scattered (whole warp agrees)
+          if (lane == 0) {
+            grad_attn[i] = quiet_nan<acc_t>();
+            grad_loc[2 * i] = quiet_nan<acc_t>();
+            grad_loc[2 * i + 1] = quiet_nan<acc_t>();
+          }
+          continue;
+        }
         if (!s.any) {  // whole warp agrees: the sample does not depend on d
           if (lane == 0) {
             grad_attn[i] = 0;
@@ -180,10 +215,10 @@ __global__ void msda_backward_kernel(const scalar_t* __restrict__ value, const i
           g_lw += go * (hh * (v2 - v1) + s.lh * (v4 - v3));
           g_lh += go * (hw * (v3 - v1) + s.lw * (v4 - v2));
           const acc_t ag = a * go;
-          if (s.v1) scatter_add(grad_value + base, ag * w1, fixed_scale);
-          if (s.v2) scatter_add(grad_value + base + dw, ag * w2, fixed_scale);
-          if (s.v3) scatter_add(grad_value + base + dh, ag * w3, fixed_scale);
-          if (s.v4) scatter_add(grad_value + base + dh + dw, ag * w4, fixed_scale);
+          if (s.v1) scatter_add(grad_value + base, ag, a, go, w1, fixed_scale);
+          if (s.v2) scatter_add(grad_value + base + dw, ag, a, go, w2, fixed_scale);
+          if (s.v3) scatter_add(grad_value + base + dh, ag, a, go, w3, fixed_scale);
+          if (s.v4) scatter_add(grad_value + base + dh + dw, ag, a, go, w4, fixed_scale);
         }
         g_a = warp_sum(g_a);
         g_lw = warp_sum(g_lw);
