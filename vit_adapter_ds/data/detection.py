@@ -1,0 +1,458 @@
+"""Detection (instance segmentation) train / val loaders over the COCO instance shards.
+
+Shards (``python -m vit_adapter_ds.data.make_shards coco ...`` or ``make_shards synthetic --layout coco``) hold
+per sample the original image bytes and ``{key}.json`` = ``{"image": <COCO image entry>, "annotations": [...]}``.
+Reading, the epoch order and the exact-resume position reuse :mod:`.decode` (``ShardReader``) and
+:func:`.loader.epoch_order` (see ``shards/README.md``): a batch is a pure function of (seed, epoch, position,
+rank, world size, batch size), independent of the number of workers; a sample's augmentation is drawn from
+``numpy.random.default_rng([seed, epoch, slot])``; ``state_dict()`` / ``load_state_dict()`` restore the position
+exactly.
+
+Annotations are read as mmdet 2.x ``CocoDataset._parse_ann_info`` does:
+
+* skipped: ``ignore`` set; no overlap with the image (``inter_w * inter_h == 0``); ``area <= 0``; ``w < 1`` or
+  ``h < 1``; a category not in the manifest; and (never a crash) a missing or non-numeric ``bbox``;
+* ``iscrowd`` -> an *ignored region* (``ignore_boxes``; Mask R-CNN's ``ignore_iof_thr=-1`` never uses them);
+* boxes ``[x, y, x + w, y + h]`` (not clipped here; the transforms clip);
+* masks rasterised with pycocotools (polygons, compressed or uncompressed RLE); polygons with fewer than 3 points
+  are dropped (mmdet's ``process_polygons``) and an instance left without a usable segmentation keeps its box with
+  an empty mask.
+
+Images without annotations: the train loader leaves out images with no annotation of a known category (crowd
+included) and images smaller than 32 pixels (mmdet ``filter_empty_gt=True``, ``min_size=32``), so the epoch order
+runs over the remaining ones; the val loader keeps every image (mmdet test mode). A sample whose image or json
+cannot be read, or whose image size differs from its json entry, is a bad sample (replaced by the next one of the
+epoch order in training, dropped in validation, counted, at most ``max_bad_fraction``).
+
+Train batches: ``img`` float32 (B, 3, H, W) normalised and zero-padded to a multiple of 32; ``targets`` a list of
+dicts ``boxes`` (N, 4) float32, ``labels`` (N,) int64 class indices, ``masks`` (N, h, w) uint8 at the unpadded
+size, ``ignore_boxes`` (M, 4), ``img_shape`` (h, w); ``meta`` (keys, shards, image_ids, slots, epoch, step, bad).
+Val batches (one image): ``img`` (1, 3, H, W) resized to the test scale, normalised, padded; ``img_shape``,
+``ori_shape``, ``image`` (COCO entry), ``annotations`` (raw, for :class:`~vit_adapter_ds.evaluation.coco.
+CocoEvaluator`), ``meta``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from . import det_transforms as T
+from .decode import BadSample, ShardReader, decode_image, image_member
+from .loader import TooManyBadSamples, epoch_order
+from .manifest import ShardSetError, read_manifest, verify_shards
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+# ------------------------------------------------------------------------------------------------ annotations
+def _number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_annotations(image: dict, anns, cat2label: dict) -> dict:
+    """mmdet ``_parse_ann_info`` (see module docstring) -> ``boxes`` (N, 4) float32 numpy, ``labels`` (N,) int64,
+    ``segmentations`` (N,) list, ``ignore_boxes`` (M, 4), ``skipped`` (number of annotations left out)."""
+    img_h, img_w = image["height"], image["width"]
+    boxes, labels, segs, ignore, skipped = [], [], [], [], 0
+    for a in anns:
+        bbox = a.get("bbox")
+        if a.get("ignore", False) or not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or \
+                not all(_number(v) for v in bbox):
+            skipped += 1
+            continue
+        x1, y1, w, h = (float(v) for v in bbox)
+        inter_w = max(0.0, min(x1 + w, img_w) - max(x1, 0.0))
+        inter_h = max(0.0, min(y1 + h, img_h) - max(y1, 0.0))
+        area = a.get("area", w * h)
+        if inter_w * inter_h == 0 or not _number(area) or area <= 0 or w < 1 or h < 1 or \
+                a.get("category_id") not in cat2label:
+            skipped += 1
+            continue
+        box = [x1, y1, x1 + w, y1 + h]
+        if a.get("iscrowd", False):
+            ignore.append(box)
+        else:
+            boxes.append(box)
+            labels.append(cat2label[a["category_id"]])
+            segs.append(a.get("segmentation"))
+    return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "labels": np.asarray(labels, np.int64),
+            "segmentations": segs, "ignore_boxes": np.asarray(ignore, np.float32).reshape(-1, 4),
+            "skipped": skipped}
+
+
+def segmentation_to_mask(seg, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, RLE with str/bytes or list counts) -> uint8 (h, w) mask; polygons with
+    fewer than 3 points are dropped; anything unusable gives an empty mask."""
+    from pycocotools import mask as mask_utils
+
+    empty = np.zeros((height, width), np.uint8)
+    try:
+        if isinstance(seg, list):
+            polys = [[float(v) for v in p] for p in seg
+                     if isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0 and
+                     all(_number(v) for v in p)]
+            if not polys:
+                return empty
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+        elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            if list(seg["size"]) != [height, width]:
+                return empty
+            if isinstance(seg["counts"], list):
+                rle = mask_utils.frPyObjects(seg, height, width)
+            else:
+                counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
+                rle = {"size": [height, width], "counts": counts}
+        else:
+            return empty
+        m = mask_utils.decode(rle)
+        return np.ascontiguousarray(m.reshape(height, width).astype(np.uint8))
+    except Exception:  # noqa: BLE001 -- malformed annotation: an empty mask, never a crash
+        return empty
+
+
+def decode_det_sample(sample: dict, cat2label: dict):
+    """``{ext: bytes}`` -> (image uint8 (3, H, W), parsed annotations (:func:`parse_annotations`), record
+    ``{"image", "annotations"}``); raises BadSample for a missing/corrupt image or json or a size mismatch."""
+    ext = image_member(sample)
+    if ext is None:
+        raise BadSample(f"no image member (has {sorted(sample)})")
+    if "json" not in sample:
+        raise BadSample("missing annotations (no json member)")
+    try:
+        rec = json.loads(sample["json"])
+        image, anns = rec["image"], rec.get("annotations") or []
+        int(image["height"]), int(image["width"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadSample(f"unreadable annotation json: {e}") from e
+    img = decode_image(sample[ext], ext)
+    if tuple(img.shape[1:]) != (int(image["height"]), int(image["width"])):
+        raise BadSample(f"image size {tuple(img.shape[1:])} != annotation size ({image['height']}, "
+                        f"{image['width']})")
+    return img, parse_annotations(image, anns, cat2label), rec
+
+
+def to_sample(img, parsed) -> dict:
+    """Image + parsed annotations -> a :mod:`.det_transforms` sample (masks rasterised)."""
+    h, w = img.shape[-2:]
+    masks = [segmentation_to_mask(s, h, w) for s in parsed["segmentations"]]
+    masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8)
+    return T.make_sample(img, torch.from_numpy(parsed["boxes"]), torch.from_numpy(parsed["labels"]), masks,
+                         torch.from_numpy(parsed["ignore_boxes"]))
+
+
+# ------------------------------------------------------------------------------------------------ shard set
+def open_detection_set(shard_dir, split, verify="size", num_classes=None):
+    """Read and check a detection shard set; return (manifest without the per-sample index, reader, cat2label)."""
+    m = read_manifest(shard_dir, split)
+    if m.get("task") != "detection":
+        raise ShardSetError(f"{m['shard_dir']} holds {m.get('task', 'segmentation')!r} shards, not detection "
+                            "(write them with `make_shards coco` or `make_shards synthetic --layout coco`)")
+    verify_shards(m["shard_dir"], m, verify)
+    cats = m.get("categories") or []
+    if not cats:
+        raise ShardSetError(f"{m['shard_dir']}: the manifest lists no categories")
+    if num_classes is not None and int(num_classes) != len(cats):
+        raise ShardSetError(f"{m['shard_dir']}: the manifest has {len(cats)} categories, the model/recipe "
+                            f"{num_classes}")
+    reader = ShardReader(m)
+    light = dict(m, shards=[{k: v for k, v in s.items() if k != "samples"} for s in m["shards"]])
+    return light, reader, {int(c["id"]): i for i, c in enumerate(cats)}
+
+
+def trainable_ids(reader: ShardReader, cat2label: dict, min_size: int = 32) -> np.ndarray:
+    """Global ids of the samples mmdet's ``filter_empty_gt`` keeps: some annotation of a known category (crowd
+    included) and ``min(width, height) >= min_size``. Unreadable json is kept (it fails later as a bad sample)."""
+    keep = []
+    for i in range(len(reader)):
+        try:
+            rec = json.loads(reader.read_global(i)["json"])
+            im = rec["image"]
+            anns = rec.get("annotations") or []
+            ok = any(a.get("category_id") in cat2label for a in anns) and min(im["width"], im["height"]) >= min_size
+        except (BadSample, ValueError, KeyError, TypeError):
+            ok = True
+        if ok:
+            keep.append(i)
+    reader.close()
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _iterate(ds, num_workers, timeout):
+    kw = dict(timeout=timeout, persistent_workers=False) if num_workers > 0 else {}
+    it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers,
+                         generator=torch.Generator().manual_seed(0), **kw))
+    try:
+        yield from it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _collate(samples, mean, std):
+    imgs = [T.normalize(s["img"], mean, std) for s in samples]
+    targets = [{"boxes": s["boxes"].as_subclass(torch.Tensor).contiguous(), "labels": s["labels"],
+                "masks": s["masks"].as_subclass(torch.Tensor).contiguous(),
+                "ignore_boxes": s["ignore_boxes"].as_subclass(torch.Tensor).contiguous(),
+                "img_shape": tuple(int(v) for v in s["img"].shape[-2:])} for s in samples]
+    return T.pad_batch(imgs, 32), targets
+
+
+# ------------------------------------------------------------------------------------------------ train
+class _DetTrainStream(IterableDataset):
+    def __init__(self, reader, order, cat2label, *, epoch, start, num_batches, rank, world_size, batch_size, seed,
+                 mean, std, transform_kw, max_substitutes=32):
+        super().__init__()
+        self.reader, self.order, self.cat2label = reader, order, cat2label
+        self.epoch, self.start, self.num_batches = epoch, start, num_batches
+        self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
+        self.mean, self.std, self.transform_kw, self.max_substitutes = mean, std, transform_kw, max_substitutes
+
+    def _load(self, g, bad):
+        n = len(self.order)
+        for k in range(self.max_substitutes + 1):
+            i = int(self.order[(g + k) % n])
+            try:
+                img, parsed, rec = decode_det_sample(self.reader.read_global(i), self.cat2label)
+                return img, parsed, rec, i
+            except BadSample as e:
+                bad.append((self.reader.shard_name(i), str(self.reader.keys[i]), str(e)))
+        raise TooManyBadSamples(f"{self.max_substitutes + 1} consecutive samples of the epoch order from slot {g} "
+                                f"are bad, last: {bad[-1]}")
+
+    def make_batch(self, step):
+        base = self.start + step * self.world_size * self.batch_size + self.rank * self.batch_size
+        slots = list(range(base, base + self.batch_size))
+        samples, keys, shards, ids, bad = [], [], [], [], []
+        for g in slots:
+            img, parsed, rec, i = self._load(g, bad)
+            rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
+            samples.append(T.train_transform(to_sample(img, parsed), rng, **self.transform_kw))
+            keys.append(str(self.reader.keys[i]))
+            shards.append(self.reader.shard_name(i))
+            ids.append(int(rec["image"]["id"]))
+        img, targets = _collate(samples, self.mean, self.std)
+        return {"img": img, "targets": targets,
+                "meta": {"keys": keys, "shards": shards, "image_ids": ids, "slots": slots, "epoch": self.epoch,
+                         "step": step, "bad": bad}}
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            for step in range(wid, self.num_batches, nw):
+                yield self.make_batch(step)
+        finally:
+            self.reader.close()
+
+
+class DetectionTrainLoader:
+    """Infinite, exactly resumable detection train loader (``next(loader)``; see module docstring).
+
+    ``transform_kw``: keywords of :func:`.det_transforms.train_transform` (``scales``, ``crop_scales``,
+    ``crop_range``, ``final_crop``, ``flip_ratio``) for smaller synthetic recipes; the defaults are the official.
+    """
+
+    def __init__(self, shard_dir, *, batch_size, num_workers=0, seed=0, rank=0, world_size=1, num_classes=None,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, max_bad_fraction=0.01, shuffle="global", window_shards=4,
+                 split=None, verify="size", worker_timeout=300.0, filter_empty_gt=True, min_size=32,
+                 transform_kw=None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.manifest, self.reader, self.cat2label = open_detection_set(shard_dir, split, verify, num_classes)
+        self.shard_dir = self.manifest["shard_dir"]
+        self.valid = trainable_ids(self.reader, self.cat2label, min_size) if filter_empty_gt else \
+            np.arange(len(self.reader))
+        if len(self.valid) == 0:
+            raise ShardSetError(f"{self.shard_dir}: no image with annotations to train on")
+        self._valid_mask = np.zeros(len(self.reader), dtype=bool)
+        self._valid_mask[self.valid] = True
+        self.num_samples = int(len(self.valid))
+        self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
+        self.num_workers, self.worker_timeout = int(num_workers), worker_timeout
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.shuffle, self.window_shards = shuffle, window_shards
+        self.transform_kw = dict(transform_kw or {})
+        self.max_bad_fraction = max_bad_fraction
+        epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
+        self.epoch, self.samples_consumed_in_epoch = 0, 0
+        self.bad_total, self._bad_epoch = 0, set()
+        self._it = None
+
+    @property
+    def global_batch(self):
+        return self.world_size * self.batch_size
+
+    @property
+    def len_per_epoch(self):
+        return math.ceil(self.num_samples / self.global_batch)
+
+    def __len__(self):
+        return self.len_per_epoch
+
+    def order(self, epoch):
+        """The epoch's order over the trainable samples (global ids): :func:`.loader.epoch_order` restricted to
+        them."""
+        full = epoch_order(self.manifest, self.seed, epoch, self.shuffle, self.window_shards)
+        return full[self._valid_mask[full]]
+
+    def remaining_in_epoch(self):
+        return max(0, math.ceil((self.num_samples - self.samples_consumed_in_epoch) / self.global_batch))
+
+    def set_epoch(self, epoch):
+        self.epoch, self.samples_consumed_in_epoch = int(epoch), 0
+        self._close()
+
+    def state_dict(self):
+        epoch, pos = self.epoch, self.samples_consumed_in_epoch
+        if pos >= self.num_samples:
+            epoch, pos = epoch + 1, 0
+        return {"epoch": epoch, "samples_consumed_in_epoch": pos, "seed": self.seed, "world_size": self.world_size,
+                "batch_size": self.batch_size, "num_samples": self.num_samples, "shuffle": self.shuffle,
+                "bad_samples_total": self.bad_total}
+
+    def load_state_dict(self, state):
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.seed}")
+        if int(state.get("num_samples", self.num_samples)) != self.num_samples:
+            raise ValueError(f"loader state is for {state['num_samples']} samples, the shards hold "
+                             f"{self.num_samples} trainable ones: a different dataset")
+        if state.get("shuffle", self.shuffle) != self.shuffle:
+            raise ValueError(f"loader state used shuffle={state['shuffle']!r}, this loader {self.shuffle!r}")
+        if int(state["world_size"]) != self.world_size or int(state.get("batch_size", self.batch_size)) != \
+                self.batch_size:
+            log.warning("resuming the detection data position with world_size*batch_size %d*%d (saved with %d*%d)",
+                        self.world_size, self.batch_size, state["world_size"], state.get("batch_size", -1))
+        self.epoch = int(state["epoch"])
+        self.samples_consumed_in_epoch = int(state["samples_consumed_in_epoch"])
+        self.bad_total = int(state.get("bad_samples_total", 0))
+        self._close()
+
+    def _close(self):
+        it, self._it = self._it, None
+        if it is not None:
+            it.close()
+
+    def _count_bad(self, bad):
+        for shard, key, reason in bad:
+            if (shard, key) in self._bad_epoch:
+                continue
+            self._bad_epoch.add((shard, key))
+            self.bad_total += 1
+            if self.bad_total <= 10 or self.bad_total % 100 == 0:
+                log.warning("detection train loader (rank %d): skipped bad sample %s in shard %s: %s", self.rank,
+                            key, shard, reason)
+        denom = max(1, self.len_per_epoch * self.batch_size)
+        if len(self._bad_epoch) > self.max_bad_fraction * denom:
+            raise TooManyBadSamples(f"detection train loader (rank {self.rank}): {len(self._bad_epoch)} bad samples "
+                                    f"this epoch, more than max_bad_fraction={self.max_bad_fraction} of {denom}")
+
+    def epoch_batches(self):
+        """The remaining batches of the current epoch, then the position moves to the next epoch."""
+        if self.samples_consumed_in_epoch == 0:
+            self._bad_epoch = set()
+        n = self.remaining_in_epoch()
+        if n > 0:
+            ds = _DetTrainStream(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
+                                 start=self.samples_consumed_in_epoch, num_batches=n, rank=self.rank,
+                                 world_size=self.world_size, batch_size=self.batch_size, seed=self.seed,
+                                 mean=self.mean, std=self.std, transform_kw=self.transform_kw)
+            it = _iterate(ds, self.num_workers, self.worker_timeout)
+            try:
+                for _ in range(n):
+                    batch = next(it)
+                    self._count_bad(batch["meta"]["bad"])
+                    self.samples_consumed_in_epoch += self.global_batch
+                    yield batch
+            finally:
+                it.close()
+        self.epoch += 1
+        self.samples_consumed_in_epoch = 0
+
+    def _batches(self):
+        while True:
+            yield from self.epoch_batches()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it)
+
+
+# ------------------------------------------------------------------------------------------------ val
+class _DetValStream(IterableDataset):
+    def __init__(self, reader, indices, cat2label, scale, mean, std):
+        super().__init__()
+        self.reader, self.indices, self.cat2label = reader, indices, cat2label
+        self.scale, self.mean, self.std = scale, mean, std
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            for j in range(wid, len(self.indices), nw):
+                i = int(self.indices[j])
+                key, shard = str(self.reader.keys[i]), self.reader.shard_name(i)
+                try:
+                    img, _, rec = decode_det_sample(self.reader.read_global(i), self.cat2label)
+                except BadSample as e:
+                    yield {"bad": [(shard, key, str(e))]}
+                    continue
+                x = T.test_transform(img, self.scale) if self.scale is not None else img
+                yield {"img": T.pad_batch([T.normalize(x, self.mean, self.std)], 32),
+                       "img_shape": tuple(int(v) for v in x.shape[-2:]),
+                       "ori_shape": tuple(int(v) for v in img.shape[-2:]), "image": rec["image"],
+                       "annotations": rec.get("annotations") or [], "meta": {"keys": [key], "shards": [shard],
+                                                                              "index": i}}
+        finally:
+            self.reader.close()
+
+
+class DetectionValLoader:
+    """Each image exactly once across ranks (rank r: the contiguous block ``[r N / W, (r + 1) N / W)``), batch
+    size 1, resized to ``scale`` (official test ``(1333, 800)``; ``None`` keeps the size), normalised, padded to 32."""
+
+    def __init__(self, shard_dir, *, rank=0, world_size=1, num_workers=0, scale=(1333, 800), mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, num_classes=None, max_bad_fraction=0.01, split="val", verify="size",
+                 worker_timeout=300.0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        self.manifest, self.reader, self.cat2label = open_detection_set(shard_dir, split, verify, num_classes)
+        self.categories = self.manifest["categories"]
+        n = int(self.manifest["num_samples"])
+        self.indices = np.arange(rank * n // world_size, (rank + 1) * n // world_size)
+        self.num_workers, self.worker_timeout = num_workers, worker_timeout
+        self.scale = tuple(scale) if scale is not None else None
+        self.mean, self.std, self.max_bad_fraction, self.rank = tuple(mean), tuple(std), max_bad_fraction, rank
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        bad = 0
+        ds = _DetValStream(self.reader, self.indices, self.cat2label, self.scale, self.mean, self.std)
+        for item in _iterate(ds, self.num_workers, self.worker_timeout):
+            if "img" not in item:
+                bad += 1
+                shard, key, reason = item["bad"][0]
+                log.warning("detection val loader (rank %d): skipped bad sample %s in shard %s: %s", self.rank, key,
+                            shard, reason)
+                if bad > self.max_bad_fraction * max(1, len(self.indices)):
+                    raise TooManyBadSamples(f"detection val loader (rank {self.rank}): {bad} bad samples, more than "
+                                            f"max_bad_fraction={self.max_bad_fraction} of {len(self.indices)}")
+                continue
+            yield item
