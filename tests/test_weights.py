@@ -1,12 +1,11 @@
-"""Pretrained / released weights from local files: file reading (weights_only), timm ViT -> ViTAdapter, BEiT ->
-BEiTAdapter (shared table fan-out, index keys, geometric rel-pos resize), released segmentor checkpoints.
+"""Pretrained / released weights into the backbones: timm ViT -> ViTAdapter, BEiT -> BEiTAdapter (shared table
+fan-out, index keys, geometric rel-pos resize), released segmentor checkpoints, the builder loading after
+construction. Reading the files themselves (every kind, weights_only) is tested in tests/test_checkpoint_io.py.
 
 References are independent of the code under test: values printed by the official ``scipy.interpolate.interp2d``
 (SciPy 1.13.1, the last release that has it) and by the official loader's log, scipy's ``make_interp_spline``
 (B-spline collocation, not FITPACK), and timm's own ViT blocks.
 """
-import argparse
-import zipfile
 
 import numpy as np
 import pytest
@@ -14,11 +13,12 @@ import timm
 import torch
 from scipy.interpolate import make_interp_spline
 
+from vit_adapter_ds.checkpoint_io import CheckpointError, read_state_dict
 from vit_adapter_ds.models import BEiTAdapter, ViTAdapter
-from vit_adapter_ds.models.backbones.beit import relative_position_index
-from vit_adapter_ds.models.weights import (CheckpointError, UnsafeCheckpointError, detect_checkpoint_kind,
-                                           geometric_source_coordinates, load_checkpoint_file, load_pretrained,
-                                           resize_rel_pos_table, split_segmentor_state_dict)
+from vit_adapter_ds.models.backbones.beit import (geometric_source_coordinates, relative_position_index,
+                                                  resize_rel_pos_table)
+from vit_adapter_ds.models.factory import (create_backbone, detect_checkpoint_kind, load_pretrained,
+                                          split_segmentor_state_dict)
 
 DIM, DEPTH, HEADS = 48, 4, 3
 
@@ -180,11 +180,19 @@ def test_deit_checkpoint_into_vit_adapter(tmp_path):
     assert "missing from the file" in text and "blocks.*.gamma1 x4" in text and "cls_token" in text
 
 
-def test_pretrained_constructor_argument_loads_the_file(tmp_path):
+def test_constructors_read_no_files_the_builder_does(tmp_path):
     deit = timm_deit()
     path = save(deit.state_dict(), tmp_path / "raw.pth")
-    model = tiny_vit(pretrained=str(path))
+    for make in (tiny_vit, tiny_beit):
+        with pytest.raises(TypeError, match="pretrained"):
+            make(pretrained=str(path))
+    with torch.device("meta"):  # what recipe validation does: nothing is allocated, nothing is read
+        assert tiny_vit().blocks[0].attn.qkv.weight.is_meta
+    model = create_backbone("vit_adapter_tiny", pretrained=str(path), embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
+                            deform_num_heads=3, conv_inplane=16, interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]],
+                            img_size=64, pretrain_size=64)
     assert torch.equal(model.blocks[1].attn.proj.weight, deit.blocks[1].attn.proj.weight)
+    assert model.pretrained_report.kind == "vit" and "cls_token" in model.pretrained_report.unexpected
 
 
 def test_distilled_deit_and_dinov2_style_checkpoints(tmp_path):
@@ -305,7 +313,7 @@ def _released(model):
 def test_released_segmentor_checkpoint_backbone_loads_strictly(tmp_path):
     source = tiny_beit()
     path = save(_released(source), tmp_path / "mask2former_beit_adapter_large_896_80k_ade20k.pth.tar")
-    sd = load_checkpoint_file(path)
+    sd = read_state_dict(path)
     assert detect_checkpoint_kind(sd) == "segmentor"
     parts = split_segmentor_state_dict(sd)
     assert set(parts) == {"backbone", "decode_head", "auxiliary_head"}
@@ -327,7 +335,7 @@ def test_own_state_dict_round_trip_and_index_stored_once(tmp_path):
         source = make()
         path = save(source.state_dict(), tmp_path / "own.pth")
         target = make()
-        target.load_state_dict(load_checkpoint_file(path), strict=True)
+        target.load_state_dict(read_state_dict(path), strict=True)
         assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
         report = load_pretrained(make(), path, strict=True)
         assert report.kind in ("vit-adapter", "beit-adapter")
@@ -356,55 +364,8 @@ def test_released_checkpoint_of_another_geometry_resizes_and_drops_stale_index()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Reading files
+# File kinds that need a model to check (file reading itself: tests/test_checkpoint_io.py)
 # ---------------------------------------------------------------------------------------------------------------------
-
-class CustomObject:
-    """Stands in for arbitrary pickled code."""
-
-
-def test_files_are_read_with_weights_only(tmp_path):
-    sd = {"module.blocks.0.attn.qkv.weight": torch.ones(2)}
-    with pytest.raises(UnsafeCheckpointError, match="pickled Python object.*CustomObject"):
-        load_checkpoint_file(save({"model": sd, "extra": CustomObject()}, tmp_path / "unsafe.pth"))
-    # data-only extras that training scripts store are fine; module. is stripped
-    ok = load_checkpoint_file(save({"model": sd, "args": argparse.Namespace(lr=1), "epoch": np.int64(3),
-                                    "stats": np.arange(3)}, tmp_path / "ok.pth"))
-    assert list(ok) == ["blocks.0.attn.qkv.weight"]
-    for key in ("state_dict", "module"):
-        assert list(load_checkpoint_file(save({key: sd}, tmp_path / f"{key}.pth"))) == list(ok)
-    legacy = save({"model": sd}, tmp_path / "legacy.pth.tar", _use_new_zipfile_serialization=False)
-    assert list(load_checkpoint_file(legacy)) == list(ok)
-
-
-def test_file_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist; nothing is downloaded"):
-        load_checkpoint_file(tmp_path / "missing.pth")
-    (tmp_path / "garbage.pth").write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
-        load_checkpoint_file(tmp_path / "garbage.pth")
-    good = save({"a": torch.ones(1000)}, tmp_path / "good.pth")
-    (tmp_path / "truncated.pth").write_bytes(good.read_bytes()[:1500])
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
-        load_checkpoint_file(tmp_path / "truncated.pth")
-    with pytest.raises(CheckpointError, match="no tensors"):
-        load_checkpoint_file(save({"meta": {"x": 1}}, tmp_path / "empty.pth"))
-
-
-def test_zip_release_archive_wrapping_one_checkpoint(tmp_path):
-    inner = save({"state_dict": {"backbone.blocks.0.attn.qkv.weight": torch.arange(4.0)}},
-                 tmp_path / "model.pth.tar")
-    archive = tmp_path / "mask2former_beit_adapter_large_896_80k_cityscapes.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.write(inner, "release/model.pth.tar")
-    sd = load_checkpoint_file(archive)
-    assert torch.equal(sd["backbone.blocks.0.attn.qkv.weight"], torch.arange(4.0))
-    with zipfile.ZipFile(tmp_path / "two.zip", "w") as zf:
-        zf.write(inner, "a.pth")
-        zf.write(inner, "b.pth")
-    with pytest.raises(CheckpointError, match="holds 2 checkpoint files"):
-        load_checkpoint_file(tmp_path / "two.zip")
-
 
 def _write_jax_npz(model, path):
     """Write a timm ViT in Google's JAX (AugReg) .npz layout: HWIO patch kernel, (in, heads, head_dim) q/k/v kernels,
@@ -453,8 +414,6 @@ def test_jax_npz_and_safetensors_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_official_geometry_beit_large_224_checkpoint_into_the_896_model(tmp_path):
     """BEiT-L pt22k_ft22k (224: 27x27 tables, 732 rows) into the Mask2Former 896 BEiT-Adapter-L (111x111, 12324)."""
-    from vit_adapter_ds.models import create_backbone
-
     g = torch.Generator().manual_seed(0)
     sd = {"cls_token": torch.randn(1, 1, 1024, generator=g), "norm.weight": torch.ones(1024),
           "head.weight": torch.zeros(21841, 1024)}

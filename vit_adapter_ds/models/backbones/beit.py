@@ -23,6 +23,7 @@ from torch import nn
 
 from .adapter import AdapterMixin
 from .layers import PatchEmbed, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
+from .vit import refuse_pretrained_path
 
 
 def relative_position_index(wh: int, ww: int, with_cls: bool) -> torch.Tensor:
@@ -176,7 +177,7 @@ def _check_index_in_state_dict(module, state_dict, prefix, local_metadata, stric
     if tuple(stored.shape) != tuple(expected.shape) or not torch.equal(stored.to(expected.device).long(), expected):
         error_msgs.append(f"{key}: the stored relative position index (shape {tuple(stored.shape)}) does not match "
                           f"this model's geometry (shape {tuple(expected.shape)}, window {module.window_size}, "
-                          f"cls={module.with_cls}); resize the checkpoint with vit_adapter_ds.models.weights")
+                          f"cls={module.with_cls}); load it with models.factory.load_pretrained (it resizes)")
 
 
 class BEiTMlp(nn.Module):
@@ -237,6 +238,9 @@ def _beit_init_weights(m: nn.Module) -> None:
 class BEiTAdapter(AdapterMixin, nn.Module):
     """BEiT-Adapter backbone. Keyword arguments are those of the official ``backbone=dict(type='BEiTAdapter', ...)``
     (segmentation and detection copies) plus ``task`` ('segmentation' | 'detection') and ``norm`` ('bn'|'syncbn').
+    The constructor reads no files: pretrained weights are loaded after construction
+    (:func:`vit_adapter_ds.models.factory.load_pretrained`, with :func:`beit_checkpoint_filter_fn`); ``pretrained``
+    is accepted only as ``None`` (the official configs' neutral value).
 
     ``forward(x)`` returns 4 NCHW maps (``embed_dim`` channels) at strides 4, 8, 16, 32.
     """
@@ -249,8 +253,9 @@ class BEiTAdapter(AdapterMixin, nn.Module):
                  pretrain_size: int = 224, conv_inplane: int = 64, n_points: int = 4, deform_num_heads: int = 6,
                  interaction_indexes=None, with_cffn: bool = True, cffn_ratio: float = 0.25,
                  deform_ratio: float = 1.0, add_vit_feature: bool = True, use_extra_extractor: bool = True,
-                 with_cp: bool = False, pretrained: str | None = None, task: str = "segmentation", norm: str = "bn"):
+                 with_cp: bool = False, pretrained: None = None, task: str = "segmentation", norm: str = "bn"):
         super().__init__()
+        refuse_pretrained_path(pretrained)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -307,9 +312,6 @@ class BEiTAdapter(AdapterMixin, nn.Module):
                             deform_ratio=deform_ratio, add_vit_feature=add_vit_feature,
                             extra_extractor=use_extra_extractor, drop_path_rate=drop_path_rate,
                             norm_layer=norm_layer, with_cp=with_cp, task=task, norm=norm)
-        if pretrained is not None:
-            from ..weights import load_pretrained
-            load_pretrained(self, pretrained)
 
     def _check_input(self, x: torch.Tensor) -> None:
         super()._check_input(x)
@@ -328,3 +330,177 @@ class BEiTAdapter(AdapterMixin, nn.Module):
         x = self.pos_drop(x)
         cls = self.cls_token.expand(x.shape[0], -1, -1) if self.cls_token is not None else None
         return x, H, W, cls
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained checkpoints (timm style: the family's checkpoint_filter_fn lives next to the model)
+# ----------------------------------------------------------------------------------------------------------------------
+
+NUM_CLS_ROWS = 3  # BEiT's cls->token, token->cls and cls->cls entries at the end of a relative-position table
+
+
+def _geometric_ratio(src_size: int, dst_size: int) -> float:
+    """Bisection in [1.01, 1.5] for q with 1 + q + ... + q^(src_size//2 - 1) ~ dst_size // 2 (BEiT's rule; the
+    last midpoint is used, as in the official code)."""
+    left, right = 1.01, 1.5
+    q = left
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if (1.0 - q ** (src_size // 2)) / (1.0 - q) > dst_size // 2:
+            right = q
+        else:
+            left = q
+    return q
+
+
+def geometric_source_coordinates(src_size: int, dst_size: int):
+    """Where BEiT places the ``src_size`` relative offsets of a source table when resampling it to ``dst_size``:
+    0 and +-(1, 1+q, 1+q+q^2, ...) (a float64 numpy array, ascending). The target offsets are the integers
+    ``-(dst_size//2) .. dst_size//2``, so the centre and the +-1 offsets are always copied exactly."""
+    import numpy as np
+
+    if src_size % 2 != 1:
+        raise ValueError(f"a relative-position table side is 2*window-1, i.e. odd; got {src_size}")
+    q = _geometric_ratio(src_size, dst_size)
+    dis = np.cumsum(q ** np.arange(src_size // 2, dtype=np.float64))
+    return np.concatenate([-dis[::-1], [0.0], dis])
+
+
+def _odd_square_side(n: int) -> int | None:
+    side = math.isqrt(n)
+    return side if side * side == n and side % 2 == 1 else None
+
+
+def resize_rel_pos_table(table: torch.Tensor, dst_size: int, src_extra: int = NUM_CLS_ROWS,
+                         dst_extra: int = NUM_CLS_ROWS) -> torch.Tensor:
+    """Resample a BEiT relative-position bias table to a ``dst_size x dst_size`` offset grid.
+
+    Args:
+        table: (src_size**2 + src_extra, heads); row ``dy*src_size + dx`` holds the bias of offset (dy, dx), then
+            ``src_extra`` class-token rows (3 or 0).
+        dst_size: side of the target offset grid (2*window-1: 27 at 224, 79 at 640, 111 at 896).
+        src_extra / dst_extra: class-token rows in the source / target. The segmentation BEiT keeps the 3 rows
+            (``dst_extra=3``); the detection BEiT has none (``dst_extra=0``: they are dropped).
+
+    Returns (dst_size**2 + dst_extra, heads) in the table's dtype. Equal sizes give an exact copy. Otherwise each
+    head is fitted with an interpolating bicubic spline (``RectBivariateSpline(y, x, z, kx=3, ky=3, s=0)``, i.e.
+    what the official ``scipy.interpolate.interp2d(x, y, z, kind='cubic')`` computed on a rectangular grid, with
+    z rows along y) at :func:`geometric_source_coordinates` and evaluated on the integer grid; points beyond the
+    outermost source offset take the edge value (FITPACK clamps, as interp2d did). As in the official code the
+    values are taken in float32 (``.float().numpy()``) and fitted in float64.
+    """
+    from ...checkpoint_io import CheckpointError
+
+    if table.ndim != 2:
+        raise ValueError(f"expected a (positions, heads) table, got shape {tuple(table.shape)}")
+    if dst_extra not in (0, NUM_CLS_ROWS) or src_extra not in (0, NUM_CLS_ROWS):
+        raise ValueError("class-token rows are either 3 (segmentation BEiT) or 0 (detection BEiT)")
+    if dst_extra and not src_extra:
+        raise CheckpointError("the source table has no class-token rows but the model needs them (segmentation "
+                              "BEiT); this checkpoint comes from a detection BEiT and cannot provide them")
+    src_size = _odd_square_side(table.shape[0] - src_extra)
+    if src_size is None:
+        raise CheckpointError(f"a relative-position table with {table.shape[0]} rows is not (2w-1)^2 + {src_extra}")
+    grid, extra = table[:table.shape[0] - src_extra], table[table.shape[0] - src_extra:]
+    if src_size != dst_size and src_size < 5:
+        raise CheckpointError(f"a {src_size}x{src_size} relative-position table is too small for cubic resampling "
+                              "(it needs at least 5x5 offsets, i.e. a window of 3 patches)")
+    if src_size == dst_size:
+        resized = grid.clone()
+    else:
+        import numpy as np
+        from scipy.interpolate import RectBivariateSpline
+
+        coords = geometric_source_coordinates(src_size, dst_size)
+        half = dst_size // 2.0
+        targets = np.arange(-half, half + 0.1, 1.0)
+        z = grid.detach().float().cpu().numpy().astype(np.float64).reshape(src_size, src_size, -1)
+        heads = [RectBivariateSpline(coords, coords, z[:, :, h], kx=3, ky=3, s=0)(targets, targets).reshape(-1)
+                 for h in range(z.shape[2])]
+        resized = torch.from_numpy(np.stack(heads, axis=1)).to(table.dtype)
+    if dst_extra:
+        resized = torch.cat([resized, extra.to(resized.dtype)], dim=0)
+    return resized
+
+
+def _block_index(key: str) -> int | None:
+    import re
+
+    found = re.match(r"blocks\.(\d+)\.", key)
+    return int(found.group(1)) if found else None
+
+
+def beit_checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None, keep_index: bool = False) -> dict:
+    """Adapt a BEiT/BEiTv2 state dict to a ``BEiTAdapter`` (official ``mmcv_custom/checkpoint.py`` rules): the
+    shared ``rel_pos_bias.relative_position_bias_table`` is copied to every block; every ``relative_position_index``
+    is dropped (the model computes its own), except with ``keep_index`` where the index of a table that passes
+    unchanged is kept so that the model verifies it (released/own checkpoints); tables of another size are resampled
+    with :func:`resize_rel_pos_table` (3 class-token rows kept for the segmentation model, dropped for the
+    detection one); ``pos_embed``, if both have one, is resized bicubically. What was resized or dropped is recorded
+    in ``report`` (a :class:`~vit_adapter_ds.checkpoint_io.LoadReport`) when given."""
+    from collections import OrderedDict
+
+    from ...checkpoint_io import CheckpointError, LoadReport, square_grid_side
+
+    report = report if report is not None else LoadReport("<state dict>")
+    out = OrderedDict(state_dict)
+    shared = out.pop("rel_pos_bias.relative_position_bias_table", None)
+    if "rel_pos_bias.relative_position_index" in out:
+        out.pop("rel_pos_bias.relative_position_index")
+        report.dropped.append("rel_pos_bias.relative_position_index")
+    if shared is not None:
+        for i in range(len(model.blocks)):
+            out[f"blocks.{i}.attn.relative_position_bias_table"] = shared.clone()
+        report.notes.append(f"the shared relative position table was copied to each of the {len(model.blocks)} "
+                            "blocks")
+
+    unchanged_tables = set()
+    for key in [k for k in out if k.endswith("attn.relative_position_bias_table")]:
+        i = _block_index(key)
+        if i is None or i >= len(model.blocks) or model.blocks[i].attn.relative_position_bias_table is None:
+            continue  # reported as unexpected (or a depth mismatch) later
+        attn = model.blocks[i].attn
+        src = out[key]
+        dst_shape = tuple(attn.relative_position_bias_table.shape)
+        if src.shape[1] != dst_shape[1]:
+            raise CheckpointError(f"{key} has {src.shape[1]} heads but the model has {dst_shape[1]}")
+        wh, ww = attn.window_size
+        if wh != ww:
+            raise CheckpointError(f"non-square relative-position windows ({wh}x{ww}) cannot be resampled")
+        dst_extra = NUM_CLS_ROWS if attn.with_cls else 0
+        src_extra = NUM_CLS_ROWS if _odd_square_side(src.shape[0] - NUM_CLS_ROWS) else 0
+        if tuple(src.shape) == dst_shape and src_extra == dst_extra:
+            unchanged_tables.add(key)
+            continue
+        new = resize_rel_pos_table(src, 2 * wh - 1, src_extra=src_extra, dst_extra=dst_extra)
+        out[key] = new
+        report.resized.append((key, tuple(src.shape), tuple(new.shape)))
+    if any(k.endswith("relative_position_bias_table") for k, _, _ in report.resized):
+        report.notes.append("relative position tables were resampled on BEiT's geometric grid (bicubic spline)"
+                            + ("; the 3 class-token rows were dropped (detection BEiT)"
+                               if getattr(model, "task", "") == "detection" else ""))
+
+    for key in [k for k in out if k.endswith("relative_position_index")]:
+        table_key = key[: -len("relative_position_index")] + "relative_position_bias_table"
+        if keep_index and table_key in unchanged_tables:
+            continue
+        out.pop(key)
+        report.dropped.append(key)
+
+    pos = out.get("pos_embed")
+    if pos is not None and getattr(model, "pos_embed", None) is not None:
+        num_patches = model.patch_embed.num_patches
+        extra = model.pos_embed.shape[1] - num_patches
+        if extra == 0 and square_grid_side(pos.shape[1] - 1) and not square_grid_side(pos.shape[1]):
+            pos = pos[:, 1:]  # the checkpoint has a cls slot, the detection model does not
+        src_side, dst_side = square_grid_side(pos.shape[1] - extra), square_grid_side(num_patches)
+        if src_side is None:
+            raise CheckpointError(f"pos_embed with {pos.shape[1]} tokens is not a square grid (+{extra})")
+        if src_side != dst_side:
+            tokens = pos[:, extra:].reshape(1, src_side, src_side, -1).permute(0, 3, 1, 2).float()
+            tokens = F.interpolate(tokens, size=(dst_side, dst_side), mode="bicubic", align_corners=False)
+            pos = torch.cat([pos[:, :extra], tokens.permute(0, 2, 3, 1).flatten(1, 2).to(pos.dtype)], dim=1)
+        if pos.shape != out["pos_embed"].shape:
+            report.resized.append(("pos_embed", tuple(out["pos_embed"].shape), tuple(pos.shape)))
+        out["pos_embed"] = pos
+    return out

@@ -109,7 +109,10 @@ def _per_block(value, depth: int, name: str) -> list:
 
 class ViTAdapter(AdapterMixin, nn.Module):
     """ViT-Adapter backbone. Keyword arguments are those of the official ``backbone=dict(type='ViTAdapter', ...)``
-    plus ``task`` ('segmentation' | 'detection') and ``norm`` ('bn' | 'syncbn', the SPM/output norms).
+    plus ``task`` ('segmentation' | 'detection') and ``norm`` ('bn' | 'syncbn', the SPM/output norms). The
+    constructor reads no files: pretrained weights are loaded after construction
+    (:func:`vit_adapter_ds.models.factory.load_pretrained`, with :func:`vit_checkpoint_filter_fn`); ``pretrained``
+    is accepted only as ``None`` (the official configs' neutral value).
 
     ``forward(x)`` returns 4 NCHW maps (``embed_dim`` channels) at strides 4, 8, 16, 32.
     """
@@ -122,8 +125,9 @@ class ViTAdapter(AdapterMixin, nn.Module):
                  init_values: float = 0.0, interaction_indexes=None, with_cffn: bool = True, cffn_ratio: float = 0.25,
                  deform_ratio: float = 1.0, add_vit_feature: bool = True, use_extra_extractor: bool = True,
                  with_cp: bool = False, use_abs_pos_emb: bool = True, use_rel_pos_bias: bool = False,
-                 pretrained: str | None = None, task: str = "segmentation", norm: str = "bn"):
+                 pretrained: None = None, task: str = "segmentation", norm: str = "bn"):
         super().__init__()
+        refuse_pretrained_path(pretrained)
         if not use_abs_pos_emb or use_rel_pos_bias:
             raise ValueError("ViTAdapter always uses an absolute position embedding and no relative position bias "
                              "(use BEiTAdapter for relative position bias)")
@@ -154,9 +158,6 @@ class ViTAdapter(AdapterMixin, nn.Module):
                             deform_ratio=deform_ratio, add_vit_feature=add_vit_feature,
                             extra_extractor=use_extra_extractor, drop_path_rate=drop_path_rate,
                             norm_layer=norm_layer, with_cp=with_cp, task=task, norm=norm)
-        if pretrained is not None:
-            from ..weights import load_pretrained
-            load_pretrained(self, pretrained)
 
     def _embed_tokens(self, x: torch.Tensor):
         x, H, W = self.patch_embed(x)
@@ -167,3 +168,70 @@ class ViTAdapter(AdapterMixin, nn.Module):
                              "as the official configs do")
         pos = resize_pos_embed_grid(self.pos_embed[:, 1:], grid, (H, W))
         return self.pos_drop(x + pos), H, W, None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pretrained checkpoints (timm style: the family's checkpoint_filter_fn lives next to the model)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def vit_checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None) -> dict:
+    """Adapt a timm ViT (DeiT/AugReg/DINOv2) state dict to a ``ViTAdapter`` (official ``my_load_checkpoint``
+    semantics: names are kept, no interpolation of ``pos_embed``). Only trivial mappings are made:
+    ``blocks.i.ls1.gamma``/``ls2.gamma`` -> ``gamma1``/``gamma2``; a patch kernel of another size (DINOv2's 14x14)
+    resized bilinearly; the distillation-token slot of a DeiT-distilled ``pos_embed`` removed; a ``pos_embed``
+    without a class-token slot given a zero one (unused by ViT-Adapter). A ``pos_embed`` covering another patch grid
+    raises: set ``img_size`` and ``pretrain_size`` to the checkpoint's resolution. What was renamed or resized is
+    recorded in ``report`` (a :class:`~vit_adapter_ds.checkpoint_io.LoadReport`) when given."""
+    from collections import OrderedDict
+    import re
+
+    from ...checkpoint_io import CheckpointError, LoadReport, square_grid_side
+
+    report = report if report is not None else LoadReport("<state dict>")
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        new = re.sub(r"\.ls([12])\.gamma$", r".gamma\1", key)
+        if new != key:
+            report.renamed.append((key, new))
+        out[new] = value
+
+    weight = out.get("patch_embed.proj.weight")
+    target = model.patch_embed.proj.weight
+    if weight is not None and weight.shape[:2] == target.shape[:2] and weight.shape[2:] != target.shape[2:]:
+        out["patch_embed.proj.weight"] = F.interpolate(weight.float(), size=tuple(target.shape[2:]), mode="bilinear",
+                                                       align_corners=False).to(weight.dtype)
+        report.resized.append(("patch_embed.proj.weight", tuple(weight.shape), tuple(target.shape)))
+        report.notes.append("the patch kernel was resized bilinearly (as the official convert_14to16.py does)")
+
+    pos = out.get("pos_embed")
+    if pos is not None:
+        n_model = model.pos_embed.shape[1]  # grid**2 + 1 (cls slot)
+        n = pos.shape[1]
+        if n == n_model + 1 and "dist_token" in out:
+            out["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
+            report.resized.append(("pos_embed", tuple(pos.shape), tuple(out["pos_embed"].shape)))
+            report.notes.append("removed the distillation-token slot of pos_embed (DeiT distilled)")
+        elif n == n_model - 1 and square_grid_side(n) is not None:
+            out["pos_embed"] = torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], dim=1)
+            report.resized.append(("pos_embed", tuple(pos.shape), tuple(out["pos_embed"].shape)))
+            report.notes.append("pos_embed had no class-token slot; a zero slot was added (ViT-Adapter never uses it)")
+        n = out["pos_embed"].shape[1]
+        if n != n_model:
+            patch = model.patch_embed.patch_size[0]
+            side = square_grid_side(n - 1)
+            model_side = square_grid_side(n_model - 1)
+            size = f"{side}x{side} patch grid (img_size {side * patch})" if side else f"{n - 1} patches"
+            raise CheckpointError(
+                f"the checkpoint's pos_embed covers a {size} but the model's covers {model_side}x{model_side} "
+                f"(img_size {model_side * patch}). Position embeddings are not interpolated at load time (official "
+                f"behaviour); build the model with img_size={side * patch if side else '?'} and "
+                f"pretrain_size={side * patch if side else '?'}; they are resized at run time to the input")
+    return out
+
+
+def refuse_pretrained_path(pretrained) -> None:
+    """Constructors read no files: a ``pretrained`` path given to one is an error that says where it goes."""
+    if pretrained is not None:
+        raise TypeError(f"pretrained={pretrained!r}: backbone constructors read no files; build the model, then load "
+                        "the weights with vit_adapter_ds.models.factory.load_pretrained(model, path) (or "
+                        "create_backbone(name, pretrained=path), or model.pretrained in a recipe)")

@@ -1,0 +1,632 @@
+"""The one reader of checkpoints: every file or folder a user can hand over, read without running code.
+
+Kinds understood (nothing is ever downloaded):
+
+* ``torch.save`` files, zip or legacy format, whatever the suffix (``.pth``, ``.pt``, ``.pth.tar``, ``.bin``,
+  ``.ckpt``);
+* ``.safetensors`` files;
+* JAX/Flax ``.npz`` ViT checkpoints (Google AugReg), converted to timm names by timm's own converter;
+* a ``.zip`` release archive that wraps exactly one checkpoint file;
+* DeepSpeed checkpoints, any ZeRO stage 0-3: a tag folder (``iter_N/`` with ``*_model_states.pt`` and
+  ``*_optim_states.pt`` shards), a save folder with tags (the newest complete one: our ``COMPLETE`` marker, else
+  DeepSpeed's ``latest`` file), or a work folder with such a ``checkpoints/`` folder. The fp32 weights are merged
+  from the ZeRO shards here (:func:`consolidate_deepspeed`), not by DeepSpeed's ``zero_to_fp32``, which unpickles
+  the shards with ``weights_only=False``.
+
+A state dict is found inside the checkpoint under mmcv's ``'state_dict'``, ``'model'`` (DeiT, BEiT) or
+``'module'`` (DeepSpeed), or at the top level; a ``module.`` prefix (DDP) is removed.
+
+**Safety.** Every pickle is read with ``torch.load(..., weights_only=True)``. Besides tensors and plain containers,
+only data-only objects are allowed: numpy arrays, scalars and dtypes and ``argparse.Namespace`` (stored next to the
+weights by training scripts), and DeepSpeed's ``ZeroStageEnum``, ``fragment_address``, ``LossScaler`` and
+``DynamicLossScaler`` found in ZeRO optimizer shards, which are rebuilt as plain records of this module
+(:class:`DeepSpeedRecord`; DeepSpeed need not be installed). A file holding anything else raises
+:class:`UnsafeCheckpointError` naming the file and the refused global; there is no fallback to unsafe loading.
+
+Loading into a model is :func:`load_into`, which returns a :class:`LoadReport` (loaded / missing / unexpected /
+resized / re-initialised), rendered in plain words by ``str()``. Model families adapt foreign checkpoints with a
+timm-style ``checkpoint_filter_fn(state_dict, model[, report])`` that lives next to the model.
+
+The engine's own per-rank resume state is saved in a form that loads with ``weights_only=True``:
+:func:`rng_state_to_tensors` / :func:`rng_state_from_tensors`.
+
+This module imports only torch and numpy (safetensors and timm when such files are read) and nothing else of the
+package, so models and the engine can both use it.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+import os
+import pickle
+import random
+import re
+import shutil
+import tempfile
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointError", "UnsafeCheckpointError", "LoadReport", "DeepSpeedRecord", "read_checkpoint",
+    "extract_state_dict", "read_state_dict", "load_into", "find_deepspeed_tag", "consolidate_deepspeed",
+    "rng_state_to_tensors", "rng_state_from_tensors", "square_grid_side", "DEEPSPEED_TAG_RE", "COMPLETE_MARKER",
+]
+
+CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
+DEEPSPEED_TAG_RE = re.compile(r"^iter_(\d+)$")  # the engine's tag names
+COMPLETE_MARKER = "COMPLETE"  # written by the engine's rank 0 after every rank finished a save
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle holds an object that ``torch.load(weights_only=True)`` refuses.
+
+    ``path`` is the file, ``global_name`` the refused global (e.g. ``'__main__.Payload'``)."""
+
+    def __init__(self, path, global_name: str):
+        self.path, self.global_name = str(path), global_name
+        super().__init__(
+            f"refusing to load {path}: it contains a pickled Python object ({global_name}), i.e. code that would run "
+            "while loading. Only tensors, plain containers and numbers are accepted (torch.load(weights_only=True)). "
+            "If you trust the file, re-save just its weights: "
+            "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Safe torch.load
+# ----------------------------------------------------------------------------------------------------------------------
+
+class DeepSpeedRecord:
+    """A data-only stand-in for a DeepSpeed object found in a ZeRO shard (its attributes, nothing else).
+
+    ``qualified_name`` is the DeepSpeed class it replaces. Loss scalers and ``fragment_address`` are plain attribute
+    bags in DeepSpeed too; here they cannot have methods that run."""
+
+    qualified_name = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+def _enum_value(value):
+    """Stand-in for an ``Enum`` class called with its value while unpickling (``ZeroStageEnum(2)`` -> ``2``)."""
+    if not isinstance(value, (int, str)):
+        raise pickle.UnpicklingError(f"unexpected enum value {value!r}")
+    return value
+
+
+_DEEPSPEED_RECORDS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                      "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+                      "deepspeed.utils.tensor_fragment.fragment_address")
+_DEEPSPEED_ENUMS = ("deepspeed.runtime.zero.config.ZeroStageEnum",)
+_RECORD_CLASSES = {name: type(name.rsplit(".", 1)[1], (DeepSpeedRecord,), {"qualified_name": name})
+                   for name in _DEEPSPEED_RECORDS}
+
+
+def _data_only_globals() -> list:
+    """The globals allowed next to tensors: numpy scalars, arrays and dtypes (mmcv's ``meta['hook_msgs']``, old RNG
+    states), ``argparse.Namespace`` (unilm/DeiT ``args``) and stand-ins for DeepSpeed's plain-data shard objects.
+    Old pickles name numpy's internals ``numpy.core.*``, new ones ``numpy._core.*``; both are allowed."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+
+    allowed = [argparse.Namespace, np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct,
+               (multiarray.scalar, "numpy.core.multiarray.scalar"),
+               (multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    for name in dir(dtypes) if dtypes is not None else []:
+        obj = getattr(dtypes, name)
+        if isinstance(obj, type) and issubclass(obj, np.dtype):
+            allowed.append(obj)
+    allowed += [(cls, name) for name, cls in _RECORD_CLASSES.items()]
+    allowed += [(_enum_value, name) for name in _DEEPSPEED_ENUMS]
+    return allowed
+
+
+_REFUSED = (re.compile(r"Unsupported global: GLOBAL ([\w.<>]+)"),
+            re.compile(r"unsupported GLOBAL ([\w.<>]+) whose module"),
+            re.compile(r"(?:Can only (?:build|create new object)|Trying to call reduce)[^\n]*?(?:got|function) "
+                       r"<?(?:class )?'?([\w.<>]+)"))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def _torch_load(path: Path):
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with the data-only globals; memory-mapped when the
+    file is in the zip format, so that large unused entries are never read."""
+    with torch.serialization.safe_globals(_data_only_globals()):
+        try:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap can only be used" not in str(err):
+                    raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-1.6) format
+        except pickle.UnpicklingError as err:
+            for pattern in _REFUSED:
+                found = pattern.search(str(err))
+                if found:
+                    raise UnsafeCheckpointError(path, found.group(1)) from None
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(err)}") from None
+        except Exception as err:  # noqa: BLE001 - damaged files fail in many ways inside the unpickler
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (damaged, truncated or another "
+                                  f"format): {type(err).__name__}: {_first_line(err)}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _is_torch_zip(zf: zipfile.ZipFile) -> bool:
+    return any(name.endswith("data.pkl") for name in zf.namelist())
+
+
+def read_checkpoint(path: str | os.PathLike):
+    """The object stored in a checkpoint *file* (usually a dict), read safely on the CPU.
+
+    ``.safetensors`` -> ``safetensors.torch.load_file``; ``.npz`` (JAX AugReg ViT) -> a timm state dict; a ``.zip``
+    archive wrapping exactly one checkpoint file is unpacked to a temporary folder first; everything else goes
+    through ``torch.load(weights_only=True)`` with the data-only globals (see the module docstring). Use
+    :func:`read_state_dict` for DeepSpeed folders.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; nothing is downloaded here, so copy the "
+                                "pretrained or released file to that path first")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file (read_state_dict reads DeepSpeed "
+                                "checkpoint folders)")
+    if path.name.endswith(".npz"):
+        return _npz_to_timm_state_dict(path)
+    if path.name.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(err)}") from None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if not _is_torch_zip(zf):
+                members = [m for m in zf.namelist() if m.endswith(CHECKPOINT_SUFFIXES)
+                           and not m.startswith("__MACOSX/")]
+                if len(members) != 1:
+                    raise CheckpointError(f"{path} is a zip archive, not a torch checkpoint, and holds "
+                                          f"{len(members)} checkpoint files ({members or zf.namelist()[:10]}); "
+                                          "unzip it and pass the checkpoint file")
+                tmp = tempfile.mkdtemp(prefix="ckpt_unzip_")
+                try:
+                    inner = Path(zf.extract(members[0], tmp))
+                    logger.info("unpacked %s from the release archive %s", members[0], path)
+                    return read_checkpoint(inner)  # memory-mapped pages stay valid after the file is removed
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    return _torch_load(path)
+
+
+def square_grid_side(n: int) -> int | None:
+    """The side of a square grid of ``n`` cells (e.g. position-embedding tokens), or None if ``n`` is no square."""
+    side = math.isqrt(n)
+    return side if side * side == n else None
+
+
+def _npz_to_timm_state_dict(path: Path) -> "OrderedDict[str, torch.Tensor]":
+    """A Google JAX/Flax ``.npz`` ViT checkpoint (AugReg) as a timm ``VisionTransformer`` state dict: the model is
+    sized from the file (width, depth, heads, MLP, patch, position grid) and filled by timm's own converter."""
+    from timm.models.vision_transformer import VisionTransformer, _load_weights
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            shapes = {k: npz[k].shape for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is not a readable .npz file: {_first_line(err)}") from None
+    prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in shapes), None)
+    if prefix is None:
+        raise CheckpointError(f"{path} is a .npz file without 'embedding/kernel'; not a JAX ViT checkpoint")
+    block = f"{prefix}Transformer/encoderblock_"
+    depth = len({k[len(block):].split("/")[0] for k in shapes if k.startswith(block)})
+    if depth == 0:
+        raise CheckpointError(f"{path}: only JAX ViTs with per-block 'encoderblock_i' entries are supported")
+    patch, _, in_chans, dim = shapes[f"{prefix}embedding/kernel"]
+    heads = shapes[f"{block}0/MultiHeadDotProductAttention_1/query/kernel"][1]
+    hidden = shapes[f"{block}0/MlpBlock_3/Dense_0/kernel"][1]
+    tokens = shapes[f"{prefix}Transformer/posembed_input/pos_embedding"][1]
+    grid = square_grid_side(tokens - 1)
+    if grid is None:
+        raise CheckpointError(f"{path}: a position embedding of {tokens} tokens is not a class token plus a grid")
+    num_classes = shapes[f"{prefix}head/kernel"][-1] if f"{prefix}head/kernel" in shapes else 0
+    model = VisionTransformer(img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim, depth=depth,
+                              num_heads=heads, mlp_ratio=hidden / dim, qkv_bias=True, num_classes=num_classes)
+    _load_weights(model, str(path))
+    logger.info("converted the JAX checkpoint %s to timm names (%d blocks, width %d, %dx%d grid)", path, depth, dim,
+                grid, grid)
+    return model.state_dict()
+
+
+def extract_state_dict(checkpoint, source: str = "<checkpoint>") -> "OrderedDict[str, torch.Tensor]":
+    """The tensors of a loaded checkpoint: its ``'state_dict'`` (mmcv), ``'model'`` (DeiT, BEiT) or ``'module'``
+    (DeepSpeed) entry, or the dict itself; non-tensor entries are left out and a ``module.`` prefix on every key
+    (DDP) is removed."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a dict of weights")
+    for key in ("state_dict", "model", "module"):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            checkpoint = checkpoint[key]
+            break
+    state_dict = OrderedDict((k, v) for k, v in checkpoint.items() if isinstance(v, torch.Tensor))
+    if not state_dict:
+        raise CheckpointError(f"{source} has no tensors under 'state_dict', 'model', 'module' or at the top level "
+                              f"(top-level keys: {list(checkpoint)[:10]})")
+    if all(k.startswith("module.") for k in state_dict):
+        state_dict = OrderedDict((k[len("module."):], v) for k, v in state_dict.items())
+    return state_dict
+
+
+def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
+    """The weights in any checkpoint a user can hand over (see the module docstring): a file, a DeepSpeed tag
+    folder, a save folder with tags, or a work folder with ``checkpoints/``. DeepSpeed checkpoints give the
+    consolidated fp32 weights (:func:`consolidate_deepspeed`); a single ``*_model_states.pt`` file of a ZeRO
+    checkpoint is read as its whole folder. ``module.`` prefixes are removed."""
+    path = Path(path)
+    if path.is_dir():
+        return consolidate_deepspeed(path)
+    if path.is_file() and _MODEL_STATES_RE.match(path.name) and any(path.parent.glob("*_optim_states.pt")):
+        logger.info("%s is one file of a DeepSpeed ZeRO checkpoint; reading the whole folder %s", path, path.parent)
+        return consolidate_deepspeed(path.parent)
+    return extract_state_dict(read_checkpoint(path), str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DeepSpeed folders
+# ----------------------------------------------------------------------------------------------------------------------
+
+_MODEL_STATES_RE = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
+_OPTIM_STATES_RE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+
+
+def _is_tag_dir(path: Path) -> bool:
+    return path.is_dir() and any(_MODEL_STATES_RE.match(p.name) for p in path.iterdir())
+
+
+def _complete_tags(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    tags = [(int(m.group(1)), d) for d in root.iterdir() if (m := DEEPSPEED_TAG_RE.match(d.name))
+            and (d / COMPLETE_MARKER).is_file()]
+    return sorted(tags)
+
+
+def find_deepspeed_tag(path: str | os.PathLike) -> Path:
+    """The DeepSpeed tag folder that ``path`` designates: ``path`` itself when it holds ``*_model_states.pt``; else
+    in ``path`` or ``path/checkpoints``, the newest ``iter_N`` with a ``COMPLETE`` marker, or the tag named by
+    DeepSpeed's ``latest`` file. A tag of this project's engine (it has ``extra_rank*.pt``) without the marker is an
+    interrupted save and is refused."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a DeepSpeed checkpoint folder")
+    if _is_tag_dir(path):
+        if any(path.glob("extra_rank*.pt")) and not (path / COMPLETE_MARKER).is_file():
+            raise CheckpointError(f"{path} has no {COMPLETE_MARKER} marker: this save was interrupted and may miss "
+                                  "shards; use an earlier complete checkpoint")
+        return path
+    for root in (path, path / "checkpoints"):
+        tags = _complete_tags(root)
+        if tags:
+            return tags[-1][1]
+        latest = root / "latest"
+        if latest.is_file():
+            tag = root / latest.read_text().strip()
+            if _is_tag_dir(tag):
+                return find_deepspeed_tag(tag)
+    raise CheckpointError(f"{path} is a folder without a DeepSpeed checkpoint: no *_model_states.pt files, no "
+                          f"complete iter_N tag ({COMPLETE_MARKER} marker) and no 'latest' file, neither there nor "
+                          "in its checkpoints/ folder")
+
+
+def _natural(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _shards(tag_dir: Path, pattern: re.Pattern) -> list[Path]:
+    files = sorted((p for p in tag_dir.iterdir() if pattern.match(p.name)), key=lambda p: _natural(p.name))
+    if any(pattern.match(p.name).group(2) != "00" for p in files):
+        raise CheckpointError(f"{tag_dir} is a model-parallel DeepSpeed checkpoint (mp_rank > 00); only data-parallel "
+                              "checkpoints can be consolidated here")
+    return files
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
+def consolidate_deepspeed(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
+    """The full fp32 weights of a DeepSpeed checkpoint (any ZeRO stage; ``path`` as in :func:`find_deepspeed_tag`),
+    keys as in the model's ``state_dict()``: the same tensors as DeepSpeed's
+    ``get_fp32_state_dict_from_zero_checkpoint``, but every shard is read with ``weights_only=True``.
+
+    ZeRO-1/2: the fp32 partitions of each parameter group are concatenated over the ranks and cut into the
+    parameters in ``param_shapes`` order (with ``param_alignment_paddings`` when recorded); ZeRO-3: each parameter is
+    split evenly over the ranks (the last part padded), so its parts are taken from every rank's flat fp32 vector
+    and joined. Frozen parameters come from ``frozen_param_fragments``, buffers from the model states, tied
+    parameters from ``shared_params``. ZeRO-0 (no ZeRO shards): the model states' ``module`` weights in fp32.
+    Unlike DeepSpeed's function, a ZeRO-1 checkpoint also gives its frozen parameters (DeepSpeed records them only
+    for ZeRO-2/3; ZeRO-1/2 model states hold every parameter whole, so they are taken from there).
+    """
+    tag_dir = find_deepspeed_tag(path)
+    model_files = _shards(tag_dir, _MODEL_STATES_RE)
+    optim_files = _shards(tag_dir, _OPTIM_STATES_RE)
+    models = [read_checkpoint(f) for f in model_files]
+    for f, m in zip(model_files, models):
+        if not isinstance(m, dict) or "module" not in m:
+            raise CheckpointError(f"{f} is not a DeepSpeed model-states file (no 'module' entry)")
+    if not optim_files or "param_shapes" not in models[0] or models[0].get("param_shapes") is None:
+        module = extract_state_dict(models[0]["module"], str(model_files[0]))
+        return OrderedDict((k, _float(v)) for k, v in module.items())
+
+    optim = []
+    for f in optim_files:
+        state = read_checkpoint(f)
+        osd = state.get("optimizer_state_dict") if isinstance(state, dict) else None
+        if not isinstance(osd, dict) or "zero_stage" not in osd:
+            raise CheckpointError(f"{f} is not a ZeRO optimizer shard (no optimizer_state_dict.zero_stage)")
+        optim.append(osd)
+    stage = int(optim[0]["zero_stage"])
+    world = optim[0]["partition_count"]
+    world = max(world) if isinstance(world, (list, tuple)) else int(world)
+    if world != len(optim_files):
+        raise CheckpointError(f"{tag_dir}: the ZeRO-{stage} checkpoint was saved by {world} ranks but holds "
+                              f"{len(optim_files)} optimizer shards (an interrupted or overwritten save)")
+    first = models[0]
+    buffer_names = set(first.get("buffer_names", ()))
+    out = OrderedDict((k, _float(v)) for k, v in first["module"].items() if k in buffer_names)
+    frozen = first.get("frozen_param_shapes") or {}
+    if stage <= 2:
+        for name in frozen:
+            out[name] = first["frozen_param_fragments"][name]
+        _merge_zero12(out, first["param_shapes"], [o["single_partition_of_fp32_groups"] for o in optim], world,
+                      optim[0].get("param_alignment_paddings"), tag_dir)
+        for name, value in first["module"].items():  # ZeRO-1 records no frozen_param_shapes; its module is whole
+            if name not in out:
+                out[name] = _float(value)
+    elif stage == 3:
+        if len(models) != world:
+            raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint of {world} ranks needs {world} model-states files, "
+                                  f"found {len(models)}")
+        for name, shape in frozen.items():
+            parts = torch.cat([m["frozen_param_fragments"][name].reshape(-1) for m in models])
+            out[name] = parts[:math.prod(shape)].view(shape)
+        _merge_zero3(out, first["param_shapes"], [o["fp32_flat_groups"] for o in optim], world, tag_dir)
+    else:
+        raise CheckpointError(f"{tag_dir}: unknown ZeRO stage {stage}")
+    for alias, target in (first.get("shared_params") or {}).items():
+        if target in out:
+            out[alias] = out[target]
+    return out
+
+
+def _merge_zero12(out: dict, param_shapes: list, flat_groups: list, world: int, paddings, tag_dir: Path) -> None:
+    for g, shapes in enumerate(param_shapes):
+        flat = torch.cat([rank_groups[g].reshape(-1) for rank_groups in flat_groups])
+        offset = 0
+        pads = paddings[g] if paddings is not None else None
+        for i, (name, shape) in enumerate(shapes.items()):
+            numel = math.prod(shape)
+            if offset + numel > flat.numel():
+                raise CheckpointError(f"{tag_dir}: parameter group {g} holds {flat.numel()} values, too few for "
+                                      f"{name} {tuple(shape)} at offset {offset}")
+            out[name] = flat.narrow(0, offset, numel).view(shape).clone()
+            offset += numel + (pads[i] if pads is not None else 0)
+        align = 2 * world  # DeepSpeed pads each group to a multiple of 2 * world size
+        if math.ceil(offset / align) != math.ceil(flat.numel() / align):
+            raise CheckpointError(f"{tag_dir}: parameter group {g} used {offset} of {flat.numel()} values; the "
+                                  "shards do not match param_shapes")
+
+
+def _merge_zero3(out: dict, param_shapes: list, flat_groups: list, world: int, tag_dir: Path) -> None:
+    flats = [torch.cat([t.reshape(-1) for t in rank_groups]) for rank_groups in flat_groups]
+    shapes = {k: v for group in param_shapes for k, v in group.items()}
+    offset = 0
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        part = math.ceil(numel / world)
+        if offset + part > flats[0].numel():
+            raise CheckpointError(f"{tag_dir}: the fp32 shards are too short for {name} {tuple(shape)}")
+        out[name] = torch.cat([f.narrow(0, offset, part) for f in flats])[:numel].view(shape).clone()
+        offset += part
+    if offset != flats[0].numel():
+        raise CheckpointError(f"{tag_dir}: used {offset} of {flats[0].numel()} values per rank; the shards do not "
+                              "match param_shapes")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Load report and loading into a model
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _summarise(keys: list[str]) -> str:
+    """'blocks.*.gamma1 x12, spm.* x39, level_embed' style summary of many keys."""
+    counts: "OrderedDict[str, int]" = OrderedDict()
+    for key in keys:
+        pattern = re.sub(r"\.\d+(?=\.|$)", ".*", key)
+        if not pattern.startswith("blocks.*"):
+            head, dot, _ = pattern.partition(".")
+            pattern = head + (".*" if dot else "")
+        counts[pattern] = counts.get(pattern, 0) + 1
+    return ", ".join(p if n == 1 else f"{p} x{n}" for p, n in counts.items())
+
+
+def _shape_groups(items) -> str:
+    groups: "OrderedDict[tuple, int]" = OrderedDict()
+    for key, before, after in items:
+        group = (re.sub(r"\.\d+(?=\.)", ".*", key), tuple(before), tuple(after))
+        groups[group] = groups.get(group, 0) + 1
+    return "; ".join(f"{k} {a} -> {b}" + (f" x{n}" if n > 1 else "") for (k, a, b), n in groups.items())
+
+
+@dataclass
+class LoadReport:
+    """What loading a checkpoint into a model did.
+
+    ``loaded``: model tensors filled from the file; ``missing``: model tensors the file lacks (left at their
+    initial values); ``unexpected``: file tensors the model does not have (ignored); ``resized``: (name, shape in
+    the file, shape loaded) adapted by a filter; ``reinitialised``: (name, shape in the file, shape in the model)
+    of shape mismatches left at the fresh initialisation; ``renamed`` (old, new) and ``dropped`` keys of the
+    filter; ``kind``/``description``: what the checkpoint is; ``notes``: anything else worth saying."""
+    source: str
+    model: str = ""
+    kind: str = ""
+    description: str = ""
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    reinitialised: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The report as JSON-ready lists (shapes as lists)."""
+        return {"source": self.source, "model": self.model, "kind": self.kind, "loaded": list(self.loaded),
+                "missing": list(self.missing), "unexpected": list(self.unexpected),
+                "resized": [[k, list(a), list(b)] for k, a, b in self.resized],
+                "reinitialised": [[k, list(a), list(b)] for k, a, b in self.reinitialised],
+                "renamed": [list(r) for r in self.renamed], "dropped": list(self.dropped), "notes": list(self.notes)}
+
+    def __str__(self) -> str:
+        what = self.description or self.kind
+        head = f"Loaded {self.source}" + (f" ({what})" if what else "") + (f" into {self.model}" if self.model else "")
+        lines = [head + ":", f"  {len(self.loaded)} tensors loaded"]
+        if self.resized:
+            lines.append(f"  {len(self.resized)} resized: {_shape_groups(self.resized)}")
+        if self.reinitialised:
+            lines.append(f"  {len(self.reinitialised)} re-initialised (shape in the file -> shape in the model; the "
+                         f"model keeps its fresh values): {_shape_groups(self.reinitialised)}")
+        if self.renamed:
+            lines.append(f"  {len(self.renamed)} renamed: " + ", ".join(f"{a} -> {b}" for a, b in self.renamed[:3])
+                         + (" ..." if len(self.renamed) > 3 else ""))
+        if self.dropped:
+            lines.append(f"  {len(self.dropped)} dropped on purpose: {_summarise(self.dropped)}")
+        if self.missing:
+            lines.append(f"  {len(self.missing)} missing from the file (kept at their initial values): "
+                         f"{_summarise(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  {len(self.unexpected)} in the file but not in the model (ignored): "
+                         f"{_summarise(self.unexpected)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _call_filter(filter_fn, state_dict, model, report):
+    try:
+        params = inspect.signature(filter_fn).parameters
+        takes_report = len(params) >= 3 or "report" in params
+    except (TypeError, ValueError):  # builtins without a signature
+        takes_report = False
+    out = filter_fn(state_dict, model, report) if takes_report else filter_fn(state_dict, model)
+    if not isinstance(out, dict):
+        raise TypeError(f"{getattr(filter_fn, '__name__', filter_fn)} returned {type(out).__name__}, not a state dict")
+    return out
+
+
+def load_into(model: nn.Module, state_dict_or_path, *, filter_fn=None, strict: bool = False,
+              reinit_mismatched: bool = False, source: str | None = None) -> LoadReport:
+    """Load a checkpoint (any kind :func:`read_state_dict` reads, or an already loaded dict / checkpoint dict) into
+    ``model`` and return a :class:`LoadReport`.
+
+    ``filter_fn(state_dict, model[, report])`` adapts a foreign checkpoint first (timm's ``checkpoint_filter_fn``
+    convention; a third ``report`` argument, when accepted, receives what it renamed, resized or dropped).
+    A tensor whose shape differs from the model's raises :class:`CheckpointError`, unless ``reinit_mismatched``:
+    then it is skipped and the model keeps its fresh initialisation (e.g. a 171-class classifier into a 150-class
+    model), listed under ``reinitialised``. ``strict``: any missing or unexpected key raises
+    :class:`CheckpointError` after loading, with the report in the message.
+    """
+    if isinstance(state_dict_or_path, dict):
+        source = source or "<state dict>"
+        state_dict = extract_state_dict(state_dict_or_path, source)
+    else:
+        source = source or str(state_dict_or_path)
+        state_dict = read_state_dict(state_dict_or_path)
+    report = LoadReport(source=source, model=type(model).__name__)
+    if filter_fn is not None:
+        state_dict = _call_filter(filter_fn, state_dict, model, report)
+
+    own = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched and not reinit_mismatched:
+        shown = "; ".join(f"{k}: file {a} vs model {b}" for k, a, b in mismatched[:8])
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}; shape mismatches: {shown}"
+                              + (f" (and {len(mismatched) - 8} more)" if len(mismatched) > 8 else ""))
+    if mismatched:
+        skip = {k for k, _, _ in mismatched}
+        state_dict = OrderedDict((k, v) for k, v in state_dict.items() if k not in skip)
+        report.reinitialised = mismatched
+
+    result = model.load_state_dict(state_dict, strict=False)
+    report.missing = sorted(k for k in result.missing_keys if k not in {r[0] for r in report.reinitialised})
+    report.unexpected = list(result.unexpected_keys)
+    unexpected = set(report.unexpected)
+    report.loaded = [k for k in state_dict if k not in unexpected]
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError(f"strict loading failed:\n{report}")
+    logger.info("%s", report)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# RNG states in a weights_only-loadable form
+# ----------------------------------------------------------------------------------------------------------------------
+
+def rng_state_to_tensors() -> dict:
+    """The current python, numpy, torch (and CUDA) RNG states as tensors, ints, floats and strings only, so that a
+    file holding them loads with ``torch.load(weights_only=True)`` (numpy's own state holds an ``ndarray``).
+    :func:`rng_state_from_tensors` restores them exactly."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def rng_state_from_tensors(state: dict) -> None:
+    """Restore RNG states saved by :func:`rng_state_to_tensors`; the engine's older form (``random.getstate()`` and
+    ``np.random.get_state()`` tuples, read through the numpy allow-list of :func:`read_checkpoint`) is accepted too.
+    CUDA states are restored only when CUDA is available."""
+    py, npy = state["python"], state["numpy"]
+    if isinstance(py, dict):
+        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    else:
+        random.setstate(py)
+    if isinstance(npy, dict):
+        np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                             npy["cached_gaussian"]))
+    else:
+        np.random.set_state(npy)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
