@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from msda_edge_cases import (autograd_fwd_bwd, check_double_backward_refused, check_fixed_point_range,
+                             check_non_finite_locations, check_unchecked_level_is_masked)
 from msda_naive import make_inputs
 from vit_adapter_ds.ops import ms_deform_attn, ms_deform_attn_reference
 
@@ -100,3 +102,110 @@ def test_injector_size(backend, dtype):
     assert _rel_err(out, ref) <= RTOL[dtype]
     for got, leaf in zip(grads, (leaves[0], leaves[3], leaves[4])):
         assert _rel_err(got, leaf.grad) <= RTOL[dtype]
+
+
+# --- the input contract (ops/README.md) on the GPU: the same edge cases as the CPU backends ---
+
+def _op(backend):
+    return lambda *args: ms_deform_attn(*[t.cuda() if isinstance(t, torch.Tensor) else t for t in args],
+                                        backend=backend)
+
+
+def _cpu_fwd_bwd(backend):
+    """fwd_bwd on CUDA tensors, results back on the CPU (for msda_edge_cases' CPU references)."""
+    run = autograd_fwd_bwd(lambda *args: ms_deform_attn(*args, backend=backend))
+
+    def fwd_bwd(*args):
+        return tuple(t.cpu() for t in run(*[t.cuda() for t in args]))
+    return fwd_bwd
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_bad_geometry_and_types_are_refused(backend):
+    value, shapes, starts, loc, attn = make_inputs(1, 2, 1, 2, [(5, 7), (2, 5)], 1, dtype=torch.float32)
+    op = _op(backend)
+    with pytest.raises(ValueError, match=r"need 45 rows of value .* value\.shape\[1\] is 20"):
+        op(value[:, :20], shapes, starts, loc, attn)  # shapes on the GPU: read back once, then cached
+    with pytest.raises(ValueError, match="level_start_index"):
+        op(value, shapes, torch.tensor([0, 50]), loc, attn)
+    with pytest.raises(ValueError, match="sampling_locations is on cpu but value is on cuda"):
+        ms_deform_attn(value.cuda(), shapes, starts, loc, attn.cuda(), backend=backend)
+    with pytest.raises(TypeError, match="value must be float"):
+        op(value.long(), shapes, starts, loc, attn)
+    assert torch.equal(op(value, [(5, 7), (2, 5)], [0, 35], loc, attn), op(value, shapes, starts, loc, attn))
+
+
+def test_cuda_launcher_checks_the_geometry_itself():
+    from vit_adapter_ds.ops import cuda_ext
+
+    ext = cuda_ext.build()
+    value, shapes, starts, loc, attn = [t.cuda() for t in make_inputs(1, 2, 1, 2, [(5, 7), (2, 5)], 1,
+                                                                       dtype=torch.float32)]
+    with pytest.raises(RuntimeError, match=r"need 45 rows of value .* value\.shape\[1\] is 20"):
+        ext.forward(value[:, :20].contiguous(), shapes, starts, loc, attn)
+    with pytest.raises(RuntimeError, match="level_start_index"):
+        ext.forward(value, shapes, torch.tensor([0, 50], device="cuda"), loc, attn)
+    with pytest.raises(RuntimeError, match="value must be float"):
+        ext.forward(value.long(), shapes, starts, loc, attn)
+    with pytest.raises(RuntimeError, match="int64"):
+        ext.forward(value, shapes.int(), starts, loc, attn)
+
+
+def test_geometry_of_gpu_tensors_is_read_once_per_geometry(monkeypatch):
+    from vit_adapter_ds.ops import checks
+
+    value, shapes, starts, loc, attn = [t.cuda() for t in make_inputs(1, 2, 1, 2, [(3, 4), (2, 2)], 1)]
+    calls = []
+    real = checks.check_geometry_values
+    monkeypatch.setattr(checks, "check_geometry_values", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(checks, "_validated", {})
+    for _ in range(3):
+        ms_deform_attn(value, shapes, starts, loc, attn, backend="pytorch")
+    assert len(calls) == 1
+    starts[1] = 5  # in place: the version counter changes, so the geometry is checked again (and refused)
+    with pytest.raises(ValueError, match="level_start_index"):
+        ms_deform_attn(value, shapes, starts, loc, attn, backend="pytorch")
+    monkeypatch.setenv(checks.CHECK_ENV_VAR, "always")
+    starts[1] = 12
+    for _ in range(2):
+        ms_deform_attn(value, shapes, starts, loc, attn, backend="pytorch")
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_unchecked_bad_level_is_masked(backend):
+    from vit_adapter_ds.ops import cuda_ext, triton_msda
+
+    def kernels(value, shapes, starts, loc, attn, grad_out):
+        args = [t.cuda().contiguous() for t in (value, shapes, starts, loc, attn)]
+        if backend == "cuda":
+            ext = cuda_ext.build()
+            out = ext.forward(*args, check_geometry=False)
+            grads = ext.backward(*args, grad_out.cuda(), False, check_geometry=False)
+        else:
+            out = triton_msda.msda_forward(*args)
+            grads = triton_msda.msda_backward(*args, grad_out.cuda())
+        torch.cuda.synchronize()
+        return (out.cpu(), *(g.cpu() for g in grads))
+
+    check_unchecked_level_is_masked(kernels)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_double_backward_is_refused(backend):
+    check_double_backward_refused(_op(backend))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_non_finite_locations_are_nan(backend):
+    check_non_finite_locations(_cpu_fwd_bwd(backend))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_deterministic_range_tiny_and_huge_gradients(backend):
+    run = _cpu_fwd_bwd(backend)
+    try:
+        torch.use_deterministic_algorithms(True)
+        check_fixed_point_range(lambda *args: run(*args)[1:])
+    finally:
+        torch.use_deterministic_algorithms(False)
