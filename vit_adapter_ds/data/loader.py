@@ -21,8 +21,13 @@ size the epoch continues from slot P, so no sample of the epoch before P is repe
 skipped (only the wrap-around at the end of the epoch differs).
 
 A bad sample (see :class:`BadSample`) is replaced by the next sample of the epoch order that decodes; bad
-samples are counted, warned about (rate-limited, naming shard and key) and the loader raises
-:class:`TooManyBadSamples` once they exceed ``max_bad_fraction`` of the rank's samples in the epoch.
+samples are counted and warned about (rate-limited, naming shard and key). The bad-sample budget is per epoch
+over all ranks: :func:`bad_sample_budget` of the epoch's samples. When ``torch.distributed`` is initialised with
+the loader's world size, the train loader sums the ranks' counts with one tiny int64 all-reduce per batch in the
+main process (on a gloo group: the default group, or one created once beside an NCCL group), so every rank sees
+the same global count and raises :class:`TooManyBadSamples` at the same batch; a rank whose loader fails in
+another way tells the others through the same all-reduce, so no rank is left waiting in a collective. The val
+loader sums once, at the end of its pass (its ranks run unequal numbers of batches).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import math
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .decode import BadSample, ShardReader, decode_seg_sample
@@ -41,7 +47,49 @@ log = logging.getLogger(__name__)
 
 
 class TooManyBadSamples(RuntimeError):
-    """More than ``max_bad_fraction`` of the samples could not be used."""
+    """More bad samples in an epoch (over all ranks) than the budget, or a run of ``max_substitutes + 1``
+    consecutive bad samples; raised on every rank at the same batch."""
+
+
+class OtherRankFailed(RuntimeError):
+    """The loader of another rank failed (its error is in its log); raised so that this rank stops as well."""
+
+
+def bad_sample_budget(max_bad_fraction, num_samples):
+    """Bad samples an epoch of ``num_samples`` (all ranks) may hold: ``floor(max_bad_fraction * num_samples)``,
+    but at least 1 when ``max_bad_fraction > 0`` (a tiny epoch does not fail on one bad sample);
+    ``max_bad_fraction=0`` tolerates none."""
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+    allowed = math.floor(max_bad_fraction * num_samples + 1e-9)
+    return max(1, allowed) if max_bad_fraction > 0 else 0
+
+
+_GLOO_GROUPS = {}
+
+
+def _reduce_group():
+    """The group for the loader's CPU all-reduces: the default one if its backend takes CPU tensors, else a gloo
+    group over all ranks, created once (collectively: every rank reaches this at the same batch)."""
+    backend = str(dist.get_backend())
+    if "gloo" in backend or "mpi" in backend or "ucc" in backend:
+        return None
+    world = dist.group.WORLD
+    if world not in _GLOO_GROUPS:
+        _GLOO_GROUPS[world] = dist.new_group(backend="gloo")
+    return _GLOO_GROUPS[world]
+
+
+def sum_over_ranks(values, world_size):
+    """Element-wise sum of a few integers over the loader's ranks (the default process group, when it is
+    initialised with ``world_size`` ranks); the values themselves otherwise."""
+    values = [int(v) for v in values]
+    if world_size == 1 or not (dist.is_available() and dist.is_initialized()) or \
+            dist.get_world_size() != world_size:
+        return values
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t, group=_reduce_group())
+    return t.tolist()
 
 
 def _open_set(shard_dir, split, num_classes, verify, expect_split):
@@ -128,10 +176,15 @@ class _TrainStream(IterableDataset):
                                 f"{g} are bad, last: {bad[-1]}")
 
     def make_batch(self, step):
+        """The batch of ``step``, or ``{'fatal': message, 'meta': {'bad': ...}}`` after a run of
+        ``max_substitutes + 1`` bad samples (raised by the main process, on all ranks at once)."""
         imgs, labs, keys, shapes, shards, bad = [], [], [], [], [], []
         slots = list(self.slots(step))
         for g in slots:
-            img, lab, shard, key = self._load(g, bad)
+            try:
+                img, lab, shard, key = self._load(g, bad)
+            except TooManyBadSamples as e:
+                return {"fatal": str(e), "meta": {"bad": bad, "step": step, "epoch": self.epoch}}
             rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
             x, y = train_transform(img, lab, rng, self.crop_size, self.scale, self.ratio_range, self.cat_max_ratio,
                                    photometric=self.photometric, mean=self.mean, std=self.std,
@@ -156,34 +209,45 @@ class _TrainStream(IterableDataset):
 
 
 class _BadCounter:
-    """Counts distinct bad samples per epoch, logs rate-limited warnings and raises past the allowed fraction."""
+    """Counts distinct bad samples per epoch (and in total), logs rate-limited warnings naming shard and key, and
+    raises :class:`TooManyBadSamples` when the epoch's count over all ranks exceeds the budget."""
 
     def __init__(self, max_bad_fraction, what):
+        bad_sample_budget(max_bad_fraction, 1)  # validates the fraction
         self.max_bad_fraction, self.what = max_bad_fraction, what
         self.total = 0  # distinct bad samples per epoch, summed over epochs
         self.seen = set()
+        self.last = None
 
     def reset_epoch(self):
         self.seen = set()
+        self.last = None
 
     @property
     def epoch_count(self):
         return len(self.seen)
 
-    def add(self, bad, denominator):
+    def add(self, bad):
         for shard, key, reason in bad:
             if (shard, key) in self.seen:  # met again as a substitute candidate
                 continue
             self.seen.add((shard, key))
             self.total += 1
+            self.last = (shard, key, reason)
             if self.total <= 10 or self.total % 100 == 0:
                 log.warning("%s: skipped bad sample %s in shard %s: %s (%d bad so far)%s", self.what, key, shard,
                             reason, self.total, "; further warnings every 100th" if self.total == 10 else "")
-        if bad and self.epoch_count > self.max_bad_fraction * denominator:
-            shard, key, reason = bad[-1]
+
+    def check(self, global_count, epoch_samples, world_size):
+        """Raise if ``global_count`` (this epoch, all ranks) exceeds the budget of ``epoch_samples``."""
+        allowed = bad_sample_budget(self.max_bad_fraction, epoch_samples)
+        if global_count > allowed:
+            last = ("this rank has none" if self.last is None else
+                    f"this rank's last: {self.last[1]} in shard {self.last[0]}: {self.last[2]}")
             raise TooManyBadSamples(
-                f"{self.what}: {self.epoch_count} bad samples this epoch, more than max_bad_fraction="
-                f"{self.max_bad_fraction} of {denominator}; last: {key} in shard {shard}: {reason}")
+                f"{self.what}: {global_count} bad samples this epoch over all {world_size} rank(s), more than the "
+                f"budget of {allowed} (max_bad_fraction={self.max_bad_fraction} of the epoch's {epoch_samples} "
+                f"samples, see bad_sample_budget); {last}")
 
 
 def _iterate(ds, num_workers, timeout, pin_memory, prefetch_factor):
@@ -306,12 +370,38 @@ class TrainLoader:
             self.bad.reset_epoch()
         n = self.remaining_in_epoch()
         if n > 0:
-            denom = self.len_per_epoch * self.batch_size
-            for batch in _iterate(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
-                                  self.prefetch_factor):
-                self.bad.add(batch["meta"]["bad"], denom)
-                self.samples_consumed_in_epoch += self.global_batch
-                yield batch
+            epoch_samples = self.len_per_epoch * self.global_batch
+            it = _iterate(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
+                          self.prefetch_factor)
+            try:
+                for _ in range(n):
+                    batch, error = None, None
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        error = RuntimeError("train loader: the DataLoader ended before the epoch's batches")
+                    except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks heard of it
+                        error = e
+                    fatal = batch.get("fatal") if batch is not None else None
+                    if batch is not None:
+                        self.bad.add(batch["meta"]["bad"])
+                    count, n_fatal, n_error = sum_over_ranks(
+                        [self.bad.epoch_count, fatal is not None, error is not None], self.world_size)
+                    if error is not None:
+                        raise error
+                    if fatal is not None:
+                        raise TooManyBadSamples(f"{self.bad.what}: {fatal}")
+                    if n_error:
+                        raise OtherRankFailed(f"{self.bad.what}: the loader of {n_error} other rank(s) failed at "
+                                              f"this batch (see their logs); stopping")
+                    if n_fatal:
+                        raise TooManyBadSamples(f"{self.bad.what}: {n_fatal} other rank(s) met a run of "
+                                                "consecutive bad samples (see their logs); stopping")
+                    self.bad.check(count, epoch_samples, self.world_size)
+                    self.samples_consumed_in_epoch += self.global_batch
+                    yield batch
+            finally:
+                it.close()
         self.epoch += 1
         self.samples_consumed_in_epoch = 0
 
@@ -376,6 +466,7 @@ class ValLoader:
         self.manifest, self.reader = _open_set(shard_dir, split, num_classes, verify, "val")
         n = int(self.manifest["num_samples"])
         self.indices = np.arange(rank * n // world_size, (rank + 1) * n // world_size)
+        self.world_size = world_size
         self.num_workers, self.worker_timeout, self.pin_memory = num_workers, worker_timeout, pin_memory
         self.mean, self.std, self.ignore_index = tuple(mean), tuple(std), ignore_index
         self.bad = _BadCounter(max_bad_fraction, f"val loader (rank {rank})")
@@ -384,13 +475,38 @@ class ValLoader:
         return len(self.indices)
 
     def __iter__(self):
+        """Yield this rank's samples. The bad-sample budget is checked over all ranks once, at the end of the pass
+        (ranks run unequal numbers of batches, so there is no per-batch collective); a rank that alone exceeds
+        the budget, or whose loader fails, stops early and waits there, so all ranks raise together."""
         self.bad.reset_epoch()
+        n_all = int(self.manifest["num_samples"])
+        allowed = bad_sample_budget(self.bad.max_bad_fraction, n_all)
         ds = _ValStream(self.manifest, self.reader, self.indices, self.mean, self.std, self.ignore_index)
-        for item in _iterate(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2):
-            if "img" not in item:
-                self.bad.add(item["bad"], max(1, len(self.indices)))
-                continue
-            yield item
+        it = _iterate(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2)
+        error = None
+        try:
+            while True:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks heard of it
+                    error = e
+                    break
+                if "img" in item:
+                    yield item
+                    continue
+                self.bad.add(item["bad"])
+                if self.bad.epoch_count > allowed:  # the global count is at least this: stop early
+                    break
+        finally:
+            it.close()
+        count, n_error = sum_over_ranks([self.bad.epoch_count, error is not None], self.world_size)
+        if error is not None:
+            raise error
+        if n_error:
+            raise OtherRankFailed(f"{self.bad.what}: the loader of {n_error} other rank(s) failed (see their logs)")
+        self.bad.check(count, n_all, self.world_size)
 
 
 def build_train_loader(shard_dir, *, batch_size, crop_size, scale=(2048, 512), num_workers=0, seed=0, rank=0,
