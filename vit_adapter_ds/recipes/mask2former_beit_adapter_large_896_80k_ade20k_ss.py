@@ -1,7 +1,7 @@
 # Official: segmentation/configs/ade20k/mask2former_beit_adapter_large_896_80k_ade20k_ss.py (spec §4.1).
 # Mask2Former + BEiT-Adapter-L, 896x896 crop, 80k iters, batch 16 (16 GPUs x 1), layer decay 0.9.
 # Stage 2: ADE20K (150 classes) fine-tuned from the stage-1 segmentor (load_from; class layers re-initialised). 59.4 mIoU (SS).
-# The Mask2Former head is PENDING its own issue: this recipe loads and validates; training it stops with a clear error.
+# Model: vit_adapter_ds.models.segmentor_mask2former.EncoderDecoderMask2Former.from_config(model).
 _base_ = ['./_base_/models/mask2former_beit_adapter.py', './_base_/datasets/ade20k.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_80k.py']
 crop_size = (896, 896)

@@ -1,5 +1,6 @@
 # Mask2Former + BEiT-Adapter-L (official _base_/models/mask2former_beit.py as overridden by the 896 configs).
-# The Mask2Former head is PENDING its own issue: this recipe loads and validates, training it raises a clear error.
+# Built by EncoderDecoderMask2Former.from_config (vit_adapter_ds/models/segmentor_mask2former.py), which checks
+# every key below; state-dict keys are the official ones (decode_head.pixel_decoder.*, transformer_decoder.*, ...).
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     type='EncoderDecoderMask2Former',

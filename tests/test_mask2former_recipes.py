@@ -1,0 +1,81 @@
+"""The Mask2Former recipes against the official configs (values typed from github.com/czczup/ViT-Adapter
+segmentation/configs/{ade20k,coco_stuff164k}/mask2former_*.py, independently of the recipe files), each built on
+the meta device through EncoderDecoderMask2Former.from_config."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vit_adapter_ds.config.keys import to_plain
+from vit_adapter_ds.config.loader import load_recipe
+from vit_adapter_ds.models.segmentor_mask2former import EncoderDecoderMask2Former
+
+BEIT = "pretrained/beit_large_patch16_224_pt22k_ft22k.pth"
+BEITV2 = "pretrained/beitv2_large_patch16_224_pt1k_ft21k.pth"
+ADE_FROM = "pretrained/mask2former_beit_adapter_large_896_80k_cocostuff164k.pth.tar"
+ADE_FROM_V2 = "pretrained/mask2former_beitv2_adapter_large_896_80k_cocostuff164k.pth"
+R_BEIT = [640. / 896., 768. / 896., 1.0]
+R_BEITV2 = [800. / 896., 832. / 896., 864. / 896., 1.0]
+#  name: (pretrained, load_from, classes, things, queries, img_size, with_cp, iters, per_gpu, train/test scale,
+#         stride, eval interval, img_ratios, flip)
+OFFICIAL = {
+    "mask2former_beit_adapter_large_896_80k_cocostuff164k_ss":
+        (BEIT, None, 171, 80, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, None, False),
+    "mask2former_beit_adapter_large_896_80k_cocostuff164k_ms":
+        (BEIT, None, 171, 80, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, R_BEIT, True),
+    "mask2former_beitv2_adapter_large_896_80k_cocostuff164k_ss":
+        (BEITV2, None, 171, 80, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, None, False),
+    "mask2former_beit_adapter_large_896_80k_ade20k_ss":
+        (BEIT, ADE_FROM, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, None, False),
+    "mask2former_beit_adapter_large_896_80k_ade20k_ms":
+        (BEIT, ADE_FROM, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, R_BEIT, True),
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ss":
+        (BEITV2, ADE_FROM_V2, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, None, False),
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ms":
+        (BEITV2, ADE_FROM_V2, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, R_BEITV2, True),
+    "mask2former_beit_adapter_large_640_160k_ade20k_ss":
+        (BEIT, None, 150, 100, 100, 640, False, 160000, 2, (2048, 640), 426, 16000, None, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_mask2former_recipe_matches_official(name):
+    (pretrained, load_from, classes, things, queries, size, with_cp, iters, per_gpu, scale, stride, interval,
+     ratios, flip) = OFFICIAL[name]
+    c = load_recipe(name)
+    assert c.model.type == "EncoderDecoderMask2Former"
+    assert (c.model.pretrained, c.load_from) == (pretrained, load_from)
+    b = c.model.backbone
+    assert (b.type, b.img_size, b.embed_dim, b.depth, b.num_heads, b.drop_path_rate, b.init_values) == \
+        ("BEiTAdapter", size, 1024, 24, 16, 0.3, 1e-6)
+    assert (b.deform_num_heads, b.deform_ratio, b.cffn_ratio, b.n_points, b.conv_inplane) == (16, 0.5, 0.25, 4, 64)
+    assert bool(b.get("with_cp", False)) == with_cp
+    assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.constructor) == \
+        (2e-5, 0.05, "LayerDecayOptimizerConstructor")
+    assert dict(c.optimizer.paramwise_cfg) == {"num_layers": 24, "layer_decay_rate": 0.9}
+    assert (c.lr_config.warmup_iters, c.lr_config.warmup_ratio, c.lr_config.power) == (1500, 1e-6, 1.0)
+    assert (c.runner.max_iters, c.data.samples_per_gpu, c.global_batch_size) == (iters, per_gpu, 16)
+    assert tuple(c.data.train.scale) == scale and tuple(c.data.train.crop_size) == (size, size)
+    assert (c.evaluation.interval, tuple(c.evaluation.img_scale), c.evaluation.size_divisor) == (interval, scale, 32)
+    assert c.evaluation.get("img_ratios") == ratios and bool(c.evaluation.get("flip", False)) == flip
+    with torch.device("meta"):
+        model = EncoderDecoderMask2Former.from_config(to_plain(c.model))
+    head = model.decode_head
+    assert (head.num_classes, head.num_queries, model.num_classes) == (classes, queries, classes)
+    assert c.model.decode_head.num_things_classes == things
+    crit = head.criterion
+    assert crit.class_weight == [1.0] * classes + [0.1]
+    assert (crit.cls_weight, crit.mask_weight, crit.dice_weight, crit.dice_eps, crit.naive_dice) == \
+        (2.0, 5.0, 5.0, 1.0, True)
+    assert (crit.num_points, crit.oversample_ratio, crit.importance_sample_ratio) == (12544, 3.0, 0.75)
+    m = crit.matcher
+    assert (m.cls_weight, m.mask_weight, m.dice_weight, m.dice_eps) == (2.0, 5.0, 5.0, 1.0)
+    enc, dec = head.pixel_decoder.encoder, head.transformer_decoder
+    assert len(enc.layers) == 6 and len(dec.layers) == 9 and dec.num_heads == 32
+    attn = enc.layers[0].attentions[0]
+    assert (attn.d_model, attn.n_heads, attn.n_levels, attn.n_points) == (1024, 32, 3, 4)
+    assert enc.layers[0].ffns[0].feedforward_channels == dec.layers[0].ffns[0].feedforward_channels == 4096
+    assert enc.layers[0].ffns[0].with_cp == dec.layers[0].ffns[0].with_cp == with_cp
+    assert head.pixel_decoder.positional_encoding.num_feats == head.decoder_positional_encoding.num_feats == 512
+    assert head.pixel_decoder.input_convs[0].gn.num_groups == 32
+    assert model.test_cfg == {"mode": "slide", "crop_size": (size, size), "stride": (stride, stride)}
