@@ -210,12 +210,12 @@ def _collate(samples, mean, std):
 # ------------------------------------------------------------------------------------------------ train
 class _DetTrainStream(IterableDataset):
     def __init__(self, reader, order, cat2label, *, epoch, start, num_batches, rank, world_size, batch_size, seed,
-                 mean, std, transform_kw, max_substitutes=32):
+                 mean, std, ops, max_substitutes=32):
         super().__init__()
         self.reader, self.order, self.cat2label = reader, order, cat2label
         self.epoch, self.start, self.num_batches = epoch, start, num_batches
         self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
-        self.mean, self.std, self.transform_kw, self.max_substitutes = mean, std, transform_kw, max_substitutes
+        self.mean, self.std, self.ops, self.max_substitutes = mean, std, ops, max_substitutes
 
     def _load(self, g, bad):
         n = len(self.order)
@@ -236,7 +236,7 @@ class _DetTrainStream(IterableDataset):
         for g in slots:
             img, parsed, rec, i = self._load(g, bad)
             rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
-            samples.append(T.train_transform(to_sample(img, parsed), rng, **self.transform_kw))
+            samples.append(T.apply_ops(to_sample(img, parsed), rng, self.ops))
             keys.append(str(self.reader.keys[i]))
             shards.append(self.reader.shard_name(i))
             ids.append(int(rec["image"]["id"]))
@@ -258,14 +258,15 @@ class _DetTrainStream(IterableDataset):
 class DetectionTrainLoader:
     """Infinite, exactly resumable detection train loader (``next(loader)``; see module docstring).
 
-    ``transform_kw``: keywords of :func:`.det_transforms.train_transform` (``scales``, ``crop_scales``,
-    ``crop_range``, ``final_crop``, ``flip_ratio``) for smaller synthetic recipes; the defaults are the official.
+    The augmentation is ``ops`` (from :func:`.det_transforms.train_ops_from_pipeline` of a recipe's
+    ``train_pipeline``) or else :func:`.det_transforms.official_train_ops` with ``transform_kw`` (``scales``,
+    ``crop_scales``, ``crop_range``, ``final_crop``, ``flip_ratio``); the defaults are the official pipeline.
     """
 
     def __init__(self, shard_dir, *, batch_size, num_workers=0, seed=0, rank=0, world_size=1, num_classes=None,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, max_bad_fraction=0.01, shuffle="global", window_shards=4,
                  split=None, verify="size", worker_timeout=300.0, filter_empty_gt=True, min_size=32,
-                 transform_kw=None):
+                 transform_kw=None, ops=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_size < 1:
@@ -283,7 +284,9 @@ class DetectionTrainLoader:
         self.num_workers, self.worker_timeout = int(num_workers), worker_timeout
         self.mean, self.std = tuple(mean), tuple(std)
         self.shuffle, self.window_shards = shuffle, window_shards
-        self.transform_kw = dict(transform_kw or {})
+        if ops is not None and transform_kw:
+            raise ValueError("give either ops or transform_kw")
+        self.ops = list(ops) if ops is not None else T.official_train_ops(**(transform_kw or {}))
         self.max_bad_fraction = max_bad_fraction
         epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
         self.epoch, self.samples_consumed_in_epoch = 0, 0
@@ -367,7 +370,7 @@ class DetectionTrainLoader:
             ds = _DetTrainStream(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
                                  start=self.samples_consumed_in_epoch, num_batches=n, rank=self.rank,
                                  world_size=self.world_size, batch_size=self.batch_size, seed=self.seed,
-                                 mean=self.mean, std=self.std, transform_kw=self.transform_kw)
+                                 mean=self.mean, std=self.std, ops=self.ops)
             it = _iterate(ds, self.num_workers, self.worker_timeout)
             try:
                 for _ in range(n):
