@@ -39,10 +39,11 @@ def _check_float_tensor(name: str, t) -> None:
 
 
 def _index_tensor(name: str, x, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``x`` as an integer tensor of ``shape`` on ``device`` or the CPU (a Python sequence is converted)."""
+    """``x`` as an integer tensor of ``shape`` on ``device`` or the CPU (a Python sequence or a NumPy array is
+    converted)."""
     if not isinstance(x, torch.Tensor):
-        if not isinstance(x, Sequence):
-            raise TypeError(f"ms_deform_attn: {name} must be an int64 tensor or a sequence of ints, "
+        if isinstance(x, (str, bytes)) or not (isinstance(x, Sequence) or hasattr(x, "__array__")):
+            raise TypeError(f"ms_deform_attn: {name} must be an int64 tensor, a sequence of ints or an array, "
                             f"got {type(x).__name__}")
         try:
             x = torch.as_tensor(x, dtype=torch.long)

@@ -101,10 +101,11 @@ def check_input_types(op):
     _raises(lambda: op(value, shapes.float(), starts, loc, attn), TypeError, "spatial_shapes must hold integers")
     _raises(lambda: op(value, "3x4", starts, loc, attn), TypeError, "spatial_shapes")
     want = op(value, shapes, starts, loc, attn)
-    for as_list in ((LEVELS, [0, 12]), ([list(s) for s in LEVELS], (0, 12)), (shapes.int(), starts.int())):
+    for as_list in ((LEVELS, [0, 12]), ([list(s) for s in LEVELS], (0, 12)), (shapes.int(), starts.int()),
+                    (shapes.numpy(), starts.numpy())):
         got = op(value, *as_list, loc, attn)
         assert torch.equal(got, want), as_list
-    return "refused int/bool value, int locations, float shapes; accepted lists, tuples, int32"
+    return "refused int/bool value, int locations, float shapes; accepted lists, tuples, int32, NumPy"
 
 
 def check_double_backward_refused(op):

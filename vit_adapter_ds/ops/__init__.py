@@ -1,8 +1,9 @@
 """Multi-scale deformable attention ops: ``from vit_adapter_ds.ops import ms_deform_attn``.
 
 The kernels' sources live in the repository's top-level ``ops/`` folder (``msda.py``: the public op and its
-dispatch, ``checks.py``, ``reference.py``, ``triton_msda.py``, ``cuda_ext.py`` + ``csrc/``). This file makes
-them the submodules of ``vit_adapter_ds.ops`` by pointing the package's ``__path__`` at
+dispatch; ``checks.py``, ``reference.py``, ``triton_msda.py``, ``fixed_point.py``, ``cuda_ext.py`` + ``csrc/``,
+``build.py``). This file makes them the submodules of ``vit_adapter_ds.ops`` by pointing the package's
+``__path__`` at
 
 * the ``ops/`` folder of the checkout this file belongs to (a git clone, editable install or ``PYTHONPATH``):
   a second clone therefore always runs its own kernels, never those of the installed checkout; or
