@@ -367,8 +367,10 @@ for stage in stages:
     cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "steps_per_print": 10 ** 9,
            "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},
            "zero_optimization": {"stage": stage}}
-    engine, *_ = deepspeed.initialize(model=net, model_parameters=[p for p in net.parameters() if p.requires_grad],
-                                      config=cfg)
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in trainable if p.ndim > 1]},  # two groups, as the engine's decay/no-decay
+              {"params": [p for n, p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+    engine, *_ = deepspeed.initialize(model=net, model_parameters=groups, config=cfg)
     for _ in range(2):
         loss = engine(torch.randn(2, 3, 6, 6))
         engine.backward(loss)
