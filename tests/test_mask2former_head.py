@@ -411,3 +411,30 @@ def test_layer_decay_matches_the_official_constructor_parameter_by_parameter():
     assert ours["decode_head.mask_embed.4.weight"][1] == pytest.approx(0.9 ** 5)
     assert ours["decode_head.pixel_decoder.level_encoding.weight"][1] == 1.0
     assert ours["decode_head.transformer_decoder.layers.0.ffns.0.layers.1.weight"][1] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------- _ms test
+def test_aug_test_pads_short_side_and_removes_the_padding():
+    from vit_adapter_ds.models.segmentor_mask2former import black_pad_value
+    c = load_recipe("synthetic_mask2former")
+    torch.manual_seed(0)
+    model = EncoderDecoderMask2Former.from_config(to_plain(c.model)).eval()
+    img = torch.randn(1, 3, 64, 96)
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    black = black_pad_value(mean, std)
+    got = model.aug_test(img, scales=[None], flip=True, size_divisor=32, pad_short_side=128, pad_value=black)
+    # reference: the official pipeline steps written out (flip, pad bottom/right to >= 128, infer, unpad, softmax)
+    ref = 0
+    for f in (False, True):
+        x = img.flip(3) if f else img
+        padded = torch.empty(1, 3, 128, 128)
+        for ch in range(3):
+            padded[:, ch] = (0.0 - mean[ch]) / std[ch]
+        padded[:, :, :64, :96] = x
+        with torch.no_grad():
+            p = model.encode_decode(padded)[:, :, :64, :96].softmax(1)
+        ref = ref + (p.flip(3) if f else p)
+    torch.testing.assert_close(got, ref / 2, rtol=1e-5, atol=1e-6)
+    # without padding the result differs (the padding changes what the model sees)
+    plain = model.aug_test(img, scales=[None], flip=True, size_divisor=32)
+    assert plain.shape == got.shape and not torch.allclose(plain, got)

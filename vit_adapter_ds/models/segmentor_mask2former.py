@@ -7,7 +7,11 @@ It is an :class:`~vit_adapter_ds.models.segmentor.EncoderDecoder` whose decode h
   and ``loss``, their sum (mmseg's ``parse_losses`` sums every ``loss*`` term the same way);
 * ``encode_decode(img)``: the (N, C, H, W) semantic score map ``sum_q softmax(cls)[:C] * sigmoid(mask)``
   resized bilinearly to the image; whole/slide inference, ``predict`` (which applies a softmax over the classes
-  to these scores, as the official ``inference`` does) and ``aug_test`` are EncoderDecoder's.
+  to these scores, as the official ``inference`` does) are EncoderDecoder's;
+* ``aug_test(..., pad_short_side=896, pad_value=...)``: the official ``_ms`` test (``PadShortSide`` in the
+  pipeline + ``EncoderDecoderMask2FormerAug``): every resized (and flipped) image is padded at the bottom/right
+  to at least ``pad_short_side`` on both sides -- so every sliding window of the segmentation BEiT is exactly
+  ``img_size`` square -- and the padding is cut off the score map before it is resized back.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from vit_adapter_ds.config.keys import check_keys, take
 from .heads.common import resize
 from .heads.mask2former import Mask2FormerHead
 from .segmentor import EncoderDecoder
+from .test_time_resize import KeepRatioResize
 
 MODEL_KEYS = {"type", "pretrained", "backbone", "decode_head", "neck", "auxiliary_head", "train_cfg", "test_cfg",
               "init_cfg"}
@@ -45,12 +50,50 @@ class EncoderDecoderMask2Former(EncoderDecoder):
         losses["loss"] = sum(losses.values())
         return losses
 
+    @torch.no_grad()
+    def aug_test(self, img: torch.Tensor, scales=(None,), flip: bool = True, size_divisor: int | None = None,
+                 mode: str | None = None, crop_size=None, stride=None, out_size=None, resize_rule=None,
+                 pad_short_side: int | None = None, pad_value=0.0) -> torch.Tensor:
+        """Multi-scale (+ flip) test. Without ``pad_short_side``: EncoderDecoder's. With it, per scale and flip:
+        resize by ``resize_rule`` (default ``KeepRatioResize(size_divisor)``: Resize(keep_ratio) +
+        ResizeToMultiple), flip, pad bottom/right with ``pad_value`` to ``max(side, pad_short_side)``, whole/slide
+        scores, crop the padding off, resize to ``out_size`` (default: input size), softmax, flip back; returns the
+        mean probability map (N, C, h, w).
+
+        ``pad_value`` is in the normalised image space: ``0.0`` where the official pipeline pads after
+        ``Normalize`` (BEiTv2 ADE20K ``_ms``), :func:`black_pad_value` (``-mean / std`` per channel) where it pads
+        before (BEiT ``_ms`` configs). (The official ``EncoderDecoderMask2FormerAug`` removes the padding only in
+        slide mode, the mode of every official ``_ms`` config; here it is removed in both modes.)"""
+        if pad_short_side is None:
+            return super().aug_test(img, scales, flip, size_divisor, mode, crop_size, stride, out_size,
+                                    **({"resize_rule": resize_rule} if resize_rule is not None else {}))
+        if resize_rule is None:
+            resize_rule = KeepRatioResize(size_divisor)
+        elif size_divisor is not None:
+            raise ValueError("give either a resize rule or size_divisor, not both")
+        h, w = img.shape[2:]
+        out_size = tuple(out_size) if out_size is not None else (h, w)
+        total, n = None, 0
+        for scale in scales:
+            sh, sw = resize_rule(h, w, scale)
+            x = resize(img, (sh, sw), align_corners=False)
+            for f in ((False, True) if flip else (False,)):
+                xf = pad_bottom_right(x.flip(3) if f else x, max(sh, pad_short_side), max(sw, pad_short_side),
+                                      pad_value)
+                scores = self.logits(xf, mode, crop_size, stride)[:, :, :sh, :sw]
+                prob = resize(scores, out_size, self.align_corners).softmax(dim=1)
+                prob = prob.flip(3) if f else prob
+                total = prob if total is None else total + prob
+                n += 1
+        return total / n
+
     @classmethod
     def from_config(cls, cfg: dict, where: str = "model", backbone: nn.Module | None = None
                     ) -> "EncoderDecoderMask2Former":
         """Build from the official ``model=dict(type='EncoderDecoderMask2Former', backbone=..., decode_head=...,
-        train_cfg=..., test_cfg=...)``. ``model.train_cfg`` goes to the head (as the official segmentor does),
-        ``pretrained`` to the backbone. Every key is validated (:class:`ConfigError` names the dotted path)."""
+        train_cfg=..., test_cfg=...)``. ``model.train_cfg`` goes to the head (as the official segmentor does);
+        ``pretrained`` is left to ``registry.build_model``. Every key is validated (:class:`ConfigError` names the
+        dotted path)."""
         check_keys(cfg, MODEL_KEYS, where)
         if cfg.get("type", "EncoderDecoderMask2Former") != "EncoderDecoderMask2Former":
             raise ConfigError(f"recipe: {where}.type={cfg['type']!r}: this builds EncoderDecoderMask2Former")
@@ -85,29 +128,32 @@ class EncoderDecoderMask2Former(EncoderDecoder):
         return cls(backbone, decode_head, test_cfg=semantic_cfg)
 
 
+def black_pad_value(mean, std) -> list[float]:
+    """The normalised value of a black (0) pixel per channel, ``-mean / std`` (padding before ``Normalize``)."""
+    return [-float(m) / float(s) for m, s in zip(mean, std)]
+
+
+def pad_bottom_right(img: torch.Tensor, height: int, width: int, value=0.0) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, height, width) with the image at the top left (mmcv ``impad``); ``value`` a number or
+    one per channel."""
+    n, c, h, w = img.shape
+    if height < h or width < w:
+        raise ValueError(f"cannot pad {h}x{w} to {height}x{width}")
+    if (height, width) == (h, w):
+        return img
+    fill = torch.as_tensor(value, dtype=img.dtype, device=img.device)
+    if fill.dim() == 1 and fill.numel() not in (1, c):
+        raise ValueError(f"pad_value needs 1 or {c} entries, got {fill.numel()}")
+    out = fill.reshape(1, -1, 1, 1).expand(n, c, height, width).clone()
+    out[:, :, :h, :w] = img
+    return out
+
+
 def _build_backbone(cfg: dict, where: str) -> nn.Module:
-    """The backbone through the model table (``BACKBONES[type].from_config``) when it exists, else by calling the
-    class with the official keyword arguments."""
+    """The backbone through the model table (``registry.build_backbone``: ``BACKBONES[type].from_config``).
+    Pretrained weights (``model.pretrained``) are not read here; ``registry.build_model`` loads them afterwards."""
     bcfg = dict(cfg.get("backbone") or {})
     if not bcfg:
         raise ConfigError(f"recipe: {where}.backbone is required")
-    if cfg.get("pretrained") and not bcfg.get("pretrained"):
-        bcfg["pretrained"] = cfg["pretrained"]
-    try:
-        from .registry import BACKBONES
-    except ImportError:
-        BACKBONES = None
-    kind = bcfg.get("type")
-    if BACKBONES is not None:
-        if kind not in BACKBONES:
-            raise ConfigError(f"recipe: {where}.backbone.type={kind!r}; choose one of {sorted(BACKBONES)}")
-        return BACKBONES[kind].from_config(bcfg, f"{where}.backbone")
-    from . import backbones
-    if kind not in ("ViTAdapter", "BEiTAdapter"):
-        raise ConfigError(f"recipe: {where}.backbone.type={kind!r}; choose ViTAdapter or BEiTAdapter")
-    bcfg.pop("type")
-    bcfg.pop("_delete_", None)
-    try:
-        return getattr(backbones, kind)(**bcfg)
-    except TypeError as e:
-        raise ConfigError(f"recipe: {where}.backbone: {e}") from e
+    from .registry import build_backbone
+    return build_backbone(bcfg, f"{where}.backbone")
