@@ -277,3 +277,30 @@ def test_loss_keys_follow_mmdet():
     losses = crit(cls, masks, [labels], [gtm])
     assert list(losses) == ["loss_cls", "loss_mask", "loss_dice", "d0.loss_cls", "d0.loss_mask", "d0.loss_dice",
                             "d1.loss_cls", "d1.loss_mask", "d1.loss_dice"]
+
+
+def test_num_masks_is_reduced_over_ranks(monkeypatch):
+    """With a process group, loss_mask / loss_dice divide by all_reduce(num_masks / world) (mmdet reduce_mean);
+    here a fake 2-rank group whose other rank holds 6 masks."""
+    import torch.distributed as dist
+    calls = []
+
+    def fake_all_reduce(t, op=None):
+        calls.append(t.clone())
+        t.add_(6.0 / 2)                                       # the other rank's share
+
+    labels, gtm = semantic_to_masks(torch.tensor([[0, 1], [2, 2]]).repeat_interleave(4, 0).repeat_interleave(4, 1), 3)
+    cls, masks = torch.randn(1, 5, 4), torch.randn(1, 5, 6, 6)
+    crit = Mask2FormerCriterion(3, num_points=16)
+    torch.manual_seed(0)
+    local = crit.loss_single(cls, masks, [labels], [gtm])
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    torch.manual_seed(0)
+    reduced = crit.loss_single(cls, masks, [labels], [gtm])
+    assert len(calls) == 1 and calls[0].item() == pytest.approx(3 / 2)
+    mean = (3 + 6) / 2
+    assert reduced[0].item() == pytest.approx(local[0].item())
+    assert reduced[1].item() == pytest.approx(local[1].item() * 3 / mean, rel=1e-6)
+    assert reduced[2].item() == pytest.approx(local[2].item() * 3 / mean, rel=1e-6)
