@@ -368,9 +368,10 @@ def consolidate_deepspeed(path: str | os.PathLike) -> "OrderedDict[str, torch.Te
     parameters in ``param_shapes`` order (with ``param_alignment_paddings`` when recorded); ZeRO-3: each parameter is
     split evenly over the ranks (the last part padded), so its parts are taken from every rank's flat fp32 vector
     and joined. Frozen parameters come from ``frozen_param_fragments``, buffers from the model states, tied
-    parameters from ``shared_params``. ZeRO-0 (no ZeRO shards): the model states' ``module`` weights in fp32.
-    Unlike DeepSpeed's function, a ZeRO-1 checkpoint also gives its frozen parameters (DeepSpeed records them only
-    for ZeRO-2/3; ZeRO-1/2 model states hold every parameter whole, so they are taken from there).
+    parameters from ``shared_params``; floating-point values are returned in fp32. ZeRO-0 (no ZeRO shards): the model states' ``module`` weights in fp32.
+    Unlike DeepSpeed's function, the model states' other entries are kept too (they are whole at every stage: e.g.
+    BEiT's ``relative_position_index``, which the model verifies on loading, and a ZeRO-1 checkpoint's frozen
+    parameters, for which DeepSpeed records no ``frozen_param_shapes``).
     """
     tag_dir = find_deepspeed_tag(path)
     model_files = _shards(tag_dir, _MODEL_STATES_RE)
@@ -402,25 +403,25 @@ def consolidate_deepspeed(path: str | os.PathLike) -> "OrderedDict[str, torch.Te
     frozen = first.get("frozen_param_shapes") or {}
     if stage <= 2:
         for name in frozen:
-            out[name] = first["frozen_param_fragments"][name]
+            out[name] = _float(first["frozen_param_fragments"][name])
         _merge_zero12(out, first["param_shapes"], [o["single_partition_of_fp32_groups"] for o in optim], world,
                       optim[0].get("param_alignment_paddings"), tag_dir)
-        for name, value in first["module"].items():  # ZeRO-1 records no frozen_param_shapes; its module is whole
-            if name not in out:
-                out[name] = _float(value)
     elif stage == 3:
         if len(models) != world:
             raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint of {world} ranks needs {world} model-states files, "
                                   f"found {len(models)}")
         for name, shape in frozen.items():
             parts = torch.cat([m["frozen_param_fragments"][name].reshape(-1) for m in models])
-            out[name] = parts[:math.prod(shape)].view(shape)
+            out[name] = _float(parts[:math.prod(shape)].view(shape))
         _merge_zero3(out, first["param_shapes"], [o["fp32_flat_groups"] for o in optim], world, tag_dir)
     else:
         raise CheckpointError(f"{tag_dir}: unknown ZeRO stage {stage}")
     for alias, target in (first.get("shared_params") or {}).items():
         if target in out:
             out[alias] = out[target]
+    for name, value in first["module"].items():  # entries that are neither ZeRO parameters nor buffers: whole
+        if name not in out and not (stage == 3 and value.numel() == 0):  # (ZeRO-3 placeholders of parameters)
+            out[name] = _float(value)
     return out
 
 
