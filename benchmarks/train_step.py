@@ -25,12 +25,12 @@ def one(size: str, with_cp: bool, dtype: str, batch: int, iters: int, warmup: in
     import torch
 
     from vit_adapter_ds.config import load_recipe
-    from vit_adapter_ds.models.segmentor import build_segmentor
+    from vit_adapter_ds.models.registry import build_model
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cfg = load_recipe(RECIPES[size], [f"model.backbone.with_cp={with_cp}", "model.pretrained=None"])
     torch.manual_seed(0)
-    model = build_segmentor(cfg.model.to_dict()).to(device).train()
+    model = build_model(cfg.model).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     img = torch.randn(batch, 3, 512, 512, device=device)
     gt = torch.randint(0, 150, (batch, 512, 512), device=device)

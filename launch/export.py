@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--format", choices=("mmcv", "torch", "safetensors"), default="mmcv")
     args = p.parse_args(argv)
 
-    from vit_adapter_ds.engine.checkpoint import consolidated_state_dict, find_resume, to_mmcv
+    from vit_adapter_ds.checkpoint_io import consolidate_deepspeed
+    from vit_adapter_ds.engine.checkpoint import find_resume, to_mmcv
 
     try:
         found = find_resume(args.checkpoint, args.checkpoint)
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
         print(f"error: no complete checkpoint under {args.checkpoint}", file=sys.stderr)
         return 2
     tag_dir, meta = found
-    sd = consolidated_state_dict(tag_dir)
+    sd = consolidate_deepspeed(tag_dir)  # read with weights_only=True, never unpickling objects
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "safetensors":

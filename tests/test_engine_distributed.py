@@ -61,7 +61,7 @@ def run(args, work_dir, *, ranks=2, port=29700, ds="zero2_fp32", iters=6, extra_
     opts = [f"runner.max_iters={iters}", "checkpoint_config.interval=3", "checkpoint_config.max_keep_ckpts=3",
             f"evaluation.interval={iters}", "log_config.interval=1", "data.samples_per_gpu=2",
             f"data.train.shard_dir={shards}", f"data.val.shard_dir={shards}", "global_batch_size=None",
-            "model.decode_head.dropout_ratio=0.0", *options]
+            "model.decode_head.dropout_ratio=0.0", "evaluation.save_best=None", *options]
     script = [str(STUBS), "--ds_config", str(REPO / "ds_configs" / f"{ds}.json"), "--work-dir", str(work_dir),
               "--no-progress", "--dist-timeout", "60", *args, "--cfg-options", *opts]
     if ranks == 1:

@@ -1,5 +1,5 @@
 """Launcher environment mapping: deepspeed/torchrun variables win, SLURM (srun) is mapped, plain python = 1 rank."""
-from vit_adapter_ds.engine.distributed import setup_env
+from vit_adapter_ds.runtime import setup_env
 
 KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
         "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NODELIST")

@@ -1,6 +1,7 @@
-"""Stand-in components for the engine tests (a tiny conv segmentor, a resumable in-memory loader) and a script entry
-point: ``deepspeed --num_gpus 2 tests/test_engine_stubs.py <launch/train.py arguments>`` trains them with the real
-engine. No tests live here; ``test_engine_*.py`` files run this script.
+"""A stand-in task for the engine tests (a tiny conv segmentor, a resumable in-memory loader) and a script entry
+point: ``deepspeed --num_gpus 2 tests/test_engine_stubs.py <launch/train.py arguments>`` trains it with the real
+engine (the Trainer only sees the task interface of ``vit_adapter_ds.tasks.base``). No tests live here;
+``test_engine_*.py`` files run this script.
 
 The loader's batch ``n`` on rank ``r`` is a pure function of ``(seed, r, n)``, so its state is just ``n``; the model
 uses dropout, so resuming is bitwise only if the engine restores the torch RNG state too.
@@ -22,7 +23,8 @@ class TinySeg(nn.Module):
 
     def __init__(self, num_classes=NUM_CLASSES, width=8, dropout=0.1):
         super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        from vit_adapter_ds.models.norm import norm_class
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), norm_class("bn")(width), nn.ReLU())
         self.decode_head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(width, num_classes, 1))
         self.auxiliary_head = nn.Conv2d(width, num_classes, 1)
 
@@ -84,16 +86,6 @@ class StubVal:
         return iter(self.batches)
 
 
-def stub_lr_at(cfg, it):
-    """poly(1.0) with linear warm-up, mmcv formula (used only when the real schedule module is absent)."""
-    lc = cfg.lr_config
-    base, max_iters = cfg.optimizer.lr, cfg.runner.max_iters
-    lr = (base - lc.min_lr) * (1 - it / max_iters) ** lc.power + lc.min_lr
-    if lc.get("warmup") and it < lc.warmup_iters:
-        lr = lr * (1 - (1 - it / lc.warmup_iters) * (1 - lc.warmup_ratio))
-    return lr
-
-
 def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
     import torch.distributed as dist
     correct = torch.zeros(2, dtype=torch.float64)
@@ -116,23 +108,36 @@ def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
     return {"aAcc": float(correct[0] / correct[1])}, vis
 
 
-def stub_components():
-    from vit_adapter_ds.engine.trainer import Components
+class StubTask:
+    name = "stub"
+    best_metric = "aAcc"
 
-    def build_model(cfg):
-        return TinySeg(dropout=cfg.model.decode_head.dropout_ratio)
+    def __init__(self, cfg):
+        self.cfg = cfg
 
-    def build_loaders(cfg, rank, world_size, seed):
-        return StubLoader(seed, rank, world_size, cfg.data.samples_per_gpu), StubVal(rank)
+    def validate(self):
+        pass
 
-    def build_param_groups(model, cfg):
+    def build_model(self, load_pretrained=True):
+        return TinySeg(dropout=self.cfg.model.decode_head.dropout_ratio)
+
+    def build_train_loader(self, rank, world_size, seed):
+        return StubLoader(seed, rank, world_size, self.cfg.data.samples_per_gpu)
+
+    def build_val_loader(self, rank, world_size):
+        return StubVal(rank)
+
+    def forward_loss(self, model, batch, device, dtype):
+        return model(batch["img"].to(device, dtype), batch["gt_semantic_seg"].to(device))
+
+    def param_groups(self, model):
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
         return [{"params": decay, "lr_scale": 1.0, "group_name": "decay"},
                 {"params": no_decay, "lr_scale": 0.5, "weight_decay": 0.0, "group_name": "no_decay"}]
 
-    return Components(build_model=build_model, build_loaders=build_loaders, build_param_groups=build_param_groups,
-                      lr_at=stub_lr_at, evaluate=stub_evaluate)
+    def evaluate(self, model, val_loader, dtype, num_vis):
+        return stub_evaluate(model, val_loader, self.cfg, dtype, num_vis)
 
 
 if __name__ == "__main__":
@@ -156,4 +161,4 @@ if __name__ == "__main__":
                     pass
                 time.sleep(0.01)
         threading.Thread(target=_watch, args=(os.environ["STUB_CRASH_FILE"], int(crash_at)), daemon=True).start()
-    sys.exit(main(sys.argv[1:], components=stub_components()))
+    sys.exit(main(sys.argv[1:], make_task=StubTask))

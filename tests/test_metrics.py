@@ -246,13 +246,13 @@ def test_eval_and_predict_cli(tmp_path):
 
     from vit_adapter_ds.config import load_recipe
     from vit_adapter_ds.evaluation.cli import eval_main, predict_main
-    from vit_adapter_ds.models.segmentor import build_segmentor
+    from vit_adapter_ds.models.registry import build_model
 
     subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--out",
                     str(tmp_path / "shards"), "--num-train", "1", "--num-val", "2"], check=True, capture_output=True)
     cfg = load_recipe("synthetic_quickstart")
     torch.manual_seed(0)
-    model = build_segmentor(cfg.model.to_dict())
+    model = build_model(cfg.model)
     sd = model.state_dict()
     torch.save({"meta": {"iter": 1}, "state_dict": sd}, tmp_path / "model.pth")
     out = tmp_path / "m.json"

@@ -9,7 +9,9 @@ from torch import nn
 
 import mmseg_ref
 from vit_adapter_ds.models.heads import FCNHead, UPerHead
-from vit_adapter_ds.models.segmentor import (EncoderDecoder, build_segmentor, cross_entropy, rescale_size,
+from vit_adapter_ds.config.errors import ConfigError
+from vit_adapter_ds.models.registry import build_model
+from vit_adapter_ds.models.segmentor import (EncoderDecoder, cross_entropy, rescale_size,
                                              scales_from_ratios, inference_size)
 
 NC = 5
@@ -197,7 +199,7 @@ def test_build_segmentor_tiny_vit_adapter():
     mcfg["auxiliary_head"]["in_channels"] = 48
     mcfg["auxiliary_head"]["channels"] = 8
     mcfg["decode_head"]["in_channels"] = [48] * 4
-    model = build_segmentor(mcfg)
+    model = build_model(mcfg)
     assert model.aux_weight == 0.4 and model.decode_weight == 1.0 and model.num_classes == 8
     keys = set(model.state_dict())
     assert "decode_head.psp_modules.3.1.conv.weight" in keys and "auxiliary_head.convs.0.conv.weight" in keys
@@ -218,9 +220,9 @@ def test_build_segmentor_tiny_vit_adapter():
 def test_build_segmentor_rejects_unsupported():
     mcfg = _quickstart_model_cfg()
     mcfg["decode_head"]["loss_decode"] = dict(type="FocalLoss")
-    with pytest.raises(ValueError):
-        build_segmentor(mcfg, backbone=StubBackbone())
+    with pytest.raises(ConfigError, match="model.decode_head.loss_decode.type='FocalLoss'"):
+        build_model(mcfg, device="meta")
     mcfg = _quickstart_model_cfg()
     mcfg["decode_head"]["bogus"] = 1
-    with pytest.raises(ValueError):
-        build_segmentor(mcfg, backbone=StubBackbone())
+    with pytest.raises(ConfigError, match="model.decode_head.bogus"):
+        build_model(mcfg, device="meta")

@@ -101,6 +101,35 @@ def sub(cfg: Mapping, key: str, where: str, allowed: Iterable[str] | None = None
     return dict(node)
 
 
+def signature_kwargs(fn, cfg: Mapping, where: str, *, skip=("type",), supplied=()) -> dict:
+    """The keyword arguments for ``fn`` from ``cfg``: keys must be parameters of ``fn`` (minus ``supplied``, which
+    the caller passes itself and a recipe must not set); values whose default is a bool / int / float / str / pair
+    must have that type. Returns the checked dict (without ``skip`` keys)."""
+    import inspect
+
+    params = {p.name: p for p in inspect.signature(fn).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    set_by_caller = sorted(k for k in cfg if k in supplied)
+    if set_by_caller:
+        raise ConfigError(f"recipe: {where} must not set {set_by_caller}: the engine sets them (batch size: "
+                          "data.samples_per_gpu, workers: data.workers_per_gpu, seed: seed, classes: the model)")
+    check_keys(cfg, (set(params) - set(supplied)) | set(skip), where)
+    out = {}
+    for key, value in cfg.items():
+        if key in skip or key == "_delete_":
+            continue
+        default = params[key].default
+        for t in (bool, int, float, str):
+            if type(default) is t:  # noqa: E721  (bool is not int here)
+                value = check_type(value, t, f"{where}.{key}")
+                break
+        else:
+            if isinstance(default, tuple):
+                value = tuple(check_type(value, tuple, f"{where}.{key}"))
+        out[key] = value
+    return out
+
+
 def to_plain(cfg):
     """mmengine ``Config`` / ``ConfigDict`` (nested) -> plain ``dict`` / ``list`` values."""
     if hasattr(cfg, "to_dict"):

@@ -1,7 +1,10 @@
-"""Load a recipe file, apply ``key=value`` overrides, validate.
+"""Load a recipe file, apply ``key=value`` overrides, validate the engine sections.
 
     cfg = load_recipe("upernet_deit_adapter_tiny_512_160k_ade20k", ["runner.max_iters=100"])
     cfg = load_recipe(None)                    # the built-in synthetic quickstart recipe
+
+The ``model`` and ``data`` sections are validated by the task (``vit_adapter_ds.tasks.validate``, which builds the
+model on the meta device); ``vit_adapter_ds.tasks.load_and_validate`` does both.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 from mmengine import Config
 
 from .errors import ConfigError  # noqa: F401  (re-exported)
-from .schema import validate_recipe
+from .schema import TOP_LEVEL_KEYS, validate_sections
 
 
 def resolve_recipe_path(name_or_path: str | None) -> Path:
@@ -65,15 +68,34 @@ def load_recipe(name_or_path: str | None = None, options: list[str] | dict | Non
     except Exception as e:  # syntax errors, missing _base_ files ...
         raise ConfigError(f"cannot load recipe {path}: {type(e).__name__}: {e}") from e
     opts = options if isinstance(options, dict) else parse_options(options)
-    for key in opts:
+    for key, value in opts.items():
         top = key.split(".")[0]
-        if top not in cfg and not top.startswith("_"):
-            from .schema import TOP_LEVEL_KEYS
-            if top not in TOP_LEVEL_KEYS:
-                raise ConfigError(f"--cfg-options: unknown key {key!r}; valid top-level keys: "
-                                  f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
-    if opts:
-        cfg.merge_from_dict(opts)
+        if top not in cfg and not top.startswith("_") and top not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"--cfg-options: unknown key {key!r}; valid top-level keys: "
+                              f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
+        _open_none_parents(cfg, key)
+        try:
+            cfg.merge_from_dict({key: value})
+        except Exception as e:  # mmengine raises bare TypeError/KeyError for keys it cannot merge
+            raise ConfigError(f"--cfg-options {key}={value!r}: {type(e).__name__}: {e}") from e
     if validate:
-        validate_recipe(cfg)
+        from .keys import to_plain
+        validate_sections(to_plain(cfg))
     return cfg
+
+
+def _open_none_parents(cfg, dotted: str) -> None:
+    """``a.b.c=1`` where the recipe has ``a.b = None`` (e.g. ``optimizer_config.grad_clip=None``): make ``a.b`` an
+    empty dict first, so the override creates ``{'c': 1}`` instead of failing inside mmengine."""
+    node = cfg
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not hasattr(node, "get"):
+            return
+        child = node.get(part)
+        if child is None and part in node:
+            node[part] = {}
+            child = node[part]
+        if child is None:
+            return
+        node = child

@@ -1,208 +1,158 @@
-"""What a recipe may contain. Unknown keys are rejected with the list of valid ones.
+"""What the engine-level sections of a recipe may contain: every key of every section, its type and its range.
 
-Fixed sections (optimizer, lr_config, runner, ...) are checked against the tables below; sections that are
-constructor arguments (``model.backbone``, heads, data loaders) are checked against the signature of the class or
-function that will receive them, when that code is importable.
+The ``model`` and ``data`` sections are not described here: the task validates them by building the model on the
+meta device (each table entry's ``from_config`` checks its own keys) and by checking the loader arguments
+(:mod:`vit_adapter_ds.tasks`), so the validator and the builder can never disagree. This module imports no model
+code.
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
 from .errors import ConfigError
+from .keys import check_keys, check_type
 
-# Top-level keys. The helper variables of the official configs (crop_size, norm_cfg, ...) are allowed too, as are
-# names starting with "_".
-TOP_LEVEL_KEYS = {
-    "model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config", "evaluation",
-    "log_config", "fp16", "load_from", "resume_from", "seed", "work_dir", "global_batch_size", "vis", "sync_bn",
-    # helper variables of the official configs
-    "pretrained", "crop_size", "norm_cfg", "img_norm_cfg", "dataset_type", "data_root", "num_classes",
-}
-
-SECTIONS = {
-    "optimizer": {"type", "lr", "betas", "eps", "weight_decay", "constructor", "paramwise_cfg"},
-    "optimizer.paramwise_cfg": {"num_layers", "layer_decay_rate", "custom_keys", "official_wd_quirk"},
-    "optimizer_config": {"grad_clip"},
-    "optimizer_config.grad_clip": {"max_norm", "norm_type"},
-    "lr_config": {"policy", "warmup", "warmup_iters", "warmup_ratio", "power", "min_lr", "by_epoch"},
-    "runner": {"type", "max_iters"},
-    "checkpoint_config": {"by_epoch", "interval", "max_keep_ckpts"},
-    "evaluation": {"interval", "metric", "save_best", "img_scale", "size_divisor", "img_ratios", "flip", "ms_resize"},
-    "evaluation.ms_resize": {"type", "crop_size", "keep_ratio", "setr_multi_scale"},
-    "log_config": {"interval"},
-    "fp16": {"loss_scale"},
-    "vis": {"num_images"},
-    "data": {"samples_per_gpu", "workers_per_gpu", "train", "val"},
-    "model": {"type", "pretrained", "backbone", "decode_head", "auxiliary_head", "train_cfg", "test_cfg", "init_cfg"},
-    "model.test_cfg": {"mode", "crop_size", "stride", "panoptic_on", "semantic_on", "instance_on", "max_per_image",
-                       "iou_thr", "filter_low_score"},
-}
-CHOICES = {
-    "optimizer.type": ("AdamW",),
-    "optimizer.constructor": (None, "LayerDecayOptimizerConstructor"),
-    "lr_config.policy": ("poly",),
-    "lr_config.warmup": (None, "linear"),
-    "lr_config.by_epoch": (False,),
-    "runner.type": ("IterBasedRunner",),
-    "checkpoint_config.by_epoch": (False,),
-    "evaluation.metric": ("mIoU",),
-    "evaluation.ms_resize.type": ("Resize", "SETR_Resize"),
-    "model.type": ("EncoderDecoder", "EncoderDecoderMask2Former"),
-    "model.backbone.type": ("ViTAdapter", "BEiTAdapter"),
-    "model.test_cfg.mode": ("whole", "slide"),
-}
-POSITIVE_INTS = ("runner.max_iters", "checkpoint_config.interval", "evaluation.interval", "log_config.interval",
-                 "data.samples_per_gpu")
-# Official head keys the engine translates before building (norm_cfg -> norm, loss_decode -> segmentor losses).
-HEAD_TRANSLATED = {"norm_cfg", "loss_decode"}
-# Official data keys the engine translates (img_norm_cfg -> mean/std).
-DATA_TRANSLATED = {"img_norm_cfg"}
-# Keys supplied by the engine itself (not by the recipe) when it calls the data loader builders.
-LOADER_ENGINE_ARGS = {"shard_dir", "batch_size", "num_workers", "seed", "rank", "world_size"}
-PENDING_HEADS = {"EncoderDecoderMask2Former": "Mask2Former (its own issue)"}
+# Top-level keys. The helper variables of the official configs (crop_size, norm_cfg, ...) are allowed too (their
+# effect is checked where they are used), as are names starting with "_".
+SECTION_KEYS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config",
+                "evaluation", "log_config", "fp16", "vis")
+SCALAR_KEYS = ("load_from", "resume_from", "seed", "work_dir", "global_batch_size")
+HELPER_KEYS = ("pretrained", "crop_size", "norm_cfg", "img_norm_cfg", "dataset_type", "data_root", "num_classes",
+               "img_scale", "train_pipeline", "test_pipeline")
+TOP_LEVEL_KEYS = set(SECTION_KEYS) | set(SCALAR_KEYS) | set(HELPER_KEYS)
 
 
-def _get(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-_MISSING = object()
-
-
-class _AttrDict(dict):
-    """dict with attribute access (validation helpers use ``cfg.model`` like on an mmengine Config)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(name) from e
-
-    @classmethod
-    def wrap(cls, d):
-        if isinstance(d, dict):
-            return cls({k: cls.wrap(v) for k, v in d.items()})
-        return d
-
-
-def _check_keys(where: str, node, allowed: set) -> None:
-    if node is None:
-        return
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"recipe: {where} must be a dict, got {type(node).__name__}")
-    unknown = sorted(k for k in node if k not in allowed and k != "_delete_")
-    if unknown:
-        raise ConfigError(f"recipe: unknown key(s) {unknown} in {where}; valid keys: {', '.join(sorted(allowed))}")
-
-
-def _signature_keys(fn) -> tuple[set, bool]:
-    """Parameter names of ``fn`` and whether it takes **kwargs."""
-    params = inspect.signature(fn).parameters.values()
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
-    return names, any(p.kind == p.VAR_KEYWORD for p in params)
-
-
-def check_kwargs(where: str, node: Mapping, fn, skip=("type", "_delete_"), engine_supplied=()) -> None:
-    """Reject keys of ``node`` that ``fn`` does not accept (or that the engine supplies itself)."""
-    names, has_var_kw = _signature_keys(fn)
-    supplied = sorted(k for k in node if k in engine_supplied and k != "shard_dir")
-    if supplied:
-        raise ConfigError(f"recipe: {where} must not set {supplied}: the engine sets them "
-                          "(batch size: data.samples_per_gpu, workers: data.workers_per_gpu, seed: seed)")
-    if has_var_kw:
-        return
-    allowed = names - set(engine_supplied) | {"shard_dir"} if engine_supplied else names
-    unknown = sorted(k for k in node if k not in allowed and k not in skip)
-    if unknown:
-        raise ConfigError(f"recipe: unknown key(s) {unknown} in {where}; valid keys: {', '.join(sorted(allowed))}")
-
-
-def _backbone_class(name):
-    from ..models.backbones import BEiTAdapter, ViTAdapter
-    return {"ViTAdapter": ViTAdapter, "BEiTAdapter": BEiTAdapter}[name]
-
-
-def validate_recipe(cfg) -> None:
-    """Raise ``ConfigError`` on unknown keys, bad choices or bad numbers anywhere in the recipe."""
-    if hasattr(cfg, "to_dict"):  # mmengine Config -> plain nested dicts
-        cfg = _AttrDict.wrap(cfg.to_dict())
-    unknown = sorted(k for k in cfg if k not in TOP_LEVEL_KEYS and not k.startswith("_"))
-    if unknown:
-        raise ConfigError(f"recipe: unknown top-level key(s) {unknown}; valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
-    for required in ("model", "data", "optimizer", "lr_config", "runner"):
-        if required not in cfg:
-            raise ConfigError(f"recipe: missing required section {required!r}")
-    for where, allowed in SECTIONS.items():
-        node = _get(cfg, where)
-        if node is not _MISSING:
-            _check_keys(where, node, allowed)
-    for where, choices in CHOICES.items():
-        value = _get(cfg, where)
-        if value is not _MISSING and value not in choices:
+# ----------------------------------------------------------------------------------------------- value checkers
+def _t(*types, choices=None, minimum=None, exclusive=False):
+    def check(value, where):
+        value = check_type(value, types, where)
+        if choices is not None and value not in choices:
             raise ConfigError(f"recipe: {where}={value!r} is not supported; choose one of {list(choices)}")
-    for where in POSITIVE_INTS:
-        value = _get(cfg, where)
-        if value is not _MISSING and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise ConfigError(f"recipe: {where} must be a positive integer, got {value!r}")
-    lr = _get(cfg, "optimizer.lr")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ConfigError(f"recipe: optimizer.lr must be a positive number, got {lr!r}")
-    gbs = cfg.get("global_batch_size")
-    if gbs is not None and (not isinstance(gbs, int) or gbs <= 0):
-        raise ConfigError(f"recipe: global_batch_size must be a positive integer or None, got {gbs!r}")
-    pw = _get(cfg, "optimizer.paramwise_cfg")
-    if _get(cfg, "optimizer.constructor") == "LayerDecayOptimizerConstructor":
-        if pw is _MISSING or "num_layers" not in pw or "layer_decay_rate" not in pw:
+        if minimum is not None and value is not None and (value <= minimum if exclusive else value < minimum):
+            raise ConfigError(f"recipe: {where} must be {'>' if exclusive else '>='} {minimum}, got {value!r}")
+        return value
+    return check
+
+
+def _seq(item, length=None, allow_none=False):
+    def check(value, where):
+        if value is None and allow_none:
+            return value
+        if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
+            raise ConfigError(f"recipe: {where} must be a list{f' of {length}' if length else ''}, got {value!r}")
+        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return check
+
+
+def _dict(spec, allow_none=False):
+    def check(value, where):
+        if value is None and allow_none:
+            return value
+        check_section(value, spec, where)
+        return value
+    return check
+
+
+def _max_keep(value, where):
+    value = check_type(value, (int, type(None)), where)
+    if value is not None and value != -1 and value < 1:
+        raise ConfigError(f"recipe: {where}={value!r}: use a positive number of checkpoints to keep, or -1 / None "
+                          "to keep all (mmcv semantics)")
+    return value
+
+
+def _custom_keys(value, where):
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"recipe: {where} must be a dict of name -> dict(lr_mult=..., decay_mult=...)")
+    for name, mult in value.items():
+        check_section(mult, {"lr_mult": _t(float, minimum=0), "decay_mult": _t(float, minimum=0)},
+                      f"{where}.{name}")
+    return value
+
+
+def _loss_scale(value, where):
+    if isinstance(value, Mapping):
+        check_section(value, {"init_scale": _t(float, minimum=0, exclusive=True), "mode": _t(str),
+                              "scale_factor": _t(float), "growth_interval": _t(int)}, where)
+        return value
+    if value == "dynamic":
+        return value
+    return _t(float, minimum=0, exclusive=True)(value, where)
+
+
+POS_INT = _t(int, minimum=1)
+PAIR = _seq(_t(int, minimum=1), length=2)
+METRICS = ("mIoU", "aAcc", "mAcc")
+
+SECTIONS: dict[str, dict] = {
+    "optimizer": {
+        "type": _t(str, choices=("AdamW",)), "lr": _t(float, minimum=0, exclusive=True),
+        "betas": _seq(_t(float), length=2), "eps": _t(float, minimum=0, exclusive=True),
+        "weight_decay": _t(float, minimum=0),
+        "constructor": _t(str, type(None), choices=(None, "LayerDecayOptimizerConstructor")),
+        "paramwise_cfg": _dict({"num_layers": POS_INT, "layer_decay_rate": _t(float, minimum=0, exclusive=True),
+                                "custom_keys": _custom_keys, "official_wd_quirk": _t(bool)}, allow_none=True)},
+    "optimizer_config": {
+        "grad_clip": _dict({"max_norm": _t(float, minimum=0, exclusive=True), "norm_type": _t(int, float,
+                                                                                              choices=(2, 2.0))},
+                           allow_none=True)},
+    "lr_config": {  # values are checked by the schedule (engine/schedule.py), which owns their meaning
+        "policy": _t(str), "warmup": _t(str, type(None)), "warmup_iters": _t(int, minimum=0),
+        "warmup_ratio": _t(float, minimum=0), "power": _t(float), "min_lr": _t(float, minimum=0),
+        "by_epoch": _t(bool)},
+    "runner": {"type": _t(str, choices=("IterBasedRunner",)), "max_iters": POS_INT},
+    "checkpoint_config": {"by_epoch": _t(bool, choices=(False,)), "interval": POS_INT, "max_keep_ckpts": _max_keep},
+    "evaluation": {
+        "interval": POS_INT, "metric": _t(str, choices=("mIoU",)),
+        "save_best": _t(str, type(None), choices=(None, "auto", *METRICS)),
+        "img_scale": _seq(_t(int, minimum=1), length=2, allow_none=True),
+        "size_divisor": _t(int, type(None), minimum=1), "img_ratios": _seq(_t(float, minimum=0, exclusive=True),
+                                                                           allow_none=True),
+        "flip": _t(bool),
+        "ms_resize": _dict({"type": _t(str, choices=("Resize", "SETR_Resize")), "crop_size": PAIR,
+                            "keep_ratio": _t(bool), "setr_multi_scale": _t(bool)}, allow_none=True)},
+    "log_config": {"interval": POS_INT},
+    "fp16": {"loss_scale": _loss_scale},
+    "vis": {"num_images": _t(int, minimum=0)},
+}
+SCALARS = {"load_from": _t(str, type(None)), "resume_from": _t(str, type(None)), "seed": _t(int, type(None)),
+           "work_dir": _t(str, type(None)), "global_batch_size": _t(int, type(None), minimum=1)}
+REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
+
+
+def check_section(node, spec: dict, where: str) -> None:
+    check_keys(node, spec, where)
+    for key, check in spec.items():
+        if key in node:
+            check(node[key], f"{where}.{key}")
+
+
+def validate_sections(cfg) -> None:
+    """Raise :class:`ConfigError` on an unknown top-level key, or an unknown / ill-typed key of an engine section."""
+    unknown = sorted(k for k in cfg if k not in TOP_LEVEL_KEYS and not str(k).startswith("_"))
+    if unknown:
+        raise ConfigError(f"recipe: unknown top-level key(s) {unknown}; valid keys: "
+                          f"{', '.join(sorted(TOP_LEVEL_KEYS))}")
+    for required in REQUIRED:
+        if cfg.get(required) is None:
+            raise ConfigError(f"recipe: missing required section {required!r}")
+    for name, spec in SECTIONS.items():
+        if cfg.get(name) is not None:
+            check_section(cfg[name], spec, name)
+    for name, check in SCALARS.items():
+        if name in cfg:
+            check(cfg[name], name)
+    opt = cfg["optimizer"]
+    if "lr" not in opt:
+        raise ConfigError("recipe: optimizer.lr is required")
+    if opt.get("constructor") == "LayerDecayOptimizerConstructor":
+        pw = opt.get("paramwise_cfg") or {}
+        if "num_layers" not in pw or "layer_decay_rate" not in pw:
             raise ConfigError("recipe: LayerDecayOptimizerConstructor needs optimizer.paramwise_cfg with "
                               "num_layers and layer_decay_rate")
-    # constructor-argument sections
-    backbone = cfg.model.get("backbone")
-    if not isinstance(backbone, Mapping) or "type" not in backbone:
-        raise ConfigError("recipe: model.backbone must be a dict with a 'type' (ViTAdapter or BEiTAdapter)")
-    check_kwargs("model.backbone", backbone, _backbone_class(backbone["type"]))
-    if "pretrained" in backbone and cfg.model.get("pretrained"):
-        raise ConfigError("recipe: set pretrained weights either in model.pretrained or model.backbone.pretrained")
-    _validate_heads(cfg)
-    _validate_data(cfg)
-
-
-def _validate_heads(cfg) -> None:
-    if cfg.model.type in PENDING_HEADS:
-        return  # head code pending: the keys are the official ones and are not checked further
-    try:
-        from ..models import heads as heads_pkg
-    except ImportError:
-        return
-    if getattr(heads_pkg, "__file__", None) is None:  # heads not written yet (empty namespace package)
-        return
-    for section in ("decode_head", "auxiliary_head"):
-        node = cfg.model.get(section)
-        if node is None:
-            continue
-        cls = getattr(heads_pkg, str(node.get("type")), None)
-        if cls is None:
-            known = sorted(n for n in dir(heads_pkg) if n.endswith("Head"))
-            raise ConfigError(f"recipe: model.{section}.type={node.get('type')!r} is unknown; available: {known}")
-        check_kwargs(f"model.{section}", node, cls, skip=("type", "_delete_", *HEAD_TRANSLATED))
-
-
-def _validate_data(cfg) -> None:
-    try:
-        from ..data.loader import TrainLoader, ValLoader
-    except ImportError:
-        return
-    train_fn, val_fn = TrainLoader.__init__, ValLoader.__init__
-    for section, fn in (("train", train_fn), ("val", val_fn)):
-        node = cfg.data.get(section)
-        if node is None:
-            raise ConfigError(f"recipe: data.{section} is missing")
-        if "shard_dir" not in node:
-            raise ConfigError(f"recipe: data.{section}.shard_dir is missing")
-        check_kwargs(f"data.{section}", node, fn, skip=("type", "_delete_", *DATA_TRANSLATED),
-                     engine_supplied=LOADER_ENGINE_ARGS)
+    check_section(cfg["data"], {"samples_per_gpu": POS_INT, "workers_per_gpu": _t(int, minimum=0),
+                                "train": _t(Mapping), "val": _t(Mapping, type(None))}, "data")
+    if "samples_per_gpu" not in cfg["data"]:
+        raise ConfigError("recipe: data.samples_per_gpu is required")
+    if cfg["data"].get("train") is None:
+        raise ConfigError("recipe: data.train is required")

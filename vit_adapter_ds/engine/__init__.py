@@ -1,11 +1,13 @@
-"""Training engine: DeepSpeed set-up and loop, checkpoints, distributed init, logging; optimizer groups and schedule.
+"""Training engine: the Trainer over a task's parts, checkpoints, DeepSpeed config, optimizer groups, schedule, logs.
 
-* ``cli``: ``launch/train.py`` (argument and config validation, then ``trainer.train``)
-* ``trainer``: the iteration loop over ``deepspeed.initialize``'s engine (``Components`` = the parts it drives)
-* ``components``: the real parts (segmentor, shard loaders, layer-decay groups, poly schedule, evaluator)
-* ``checkpoint``: crash-safe save (COMPLETE marker), resume (also universal on another world size), export, load-from
+* ``cli``: ``launch/train.py`` (argument and recipe validation before any process group, then the Trainer)
+* ``trainer``: :class:`Trainer` -- build, step, log, evaluate, save / resume -- over ``deepspeed.initialize``
+* ``checkpoint``: what a checkpoint holds (:class:`TrainState`), crash-safe save (COMPLETE marker), pruning, best,
+  resume (also universal on another world size, buffers included)
 * ``deepspeed_setup``: DeepSpeed JSON loading and ``"auto"`` resolution from the recipe
-* ``distributed``: RANK/WORLD_SIZE/... from deepspeed, torchrun, srun or a plain process; process-group init
 * ``logging``: TensorBoard, ``metrics.jsonl``, progress bar
-* ``optim`` / ``schedule``: layer-decay parameter groups and the poly + linear warm-up learning rate
+* ``optim`` / ``schedule``: layer-decay parameter groups and the poly + linear warm-up scheduler
+
+The task (model, loaders, batch -> loss, evaluation) lives in :mod:`vit_adapter_ds.tasks`; the process group and
+device in :mod:`vit_adapter_ds.runtime`.
 """

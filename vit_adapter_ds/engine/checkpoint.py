@@ -1,39 +1,60 @@
-"""Crash-safe DeepSpeed checkpoints, resume (also on a different world size), export and two-stage loading.
+"""Crash-safe DeepSpeed checkpoints: what a checkpoint holds, saving, finding, pruning, universal conversion, loading.
 
 Layout under ``<work_dir>/checkpoints``::
 
-    iter_<N>/                    DeepSpeed shards of one save (tag), plus
-    iter_<N>/extra_rank<r>.pt    per-rank state: RNG states (python, numpy, torch, cuda) and the loader position
-    iter_<N>/COMPLETE            JSON written by rank 0 after *every* rank finished the save (barrier)
+    iter_<N>/                    DeepSpeed shards of one save (tag): model, optimizer, the client LR scheduler, plus
+    iter_<N>/extra_rank<r>.pt    this project's per-rank state (:class:`TrainState`): iteration, loader position, RNG
+                                 states, and (rank 0) every module buffer -- plain tensors, ints and strings only, so
+                                 it loads with ``torch.load(weights_only=True)``
+    iter_<N>/COMPLETE            JSON written by rank 0 after *every* rank finished the save and fsynced its files
     iter_<N>_universal/          universal-checkpoint conversion (only when resuming on another world size)
     latest                       name of the newest complete tag (written after COMPLETE)
+    best.json                    ``save_best``: the metric, its value and the tag of the best evaluation
 
 ``--resume auto`` picks the newest ``iter_<N>`` that has ``COMPLETE``; a save interrupted by a crash has no marker
-and is never picked.
+and is never picked. DeepSpeed's universal load restores parameters and optimizer state but not the module's
+buffers (BatchNorm statistics), so :func:`load` always restores every buffer from the saved :class:`TrainState`.
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import distributed as du
+from .. import runtime as rt
+from ..checkpoint_io import rng_state_from_tensors as set_rng_state
+from ..checkpoint_io import rng_state_to_tensors as rng_state
 
 TAG_RE = re.compile(r"^iter_(\d+)$")
 MARKER = "COMPLETE"
+BEST = "best.json"
 
 
 def checkpoint_root(work_dir) -> Path:
     return Path(work_dir) / "checkpoints"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            _fsync_file(p)
+    _fsync_file(root)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -45,24 +66,51 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# ----------------------------------------------------------------------------------------------- the saved state
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds besides DeepSpeed's model/optimizer/scheduler shards, in one place."""
+
+    iteration: int
+    loader: dict | None = None
+    rng: dict = field(default_factory=rng_state)
+    buffers: dict | None = None          # name -> tensor, every module buffer (saved by rank 0)
+    rank: int = 0
+    world_size: int = 1
+
+    def to_dict(self) -> dict:
+        return {"iteration": self.iteration, "loader": self.loader, "rng": self.rng, "buffers": self.buffers,
+                "rank": self.rank, "world_size": self.world_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(iteration=int(d["iteration"]), loader=d.get("loader"), rng=d["rng"], buffers=d.get("buffers"),
+                   rank=int(d.get("rank", 0)), world_size=int(d.get("world_size", 1)))
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def module_buffers(module: torch.nn.Module) -> dict:
+    return {name: buf.detach().cpu().clone() for name, buf in module.named_buffers()}
 
 
+def restore_buffers(module: torch.nn.Module, buffers: dict) -> None:
+    """Copy saved buffers into ``module`` (same names; dtype and device of the module's own buffers)."""
+    own = dict(module.named_buffers())
+    missing = sorted(set(own) - set(buffers))
+    if missing:
+        raise RuntimeError(f"checkpoint has no saved value for buffers {missing[:8]}")
+    with torch.no_grad():
+        for name, buf in own.items():
+            saved = buffers[name]
+            if tuple(saved.shape) != tuple(buf.shape):
+                raise RuntimeError(f"buffer {name}: checkpoint shape {tuple(saved.shape)} != model {tuple(buf.shape)}")
+            buf.copy_(saved.to(device=buf.device, dtype=buf.dtype))
+
+
+# ----------------------------------------------------------------------------------------------- finding
 def complete_tags(root: Path) -> list[tuple[int, str, dict]]:
     """``[(iteration, tag, meta), ...]`` of complete checkpoints under ``root``, oldest first."""
     out = []
+    root = Path(root)
     if not root.is_dir():
         return out
     for d in root.iterdir():
@@ -76,47 +124,9 @@ def complete_tags(root: Path) -> list[tuple[int, str, dict]]:
     return sorted(out)
 
 
-def save_checkpoint(engine, work_dir, iteration: int, loader_state, meta: dict, keep_last: int | None = None) -> Path:
-    """Save a DeepSpeed checkpoint ``iter_<iteration>``; mark it complete only after every rank has written."""
-    root = checkpoint_root(work_dir)
-    tag = f"iter_{iteration}"
-    tag_dir = root / tag
-    tag_dir.mkdir(parents=True, exist_ok=True)
-    if du.is_main() and (tag_dir / MARKER).exists():
-        (tag_dir / MARKER).unlink()  # overwriting an old save of the same iteration: invalid until re-marked
-    du.barrier()
-    extra = {"iteration": iteration, "rng": rng_state(), "loader": loader_state, "rank": du.rank(),
-             "world_size": du.world_size()}
-    torch.save(extra, tag_dir / f"extra_rank{du.rank()}.pt")
-    engine.save_checkpoint(str(root), tag=tag, client_state={"iteration": iteration}, save_latest=False)
-    du.barrier()  # every rank has finished its files
-    if du.is_main():
-        info = dict(meta, iteration=iteration, world_size=du.world_size(), time=time.time())
-        _atomic_write_text(tag_dir / MARKER, json.dumps(info, indent=1))
-        _atomic_write_text(root / "latest", tag)
-        if keep_last:
-            _prune(root, keep_last)
-    du.barrier()
-    return tag_dir
-
-
-def _prune(root: Path, keep_last: int) -> None:
-    tags = complete_tags(root)
-    if not tags:
-        return
-    newest = tags[-1][0]
-    for it, tag, _ in tags[:-keep_last]:
-        shutil.rmtree(root / tag, ignore_errors=True)
-        shutil.rmtree(root / f"{tag}_universal", ignore_errors=True)
-    for d in root.iterdir():  # leftovers of interrupted saves older than the newest complete one
-        m = TAG_RE.match(d.name)
-        if m and int(m.group(1)) < newest and not (d / MARKER).exists():
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def find_resume(resume: str | None, work_dir) -> tuple[Path, dict] | None:
     """Resolve ``--resume``: ``auto`` -> newest complete checkpoint in ``work_dir`` (None if there is none);
-    a path -> that tag directory, or the newest complete tag of a ``checkpoints`` directory."""
+    a path -> that tag directory, or the newest complete tag of a ``checkpoints`` (or work) directory."""
     if not resume:
         return None
     if resume == "auto":
@@ -138,112 +148,152 @@ def find_resume(resume: str | None, work_dir) -> tuple[Path, dict] | None:
     raise FileNotFoundError(f"--resume {resume}: no such file or directory")
 
 
-def convert_to_universal(tag_dir: Path, zero_stage: int) -> Path:
-    """Rank 0 converts ``tag_dir`` into ``<tag_dir>_universal`` (once; atomic via a temporary folder); all ranks wait."""
+# ----------------------------------------------------------------------------------------------- saving / pruning
+class CheckpointManager:
+    """Saves, prunes and finds the checkpoints of one work dir (``keep_last``: -1 or None keeps all, mmcv's
+    ``max_keep_ckpts``; the tag of the best evaluation under ``save_best`` is never pruned)."""
+
+    def __init__(self, work_dir, keep_last: int | None = None, meta: dict | None = None):
+        self.root = checkpoint_root(work_dir)
+        self.keep_last = None if keep_last in (None, -1) else int(keep_last)
+        self.meta = dict(meta or {})
+
+    def save(self, engine, state: TrainState) -> Path:
+        """Save a DeepSpeed checkpoint ``iter_<iteration>`` plus every rank's :class:`TrainState`; mark it complete
+        only after every rank has written and fsynced its files. Call on every rank."""
+        tag = f"iter_{state.iteration}"
+        tag_dir = self.root / tag
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        if rt.is_main() and (tag_dir / MARKER).exists():
+            (tag_dir / MARKER).unlink()  # overwriting an old save of the same iteration: invalid until re-marked
+        rt.barrier()
+        torch.save(state.to_dict(), tag_dir / f"extra_rank{state.rank}.pt")
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"iteration": state.iteration},
+                               save_latest=False)
+        for p in tag_dir.rglob("*"):  # this rank's files are on disk before anyone marks the tag complete
+            if p.is_file() and os.access(p, os.W_OK):
+                try:
+                    _fsync_file(p)
+                except OSError:
+                    pass
+        rt.barrier()  # every rank has finished its files
+        if rt.is_main():
+            _fsync_tree(tag_dir)
+            info = dict(self.meta, iteration=state.iteration, world_size=state.world_size, time=time.time())
+            _atomic_write_text(tag_dir / MARKER, json.dumps(info, indent=1))
+            _atomic_write_text(self.root / "latest", tag)
+            self.prune()
+        rt.barrier()
+        return tag_dir
+
+    def best(self) -> dict | None:
+        try:
+            return json.loads((self.root / BEST).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def update_best(self, metric: str, value: float, iteration: int, rule: str = "greater") -> bool:
+        """Record ``value`` of ``metric`` at ``iteration`` if it beats the saved best (rank 0 writes); True if it
+        does, on every rank (the caller then saves ``iter_<iteration>`` if it does not exist yet)."""
+        old = self.best()
+        better = old is None or old.get("metric") != metric or (
+            value > old["value"] if rule == "greater" else value < old["value"])
+        if better and rt.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.root / BEST, json.dumps(
+                {"metric": metric, "value": value, "iteration": iteration, "tag": f"iter_{iteration}"}, indent=1))
+        return better
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` complete tags (and the best one); remove older leftovers of interrupted
+        saves."""
+        tags = complete_tags(self.root)
+        if not tags:
+            return
+        newest = tags[-1][0]
+        best = (self.best() or {}).get("tag")
+        if self.keep_last is not None:
+            for _, tag, _ in tags[:-self.keep_last]:
+                if tag != best:
+                    shutil.rmtree(self.root / tag, ignore_errors=True)
+                    shutil.rmtree(self.root / f"{tag}_universal", ignore_errors=True)
+        for d in self.root.iterdir():
+            m = TAG_RE.match(d.name)
+            if m and int(m.group(1)) < newest and not (d / MARKER).exists():
+                shutil.rmtree(d, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def convert_to_universal(tag_dir: Path, zero_stage: int, timeout_s: float = 4 * 3600) -> Path:
+    """Convert ``tag_dir`` into ``<tag_dir>_universal`` once (rank 0; parallel workers; atomic via a temporary
+    folder). The other ranks wait for the result on the file system -- not in a collective with a short timeout --
+    up to ``timeout_s``, and fail with rank 0's error if the conversion fails."""
     out = tag_dir.with_name(tag_dir.name + "_universal")
-    if du.is_main() and not (out / MARKER).is_file():
+    failed = tag_dir.with_name(tag_dir.name + "_universal.FAILED")
+    if rt.is_main() and not (out / MARKER).is_file():
+        failed.unlink(missing_ok=True)
         tmp = tag_dir.with_name(tag_dir.name + "_universal.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
+        workers = str(max(1, min(8, os.cpu_count() or 1)))
         cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-               "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+               "--output_folder", str(tmp), "--num_extract_workers", workers, "--num_merge_workers", workers]
         if zero_stage < 3:
             cmd.append("--inject_missing_state")  # plain ZeRO-1/2 saves lack universal_checkpoint_info
+        print(f"converting {tag_dir} to a universal checkpoint ({workers} workers) for a new world size",
+              flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise RuntimeError(f"universal checkpoint conversion failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n"
-                               f"{res.stderr[-3000:]}")
+            msg = (f"universal checkpoint conversion failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n"
+                   f"{res.stderr[-3000:]}")
+            _atomic_write_text(failed, msg)
+            raise RuntimeError(msg)
         for f in tag_dir.glob("extra_rank*.pt"):
             shutil.copy2(f, tmp / f.name)
+        _fsync_tree(tmp)
         shutil.copy2(tag_dir / MARKER, tmp / MARKER)
         os.replace(tmp, out)
         stray = tag_dir.parent / "latest_universal"
         if stray.exists():
             stray.unlink()
-    du.barrier()
+    elif not rt.is_main():
+        t0 = time.time()
+        while not (out / MARKER).is_file():
+            if failed.is_file():
+                raise RuntimeError(f"rank 0 failed to convert {tag_dir}: {failed.read_text()[-2000:]}")
+            if time.time() - t0 > timeout_s:
+                raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to convert {tag_dir} to {out}")
+            time.sleep(1.0)
+    rt.barrier()
     return out
 
 
-def load_checkpoint(engine, tag_dir: Path) -> dict:
-    """Load model, optimizer, scheduler and this rank's RNG states; return the extra state (iteration, loader)."""
+def read_train_state(tag_dir: Path, rank: int) -> tuple[TrainState, dict | None]:
+    """This rank's :class:`TrainState` (rank 0's on another world size) and rank 0's saved buffers."""
+    own = tag_dir / f"extra_rank{rank}.pt"
+    path = own if own.is_file() else tag_dir / "extra_rank0.pt"
+    state = TrainState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    buffers = state.buffers
+    if buffers is None:
+        buffers = torch.load(tag_dir / "extra_rank0.pt", map_location="cpu", weights_only=True).get("buffers")
+    return state, buffers
+
+
+def load(engine, tag_dir: Path) -> TrainState:
+    """Load model, optimizer and scheduler (DeepSpeed), then this rank's RNG states and every module buffer;
+    return the :class:`TrainState` (iteration, loader position)."""
     load_path, _ = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {tag_dir}")
-    own = tag_dir / f"extra_rank{du.rank()}.pt"
-    path = own if own.is_file() else tag_dir / "extra_rank0.pt"  # another world size: rank 0's position
-    extra = torch.load(path, map_location="cpu", weights_only=False)
-    set_rng_state(extra["rng"])
-    return extra
+    state, buffers = read_train_state(tag_dir, rt.rank())
+    if buffers is not None:
+        restore_buffers(engine.module, buffers)
+    set_rng_state(state.rng)
+    return state
 
 
 # ----------------------------------------------------------------------------------------------- export / load-from
-def consolidated_state_dict(tag_dir) -> dict:
-    """fp32 weights of a DeepSpeed tag directory (any ZeRO stage), keys as in the model's ``state_dict()``."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    tag_dir = Path(tag_dir)
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-
-
 def to_mmcv(state_dict: dict, meta: dict | None = None) -> dict:
     """The official mmcv checkpoint format: ``{'meta': ..., 'state_dict': {backbone.*, decode_head.*, ...}}``."""
     return {"meta": dict(meta or {}), "state_dict": state_dict}
-
-
-def read_weights(path) -> dict:
-    """A state dict from: a DeepSpeed tag dir (or checkpoints dir), an mmcv ``{'state_dict'}`` / ``{'model'}`` file,
-    a plain state-dict file or safetensors. ``module.`` prefixes are stripped."""
-    p = Path(path)
-    if p.is_dir():
-        found = find_resume(str(p), p)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no complete DeepSpeed checkpoint in this directory")
-        sd = consolidated_state_dict(found[0])
-    elif not p.is_file():
-        raise FileNotFoundError(f"weights file {path} not found")
-    elif p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(p))
-    else:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:  # mmcv meta may hold objects the safe loader refuses; the user chose this file
-            obj = torch.load(p, map_location="cpu", weights_only=False)
-        sd = obj
-        for key in ("state_dict", "model", "module"):
-            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
-                break
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: does not hold a state dict")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
-
-
-def load_for_finetune(model: torch.nn.Module, path) -> dict:
-    """Load a (stage-1) segmentor checkpoint into ``model``: tensors with matching names and shapes are copied;
-    shape-mismatched ones (e.g. a 171-class classifier into a 150-class model) keep the fresh initialisation.
-
-    Returns ``{'loaded': [...], 'reinitialised': [(name, ckpt_shape, model_shape)], 'unexpected': [...],
-    'missing': [...]}`` and ``report['text']``, a plain-words summary."""
-    sd = read_weights(path)
-    own = model.state_dict()
-    loaded, reinit, unexpected = [], [], []
-    to_load = {}
-    for k, v in sd.items():
-        if k not in own:
-            unexpected.append(k)
-        elif tuple(v.shape) != tuple(own[k].shape):
-            reinit.append((k, tuple(v.shape), tuple(own[k].shape)))
-        else:
-            to_load[k] = v
-            loaded.append(k)
-    missing = sorted(k for k in own if k not in sd)
-    model.load_state_dict(to_load, strict=False)
-    text = (f"load_from {path}: loaded {len(loaded)} tensors; re-initialised {len(reinit)} (shape mismatch): "
-            + (", ".join(f"{k} {a}->{b}" for k, a, b in reinit) or "none")
-            + f"; unexpected {len(unexpected)}: {', '.join(unexpected[:20]) or 'none'}"
-            + ("..." if len(unexpected) > 20 else "")
-            + f"; missing {len(missing)}: {', '.join(missing[:20]) or 'none'}" + ("..." if len(missing) > 20 else ""))
-    return {"loaded": loaded, "reinitialised": reinit, "unexpected": unexpected, "missing": missing, "text": text}

@@ -1,4 +1,4 @@
-"""``launch/train.py``: argument parsing, validation (before any process group exists), then ``trainer.train``.
+"""``launch/train.py``: argument parsing, validation (before any process group exists), then the :class:`Trainer`.
 
     deepspeed --num_gpus 2 launch/train.py --ds_config ds_configs/zero2_fp32.json [--config RECIPE]
         [--work-dir DIR] [--resume auto|PATH] [--load-from PATH] [--cfg-options key=value ...]
@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -36,19 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare(args, world_size: int):
-    """Load + validate the recipe and DeepSpeed config; raises ``ConfigError`` / ``FileNotFoundError``."""
-    from ..config import load_recipe, resolve_recipe_path
+    """Load + validate the recipe (engine sections, then the task: model on the meta device, loader arguments) and
+    the DeepSpeed config; raises ``ConfigError`` / ``FileNotFoundError``. Returns (task, ds, work_dir, resume,
+    load_from)."""
+    from ..config import resolve_recipe_path
+    from ..models.registry import pretrained_path
+    from ..tasks import load_and_validate
     from .deepspeed_setup import load_ds_config, resolve_ds_config
 
-    cfg = load_recipe(args.config, args.cfg_options)
+    cfg, task = load_and_validate(args.config, args.cfg_options)
     ds = resolve_ds_config(load_ds_config(args.ds_config), cfg, world_size)
-    if cfg.model.type == "EncoderDecoderMask2Former":
-        raise ConfigError("the Mask2Former head is pending its own issue: this recipe loads and validates, but cannot "
-                          "be trained yet (use a UperNet recipe)")
     load_from = args.load_from or cfg.get("load_from")
     if load_from and not Path(load_from).exists():
         raise FileNotFoundError(f"--load-from / load_from: {load_from} not found")
-    pretrained = cfg.model.get("pretrained") or cfg.model.backbone.get("pretrained")
+    pretrained = pretrained_path(cfg.model)
     if pretrained and not Path(pretrained).exists():
         raise FileNotFoundError(f"pretrained weights {pretrained} not found (download them, or train from scratch "
                                 "with --cfg-options model.pretrained=None)")
@@ -61,35 +61,29 @@ def prepare(args, world_size: int):
     if resume and resume != "auto" and not Path(resume).exists():
         raise FileNotFoundError(f"--resume {resume}: not found")
     work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / resolve_recipe_path(args.config).stem)
-    return cfg, ds, work_dir, resume, load_from
+    return task, ds, work_dir, resume, load_from
 
 
-def main(argv=None, components=None) -> int:
-    from . import distributed as du
+def main(argv=None, make_task=None) -> int:
+    """``make_task(cfg) -> task`` replaces the recipe's task (tests train stand-in parts with the real engine)."""
+    from .. import runtime as rt
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    env = du.setup_env()
+    env = rt.setup_env()
     world = int(env["WORLD_SIZE"])
     try:
-        cfg, ds, work_dir, resume, load_from = prepare(args, world)
+        task, ds, work_dir, resume, load_from = prepare(args, world)
     except (ConfigError, FileNotFoundError) as e:
         if int(env["RANK"]) == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
     import warnings  # DeepSpeed 0.19 calls a deprecated torch collective on every ZeRO step
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*is deprecated", category=FutureWarning)
-    du.init_distributed(timeout_s=args.dist_timeout)
-    from .trainer import train
+    rt.init_distributed(timeout_s=args.dist_timeout)
+    from .trainer import Trainer
 
-    if components is None:
-        from .components import default_components
-        components = default_components()
-    train(cfg, ds, work_dir, components, resume=resume, load_from=load_from, progress=not args.no_progress)
+    if make_task is not None:
+        task = make_task(task.cfg)
+    Trainer(task, ds, work_dir, resume=resume, load_from=load_from, progress=not args.no_progress).build().fit()
     return 0
-
-
-def _has_cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()

@@ -1,6 +1,9 @@
 """Rank-0 observability: TensorBoard scalars and images, ``metrics.jsonl``, a tqdm progress bar, plain log lines.
 
 Every method is a no-op on ranks other than 0, so callers need no ``if rank == 0``.
+
+A resumed run reads as one clean run: records of iterations after the resume point (logged by the crashed run,
+re-run now) are dropped from ``metrics.jsonl``, and TensorBoard purges its events after that step.
 """
 from __future__ import annotations
 
@@ -24,8 +27,11 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb_dir = self.work_dir / "tensorboard"
-        self.tb = SummaryWriter(log_dir=str(self.tb_dir))
-        self._jsonl = open(self.work_dir / "metrics.jsonl", "a")
+        self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_iter + 1 if start_iter else None)
+        path = self.work_dir / "metrics.jsonl"
+        if path.exists():
+            truncate_jsonl(path, start_iter)
+        self._jsonl = open(path, "a")
         if progress:
             from tqdm import tqdm
             self.bar = tqdm(total=total_iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
@@ -72,3 +78,24 @@ class RunLogger:
             self.tb.close()
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+def truncate_jsonl(path: Path, last_iter: int) -> int:
+    """Keep the records of ``path`` with ``iter <= last_iter`` (and unparsable lines' predecessors only); atomic.
+    Returns the number of records dropped."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1  # a line cut by the crash
+            continue
+        if int(rec.get("iter", 0)) <= last_iter:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        tmp.replace(path)
+    return dropped

@@ -11,14 +11,12 @@ and each parameter group uses ``lr(i) * group['lr_scale']`` (layer decay). mmcv 
 initial lr, ``(base_lr * lr_scale - min_lr) * coeff + min_lr``; that equals ``lr(i) * lr_scale`` for the recipes'
 ``min_lr = 0`` and differs slightly otherwise.)
 
-``lr_at`` is the pure function; ``lr_lambda`` gives the multiplicative factor ``lr(i) / base_lr`` for
-``torch.optim.lr_scheduler.LambdaLR`` (whose base lrs are then the groups' ``base_lr * lr_scale``);
-:class:`PolyWarmupLR` is a self-contained scheduler object (``step()``, ``state_dict()``, ``load_state_dict()``,
-``get_last_lr()``) that DeepSpeed accepts as a client ``lr_scheduler``.
+``lr_at`` is the pure function; :class:`PolyWarmupLR` is the one scheduler the engine uses (a DeepSpeed client
+``lr_scheduler``: ``step()``, ``set_iter()``, ``state_dict()``, ``load_state_dict()``, ``get_last_lr()``).
 """
 from __future__ import annotations
 
-from functools import partial
+from ..config.errors import ConfigError
 
 
 def lr_at(iteration: int, base_lr: float, max_iters: int, warmup_iters: int = 0, warmup_ratio: float = 1e-6,
@@ -37,35 +35,23 @@ def lr_at(iteration: int, base_lr: float, max_iters: int, warmup_iters: int = 0,
     return lr
 
 
-def _factor(iteration, base_lr, **kw):
-    return lr_at(iteration, base_lr, **kw) / base_lr
-
-
-def lr_lambda(max_iters: int, warmup_iters: int = 0, warmup_ratio: float = 1e-6, power: float = 1.0,
-              min_lr_ratio: float = 0.0):
-    """A picklable ``f(iteration) -> lr(iteration) / base_lr`` for ``LambdaLR`` (``min_lr`` as a fraction of
-    base_lr; with the recipes' ``min_lr=0`` the factor does not depend on base_lr)."""
-    return partial(_factor, base_lr=1.0, max_iters=max_iters, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio,
-                   power=power, min_lr=min_lr_ratio)
-
-
 def schedule_kwargs(cfg) -> dict:
     """``lr_at`` keyword arguments from a recipe (``optimizer.lr``, ``runner.max_iters``, ``lr_config``)."""
+    from ..config.keys import check_keys, take
+
     lc = dict(cfg["lr_config"])
-    if lc.get("policy", "poly") != "poly" or lc.get("by_epoch", False):
-        raise ValueError(f"only the iteration-based poly policy is supported, got lr_config={lc}")
-    warmup = lc.get("warmup")
-    if warmup not in (None, "linear"):
-        raise ValueError(f"only linear warm-up is supported, got warmup={warmup!r}")
+    check_keys(lc, {"policy", "warmup", "warmup_iters", "warmup_ratio", "power", "min_lr", "by_epoch"}, "lr_config")
+    take(lc, "policy", str, "lr_config", default="poly", choices=("poly",))
+    take(lc, "by_epoch", bool, "lr_config", default=False, choices=(False,))
+    warmup = take(lc, "warmup", (str, type(None)), "lr_config", default=None, choices=(None, "linear"))
+    warmup_iters = take(lc, "warmup_iters", int, "lr_config", default=0)
+    if warmup and warmup_iters < 0:
+        raise ConfigError(f"recipe: lr_config.warmup_iters must be >= 0, got {warmup_iters}")
     return dict(base_lr=float(cfg["optimizer"]["lr"]), max_iters=int(cfg["runner"]["max_iters"]),
-                warmup_iters=int(lc.get("warmup_iters", 0)) if warmup else 0,
-                warmup_ratio=float(lc.get("warmup_ratio", 0.1)), power=float(lc.get("power", 1.0)),
-                min_lr=float(lc.get("min_lr", 0.0)))
-
-
-def lr_from_cfg(cfg, iteration: int) -> float:
-    """The engine's ``lr_at(cfg, iteration)`` hook: :func:`lr_at` with the recipe's settings."""
-    return lr_at(iteration, **schedule_kwargs(cfg))
+                warmup_iters=warmup_iters if warmup else 0,
+                warmup_ratio=take(lc, "warmup_ratio", float, "lr_config", default=0.1),
+                power=take(lc, "power", float, "lr_config", default=1.0),
+                min_lr=take(lc, "min_lr", float, "lr_config", default=0.0))
 
 
 class PolyWarmupLR:
@@ -85,6 +71,16 @@ class PolyWarmupLR:
         for g in self.optimizer.param_groups:
             g["lr"] = base * g.get("lr_scale", 1.0)
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    @classmethod
+    def from_config(cls, optimizer, cfg) -> "PolyWarmupLR":
+        return cls(optimizer, **schedule_kwargs(cfg))
+
+    def set_iter(self, iteration: int) -> None:
+        """Use the learning rate of ``iteration`` (0-based, the mmcv convention). The engine calls this before every
+        iteration, so the rate never depends on how often DeepSpeed called ``step()`` (it skips fp16 overflows)."""
+        self.last_iter = int(iteration)
+        self._apply()
 
     def step(self, *args, **kwargs):
         self.last_iter += 1

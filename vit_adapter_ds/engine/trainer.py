@@ -1,87 +1,30 @@
-"""The DeepSpeed training loop.
+"""The DeepSpeed training loop: a small :class:`Trainer` over a task's parts (see :mod:`vit_adapter_ds.tasks.base`).
 
-``train(cfg, ds_config, work_dir, ...)`` builds the segmentor, its layer-decay parameter groups and the data
-loaders, hands them to ``deepspeed.initialize`` (ZeRO stage, precision, gradient accumulation and clipping come from
-the DeepSpeed config), then runs iteration-based training: one *iteration* is one optimizer step over
-``gradient_accumulation_steps`` micro-batches on every rank. It saves crash-safe checkpoints, evaluates periodically
-and logs to TensorBoard / ``metrics.jsonl``.
-
-The engine only knows the interfaces of the parts it drives, collected in ``Components``:
-
-* ``build_model(cfg) -> nn.Module``; in train mode ``model(img, gt_semantic_seg)`` returns a dict of scalar losses
-  with the total under ``'loss'``; evaluation goes through ``evaluate`` below (the segmentor's ``predict`` gives
-  probabilities, ``predict_labels`` labels).
-* ``build_loaders(cfg, rank, world_size, seed) -> (train_iter, val_loader)``; ``train_iter`` is an infinite iterator of
-  ``{'img', 'gt_semantic_seg'}`` batches with ``state_dict()`` / ``load_state_dict()``.
-* ``build_param_groups(model, cfg) -> list[dict]`` (each group may carry ``lr_scale`` and ``group_name``).
-* ``lr_at(cfg, iteration) -> float``: the base learning rate at an iteration (before ``lr_scale``).
-* ``evaluate(model, val_loader, cfg, dtype, num_vis) -> (metrics dict, [(image, gt, pred) ...])``.
+``Trainer(task, ds_config, work_dir, ...).fit()`` builds the task's model, its parameter groups and loaders, hands
+them to ``deepspeed.initialize`` (ZeRO stage, precision, gradient accumulation and clipping come from the DeepSpeed
+config) and runs iteration-based training: one *iteration* is one optimizer step over ``gradient_accumulation_steps``
+micro-batches on every rank. It logs (TensorBoard, ``metrics.jsonl``, progress bar), evaluates every
+``evaluation.interval`` iterations, and saves crash-safe checkpoints (:mod:`.checkpoint`) that resume bitwise, also
+on another number of ranks. The engine knows nothing of images or labels: the task moves a batch to the device and
+returns the loss dict.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import resource
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from ..config.errors import ConfigError
+from .. import runtime as rt
+from ..models.norm import convert_sync_batchnorm, keep_norm_stats_fp32
 from . import checkpoint as ckpt
-from . import distributed as du
 from .deepspeed_setup import compute_dtype, precision, zero_stage
 from .logging import RunLogger
-
-
-@dataclass
-class Components:
-    build_model: Callable
-    build_loaders: Callable
-    build_param_groups: Callable
-    lr_at: Callable
-    evaluate: Callable
-
-
-class IterLR:
-    """Client LR scheduler for DeepSpeed: ``lr(group) = lr_at(iteration) * group['lr_scale']``.
-
-    The trainer calls ``set_iter(i)`` before iteration ``i`` (0-based, the mmcv convention), so the learning rate of
-    an iteration never depends on how often DeepSpeed called ``step()`` (it skips steps on fp16 overflow)."""
-
-    def __init__(self, optimizer, lr_fn: Callable[[int], float]):
-        self.optimizer = optimizer
-        self.lr_fn = lr_fn
-        self.last_iter = 0
-        self._apply()
-
-    def _apply(self):
-        base = self.lr_fn(self.last_iter)
-        for g in self.optimizer.param_groups:
-            g["lr"] = base * g.get("lr_scale", 1.0)
-        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-
-    def set_iter(self, iteration: int):
-        self.last_iter = iteration
-        self._apply()
-
-    def step(self, *args, **kwargs):
-        self.last_iter += 1
-        self._apply()
-
-    def get_last_lr(self):
-        return list(self._last_lr)
-
-    def state_dict(self):
-        return {"last_iter": self.last_iter}
-
-    def load_state_dict(self, state):
-        self.last_iter = int(state["last_iter"])
-        self._apply()
+from .schedule import PolyWarmupLR
 
 
 def seed_everything(seed: int) -> None:
@@ -109,183 +52,251 @@ def _group_names(groups) -> list[str]:
     return names
 
 
-def train(cfg, ds_config: dict, work_dir, components: Components, *, resume: str | None = None,
-          load_from: str | None = None, progress: bool = True) -> dict:
-    """Run (or resume) training; returns ``{'iteration', 'metrics'}``. The process group must be initialised."""
-    import deepspeed
+class Trainer:
+    """Build, step, log, evaluate, save / resume. The process group must be initialised (``runtime``)."""
 
-    work_dir = Path(work_dir)
-    rank, world = du.rank(), du.world_size()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() \
-        else torch.device("cpu")
-    dtype = compute_dtype(ds_config)
-    max_iters = int(cfg.runner.max_iters)
-    gas = int(ds_config["gradient_accumulation_steps"])
-    ckpt_cfg = cfg.get("checkpoint_config") or {}
-    ckpt_interval = int(ckpt_cfg.get("interval", max_iters))
-    keep_last = ckpt_cfg.get("max_keep_ckpts")
-    eval_interval = int((cfg.get("evaluation") or {}).get("interval", max_iters))
-    log_interval = int((cfg.get("log_config") or {}).get("interval", 50))
-    num_vis = int((cfg.get("vis") or {}).get("num_images", 0))
-    seed = int(cfg.get("seed", 0) or 0)
+    def __init__(self, task, ds_config: dict, work_dir, *, resume: str | None = None, load_from: str | None = None,
+                 progress: bool = True):
+        cfg = task.cfg
+        self.task, self.cfg, self.ds_config = task, cfg, dict(ds_config)
+        self.work_dir = Path(work_dir)
+        self.resume, self.load_from, self.progress = resume, load_from, progress
+        self.rank, self.world = rt.rank(), rt.world_size()
+        self.device = rt.device()
+        self.dtype = compute_dtype(ds_config)
+        self.max_iters = int(cfg.runner.max_iters)
+        self.gas = int(ds_config["gradient_accumulation_steps"])
+        ck = cfg.get("checkpoint_config") or {}
+        ev = cfg.get("evaluation") or {}
+        self.ckpt_interval = int(ck.get("interval", self.max_iters))
+        self.eval_interval = int(ev.get("interval", self.max_iters))
+        save_best = ev.get("save_best")
+        self.best_metric = task.best_metric if save_best == "auto" else save_best
+        self.log_interval = int((cfg.get("log_config") or {}).get("interval", 50))
+        self.num_vis = int((cfg.get("vis") or {}).get("num_images", 0))
+        self.seed = int(cfg.get("seed", 0) or 0)
+        self.checkpoints = ckpt.CheckpointManager(self.work_dir, ck.get("max_keep_ckpts"),
+                                                  {"precision": precision(ds_config),
+                                                   "zero_stage": zero_stage(ds_config)})
+        self.start_iter = 0
+        self.last_saved = -1
+        self._eval_copy = None
 
-    if du.is_main():
-        work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "TRAINING_FINISHED").unlink(missing_ok=True)
-        cfg.dump(str(work_dir / "config.py"))
-        with open(work_dir / "ds_config.json", "w") as f:
-            json.dump(ds_config, f, indent=2)
-    du.barrier()
+    # ------------------------------------------------------------------------------------------------ build
+    def _prepare_work_dir(self) -> None:
+        if rt.is_main():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / "TRAINING_FINISHED").unlink(missing_ok=True)
+            self.cfg.dump(str(self.work_dir / "config.py"))
+            with open(self.work_dir / "ds_config.json", "w") as f:
+                json.dump(self.ds_config, f, indent=2)
+        rt.barrier()
 
-    # ---- resume target (before initialize: a world-size change needs the universal-checkpoint config)
-    found = ckpt.find_resume(resume, work_dir)
-    if found is not None:
-        tag_dir, meta = found
-        if int(meta.get("world_size", world)) != world:  # DeepSpeed universal checkpoint, converted once
-            tag_dir = ckpt.convert_to_universal(tag_dir, int(meta.get("zero_stage", zero_stage(ds_config))))
-            ds_config = dict(ds_config, checkpoint=dict(ds_config.get("checkpoint", {}), load_universal=True))
+    def build(self) -> "Trainer":
+        import deepspeed
 
-    # ---- model, parameter groups, loaders
-    seed_everything(seed)
-    model = components.build_model(cfg)  # a plain module (no zero.Init), so every init function runs as written
-    if load_from and found is None:  # a resumed run restores everything from its own checkpoint instead
-        report = ckpt.load_for_finetune(model, load_from)
-        if du.is_main():
-            print(report["text"], flush=True)
-            with open(work_dir / "load_from_report.json", "w") as f:
-                json.dump({k: v for k, v in report.items() if k != "text"}, f, indent=1)
-    if device.type == "cuda" and world > 1 and cfg.get("sync_bn", True):
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    groups = components.build_param_groups(model, cfg)
-    names = _group_names(groups)
-    train_iter, val_loader = components.build_loaders(cfg, rank, world, seed)
+        self._prepare_work_dir()
+        # resume target first: a world-size change needs the universal-checkpoint config before initialize
+        found = ckpt.find_resume(self.resume, self.work_dir)
+        self.resume_dir = None
+        self.universal = False
+        if found is not None:
+            tag_dir, meta = found
+            saved_world = int(meta.get("world_size", self.world))
+            if saved_world != self.world:
+                tag_dir = ckpt.convert_to_universal(tag_dir, int(meta.get("zero_stage", zero_stage(self.ds_config))))
+                self.ds_config["checkpoint"] = dict(self.ds_config.get("checkpoint", {}), load_universal=True)
+                self.universal = saved_world
+            self.resume_dir = tag_dir
 
-    lr_fn = lambda it: components.lr_at(cfg, it)  # noqa: E731
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
-                                                           lr_scheduler=lambda opt: IterLR(opt, lr_fn))
-    start_iter = 0
-    if found is not None:
-        extra = ckpt.load_checkpoint(engine, tag_dir)
-        start_iter = int(extra["iteration"])
-        if extra.get("loader") is not None and hasattr(train_iter, "load_state_dict"):
-            train_iter.load_state_dict(extra["loader"])
-    log = RunLogger(work_dir, du.is_main(), max_iters, start_iter, progress=progress)
-    if found is not None:
-        log.info(f"resumed from {tag_dir} at iteration {start_iter}"
-                 + (f" (universal checkpoint: saved with {meta.get('world_size')} ranks, now {world})"
-                    if str(tag_dir).endswith("_universal") else ""))
-    elif resume:
-        log.info(f"--resume {resume}: no complete checkpoint in {ckpt.checkpoint_root(work_dir)}; starting fresh")
-    log.info(f"world size {world}, {precision(ds_config)}, ZeRO-{zero_stage(ds_config)}, micro batch "
-             f"{ds_config['train_micro_batch_size_per_gpu']} x accumulation {gas} x {world} ranks = "
-             f"{ds_config['train_batch_size']} images/iteration, {max_iters} iterations, device {device}")
-    meta_out = {"precision": precision(ds_config), "zero_stage": zero_stage(ds_config)}
+        seed_everything(self.seed)
+        # a plain module (no zero.Init), so every init function runs as written; a resumed run restores all weights
+        model = self.task.build_model(load_pretrained=self.resume_dir is None)
+        report = getattr(model, "pretrained_report", None)
+        if report is not None and rt.is_main():
+            print(str(report), flush=True)
+        if self.load_from and self.resume_dir is None:
+            self._load_from(model)
+        model = convert_sync_batchnorm(model)
+        model.to(self.device)
+        groups = self.task.param_groups(model)
+        self.group_names = _group_names(groups)
+        self.train_loader = self.task.build_train_loader(self.rank, self.world, self.seed)
+        self.val_loader = self.task.build_val_loader(self.rank, self.world)
+        cfg = self.cfg
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=groups, config=self.ds_config,
+            lr_scheduler=lambda opt: PolyWarmupLR.from_config(opt, cfg))
+        keep_norm_stats_fp32(self.engine.module)  # bf16/fp16 casts buffers too; statistics stay fp32
+        if self.resume_dir is not None:
+            state = ckpt.load(self.engine, self.resume_dir)
+            self.start_iter = self.last_saved = state.iteration
+            if state.loader is not None and hasattr(self.train_loader, "load_state_dict"):
+                self.train_loader.load_state_dict(state.loader)
+        self.log = RunLogger(self.work_dir, rt.is_main(), self.max_iters, self.start_iter, progress=self.progress)
+        self._log_start()
+        return self
 
-    def save(iteration):
-        du.broadcast_buffers(engine.module)
-        state = train_iter.state_dict() if hasattr(train_iter, "state_dict") else None
-        tag = ckpt.save_checkpoint(engine, work_dir, iteration, state, meta_out, keep_last)
-        log.info(f"saved checkpoint {tag}")
+    def _load_from(self, model) -> None:
+        from ..checkpoint_io import load_into
 
-    eval_copy = {}
+        report = load_into(model, self.load_from, reinit_mismatched=True)
+        if rt.is_main():
+            print(f"load_from {self.load_from}: {report}", flush=True)
+            with open(self.work_dir / "load_from_report.json", "w") as f:
+                json.dump(report.to_dict(), f, indent=1)
 
-    def eval_model():
+    def _log_start(self) -> None:
+        ds = self.ds_config
+        if self.resume_dir is not None:
+            self.log.info(f"resumed from {self.resume_dir} at iteration {self.start_iter}"
+                          + (f" (universal checkpoint: saved with {self.universal} ranks, now {self.world})"
+                             if self.universal else ""))
+        elif self.resume:
+            self.log.info(f"--resume {self.resume}: no complete checkpoint in {self.checkpoints.root}; starting fresh")
+        self.log.info(f"world size {self.world}, {precision(ds)}, ZeRO-{zero_stage(ds)}, micro batch "
+                      f"{ds['train_micro_batch_size_per_gpu']} x accumulation {self.gas} x {self.world} ranks = "
+                      f"{ds['train_batch_size']} images/iteration, {self.max_iters} iterations, device {self.device}")
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def train_step(self, iteration: int) -> dict[str, float]:
+        """One iteration (``gas`` micro-batches, one optimizer step); returns this rank's mean of each scalar."""
+        self.scheduler.set_iter(iteration)
+        self._lrs = [g["lr"] for g in self.engine.optimizer.param_groups]  # DeepSpeed's step() advances them
+        sums: dict[str, float] = {}
+        self._data_time = 0.0
+        for _ in range(self.gas):
+            t0 = time.time()
+            batch = next(self.train_loader)
+            self._data_time += time.time() - t0
+            losses = self.task.forward_loss(self.engine, batch, self.device, self.dtype)
+            self.engine.backward(losses["loss"])
+            self.engine.step()
+            for k, v in losses.items():
+                if torch.is_tensor(v) and v.numel() == 1:
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().float()) / self.gas
+        return sums
+
+    def _log_train(self, done: int, window: dict) -> None:
+        avg = rt.all_reduce_mean({k: v / window["n"] for k, v in window["sums"].items()}, device=self.device)
+        lrs = window["lrs"]
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        loss_scale = 1.0
+        if precision(self.ds_config) == "fp16":
+            opt = self.engine.optimizer
+            loss_scale = float(getattr(opt, "cur_scale", getattr(opt, "loss_scale", 1.0)) or 1.0)
+        n = window["n"]
+        rec = {"iter": done, "mode": "train", **avg, "lr": dict(zip(self.group_names, lrs)), "grad_norm": grad_norm,
+               "loss_scale": loss_scale, "time": window["iter_time"] / n,
+               "data_time": window["data_time"] / n / self.gas,
+               "images_per_s": self.ds_config["train_batch_size"] * n / max(window["iter_time"], 1e-9),
+               "memory_mb": _peak_memory_mb(self.device)}
+        self.log.jsonl(rec)
+        self.log.scalars(done, avg, prefix="train/")
+        self.log.scalars(done, {f"lr/{n_}": v for n_, v in zip(self.group_names, lrs)})
+        self.log.scalars(done, {"train/grad_norm": grad_norm, "train/loss_scale": loss_scale,
+                                "perf/images_per_s": rec["images_per_s"], "perf/data_time": rec["data_time"],
+                                "perf/iter_time": rec["time"], "perf/memory_mb": rec["memory_mb"]})
+        self.log.advance(0, {"loss": f"{avg.get('loss', float('nan')):.4f}", "lr": f"{max(lrs):.2e}"})
+
+    # ------------------------------------------------------------------------------------------------ save / eval
+    def save(self, iteration: int) -> None:
+        rt.broadcast_buffers(self.engine.module)
+        buffers = ckpt.module_buffers(self.engine.module) if rt.is_main() else None
+        loader = self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None
+        state = ckpt.TrainState(iteration=iteration, loader=loader, buffers=buffers, rank=self.rank,
+                                world_size=self.world)
+        tag = self.checkpoints.save(self.engine, state)
+        self.last_saved = iteration
+        self.log.info(f"saved checkpoint {tag}")
+
+    def _eval_model(self):
         """The module to evaluate. Under ZeRO-3 the parameters are partitioned and every forward is a collective,
         which would deadlock on the val loader's unequal per-rank sample counts: gather them (all ranks) into a
         plain copy instead."""
-        if zero_stage(ds_config) < 3:
-            return engine.module
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-            state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
-        if "model" not in eval_copy:
-            eval_copy["model"] = components.build_model(cfg).to(device=device, dtype=dtype)
-        eval_copy["model"].load_state_dict(state)
-        return eval_copy["model"]
+        import deepspeed
 
-    def run_eval(iteration):
+        if zero_stage(self.ds_config) < 3:
+            return self.engine.module
+        with deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None):
+            state = {k: v.detach().clone() for k, v in self.engine.module.state_dict().items()}
+        if self._eval_copy is None:
+            self._eval_copy = self.task.build_model(load_pretrained=False).to(device=self.device, dtype=self.dtype)
+            keep_norm_stats_fp32(self._eval_copy)
+        self._eval_copy.load_state_dict(state)
+        return self._eval_copy
+
+    def evaluate(self, iteration: int) -> dict:
         rng = ckpt.rng_state()  # evaluation must not shift the training RNG streams (resume equality)
-        du.broadcast_buffers(engine.module)
-        model_eval = eval_model()
-        model_eval.eval()
+        rt.broadcast_buffers(self.engine.module)
+        model = self._eval_model()
+        model.eval()
         t = time.time()
         with torch.no_grad():
-            metrics, vis = components.evaluate(model_eval, val_loader, cfg, dtype, num_vis if du.is_main() else 0)
-        engine.module.train()
+            metrics, vis = self.task.evaluate(model, self.val_loader, self.dtype,
+                                              self.num_vis if rt.is_main() else 0)
+        self.engine.module.train()
         ckpt.set_rng_state(rng)
-        log.scalars(iteration, metrics, prefix="val/")
-        log.jsonl({"iter": iteration, "mode": "val", **metrics})
-        log.info(f"eval @ {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                 + f" ({time.time() - t:.1f} s)")
-        if du.is_main() and vis:
+        self.log.scalars(iteration, metrics, prefix="val/")
+        self.log.jsonl({"iter": iteration, "mode": "val", **metrics})
+        self.log.info(f"eval @ {iteration}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                      + f" ({time.time() - t:.1f} s)")
+        if rt.is_main() and vis:
             from ..utils.vis import write_png
-            out = work_dir / "predictions" / f"iter_{iteration}"
+            out = self.work_dir / "predictions" / f"iter_{iteration}"
             out.mkdir(parents=True, exist_ok=True)
             for i, img in enumerate(vis):
                 write_png(out / f"{i:03d}.png", img)
-                log.image(f"predictions/{i}", iteration, img)
+                self.log.image(f"predictions/{i}", iteration, img)
+        if self.best_metric:
+            if self.best_metric not in metrics:
+                raise KeyError(f"evaluation.save_best={self.best_metric!r}: the evaluation gives {sorted(metrics)}")
+            if self.checkpoints.update_best(self.best_metric, float(metrics[self.best_metric]), iteration):
+                self.log.info(f"best {self.best_metric} {metrics[self.best_metric]:.4f} at iteration {iteration}")
+                if self.last_saved != iteration:
+                    self.save(iteration)
         return metrics
 
-    engine.train()
-    metrics = {}
-    sums: dict[str, float] = {}
-    data_time = iter_time = 0.0
-    window = 0
-    t_last = time.time()
-    for it in range(start_iter, max_iters):
-        scheduler.set_iter(it)
-        lrs = [g["lr"] for g in engine.optimizer.param_groups]
-        for _ in range(gas):
-            t0 = time.time()
-            batch = next(train_iter)
-            data_time += time.time() - t0
-            img = batch["img"].to(device, non_blocking=True)
-            img = img.to(dtype) if img.is_floating_point() else img
-            gt = batch["gt_semantic_seg"].to(device, non_blocking=True)
-            losses = engine(img, gt)
-            engine.backward(losses["loss"])
-            engine.step()
-            for k, v in losses.items():
-                if torch.is_tensor(v) and v.numel() == 1:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach().float()) / gas
-        window += 1
-        done = it + 1
-        now = time.time()
-        iter_time += now - t_last
-        t_last = now
-        log.advance(1)
-        if done % log_interval == 0 or done == max_iters:
-            avg = du.all_reduce_mean({k: v / window for k, v in sums.items()}, device=device)
-            grad_norm = engine.get_global_grad_norm()
-            grad_norm = float(grad_norm) if grad_norm is not None else None
-            loss_scale = float(getattr(engine.optimizer, "cur_scale", getattr(engine.optimizer, "loss_scale", 1.0))
-                               or 1.0) if precision(ds_config) == "fp16" else 1.0
-            rec = {"iter": done, "mode": "train", **avg, "lr": dict(zip(names, lrs)), "grad_norm": grad_norm,
-                   "loss_scale": loss_scale, "time": iter_time / window, "data_time": data_time / window / gas,
-                   "images_per_s": ds_config["train_batch_size"] * window / max(iter_time, 1e-9),
-                   "memory_mb": _peak_memory_mb(device)}
-            log.jsonl(rec)
-            log.scalars(done, avg, prefix="train/")
-            log.scalars(done, {f"lr/{n}": v for n, v in zip(names, lrs)})
-            log.scalars(done, {"train/grad_norm": grad_norm, "train/loss_scale": loss_scale,
-                               "perf/images_per_s": rec["images_per_s"], "perf/data_time": rec["data_time"],
-                               "perf/iter_time": rec["time"], "perf/memory_mb": rec["memory_mb"]})
-            log.advance(0, {"loss": f"{avg.get('loss', float('nan')):.4f}", "lr": f"{max(lrs):.2e}"})
-            sums, window, data_time, iter_time = {}, 0, 0.0, 0.0
-        if done % ckpt_interval == 0 or done == max_iters:
-            save(done)
-        if val_loader is not None and (done % eval_interval == 0 or done == max_iters):
-            metrics = run_eval(done)
-    if start_iter >= max_iters and val_loader is not None:
-        metrics = run_eval(max_iters)
-    if du.is_main():
-        (work_dir / "TRAINING_FINISHED").write_text(json.dumps({"iteration": max_iters, "metrics": metrics,
-                                                                "time": time.time()}))
-        log.info(f"training finished: {max_iters} iterations; work dir {work_dir}; TensorBoard: "
-                 f"tensorboard --logdir {work_dir / 'tensorboard'}; predictions: {work_dir / 'predictions'}")
-    log.close()
-    du.barrier()
-    return {"iteration": max_iters, "metrics": metrics, "engine": engine}
+    # ------------------------------------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        """Run (or continue) training to ``runner.max_iters``; returns ``{'iteration', 'metrics', 'engine'}``."""
+        self.engine.train()
+        metrics: dict = {}
+        window = {"sums": {}, "n": 0, "iter_time": 0.0, "data_time": 0.0, "lrs": []}
+        t_last = time.time()
+        for it in range(self.start_iter, self.max_iters):
+            sums = self.train_step(it)
+            window["lrs"] = self._lrs
+            for k, v in sums.items():
+                window["sums"][k] = window["sums"].get(k, 0.0) + v
+            window["n"] += 1
+            window["data_time"] += self._data_time
+            done = it + 1
+            now = time.time()
+            window["iter_time"] += now - t_last
+            t_last = now
+            self.log.advance(1)
+            if done % self.log_interval == 0 or done == self.max_iters:
+                self._log_train(done, window)
+                window = {"sums": {}, "n": 0, "iter_time": 0.0, "data_time": 0.0, "lrs": []}
+            if done % self.ckpt_interval == 0 or done == self.max_iters:
+                self.save(done)
+            if self.val_loader is not None and (done % self.eval_interval == 0 or done == self.max_iters):
+                metrics = self.evaluate(done)
+        if self.start_iter >= self.max_iters and self.val_loader is not None:
+            metrics = self.evaluate(self.max_iters)
+        if rt.is_main():
+            (self.work_dir / "TRAINING_FINISHED").write_text(json.dumps(
+                {"iteration": self.max_iters, "metrics": metrics, "time": time.time()}))
+            self.log.info(f"training finished: {self.max_iters} iterations; work dir {self.work_dir}; TensorBoard: "
+                          f"tensorboard --logdir {self.work_dir / 'tensorboard'}; predictions: "
+                          f"{self.work_dir / 'predictions'}")
+        self.log.close()
+        rt.barrier()
+        return {"iteration": self.max_iters, "metrics": metrics, "engine": self.engine}
 
 
-
+def train(task, ds_config: dict, work_dir, **kwargs) -> dict:
+    """``Trainer(task, ds_config, work_dir, **kwargs).build().fit()``."""
+    return Trainer(task, ds_config, work_dir, **kwargs).build().fit()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,55 +24,29 @@ MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg/ViT-Adapter multi-scale t
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def read_state_dict(path) -> dict:
-    """Weights from a file (safe loader of ``vit_adapter_ds.models.weights``) or a DeepSpeed checkpoint dir."""
-    p = Path(path)
-    if p.is_dir():
-        from ..engine.checkpoint import read_weights
-        return read_weights(p)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    from ..models.weights import load_checkpoint_file
-    return dict(load_checkpoint_file(p))
-
-
 def load_segmentor(cfg, checkpoint, device="cpu"):
-    """Build the recipe's segmentor (no pretrained backbone download) and load ``checkpoint`` strictly."""
-    from ..models.segmentor import build_segmentor
+    """Build the recipe's segmentor (no pretrained backbone file is read) and load ``checkpoint`` strictly, through
+    the one safe reader (:mod:`vit_adapter_ds.checkpoint_io`: any checkpoint kind, never unpickling objects)."""
+    from ..checkpoint_io import load_into
+    from ..models.registry import build_model
 
-    mcfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
-    mcfg["pretrained"] = None
-    mcfg["backbone"] = dict(mcfg["backbone"], pretrained=None) if "pretrained" in mcfg["backbone"] \
-        else mcfg["backbone"]
-    model = build_segmentor(mcfg)
-    sd = read_state_dict(checkpoint)
-    result = model.load_state_dict(sd, strict=False)
-    own_buffers_ok = [k for k in result.missing_keys if k.endswith("relative_position_index")]
-    missing = [k for k in result.missing_keys if k not in own_buffers_ok]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{checkpoint} does not match the recipe's model: {len(missing)} missing "
-                         f"({', '.join(missing[:8])}{'...' if len(missing) > 8 else ''}), "
-                         f"{len(result.unexpected_keys)} unexpected "
-                         f"({', '.join(result.unexpected_keys[:8])}{'...' if len(result.unexpected_keys) > 8 else ''})")
+    model = build_model(cfg.model, load_pretrained=False)
+    load_into(model, checkpoint, strict=True)
     return model.to(device).eval()
 
 
-def _maybe_init_distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+def _init_runtime() -> tuple[int, int]:
+    """Rank and world size under any launcher (torchrun, srun, deepspeed, plain python): one process group, so each
+    rank evaluates its share and only rank 0 writes."""
+    from .. import runtime as rt
+
+    rt.init_distributed(deepspeed=False)
+    return rt.rank(), rt.world_size()
 
 
 def _device(arg: str | None) -> torch.device:
-    if arg:
-        return torch.device(arg)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    from .. import runtime as rt
+    return torch.device(arg) if arg else rt.device()
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +98,7 @@ def eval_main(argv=None) -> int:
     from .miou import format_table
 
     cfg = load_recipe(args.config, args.cfg_options)
-    rank, world = _maybe_init_distributed()
+    rank, world = _init_runtime()
     device = _device(args.device)
     num_classes = int(cfg.model.decode_head.num_classes)
     shard_dir = args.shards or ((cfg.get("data") or {}).get("val") or {}).get("shard_dir")
@@ -201,6 +174,7 @@ def predict_main(argv=None) -> int:
     from .visualize import overlay, save_mask_png, save_rgb_png
 
     cfg = load_recipe(args.config, args.cfg_options)
+    rank, world = _init_runtime()
     device = _device(args.device)
     model = load_segmentor(cfg, args.checkpoint, device)
     if args.bf16:
@@ -213,7 +187,7 @@ def predict_main(argv=None) -> int:
     scales = scales_from_ratios(st["img_scale"], aug["ratios"]) if aug.get("ratios") else [st["img_scale"]]
     resize_rule = select_test_resize(st["size_divisor"], st["ms_resize"], multi_scale=bool(aug.get("ratios")))
     out_dir = Path(args.out)
-    images = list_images(args.images)
+    images = list_images(args.images)[rank::world]  # under torchrun / srun each rank writes its share
     for path in images:
         rgb, x = read_image(path, mean, std)
         x = x.to(device, torch.bfloat16 if args.bf16 else torch.float32)
@@ -225,4 +199,6 @@ def predict_main(argv=None) -> int:
         if args.overlay:
             save_rgb_png(out_dir / f"{path.stem}_overlay.png", overlay(rgb, pred, num_classes))
         print(f"{path} -> {out_dir / (path.stem + '.png')}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0

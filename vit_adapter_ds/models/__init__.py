@@ -1,4 +1,5 @@
-"""Models: backbones (ViT-Adapter, BEiT-Adapter), heads and segmentors."""
+"""Models: backbones (ViT-Adapter, BEiT-Adapter), heads, segmentors, and the tables that build them from recipes
+(:mod:`.registry`: ``BACKBONES``, ``HEADS``, ``SEGMENTORS``, ``build_model``)."""
 from .backbones import BEiTAdapter, MSDeformAttn, ViTAdapter
 from .factory import PRESETS, create_backbone
 

@@ -77,6 +77,53 @@ class EncoderDecoder(nn.Module):
         self.avg_non_ignore = bool(avg_non_ignore)
         self.test_cfg = dict(test_cfg or {"mode": "whole"})
 
+    # ------------------------------------------------------------------ building from the official config
+    MODEL_KEYS = ("type", "pretrained", "backbone", "decode_head", "auxiliary_head", "train_cfg", "test_cfg",
+                  "init_cfg")
+    TEST_CFG_KEYS = ("mode", "crop_size", "stride", "crop_batch")
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "model") -> "EncoderDecoder":
+        """From the official mmseg ``model=dict(type='EncoderDecoder', backbone=..., decode_head=...,
+        auxiliary_head=..., train_cfg=dict(), test_cfg=dict(mode='whole' | 'slide', crop_size, stride))``.
+        Backbone and heads come from the tables of :mod:`vit_adapter_ds.models.registry`; loss weights,
+        ``avg_non_ignore`` and ``ignore_index`` from the heads' ``loss_decode`` / ``ignore_index``. Pretrained
+        weights are not read here (see ``registry.build_model``)."""
+        from ..config.errors import ConfigError
+        from ..config.keys import check_keys, sub, take, take_pair
+        from .registry import build_backbone, build_head
+
+        check_keys(cfg, cls.MODEL_KEYS, where)
+        if cfg.get("train_cfg"):
+            raise ConfigError(f"recipe: {where}.train_cfg={cfg['train_cfg']!r}: EncoderDecoder takes no train_cfg")
+        if cfg.get("init_cfg") is not None:
+            raise ConfigError(f"recipe: {where}.init_cfg is not supported (use model.pretrained)")
+        backbone = build_backbone(sub(cfg, "backbone", where, optional=False), f"{where}.backbone")
+        decode_head = build_head(sub(cfg, "decode_head", where, optional=False), f"{where}.decode_head")
+        acfg = cfg.get("auxiliary_head")
+        if isinstance(acfg, (list, tuple)):
+            raise ConfigError(f"recipe: {where}.auxiliary_head: a list of auxiliary heads is not supported")
+        aux = build_head(sub(cfg, "auxiliary_head", where), f"{where}.auxiliary_head") if acfg else None
+        test_cfg = sub(cfg, "test_cfg", where, cls.TEST_CFG_KEYS) or {"mode": "whole"}
+        tw = f"{where}.test_cfg"
+        mode = take(test_cfg, "mode", str, tw, default="whole", choices=("whole", "slide"))
+        if mode == "slide":
+            test_cfg["crop_size"] = take_pair(test_cfg, "crop_size", tw)
+            test_cfg["stride"] = take_pair(test_cfg, "stride", tw)
+        take(test_cfg, "crop_batch", int, tw, default=1)
+        if aux is not None and aux.ignore_index != decode_head.ignore_index:
+            raise ConfigError(f"recipe: {where}.auxiliary_head.ignore_index {aux.ignore_index} differs from "
+                              f"{where}.decode_head.ignore_index {decode_head.ignore_index}")
+        if aux is not None and aux.avg_non_ignore != decode_head.avg_non_ignore:
+            raise ConfigError(f"recipe: {where}: avg_non_ignore differs between decode and auxiliary loss_decode")
+        try:
+            return cls(backbone, decode_head, aux, num_classes=decode_head.num_classes,
+                       decode_weight=decode_head.loss_weight, aux_weight=aux.loss_weight if aux is not None else 0.4,
+                       ignore_index=decode_head.ignore_index, align_corners=decode_head.align_corners,
+                       avg_non_ignore=decode_head.avg_non_ignore, test_cfg=test_cfg)
+        except ValueError as e:
+            raise ConfigError(f"recipe: {where}: {e}") from e
+
     # ------------------------------------------------------------------ training
     def extract_feat(self, img: torch.Tensor):
         feats = self.backbone(img)
@@ -223,91 +270,3 @@ def _pair(v) -> tuple[int, int]:
         return v, v
     a, b = v
     return int(a), int(b)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Building from an mmseg-style ``model`` config dict
-# ---------------------------------------------------------------------------------------------------------------------
-
-_HEAD_KEYS = {
-    "UPerHead": ("in_channels", "channels", "num_classes", "pool_scales", "in_index", "dropout_ratio",
-                 "align_corners"),
-    "FCNHead": ("in_channels", "channels", "num_classes", "in_index", "num_convs", "kernel_size", "dilation",
-                "concat_input", "dropout_ratio", "align_corners"),
-}
-_IGNORED_HEAD_KEYS = {"type", "norm_cfg", "loss_decode", "act_cfg", "conv_cfg", "input_transform", "init_cfg",
-                      "ignore_index", "sampler"}
-
-
-def _norm_from_cfg(norm_cfg) -> str:
-    t = (norm_cfg or {}).get("type", "BN")
-    if t in ("BN", "BN2d"):
-        return "bn"
-    if t == "SyncBN":
-        return "syncbn"
-    raise ValueError(f"unsupported head norm_cfg type {t!r} (BN or SyncBN)")
-
-
-def _loss_weight(cfg, default: float) -> float:
-    loss = cfg.get("loss_decode") or {}
-    if isinstance(loss, (list, tuple)):
-        if len(loss) != 1:
-            raise ValueError("only a single CrossEntropyLoss per head is supported")
-        loss = loss[0]
-    if loss and loss.get("type", "CrossEntropyLoss") != "CrossEntropyLoss":
-        raise ValueError(f"unsupported loss {loss.get('type')!r} (CrossEntropyLoss only)")
-    if loss.get("use_sigmoid") or loss.get("class_weight") is not None:
-        raise ValueError("sigmoid / class-weighted cross entropy is not supported")
-    return float(loss.get("loss_weight", default))
-
-
-def build_head(cfg: dict) -> nn.Module:
-    """A decode head from an mmseg head config (``type`` UPerHead | FCNHead); unsupported keys raise."""
-    from .heads import FCNHead, UPerHead
-
-    cfg = dict(cfg)
-    kind = cfg.get("type")
-    if kind not in _HEAD_KEYS:
-        raise ValueError(f"unsupported head type {kind!r}; supported: {sorted(_HEAD_KEYS)}")
-    unknown = set(cfg) - set(_HEAD_KEYS[kind]) - _IGNORED_HEAD_KEYS
-    if unknown:
-        raise ValueError(f"{kind}: unsupported config keys {sorted(unknown)}")
-    if cfg.get("input_transform") not in (None, "multiple_select"):
-        raise ValueError(f"{kind}: input_transform={cfg['input_transform']!r} is not supported")
-    kwargs = {k: cfg[k] for k in _HEAD_KEYS[kind] if k in cfg}
-    cls = UPerHead if kind == "UPerHead" else FCNHead
-    return cls(norm=_norm_from_cfg(cfg.get("norm_cfg")), **kwargs)
-
-
-def build_segmentor(model_cfg: dict, backbone: nn.Module | None = None) -> EncoderDecoder:
-    """An :class:`EncoderDecoder` from an mmseg-style ``model`` dict (``type='EncoderDecoder'``, ``backbone``,
-    ``decode_head``, ``auxiliary_head``, ``test_cfg``). The backbone is built by ``type`` (ViTAdapter |
-    BEiTAdapter, remaining keys passed through; ``model.pretrained`` becomes the backbone's ``pretrained``)
-    unless given. Loss weights come from the heads' ``loss_decode.loss_weight`` (decode 1.0, auxiliary 0.4)."""
-    cfg = dict(model_cfg)
-    if cfg.get("type", "EncoderDecoder") != "EncoderDecoder":
-        raise ValueError(f"build_segmentor builds EncoderDecoder models, not {cfg.get('type')!r}")
-    if backbone is None:
-        from . import backbones
-        bcfg = dict(cfg["backbone"])
-        kind = bcfg.pop("type")
-        if kind not in ("ViTAdapter", "BEiTAdapter"):
-            raise ValueError(f"unsupported backbone type {kind!r} (ViTAdapter or BEiTAdapter)")
-        if cfg.get("pretrained") and not bcfg.get("pretrained"):
-            bcfg["pretrained"] = cfg["pretrained"]
-        backbone = getattr(backbones, kind)(**bcfg)
-    dcfg = cfg["decode_head"]
-    decode_head = build_head(dcfg)
-    acfg = cfg.get("auxiliary_head")
-    if isinstance(acfg, (list, tuple)):
-        raise ValueError("a list of auxiliary heads is not supported")
-    aux = build_head(acfg) if acfg else None
-    loss = dcfg.get("loss_decode") or {}
-    loss = loss[0] if isinstance(loss, (list, tuple)) else loss
-    return EncoderDecoder(backbone, decode_head, aux, num_classes=dcfg["num_classes"],
-                          decode_weight=_loss_weight(dcfg, 1.0),
-                          aux_weight=_loss_weight(acfg, 0.4) if acfg else 0.4,
-                          ignore_index=int(dcfg.get("ignore_index", 255)),
-                          align_corners=bool(dcfg.get("align_corners", False)),
-                          avg_non_ignore=bool(loss.get("avg_non_ignore", False)),
-                          test_cfg=dict(cfg.get("test_cfg") or {"mode": "whole"}))

@@ -207,6 +207,13 @@ class AdapterMixin:
     """Adds the adapter (SPM, interactions, up-sampling, output norms) to a plain ViT/BEiT ``nn.Module`` and
     implements the adapter forward. The host class provides ``blocks``, ``embed_dim`` and ``_embed_tokens(x)``."""
 
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "model.backbone"):
+        """Build from the official ``backbone=dict(type=..., ...)``: every key must be a constructor argument, and
+        arguments whose default is a bool / int / float must have that type. ``pretrained`` is not read here (the
+        builder loads weights after construction): it is dropped from the arguments."""
+        return build_from_signature(cls, cfg, where, skip=("type", "pretrained"))
+
     def _build_adapter(self, *, embed_dim: int, conv_inplane: int, n_points: int, deform_num_heads: int,
                        init_values: float, interaction_indexes, with_cffn: bool, cffn_ratio: float,
                        deform_ratio: float, add_vit_feature: bool, extra_extractor: bool, drop_path_rate: float,
@@ -292,3 +299,34 @@ class AdapterMixin:
             c1, c2, c3, c4 = c1 + x1, c2 + x2, c3 + x3, c4 + x4
 
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
+
+
+def build_from_signature(cls, cfg: dict, where: str, skip=("type",)):
+    """``cls(**cfg)`` after checking ``cfg``'s keys against ``cls.__init__``'s keywords (and the types of those with
+    a bool/int/float default); constructor ``ValueError``/``TypeError`` become a ``ConfigError`` naming ``where``."""
+    import inspect
+
+    from ...config.errors import ConfigError
+    from ...config.keys import check_keys, check_type
+
+    params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    check_keys(cfg, set(params) | set(skip), where)
+    kwargs = {}
+    for key, value in cfg.items():
+        if key in skip or key == "_delete_":
+            continue
+        default = params[key].default
+        if isinstance(default, bool):
+            value = check_type(value, bool, f"{where}.{key}")
+        elif isinstance(default, int):
+            value = check_type(value, int, f"{where}.{key}")
+        elif isinstance(default, float):
+            value = check_type(value, float, f"{where}.{key}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"recipe: {where}: {e}") from e

@@ -6,4 +6,3 @@ seed = 0
 work_dir = None                                   # default: work_dirs/<recipe name>
 global_batch_size = None                          # images per optimizer step over all ranks (None: from ds config)
 vis = dict(num_images=4)                          # prediction PNGs written at each evaluation
-sync_bn = True                                    # official SyncBN; used with >1 GPU rank (CPU/gloo: plain BN)

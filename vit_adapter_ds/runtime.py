@@ -1,8 +1,15 @@
-"""Process-group set-up for every launcher: ``deepspeed``, ``torchrun``, ``srun`` and a plain ``python`` process.
+"""The runtime shared by train, eval and predict: launcher environment -> rank / world size / device, process group.
 
+Works under every launcher: ``deepspeed``, ``torchrun``, ``srun`` and a plain ``python`` process.
 ``setup_env()`` fills the torch.distributed environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT). Under SLURM (``srun``) they are mapped from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, because
-``deepspeed.init_distributed`` does not read SLURM variables itself. A plain ``python`` run becomes rank 0 of 1.
+neither ``deepspeed.init_distributed`` nor ``torch.distributed`` reads SLURM variables. A plain ``python`` run
+becomes rank 0 of 1. ``init_distributed()`` starts the process group (NCCL on GPUs, gloo on CPUs) through DeepSpeed
+(training) or torch (``deepspeed=False``: evaluation and prediction), ``device()`` is this rank's device.
+
+On a CPU, DeepSpeed compiles its shared-memory all-reduce op when the process group starts (about 2 minutes on first
+use); that op serves only DeepSpeed's *inference* all-reduce, never training, so it is skipped here
+(``VIT_ADAPTER_DS_SHM_OP=1`` builds it anyway).
 """
 from __future__ import annotations
 
@@ -60,18 +67,42 @@ def setup_env(default_port: int = 29500) -> dict:
     return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
 
 
-def init_distributed(timeout_s: float = 600.0) -> None:
-    """Initialise the process group through DeepSpeed (nccl on GPU, gloo on CPU) with a short timeout."""
-    import deepspeed
+def device() -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` where CUDA exists, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _skip_cpu_shm_op() -> None:
+    if torch.cuda.is_available() or os.environ.get("VIT_ADAPTER_DS_SHM_OP", "0") not in ("", "0"):
+        return
+    import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False  # read by deepspeed.comm.torch.build_shm_op
+
+
+def init_distributed(timeout_s: float = 600.0, deepspeed: bool = True) -> None:
+    """Initialise the process group (nccl on GPU, gloo on CPU) with a bounded collective timeout; a no-op when it
+    exists or, for ``deepspeed=False``, when there is a single process."""
     setup_env()
     if dist.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(),
-                               timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if deepspeed:
+        import deepspeed as ds
+        from deepspeed.accelerator import get_accelerator
+
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        _skip_cpu_shm_op()
+        ds.init_distributed(dist_backend=get_accelerator().communication_backend_name(), timeout=timeout)
+    elif int(os.environ["WORLD_SIZE"]) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
 
 
 def rank() -> int:

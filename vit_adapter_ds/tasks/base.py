@@ -1,0 +1,39 @@
+"""What a task supplies to the engine (torchtitan's ``TrainSpec`` idea): the engine knows nothing else of it.
+
+A task is built from a recipe (``Task(cfg)``) and provides:
+
+* ``validate()``: raise ``ConfigError`` for anything wrong in ``cfg.model`` / ``cfg.data`` / ``cfg.evaluation``,
+  before any process group or worker starts (builds the model on the meta device).
+* ``build_model(load_pretrained=True) -> nn.Module``: in train mode, ``forward_loss(model, batch)`` returns a dict of
+  scalar tensors with the total under ``'loss'``.
+* ``build_train_loader(rank, world_size, seed)``: an infinite iterator with ``state_dict()`` / ``load_state_dict()``.
+* ``build_val_loader(rank, world_size)``: an iterable (or None), each sample once over all ranks.
+* ``forward_loss(model, batch, device, dtype) -> dict``: moves the batch to the device and runs the model.
+* ``param_groups(model) -> list[dict]``: optimizer groups (``lr_scale``, ``group_name`` optional).
+* ``evaluate(model, val_loader, dtype, num_vis) -> (metrics: dict[str, float], images: list[HxWx3 uint8])``, called
+  on every rank.
+* ``best_metric``: the metric ``evaluation.save_best='auto'`` means.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Task(Protocol):
+    cfg: object
+    name: str
+    best_metric: str
+
+    def validate(self) -> None: ...
+
+    def build_model(self, load_pretrained: bool = True): ...
+
+    def build_train_loader(self, rank: int, world_size: int, seed: int): ...
+
+    def build_val_loader(self, rank: int, world_size: int): ...
+
+    def forward_loss(self, model, batch, device, dtype) -> dict: ...
+
+    def param_groups(self, model) -> list: ...
+
+    def evaluate(self, model, val_loader, dtype, num_vis: int) -> tuple[dict, list]: ...
