@@ -236,6 +236,8 @@ def test_hostile_pickles_are_refused_at_every_entry_point(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=r"CustomObject") as info:
         read_state_dict(save({"model": weights(), "extra": CustomObject()}, tmp_path / "custom.pth"))
     assert info.value.global_name.endswith("CustomObject")
+    again = pickle.loads(pickle.dumps(info.value))  # e.g. raised in a worker process
+    assert str(again) == str(info.value) and again.global_name == info.value.global_name
 
 
 # ---------------------------------------------------------------------------------------------------------------------

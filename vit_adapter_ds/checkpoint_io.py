@@ -84,6 +84,9 @@ class UnsafeCheckpointError(CheckpointError):
             "If you trust the file, re-save just its weights: "
             "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)")
 
+    def __reduce__(self):  # picklable across processes despite the two-argument constructor
+        return type(self), (self.path, self.global_name)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Safe torch.load
