@@ -438,3 +438,13 @@ def test_aug_test_pads_short_side_and_removes_the_padding():
     # without padding the result differs (the padding changes what the model sees)
     plain = model.aug_test(img, scales=[None], flip=True, size_divisor=32)
     assert plain.shape == got.shape and not torch.allclose(plain, got)
+
+
+def test_bf16_head_gives_float32_losses_and_all_grads():
+    """DeepSpeed bf16 runs the model in bf16: the criterion computes in float32, every parameter gets a grad."""
+    head = tiny_head().to(torch.bfloat16)
+    feats = [f.to(torch.bfloat16) for f in tiny_feats()]
+    losses = head.loss(feats, torch.randint(0, 5, (2, 64, 64)))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in head.parameters())

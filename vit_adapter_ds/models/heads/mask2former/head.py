@@ -144,15 +144,19 @@ class Mask2FormerHead(nn.Module):
             raise TypeError(f"Mask2FormerHead expects the backbone's list of feature maps, got {type(feats)}")
         n = feats[0].shape[0]
         mask_features, memories = self.pixel_decoder(list(feats))
+        # embeddings are read through their modules' forward (not .weight), so ZeRO-3 gathers them
+        device = mask_features.device
+        level_embed = self.level_embed(torch.arange(self.num_transformer_feat_level, device=device))
         inputs, positions = [], []
         for i in range(self.num_transformer_feat_level):
             x = self.decoder_input_projs[i](memories[i]).flatten(2).permute(2, 0, 1)
-            inputs.append(x + self.level_embed.weight[i].view(1, 1, -1))
+            inputs.append(x + level_embed[i].view(1, 1, -1))
             h, w = memories[i].shape[-2:]
             pos = self.decoder_positional_encoding(x.new_zeros((n, h, w), dtype=torch.bool))
             positions.append(pos.to(x.dtype).flatten(2).permute(2, 0, 1))
-        query = self.query_feat.weight.unsqueeze(1).repeat(1, n, 1)
-        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, n, 1)
+        ids = torch.arange(self.num_queries, device=device)
+        query = self.query_feat(ids).unsqueeze(1).repeat(1, n, 1)
+        query_pos = self.query_embed(ids).unsqueeze(1).repeat(1, n, 1)
         cls_pred, mask_pred, attn_mask = self.forward_head(query, mask_features, memories[0].shape[-2:])
         cls_list, mask_list = [cls_pred], [mask_pred]
         levels = self.num_transformer_feat_level

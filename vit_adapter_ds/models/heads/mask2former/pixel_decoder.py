@@ -153,6 +153,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         if len(feats) != self.num_input_levels:
             raise ValueError(f"expected {self.num_input_levels} feature maps, got {len(feats)}")
         n = feats[0].shape[0]
+        # through the module's forward (not .weight), so ZeRO-3 gathers the embedding
+        level_encoding = self.level_encoding(torch.arange(self.num_encoder_levels, device=feats[0].device))
         tokens, pos_list, refs, shapes = [], [], [], []
         for i in range(self.num_encoder_levels):
             level = self.num_input_levels - i - 1
@@ -160,7 +162,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             h, w = feat.shape[-2:]
             projected = self.input_convs[i](feat)
             pos = self.positional_encoding(feat.new_zeros((n, h, w), dtype=torch.bool)).to(projected.dtype)
-            pos = pos + self.level_encoding.weight[i].view(1, -1, 1, 1).to(projected.dtype)
+            pos = pos + level_encoding[i].view(1, -1, 1, 1).to(projected.dtype)
             tokens.append(projected.flatten(2).transpose(1, 2))
             pos_list.append(pos.flatten(2).transpose(1, 2))
             refs.append(self.reference_points(h, w, feat.device))
