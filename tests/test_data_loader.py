@@ -242,3 +242,28 @@ def test_iterating_leaves_the_global_torch_rng_alone(shards, num_workers):
     it = iter(loader)
     next(it), next(it)
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_abandoned_loader_collected_in_a_forked_worker_leaves_its_workers_alone(shards):
+    """An abandoned train loader (loader <-> batch generator cycle, a worker running) collected by the garbage
+    collector inside another DataLoader's forked worker must not try to shut its parent's workers down."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import gc, sys
+        from vit_adapter_ds.data import build_train_loader
+        kw = dict(batch_size=2, crop_size=16, scale=(64, 16), num_workers=1)
+        a = build_train_loader(sys.argv[1], **kw)
+        next(a)
+        del a  # kept alive by the cycle until a collection
+        gc.set_threshold(50)  # the forked worker of b collects soon
+        b = build_train_loader(sys.argv[1], **kw)
+        for _ in range(3):
+            next(b)
+        print("OK")
+    """
+    p = subprocess.run([sys.executable, "-c", code, str(shards / "syn")], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-2000:]
+    assert "can only test a child process" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr[-2000:]

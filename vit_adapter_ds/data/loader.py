@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import numpy as np
 import torch
@@ -260,14 +261,20 @@ def _iterate(ds, num_workers, timeout, pin_memory, prefetch_factor):
     # A private generator: creating the iterator draws a base seed from it, and drawing from the global torch RNG
     # would shift the model's dropout / drop-path stream (a resumed run creates its iterator at another point).
     # Sample randomness comes from (seed, epoch, slot), never from the worker seed.
+    owner = os.getpid()
     it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                          generator=torch.Generator().manual_seed(0), **kw))
     try:
         yield from it
     finally:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        if os.getpid() != owner:
+            # An abandoned generator (a loader <-> generator reference cycle) collected in a forked process,
+            # e.g. another DataLoader's worker: the workers belong to the parent; mark the iterator as shut down
+            # so that neither we nor its __del__ signal them from here.
+            if hasattr(it, "_shutdown"):
+                it._shutdown = True
+        elif hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
 
 
 class TrainLoader:
