@@ -166,6 +166,10 @@ def test_bf16_zero2_runs_and_tracks_fp32(z2_ref, tmp_path):
         assert abs(a[it]["loss"] - b[it]["loss"]) <= 2e-2 * abs(b[it]["loss"]), (a[it]["loss"], b[it]["loss"])
     cfg = json.loads((tmp_path / "bf16" / "ds_config.json").read_text())
     assert cfg["bf16"]["enabled"] and cfg["train_batch_size"] == 4
+    # BatchNorm statistics stay fp32 under bf16 (the saved buffers are the module's own)
+    extra = torch.load(tmp_path / "bf16" / "checkpoints" / "iter_6" / "extra_rank0.pt", weights_only=True)
+    stats = {k: v for k, v in extra["buffers"].items() if k.endswith(("running_mean", "running_var"))}
+    assert stats and all(v.dtype == torch.float32 for v in stats.values()), {k: v.dtype for k, v in stats.items()}
 
 
 def test_sigkill_then_resume_auto(z2_ref, tmp_path):
@@ -182,6 +186,9 @@ def test_sigkill_then_resume_auto(z2_ref, tmp_path):
     a, b = losses(z2_ref), losses(crashed)  # the crashed run's metrics.jsonl is appended to
     for it in (4, 5, 6):
         assert b[it]["loss"] == a[it]["loss"], (it, a[it], b[it])
+    # the resumed run reads as one clean run: every iteration logged once (iterations 4-5 re-ran)
+    iters = [json.loads(line)["iter"] for line in open(crashed / "metrics.jsonl") if '"train"' in line]
+    assert iters == [1, 2, 3, 4, 5, 6], iters
 
 
 def test_incomplete_checkpoint_is_never_resumed(tmp_path):

@@ -173,3 +173,28 @@ def test_fcn_matches_mmseg():
     ref.load_state_dict(ours.state_dict(), strict=True)
     xs = feats()
     torch.testing.assert_close(ours(xs), ref(xs), rtol=1e-10, atol=1e-10)
+
+
+def test_bf16_norm_statistics_stay_fp32():
+    """300 momentum updates on slowly drifting inputs: a bf16 model whose statistics were kept in fp32 (what the
+    engine does after DeepSpeed's bf16 cast) ends within bf16 input rounding of an fp32 BatchNorm fed the same
+    bf16-rounded inputs; statistics cast to bf16 with the module (the old behaviour) drift percents away."""
+    from vit_adapter_ds.models.norm import BatchNorm2d, keep_norm_stats_fp32
+
+    torch.manual_seed(0)
+    ours, ref, naive = BatchNorm2d(8).bfloat16(), torch.nn.BatchNorm2d(8), BatchNorm2d(8).bfloat16()
+    assert keep_norm_stats_fp32(ours) == 1 and ours.running_mean.dtype == torch.float32
+    assert naive.running_mean.dtype == torch.bfloat16
+    for i in range(300):
+        x = (torch.randn(4, 8, 6, 6) * (1 + i / 300) + 3 + i / 100).bfloat16()
+        ours(x)
+        ref(x.float())
+        naive(x)
+    for a, b in ((ours.running_mean, ref.running_mean), (ours.running_var, ref.running_var)):
+        assert torch.allclose(a, b, rtol=2e-3), (a, b)
+    err = ((naive.running_var.float() - ref.running_var).abs() / ref.running_var).max()
+    assert err > 1e-2, err  # what keeping the statistics in bf16 would cost
+    ours.eval()
+    ref.eval()
+    x = (torch.randn(2, 8, 6, 6) + 6).bfloat16()
+    assert torch.allclose(ours(x).float(), ref(x.float()), atol=3e-2)
