@@ -81,12 +81,17 @@ def _reduce_group():
     return _GLOO_GROUPS[world]
 
 
+def syncs_ranks(world_size):
+    """Whether the loaders' counts are summed over ranks: ``torch.distributed`` is initialised with
+    ``world_size`` (> 1) ranks."""
+    return world_size > 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_size
+
+
 def sum_over_ranks(values, world_size):
-    """Element-wise sum of a few integers over the loader's ranks (the default process group, when it is
-    initialised with ``world_size`` ranks); the values themselves otherwise."""
+    """Element-wise sum of a few integers over the loader's ranks (see :func:`syncs_ranks`); the values
+    themselves otherwise."""
     values = [int(v) for v in values]
-    if world_size == 1 or not (dist.is_available() and dist.is_initialized()) or \
-            dist.get_world_size() != world_size:
+    if not syncs_ranks(world_size):
         return values
     t = torch.tensor(values, dtype=torch.int64)
     dist.all_reduce(t, group=_reduce_group())
@@ -245,8 +250,10 @@ class _BadCounter:
         if global_count > allowed:
             last = ("this rank has none" if self.last is None else
                     f"this rank's last: {self.last[1]} in shard {self.last[0]}: {self.last[2]}")
+            scope = (f"over all {world_size} rank(s)" if world_size == 1 or syncs_ranks(world_size) else
+                     f"on this rank (no process group to sum over the {world_size} ranks)")
             raise TooManyBadSamples(
-                f"{self.what}: {global_count} bad samples this epoch over all {world_size} rank(s), more than the "
+                f"{self.what}: {global_count} bad samples this epoch {scope}, more than the "
                 f"budget of {allowed} (max_bad_fraction={self.max_bad_fraction} of the epoch's {epoch_samples} "
                 f"samples, see bad_sample_budget); {last}")
 
