@@ -2,17 +2,22 @@
 
     OMP_NUM_THREADS=1 python benchmarks/data.py [--num-images 64] [--workers 1 2] [--crops 512 896]
 
-Both loaders decode with torchvision.io and run the same training transforms (RandomResize at the recipe
+Both loaders decode with ``vit_adapter_ds.data.decode`` (checked PNG/JPEG headers; PIL for PNG, torchvision for
+JPEG) and run the same training transforms (RandomResize at the recipe
 scale (4*crop, crop), RandomCrop with cat_max_ratio, flip, PhotoMetricDistortion, Normalize, Pad), so the
 difference is the storage path: one ``seek + read`` per member in a few large tar files vs opening two files per
 sample. The folder loader visits the same samples in the same order with the same random draws, so the work
 is identical. Reported: images/s over one epoch after a warm-up batch (best of ``--repeats`` alternating runs),
 and images/s per worker. Shard writing: samples/s
-and MB/s of ``make_shards`` over the same folders (1 and 2 processes). Prints a markdown table.
+and MB/s of ``make_shards`` over the same folders (1 and 2 processes). Decoding cost: per file type, the
+container check alone (PNG chunk structure + CRC-32, JPEG marker walk), our full decode, and torchvision's bare
+``decode_png`` / ``decode_jpeg`` without checks (the decoder used before; it crashes on some corrupt PNGs and
+misreads 1/2/4-bit ones). Prints markdown tables.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import sys
@@ -21,13 +26,15 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vit_adapter_ds.data import build_train_loader, epoch_order, read_manifest  # noqa: E402
 from vit_adapter_ds.data.classes import reduce_zero_label_map  # noqa: E402
+from vit_adapter_ds.data.decode import check_png, decode_image, decode_label, jpeg_size  # noqa: E402
 from vit_adapter_ds.data.make_shards import write_ade20k  # noqa: E402
 from vit_adapter_ds.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_ade  # noqa: E402
 from vit_adapter_ds.data.transforms import train_transform  # noqa: E402
@@ -52,8 +59,10 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, g):
         n = self.names[g]
-        img = decode_jpeg(read_file(os.path.join(self.img_dir, n + ".jpg")), mode=ImageReadMode.RGB)
-        lab = self.lut[decode_png(read_file(os.path.join(self.ann_dir, n + ".png")))[0].long()]
+        with open(os.path.join(self.img_dir, n + ".jpg"), "rb") as f:
+            img = decode_image(f.read(), "jpg")
+        with open(os.path.join(self.ann_dir, n + ".png"), "rb") as f:
+            lab = decode_label(f.read(), self.lut)
         rng = np.random.default_rng([self.seed, 0, g])
         return train_transform(img, lab, rng, (self.crop, self.crop), self.scale)
 
@@ -113,14 +122,56 @@ def bench_read_decode(root, shard_dir, repeats):
             reader.close()
             t = time.perf_counter()
             for n in ds.names:
-                img = read_file(os.path.join(ds.img_dir, n + ".jpg"))
-                lab = read_file(os.path.join(ds.ann_dir, n + ".png"))
+                with open(os.path.join(ds.img_dir, n + ".jpg"), "rb") as f:
+                    img = f.read()
+                with open(os.path.join(ds.ann_dir, n + ".png"), "rb") as f:
+                    lab = f.read()
                 if decode:
-                    decode_jpeg(img, mode=ImageReadMode.RGB)
-                    ds.lut[decode_png(lab)[0].long()]
+                    decode_image(img, "jpg")
+                    decode_label(lab, ds.lut)
             best_f = max(best_f, len(ids) / (time.perf_counter() - t))
         out["read + decode" if decode else "read only"] = (best_s, best_f)
     return out
+
+
+def _best_ms(fn, items, repeats):
+    fn(items[0])
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for x in items:
+            fn(x)
+        best = min(best, (time.perf_counter() - t) / len(items))
+    return best * 1e3
+
+
+def bench_decode_cost(root, repeats):
+    """ms per file: container check alone, our decode (check + decode + conversion), torchvision's bare decoder."""
+    names = sorted(os.listdir(os.path.join(root, "images", "training")))
+    jpgs = [open(os.path.join(root, "images", "training", n), "rb").read() for n in names]
+    labels = [open(os.path.join(root, "annotations", "training", n[:-4] + ".png"), "rb").read() for n in names]
+    rgb_pngs = []
+    for j in jpgs[:16]:
+        b = io.BytesIO()
+        Image.open(io.BytesIO(j)).save(b, format="PNG")
+        rgb_pngs.append(b.getvalue())
+
+    def tensor(x):
+        return torch.frombuffer(bytearray(x), dtype=torch.uint8)
+
+    rows = []
+    for name, items, check, ours, bare in (
+            ("label PNG (8-bit gray)", labels, check_png, decode_label, lambda x: decode_png(tensor(x))),
+            ("image JPEG (RGB)", jpgs, jpeg_size, lambda x: decode_image(x, "jpg"),
+             lambda x: decode_jpeg(tensor(x), mode=ImageReadMode.RGB)),
+            ("image PNG (8-bit RGB)", rgb_pngs, check_png, lambda x: decode_image(x, "png"),
+             lambda x: decode_png(tensor(x), mode=ImageReadMode.RGB))):
+        size = sum(map(len, items)) / len(items) / 1e3
+        rows.append((name, size, _best_ms(check, items, repeats), _best_ms(ours, items, repeats),
+                     _best_ms(bare, items, repeats)))
+        print(f"{name}: check {rows[-1][2]:.3f} ms, decode {rows[-1][3]:.2f} ms, bare {rows[-1][4]:.2f} ms",
+              flush=True)
+    return rows
 
 
 def bench_writing(root, out, procs):
@@ -155,6 +206,7 @@ def main():
               f"{time.perf_counter() - t:.1f} s", flush=True)
         wrows = bench_writing(root, os.path.join(tmp, "shards", "train"), [1, 2])
         drows = bench_read_decode(root, os.path.join(tmp, "shards", "train"), a.repeats + 1)
+        crows = bench_decode_cost(root, a.repeats + 1)
         lrows = bench_loaders(root, os.path.join(tmp, "shards", "train"), a.crops, a.workers, a.batch_size,
                               a.num_images, a.repeats)
     finally:
@@ -167,6 +219,10 @@ def main():
     print("|---|---|---|---|")
     for name, (sv, fv) in drows.items():
         print(f"| {name} | {sv:.0f} | {fv:.0f} | {sv / fv:.2f} |")
+    print("\n| file (mean size) | check ms | our decode ms | bare torchvision decode ms | ours / bare |")
+    print("|---|---|---|---|---|")
+    for name, kb, c, o, b in crows:
+        print(f"| {name} ({kb:.0f} KB) | {c:.3f} | {o:.2f} | {b:.2f} | {o / b:.2f} |")
     print("\n| writer processes | samples/s | MB/s | shards |")
     print("|---|---|---|---|")
     for p, sps, mbs, ns in wrows:

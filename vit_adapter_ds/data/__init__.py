@@ -27,8 +27,9 @@ from ``state_dict()`` reproduces an uninterrupted run exactly, also with another
 world-size change the epoch continues from the same global sample position. The val loader's ranks get unequal
 sample counts (differ by at most one): accumulate per-class areas per rank and all-reduce them.
 Bad samples are skipped (train: replaced by the next sample of the epoch order) with rate-limited warnings;
-more than ``max_bad_fraction`` of a rank's epoch raises ``TooManyBadSamples``; an unusable shard set raises
-``ShardSetError`` at construction.
+more than the epoch's budget over all ranks (``max_bad_fraction``, at least 1; see ``shards/README.md``) raises
+``TooManyBadSamples`` on every rank at the same batch; an unusable shard set raises ``ShardSetError`` at
+construction.
 """
 from .decode import BadSample
 from .loader import (TooManyBadSamples, TrainLoader, ValLoader, build_train_loader, build_val_loader,
