@@ -155,3 +155,41 @@ def test_two_ranks_equal_one_process_and_duplicates_are_refused(tmp_path):
     _fill(ev, images, anns, predictions(images, dets))
     single = ev.evaluate()
     assert r0["split"] == pytest.approx(single, abs=1e-12)
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the ground truth of the image being evaluated (perfect detections -> AP 1)."""
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers, self.w = answers, torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def predict(self, img, image_sizes, ori_shapes):
+        self.calls.append((tuple(img.shape), image_sizes[0], ori_shapes[0]))
+        return [self.answers.pop(0)]
+
+
+def test_evaluate_detector_over_the_val_loader(tmp_path):
+    from vit_adapter_ds.data.detection import DetectionValLoader, segmentation_to_mask
+    from vit_adapter_ds.data.make_shards import write_coco
+    from vit_adapter_ds.data.synthetic import write_synthetic_coco
+    from vit_adapter_ds.evaluation.coco import evaluate_detector
+
+    write_synthetic_coco(str(tmp_path), 1, 3, seed=0, size=(64, 96))
+    write_coco(str(tmp_path), str(tmp_path / "val"), "val", num_workers=1, progress=False)
+    loader = DetectionValLoader(tmp_path / "val", scale=(192, 128))
+    answers = []
+    for item in loader:
+        anns = item["annotations"]
+        answers.append({"boxes": torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                                                a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=torch.float32),
+                        "labels": torch.tensor([a["category_id"] - 1 for a in anns]),
+                        "scores": torch.ones(len(anns)),
+                        "masks": torch.from_numpy(np.stack([segmentation_to_mask(a["segmentation"], 64, 96)
+                                                            for a in anns]).astype(bool))})
+    model = _Oracle(answers)
+    m = evaluate_detector(model, loader, loader.categories)
+    assert m["num_images"] == 3 and m["bbox_mAP"] == pytest.approx(1.0) and m["segm_mAP"] == pytest.approx(1.0)
+    assert model.calls[0] == ((1, 3, 128, 192), (128, 192), (64, 96))
+    assert model.training

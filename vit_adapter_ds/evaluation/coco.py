@@ -176,3 +176,29 @@ class CocoEvaluator:
                 print(out.getvalue())
             metrics.update({f"{t}_{n}": float(ev.stats[i]) for i, n in enumerate(METRIC_NAMES)})
         return metrics
+
+
+@torch.no_grad()
+def evaluate_detector(model, loader, categories, *, device=None, dtype=None, iou_types=("bbox", "segm"),
+                      progress: bool = False) -> dict:
+    """COCO AP of a detector (``model.predict(img, image_sizes, ori_shapes)``, e.g.
+    :class:`~vit_adapter_ds.models.detectors.MaskRCNN`) over a
+    :class:`~vit_adapter_ds.data.detection.DetectionValLoader` (each image once across ranks); collective:
+    every rank must call it. ``dtype``: autocast dtype (e.g. ``torch.bfloat16``) or None."""
+    was_training = model.training
+    model.eval()
+    ev = CocoEvaluator(categories, iou_types)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    try:
+        for item in loader:
+            img = item["img"].to(device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                pred = model.predict(img, [tuple(item["img_shape"])], [tuple(item["ori_shape"])])[0]
+            pred = {k: v.float() if v.is_floating_point() else v for k, v in pred.items()}
+            ev.add_ground_truth(item["image"], item["annotations"])
+            ev.add_prediction(item["image"]["id"], pred)
+            if progress:
+                print(f"\revaluated {len(ev.images)} / {len(loader)} images", end="", flush=True)
+    finally:
+        model.train(was_training)
+    return ev.evaluate()
