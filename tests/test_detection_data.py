@@ -255,3 +255,12 @@ def test_segmentation_shards_are_refused(tmp_path):
     write_synthetic(str(tmp_path / "seg"), num_train=1, num_val=1, size=(64, 64), num_workers=1, progress=False)
     with pytest.raises(ShardSetError, match="not detection"):
         DetectionTrainLoader(tmp_path / "seg" / "train", batch_size=1)
+
+
+def test_bad_sample_budget_raises(shards):
+    from vit_adapter_ds.data.loader import TooManyBadSamples
+
+    loader = DetectionTrainLoader(shards[0] / "train", batch_size=2, transform_kw=SMALL, max_bad_fraction=0.0)
+    with pytest.raises(TooManyBadSamples, match="budget of 0"):
+        for _ in loader.epoch_batches():
+            pass

@@ -22,7 +22,8 @@ Images without annotations: the train loader leaves out images with no annotatio
 included) and images smaller than 32 pixels (mmdet ``filter_empty_gt=True``, ``min_size=32``), so the epoch order
 runs over the remaining ones; the val loader keeps every image (mmdet test mode). A sample whose image or json
 cannot be read, or whose image size differs from its json entry, is a bad sample (replaced by the next one of the
-epoch order in training, dropped in validation, counted, at most ``max_bad_fraction``).
+epoch order in training, dropped in validation, counted over all ranks, at most ``max_bad_fraction`` of the epoch
+(:func:`.loader.bad_sample_budget`); failures raise on every rank at the same batch).
 
 Train batches: ``img`` float32 (B, 3, H, W) normalised and zero-padded to a multiple of 32; ``targets`` a list of
 dicts ``boxes`` (N, 4) float32, ``labels`` (N,) int64 class indices, ``masks`` (N, h, w) uint8 at the unpadded
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import det_transforms as T
 from .decode import BadSample, ShardReader, decode_image, image_member
-from .loader import TooManyBadSamples, epoch_order
+from .loader import OtherRankFailed, TooManyBadSamples, bad_sample_budget, epoch_order, sum_over_ranks
 from .manifest import ShardSetError, read_manifest, verify_shards
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,10 @@ class _DetTrainStream(IterableDataset):
         slots = list(range(base, base + self.batch_size))
         samples, keys, shards, ids, bad = [], [], [], [], []
         for g in slots:
-            img, parsed, rec, i = self._load(g, bad)
+            try:
+                img, parsed, rec, i = self._load(g, bad)
+            except TooManyBadSamples as e:  # reported to all ranks by the loader, which raises everywhere
+                return {"fatal": str(e), "meta": {"bad": bad}}
             rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
             samples.append(T.apply_ops(to_sample(img, parsed), rng, self.ops))
             keys.append(str(self.reader.keys[i]))
@@ -356,13 +360,15 @@ class DetectionTrainLoader:
             if self.bad_total <= 10 or self.bad_total % 100 == 0:
                 log.warning("detection train loader (rank %d): skipped bad sample %s in shard %s: %s", self.rank,
                             key, shard, reason)
-        denom = max(1, self.len_per_epoch * self.batch_size)
-        if len(self._bad_epoch) > self.max_bad_fraction * denom:
-            raise TooManyBadSamples(f"detection train loader (rank {self.rank}): {len(self._bad_epoch)} bad samples "
-                                    f"this epoch, more than max_bad_fraction={self.max_bad_fraction} of {denom}")
 
     def epoch_batches(self):
-        """The remaining batches of the current epoch, then the position moves to the next epoch."""
+        """The remaining batches of the current epoch, then the position moves to the next epoch.
+
+        After every batch the ranks sum their bad-sample counts and failures (:func:`.loader.sum_over_ranks`, when
+        a process group is initialised), so a failure or an exceeded budget (:func:`.loader.bad_sample_budget` of
+        the epoch's samples over all ranks) raises on every rank at the same batch instead of hanging the others.
+        """
+        what = f"detection train loader (rank {self.rank})"
         if self.samples_consumed_in_epoch == 0:
             self._bad_epoch = set()
         n = self.remaining_in_epoch()
@@ -371,11 +377,35 @@ class DetectionTrainLoader:
                                  start=self.samples_consumed_in_epoch, num_batches=n, rank=self.rank,
                                  world_size=self.world_size, batch_size=self.batch_size, seed=self.seed,
                                  mean=self.mean, std=self.std, ops=self.ops)
+            epoch_samples = self.len_per_epoch * self.global_batch
             it = _iterate(ds, self.num_workers, self.worker_timeout)
             try:
                 for _ in range(n):
-                    batch = next(it)
-                    self._count_bad(batch["meta"]["bad"])
+                    batch, error = None, None
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        error = RuntimeError(f"{what}: the DataLoader ended before the epoch's batches")
+                    except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks heard of it
+                        error = e
+                    fatal = batch.get("fatal") if batch is not None else None
+                    if batch is not None:
+                        self._count_bad(batch["meta"]["bad"])
+                    count, n_fatal, n_error = sum_over_ranks(
+                        [len(self._bad_epoch), fatal is not None, error is not None], self.world_size)
+                    if error is not None:
+                        raise error
+                    if fatal is not None:
+                        raise TooManyBadSamples(f"{what}: {fatal}")
+                    if n_error:
+                        raise OtherRankFailed(f"{what}: the loader of {n_error} other rank(s) failed at this batch")
+                    if n_fatal:
+                        raise TooManyBadSamples(f"{what}: {n_fatal} other rank(s) met a run of bad samples")
+                    allowed = bad_sample_budget(self.max_bad_fraction, epoch_samples)
+                    if count > allowed:
+                        raise TooManyBadSamples(f"{what}: {count} bad samples this epoch, more than the budget of "
+                                                f"{allowed} (max_bad_fraction={self.max_bad_fraction} of "
+                                                f"{epoch_samples})")
                     self.samples_consumed_in_epoch += self.global_batch
                     yield batch
             finally:
@@ -441,21 +471,41 @@ class DetectionValLoader:
         self.num_workers, self.worker_timeout = num_workers, worker_timeout
         self.scale = tuple(scale) if scale is not None else None
         self.mean, self.std, self.max_bad_fraction, self.rank = tuple(mean), tuple(std), max_bad_fraction, rank
+        self.world_size = world_size
 
     def __len__(self):
         return len(self.indices)
 
     def __iter__(self):
-        bad = 0
+        """Yield this rank's images; at the end the ranks sum their bad-sample counts and failures (when a process
+        group is initialised), so that a failure raises on every rank."""
+        bad, error = 0, None
         ds = _DetValStream(self.reader, self.indices, self.cat2label, self.scale, self.mean, self.std)
-        for item in _iterate(ds, self.num_workers, self.worker_timeout):
-            if "img" not in item:
-                bad += 1
-                shard, key, reason = item["bad"][0]
-                log.warning("detection val loader (rank %d): skipped bad sample %s in shard %s: %s", self.rank, key,
-                            shard, reason)
-                if bad > self.max_bad_fraction * max(1, len(self.indices)):
-                    raise TooManyBadSamples(f"detection val loader (rank {self.rank}): {bad} bad samples, more than "
-                                            f"max_bad_fraction={self.max_bad_fraction} of {len(self.indices)}")
-                continue
-            yield item
+        it = _iterate(ds, self.num_workers, self.worker_timeout)
+        try:
+            while True:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                except Exception as e:  # noqa: BLE001 -- re-raised after the other ranks heard of it
+                    error = e
+                    break
+                if "img" not in item:
+                    bad += 1
+                    shard, key, reason = item["bad"][0]
+                    log.warning("detection val loader (rank %d): skipped bad sample %s in shard %s: %s", self.rank,
+                                key, shard, reason)
+                    continue
+                yield item
+        finally:
+            it.close()
+        total, n_error = sum_over_ranks([bad, error is not None], self.world_size)
+        if error is not None:
+            raise error
+        if n_error:
+            raise OtherRankFailed(f"detection val loader (rank {self.rank}): {n_error} other rank(s) failed")
+        allowed = bad_sample_budget(self.max_bad_fraction, int(self.manifest["num_samples"]))
+        if total > allowed:
+            raise TooManyBadSamples(f"detection val loader: {total} bad samples, more than the budget of {allowed} "
+                                    f"(max_bad_fraction={self.max_bad_fraction})")
