@@ -101,6 +101,14 @@ def _rank_main(rank, port, root, out):
         res["budget"] = _run_train(budget, rank, 0.05, num_workers=0)
         res["budget_workers"] = _run_train(budget, rank, 0.05, num_workers=1)
         res["within_budget"] = _run_train(budget, rank, 0.1, num_workers=0)  # budget 4
+        import vit_adapter_ds.data.loader as L
+        get_backend = dist.get_backend
+        dist.get_backend = lambda *a, **k: "nccl"  # as under NCCL: the counts go over a gloo group beside it
+        try:
+            res["budget_side_group"] = _run_train(budget, rank, 0.05, num_workers=0)
+            res["side_groups"] = len(L._GLOO_GROUPS)
+        finally:
+            dist.get_backend = get_backend
         res["run"] = _run_train(os.path.join(root, "run"), rank, 1.0, num_workers=1)
         res["other_error"] = _run_train(os.path.join(root, "run_ok"), rank, 0.05, num_workers=0, break_at=2)
         res["val_budget"] = _run_val(budget, rank, 0.05)  # all bad samples are in rank 0's half (0..19)
@@ -135,7 +143,8 @@ def test_two_ranks_stop_together_on_bad_samples(tmp_path):
     res = [json.load(open(os.path.join(root, f"rank{r}.json"))) for r in range(2)]
     for r in res:
         assert "crash" not in r, r["crash"]
-    for case in ("budget", "budget_workers"):
+    assert [r["side_groups"] for r in res] == [1, 1]
+    for case in ("budget", "budget_workers", "budget_side_group"):
         for rank, r in enumerate(res):
             got, kind, msg = r[case]
             assert (got, kind) == (1, "TooManyBadSamples"), (case, rank, r[case])
