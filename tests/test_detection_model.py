@@ -214,3 +214,21 @@ def test_mask_targets_are_binarised_aligned_crops():
     t = mask_targets(m, torch.tensor([[2., 2, 6, 6], [0, 2, 4, 6]]), torch.tensor([0, 0]), 4)
     assert t[0].eq(1).all()
     assert t[1][:, :2].eq(0).all() and t[1][:, 2:].eq(1).all()
+
+
+def test_paste_masks_follows_mmdet_pixel_centres():
+    from vit_adapter_ds.models.detectors.mask_rcnn import paste_masks
+
+    ones = torch.ones(1, 28, 28)
+    m = paste_masks(ones, torch.tensor([[2., 3, 6, 8]]), 10, 12)
+    expect = torch.zeros(10, 12, dtype=torch.bool)
+    expect[3:8, 2:6] = True  # pixels whose centre (x + 0.5, y + 0.5) lies inside the box
+    assert torch.equal(m[0], expect)
+    # left half of the mask on: the pasted region is the left half of the box
+    half = torch.zeros(1, 28, 28)
+    half[:, :, :14] = 1
+    m = paste_masks(half, torch.tensor([[0., 0, 8, 4]]), 4, 8)
+    assert m[0, :, :4].all() and not m[0, :, 4:].any()
+    # a box outside the image pastes nothing; sub-pixel box at the border does not crash
+    assert not paste_masks(ones, torch.tensor([[20., 20, 30, 30]]), 10, 12).any()
+    assert paste_masks(ones, torch.tensor([[11.5, 9.5, 11.9, 9.9]]), 10, 12).shape == (1, 10, 12)

@@ -1,7 +1,7 @@
 """Mask R-CNN (mmdet 2.x ``MaskRCNN`` of the official ``mask_rcnn_r50_fpn`` base config) on torchvision's
 maintained detection parts: ``RegionProposalNetwork`` / ``RPNHead``, ``RoIHeads``, ``TwoMLPHead``,
 ``FastRCNNPredictor``, ``MaskRCNNHeads`` / ``MaskRCNNPredictor``, ``BoxCoder``, ``Matcher``,
-``BalancedPositiveNegativeSampler``, ``batched_nms``, ``roi_align`` and ``paste_masks_in_image``.
+``BalancedPositiveNegativeSampler``, ``batched_nms`` and ``roi_align``.
 
 Where mmdet and torchvision differ, the mmdet behaviour of the official config is kept:
 
@@ -15,7 +15,10 @@ Where mmdet and torchvision differ, the mmdet behaviour of the official config i
 * mask targets: the ground-truth bitmaps cropped with ``roi_align(aligned=True)`` and binarised at 0.5
   (mmdet ``BitmapMasks.crop_and_resize``); torchvision uses unbinarised ``aligned=False`` crops;
 * initialisation: mmdet's (RPN convs normal 0.01; shared FCs Xavier uniform; ``fc_cls`` normal 0.01,
-  ``fc_reg`` normal 0.001; mask convs Kaiming normal fan-out).
+  ``fc_reg`` normal 0.001; mask convs Kaiming normal fan-out);
+* mask pasting: mmdet's ``_do_paste_mask`` (:func:`paste_masks`: ``grid_sample`` of the 28 x 28 probabilities at
+  the pixel centres inside each box, then ``>= mask_thr_binary``); torchvision's ``paste_masks_in_image`` pads and
+  expands the box first.
 
 Class indices: targets and predictions use 0-based class indices ``0 .. num_classes - 1`` (mmdet's labels); the
 torchvision predictors have ``num_classes + 1`` outputs with background at index 0 (mmdet puts it last, see
@@ -33,6 +36,8 @@ Eval: :meth:`MaskRCNN.predict` returns per image ``boxes`` (K, 4), ``labels`` (K
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +46,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import roi_align
 
@@ -127,6 +132,26 @@ class RPN(RegionProposalNetwork):
         cls_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled],
                                                       reduction="sum") / n
         return self.loss_cls_weight * cls_loss, self.loss_bbox_weight * box_loss
+
+
+def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold: float = 0.5):
+    """mmdet 2.x ``_do_paste_mask`` (``skip_empty``) + binarisation: (K, M, M) mask probabilities of boxes (K, 4)
+    (x1y1x2y2, image pixels) -> (K, height, width) bool. Each pixel ``(x, y)`` inside the box's integer hull
+    (+ 1 pixel) samples the probabilities bilinearly (``align_corners=False``, zero outside) at
+    ``((x + 0.5 - x1) / (x2 - x1)) * 2 - 1`` (same for y)."""
+    out = torch.zeros(probs.shape[0], height, width, dtype=torch.bool, device=probs.device)
+    for k in range(probs.shape[0]):
+        x1, y1, x2, y2 = boxes[k].tolist()
+        x0i, y0i = max(int(math.floor(x1)) - 1, 0), max(int(math.floor(y1)) - 1, 0)
+        x1i, y1i = min(int(math.ceil(x2)) + 1, width), min(int(math.ceil(y2)) + 1, height)
+        if x1i <= x0i or y1i <= y0i:
+            continue
+        ys = (torch.arange(y0i, y1i, device=probs.device, dtype=torch.float32) + 0.5 - y1) / max(y2 - y1, 1e-6) * 2 - 1
+        xs = (torch.arange(x0i, x1i, device=probs.device, dtype=torch.float32) + 0.5 - x1) / max(x2 - x1, 1e-6) * 2 - 1
+        grid = torch.stack([xs[None, :].expand(len(ys), len(xs)), ys[:, None].expand(len(ys), len(xs))], dim=-1)
+        m = F.grid_sample(probs[k][None, None].float(), grid[None], align_corners=False)[0, 0]
+        out[k, y0i:y1i, x0i:x1i] = m >= threshold
+    return out
 
 
 def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
@@ -470,8 +495,7 @@ class MaskRCNN(nn.Module):
             (h, w), (oh, ow) = sizes[i], (ori_shapes[i] if ori_shapes is not None else sizes[i])
             scale = d["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
             boxes = d["boxes"] * scale
-            masks = paste_masks_in_image(d["masks"], boxes, (int(oh), int(ow)))[:, 0] >= \
-                self.roi_heads.mask_thr_binary
+            masks = paste_masks(d["masks"][:, 0], boxes, int(oh), int(ow), self.roi_heads.mask_thr_binary)
             out.append({"boxes": boxes, "labels": d["labels"] - 1, "scores": d["scores"], "masks": masks})
         return out
 
