@@ -314,3 +314,49 @@ def test_corrupt_png_members_are_bad_samples_with_reasons():
         decode_seg_sample({"png": broken, "seg.png": lab}, None, 16)
     out_img, out_lab = decode_seg_sample({"png": img, "seg.png": lab}, None, 16)
     assert out_img.shape == (3, 8, 8) and (out_lab.numpy() == arr).all()
+
+
+def test_custom_dataset_with_low_bit_masks_and_16_bit_images_end_to_end(tmp_path):
+    """The user story of issue 13: a custom folder with 1-bit gray, 2/4-bit palette (as PIL writes them) and
+    16-bit gray masks, 16-bit RGB and 8-bit images, one corrupt mask; the val loader returns exactly the masks'
+    class indices, images normalised in range, and skips the corrupt sample by name."""
+    from vit_adapter_ds.data import build_val_loader
+    from vit_adapter_ds.data.make_shards import write_custom
+
+    imgs, masks = tmp_path / "img", tmp_path / "ann"
+    imgs.mkdir()
+    masks.mkdir()
+    (tmp_path / "classes.txt").write_text("\n".join(f"c{i}" for i in range(16)))
+    rng = np.random.default_rng(3)
+    want = {}
+    for i, kind in enumerate(["gray1", "pal2", "pal4", "gray16", "corrupt"]):
+        top = {"gray1": 2, "pal2": 4, "pal4": 16, "gray16": 16, "corrupt": 2}[kind]
+        m = rng.integers(0, top, (9, 11)).astype(np.uint8)
+        if kind.startswith("pal"):
+            im = Image.fromarray(m, "P")
+            im.putpalette([v % 256 for v in range(3 * top)])
+            b = io.BytesIO()
+            im.save(b, format="PNG", bits=int(kind[3:]))
+            data = b.getvalue()
+        elif kind == "gray16":
+            data = write_png(m.astype(np.uint16), 0, 16)
+        else:
+            data = write_png(m, 0, 1)
+        if kind == "corrupt":
+            j = data.index(b"IDAT") + 5
+            data = data[:j] + bytes([data[j] ^ 4]) + data[j + 1:]
+        (masks / f"s{i}.png").write_bytes(data)
+        want[f"s{i}"] = m
+        rgb = rng.integers(0, 65536, (9, 11, 3)).astype(np.uint16)
+        if i % 2:
+            (imgs / f"s{i}.png").write_bytes(write_png(rgb, 2, 16))
+        else:
+            Image.fromarray((rgb >> 8).astype(np.uint8)).save(imgs / f"s{i}.jpg", quality=95)
+    write_custom(str(imgs), str(masks), str(tmp_path / "classes.txt"), str(tmp_path / "out" / "val"), "val",
+                 num_workers=1, progress=False)
+    loader = build_val_loader(str(tmp_path / "out"), max_bad_fraction=0.5)
+    got = {b["meta"]["keys"][0]: b for b in loader}
+    assert sorted(got) == ["s0", "s1", "s2", "s3"] and loader.bad.total == 1
+    for k, b in got.items():
+        np.testing.assert_array_equal(b["gt_semantic_seg"][0].numpy(), want[k])
+        assert float(b["img"].abs().max()) < 2.7
