@@ -1,26 +1,18 @@
 """Generate the official-parity goldens (tests/parity/goldens/<variant>.pt) from the OFFICIAL ViT-Adapter code.
 
-The official code is never part of this repository. To regenerate:
+The official code is never part of this repository. To regenerate, point the script at a checkout of
+github.com/czczup/ViT-Adapter (or a folder with the same relative paths for the files listed in
+``tests/parity/layout_official.py``)::
 
-1. Put the official backbone files (github.com/czczup/ViT-Adapter) in a folder OUTSIDE the repo, laid out as in the
-   official repo::
+    python tests/parity/make_goldens.py --official-dir ~/src/ViT-Adapter [--variants vit_adapter_small_det_b1 ...]
 
-       <dir>/segmentation/mmseg_custom/models/backbones/{adapter_modules,vit_adapter,beit_adapter}.py, base/{vit,beit}.py
-       <dir>/detection/mmdet_custom/models/backbones/{adapter_modules,vit_adapter,beit_adapter}.py, base/{vit,beit}.py
-       <dir>/detection/ops/modules/ms_deform_attn.py, <dir>/detection/ops/functions/ms_deform_attn_func.py
-
-   with empty ``__init__.py`` files for ``mmseg_custom``, ``mmseg_custom.models``, ``...backbones`` and ``...base``
-   (likewise ``mmdet_custom``; the official package inits import every model and mmseg/mmdet).
-2. Add shims in ``<dir>/shims`` so the files import on current torch without OpenMMLab 1.x:
-   ``mmseg.models.builder.BACKBONES`` / ``mmdet.models.builder.BACKBONES`` (a registry whose ``register_module()``
-   returns the class), ``mmseg.utils.get_root_logger`` / ``mmdet.utils.get_root_logger``,
-   ``mmcv.runner.BaseModule`` (``nn.Module``) and ``load_checkpoint``, ``mmcv_custom.load_checkpoint`` /
-   ``my_load_checkpoint`` (never called: pretrained=None). In ``ms_deform_attn_func.py`` the CUDA extension import is
-   dropped and ``MSDeformAttnFunction.apply(value, shapes, level_start, locations, weights, im2col_step)`` calls the
-   official pure-PyTorch ``ms_deform_attn_core_pytorch(value, shapes, locations, weights)`` (exact: the CUDA kernel
-   computes the same bilinear sampling). ``timm.models.layers`` is timm's deprecated alias (timm 1.x).
-3. ``python tests/parity/make_goldens.py --official-dir <dir>`` (all variants, ~5 min and ~8 GB on 2 cores;
-   ``--variants`` to pick some). Last run: 2026-11-24, torch 2.14.1, timm 1.0.31, CPU.
+It lays out the official backbone files and the stand-ins of ``tests/parity/shims`` in a temporary work folder
+(``tests/parity/layout_official.py``; ``--work-dir`` keeps it): ``mmseg``/``mmdet`` ``BACKBONES`` registries,
+``get_root_logger``, ``mmcv.runner.BaseModule`` (``nn.Module``), ``mmcv_custom`` checkpoint loaders (never called:
+``pretrained=None``), and ``MultiScaleDeformableAttention``, the compiled Deformable-DETR op, replaced by the official
+pure-PyTorch ``ms_deform_attn_core_pytorch`` (forward) and autograd through it (backward) -- exact, since the CUDA
+kernel computes the same bilinear sampling. ``timm.models.layers`` is timm's deprecated alias (timm 1.x). The
+official files are copied unchanged. All variants take ~5 min and ~8 GB on 2 cores.
 
 The goldens committed here were generated from these official file versions (the store of the search tool; the
 spec describes HEAD fd64a51 and these files agree with it for everything the goldens exercise):
@@ -29,9 +21,9 @@ spec describes HEAD fd64a51 and these files agree with it for everything the gol
   detection:    adapter_modules.py @5cf0b2d, vit_adapter.py @e14d75a, beit_adapter.py @e14d75a,
                 base/vit.py @d8901a3, base/beit.py @b9c2a70
   ops:          modules/ms_deform_attn.py @efdba25, functions/ms_deform_attn_func.py @dac983f
-The only edits to official code are the ``MSDeformAttnFunction`` replacement above and the omission of unused classes
-(``HybridEmbed``) and commented-out code. In train mode the official ``nn.SyncBatchNorm`` layers are replaced by
-``nn.BatchNorm2d`` with the same state (no process group on CPU); in eval mode they are used as they are.
+In train mode the official ``nn.SyncBatchNorm`` layers are replaced by ``nn.BatchNorm2d`` with the same state (no
+process group on CPU); in eval mode they are used as they are. Each golden records the torch version and date of
+its generation in ``meta``.
 """
 from __future__ import annotations
 
@@ -39,6 +31,7 @@ import argparse
 import datetime
 import os
 import sys
+import tempfile
 import time
 import warnings
 
@@ -48,6 +41,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 
 from parity.harness import SUBSET, run_case  # noqa: E402
+from parity.layout_official import import_official, layout  # noqa: E402
 from parity.seeded_state import load_seeded, named_shapes  # noqa: E402
 from parity.variants import TRAIN_VARIANTS, VARIANTS, grad_keys  # noqa: E402
 
@@ -69,21 +63,12 @@ OFFICIAL_SOURCES = {
 }
 
 
-def load_official(official_dir: str) -> dict:
-    """Import the four official backbone classes from ``official_dir`` (shims first on sys.path)."""
-    for sub in ("detection", "segmentation", "shims"):
-        path = os.path.join(official_dir, sub)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path} is missing; see this script's docstring for the expected layout")
-        sys.path.insert(0, path)
-    for name in [m for m in sys.modules if m.split(".")[0] in ("mmcv", "mmseg", "mmdet", "mmcv_custom", "ops")]:
-        del sys.modules[name]  # make sure the shims, not an installed OpenMMLab, are used
-    from mmdet_custom.models.backbones.beit_adapter import BEiTAdapter as DetBEiTAdapter
-    from mmdet_custom.models.backbones.vit_adapter import ViTAdapter as DetViTAdapter
-    from mmseg_custom.models.backbones.beit_adapter import BEiTAdapter as SegBEiTAdapter
-    from mmseg_custom.models.backbones.vit_adapter import ViTAdapter as SegViTAdapter
-    return {"seg_vit": SegViTAdapter, "seg_beit": SegBEiTAdapter, "det_vit": DetViTAdapter,
-            "det_beit": DetBEiTAdapter}
+def load_official(official_dir: str, classes, work_dir: str | None = None) -> dict:
+    """Lay out ``official_dir`` + shims in ``work_dir`` (default: a temporary folder) and import the official
+    classes named in ``classes`` (keys of ``layout_official.OFFICIAL_FILES``)."""
+    work_dir = work_dir or tempfile.mkdtemp(prefix="vit_adapter_official_")
+    layout(official_dir, work_dir, classes)
+    return import_official(work_dir, classes)
 
 
 def sync_bn_to_bn(module: nn.Module) -> nn.Module:
@@ -130,13 +115,18 @@ def generate(name: str, classes: dict, train: bool = False) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official-dir", required=True, help="official code + shims (outside this repo)")
+    parser.add_argument("--official-dir", required=True, help="an official ViT-Adapter checkout (outside this repo)")
+    parser.add_argument("--work-dir", default=None, help="where to lay out official files + shims (default: temp)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS) + list(TRAIN_VARIANTS))
     parser.add_argument("--out", default=GOLDEN_DIR)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    classes = load_official(os.path.abspath(args.official_dir))
+    unknown = sorted(set(args.variants) - set(VARIANTS) - set(TRAIN_VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; valid: {sorted(VARIANTS) + sorted(TRAIN_VARIANTS)}")
+    needed = sorted({VARIANTS[TRAIN_VARIANTS.get(n, n)]["official"] for n in args.variants})
+    classes = load_official(os.path.abspath(args.official_dir), needed, args.work_dir)
     os.makedirs(args.out, exist_ok=True)
     for name in args.variants:
         t0 = time.time()

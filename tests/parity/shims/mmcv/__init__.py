@@ -1,0 +1,1 @@
+"""Stand-in for mmcv 1.x: only ``mmcv.runner`` is used by the official backbone files."""

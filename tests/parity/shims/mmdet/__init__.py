@@ -1,0 +1,1 @@
+"""Stand-in for mmdet (official backbone imports only)."""

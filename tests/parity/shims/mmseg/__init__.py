@@ -1,0 +1,1 @@
+"""Stand-in for mmseg (official backbone imports only)."""

@@ -1,0 +1,4 @@
+"""Stand-in for mmseg.models.builder: the BACKBONES registry."""
+from _registry import Registry
+
+BACKBONES = Registry("backbone")
