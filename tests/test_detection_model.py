@@ -232,3 +232,18 @@ def test_paste_masks_follows_mmdet_pixel_centres():
     # a box outside the image pastes nothing; sub-pixel box at the border does not crash
     assert not paste_masks(ones, torch.tensor([[20., 20, 30, 30]]), 10, 12).any()
     assert paste_masks(ones, torch.tensor([[11.5, 9.5, 11.9, 9.9]]), 10, 12).shape == (1, 10, 12)
+
+
+def test_beit_adapter_htc_backbone_dict_builds_on_meta():
+    cfg = tiny_cfg()
+    cfg["backbone"] = dict(type="BEiTAdapter", img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                           mlp_ratio=4, qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6,
+                           drop_path_rate=0.4, conv_inplane=64, n_points=4, deform_num_heads=16, cffn_ratio=0.25,
+                           deform_ratio=0.5, interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]],
+                           window_attn=[True] * 24, window_size=[14, 14, 14, 14, 14, 56] * 4,
+                           pretrained="pretrained/beitv2_large_patch16_224_pt1k_ft21k.pth")
+    cfg["neck"]["in_channels"] = [1024] * 4
+    with torch.device("meta"):
+        model = MaskRCNN.from_config(cfg)
+    assert type(model.backbone).__name__ == "BEiTAdapter" and model.backbone.task == "detection"
+    assert model.pretrained.endswith("beitv2_large_patch16_224_pt1k_ft21k.pth")
