@@ -287,8 +287,8 @@ def _iterate(ds, num_workers, timeout, pin_memory, prefetch_factor):
 class TrainLoader:
     """Infinite iterator over training batches with an exactly resumable position (see module docstring).
 
-    ``next(loader)`` yields batches forever (the loader is its own iterator), rolling over epochs; ``epoch_batches()`` yields the rest of the
-    current epoch only. Batches: ``img`` float32 (B, 3, ch, cw), ``gt_semantic_seg`` int64 (B, ch, cw) with
+    ``next(loader)`` yields batches forever (the loader is its own iterator), rolling over epochs;
+    ``epoch_batches()`` yields the rest of the current epoch only. Batches: ``img`` float32 (B, 3, ch, cw), ``gt_semantic_seg`` int64 (B, ch, cw) with
     ``ignore_index`` for ignored/padded pixels, ``meta`` (keys, shards, ori_shape, slots, epoch, step, bad).
     """
 
