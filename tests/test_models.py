@@ -246,6 +246,47 @@ def test_vit_windowed_attention_pads_qkv_with_zeros_and_no_mask():
     torch.testing.assert_close(attn(x, H, W)[0], expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_attention_rounds_like_the_official_code(dtype):
+    """On CPU float32/float64 the attention is the official op sequence, bit for bit (outputs and gradients): ViT
+    ``(q @ k^T) * scale``, BEiT ``(q * scale) @ k^T + bias``, softmax, ``@ v``. CPU fused SDPA kernels round
+    differently, which ill-conditioned gradients (batch-1 BatchNorm statistics) amplify far beyond 1e-5."""
+    from vit_adapter_ds.models.backbones.vit import Attention
+
+    torch.manual_seed(0)
+    b, n, dim, heads = 1, 37, 48, 3
+    vit_attn = Attention(dim, heads, qkv_bias=True).to(dtype)
+    beit_attn = BEiTAttention(dim, heads, qkv_bias=True, window_size=(6, 6), with_cls=True).to(dtype)
+    with torch.no_grad():
+        beit_attn.relative_position_bias_table.normal_()
+        beit_attn.q_bias.normal_(), beit_attn.v_bias.normal_()
+    x = torch.randn(b, n, dim, dtype=dtype)
+
+    def official_vit(x):
+        qkv = vit_attn.qkv(x).reshape(b, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * vit_attn.scale).softmax(dim=-1)
+        return vit_attn.proj((attn @ v).transpose(1, 2).reshape(b, n, dim))
+
+    def official_beit(x):
+        bias = torch.cat((beit_attn.q_bias, torch.zeros_like(beit_attn.v_bias), beit_attn.v_bias))
+        qkv = F.linear(x, beit_attn.qkv.weight, bias).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        index = relative_position_index(6, 6, True)
+        rel = beit_attn.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+        attn = ((q * beit_attn.scale) @ k.transpose(-2, -1) + rel.unsqueeze(0)).softmax(dim=-1)
+        return beit_attn.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+    for module, official in ((vit_attn, official_vit), (beit_attn, official_beit)):
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = module(xa, 6, 6), official(xb)
+        w = torch.randn(ya.shape, dtype=dtype)
+        (ya * w).sum().backward()
+        (yb * w).sum().backward()
+        assert torch.equal(ya, yb), type(module).__name__
+        assert torch.equal(xa.grad, xb.grad), type(module).__name__
+
+
 def test_beit_windowed_attention_pads_tokens_before_qkv():
     """Detection BEiT: padded tokens are zeros *before* the projection, so their value is v_bias (not 0)."""
     torch.manual_seed(0)

@@ -44,8 +44,14 @@ VARIANTS: dict[str, dict] = {
 # Batch 1 (the per-GPU batch of the detection / Mask2Former recipes): a cheap case for batch-1 layout effects.
 VARIANTS["vit_adapter_tiny_b1"] = dict(VARIANTS["vit_adapter_tiny"], input=(1, 3, 64, 96))
 
-# Train-mode variant (BatchNorm with batch statistics; dropout and drop-path are 0).
-TRAIN_VARIANTS = {"vit_adapter_tiny_train": "vit_adapter_tiny"}
+# Batch 1, non-square, windows padded in both directions: a 12x18 token grid, 14-windows pad it to 14x28.
+VARIANTS["vit_adapter_small_det_b1"] = dict(VARIANTS["vit_adapter_small_det"], input=(1, 3, 192, 288))
+
+# Train-mode variants (BatchNorm with batch statistics; dropout and drop-path are 0). With batch 1 the input gradient
+# through the BatchNorm statistics is ill-conditioned (float32 vs float64: ~2e-5), so it checks the float32 rounding
+# of every op, not only the formulas.
+TRAIN_VARIANTS = {"vit_adapter_tiny_train": "vit_adapter_tiny",
+                  "vit_adapter_small_det_b1_train": "vit_adapter_small_det_b1"}
 
 
 def grad_keys(name: str) -> list[str]:

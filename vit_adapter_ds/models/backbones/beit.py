@@ -22,7 +22,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from .adapter import AdapterMixin
-from .layers import PatchEmbed, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
+from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
 from .vit import refuse_pretrained_path
 
 
@@ -123,7 +123,7 @@ class BEiTAttention(nn.Module):
         if self.relative_position_bias_table is not None:
             mask = self._rel_pos_bias(n, x.device).unsqueeze(0).to(q.dtype)
         drop = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=self.scale)
+        out = attention(q, k, v, self.scale, bias=mask, dropout_p=drop, scale_q_first=True)
         return out.transpose(1, 2).reshape(b, n, -1)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:

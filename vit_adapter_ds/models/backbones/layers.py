@@ -55,6 +55,27 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), h, w
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: torch.Tensor | None = None,
+              dropout_p: float = 0.0, scale_q_first: bool = False) -> torch.Tensor:
+    """Softmax attention over (B, heads, N, head_dim) tensors.
+
+    On CPU float32/float64 tensors it is computed the way the official code does, so that results and gradients round
+    like the official ones (CPU fused SDPA kernels round differently, which ill-conditioned gradients, e.g. the input
+    gradient through batch-1 BatchNorm statistics, amplify to ~1e-3): ``(q @ k^T) * scale`` (ViT), or
+    ``(q * scale) @ k^T`` with ``scale_q_first`` (BEiT), ``+ bias``, softmax, dropout of the attention weights,
+    ``@ v``. Elsewhere (GPU, half precision) it is ``F.scaled_dot_product_attention`` (fused kernels).
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64):
+        attn = (q * scale) @ k.transpose(-2, -1) if scale_q_first else (q @ k.transpose(-2, -1)) * scale
+        if bias is not None:
+            attn = attn + bias
+        attn = attn.softmax(dim=-1)
+        if dropout_p > 0.0:
+            attn = F.dropout(attn, dropout_p, training=True)
+        return attn @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
 def maybe_checkpoint(enabled: bool, fn, *args):
     """Run ``fn(*args)`` under non-reentrant activation checkpointing when enabled and gradients are needed."""
     if enabled and torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):

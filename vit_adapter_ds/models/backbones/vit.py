@@ -14,7 +14,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from .adapter import AdapterMixin
-from .layers import PatchEmbed, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
+from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
 
 
 class Attention(nn.Module):
@@ -36,7 +36,7 @@ class Attention(nn.Module):
         c = c3 // 3
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.attn_drop.p if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        x = attention(q, k, v, self.scale, dropout_p=drop)
         return x.transpose(1, 2).reshape(b, n, c)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
