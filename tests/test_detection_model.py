@@ -247,3 +247,26 @@ def test_beit_adapter_htc_backbone_dict_builds_on_meta():
         model = MaskRCNN.from_config(cfg)
     assert type(model.backbone).__name__ == "BEiTAdapter" and model.backbone.task == "detection"
     assert model.pretrained.endswith("beitv2_large_patch16_224_pt1k_ft21k.pth")
+
+
+@pytest.mark.parametrize("mode", ["bf16_model", "autocast"])
+def test_low_precision_keeps_box_math_in_float32(mode):
+    torch.manual_seed(0)
+    model = MaskRCNN.from_config(tiny_cfg(depth=4))
+    x = torch.randn(2, 3, 128, 160)
+    if mode == "bf16_model":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+        losses = model(x, _targets())
+        assert all(torch.isfinite(v.float()) for v in losses.values())
+        losses["loss"].backward()
+        model.eval()
+        out = model.predict(x, [(120, 150), (128, 160)])
+    assert out[0]["boxes"].dtype == torch.float32 and out[0]["scores"].dtype == torch.float32
+    # proposals are decoded in float32
+    feats = model.extract_feat(x)
+    from torchvision.models.detection.image_list import ImageList
+    with torch.no_grad():
+        props, _ = model.rpn(ImageList(x, [(128, 160)] * 2), feats)
+    assert props[0].dtype == torch.float32

@@ -80,12 +80,29 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
     def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(feature_maps) != len(self.strides):
             raise ValueError(f"{len(feature_maps)} feature maps for {len(self.strides)} anchor strides")
-        dtype, device = feature_maps[0].dtype, feature_maps[0].device
+        dtype, device = torch.float32, feature_maps[0].device  # box math in float32 (bf16/fp16 models too)
         grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
         strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
         self.set_cell_anchors(dtype, device)
         anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
         return [anchors for _ in image_list.image_sizes]
+
+
+class FloatRPNHead(RPNHead):
+    """torchvision ``RPNHead`` whose outputs are float32, so that proposals are decoded in float32 also when the
+    model runs in bf16 / fp16 (torchvision's ``BoxCoder`` decodes in the dtype of the deltas)."""
+
+    def forward(self, x):
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class FloatFastRCNNPredictor(FastRCNNPredictor):
+    """torchvision ``FastRCNNPredictor`` with float32 outputs (box decoding and losses in float32)."""
+
+    def forward(self, x):
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
 
 
 class MaxIoUMatcher(det_utils.Matcher):
@@ -110,7 +127,7 @@ class RPN(RegionProposalNetwork):
                  match_low_quality=True, num=256, pos_fraction=0.5, train_nms_pre=2000, train_max_per_img=1000,
                  train_nms_iou=0.7, test_nms_pre=1000, test_max_per_img=1000, test_nms_iou=0.7,
                  target_stds=(1.0, 1.0, 1.0, 1.0), loss_cls_weight=1.0, loss_bbox_weight=1.0):
-        head = RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
+        head = FloatRPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
         super().__init__(anchor_generator, head, pos_iou_thr, neg_iou_thr, num, pos_fraction,
                          dict(training=train_nms_pre, testing=test_nms_pre),
                          dict(training=train_max_per_img, testing=test_max_per_img), train_nms_iou)
@@ -160,8 +177,9 @@ def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Ten
     if boxes.shape[0] == 0:
         return boxes.new_zeros(0, size, size)
     rois = torch.cat([matched[:, None].to(boxes.dtype), boxes], dim=1)
-    crops = roi_align(gt_masks[:, None].to(boxes.dtype), rois, (size, size), 1.0, 0, aligned=True)[:, 0]
-    return (crops >= 0.5).to(boxes.dtype)
+    rois = rois.float()
+    crops = roi_align(gt_masks[:, None].float(), rois, (size, size), 1.0, 0, aligned=True)[:, 0]
+    return (crops >= 0.5).float()
 
 
 class MaskRCNNRoIHeads(RoIHeads):
@@ -221,7 +239,7 @@ class MaskRCNNRoIHeads(RoIHeads):
             loss_mask = mask_logits.sum() * 0
         else:
             picked = mask_logits[torch.arange(pos_labels.numel(), device=pos_labels.device), pos_labels]
-            loss_mask = F.binary_cross_entropy_with_logits(picked, torch.cat(pos_targets))
+            loss_mask = F.binary_cross_entropy_with_logits(picked.float(), torch.cat(pos_targets))
         return [], {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_mask": self.loss_mask_weight * loss_mask,
                     "acc": acc}
 
@@ -407,7 +425,7 @@ class MaskRCNN(nn.Module):
                                   p["mask_featmap_strides"], p["mask_sampling_ratio"], p["mask_aligned"],
                                   p["mask_finest_scale"])
         box_head = TwoMLPHead(c * p["box_roi_size"] ** 2, p["fc_out_channels"])
-        box_predictor = FastRCNNPredictor(p["fc_out_channels"], nc + 1)
+        box_predictor = FloatFastRCNNPredictor(p["fc_out_channels"], nc + 1)
         _init_box_branch(box_head, box_predictor)
         mask_head = MaskRCNNHeads(c, [p["mask_conv_channels"]] * p["mask_num_convs"], 1)
         mask_predictor = MaskRCNNPredictor(p["mask_conv_channels"], p["mask_conv_channels"], nc + 1)
@@ -466,9 +484,9 @@ class MaskRCNN(nn.Module):
         sizes = self._image_sizes(images, targets, image_sizes)
         tv_targets = []
         for t in targets:
-            boxes = t["boxes"].to(images.dtype).reshape(-1, 4)
-            labels = t["labels"].to(torch.int64).reshape(-1) + 1
-            masks = t["masks"]
+            boxes = t["boxes"].to(device=images.device, dtype=torch.float32).reshape(-1, 4)
+            labels = t["labels"].to(device=images.device, dtype=torch.int64).reshape(-1) + 1
+            masks = t["masks"].to(images.device)
             if masks.shape[0] != boxes.shape[0]:
                 raise ValueError(f"{boxes.shape[0]} boxes but {masks.shape[0]} masks")
             tv_targets.append({"boxes": boxes, "labels": labels, "masks": masks})
@@ -496,7 +514,8 @@ class MaskRCNN(nn.Module):
             scale = d["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
             boxes = d["boxes"] * scale
             masks = paste_masks(d["masks"][:, 0], boxes, int(oh), int(ow), self.roi_heads.mask_thr_binary)
-            out.append({"boxes": boxes, "labels": d["labels"] - 1, "scores": d["scores"], "masks": masks})
+            out.append({"boxes": boxes.float(), "labels": d["labels"] - 1, "scores": d["scores"].float(),
+                        "masks": masks})
         return out
 
 

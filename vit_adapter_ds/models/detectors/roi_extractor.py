@@ -23,7 +23,9 @@ class LevelRoIAlign(nn.Module):
     """Pool each RoI from one pyramid level (``featmap_names[l]`` at stride ``featmap_strides[l]``).
 
     ``forward(features, boxes, image_shapes=None)`` -> (sum K_i, C, output_size, output_size); boxes are in
-    input-image pixels. ``image_shapes`` is accepted for torchvision ``RoIHeads`` compatibility and unused.
+    input-image pixels. ``image_shapes`` is accepted for torchvision ``RoIHeads`` compatibility and unused. RoIs are
+    float32 and the sampling runs in float32 (the output has the features' dtype), so bf16 / fp16 models keep
+    exact box coordinates.
     """
 
     def __init__(self, featmap_names=("0", "1", "2", "3"), output_size: int = 7, featmap_strides=(4, 8, 16, 32),
@@ -43,7 +45,7 @@ class LevelRoIAlign(nn.Module):
 
     def forward(self, features, boxes: list[torch.Tensor], image_shapes=None) -> torch.Tensor:
         feats = [features[n] for n in self.featmap_names]
-        rois = boxes_to_rois(boxes).to(feats[0].dtype)
+        rois = boxes_to_rois(boxes).to(device=feats[0].device, dtype=torch.float32)
         c, o = feats[0].shape[1], self.output_size
         out = feats[0].new_zeros(rois.shape[0], c, o, o)
         if rois.shape[0] == 0:
@@ -53,6 +55,6 @@ class LevelRoIAlign(nn.Module):
             idx = torch.nonzero(lvl == i).squeeze(1)
             if idx.numel() == 0:
                 continue
-            out[idx] = roi_align(f, rois[idx], (o, o), spatial_scale=1.0 / s, sampling_ratio=self.sampling_ratio,
-                                 aligned=self.aligned)
+            out[idx] = roi_align(f.float(), rois[idx], (o, o), spatial_scale=1.0 / s,
+                                 sampling_ratio=self.sampling_ratio, aligned=self.aligned).to(out.dtype)
         return out
