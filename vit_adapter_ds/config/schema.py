@@ -95,7 +95,8 @@ SECTIONS: dict[str, dict] = {
     "optimizer_config": {
         "grad_clip": _dict({"max_norm": _t(float, minimum=0, exclusive=True), "norm_type": _t(int, float,
                                                                                               choices=(2, 2.0))},
-                           allow_none=True)},
+                           allow_none=True),
+        "max_nonfinite_steps": _t(int, minimum=0)},  # engine/trainer.py: consecutive NaN/Inf steps skipped
     "lr_config": {  # values are checked by the schedule (engine/schedule.py), which owns their meaning
         "policy": _t(str), "warmup": _t(str, type(None)), "warmup_iters": _t(int, minimum=0),
         "warmup_ratio": _t(float, minimum=0), "power": _t(float), "min_lr": _t(float, minimum=0),
@@ -110,7 +111,8 @@ SECTIONS: dict[str, dict] = {
                                                                            allow_none=True),
         "flip": _t(bool),
         "ms_resize": _dict({"type": _t(str, choices=("Resize", "SETR_Resize")), "crop_size": PAIR,
-                            "keep_ratio": _t(bool), "setr_multi_scale": _t(bool)}, allow_none=True)},
+                            "keep_ratio": _t(bool), "setr_multi_scale": _t(bool)}, allow_none=True),
+        "pad_short_side": _dict({"size": POS_INT, "before_normalize": _t(bool)}, allow_none=True)},
     "log_config": {"interval": POS_INT},
     "fp16": {"loss_scale": _loss_scale},
     "vis": {"num_images": _t(int, minimum=0)},

@@ -76,12 +76,14 @@ def _test_settings(cfg, args) -> dict:
     ev = dict(cfg.get("evaluation") or {})
     return dict(mode=args.mode or tc.get("mode"), crop_size=args.crop_size or tc.get("crop_size"),
                 stride=args.stride or tc.get("stride"), img_scale=ev.get("img_scale"),
-                size_divisor=ev.get("size_divisor", 32), ms_resize=ev.get("ms_resize"))
+                size_divisor=ev.get("size_divisor", 32), ms_resize=ev.get("ms_resize"),
+                pad_short_side=ev.get("pad_short_side"))
 
 
 def _norm(cfg) -> tuple[tuple, tuple]:
     norm = ((cfg.get("data") or {}).get("val") or {}).get("img_norm_cfg") or {}
-    return tuple(norm.get("mean", (123.675, 116.28, 103.53))), tuple(norm.get("std", (58.395, 57.12, 57.375)))
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
 
 
 def eval_main(argv=None) -> int:
@@ -100,15 +102,15 @@ def eval_main(argv=None) -> int:
     cfg = load_recipe(args.config, args.cfg_options)
     rank, world = _init_runtime()
     device = _device(args.device)
-    num_classes = int(cfg.model.decode_head.num_classes)
     shard_dir = args.shards or ((cfg.get("data") or {}).get("val") or {}).get("shard_dir")
     if not shard_dir:
         print("error: no --shards and no data.val.shard_dir in the recipe", file=sys.stderr)
         return 2
+    model = load_segmentor(cfg, args.checkpoint, device)
+    num_classes = int(model.num_classes)
     mean, std = _norm(cfg)
     loader = build_val_loader(shard_dir, rank=rank, world_size=world, num_workers=args.num_workers, mean=mean,
                               std=std, num_classes=num_classes)
-    model = load_segmentor(cfg, args.checkpoint, device)
     dtype = None
     if args.bf16:
         model = model.to(torch.bfloat16)
@@ -179,7 +181,7 @@ def predict_main(argv=None) -> int:
     model = load_segmentor(cfg, args.checkpoint, device)
     if args.bf16:
         model = model.to(torch.bfloat16)
-    num_classes = int(cfg.model.decode_head.num_classes)
+    num_classes = int(model.num_classes)
     mean, std = _norm(cfg)
     st = _test_settings(cfg, args)
     aug = _aug(args)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..models.test_time_resize import scales_from_ratios, select_test_resize
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .miou import IoUAccumulator
 
 
@@ -32,7 +33,7 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
              img_scale=None, size_divisor: int | None = 32, ms_resize: dict | None = None,
              aug: dict | None = None, ignore_index: int = 255,
              class_names: Sequence[str] | None = None, device=None, dtype: torch.dtype | None = None,
-             num_vis: int = 0, palette=None, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+             num_vis: int = 0, palette=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_short_side: dict | None = None,
              progress: bool = False) -> dict:
     """Evaluate ``model`` (an :class:`~vit_adapter_ds.models.segmentor.EncoderDecoder`) on ``loader``.
 
@@ -43,6 +44,9 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
     flip=True)`` (ratios of ``img_scale``) or ``dict(scales=[(w, h), ...], flip=...)``; None = single scale, no flip.
     ``ms_resize``: the resize rule of multi-scale tests (``evaluation.ms_resize``, e.g.
     ``dict(type='SETR_Resize', crop_size=(640, 640))``); None = the single-scale rule.
+    ``pad_short_side``: the official Mask2Former ``_ms`` ``PadShortSide`` (``evaluation.pad_short_side``,
+    ``dict(size=896, before_normalize=True)``: pad bottom/right to at least ``size`` with black pixels, or with
+    zeros of the normalised image when ``before_normalize=False``), passed to the model's ``aug_test``.
     ``dtype``: cast the images (bf16/fp16 models); ``num_vis``: keep that many (image | label | prediction)
     visualisations (uint8 (H, 3W, 3)) of this rank under ``'vis'``.
 
@@ -68,6 +72,12 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
     flip = bool(aug.get("flip", False))
     multi_scale = bool(aug.get("ratios") or aug.get("scales"))
     resize_rule = select_test_resize(size_divisor, ms_resize, multi_scale)
+    pad_kw = {}
+    if pad_short_side:
+        from ..models.segmentor_mask2former import black_pad_value
+        pad_kw = {"pad_short_side": int(pad_short_side["size"]),
+                  "pad_value": black_pad_value(mean, std) if pad_short_side.get("before_normalize", True)
+                  else 0.0}
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training
@@ -85,7 +95,7 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
         gt = batch["gt_semantic_seg"]
         gt = gt[:, 0] if gt.dim() == 4 else gt
         prob = model.aug_test(img, scales=scales, flip=flip, resize_rule=resize_rule, mode=mode,
-                              crop_size=crop_size, stride=stride, out_size=tuple(gt.shape[-2:]))
+                              crop_size=crop_size, stride=stride, out_size=tuple(gt.shape[-2:]), **pad_kw)
         pred = prob.argmax(dim=1).cpu()
         for p, g, im in zip(pred, gt, batch["img"]):
             acc.update(p, g)
@@ -106,14 +116,14 @@ def _cfg_get(obj, key, default=None):
     return obj.get(key, default) if hasattr(obj, "get") else getattr(obj, key, default)
 
 
-def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0):
+def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0, num_classes: int | None = None):
     """The engine's ``evaluate(model, val_loader, cfg, dtype, num_vis) -> (metrics, vis)`` hook for a recipe:
     test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor and optional ``img_ratios``/``flip``/
     ``ms_resize`` from ``cfg.evaluation``; class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
     model_cfg = _cfg_get(cfg, "model")
     test_cfg = _cfg_get(model_cfg, "test_cfg") or {}
     ev = _cfg_get(cfg, "evaluation") or {}
-    num_classes = int(_cfg_get(_cfg_get(model_cfg, "decode_head"), "num_classes"))
+    num_classes = int(num_classes if num_classes is not None else model.num_classes)
     ratios = _cfg_get(ev, "img_ratios")
     aug = dict(ratios=list(ratios), flip=bool(_cfg_get(ev, "flip", False))) if ratios else \
         dict(flip=bool(_cfg_get(ev, "flip", False)))
@@ -126,6 +136,6 @@ def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0):
                    img_scale=_cfg_get(ev, "img_scale"), size_divisor=_cfg_get(ev, "size_divisor", 32),
                    ms_resize=_cfg_get(ev, "ms_resize"), aug=aug,
                    class_names=names, dtype=dtype, num_vis=num_vis, palette=manifest.get("palette"),
-                   mean=_cfg_get(norm, "mean", (123.675, 116.28, 103.53)),
-                   std=_cfg_get(norm, "std", (58.395, 57.12, 57.375)))
+                   mean=_cfg_get(norm, "mean", IMAGENET_MEAN), std=_cfg_get(norm, "std", IMAGENET_STD),
+                   pad_short_side=_cfg_get(ev, "pad_short_side"))
     return {k: res[k] for k in ("aAcc", "mIoU", "mAcc")}, res["vis"]

@@ -5,4 +5,5 @@
 # (EncoderDecoderMask2FormerAug). 60.5 mIoU. EncoderDecoderMask2Former.aug_test(pad_short_side=896,
 # pad_value='black') implements the padding rule.
 _base_ = ['./mask2former_beit_adapter_large_896_80k_ade20k_ss.py']
-evaluation = dict(img_ratios=[640. / 896., 768. / 896., 1.0], flip=True)
+evaluation = dict(img_ratios=[640. / 896., 768. / 896., 1.0], flip=True,
+                  pad_short_side=dict(size=896, before_normalize=True))

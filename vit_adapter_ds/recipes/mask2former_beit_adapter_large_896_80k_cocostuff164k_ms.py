@@ -3,4 +3,5 @@
 # PadShortSide(896, pad_val=0 BEFORE Normalize: black pixels), padding removed after the sliding window. 52.0 mIoU.
 # EncoderDecoderMask2Former.aug_test(pad_short_side=896, pad_value='black') implements the padding rule.
 _base_ = ['./mask2former_beit_adapter_large_896_80k_cocostuff164k_ss.py']
-evaluation = dict(img_ratios=[640. / 896., 768. / 896., 1.0], flip=True)
+evaluation = dict(img_ratios=[640. / 896., 768. / 896., 1.0], flip=True,
+                  pad_short_side=dict(size=896, before_normalize=True))

@@ -4,4 +4,5 @@
 # the sliding window (EncoderDecoderMask2FormerAug). 61.5 mIoU.
 # EncoderDecoderMask2Former.aug_test(pad_short_side=896, pad_value=0.0) implements the padding rule.
 _base_ = ['./mask2former_beitv2_adapter_large_896_80k_ade20k_ss.py']
-evaluation = dict(img_ratios=[800. / 896., 832. / 896., 864. / 896., 1.0], flip=True)
+evaluation = dict(img_ratios=[800. / 896., 832. / 896., 864. / 896., 1.0], flip=True,
+                  pad_short_side=dict(size=896, before_normalize=False))

@@ -13,6 +13,7 @@ class SemanticSegmentation:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self._num_classes = None
 
     def _model_cfg(self) -> dict:
         return to_plain(self.cfg.model)
@@ -25,6 +26,7 @@ class SemanticSegmentation:
         from ..models.registry import build_model
 
         model = build_model(self._model_cfg(), device="meta")
+        self._num_classes = int(model.num_classes)
         data = to_plain(self.cfg.data)
         dataset_class(data, "train").check_config(data)
         schedule_kwargs(self.cfg)
@@ -33,7 +35,11 @@ class SemanticSegmentation:
     # ------------------------------------------------------------------ parts
     @property
     def num_classes(self) -> int:
-        return int(self.cfg.model.decode_head.num_classes)
+        """The segmentor's number of classes (what its head predicts, whatever the head calls it)."""
+        if self._num_classes is None:
+            from ..models.registry import build_model
+            self._num_classes = int(build_model(self._model_cfg(), device="meta").num_classes)
+        return self._num_classes
 
     def build_model(self, load_pretrained: bool = True):
         from ..models.registry import build_model
@@ -75,4 +81,5 @@ class SemanticSegmentation:
         """mIoU over the validation shards (every sample once over all ranks, per-class areas all-reduced) with the
         recipe's test pipeline."""
         from ..evaluation import evaluate_from_cfg
-        return evaluate_from_cfg(model, val_loader, self.cfg, dtype=dtype, num_vis=num_vis)
+        return evaluate_from_cfg(model, val_loader, self.cfg, dtype=dtype, num_vis=num_vis,
+                                 num_classes=self.num_classes)
