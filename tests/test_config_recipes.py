@@ -1,4 +1,4 @@
-"""Recipes equal the official configurations (spec §4, values typed here from the spec table), load through
+"""Recipes equal the official configurations (docs/official-architecture.md §4, values typed here from the spec table), load through
 ``_base_`` inheritance, and bad recipes / DeepSpeed configs / arguments are rejected with clear messages."""
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ CONFIGS = {  # name -> (preset, overrides); parameter counts are at the official
     "L": ("vit_adapter_large", {}), "BEiT-L": ("beit_adapter_large_640", dict(img_size=224)),
     "BEiT-L-det": ("beit_adapter_large_det", {}),
 }
-# (parameters in millions at 1 decimal (spec §3 / issue), number of state_dict entries (spec §6))
+# (parameters in millions at 1 decimal (docs/official-architecture.md §3 / issue), number of state_dict entries (docs/official-architecture.md §6))
 EXPECTED = {"T": (8.0, 410), "S": (27.5, 410), "B": (99.5, 410), "L": (327.0, 578), "BEiT-L": (326.6, 650),
             "BEiT-L-det": (327.4, 649)}
 

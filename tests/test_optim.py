@@ -52,7 +52,7 @@ class Seg(nn.Module):
 
 
 R = 0.9  # num_layers = 3 -> L = 5: scale(layer) = 0.9 ** (4 - layer)
-# name -> (layer_id, decay under the official quirk, decay without it); written from spec §4.3
+# name -> (layer_id, decay under the official quirk, decay without it); written from docs/official-architecture.md §4.3
 EXPECTED = {
     "backbone.pos_embed": (0, True, False),
     "backbone.cls_token": (0, True, False),

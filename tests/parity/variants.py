@@ -1,4 +1,4 @@
-"""The official configurations checked for fidelity (spec §3), with the small inputs used for the goldens.
+"""The official configurations checked for fidelity (docs/official-architecture.md §3), with the small inputs used for the goldens.
 
 ``official`` names the official class (segmentation / detection copy); ``kwargs`` are the official
 ``backbone=dict(...)`` arguments, accepted unchanged by our ``ViTAdapter`` / ``BEiTAdapter`` plus ``task``.

@@ -1,7 +1,7 @@
 """AdamW parameter groups: layer-wise learning-rate decay (official ``LayerDecayOptimizerConstructor``) or mmcv
 ``paramwise_cfg.custom_keys`` multipliers (AugReg-B / Mask R-CNN recipes).
 
-Layer decay (spec §4.3, ``segmentation/mmcv_custom/layer_decay_optimizer_constructor.py``), names are the full
+Layer decay (docs/official-architecture.md §4.3, ``segmentation/mmcv_custom/layer_decay_optimizer_constructor.py``), names are the full
 segmentor names (``backbone.*``, ``decode_head.*``, ...)::
 
     L = num_layers + 2

@@ -1,6 +1,6 @@
 """Training recipes (mmseg-style Python config files, loaded with ``vit_adapter_ds.config.load_recipe``).
 
-Each file reproduces one official ViT-Adapter configuration field for field (spec §4); ``synthetic_quickstart.py``
+Each file reproduces one official ViT-Adapter configuration field for field (docs/official-architecture.md §4); ``synthetic_quickstart.py``
 is the tiny built-in recipe used when ``launch/train.py`` gets no ``--config``. ``RECIPES`` maps a short name to a
 file so ``--config upernet_deit_adapter_tiny_512_160k_ade20k`` works without a path.
 """

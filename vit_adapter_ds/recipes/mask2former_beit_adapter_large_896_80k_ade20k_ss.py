@@ -1,4 +1,4 @@
-# Official: segmentation/configs/ade20k/mask2former_beit_adapter_large_896_80k_ade20k_ss.py (spec §4.1).
+# Official: segmentation/configs/ade20k/mask2former_beit_adapter_large_896_80k_ade20k_ss.py (docs/official-architecture.md §4.1).
 # Mask2Former + BEiT-Adapter-L, 896x896 crop, 80k iters, batch 16 (16 GPUs x 1), layer decay 0.9.
 # Stage 2: ADE20K (150 classes) fine-tuned from the stage-1 segmentor (load_from; class layers re-initialised). 59.4 mIoU (SS).
 # Model: vit_adapter_ds.models.segmentor_mask2former.EncoderDecoderMask2Former.from_config(model).

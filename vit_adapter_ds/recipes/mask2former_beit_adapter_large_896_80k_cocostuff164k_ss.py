@@ -1,4 +1,4 @@
-# Official: segmentation/configs/coco_stuff164k/mask2former_beit_adapter_large_896_80k_cocostuff164k_ss.py (spec §4.1).
+# Official: segmentation/configs/coco_stuff164k/mask2former_beit_adapter_large_896_80k_cocostuff164k_ss.py (docs/official-architecture.md §4.1).
 # Mask2Former + BEiT-Adapter-L, 896x896 crop, 80k iters, batch 16 (16 GPUs x 1), layer decay 0.9.
 # Stage 1: COCO-Stuff-164k (171 classes) from BEiT-L ImageNet-22k weights. 51.7 mIoU (SS).
 # Model: vit_adapter_ds.models.segmentor_mask2former.EncoderDecoderMask2Former.from_config(model).

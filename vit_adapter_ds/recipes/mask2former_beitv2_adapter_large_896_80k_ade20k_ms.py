@@ -1,4 +1,4 @@
-# Official: segmentation/configs/ade20k/mask2former_beitv2_adapter_large_896_80k_ade20k_ms.py (spec §4.1).
+# Official: segmentation/configs/ade20k/mask2former_beitv2_adapter_large_896_80k_ade20k_ms.py (docs/official-architecture.md §4.1).
 # The BEiTv2 _ss recipe with the official multi-scale + flip test: img_ratios=[800/896, 832/896, 864/896, 1.0],
 # flip=True, PadShortSide(896, pad_val=0 AFTER Normalize: zeros in the normalised image), padding removed after
 # the sliding window (EncoderDecoderMask2FormerAug). 61.5 mIoU.

@@ -1,4 +1,4 @@
-# Official: segmentation/configs/ade20k/mask2former_beitv2_adapter_large_896_80k_ade20k_ss.py (spec §4.1).
+# Official: segmentation/configs/ade20k/mask2former_beitv2_adapter_large_896_80k_ade20k_ss.py (docs/official-architecture.md §4.1).
 # Mask2Former + BEiTv2-Adapter-L, 896x896 crop, 80k iters, batch 16, layer decay 0.9.
 # Stage 2: ADE20K (150 classes) fine-tuned from the BEiTv2 COCO-Stuff segmentor (load_from; the 171-class classifier
 # is re-initialised for 150 classes). 61.2 mIoU (SS).

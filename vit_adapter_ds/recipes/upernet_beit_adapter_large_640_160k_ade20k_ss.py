@@ -1,4 +1,4 @@
-# Official: segmentation/configs/ade20k/upernet_beit_adapter_large_640_160k_ade20k_ss.py (spec §4.2).
+# Official: segmentation/configs/ade20k/upernet_beit_adapter_large_640_160k_ade20k_ss.py (docs/official-architecture.md §4.2).
 # UperNet (channels 1024) + BEiT-Adapter-L, ADE20K 640x640, 160k iters, batch 16, layer decay 0.9. 58.0 / 58.4 mIoU.
 _base_ = ['./_base_/models/upernet_vit_adapter.py', './_base_/datasets/ade20k.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_160k.py']

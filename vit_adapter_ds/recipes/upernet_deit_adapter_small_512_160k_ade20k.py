@@ -1,4 +1,4 @@
-# Official: segmentation/configs/ade20k/upernet_deit_adapter_small_512_160k_ade20k.py (spec §4.2). UperNet + ViT-Adapter-S, ADE20K 512x512, 160k iters,
+# Official: segmentation/configs/ade20k/upernet_deit_adapter_small_512_160k_ade20k.py (docs/official-architecture.md §4.2). UperNet + ViT-Adapter-S, ADE20K 512x512, 160k iters,
 # batch 16 (8 GPUs x 2), AdamW + layer decay, poly schedule with 1500-iteration linear warm-up.
 _base_ = ['./_base_/models/upernet_vit_adapter.py', './_base_/datasets/ade20k.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_160k.py']

@@ -1,5 +1,5 @@
 """The ViT-Adapter parts shared by ``ViTAdapter`` and ``BEiTAdapter``: spatial prior module, injector,
-extractor, interaction blocks, and the adapter forward pass (spec §1-§2).
+extractor, interaction blocks, and the adapter forward pass (docs/official-architecture.md §1-§2).
 
 ``task='segmentation'`` fuses the ViT output of each interaction into c1..c4 (the official segmentation code);
 ``task='detection'`` fuses the final ViT output into all four levels (the official detection code).
@@ -248,7 +248,7 @@ class AdapterMixin:
         self.norm2 = norm_cls(embed_dim)
         self.norm3 = norm_cls(embed_dim)
         self.norm4 = norm_cls(embed_dim)
-        # The official order (spec §2.12): it determines the random numbers each tensor gets.
+        # The official order (docs/official-architecture.md §2.12): it determines the random numbers each tensor gets.
         self.up.apply(init_adapter_weights)
         self.spm.apply(init_adapter_weights)
         self.interactions.apply(init_adapter_weights)

@@ -1,4 +1,4 @@
-"""BEiT-Adapter: a BEiT backbone (relative position bias, q/v biases, layer scale) with the adapter (spec §2.9).
+"""BEiT-Adapter: a BEiT backbone (relative position bias, q/v biases, layer scale) with the adapter (docs/official-architecture.md §2.9).
 
 ``task='segmentation'`` is the official segmentation copy: a class token runs through the blocks and each block has
 a relative-position table sized by the whole image (+3 class-token entries), so inputs must be exactly ``img_size``.

@@ -84,7 +84,7 @@ def maybe_checkpoint(enabled: bool, fn, *args):
 
 
 def init_adapter_weights(m: nn.Module) -> None:
-    """The official ``_init_weights`` of ViTAdapter/BEiTAdapter (spec §2.12)."""
+    """The official ``_init_weights`` of ViTAdapter/BEiTAdapter (docs/official-architecture.md §2.12)."""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

@@ -1,6 +1,6 @@
 """Multi-scale deformable attention module (ViT-Adapter's ``MSDeformAttn``, with the extra ``ratio`` argument).
 
-Parameterisation and initialisation follow the official module exactly (spec §2.4): the value/output
+Parameterisation and initialisation follow the official module exactly (docs/official-architecture.md §2.4): the value/output
 projections are ``d_model -> int(d_model * ratio)`` and back, the sampling-offset bias is the "grid" init,
 attention-weight logits start at zero, and the attention itself is ``vit_adapter_ds.ops.ms_deform_attn``.
 """

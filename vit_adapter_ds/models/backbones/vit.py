@@ -1,4 +1,4 @@
-"""ViT-Adapter: a plain ViT (the official ``TIMMVisionTransformer``) with the adapter (spec §1, §2.9).
+"""ViT-Adapter: a plain ViT (the official ``TIMMVisionTransformer``) with the adapter (docs/official-architecture.md §1, §2.9).
 
 Key names, shapes, initialisation and numerics follow the official segmentation/detection code; the two official
 copies differ only in how ViT features are fused, which ``task=`` selects.

@@ -1,5 +1,5 @@
 # Official: detection/configs/mask_rcnn/mask_rcnn_augreg_adapter_large_fpn_3x_coco.py (czczup/ViT-Adapter at
-# 34a2b87; spec §5.2): Mask R-CNN 3x + detection ViT-Adapter-L (AugReg, 384 pre-training; window attention
+# 34a2b87; docs/official-architecture.md §5.2): Mask R-CNN 3x + detection ViT-Adapter-L (AugReg, 384 pre-training; window attention
 # [T x 5, F] x 4, w=14), FPN 256, DETR-style AutoAugment, AugReg mean / std 127.5, AdamW lr 1e-4 wd 0.05 with
 # LayerDecayOptimizerConstructor(num_layers=24, layer_decay_rate=0.80); 8 GPUs x 2 images; fp16 commented out.
 # Reported box / mask AP: 52.1 / 46.0.
