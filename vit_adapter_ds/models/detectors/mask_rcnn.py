@@ -121,12 +121,14 @@ class MaxIoUMatcher(det_utils.Matcher):
 
 
 class RPN(RegionProposalNetwork):
-    """torchvision ``RegionProposalNetwork`` with mmdet ``RPNHead`` losses (sigmoid CE + L1, weighted)."""
+    """torchvision ``RegionProposalNetwork`` with mmdet ``RPNHead`` losses (sigmoid CE + L1, or SmoothL1 with
+    ``smooth_l1_beta``, weighted) and mmdet's ``allowed_border`` (``-1``: every anchor is assigned)."""
 
     def __init__(self, in_channels=256, *, anchor_generator, pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
                  match_low_quality=True, num=256, pos_fraction=0.5, train_nms_pre=2000, train_max_per_img=1000,
                  train_nms_iou=0.7, test_nms_pre=1000, test_max_per_img=1000, test_nms_iou=0.7,
-                 target_stds=(1.0, 1.0, 1.0, 1.0), loss_cls_weight=1.0, loss_bbox_weight=1.0):
+                 target_stds=(1.0, 1.0, 1.0, 1.0), loss_cls_weight=1.0, loss_bbox_weight=1.0,
+                 smooth_l1_beta=None, allowed_border=-1):
         head = FloatRPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
         super().__init__(anchor_generator, head, pos_iou_thr, neg_iou_thr, num, pos_fraction,
                          dict(training=train_nms_pre, testing=test_nms_pre),
@@ -136,6 +138,22 @@ class RPN(RegionProposalNetwork):
         self.proposal_matcher = MaxIoUMatcher(pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality)
         self.box_coder = det_utils.BoxCoder(tuple(1.0 / s for s in target_stds))
         self.loss_cls_weight, self.loss_bbox_weight = float(loss_cls_weight), float(loss_bbox_weight)
+        self.smooth_l1_beta = smooth_l1_beta  # None: L1 (Mask R-CNN); HTC++: SmoothL1 with beta 1/9
+        self.allowed_border = allowed_border  # >= 0: anchors beyond the image by more are ignored (mmdet)
+        self._image_sizes = None
+
+    def forward(self, images, features, targets=None):
+        self._image_sizes = images.image_sizes
+        return super().forward(images, features, targets)
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+        if self.allowed_border >= 0 and self._image_sizes is not None:
+            b = self.allowed_border
+            for lab, a, (h, w) in zip(labels, anchors, self._image_sizes):
+                inside = (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
+                lab[~inside] = -1.0
+        return labels, matched
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         pos, neg = self.fg_bg_sampler(labels)
@@ -145,7 +163,11 @@ class RPN(RegionProposalNetwork):
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
         n = max(1, sampled.numel())
-        box_loss = F.l1_loss(pred_bbox_deltas[pos], regression_targets[pos], reduction="sum") / n
+        if self.smooth_l1_beta is None:
+            box_loss = F.l1_loss(pred_bbox_deltas[pos], regression_targets[pos], reduction="sum") / n
+        else:
+            box_loss = F.smooth_l1_loss(pred_bbox_deltas[pos], regression_targets[pos], beta=self.smooth_l1_beta,
+                                        reduction="sum") / n
         cls_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled],
                                                       reduction="sum") / n
         return self.loss_cls_weight * cls_loss, self.loss_bbox_weight * box_loss

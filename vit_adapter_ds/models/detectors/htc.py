@@ -1,0 +1,249 @@
+"""Hybrid Task Cascade (HTC, mmdet 2.x ``HybridTaskCascadeRoIHead`` with ``interleaved=True``,
+``mask_info_flow=True``) on torchvision ops, for the HTC++ recipes.
+
+Training, per stage ``i`` (IoU thresholds / box-coder stds / loss weights per stage):
+
+1. assign + sample RoIs from the current proposals (ground truth added first, mmdet ``MaxIoUAssigner`` +
+   ``RandomSampler``), box head on the RoI features (+ the semantic RoI feature, average-pooled to 7 x 7), CE +
+   SmoothL1(beta=1) class-agnostic box loss (``/ number of sampled RoIs``);
+2. interleaved: the sampled RoIs are regressed by this stage's box head (no grad; ground-truth RoIs dropped),
+   re-assigned and re-sampled, and the mask branch of stage ``i`` is trained on those positives: mask RoI feature
+   (+ semantic RoI feature), mask information flow through the mask heads of stages ``< i`` (features only), mask
+   BCE at the ground-truth class;
+3. the regressed proposals are the next stage's proposals.
+
+Test: the class logits of all stages are averaged (then softmax), boxes decoded by the last stage, multiclass
+soft-NMS (``score_thr``, ``max_per_img``); masks: the sigmoid of every stage's mask logits (information flow)
+averaged, pasted as mmdet. Loss names: ``s{i}.loss_cls``, ``s{i}.loss_bbox``, ``s{i}.acc``, ``s{i}.loss_mask``
+(stage weights applied) and ``loss_semantic_seg``. Class order is mmdet's (background last).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import box_iou, clip_boxes_to_image
+
+from .mask_rcnn import MaxIoUMatcher, mask_targets, paste_masks
+from .soft_nms import batched_soft_nms
+
+
+class CascadeStage:
+    """Train settings of one stage: assigner IoUs, sampler, box-coder stds."""
+
+    def __init__(self, pos_iou_thr, neg_iou_thr=None, min_pos_iou=None, num=512, pos_fraction=0.25,
+                 target_stds=(0.1, 0.1, 0.2, 0.2)):
+        neg_iou_thr = pos_iou_thr if neg_iou_thr is None else neg_iou_thr
+        min_pos_iou = pos_iou_thr if min_pos_iou is None else min_pos_iou
+        self.matcher = MaxIoUMatcher(pos_iou_thr, neg_iou_thr, min_pos_iou, True)
+        self.num, self.pos_fraction = int(num), float(pos_fraction)
+        self.coder = det_utils.BoxCoder(tuple(1.0 / s for s in target_stds))
+
+
+HTC_PLUS_PLUS_STAGES = ((0.5, (0.1, 0.1, 0.2, 0.2)), (0.6, (0.05, 0.05, 0.1, 0.1)), (0.7, (0.033, 0.033, 0.067, 0.067)))
+
+
+class HybridTaskCascadeRoIHead(nn.Module):
+    def __init__(self, *, bbox_roi_extractor, mask_roi_extractor, bbox_heads, mask_heads, stages,
+                 stage_loss_weights=(1.0, 0.5, 0.25), semantic_head=None, semantic_roi_extractor=None,
+                 num_classes=80, mask_size=28, score_thr=0.001, nms_iou=0.5, max_per_img=100, mask_thr_binary=0.5):
+        super().__init__()
+        if not len(bbox_heads) == len(mask_heads) == len(stages) == len(stage_loss_weights):
+            raise ValueError("one box head, mask head, stage setting and loss weight per stage")
+        self.bbox_roi_extractor, self.mask_roi_extractor = bbox_roi_extractor, mask_roi_extractor
+        self.bbox_head, self.mask_head = nn.ModuleList(bbox_heads), nn.ModuleList(mask_heads)
+        self.semantic_head, self.semantic_roi_extractor = semantic_head, semantic_roi_extractor
+        self.stages, self.stage_loss_weights = list(stages), [float(w) for w in stage_loss_weights]
+        self.num_classes, self.mask_size = int(num_classes), int(mask_size)
+        self.score_thr, self.nms_iou, self.max_per_img = float(score_thr), float(nms_iou), int(max_per_img)
+        self.mask_thr_binary = float(mask_thr_binary)
+
+    @property
+    def num_stages(self):
+        return len(self.stages)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def _sample(self, stage: CascadeStage, proposals, target):
+        gt, gt_labels = target["boxes"], target["labels"]
+        boxes = torch.cat([gt, proposals.detach()])
+        is_gt = torch.cat([torch.ones(len(gt), dtype=torch.bool, device=boxes.device),
+                           torch.zeros(len(proposals), dtype=torch.bool, device=boxes.device)])
+        if len(gt):
+            matched = stage.matcher(box_iou(gt, boxes))
+        else:
+            matched = torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)
+        pos, neg = torch.where(matched >= 0)[0], torch.where(matched == -1)[0]
+        n_pos = min(len(pos), int(stage.num * stage.pos_fraction))
+        pos = pos[torch.randperm(len(pos), device=pos.device)[:n_pos]]
+        neg = neg[torch.randperm(len(neg), device=neg.device)[:min(len(neg), stage.num - n_pos)]]
+        idx = torch.cat([pos, neg])
+        labels = torch.full((len(idx),), self.num_classes, dtype=torch.int64, device=boxes.device)
+        labels[:n_pos] = gt_labels[matched[pos]]
+        targets = boxes.new_zeros(len(idx), 4)
+        if n_pos:
+            targets[:n_pos] = stage.coder.encode_single(gt[matched[pos]], boxes[pos])
+        return {"boxes": boxes[idx], "labels": labels, "targets": targets, "num_pos": n_pos,
+                "pos_gt": matched[pos], "pos_is_gt": is_gt[pos]}
+
+    # ------------------------------------------------------------------------------------------ features
+    def _add_semantic(self, feats, semantic_feat, boxes):
+        if semantic_feat is None:
+            return feats
+        sem = self.semantic_roi_extractor({"semantic": semantic_feat}, boxes)
+        if sem.shape[-2:] != feats.shape[-2:]:
+            sem = F.adaptive_avg_pool2d(sem, feats.shape[-2:])
+        return feats + sem
+
+    def _bbox_forward(self, i, features, boxes, semantic_feat):
+        feats = self._add_semantic(self.bbox_roi_extractor(features, boxes), semantic_feat, boxes)
+        cls, reg = self.bbox_head[i](feats)
+        return cls.float(), reg.float()
+
+    def _mask_logits(self, i, features, boxes, semantic_feat, all_stages=False):
+        feats = self._add_semantic(self.mask_roi_extractor(features, boxes), semantic_feat, boxes)
+        last, outs = None, []
+        for j in range(i + 1):
+            if j < i and not all_stages:
+                last = self.mask_head[j](feats, last, return_logits=False)
+            else:
+                lg, last = self.mask_head[j](feats, last)
+                outs.append(lg.float())
+        return outs
+
+    # ------------------------------------------------------------------------------------------ train
+    def forward_train(self, features, proposals, image_shapes, targets, semantic_labels=None):
+        losses = {}
+        semantic_feat = None
+        if self.semantic_head is not None:
+            logits, semantic_feat = self.semantic_head(list(features.values()))
+            if semantic_labels is not None:
+                losses["loss_semantic_seg"] = self.semantic_head.loss(logits, semantic_labels)
+        for i, stage in enumerate(self.stages):
+            w = self.stage_loss_weights[i]
+            samples = [self._sample(stage, p, t) for p, t in zip(proposals, targets)]
+            boxes = [s["boxes"] for s in samples]
+            cls, reg = self._bbox_forward(i, features, boxes, semantic_feat)
+            labels = torch.cat([s["labels"] for s in samples])
+            n = max(1, labels.numel())
+            pos = labels < self.num_classes
+            losses[f"s{i}.loss_cls"] = w * F.cross_entropy(cls, labels, reduction="sum") / n
+            losses[f"s{i}.loss_bbox"] = w * F.smooth_l1_loss(reg.reshape(-1, 4)[pos],
+                                                             torch.cat([s["targets"] for s in samples])[pos],
+                                                             beta=1.0, reduction="sum") / n
+            losses[f"s{i}.acc"] = (cls.detach().argmax(1) == labels).float().mean() * 100
+            # interleaved: regress the sampled RoIs, drop the ground-truth ones, re-sample for the mask branch
+            with torch.no_grad():
+                refined = []
+                for s, r, size in zip(samples, reg.split([len(b) for b in boxes]), image_shapes):
+                    dec = clip_boxes_to_image(stage.coder.decode_single(r.reshape(-1, 4), s["boxes"]), size)
+                    keep = torch.ones(len(dec), dtype=torch.bool, device=dec.device)
+                    keep[:s["num_pos"]] = ~s["pos_is_gt"]
+                    refined.append(dec[keep])
+                proposals = refined
+                mask_samples = [self._sample(stage, p, t) for p, t in zip(proposals, targets)]
+            pos_boxes = [s["boxes"][:s["num_pos"]] for s in mask_samples]
+            pos_labels = torch.cat([s["labels"][:s["num_pos"]] for s in mask_samples])
+            mask_logits = self._mask_logits(i, features, pos_boxes, semantic_feat)[-1]
+            if pos_labels.numel() == 0:
+                losses[f"s{i}.loss_mask"] = mask_logits.sum() * 0
+            else:
+                tgt = torch.cat([mask_targets(t["masks"], b, s["pos_gt"], self.mask_size)
+                                 for t, b, s in zip(targets, pos_boxes, mask_samples)])
+                picked = mask_logits[torch.arange(len(pos_labels), device=pos_labels.device), pos_labels]
+                losses[f"s{i}.loss_mask"] = w * F.binary_cross_entropy_with_logits(picked, tgt)
+        return losses
+
+    # ------------------------------------------------------------------------------------------ test
+    @torch.no_grad()
+    def simple_test(self, features, proposals, image_shapes):
+        """Per image ``boxes`` (K, 4), ``labels`` (K,) 0-based, ``scores`` (K,), ``mask_probs`` (K, M, M) at
+        the input (resized-image) scale."""
+        semantic_feat = None
+        if self.semantic_head is not None:
+            _, semantic_feat = self.semantic_head(list(features.values()))
+        counts = [len(p) for p in proposals]
+        rois = [p.float() for p in proposals]
+        scores = []
+        for i, stage in enumerate(self.stages):
+            cls, reg = self._bbox_forward(i, features, rois, semantic_feat)
+            scores.append(cls)
+            if i < self.num_stages - 1:
+                dec = stage.coder.decode_single(reg.reshape(-1, 4), torch.cat(rois))
+                rois = [clip_boxes_to_image(d, s) for d, s in zip(dec.split(counts), image_shapes)]
+        prob = F.softmax(sum(scores) / len(scores), dim=1)
+        boxes = stage.coder.decode_single(reg.reshape(-1, 4), torch.cat(rois))
+        results = []
+        for b, p, size in zip(boxes.split(counts), prob.split(counts), image_shapes):
+            b = clip_boxes_to_image(b, size)
+            p = p[:, :-1]
+            box_idx, cls_idx = torch.where(p > self.score_thr)
+            keep, s = batched_soft_nms(b[box_idx], p[box_idx, cls_idx], cls_idx, iou_threshold=self.nms_iou)
+            keep, s = keep[:self.max_per_img], s[:self.max_per_img]
+            results.append({"boxes": b[box_idx][keep], "labels": cls_idx[keep], "scores": s})
+        det_boxes = [r["boxes"] for r in results]
+        if sum(len(b) for b in det_boxes):
+            stage_logits = self._mask_logits(self.num_stages - 1, features, det_boxes, semantic_feat,
+                                             all_stages=True)
+            merged = sum(torch.sigmoid(lg) for lg in stage_logits) / len(stage_logits)
+            for r, m in zip(results, merged.split([len(b) for b in det_boxes])):
+                r["mask_probs"] = m[torch.arange(len(r["labels"]), device=m.device), r["labels"]]
+        else:
+            for r in results:
+                r["mask_probs"] = torch.zeros(0, self.mask_size, self.mask_size)
+        return results
+
+    def paste(self, result, scale_xy, ori_shape):
+        """Rescale one :meth:`simple_test` result to the original image and paste its masks (mmdet)."""
+        boxes = result["boxes"] * result["boxes"].new_tensor([scale_xy[0], scale_xy[1]] * 2)
+        masks = paste_masks(result["mask_probs"], boxes, int(ori_shape[0]), int(ori_shape[1]), self.mask_thr_binary)
+        return {"boxes": boxes, "labels": result["labels"], "scores": result["scores"], "masks": masks}
+
+
+class HybridTaskCascade(nn.Module):
+    """Backbone -> neck (e.g. ``[ExtraAttention, FPN]``) -> RPN -> :class:`HybridTaskCascadeRoIHead`.
+
+    Train: ``model(images, targets, semantic_labels=None)`` (targets as :class:`~.mask_rcnn.MaskRCNN`; labels
+    0-based) -> losses with the total under ``loss``. Eval: :meth:`predict` as ``MaskRCNN.predict``.
+    """
+
+    def __init__(self, backbone, necks, rpn, roi_head):
+        super().__init__()
+        self.backbone, self.neck, self.rpn, self.roi_head = backbone, nn.ModuleList(necks), rpn, roi_head
+
+    def extract_feat(self, images):
+        x = self.backbone(images)
+        for neck in self.neck:
+            x = neck(x)
+        return x
+
+    def forward(self, images, targets=None, semantic_labels=None, image_sizes=None):
+        if not self.training:
+            return self.predict(images, image_sizes)
+        from torchvision.models.detection.image_list import ImageList
+
+        from .mask_rcnn import MaskRCNN
+        sizes = MaskRCNN._image_sizes(images, targets, image_sizes)
+        tv = [{"boxes": t["boxes"].to(images.device, torch.float32).reshape(-1, 4),
+               "labels": t["labels"].to(images.device, torch.int64).reshape(-1), "masks": t["masks"].to(images.device)}
+              for t in targets]
+        feats = self.extract_feat(images)
+        proposals, rpn_losses = self.rpn(ImageList(images, sizes), feats, tv)
+        losses = {"loss_rpn_cls": rpn_losses["loss_objectness"], "loss_rpn_bbox": rpn_losses["loss_rpn_box_reg"]}
+        losses.update(self.roi_head.forward_train(feats, proposals, sizes, tv, semantic_labels))
+        losses["loss"] = sum(v for k, v in losses.items() if k.split(".")[-1].startswith("loss"))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, images, image_sizes=None, ori_shapes=None):
+        from torchvision.models.detection.image_list import ImageList
+
+        from .mask_rcnn import MaskRCNN
+        sizes = MaskRCNN._image_sizes(images, None, image_sizes)
+        feats = self.extract_feat(images)
+        proposals, _ = self.rpn(ImageList(images, sizes), feats)
+        out = []
+        for r, (h, w), ori in zip(self.roi_head.simple_test(feats, proposals, sizes), sizes,
+                                  ori_shapes if ori_shapes is not None else sizes):
+            out.append(self.roi_head.paste(r, (ori[1] / w, ori[0] / h), ori))
+        return out
