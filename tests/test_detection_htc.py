@@ -84,3 +84,55 @@ def test_allowed_border_ignores_outside_anchors():
     t = [{"boxes": torch.tensor([[0., 0, 32, 32]]), "labels": torch.tensor([1])}]
     labels, _ = rpn.assign_targets_to_anchors(anchors, t)
     assert labels[0].tolist() == [-1.0, 1.0, -1.0]  # outside (x1 < 0; x2 >= 40) -> ignored
+
+
+def test_htc_plus_plus_recipe_matches_official_and_builds():
+    from mmengine import Config
+
+    from vit_adapter_ds.config.errors import ConfigError
+    from vit_adapter_ds.data import det_transforms as T
+    from vit_adapter_ds.models.detectors.htc import HybridTaskCascade
+    from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
+
+    c = Config.fromfile(str(DETECTION_RECIPES["htc++_beitv2_adapter_large_fpn_3x_coco"]))
+    b = c.model.backbone
+    assert (b.type, b.embed_dim, b.depth, b.drop_path_rate, b.deform_ratio, b.init_values) == \
+        ("BEiTAdapter", 1024, 24, 0.4, 0.5, 1e-6)
+    assert b.window_attn == [True] * 24 and b.window_size == [14, 14, 14, 14, 14, 56] * 4
+    assert c.model.neck[0] == dict(type="ExtraAttention", in_channels=[1024] * 4, num_head=32, with_ffn=True,
+                                   ffn_ratio=4.0, drop_path=0.3)
+    assert [h.bbox_coder.target_stds for h in c.model.roi_head.bbox_head] == \
+        [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
+    assert [r.assigner.pos_iou_thr for r in c.model.train_cfg.rcnn] == [0.5, 0.6, 0.7]
+    assert c.model.test_cfg.rcnn.nms == dict(type="soft_nms", iou_threshold=0.5)
+    assert (c.optimizer.lr, c.optimizer.paramwise_cfg.layer_decay_rate, c.data.samples_per_gpu) == (1e-4, 0.9, 1)
+    with torch.device("meta"):
+        model = HybridTaskCascade.from_config(c.model.to_dict())
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 401  # paper: HTC++ ViT-Adapter-L, 401M
+    assert model.rpn.allowed_border == 0 and model.rpn._post_nms_top_n["training"] == 2000
+    assert model.roi_head.stage_loss_weights == [1.0, 0.5, 0.25]
+    with pytest.raises(ConfigError, match=r"train_pipeline\[1\].type='InstaBoost' is not supported"):
+        T.train_ops_from_pipeline(c.data.train.pipeline)
+    bad = c.model.to_dict()
+    bad["roi_head"]["mask_head"][1]["with_conv_res"] = False
+    with pytest.raises(ConfigError, match=r"model.roi_head.mask_head\[1\].with_conv_res must be True"):
+        with torch.device("meta"):
+            HybridTaskCascade.from_config(bad)
+    bad = c.model.to_dict()
+    bad["roi_head"]["bbox_head"][2]["loss_bbox"]["betta"] = 1.0
+    with pytest.raises(ConfigError, match=r"model.roi_head.bbox_head\[2\].loss_bbox.betta: unknown key"):
+        with torch.device("meta"):
+            HybridTaskCascade.from_config(bad)
+
+
+def test_htc_keymap_round_trip():
+    from vit_adapter_ds.models.detectors.keymap import htc_from_mmdet, htc_to_mmdet
+
+    sd = tiny_htc().state_dict()
+    official = htc_to_mmdet(sd)
+    assert "neck.1.lateral_convs.0.conv.weight" in official and "rpn_head.rpn_cls.weight" in official
+    assert "roi_head.bbox_head.2.fc_reg.weight" in official and "neck.0.attn.qkv.weight" in official
+    assert "roi_head.mask_head.1.conv_res.conv.weight" in official
+    assert "roi_head.semantic_head.lateral_convs.4.conv.weight" in official
+    back = htc_from_mmdet(official)
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)

@@ -247,3 +247,172 @@ class HybridTaskCascade(nn.Module):
                                   ori_shapes if ori_shapes is not None else sizes):
             out.append(self.roi_head.paste(r, (ori[1] / w, ori[0] / h), ori))
         return out
+
+
+# ---------------------------------------------------------------------------------------------- from_config
+def _htc_specs():
+    from ._cfg import Fixed, Param, Raw
+    from .mask_rcnn import _ASSIGNER, _CODER, _LOSS_CE, _PROPOSAL, _ROI_EXTRACTOR, _SAMPLER
+
+    def smooth_l1(prefix, beta):
+        return {"type": Param(prefix + "_type", (str,), "SmoothL1Loss"),
+                "beta": Param(prefix + "_beta", (float,), beta), "reduction": Fixed("mean"),
+                "loss_weight": Param(prefix + "_weight", (float,), 1.0)}
+
+    top = {
+        "type": Fixed("HybridTaskCascade"), "backbone": Raw("backbone"), "neck": Raw("neck"),
+        "pretrained": Param("pretrained", (str, type(None)), None), "init_cfg": Fixed(None),
+        "rpn_head": {
+            "type": Fixed("RPNHead"), "in_channels": Param("rpn_in_channels", (int,), 256),
+            "feat_channels": Param("rpn_feat_channels", (int,), 256), "init_cfg": Fixed(None),
+            "anchor_generator": {"type": Fixed("AnchorGenerator"), "scales": Param("anchor_scales", (list,), (8,)),
+                                 "ratios": Param("anchor_ratios", (list,), (0.5, 1.0, 2.0)),
+                                 "strides": Param("anchor_strides", (list,), (4, 8, 16, 32, 64)),
+                                 "center_offset": Fixed(0.0)},
+            "bbox_coder": _CODER("rpn", (1.0, 1.0, 1.0, 1.0)),
+            "loss_cls": _LOSS_CE("rpn_loss_cls", True), "loss_bbox": smooth_l1("rpn_loss_bbox", 1.0 / 9.0)},
+        "roi_head": {
+            "type": Fixed("HybridTaskCascadeRoIHead"), "interleaved": Fixed(True), "mask_info_flow": Fixed(True),
+            "num_stages": Param("num_stages", (int,), 3),
+            "stage_loss_weights": Param("stage_loss_weights", (list,), (1.0, 0.5, 0.25)),
+            "bbox_roi_extractor": _ROI_EXTRACTOR("box", 7), "mask_roi_extractor": _ROI_EXTRACTOR("mask", 14),
+            "semantic_roi_extractor": _ROI_EXTRACTOR("sem", 14), "bbox_head": Raw("bbox_heads"),
+            "mask_head": Raw("mask_heads"), "semantic_head": Raw("semantic_head", None),
+            "semantic_fusion": Fixed(("bbox", "mask"), ["bbox", "mask"]), "init_cfg": Fixed(None)},
+        "train_cfg": {
+            "rpn": {"assigner": _ASSIGNER("rpn", 0.7, 0.3, 0.3), "sampler": _SAMPLER("rpn", 256, 0.5, False),
+                    "allowed_border": Param("allowed_border", (int,), 0), "pos_weight": Fixed(-1),
+                    "debug": Fixed(False)},
+            "rpn_proposal": _PROPOSAL("rpn_train", 2000, 2000), "rcnn": Raw("rcnn_train")},
+        "test_cfg": {
+            "rpn": _PROPOSAL("rpn_test", 1000, 1000),
+            "rcnn": {"score_thr": Param("score_thr", (float,), 0.001),
+                     "nms": {"type": Fixed("soft_nms"), "iou_threshold": Param("rcnn_nms_iou", (float,), 0.5),
+                             "min_score": Fixed(1e-3), "method": Fixed("linear")},
+                     "max_per_img": Param("max_per_img", (int,), 100),
+                     "mask_thr_binary": Param("mask_thr_binary", (float,), 0.5)}},
+    }
+    bbox = {"type": Fixed("Shared4Conv1FCBBoxHead"), "in_channels": Param("in_channels", (int,), 256),
+            "conv_out_channels": Param("conv_out_channels", (int,), 256),
+            "fc_out_channels": Param("fc_out_channels", (int,), 1024),
+            "roi_feat_size": Param("roi_feat_size", (int,), 7), "num_classes": Param("num_classes", (int,), 80),
+            "reg_class_agnostic": Fixed(True), "reg_decoded_bbox": Fixed(False), "conv_cfg": Fixed(None),
+            "norm_cfg": Fixed(None), "init_cfg": Fixed(None), "bbox_coder": _CODER("box", (0.1, 0.1, 0.2, 0.2)),
+            "loss_cls": _LOSS_CE("loss_cls", False), "loss_bbox": smooth_l1("loss_bbox", 1.0)}
+    mask = {"type": Fixed("HTCMaskHead"), "with_conv_res": Param("with_conv_res", (bool,), True),
+            "num_convs": Param("num_convs", (int,), 4), "in_channels": Param("in_channels", (int,), 256),
+            "conv_out_channels": Param("conv_out_channels", (int,), 256),
+            "num_classes": Param("num_classes", (int,), 80), "roi_feat_size": Fixed(14), "conv_kernel_size": Fixed(3),
+            "class_agnostic": Fixed(False), "upsample_cfg": Fixed({"type": "deconv", "scale_factor": 2}),
+            "conv_cfg": Fixed(None), "norm_cfg": Fixed(None), "init_cfg": Fixed(None),
+            "loss_mask": {"type": Fixed("CrossEntropyLoss"), "use_mask": Fixed(True), "use_sigmoid": Fixed(False),
+                          "reduction": Fixed("mean"), "loss_weight": Fixed(1.0)}}
+    rcnn = {"assigner": _ASSIGNER("stage", 0.5, 0.5, 0.5), "sampler": _SAMPLER("stage", 512, 0.25, True),
+            "mask_size": Param("mask_size", (int,), 28), "pos_weight": Fixed(-1), "debug": Fixed(False)}
+    return top, bbox, mask, rcnn
+
+
+def _list_of(value, n, where):
+    from ...config.errors import ConfigError
+
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        raise ConfigError(f"recipe: {where} must be a list of {n} dicts (one per stage)")
+    return value
+
+
+def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
+    """Build :class:`HybridTaskCascade` from the official HTC++ ``model`` dict (every nested key checked, the
+    dotted path named in errors; a ``[ExtraAttention, FPN]`` neck list; the backbone's ``pretrained`` recorded
+    as ``model.pretrained``, not read)."""
+    from ...config.errors import ConfigError
+    from ._cfg import parse
+    from .extra_attention import ExtraAttention
+    from .fpn import FPN
+    from .mask_rcnn import BACKBONES, RPN, FixedStrideAnchorGenerator, _build_backbone
+    from .roi_extractor import LevelRoIAlign
+    from .semantic_head import FusedSemanticHead
+    from .htc_heads import HTCMaskHead, Shared4Conv1FCBBoxHead
+
+    top, bbox_spec, mask_spec, rcnn_spec = _htc_specs()
+    p = parse(cfg, top, where)
+    b = p["backbone"]
+    if not isinstance(b, dict) or b.get("type") not in BACKBONES:
+        raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
+    bkw = {k: v for k, v in b.items() if k not in ("type", "_delete_")}
+    pretrained = bkw.pop("pretrained", None) or p["pretrained"]
+    bkw.setdefault("task", "detection")
+    backbone = _build_backbone(BACKBONES[b["type"]], bkw, f"{where}.backbone")
+    necks_cfg = p["neck"] if isinstance(p["neck"], (list, tuple)) else [p["neck"]]
+    necks = []
+    for i, n in enumerate(necks_cfg):
+        w = f"{where}.neck[{i}]"
+        kind = n.get("type") if isinstance(n, dict) else None
+        if kind == "ExtraAttention":
+            necks.append(ExtraAttention.from_config(n, w))
+        elif kind == "FPN":
+            necks.append(FPN.from_config(n, w))
+        else:
+            raise ConfigError(f"recipe: {w}.type={kind!r} is not supported (ExtraAttention, FPN)")
+    fpn = necks[-1]
+    if not isinstance(fpn, FPN):
+        raise ConfigError(f"recipe: {where}.neck must end with an FPN")
+    c, ns = fpn.out_channels, p["num_stages"]
+    if p["rpn_loss_bbox_type"] not in ("SmoothL1Loss", "L1Loss"):
+        raise ConfigError(f"recipe: {where}.rpn_head.loss_bbox.type={p['rpn_loss_bbox_type']!r}: SmoothL1Loss or L1Loss")
+    rpn = RPN(c, anchor_generator=FixedStrideAnchorGenerator(p["anchor_strides"], p["anchor_scales"],
+                                                             p["anchor_ratios"]),
+              pos_iou_thr=p["rpn_pos_iou_thr"], neg_iou_thr=p["rpn_neg_iou_thr"], min_pos_iou=p["rpn_min_pos_iou"],
+              match_low_quality=p["rpn_match_low_quality"], num=p["rpn_num"], pos_fraction=p["rpn_pos_fraction"],
+              train_nms_pre=p["rpn_train_nms_pre"], train_max_per_img=p["rpn_train_max_per_img"],
+              train_nms_iou=p["rpn_train_nms_iou"], test_nms_pre=p["rpn_test_nms_pre"],
+              test_max_per_img=p["rpn_test_max_per_img"], test_nms_iou=p["rpn_test_nms_iou"],
+              target_stds=tuple(p["rpn_target_stds"]), loss_cls_weight=p["rpn_loss_cls_weight"],
+              loss_bbox_weight=p["rpn_loss_bbox_weight"],
+              smooth_l1_beta=p["rpn_loss_bbox_beta"] if p["rpn_loss_bbox_type"] == "SmoothL1Loss" else None,
+              allowed_border=p["allowed_border"])
+    bboxes, masks, stages = [], [], []
+    rcnn = _list_of(p["rcnn_train"], ns, f"{where}.train_cfg.rcnn")
+    for i, (bc, mc, rc) in enumerate(zip(_list_of(p["bbox_heads"], ns, f"{where}.roi_head.bbox_head"),
+                                         _list_of(p["mask_heads"], ns, f"{where}.roi_head.mask_head"), rcnn)):
+        bp = parse(bc, bbox_spec, f"{where}.roi_head.bbox_head[{i}]")
+        mp = parse(mc, mask_spec, f"{where}.roi_head.mask_head[{i}]")
+        rp = parse(rc, rcnn_spec, f"{where}.train_cfg.rcnn[{i}]")
+        if (bp["loss_bbox_type"], bp["loss_bbox_beta"], bp["loss_cls_weight"], bp["loss_bbox_weight"]) != \
+                ("SmoothL1Loss", 1.0, 1.0, 1.0):
+            raise ConfigError(f"recipe: {where}.roi_head.bbox_head[{i}]: only SmoothL1Loss(beta=1.0) and unit loss "
+                              "weights (the official HTC++ values) are implemented")
+        if bp["num_classes"] != mp["num_classes"]:
+            raise ConfigError(f"recipe: {where}.roi_head.mask_head[{i}].num_classes differs from the bbox head's")
+        if mp["with_conv_res"] != (i > 0):
+            raise ConfigError(f"recipe: {where}.roi_head.mask_head[{i}].with_conv_res must be {i > 0} "
+                              "(mask information flow)")
+        bboxes.append(Shared4Conv1FCBBoxHead(bp["in_channels"], bp["conv_out_channels"], bp["fc_out_channels"],
+                                             bp["roi_feat_size"], bp["num_classes"]))
+        masks.append(HTCMaskHead(mp["with_conv_res"], mp["num_convs"], mp["in_channels"], mp["conv_out_channels"],
+                                 mp["num_classes"]))
+        stages.append(CascadeStage(rp["stage_pos_iou_thr"], rp["stage_neg_iou_thr"], rp["stage_min_pos_iou"],
+                                   rp["stage_num"], rp["stage_pos_fraction"], tuple(bp["box_target_stds"])))
+    sem_head = None
+    if p["semantic_head"] is not None:
+        sem_head = FusedSemanticHead.from_config(p["semantic_head"], f"{where}.roi_head.semantic_head")
+    names = fpn.names
+    roi = HybridTaskCascadeRoIHead(
+        bbox_roi_extractor=LevelRoIAlign(names[:len(p["box_featmap_strides"])], p["box_roi_size"],
+                                         p["box_featmap_strides"], p["box_sampling_ratio"], p["box_aligned"],
+                                         p["box_finest_scale"]),
+        mask_roi_extractor=LevelRoIAlign(names[:len(p["mask_featmap_strides"])], p["mask_roi_size"],
+                                         p["mask_featmap_strides"], p["mask_sampling_ratio"], p["mask_aligned"],
+                                         p["mask_finest_scale"]),
+        bbox_heads=bboxes, mask_heads=masks, stages=stages, stage_loss_weights=p["stage_loss_weights"],
+        semantic_head=sem_head,
+        semantic_roi_extractor=LevelRoIAlign(("semantic",), p["sem_roi_size"], p["sem_featmap_strides"],
+                                             p["sem_sampling_ratio"], p["sem_aligned"]) if sem_head else None,
+        num_classes=bboxes[0].num_classes, mask_size=rp["mask_size"], score_thr=p["score_thr"],
+        nms_iou=p["rcnn_nms_iou"], max_per_img=p["max_per_img"], mask_thr_binary=p["mask_thr_binary"])
+    model = HybridTaskCascade(backbone, necks, rpn, roi)
+    model.pretrained = pretrained
+    model.num_classes = roi.num_classes
+    return model
+
+
+HybridTaskCascade.from_config = classmethod(lambda cls, cfg, where="model": htc_from_config(cfg, where))

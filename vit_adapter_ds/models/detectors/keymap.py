@@ -126,3 +126,42 @@ def load_mmdet_checkpoint(model, checkpoint, strict: bool = True):
     """Load an official mmdet Mask R-CNN checkpoint (dict, already read with ``torch.load(...,
     weights_only=True)``) into ``model``; returns ``model.load_state_dict``'s result."""
     return model.load_state_dict(from_mmdet(checkpoint), strict=strict)
+
+
+# --------------------------------------------------------------------------------------------------- HTC++
+_HTC_RENAMES = [
+    (r"neck\.(\d+)\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"neck.\1.fpn.inner_blocks.\2.0.\3"),
+    (r"neck\.(\d+)\.fpn_convs\.(\d+)\.conv\.(weight|bias)", r"neck.\1.fpn.layer_blocks.\2.0.\3"),
+    (r"rpn_head\.rpn_conv\.(weight|bias)", r"rpn.head.conv.0.0.\1"),
+    (r"rpn_head\.rpn_cls\.(weight|bias)", r"rpn.head.cls_logits.\1"),
+    (r"rpn_head\.rpn_reg\.(weight|bias)", r"rpn.head.bbox_pred.\1"),
+]
+_HTC_BACK = [
+    (r"neck\.(\d+)\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)", r"neck.\1.lateral_convs.\2.conv.\3"),
+    (r"neck\.(\d+)\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)", r"neck.\1.fpn_convs.\2.conv.\3"),
+    (r"rpn\.head\.conv\.0\.0\.(weight|bias)", r"rpn_head.rpn_conv.\1"),
+    (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn_head.rpn_cls.\1"),
+    (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn_head.rpn_reg.\1"),
+]
+_HTC_SAME = re.compile(r"(backbone\.|neck\.\d+\.(norm1|norm2|attn|ffn|final_norm|gamma_1|gamma_2)|"
+                       r"roi_head\.(bbox_head|mask_head)\.\d+\.|roi_head\.semantic_head\.)")
+
+
+def _htc_rename(key, table, what):
+    if _HTC_SAME.match(key):
+        return key  # ExtraAttention, the cascade heads and the semantic head keep the official names
+    for pat, rep in table:
+        if re.fullmatch(pat, key):
+            return re.sub(pat, rep, key)
+    raise KeyMapError(f"{what} key {key!r} has no counterpart in the HTC++ layout")
+
+
+def htc_from_mmdet(state_dict: dict) -> dict:
+    """Official mmdet HTC++ state dict -> :class:`~.htc.HybridTaskCascade` (only the FPN and RPN are renamed; the
+    ExtraAttention neck, the cascade heads and the semantic head use the official names and class order)."""
+    return {_htc_rename(k, _HTC_RENAMES, "mmdet"): v for k, v in unwrap(state_dict).items()}
+
+
+def htc_to_mmdet(state_dict: dict) -> dict:
+    """:class:`~.htc.HybridTaskCascade` state dict -> the official mmdet HTC++ key layout."""
+    return {_htc_rename(k, _HTC_BACK, "HybridTaskCascade"): v.clone() for k, v in unwrap(state_dict).items()}
