@@ -97,10 +97,10 @@ SECTIONS: dict[str, dict] = {
                                                                                               choices=(2, 2.0))},
                            allow_none=True),
         "max_nonfinite_steps": _t(int, minimum=0)},  # engine/trainer.py: consecutive NaN/Inf steps skipped
-    "lr_config": {  # values are checked by the schedule (engine/schedule.py), which owns their meaning
-        "policy": _t(str), "warmup": _t(str, type(None)), "warmup_iters": _t(int, minimum=0),
-        "warmup_ratio": _t(float, minimum=0), "power": _t(float), "min_lr": _t(float, minimum=0),
-        "by_epoch": _t(bool)},
+    "lr_config": {  # the schedule (engine/schedule.py) implements exactly these
+        "policy": _t(str, choices=("poly",)), "warmup": _t(str, type(None), choices=(None, "linear")),
+        "warmup_iters": _t(int, minimum=0), "warmup_ratio": _t(float, minimum=0), "power": _t(float),
+        "min_lr": _t(float, minimum=0), "by_epoch": _t(bool, choices=(False,))},
     "runner": {"type": _t(str, choices=("IterBasedRunner",)), "max_iters": POS_INT},
     "checkpoint_config": {"by_epoch": _t(bool, choices=(False,)), "interval": POS_INT, "max_keep_ckpts": _max_keep},
     "evaluation": {

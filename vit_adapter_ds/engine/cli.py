@@ -43,7 +43,12 @@ def prepare(args, world_size: int):
     from ..tasks import load_and_validate
     from .deepspeed_setup import load_ds_config, resolve_ds_config
 
-    cfg, task = load_and_validate(args.config, args.cfg_options)
+    from .optim import param_groups_for_recipe
+    from .schedule import schedule_kwargs
+
+    cfg, task, meta_model = load_and_validate(args.config, args.cfg_options)
+    schedule_kwargs(cfg)
+    param_groups_for_recipe(meta_model, cfg)  # paramwise_cfg / custom_keys against the model's real names
     ds = resolve_ds_config(load_ds_config(args.ds_config), cfg, world_size)
     load_from = args.load_from or cfg.get("load_from")
     if load_from and not Path(load_from).exists():

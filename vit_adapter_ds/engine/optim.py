@@ -171,3 +171,15 @@ def param_groups_from_cfg(model: nn.Module, cfg, official_wd_quirk: bool = True)
     if unknown:
         raise ValueError(f"paramwise_cfg: unsupported keys {sorted(unknown)} (custom_keys only)")
     return build_param_groups(model, base_lr, wd, custom_keys=dict(pw.get("custom_keys") or {}) or None)
+
+
+def param_groups_for_recipe(model, cfg) -> list[dict]:
+    """The recipe's layer-decay (or custom_keys) groups; ``optimizer.paramwise_cfg.official_wd_quirk`` (default
+    True) keeps the official weight decay on pos_embed/cls_token/level_embed/rel-pos tables."""
+    from ..config.keys import to_plain
+
+    opt = to_plain(cfg.optimizer)
+    pw = dict(opt.get("paramwise_cfg") or {})
+    quirk = bool(pw.pop("official_wd_quirk", True))
+    opt["paramwise_cfg"] = pw
+    return param_groups_from_cfg(model, {"optimizer": opt}, official_wd_quirk=quirk)

@@ -1,8 +1,8 @@
 """Tasks: what the engine trains. One file per task, each a bundle of parts (see :mod:`.base`).
 
 ``task_for(cfg)`` picks the task from the recipe's model type; ``load_and_validate(recipe, options)`` loads a
-recipe and validates all of it (engine sections, then the task's model / data / evaluation), raising
-``ConfigError`` before any process group or worker starts.
+recipe and validates it (engine sections, then the task's model on the meta device and its loader arguments),
+raising ``ConfigError`` before any process group or worker starts. Tasks import no engine code.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ def task_for(cfg):
 
 
 def load_and_validate(recipe=None, options=None):
-    """``(cfg, task)`` for a recipe name or path plus ``--cfg-options``, everything validated."""
+    """``(cfg, task, meta_model)`` for a recipe name or path plus ``--cfg-options``: engine sections and the task's
+    model / data validated (the engine checks the optimizer groups and schedule on ``meta_model``)."""
     cfg = load_recipe(recipe, options)
     task = task_for(cfg)
-    task.validate()
-    return cfg, task
+    return cfg, task, task.validate()
 
 
 __all__ = ["TASKS", "SemanticSegmentation", "task_for", "load_and_validate"]

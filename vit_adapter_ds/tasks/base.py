@@ -2,14 +2,15 @@
 
 A task is built from a recipe (``Task(cfg)``) and provides:
 
-* ``validate()``: raise ``ConfigError`` for anything wrong in ``cfg.model`` / ``cfg.data`` / ``cfg.evaluation``,
-  before any process group or worker starts (builds the model on the meta device).
+* ``validate() -> meta model``: raise ``ConfigError`` for anything wrong in ``cfg.model`` / ``cfg.data``, before any
+  process group or worker starts (builds the model on the meta device and returns it).
 * ``build_model(load_pretrained=True) -> nn.Module``: in train mode, ``forward_loss(model, batch)`` returns a dict of
   scalar tensors with the total under ``'loss'``.
 * ``build_train_loader(rank, world_size, seed)``: an infinite iterator with ``state_dict()`` / ``load_state_dict()``.
 * ``build_val_loader(rank, world_size)``: an iterable (or None), each sample once over all ranks.
 * ``forward_loss(model, batch, device, dtype) -> dict``: moves the batch to the device and runs the model.
-* ``param_groups(model) -> list[dict]``: optimizer groups (``lr_scale``, ``group_name`` optional).
+* optionally ``param_groups(model) -> list[dict]``: optimizer groups (``lr_scale``, ``group_name`` optional); without
+  it the engine builds the recipe's layer-decay groups (``engine/optim.py``).
 * ``evaluate(model, val_loader, dtype, num_vis) -> (metrics: dict[str, float], images: list[HxWx3 uint8])``, called
   on every rank.
 * ``best_metric``: the metric ``evaluation.save_best='auto'`` means.
@@ -24,7 +25,7 @@ class Task(Protocol):
     name: str
     best_metric: str
 
-    def validate(self) -> None: ...
+    def validate(self): ...
 
     def build_model(self, load_pretrained: bool = True): ...
 
@@ -33,7 +34,5 @@ class Task(Protocol):
     def build_val_loader(self, rank: int, world_size: int): ...
 
     def forward_loss(self, model, batch, device, dtype) -> dict: ...
-
-    def param_groups(self, model) -> list: ...
 
     def evaluate(self, model, val_loader, dtype, num_vis: int) -> tuple[dict, list]: ...

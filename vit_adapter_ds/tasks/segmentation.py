@@ -19,18 +19,17 @@ class SemanticSegmentation:
         return to_plain(self.cfg.model)
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
+    def validate(self):
+        """Build the model on the meta device (every model key checked by its table entry) and check the loader
+        arguments; returns the meta model (the engine checks its optimizer groups on it)."""
         from ..data.datasets import dataset_class
-        from ..engine.optim import param_groups_from_cfg
-        from ..engine.schedule import schedule_kwargs
         from ..models.registry import build_model
 
         model = build_model(self._model_cfg(), device="meta")
         self._num_classes = int(model.num_classes)
         data = to_plain(self.cfg.data)
         dataset_class(data, "train").check_config(data)
-        schedule_kwargs(self.cfg)
-        self._param_groups(model, param_groups_from_cfg)  # paramwise_cfg / custom_keys against the real names
+        return model
 
     # ------------------------------------------------------------------ parts
     @property
@@ -63,19 +62,6 @@ class SemanticSegmentation:
         img = batch["img"].to(device, non_blocking=True)
         img = img.to(dtype) if img.is_floating_point() else img
         return model(img, batch["gt_semantic_seg"].to(device, non_blocking=True))
-
-    def _param_groups(self, model, fn):
-        opt = to_plain(self.cfg.optimizer)
-        pw = dict(opt.get("paramwise_cfg") or {})
-        quirk = bool(pw.pop("official_wd_quirk", True))
-        opt["paramwise_cfg"] = pw
-        return fn(model, {"optimizer": opt}, official_wd_quirk=quirk)
-
-    def param_groups(self, model) -> list:
-        """Layer-decay (or custom_keys) groups of the recipe; ``optimizer.paramwise_cfg.official_wd_quirk``
-        (default True) keeps the official weight decay on pos_embed/cls_token/level_embed/rel-pos tables."""
-        from ..engine.optim import param_groups_from_cfg
-        return self._param_groups(model, param_groups_from_cfg)
 
     def evaluate(self, model, val_loader, dtype, num_vis: int):
         """mIoU over the validation shards (every sample once over all ranks, per-class areas all-reduced) with the
