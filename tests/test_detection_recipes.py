@@ -100,8 +100,8 @@ def _official_pipeline():
 
 
 @pytest.mark.parametrize("index,change,msg", [
-    (3, {"type": "Resize", "img_scale": [(1333, 640), (1333, 800)], "multiscale_mode": "range", "keep_ratio": True},
-     r"train_pipeline\[3\].multiscale_mode='range' is not supported"),
+    (3, {"type": "Resize", "img_scale": [(1333, 640), (1333, 800)], "multiscale_mode": "ratio", "keep_ratio": True},
+     r"train_pipeline\[3\].multiscale_mode='ratio' is not supported"),
     (5, {"type": "Normalize", "mean": [0, 0, 0], "std": [1, 1, 1], "to_rgb": False},
      r"train_pipeline\[5\].to_rgb=False"),
     (4, {"type": "RandomCrop", "crop_type": "absolute", "crop_size": (10, 10)}, r"train_pipeline\[4\].crop_type"),
@@ -128,3 +128,21 @@ def test_base_coco_instance_pipeline_is_single_scale():
                             "_base_" / "datasets" / "coco_instance.py"))
     tr = T.train_ops_from_pipeline(c.train_pipeline)
     assert tr["ops"] == [("resize", ((1333, 800),)), ("flip", 0.5)]
+
+
+def test_resize_range_mode_hand_checked():
+    from test_detection_data import ScriptedRng, _sample
+
+    p = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+         dict(type="Resize", img_scale=[(1600, 400), (1600, 1400)], multiscale_mode="range", keep_ratio=True),
+         dict(type="RandomFlip", flip_ratio=0.5), dict(type="Normalize", mean=[0, 0, 0], std=[1, 1, 1], to_rgb=True),
+         dict(type="Pad", size_divisor=32), dict(type="DefaultFormatBundle"),
+         dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels", "gt_masks"])]
+    ops = T.train_ops_from_pipeline(p)["ops"]
+    assert ops == [("resize_range", ((1600, 400), (1600, 1400))), ("flip", 0.5)]
+    # long edge randint(1600, 1601) = 1600, short randint(400, 1401) -> 500; 100 x 200 image:
+    # f = min(1600 / 200, 500 / 100) = 5 -> (500, 1000)
+    rng = ScriptedRng([((1600, 1601), 1600), ((400, 1401), 500), ("random", 0.9)])
+    o = T.apply_ops(_sample(), rng, ops)
+    assert tuple(o["img"].shape) == (3, 500, 1000)
+    torch.testing.assert_close(o["boxes"].as_subclass(torch.Tensor)[0], torch.tensor([100., 50, 300, 250]))

@@ -136,6 +136,16 @@ def random_resize(sample: dict, rng, scales) -> dict:
     return resize_keep_ratio(sample, scales[int(rng.integers(0, len(scales)))])
 
 
+def random_resize_range(sample: dict, rng, scales) -> dict:
+    """mmdet ``Resize(img_scale=[s1, s2], multiscale_mode='range', keep_ratio=True)``: long edge
+    ``randint(min long, max long + 1)``, then short edge ``randint(min short, max short + 1)`` (HTC++:
+    ``[(1600, 400), (1600, 1400)]``)."""
+    longs, shorts = [max(s) for s in scales], [min(s) for s in scales]
+    long_edge = int(rng.integers(min(longs), max(longs) + 1))
+    short_edge = int(rng.integers(min(shorts), max(shorts) + 1))
+    return resize_keep_ratio(sample, (long_edge, short_edge))
+
+
 def train_transform(sample: dict, rng, flip_ratio=0.5, scales=MULTI_SCALES, crop_scales=CROP_SCALES,
                     crop_range=(384, 600), final_crop=(1024, 1024)) -> dict:
     """The official training pipeline up to (not including) Normalize / Pad; see the module docstring."""
@@ -167,6 +177,7 @@ def test_transform(img: torch.Tensor, scale=(1333, 800)) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ official pipelines
 def apply_ops(sample: dict, rng, ops) -> dict:
     """Run pipeline ops made by :func:`train_ops_from_pipeline`: ``("flip", p)``, ``("resize", scales)``,
+    ``("resize_range", scales)``,
     ``("crop", (lo, hi))``, ``("autoaugment", (ops_1, ops_2, ...))`` (one policy chosen uniformly)."""
     for op, arg in ops:
         if op == "flip":
@@ -174,6 +185,8 @@ def apply_ops(sample: dict, rng, ops) -> dict:
                 sample = hflip(sample)
         elif op == "resize":
             sample = random_resize(sample, rng, arg)
+        elif op == "resize_range":
+            sample = random_resize_range(sample, rng, arg)
         elif op == "crop":
             sample = random_crop_absolute_range(sample, rng, arg)
         elif op == "autoaugment":
@@ -220,10 +233,15 @@ def _resize_op(step, where, resized):
     _fixed(step, "keep_ratio", True, where, True)
     _fixed(step, "bbox_clip_border", True, where, True)
     scales = _scales(step.get("img_scale"), where + ".img_scale")
-    if len(scales) > 1:
-        _fixed(step, "multiscale_mode", "value", where, "range")
     if resized and not step.get("override", False):
         raise ConfigError(f"recipe: {where}: a second Resize needs override=True (mmdet refuses it otherwise)")
+    mode = step.get("multiscale_mode", "range")
+    if len(scales) > 1 and mode == "range":
+        if len(scales) != 2:
+            raise ConfigError(f"recipe: {where}.img_scale: multiscale_mode='range' takes exactly 2 scales")
+        return ("resize_range", scales)
+    if len(scales) > 1 and mode != "value":
+        raise ConfigError(f"recipe: {where}.multiscale_mode={mode!r} is not supported; only 'value' or 'range'")
     return ("resize", scales)
 
 
