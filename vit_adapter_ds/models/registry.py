@@ -70,6 +70,6 @@ def build_model(model_cfg: Mapping, *, device: str | torch.device | None = None,
         model = cls.from_config(cfg, where)
     model.pretrained_report = None
     if path and load_pretrained and str(device) != "meta":
-        from .weights import load_pretrained as load_backbone_weights
+        from .factory import load_pretrained as load_backbone_weights
         model.pretrained_report = load_backbone_weights(model.backbone, path)
     return model
