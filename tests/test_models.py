@@ -78,9 +78,9 @@ def test_beit_keys_value_projection_ratio_and_index_buffers():
         assert k in sd
     assert "blocks.0.attn.qkv.bias" not in sd
     # one index tensor per state_dict() call, shared by its blocks (stored once in a checkpoint), never the model's
-    assert sd["blocks.0.attn.relative_position_index"].data_ptr() == sd["blocks.3.attn.relative_position_index"].data_ptr()
-    assert model.state_dict()["blocks.0.attn.relative_position_index"].data_ptr() != \
-        sd["blocks.0.attn.relative_position_index"].data_ptr()
+    index_key = "blocks.{}.attn.relative_position_index"
+    assert sd[index_key.format(0)].data_ptr() == sd[index_key.format(3)].data_ptr()
+    assert model.state_dict()[index_key.format(0)].data_ptr() != sd[index_key.format(0)].data_ptr()
     det = tiny_beit(task="detection", window_attn=[True] * 4, window_size=[3, 3, 3, 5])
     dsd = det.state_dict()
     assert "cls_token" not in dsd

@@ -119,7 +119,8 @@ def _cfg_get(obj, key, default=None):
 def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0, num_classes: int | None = None):
     """The engine's ``evaluate(model, val_loader, cfg, dtype, num_vis) -> (metrics, vis)`` hook for a recipe:
     test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor and optional ``img_ratios``/``flip``/
-    ``ms_resize`` from ``cfg.evaluation``; class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
+    ``ms_resize`` from ``cfg.evaluation``; class names from the loader's manifest.
+    ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
     model_cfg = _cfg_get(cfg, "model")
     test_cfg = _cfg_get(model_cfg, "test_cfg") or {}
     ev = _cfg_get(cfg, "evaluation") or {}
