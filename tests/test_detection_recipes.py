@@ -1,6 +1,6 @@
-"""Mask R-CNN 3x recipes equal the official configs (values typed here from the official files / docs/official-architecture.md §5.2), build
-on the meta device with the paper's parameter counts, and their pipelines translate to the implemented transforms;
-unsupported pipeline steps are refused by name."""
+"""Mask R-CNN 3x recipes equal the official configs (values typed here from the official files /
+docs/official-architecture.md §5.2), build on the meta device with the paper's parameter counts, and their pipelines
+translate to the implemented transforms; unsupported pipeline steps are refused by name."""
 from __future__ import annotations
 
 import pytest

@@ -358,7 +358,8 @@ def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
         raise ConfigError(f"recipe: {where}.neck must end with an FPN")
     c, ns = fpn.out_channels, p["num_stages"]
     if p["rpn_loss_bbox_type"] not in ("SmoothL1Loss", "L1Loss"):
-        raise ConfigError(f"recipe: {where}.rpn_head.loss_bbox.type={p['rpn_loss_bbox_type']!r}: SmoothL1Loss or L1Loss")
+        raise ConfigError(f"recipe: {where}.rpn_head.loss_bbox.type={p['rpn_loss_bbox_type']!r}: only SmoothL1Loss "
+                          "or L1Loss")
     rpn = RPN(c, anchor_generator=FixedStrideAnchorGenerator(p["anchor_strides"], p["anchor_scales"],
                                                              p["anchor_ratios"]),
               pos_iou_thr=p["rpn_pos_iou_thr"], neg_iou_thr=p["rpn_neg_iou_thr"], min_pos_iou=p["rpn_min_pos_iou"],

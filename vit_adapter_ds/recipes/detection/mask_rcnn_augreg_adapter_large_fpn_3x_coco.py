@@ -1,7 +1,7 @@
-# Official: detection/configs/mask_rcnn/mask_rcnn_augreg_adapter_large_fpn_3x_coco.py (czczup/ViT-Adapter at
-# 34a2b87; docs/official-architecture.md §5.2): Mask R-CNN 3x + detection ViT-Adapter-L (AugReg, 384 pre-training; window attention
-# [T x 5, F] x 4, w=14), FPN 256, DETR-style AutoAugment, AugReg mean / std 127.5, AdamW lr 1e-4 wd 0.05 with
-# LayerDecayOptimizerConstructor(num_layers=24, layer_decay_rate=0.80); 8 GPUs x 2 images; fp16 commented out.
+# Official: detection/configs/mask_rcnn/mask_rcnn_augreg_adapter_large_fpn_3x_coco.py (czczup/ViT-Adapter at 34a2b87;
+# docs/official-architecture.md §5.2): Mask R-CNN 3x + detection ViT-Adapter-L (AugReg, 384 pre-training; window
+# attention [T x 5, F] x 4, w=14), FPN 256, DETR-style AutoAugment, AugReg mean / std 127.5, AdamW lr 1e-4 wd 0.05
+# with LayerDecayOptimizerConstructor(num_layers=24, layer_decay_rate=0.80); 8 GPUs x 2 images; fp16 commented out.
 # Reported box / mask AP: 52.1 / 46.0.
 _base_ = [
     '../_base_/models/mask_rcnn_fpn.py',
@@ -9,7 +9,8 @@ _base_ = [
     '../_base_/schedules/schedule_3x.py',
     '../_base_/default_runtime_det.py'
 ]
-pretrained = 'pretrained/L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.pth'
+pretrained = ('pretrained/L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-'
+              'res_384.pth')
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -1,8 +1,8 @@
-# Official: detection/configs/mask_rcnn/mask_rcnn_deit_adapter_small_fpn_3x_coco.py (czczup/ViT-Adapter at
-# b9c2a70; docs/official-architecture.md §5.2): Mask R-CNN 3x + detection ViT-Adapter-S (window attention [T, T, F] x 4, w=14),
-# FPN 256, DETR-style AutoAugment, AdamW lr 1e-4 wd 0.05 with decay_mult 0 for level_embed / pos_embed / norm /
-# bias; 8 GPUs x 2 images. Reported box / mask AP: 48.2 / 42.8.
-# mmdet 2.x trains with Fp16OptimizerHook when `fp16` is set (unlike mmseg 0.20.2), so this config ran in fp16.
+# Official: detection/configs/mask_rcnn/mask_rcnn_deit_adapter_small_fpn_3x_coco.py (czczup/ViT-Adapter at b9c2a70;
+# docs/official-architecture.md §5.2): Mask R-CNN 3x + detection ViT-Adapter-S (window attention [T, T, F] x 4, w=14),
+# FPN 256, DETR-style AutoAugment, AdamW lr 1e-4 wd 0.05 with decay_mult 0 for level_embed / pos_embed / norm / bias;
+# 8 GPUs x 2 images. Reported box / mask AP: 48.2 / 42.8. mmdet 2.x trains with Fp16OptimizerHook when `fp16` is set
+# (unlike mmseg 0.20.2), so this config ran in fp16.
 _base_ = [
     '../_base_/models/mask_rcnn_fpn.py',
     '../_base_/datasets/coco_instance.py',

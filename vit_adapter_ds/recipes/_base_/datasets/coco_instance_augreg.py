@@ -1,5 +1,6 @@
 # coco_instance with the AugReg normalisation (mean = std = 127.5), the base of the official AugReg-L Mask R-CNN
-# config (detection/configs/_base_/datasets/coco_instance_augreg.py; docs/official-architecture.md §5.2: "AugReg-L uses mean/std 127.5").
+# config (detection/configs/_base_/datasets/coco_instance_augreg.py; docs/official-architecture.md §5.2: "AugReg-L
+# uses mean/std 127.5").
 _base_ = ['./coco_instance.py']
 img_norm_cfg = dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5], to_rgb=True)
 train_pipeline = [
