@@ -5,6 +5,13 @@ engine (the Trainer only sees the task interface of ``vit_adapter_ds.tasks.base`
 
 The loader's batch ``n`` on rank ``r`` is a pure function of ``(seed, r, n)``, so its state is just ``n``; the model
 uses dropout, so resuming is bitwise only if the engine restores the torch RNG state too.
+
+Fault-injection hooks (environment variables of the script): ``STUB_CRASH_AT_ITER`` / ``STUB_CRASH_RANK`` /
+``STUB_CRASH_FILE`` (SIGKILL a rank once an iteration is logged), ``STUB_KILL_IN_SAVE=<tag>:<rank>:<name part>``
+(that rank writes half of that checkpoint file, then SIGKILLs itself), ``STUB_NAN_AT_BATCH=i,j`` /
+``STUB_NAN_RANK`` / ``STUB_NAN_OFFSET`` (NaN loss at those micro-batch numbers of one rank), ``STUB_STEP_SLEEP``
+(seconds added to every micro-batch), ``STUB_SIGNAL_IN_SAVE=<signal number>`` (once a stop signal arrived, each rank
+signals itself again while it writes its checkpoint state).
 """
 from __future__ import annotations
 
@@ -128,7 +135,18 @@ class StubTask:
         return StubVal(rank)
 
     def forward_loss(self, model, batch, device, dtype):
-        return model(batch["img"].to(device, dtype), batch["gt_semantic_seg"].to(device))
+        losses = model(batch["img"].to(device, dtype), batch["gt_semantic_seg"].to(device))
+        if os.environ.get("STUB_STEP_SLEEP"):  # slow iterations down so a test can signal mid-run
+            import time
+            time.sleep(float(os.environ["STUB_STEP_SLEEP"]))
+        nan_at = os.environ.get("STUB_NAN_AT_BATCH")  # fault injection: NaN loss_ce at these micro-batch numbers
+        if nan_at and os.environ.get("RANK", "0") == os.environ.get("STUB_NAN_RANK", "1"):
+            self._micro = getattr(self, "_micro", -1) + 1
+            start = int(os.environ.get("STUB_NAN_OFFSET", "0"))  # micro-batches before this process (resumed run)
+            if self._micro + start in {int(i) for i in nan_at.split(",")}:
+                losses["loss_ce"] = losses["loss_ce"] * float("nan")
+                losses["loss"] = losses["loss_ce"] + losses["loss_aux"]
+        return losses
 
     def param_groups(self, model):
         decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -161,4 +179,30 @@ if __name__ == "__main__":
                     pass
                 time.sleep(0.01)
         threading.Thread(target=_watch, args=(os.environ["STUB_CRASH_FILE"], int(crash_at)), daemon=True).start()
+    kill_in_save = os.environ.get("STUB_KILL_IN_SAVE")
+    if kill_in_save:  # "<tag>:<rank>:<file name part>": write half of that file of that save, then SIGKILL this rank
+        tag, kill_rank, part = kill_in_save.split(":")
+    signal_in_save = os.environ.get("STUB_SIGNAL_IN_SAVE")  # "<signal number>": sent again in the stop's save
+    if kill_in_save or signal_in_save:
+        import io
+        import signal
+
+        real_save = torch.save
+
+        def _save(obj, f, *args, **kwargs):
+            name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else ""
+            stopping = getattr(getattr(signal.getsignal(signal.SIGUSR1), "__self__", None), "signum", 0)
+            if signal_in_save and stopping and "extra_rank" in name:  # the Trainer's stop handler has fired
+                os.kill(os.getpid(), int(signal_in_save))
+            if (kill_in_save and os.environ.get("RANK") == kill_rank and f"/{tag}/" in name
+                    and part in os.path.basename(name)):
+                buf = io.BytesIO()
+                real_save(obj, buf, *args, **kwargs)
+                with open(name, "wb") as out:
+                    out.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_save(obj, f, *args, **kwargs)
+        torch.save = _save
     sys.exit(main(sys.argv[1:], make_task=StubTask))

@@ -12,8 +12,11 @@ Layout under ``<work_dir>/checkpoints``::
     best.json                    ``save_best``: the metric, its value and the tag of the best evaluation
 
 ``--resume auto`` picks the newest ``iter_<N>`` that has ``COMPLETE``; a save interrupted by a crash has no marker
-and is never picked. DeepSpeed's universal load restores parameters and optimizer state but not the module's
-buffers (BatchNorm statistics), so :func:`load` always restores every buffer from the saved :class:`TrainState`.
+and is never picked. ``COMPLETE`` also lists every file of the save with its size and CRC-32 (computed by rank 0
+after all ranks fsynced their files); before anything is loaded, rank 0 checks the chosen tag against that list
+(:func:`verify`) -- a file cut short, missing or changed is reported by name and the next older complete tag is
+used -- and broadcasts the choice, so every rank resumes from the same tag. DeepSpeed's universal load restores
+parameters and optimizer state but not the module's buffers (BatchNorm statistics), so :func:`load` always restores every buffer from the saved :class:`TrainState`.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +110,42 @@ def restore_buffers(module: torch.nn.Module, buffers: dict) -> None:
             buf.copy_(saved.to(device=buf.device, dtype=buf.dtype))
 
 
+def _crc32(path: Path, chunk: int = 1 << 22) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return f"{crc & 0xFFFFFFFF:08x}"
+            crc = zlib.crc32(b, crc)
+
+
+def file_manifest(tag_dir: Path) -> dict:
+    """``{relative path: {"bytes": size, "crc32": hex}}`` of every file of a save except the marker."""
+    out = {}
+    for p in sorted(Path(tag_dir).rglob("*")):
+        if p.is_file() and p.name not in (MARKER, MARKER + ".tmp"):
+            out[p.relative_to(tag_dir).as_posix()] = {"bytes": p.stat().st_size, "crc32": _crc32(p)}
+    return out
+
+
+def verify(tag_dir: Path, meta: dict, checksum: bool = True) -> list[str]:
+    """Problems of a complete-marked save against the file list in its marker (empty list: intact). Markers
+    written before file lists existed carry none and verify as intact."""
+    problems = []
+    for name, want in sorted((meta.get("files") or {}).items()):
+        p = Path(tag_dir) / name
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+            continue
+        size = p.stat().st_size
+        if size != want["bytes"]:
+            problems.append(f"{p}: {size} bytes, the save wrote {want['bytes']} (cut short or overwritten)")
+        elif checksum and want.get("crc32") and _crc32(p) != want["crc32"]:
+            problems.append(f"{p}: CRC-32 {_crc32(p)}, the save wrote {want['crc32']} (corrupted)")
+    return problems
+
+
 # ----------------------------------------------------------------------------------------------- finding
 def complete_tags(root: Path) -> list[tuple[int, str, dict]]:
     """``[(iteration, tag, meta), ...]`` of complete checkpoints under ``root``, oldest first."""
@@ -124,28 +164,65 @@ def complete_tags(root: Path) -> list[tuple[int, str, dict]]:
     return sorted(out)
 
 
-def find_resume(resume: str | None, work_dir) -> tuple[Path, dict] | None:
-    """Resolve ``--resume``: ``auto`` -> newest complete checkpoint in ``work_dir`` (None if there is none);
-    a path -> that tag directory, or the newest complete tag of a ``checkpoints`` (or work) directory."""
+def _newest_intact(root: Path, label: str, report) -> tuple[Path, dict] | None:
+    for _, tag, meta in reversed(complete_tags(root)):
+        problems = verify(root / tag, meta)
+        if not problems:
+            return root / tag, meta
+        report(f"{label}: checkpoint {root / tag} is damaged, not resuming from it: " + "; ".join(problems)
+               + " -- trying the previous complete checkpoint")
+    return None
+
+
+def _print_err(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def find_resume(resume: str | None, work_dir, report=_print_err) -> tuple[Path, dict] | None:
+    """Resolve ``--resume``: ``auto`` -> newest complete and intact (:func:`verify`) checkpoint in ``work_dir``
+    (None if there is none); a path -> that tag directory (which must be intact), or the newest complete and intact
+    tag of a ``checkpoints`` (or work) directory. Damaged tags are reported through ``report`` and skipped.
+
+    Reads the file system: call it on one rank and broadcast (:func:`find_resume_everywhere`)."""
     if not resume:
         return None
     if resume == "auto":
-        tags = complete_tags(checkpoint_root(work_dir))
-        if not tags:
-            return None
-        _, tag, meta = tags[-1]
-        return checkpoint_root(work_dir) / tag, meta
+        return _newest_intact(checkpoint_root(work_dir), "--resume auto", report)
     p = Path(resume)
     if (p / MARKER).is_file():
-        return p, json.loads((p / MARKER).read_text())
+        meta = json.loads((p / MARKER).read_text())
+        problems = verify(p, meta)
+        if problems:
+            raise RuntimeError(f"--resume {resume}: the checkpoint is damaged: " + "; ".join(problems)
+                               + " (pass its checkpoints directory or --resume auto to fall back to an older one)")
+        return p, meta
     for root in (p, p / "checkpoints"):
-        tags = complete_tags(root)
-        if tags:
-            return root / tags[-1][1], tags[-1][2]
+        if complete_tags(root):
+            found = _newest_intact(root, f"--resume {resume}", report)
+            if found is None:
+                raise RuntimeError(f"--resume {resume}: every complete checkpoint in {root} is damaged (see above)")
+            return found
     if p.exists():
         raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there (a tag directory needs a {MARKER} "
                                 "marker; an interrupted save has none)")
     raise FileNotFoundError(f"--resume {resume}: no such file or directory")
+
+
+def find_resume_everywhere(resume: str | None, work_dir) -> tuple[Path, dict] | None:
+    """:func:`find_resume` decided by rank 0 and broadcast, so every rank loads the same tag (or raises the same
+    error)."""
+    if rt.world_size() == 1:
+        return find_resume(resume, work_dir)
+    result = None
+    if rt.is_main():
+        try:
+            result = ("ok", find_resume(resume, work_dir))
+        except (OSError, RuntimeError, ValueError) as e:
+            result = ("error", (type(e).__name__, str(e)))
+    kind, value = rt.broadcast_object(result)
+    if kind == "error":
+        raise (FileNotFoundError if value[0] == "FileNotFoundError" else RuntimeError)(value[1])
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- saving / pruning
@@ -179,7 +256,8 @@ class CheckpointManager:
         rt.barrier()  # every rank has finished its files
         if rt.is_main():
             _fsync_tree(tag_dir)
-            info = dict(self.meta, iteration=state.iteration, world_size=state.world_size, time=time.time())
+            info = dict(self.meta, iteration=state.iteration, world_size=state.world_size, time=time.time(),
+                        files=file_manifest(tag_dir))
             _atomic_write_text(tag_dir / MARKER, json.dumps(info, indent=1))
             _atomic_write_text(self.root / "latest", tag)
             self.prune()

@@ -1,0 +1,233 @@
+"""Cluster resilience of the real engine on the stub task (``tests/test_engine_stubs.py``), 2 ranks, ZeRO-2 fp32 CPU:
+
+* stop signals: SIGUSR1 to both ranks mid-run (plus a second signal that lands *inside* the save) -> every rank
+  exits with status 3 after a complete checkpoint of the stopped iteration; ``--resume auto`` reproduces the
+  uninterrupted run bitwise;
+* crash survival (chaos): SIGKILL of a rank mid-run, then mid-save (half-written optimizer shard), then a resume
+  whose newest complete checkpoint had ``extra_rank1.pt`` cut short after the fact: every resume picks the newest
+  *intact* checkpoint and the final weights equal the uninterrupted run's bit for bit;
+* the NaN policy: injected NaN losses are skipped (weights untouched) up to ``max_nonfinite_steps``, then the run
+  stops with a clear error.
+
+The reference is an uninterrupted 8-iteration run (checkpoints every 2). Ranks are slowed down (STUB_STEP_SLEEP) so
+that signals land mid-run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops, losses, run  # noqa: E402,F401
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+ITERS = 8
+OPTS = ["lr_config.warmup_iters=3", "optimizer.lr=0.01", "model.decode_head.dropout_ratio=0.1",
+        "checkpoint_config.interval=2", "checkpoint_config.max_keep_ckpts=-1"]
+SLOW = {"STUB_STEP_SLEEP": "0.25"}
+
+
+def final_weights(work_dir, it=ITERS):
+    """The module weights DeepSpeed saved at iteration ``it`` (ZeRO-2 fp32: the fp32 parameters themselves)."""
+    sd = torch.load(work_dir / "checkpoints" / f"iter_{it}" / "mp_rank_00_model_states.pt", map_location="cpu",
+                    weights_only=False)["module"]
+    return {k: v for k, v in sd.items() if torch.is_tensor(v)}
+
+
+def assert_same_weights(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def complete(work_dir):
+    return sorted((p.name for p in (work_dir / "checkpoints").glob("iter_*") if (p / "COMPLETE").is_file()),
+                  key=lambda n: int(n.split("_")[1]))
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    work = tmp_path_factory.mktemp("resil") / "ref"
+    run([], work, port=29811, iters=ITERS, options=OPTS)
+    return work
+
+
+def _launch_ranks(args, work_dir, port, extra_env):
+    """Start both ranks directly (as srun does: RANK/WORLD_SIZE/MASTER_* set, no launcher in between), in one
+    process group; return the two Popen objects."""
+    (work_dir.parent / "fake_shards").mkdir(parents=True, exist_ok=True)
+    opts = [f"runner.max_iters={ITERS}", f"evaluation.interval={ITERS}", "log_config.interval=1",
+            "data.samples_per_gpu=2", f"data.train.shard_dir={work_dir.parent / 'fake_shards'}",
+            f"data.val.shard_dir={work_dir.parent / 'fake_shards'}", "global_batch_size=None",
+            "evaluation.save_best=None", *OPTS]
+    cmd = [sys.executable, str(STUBS), "--ds_config", str(REPO / "ds_configs" / "zero2_fp32.json"), "--work-dir",
+           str(work_dir), "--no-progress", "--dist-timeout", "60", *args, "--cfg-options", *opts]
+    procs = []
+    for r in range(2):
+        env = _env(dict(extra_env, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                        MASTER_PORT=str(port)))
+        kw = {"process_group": 0 if r == 0 else procs[0].pid}
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                      cwd=str(work_dir.parent), **kw))
+    return procs
+
+
+def _wait_for_iter(work_dir, it, procs, timeout=180):
+    t0 = time.time()
+    path = work_dir / "metrics.jsonl"
+    while time.time() - t0 < timeout:
+        if path.is_file() and any(f'"iter": {it},' in line for line in open(path)):
+            return
+        if any(p.poll() is not None for p in procs):
+            return
+        time.sleep(0.05)
+
+
+def _finish(procs, timeout=120):
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        pytest.fail("ranks did not exit after the stop signal")
+    finally:
+        try:
+            os.killpg(procs[0].pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return [p.returncode for p in procs], outs
+
+
+def test_sigusr1_saves_exits_3_and_resumes_bitwise(ref, tmp_path):
+    work = tmp_path / "sig"
+    # every rank also signals itself (SIGTERM) while writing its checkpoint state: must be deferred, not fatal
+    procs = _launch_ranks([], work, 29821, dict(SLOW, STUB_SIGNAL_IN_SAVE=str(int(signal.SIGTERM))))
+    _wait_for_iter(work, 3, procs)
+    for p in procs:
+        p.send_signal(signal.SIGUSR1)
+    codes, outs = _finish(procs)
+    out = "\n".join(outs)
+    assert codes == [3, 3], (codes, out[-4000:])
+    assert out.count("received SIGUSR1 (1)") == 2 and out.count("received SIGTERM (2): already stopping") == 2, out
+    stopped = [line for line in out.splitlines() if "stopped by SIGUSR1 after iteration" in line]
+    assert stopped, out[-4000:]
+    n = int(stopped[0].split("after iteration ")[1].split(":")[0])
+    assert 3 <= n < ITERS
+    assert complete(work)[-1] == f"iter_{n}"
+    assert not (work / "TRAINING_FINISHED").exists()
+    # the requeued job
+    _, out = run(["--resume", "auto"], work, port=29822, iters=ITERS, options=OPTS)
+    assert f"resumed from {work / 'checkpoints' / f'iter_{n}'}" in out
+    a, b = losses(ref), losses(work)
+    assert sorted(b) == list(range(1, ITERS + 1))
+    for it in range(1, ITERS + 1):
+        assert b[it]["loss"] == a[it]["loss"], (it, a[it], b[it])
+    assert_same_weights(final_weights(work), final_weights(ref))
+
+
+def test_chaos_kills_and_damaged_checkpoint_resume_bitwise(ref, tmp_path):
+    work = tmp_path / "chaos"
+    t0 = time.time()
+    # 1. SIGKILL rank 1 mid-run once iteration 3 is logged (checkpoint iter_2 exists): launcher exits non-zero
+    rc, out = run([], work, port=29831, iters=ITERS, options=OPTS, expect_ok=False,
+                  extra_env=dict(SLOW, STUB_CRASH_AT_ITER="3", STUB_CRASH_FILE=str(work / "metrics.jsonl")))
+    assert rc != 0 and complete(work) == ["iter_2"], (rc, complete(work), out[-3000:])
+    assert time.time() - t0 < 150
+    # 2. resume; rank 1 dies half-way through writing its optimizer shard of iter_6 (iter_4 is complete)
+    rc, out = run(["--resume", "auto"], work, port=29832, iters=ITERS, options=OPTS, expect_ok=False,
+                  extra_env=dict(SLOW, STUB_KILL_IN_SAVE="iter_6:1:optim_states"))
+    assert rc != 0 and complete(work) == ["iter_2", "iter_4"], (rc, complete(work), out[-3000:])
+    assert "resumed from" in out and "iteration 2" in out
+    # 3. the newest complete checkpoint (iter_4) is damaged after the fact (extra_rank1.pt cut short): found before
+    # anything is loaded, named, and the previous one (iter_2) is used by every rank; the run finishes
+    cut = work / "checkpoints" / "iter_4" / "extra_rank1.pt"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    _, out = run(["--resume", "auto"], work, port=29833, iters=ITERS, options=OPTS)
+    assert f"{cut}: {len(data) // 3} bytes, the save wrote {len(data)}" in out, out[-3000:]
+    assert f"resumed from {work / 'checkpoints' / 'iter_2'}" in out
+    assert_same_weights(final_weights(work), final_weights(ref))
+    a, b = losses(ref), losses(work)
+    assert [b[it]["loss"] for it in range(1, ITERS + 1)] == [a[it]["loss"] for it in range(1, ITERS + 1)]
+
+
+def test_nan_losses_are_skipped_then_stop(ref, tmp_path):
+    """ZeRO-2 fp32, gas 1: rank 1's loss is NaN at micro-batches 2, 3, 4 (iterations 3, 4, 5): the steps of
+    iterations 3 and 4 are skipped and logged (iteration and loss terms), the weights stay those of iteration 2;
+    with max_nonfinite_steps=2 the third consecutive fault stops the run with the error, iter_2 and iter_4 intact."""
+    work = tmp_path / "nan"
+    rc, out = run([], work, port=29841, iters=ITERS, options=OPTS + ["optimizer_config.max_nonfinite_steps=2"],
+                  expect_ok=False, extra_env={"STUB_NAN_AT_BATCH": "2,3,4"})
+    assert rc != 0, out[-3000:]
+    assert "NonFiniteLossError: 3 consecutive iterations (up to 5)" in out, out[-3000:]
+    assert "iteration 3: non-finite loss terms {'loss_ce': nan" in out
+    recs = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    bad = [r for r in recs if r["mode"] == "nonfinite"]
+    assert [r["iter"] for r in bad] == [3, 4, 5], bad
+    assert list(bad[0]["loss_terms"]) == ["rank1"] and bad[0]["loss_terms"]["rank1"]["loss_ce"] != 0  # NaN != 0
+    assert str(bad[0]["loss_terms"]["rank1"]["loss_ce"]) == "nan"
+    assert complete(work) == ["iter_2", "iter_4"]
+    # skipped steps leave the weights of iteration 2 (the uninterrupted run has moved on by then)
+    assert_same_weights(final_weights(work, 4), final_weights(work, 2))
+    assert not torch.equal(final_weights(ref, 4)["decode_head.1.weight"], final_weights(ref, 2)["decode_head.1.weight"])
+
+
+def _netns_possible():
+    if os.geteuid() != 0:
+        return "needs root (ip netns)"
+    res = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    return None if res.returncode == 0 else f"ip netns unavailable: {res.stderr.strip()}"
+
+
+def test_two_network_namespaces_as_two_hosts(ref, tmp_path):
+    """Two network namespaces joined by a veth pair act as two hosts (10.231.<x>.1 and .2, nothing on a shared
+    loopback): one rank in each, rendezvous and gloo traffic over TCP between them (GLOO_SOCKET_IFNAME names the
+    veth, as on a real multi-homed host). The losses equal the single-host reference bit for bit."""
+    why = _netns_possible()
+    if why:
+        pytest.skip(why)
+    tag = f"{os.getpid() % 10000}"
+    ns, dev, net = [f"vads{tag}a", f"vads{tag}b"], [f"vads{tag}a", f"vads{tag}b"], f"10.231.{os.getpid() % 250}"
+    setup = [["ip", "netns", "add", ns[0]], ["ip", "netns", "add", ns[1]],
+             ["ip", "link", "add", dev[0], "type", "veth", "peer", "name", dev[1]]]
+    for i in (0, 1):
+        setup += [["ip", "link", "set", dev[i], "netns", ns[i]],
+                  ["ip", "-n", ns[i], "addr", "add", f"{net}.{i + 1}/24", "dev", dev[i]],
+                  ["ip", "-n", ns[i], "link", "set", "lo", "up"], ["ip", "-n", ns[i], "link", "set", dev[i], "up"]]
+    try:
+        for cmd in setup:
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            assert res.returncode == 0, (cmd, res.stderr)
+        work = tmp_path / "netns"
+        (work.parent / "fake_shards").mkdir(parents=True, exist_ok=True)
+        opts = [f"runner.max_iters={ITERS}", f"evaluation.interval={ITERS}", "log_config.interval=1",
+                "data.samples_per_gpu=2", f"data.train.shard_dir={work.parent / 'fake_shards'}",
+                f"data.val.shard_dir={work.parent / 'fake_shards'}", "global_batch_size=None",
+                "evaluation.save_best=None", *OPTS]
+        script = [sys.executable, str(STUBS), "--ds_config", str(REPO / "ds_configs" / "zero2_fp32.json"),
+                  "--work-dir", str(work), "--no-progress", "--dist-timeout", "60", "--cfg-options", *opts]
+        procs = []
+        for r in (0, 1):
+            env = _env({"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": f"{net}.1",
+                        "MASTER_PORT": "29856", "GLOO_SOCKET_IFNAME": dev[r]})
+            procs.append(subprocess.Popen(["ip", "netns", "exec", ns[r], *script], stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, env=env, cwd=str(work.parent),
+                                          process_group=0 if r == 0 else procs[0].pid))
+        codes, outs = _finish(procs, timeout=240)
+        assert codes == [0, 0], "\n".join(outs)[-4000:]
+    finally:
+        for n in ns:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+    a, b = losses(ref), losses(work)
+    assert [b[i]["loss"] for i in range(1, ITERS + 1)] == [a[i]["loss"] for i in range(1, ITERS + 1)]
+    assert_same_weights(final_weights(work), final_weights(ref))
