@@ -237,13 +237,14 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def aug_test(self, img: torch.Tensor, scales=(None,), flip: bool = True, size_divisor: int | None = None,
-                 mode: str | None = None, crop_size=None, stride=None, out_size=None, resize_rule=None) -> torch.Tensor:
+                 mode: str | None = None, crop_size=None, stride=None, out_size=None, resize_rule=None,
+                 **view_options) -> torch.Tensor:
         """Multi-scale (+ flip) test, mmseg 0.x ``MultiScaleFlipAug`` + ``aug_test``: for every scale in ``scales``
         ((long, short) tuples, or None for the input size) the image is resized bilinearly to the size given by the
         test-time resize rule ``resize_rule`` (:mod:`vit_adapter_ds.models.test_time_resize`; default
-        ``KeepRatioResize(size_divisor)``: ``Resize(keep_ratio=True)`` + ``ResizeToMultiple``), inferred (and, with
-        ``flip``, also inferred flipped), the logits resized to ``out_size`` (default: input size) and soft-maxed;
-        returns the mean of all these probability maps, (N, C, h, w)."""
+        ``KeepRatioResize(size_divisor)``: ``Resize(keep_ratio=True)`` + ``ResizeToMultiple``), and each view (the
+        resized image, and with ``flip`` its mirror) gives :meth:`view_probs`; returns the mean of these
+        probability maps, (N, C, h, w). ``view_options`` go to :meth:`view_probs` (subclasses' test-time options)."""
         if resize_rule is None:
             resize_rule = KeepRatioResize(size_divisor)
         elif size_divisor is not None:
@@ -252,13 +253,17 @@ class EncoderDecoder(nn.Module):
         out_size = tuple(out_size) if out_size is not None else (h, w)
         total, n = None, 0
         for scale in scales:
-            size = resize_rule(h, w, scale)
-            x = resize(img, size, align_corners=False)
+            x = resize(img, resize_rule(h, w, scale), align_corners=False)
             for f in ((False, True) if flip else (False,)):
-                p = self.predict(x, mode, crop_size, stride, out_size=out_size, flip=f)
+                p = self.view_probs(x, f, mode, crop_size, stride, out_size, **view_options)
                 total = p if total is None else total + p
                 n += 1
         return total / n
+
+    def view_probs(self, x: torch.Tensor, flip: bool, mode, crop_size, stride, out_size) -> torch.Tensor:
+        """Probabilities of one test view at ``out_size``: :meth:`predict` of ``x`` (mirrored and back with
+        ``flip``)."""
+        return self.predict(x, mode, crop_size, stride, out_size=out_size, flip=flip)
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:

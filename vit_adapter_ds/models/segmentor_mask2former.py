@@ -18,13 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vit_adapter_ds.config.errors import ConfigError
-from vit_adapter_ds.config.keys import check_keys, take
+from ..config.errors import ConfigError
+from ..config.keys import check_keys, take
 
 from .heads.common import resize
 from .heads.mask2former import Mask2FormerHead
 from .segmentor import EncoderDecoder
-from .test_time_resize import KeepRatioResize
 
 MODEL_KEYS = {"type", "pretrained", "backbone", "decode_head", "neck", "auxiliary_head", "train_cfg", "test_cfg",
               "init_cfg"}
@@ -50,42 +49,24 @@ class EncoderDecoderMask2Former(EncoderDecoder):
         losses["loss"] = sum(losses.values())
         return losses
 
-    @torch.no_grad()
-    def aug_test(self, img: torch.Tensor, scales=(None,), flip: bool = True, size_divisor: int | None = None,
-                 mode: str | None = None, crop_size=None, stride=None, out_size=None, resize_rule=None,
-                 pad_short_side: int | None = None, pad_value=0.0) -> torch.Tensor:
-        """Multi-scale (+ flip) test. Without ``pad_short_side``: EncoderDecoder's. With it, per scale and flip:
-        resize by ``resize_rule`` (default ``KeepRatioResize(size_divisor)``: Resize(keep_ratio) +
-        ResizeToMultiple), flip, pad bottom/right with ``pad_value`` to ``max(side, pad_short_side)``, whole/slide
-        scores, crop the padding off, resize to ``out_size`` (default: input size), softmax, flip back; returns the
-        mean probability map (N, C, h, w).
+    def view_probs(self, x: torch.Tensor, flip: bool, mode, crop_size, stride, out_size,
+                   pad_short_side: int | None = None, pad_value=0.0) -> torch.Tensor:
+        """One view of :meth:`aug_test` (``aug_test(..., pad_short_side=896, pad_value=...)`` gives the official
+        ``_ms`` test). Without ``pad_short_side``: EncoderDecoder's. With it: flip, pad bottom/right with
+        ``pad_value`` to ``max(side, pad_short_side)``, whole/slide scores, crop the padding off, resize to
+        ``out_size``, softmax, flip back.
 
         ``pad_value`` is in the normalised image space: ``0.0`` where the official pipeline pads after
         ``Normalize`` (BEiTv2 ADE20K ``_ms``), :func:`black_pad_value` (``-mean / std`` per channel) where it pads
         before (BEiT ``_ms`` configs). (The official ``EncoderDecoderMask2FormerAug`` removes the padding only in
         slide mode, the mode of every official ``_ms`` config; here it is removed in both modes.)"""
         if pad_short_side is None:
-            return super().aug_test(img, scales, flip, size_divisor, mode, crop_size, stride, out_size,
-                                    **({"resize_rule": resize_rule} if resize_rule is not None else {}))
-        if resize_rule is None:
-            resize_rule = KeepRatioResize(size_divisor)
-        elif size_divisor is not None:
-            raise ValueError("give either a resize rule or size_divisor, not both")
-        h, w = img.shape[2:]
-        out_size = tuple(out_size) if out_size is not None else (h, w)
-        total, n = None, 0
-        for scale in scales:
-            sh, sw = resize_rule(h, w, scale)
-            x = resize(img, (sh, sw), align_corners=False)
-            for f in ((False, True) if flip else (False,)):
-                xf = pad_bottom_right(x.flip(3) if f else x, max(sh, pad_short_side), max(sw, pad_short_side),
-                                      pad_value)
-                scores = self.logits(xf, mode, crop_size, stride)[:, :, :sh, :sw]
-                prob = resize(scores, out_size, self.align_corners).softmax(dim=1)
-                prob = prob.flip(3) if f else prob
-                total = prob if total is None else total + prob
-                n += 1
-        return total / n
+            return super().view_probs(x, flip, mode, crop_size, stride, out_size)
+        sh, sw = x.shape[2:]
+        xf = pad_bottom_right(x.flip(3) if flip else x, max(sh, pad_short_side), max(sw, pad_short_side), pad_value)
+        scores = self.logits(xf, mode, crop_size, stride)[:, :, :sh, :sw]
+        prob = resize(scores, out_size, self.align_corners).softmax(dim=1)
+        return prob.flip(3) if flip else prob
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "model", backbone: nn.Module | None = None
