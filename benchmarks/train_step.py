@@ -1,102 +1,304 @@
 #!/usr/bin/env python
-"""Training-step benchmark: UperNet + ViT-Adapter-T/S at 512x512 (the official recipes' model), one process.
+"""Training-step benchmark of the official recipes' models, one process per configuration.
 
-One step = forward (loss dict) + backward + AdamW step, batch ``--batch`` (official: 2 per GPU). Each configuration
-runs in a fresh subprocess so that the peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS of the process,
-which includes ~1 GB of imported libraries, reported separately as the baseline) belongs to it alone.
+Models (``--models``; ``--sizes`` is the older name of the same option):
 
-    python benchmarks/train_step.py                       # T and S, fp32 / fp32+with_cp / bf16, CPU or GPU
-    python benchmarks/train_step.py --sizes tiny --iters 3 --json out.json
+* ``tiny`` / ``small``: UperNet + ViT-Adapter-T/S, 512x512, 150 classes (official batch 2 per GPU);
+* ``m2f_l896``: Mask2Former + BEiT-Adapter-L, 896x896, 150 classes (``mask2former_beit_adapter_large_896_80k_ade20k_ss``,
+  official batch 1 per GPU) -- a GPU size;
+* ``m2f_cpu``: the same structure reduced to the ``synthetic_mask2former`` recipe (embed 96, depth 4, 64-channel
+  head, 16 queries), 128x128, 8 classes -- the CPU size;
+* ``det_l``: Mask R-CNN + detection ViT-Adapter-L (``mask_rcnn_augreg_adapter_large_fpn_3x_coco``), 800x1344
+  (the largest DETR-style training scale, padded to 32), 80 classes, batch 2 per GPU -- a GPU size;
+* ``det_cpu``: Mask R-CNN reduced to the ``synthetic_mask_rcnn`` recipe, 128x128, 7 classes -- the CPU size;
+* ``htc_l``: HTC++ BEiT-Adapter-L -- reported as skipped: its HybridTaskCascadeRoIHead is not implemented yet.
+
+One step = forward (loss dict) + backward + AdamW step on random images (segmentation: blocky label maps with
+a dozen classes per image; detection: 4 boxes with rectangle masks per image). Modes (``--modes``)::
+
+    fp32 | bf16 [+cp]                 bare PyTorch; bf16 = torch.autocast around the forward (fp32 weights)
+    zero2:bf16+cp, zero3:fp32, ...    one-process deepspeed.initialize (ZeRO stage 0-3, DeepSpeed's own
+                                      fp32 / bf16 / fp16: the whole model cast, fp32 master weights)
+
+``+cp`` = activation checkpointing: ``model.backbone.with_cp`` and, for Mask2Former, the ``with_cp`` of the
+pixel-decoder and transformer-decoder FFNs (as the official recipe); without ``+cp`` all of them are off.
+Each configuration runs in a fresh subprocess so that the peak memory belongs to it alone: CUDA
+``max_memory_allocated`` (reported as GB per image = peak / batch as well), CPU peak RSS of the process, which
+includes the imported libraries (reported separately as the baseline; ``extra`` = peak - baseline).
+Step time = median of ``--iters`` steps after ``--warmup``; ratios (time: best step, memory: peak, CPU: extra)
+are against the first mode given, same model, same invocation.
+
+    python benchmarks/train_step.py                                     # tiny + small, fp32 / fp32+cp / bf16
+    python benchmarks/train_step.py --models m2f_cpu det_cpu --modes fp32 fp32+cp bf16 --iters 2
+    python benchmarks/train_step.py --models m2f_l896 det_l --modes bf16+cp bf16 fp32+cp fp32 \\
+        zero2:bf16+cp zero3:bf16+cp --json out.json                     # GPU
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import time
 
-RECIPES = {"tiny": "upernet_deit_adapter_tiny_512_160k_ade20k", "small": "upernet_deit_adapter_small_512_160k_ade20k"}
+M2F_HEAD_CP = ("model.decode_head.pixel_decoder.encoder.transformerlayers.ffn_cfgs.with_cp",
+               "model.decode_head.transformer_decoder.transformerlayers.ffn_cfgs.with_cp")
+
+MODELS = {
+    "tiny": dict(task="seg", recipe="upernet_deit_adapter_tiny_512_160k_ade20k", size=(512, 512), classes=150,
+                 batch=2, label="ViT-Adapter-T + UperNet"),
+    "small": dict(task="seg", recipe="upernet_deit_adapter_small_512_160k_ade20k", size=(512, 512), classes=150,
+                  batch=2, label="ViT-Adapter-S + UperNet"),
+    "m2f_l896": dict(task="seg", recipe="mask2former_beit_adapter_large_896_80k_ade20k_ss", size=(896, 896),
+                     classes=150, batch=1, head_cp=M2F_HEAD_CP, label="BEiT-Adapter-L + Mask2Former"),
+    "m2f_cpu": dict(task="seg", recipe="synthetic_mask2former", size=(128, 128), classes=8, batch=2,
+                    head_cp=M2F_HEAD_CP, label="synthetic ViT-Adapter + Mask2Former"),
+    "det_l": dict(task="det", recipe="mask_rcnn_augreg_adapter_large_fpn_3x_coco", size=(800, 1344), classes=80,
+                  batch=2, label="ViT-Adapter-L + Mask R-CNN"),
+    "det_cpu": dict(task="det", recipe="synthetic_mask_rcnn", size=(128, 128), classes=7, batch=2,
+                    label="synthetic ViT-Adapter + Mask R-CNN"),
+    "htc_l": dict(task="skip", label="BEiT-Adapter-L + HTC++",
+                  why="HTC++ is not runnable yet (vit_adapter_ds.models.detectors has its parts but no "
+                      "HybridTaskCascadeRoIHead / recipe)"),
+}
+MODE_RE = re.compile(r"^(?:zero([0-3]):)?(fp32|bf16|fp16)(\+cp)?$")
 
 
-def one(size: str, with_cp: bool, dtype: str, batch: int, iters: int, warmup: int, device: str) -> dict:
+def parse_mode(mode: str) -> dict:
+    """``'zero2:bf16+cp'`` -> ``{'zero': 2, 'dtype': 'bf16', 'with_cp': True}`` (``zero`` None: bare PyTorch)."""
+    m = MODE_RE.match(mode)
+    if not m:
+        raise ValueError(f"mode {mode!r}: expected [zero0-3:]fp32|bf16|fp16[+cp]")
+    zero = None if m.group(1) is None else int(m.group(1))
+    if zero is None and m.group(2) == "fp16":
+        raise ValueError(f"mode {mode!r}: fp16 needs loss scaling; use it under DeepSpeed (zeroN:fp16)")
+    return {"zero": zero, "dtype": m.group(2), "with_cp": bool(m.group(3))}
+
+
+def build(name: str, with_cp: bool):
+    """The model of ``MODELS[name]`` with random init and every checkpointing switch set to ``with_cp``."""
+    spec = MODELS[name]
+    if spec["task"] == "seg":
+        from vit_adapter_ds.config import load_recipe
+        from vit_adapter_ds.models.registry import build_model
+
+        opts = [f"model.backbone.with_cp={with_cp}", "model.pretrained=None"]
+        opts += [f"{key}={with_cp}" for key in spec.get("head_cp", ())]
+        cfg = load_recipe(spec["recipe"], opts)
+        return build_model(cfg.model, load_pretrained=False)
+    from mmengine import Config
+
+    from vit_adapter_ds.models.detectors import MaskRCNN
+    from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
+
+    cfg = Config.fromfile(str(DETECTION_RECIPES[spec["recipe"]]))
+    cfg.merge_from_dict({"model.backbone.with_cp": with_cp})
+    model = cfg.model.to_dict()
+    model.pop("pretrained", None)
+    model["backbone"].pop("pretrained", None)
+    return MaskRCNN.from_config(model)
+
+
+def make_batch(name: str, batch: int, device: str, seed: int = 0):
+    """Random images and targets of the model's size (see the module docstring)."""
     import torch
 
-    from vit_adapter_ds.config import load_recipe
-    from vit_adapter_ds.models.registry import build_model
+    spec = MODELS[name]
+    g = torch.Generator().manual_seed(seed)
+    h, w = spec["size"]
+    img = torch.randn(batch, 3, h, w, generator=g)
+    if spec["task"] == "seg":
+        cells = (max(2, h // 64), max(2, w // 64))
+        maps = []
+        for _ in range(batch):
+            present = torch.randperm(spec["classes"], generator=g)[:min(12, spec["classes"])]
+            coarse = present[torch.randint(0, len(present), cells, generator=g)]
+            maps.append(torch.nn.functional.interpolate(coarse[None, None].float(), size=(h, w),
+                                                        mode="nearest")[0, 0].long())
+        return img.to(device), torch.stack(maps).to(device)
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = (0.15 + 0.25 * torch.rand(4, 2, generator=g)) * torch.tensor([w, h])
+        boxes = torch.cat([xy, xy + wh], 1).round()
+        masks = torch.zeros(4, h, w, dtype=torch.uint8)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+            masks[k, y0:y1, x0:x1] = 1
+        targets.append({"boxes": boxes.to(device), "labels": torch.randint(0, spec["classes"], (4,), generator=g)
+                        .to(device), "masks": masks.to(device)})
+    return img.to(device), targets
 
+
+def _deepspeed_engine(model, opt, zero: int, dtype: str, batch: int):
+    import deepspeed
+
+    from vit_adapter_ds import runtime as rt
+
+    rt.init_distributed(timeout_s=300)
+    cfg = {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
+           "zero_optimization": {"stage": zero}, "bf16": {"enabled": dtype == "bf16"},
+           "fp16": {"enabled": dtype == "fp16", "initial_scale_power": 16}, "steps_per_print": 10**9}
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    return engine
+
+
+def one(name: str, mode: str, batch: int, iters: int, warmup: int, device: str) -> dict:
+    """Run one configuration in this process and return its figures."""
+    import torch
+
+    import vit_adapter_ds.models.registry  # noqa: F401  (imported before the baseline is read)
+
+    m = parse_mode(mode)
+    cuda = device.startswith("cuda")
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cfg = load_recipe(RECIPES[size], [f"model.backbone.with_cp={with_cp}", "model.pretrained=None"])
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device).train()
+    model = build(name, m["with_cp"]).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    img = torch.randn(batch, 3, 512, 512, device=device)
-    gt = torch.randint(0, 150, (batch, 512, 512), device=device)
-    amp = dtype == "bf16"
-    times = []
-    if device.startswith("cuda"):
+    img, target = make_batch(name, batch, device)
+    step_model = model
+    if m["zero"] is not None:
+        step_model = _deepspeed_engine(model, opt, m["zero"], m["dtype"], batch)
+        img = img.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[m["dtype"]])
+    amp = m["zero"] is None and m["dtype"] == "bf16"
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
     for i in range(warmup + iters):
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
-                            enabled=amp):
-            loss = model(img, gt)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = step_model(img, target)["loss"]
+        if m["zero"] is None:
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            step_model.backward(loss)
+            step_model.step()
+        if cuda:
             torch.cuda.synchronize()
+        losses.append(float(loss.detach()))
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"size": size, "with_cp": with_cp, "dtype": dtype, "batch": batch, "device": device,
-            "step_s": sorted(times)[len(times) // 2], "steps": len(times), "peak_mb": round(peak),
-            "baseline_rss_mb": round(base_rss), "loss": float(loss)}
+    step_s = sorted(times)[len(times) // 2]
+    return {"model": name, "mode": mode, "with_cp": m["with_cp"], "dtype": m["dtype"], "zero": m["zero"],
+            "batch": batch, "size": list(MODELS[name]["size"]), "device": device, "step_s": step_s,
+            "best_step_s": min(times), "images_per_s": batch / step_s, "steps": len(times), "peak_mb": round(peak),
+            "gb_per_image": round(peak / 1024 / batch, 3), "baseline_rss_mb": None if cuda else round(base_rss),
+            "extra_mb": None if cuda else round(peak - base_rss), "losses": losses,
+            "finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses))}
 
 
-def main() -> int:
+def _best(r: dict) -> float:
+    return r.get("best_step_s", r["step_s"])
+
+
+def _memory(r: dict) -> float:
+    return r["peak_mb"] if r["extra_mb"] is None else r["extra_mb"]
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """Time (best step: the least disturbed by other jobs on a shared machine) and memory (CPU: above the import
+    baseline) of each result against the first result of the same model."""
+    ref, out = {}, []
+    for r in results:
+        base = ref.setdefault(r["model"], r)
+        out.append({"model": r["model"], "mode": r["mode"], "vs": base["mode"],
+                    "time_x": round(_best(r) / _best(base), 3),
+                    "memory_x": round(_memory(r) / max(_memory(base), 1), 3)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(RECIPES))
-    p.add_argument("--modes", nargs="+", default=["fp32", "fp32+cp", "bf16"], choices=["fp32", "fp32+cp", "bf16",
-                                                                                        "bf16+cp"])
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--models", "--sizes", dest="models", nargs="+", default=["tiny", "small"], choices=list(MODELS))
+    p.add_argument("--modes", nargs="+", default=["fp32", "fp32+cp", "bf16"],
+                   help="[zero0-3:]fp32|bf16|fp16[+cp]; the first is the reference of the ratios")
+    p.add_argument("--batch", type=int, default=None, help="default: the model's official per-GPU batch")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default=None)
-    p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
-    a = p.parse_args()
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="skip the remaining configurations once this many seconds have passed")
+    p.add_argument("--timeout-s", type=float, default=None, help="wall-clock limit of each configuration")
+    p.add_argument("--json", default=None, help="also write the results here (rewritten after every configuration)")
+    p.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    for mode in a.modes:
+        try:
+            parse_mode(mode)
+        except ValueError as e:
+            p.error(str(e))
     import torch
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a._one:
-        size, mode, _ = a._one
-        r = one(size, mode.endswith("+cp"), mode.split("+")[0], a.batch, a.iters, a.warmup, device)
+        name, mode = a._one
+        r = one(name, mode, a.batch or MODELS[name]["batch"], a.iters, a.warmup, device)
         print("RESULT " + json.dumps(r))
         return 0
-    results = []
-    print(f"device {device}, batch {a.batch}, 512x512, median of {a.iters} steps after {a.warmup} warm-up, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'model':<8}{'mode':<10}{'step (s)':>10}{'peak (MB)':>11}{'imports (MB)':>14}")
-    for size in a.sizes:
+    start = time.monotonic()
+    results, skipped = [], []
+
+    def save():
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                           "iters": a.iters, "warmup": a.warmup, "results": results,
+                           "ratios": ratios(results), "skipped": skipped}, f, indent=1)
+
+    print(f"device {device}, median of {a.iters} steps after {a.warmup} warm-up, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
+    print(f"{'model':<10}{'mode':<16}{'batch':>6}{'step (s)':>10}{'img/s':>8}{'peak (MB)':>11}{'GB/img':>8}"
+          f"{'extra (MB)':>12}")
+    for name in a.models:
+        spec = MODELS[name]
+        if spec["task"] == "skip":
+            skipped.append({"model": name, "why": spec["why"]})
+            print(f"{name:<10}skipped: {spec['why']}", flush=True)
+            continue
         for mode in a.modes:
-            cmd = [sys.executable, __file__, "--_one", size, mode, "x", "--batch", str(a.batch), "--iters",
-                   str(a.iters), "--warmup", str(a.warmup), "--device", device]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+            if a.budget_s is not None and time.monotonic() - start > a.budget_s:
+                skipped.append({"model": name, "mode": mode, "why": f"time budget of {a.budget_s:.0f} s spent"})
+                print(f"{name:<10}{mode:<16} skipped: time budget of {a.budget_s:.0f} s spent", flush=True)
+                continue
+            if parse_mode(mode)["zero"] is not None:
+                try:
+                    import deepspeed  # noqa: F401
+                except Exception as e:  # ImportError, or a broken install raising anything on import
+                    skipped.append({"model": name, "mode": mode, "why": f"deepspeed does not import: {e}"})
+                    print(f"{name:<10}{mode:<16} skipped: deepspeed does not import ({e})", flush=True)
+                    continue
+            cmd = [sys.executable, os.path.abspath(__file__), "--_one", name, mode, "--iters", str(a.iters),
+                   "--warmup", str(a.warmup), "--device", device]
+            if a.batch:
+                cmd += ["--batch", str(a.batch)]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=a.timeout_s)
+            except subprocess.TimeoutExpired:
+                skipped.append({"model": name, "mode": mode, "why": f"timed out after {a.timeout_s:.0f} s"})
+                print(f"{name:<10}{mode:<16} timed out after {a.timeout_s:.0f} s", flush=True)
+                continue
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not line:
-                print(f"{size:<8}{mode:<10} failed: {out.stderr[-500:]}")
+                skipped.append({"model": name, "mode": mode, "why": "failed: " + out.stderr[-1500:]})
+                print(f"{name:<10}{mode:<16} failed: {out.stderr[-1500:]}", flush=True)
                 continue
             r = json.loads(line[0][7:])
             results.append(r)
-            print(f"{size:<8}{mode:<10}{r['step_s']:>10.2f}{r['peak_mb']:>11}{r['baseline_rss_mb']:>14}", flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
+            extra = "" if r["extra_mb"] is None else r["extra_mb"]
+            print(f"{name:<10}{mode:<16}{r['batch']:>6}{r['step_s']:>10.3f}{r['images_per_s']:>8.2f}"
+                  f"{r['peak_mb']:>11}{r['gb_per_image']:>8.2f}{extra:>12}", flush=True)
+            save()
+    for q in ratios(results):
+        if q["mode"] != q["vs"]:
+            print(f"{q['model']}: {q['mode']} vs {q['vs']}: time x{q['time_x']:.2f}, memory x{q['memory_x']:.2f}")
+    save()
     return 0
 
 
