@@ -100,3 +100,19 @@ def test_gpu_all_dry_run(tmp_path):
     assert len(parts["backbone"]["result"]["rows"]) == 4
     text = (tmp_path / "gpu_section.md").read_text()
     assert text.startswith(gpu_all.BEGIN) and text.rstrip().endswith(gpu_all.END) and "DRY RUN" in text
+
+
+@pytest.mark.parametrize("name,params_m", [("m2f_l896", 570.7), ("det_l", 347.9)])
+def test_gpu_sizes_build_with_every_checkpoint_switch(name, params_m):
+    """The GPU configurations build (on the meta device) and ``+cp`` reaches the backbone and the head FFNs;
+    parameter counts as the official papers' tables (Mask2Former BEiT-Adapter-L 571M, Mask R-CNN ViT-Adapter-L
+    347.9M)."""
+    import torch
+
+    for cp in (False, True):
+        with torch.device("meta"):
+            model = train_step.build(name, cp)
+        flags = {type(m).__name__: bool(m.with_cp) for m in model.modules() if hasattr(m, "with_cp")}
+        want = {"Injector", "Extractor"} | ({"BEiTBlock", "FFN"} if name == "m2f_l896" else {"Block"})
+        assert flags == dict.fromkeys(want, cp)
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, abs=0.1)
