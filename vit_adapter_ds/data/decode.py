@@ -36,6 +36,8 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from .remote import open_shard
+
 IMAGE_EXTS = ("jpg", "jpeg", "png")
 MAX_PIXELS = 1 << 26  # 67M pixels (8192 x 8192): larger files are refused (below PIL's decompression-bomb warning)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -114,7 +116,7 @@ class ShardReader:
         if f is None:
             path = os.path.join(self.dir, self.names[shard])
             try:
-                f = self._files[shard] = open(path, "rb")
+                f = self._files[shard] = open_shard(path)  # a URL: ranged reads (data/remote.py)
             except OSError as e:
                 raise BadSample(f"cannot open shard: {e}") from e
         out = {}

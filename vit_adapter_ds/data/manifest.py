@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 
+from . import remote
 from .shard_writer import FORMAT, MANIFEST
 
 
@@ -139,6 +140,10 @@ def read_manifest(shard_dir, split=None):
     samples: [[key, {ext: [offset, size]}], ...]}], ...) plus ``shard_dir``: the resolved folder.
     Raises :class:`ShardSetError` for anything inconsistent (see :func:`check_manifest`).
     """
+    if remote.is_remote(shard_dir):  # s3:// gs:// https://...: ranged reads through fsspec (data/remote.py)
+        d, m = remote.load_manifest(shard_dir, split, MANIFEST)
+        check_manifest(m, remote.join(d, MANIFEST))
+        return dict(m, shard_dir=d)
     d = resolve_shard_dir(shard_dir, split)
     path = os.path.join(d, MANIFEST)
     try:
@@ -177,6 +182,8 @@ def verify_shards(shard_dir, manifest, mode="size"):
     if mode == "none":
         return
     d = manifest.get("shard_dir", shard_dir)
+    if remote.is_remote(d):
+        return remote.verify_shards(d, manifest, mode)
     for s in manifest["shards"]:
         p = os.path.join(d, s["name"])
         if not os.path.isfile(p) or not os.access(p, os.R_OK):

@@ -59,7 +59,7 @@ def prepare(args, world_size: int):
                                 "with --cfg-options model.pretrained=None)")
     for split in ("train", "val"):
         shard_dir = (cfg.data.get(split) or {}).get("shard_dir")
-        if shard_dir and not Path(shard_dir).exists():
+        if shard_dir and "://" not in str(shard_dir) and not Path(shard_dir).exists():  # URLs: data/remote.py
             raise FileNotFoundError(f"data.{split}.shard_dir {shard_dir} not found; write shards first, e.g. "
                                     "python -m vit_adapter_ds.data.make_shards synthetic ...")
     resume = args.resume or cfg.get("resume_from")
