@@ -234,3 +234,42 @@ def test_two_network_namespaces_as_two_hosts(ref, tmp_path):
     a, b = losses(ref), losses(work)
     assert [b[i]["loss"] for i in range(1, ITERS + 1)] == [a[i]["loss"] for i in range(1, ITERS + 1)]
     assert_same_weights(final_weights(work), final_weights(ref))
+
+
+def _fake_save(root, it, files):
+    from vit_adapter_ds.engine.checkpoint import file_manifest
+    d = root / f"iter_{it}"
+    d.mkdir(parents=True)
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    (d / "COMPLETE").write_text(json.dumps({"iteration": it, "world_size": 2, "files": file_manifest(d)}))
+    return d
+
+
+@pytest.mark.parametrize("damage", ["cut", "missing", "flipped"])
+def test_damaged_newest_checkpoint_falls_back(tmp_path, damage):
+    """Unit level (no processes): each kind of damage to the newest tag is named and the previous tag is chosen;
+    an explicitly named damaged tag is refused; a marker without a file list (older saves) is accepted."""
+    from vit_adapter_ds.engine.checkpoint import find_resume, verify
+    root = tmp_path / "checkpoints"
+    files = {"mp_rank_00_model_states.pt": b"m" * 100, "zero_pp_rank_1_mp_rank_00_optim_states.pt": b"o" * 300,
+             "extra_rank1.pt": b"e" * 50}
+    _fake_save(root, 2, files)
+    new = _fake_save(root, 4, files)
+    victim = new / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    if damage == "cut":
+        victim.write_bytes(b"o" * 120)
+    elif damage == "missing":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"o" * 299 + b"x")
+    want = {"cut": "120 bytes, the save wrote 300", "missing": "missing", "flipped": "CRC-32"}[damage]
+    reports = []
+    tag, meta = find_resume("auto", tmp_path, report=reports.append)
+    assert tag.name == "iter_2" and meta["iteration"] == 2
+    assert len(reports) == 1 and f"{victim}: {want}" in reports[0], reports
+    with pytest.raises(RuntimeError, match="damaged"):
+        find_resume(str(new), tmp_path)
+    meta4 = json.loads((new / "COMPLETE").read_text())
+    assert verify(new, dict(meta4, files=None)) == []
+
