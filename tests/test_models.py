@@ -287,6 +287,34 @@ def test_cpu_attention_rounds_like_the_official_code(dtype):
         assert torch.equal(xa.grad, xb.grad), type(module).__name__
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dwconv_rounds_like_the_official_code(batch):
+    """The ConvFFN depth-wise conv sees contiguous NCHW maps, as in the official code: bit-equal outputs and
+    gradients (on strided views conv2d picks other kernels, which round differently for batch > 1)."""
+    from vit_adapter_ds.models.backbones.adapter import DWConv
+
+    torch.manual_seed(0)
+    m = DWConv(48)
+    H, W = 6, 10
+    n = H * W // 4
+    x = torch.randn(batch, 21 * n, 48)
+
+    def official(x):
+        B, N, C = x.shape
+        x1 = x[:, 0:16 * n, :].transpose(1, 2).view(B, C, H * 2, W * 2).contiguous()
+        x2 = x[:, 16 * n:20 * n, :].transpose(1, 2).view(B, C, H, W).contiguous()
+        x3 = x[:, 20 * n:, :].transpose(1, 2).view(B, C, H // 2, W // 2).contiguous()
+        return torch.cat([m.dwconv(t).flatten(2).transpose(1, 2) for t in (x1, x2, x3)], dim=1)
+
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = m(xa, H, W), official(xb)
+    w = torch.randn(ya.shape)
+    ga = torch.autograd.grad((ya * w).sum(), (xa, m.dwconv.weight, m.dwconv.bias))
+    gb = torch.autograd.grad((yb * w).sum(), (xb, m.dwconv.weight, m.dwconv.bias))
+    assert torch.equal(ya, yb)
+    assert all(torch.equal(a, b) for a, b in zip(ga, gb))
+
+
 def test_beit_windowed_attention_pads_tokens_before_qkv():
     """Detection BEiT: padded tokens are zeros *before* the projection, so their value is v_bias (not 0)."""
     torch.manual_seed(0)

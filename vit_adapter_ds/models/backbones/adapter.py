@@ -58,9 +58,11 @@ class DWConv(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         b, n, c = x.shape
         n = n // 21
-        x1 = x[:, 0:16 * n, :].transpose(1, 2).reshape(b, c, H * 2, W * 2)
-        x2 = x[:, 16 * n:20 * n, :].transpose(1, 2).reshape(b, c, H, W)
-        x3 = x[:, 20 * n:, :].transpose(1, 2).reshape(b, c, H // 2, W // 2)
+        # .contiguous() as in the official code: conv2d takes other kernels (other float32 rounding) for these
+        # strided views than for the official contiguous NCHW maps.
+        x1 = x[:, 0:16 * n, :].transpose(1, 2).reshape(b, c, H * 2, W * 2).contiguous()
+        x2 = x[:, 16 * n:20 * n, :].transpose(1, 2).reshape(b, c, H, W).contiguous()
+        x3 = x[:, 20 * n:, :].transpose(1, 2).reshape(b, c, H // 2, W // 2).contiguous()
         parts = [self.dwconv(p).flatten(2).transpose(1, 2) for p in (x1, x2, x3)]
         return torch.cat(parts, dim=1)
 
