@@ -57,6 +57,8 @@ def test_real_parts_train_resume_and_outputs(tmp_path, shards):
     assert list((ref / "predictions" / "iter_4").glob("*.png"))
     assert list((ref / "tensorboard").glob("events.out.tfevents.*"))
     assert (ref / "config.py").is_file() and (ref / "ds_config.json").is_file()
+    best = json.loads((ref / "checkpoints" / "best.json").read_text())  # the recipe's evaluation.save_best='mIoU'
+    assert best["metric"] == "mIoU" and best["tag"] == "iter_4" and best["value"] == val[-1]["mIoU"]
 
     # learning rates: mmcv poly(1.0) + linear warm-up by hand, times 0.95 ** (num_layers + 1 - layer_id)
     from vit_adapter_ds.config import load_recipe
