@@ -48,6 +48,7 @@ setup(
         "numpy",
         "scipy>=1.10",
         "tqdm",
+        "pillow",      # the reference reader of image and label files (data/decode.py)
     ],
     extras_require={
         "train": ["deepspeed>=0.16", "webdataset>=0.2", "mmengine>=0.10", "tensorboard", "pycocotools"],
