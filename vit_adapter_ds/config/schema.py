@@ -83,6 +83,29 @@ def _loss_scale(value, where):
 POS_INT = _t(int, minimum=1)
 PAIR = _seq(_t(int, minimum=1), length=2)
 METRICS = ("mIoU", "aAcc", "mAcc")
+# detection (evaluation/coco.py): '<bbox|segm>_<name>' for the COCO summary names
+DET_METRICS = tuple(f"{t}_{n}" for t in ("bbox", "segm")
+                    for n in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"))
+EVAL_METRICS = ("mIoU", "bbox", "segm")  # evaluation.metric: 'mIoU' (segmentation) or 'bbox' / 'segm' (detection)
+
+
+def _metric(value, where):
+    """``evaluation.metric``: one name or a non-empty list of names of EVAL_METRICS."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(f"recipe: {where} must not be empty")
+        return [_t(str, choices=EVAL_METRICS)(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _t(str, choices=EVAL_METRICS)(value, where)
+
+
+def _steps(value, where):
+    """``lr_config.step``: a positive period or an increasing list of positive milestones (iterations)."""
+    if isinstance(value, (list, tuple)):
+        items = [_t(int, minimum=1)(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if not items or items != sorted(items):
+            raise ConfigError(f"recipe: {where} must be a non-empty increasing list of iterations, got {value!r}")
+        return items
+    return _t(int, minimum=1)(value, where)
 
 SECTIONS: dict[str, dict] = {
     "optimizer": {
@@ -97,15 +120,19 @@ SECTIONS: dict[str, dict] = {
                                                                                               choices=(2, 2.0))},
                            allow_none=True),
         "max_nonfinite_steps": _t(int, minimum=0)},  # engine/trainer.py: consecutive NaN/Inf steps skipped
-    "lr_config": {  # the schedule (engine/schedule.py) implements exactly these
-        "policy": _t(str, choices=("poly",)), "warmup": _t(str, type(None), choices=(None, "linear")),
+    "lr_config": {  # the schedules (engine/schedule.py) implement exactly these; by iteration only
+        "policy": _t(str, choices=("poly", "step")), "warmup": _t(str, type(None), choices=(None, "linear")),
         "warmup_iters": _t(int, minimum=0), "warmup_ratio": _t(float, minimum=0), "power": _t(float),
-        "min_lr": _t(float, minimum=0), "by_epoch": _t(bool, choices=(False,))},
+        "min_lr": _t(float, type(None), minimum=0), "by_epoch": _t(bool, choices=(False,)),
+        "step": _steps, "gamma": _t(float, minimum=0, exclusive=True)},  # step: milestones (or period) in iterations
+    # Epoch-based runners are not accepted (yet): the engine counts iterations. The official detection recipes
+    # (EpochBasedRunner, max_epochs=36, step=[27, 33] in epochs) therefore stay in recipes/detection/ until an
+    # epoch -> iteration conversion (len_per_epoch of the train loader) exists; synthetic_mask_rcnn is iteration-based.
     "runner": {"type": _t(str, choices=("IterBasedRunner",)), "max_iters": POS_INT},
     "checkpoint_config": {"by_epoch": _t(bool, choices=(False,)), "interval": POS_INT, "max_keep_ckpts": _max_keep},
     "evaluation": {
-        "interval": POS_INT, "metric": _t(str, choices=("mIoU",)),
-        "save_best": _t(str, type(None), choices=(None, "auto", *METRICS)),
+        "interval": POS_INT, "metric": _metric,
+        "save_best": _t(str, type(None), choices=(None, "auto", *METRICS, *DET_METRICS)),
         "img_scale": _seq(_t(int, minimum=1), length=2, allow_none=True),
         "size_divisor": _t(int, type(None), minimum=1), "img_ratios": _seq(_t(float, minimum=0, exclusive=True),
                                                                            allow_none=True),
@@ -120,6 +147,22 @@ SECTIONS: dict[str, dict] = {
 SCALARS = {"load_from": _t(str, type(None)), "resume_from": _t(str, type(None)), "seed": _t(int, type(None)),
            "work_dir": _t(str, type(None)), "global_batch_size": _t(int, type(None), minimum=1)}
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
+
+
+POLICY_ONLY_KEYS = {"poly": ("power",), "step": ("step", "gamma")}  # lr_config keys only one policy uses
+
+
+def _check_policy(lr_config) -> None:
+    """``lr_config.policy='step'`` needs ``step``; a key of the other policy is refused."""
+    policy = lr_config.get("policy", "poly")
+    if policy == "step" and "step" not in lr_config:
+        raise ConfigError("recipe: lr_config.policy='step' needs lr_config.step (milestones in iterations, or one "
+                          "period)")
+    for other, keys in POLICY_ONLY_KEYS.items():
+        for key in keys:
+            if other != policy and key in lr_config:
+                raise ConfigError(f"recipe: lr_config.{key} is not a key of policy={policy!r} (it belongs to "
+                                  f"policy={other!r})")
 
 
 def check_section(node, spec: dict, where: str) -> None:
@@ -144,6 +187,7 @@ def validate_sections(cfg) -> None:
     for name, check in SCALARS.items():
         if name in cfg:
             check(cfg[name], name)
+    _check_policy(cfg["lr_config"])
     opt = cfg["optimizer"]
     if "lr" not in opt:
         raise ConfigError("recipe: optimizer.lr is required")
@@ -153,7 +197,8 @@ def validate_sections(cfg) -> None:
             raise ConfigError("recipe: LayerDecayOptimizerConstructor needs optimizer.paramwise_cfg with "
                               "num_layers and layer_decay_rate")
     check_section(cfg["data"], {"samples_per_gpu": POS_INT, "workers_per_gpu": _t(int, minimum=0),
-                                "train": _t(Mapping), "val": _t(Mapping, type(None))}, "data")
+                                "train": _t(Mapping), "val": _t(Mapping, type(None)),
+                                "test": _t(Mapping, type(None))}, "data")  # test: launch/eval.py's split
     if "samples_per_gpu" not in cfg["data"]:
         raise ConfigError("recipe: data.samples_per_gpu is required")
     if cfg["data"].get("train") is None:

@@ -44,7 +44,7 @@ from . import checkpoint as ckpt
 from .deepspeed_setup import compute_dtype, precision, zero_stage
 from .logging import RunLogger
 from .optim import param_groups_for_recipe
-from .schedule import PolyWarmupLR
+from .schedule import scheduler_from_config
 
 
 REQUEUE_EXIT_CODE = 3  # launch/train.py's exit status after a signal-triggered checkpoint: "requeue me"
@@ -203,7 +203,7 @@ class Trainer:
         cfg = self.cfg
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=groups, config=self.ds_config,
-            lr_scheduler=lambda opt: PolyWarmupLR.from_config(opt, cfg))
+            lr_scheduler=lambda opt: scheduler_from_config(opt, cfg))
         keep_norm_stats_fp32(self.engine.module)  # bf16/fp16 casts buffers too; statistics stay fp32
         if self.resume_dir is not None:
             state = ckpt.load(self.engine, self.resume_dir)

@@ -7,10 +7,12 @@ raising ``ConfigError`` before any process group or worker starts. Tasks import 
 from __future__ import annotations
 
 from ..config import ConfigError, load_recipe
+from .detection import ObjectDetection
 from .segmentation import SemanticSegmentation
 
 # model.type -> task class
-TASKS = {"EncoderDecoder": SemanticSegmentation, "EncoderDecoderMask2Former": SemanticSegmentation}
+TASKS = {"EncoderDecoder": SemanticSegmentation, "EncoderDecoderMask2Former": SemanticSegmentation,
+         "MaskRCNN": ObjectDetection}
 
 
 def task_for(cfg):
@@ -28,4 +30,4 @@ def load_and_validate(recipe=None, options=None):
     return cfg, task, task.validate()
 
 
-__all__ = ["TASKS", "SemanticSegmentation", "task_for", "load_and_validate"]
+__all__ = ["TASKS", "ObjectDetection", "SemanticSegmentation", "task_for", "load_and_validate"]

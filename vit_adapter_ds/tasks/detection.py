@@ -1,0 +1,227 @@
+"""Object detection / instance segmentation (Mask R-CNN): the detector, the COCO instance shard loaders, COCO AP.
+
+The recipe's sections are the official mmdet ones:
+
+* ``model``: ``type='MaskRCNN'`` and its official keys (``MaskRCNN.from_config`` checks every key); the backbone's
+  ``pretrained`` file is loaded into ``model.backbone`` by :meth:`ObjectDetection.build_model`.
+* ``data.train`` / ``data.val`` (``data.test`` is ``launch/eval.py``'s): ``shard_dir`` (written by
+  ``make_shards coco`` or ``make_shards synthetic --layout coco``), the official ``pipeline`` (translated by
+  :func:`~vit_adapter_ds.data.det_transforms.train_ops_from_pipeline` / ``test_cfg_from_pipeline``, which refuse
+  steps they do not implement), optionally ``type='CocoDataset'`` and the loaders' own keyword arguments
+  (:class:`~vit_adapter_ds.data.detection.DetectionTrainLoader` / ``DetectionValLoader``: ``max_bad_fraction``,
+  ``shuffle``, ``filter_empty_gt``, ...). Batch size, workers, seed, ranks and the number of classes come from the
+  engine and the model.
+* ``evaluation.metric``: ``'bbox'`` and / or ``'segm'`` (COCO AP through pycocotools, every image once over all
+  ranks); the metrics are ``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ...; ``save_best='auto'`` means
+  ``bbox_mAP``.
+
+Training is iteration-based like every task of the engine (``runner=dict(type='IterBasedRunner', max_iters=...)``,
+``lr_config`` with ``by_epoch=False`` and step milestones in iterations); the official 3x recipes
+(``EpochBasedRunner``, 36 epochs) are not accepted by the engine's validation yet.
+"""
+from __future__ import annotations
+
+import timm  # noqa: F401  (timm/torchvision before any DeepSpeed module construction, see the DeepSpeed notes)
+import torchvision  # noqa: F401
+
+from ..config.errors import ConfigError
+from ..config.keys import signature_kwargs, to_plain
+
+DATASET_TYPES = (None, "CocoDataset")  # data.<split>.type: absent or the official name
+# set by the engine / the model / the translated pipeline, never by the recipe's data.<split> dict
+_SUPPLIED = ("batch_size", "num_workers", "seed", "rank", "world_size", "num_classes", "mean", "std", "ops",
+             "transform_kw", "scale")
+
+
+def _section(data: dict, split: str) -> dict:
+    section = data.get(split)
+    if not isinstance(section, dict):
+        raise ConfigError(f"recipe: data.{split} must be a dict with shard_dir and pipeline")
+    if section.get("type") not in DATASET_TYPES:
+        raise ConfigError(f"recipe: data.{split}.type={section.get('type')!r} is not supported by the detection "
+                          f"task; use 'CocoDataset' (COCO instance shards) or leave it out")
+    for key in ("shard_dir", "pipeline"):
+        if key not in section:
+            raise ConfigError(f"recipe: data.{split}.{key} is required")
+    return section
+
+
+def train_loader_kwargs(data: dict) -> dict:
+    """``DetectionTrainLoader`` keyword arguments (without the engine's) from ``data.train``."""
+    from ..data import det_transforms as T
+    from ..data.detection import DetectionTrainLoader
+
+    section = _section(data, "train")
+    kw = signature_kwargs(DetectionTrainLoader.__init__, section, "data.train", skip=("type", "pipeline"),
+                          supplied=_SUPPLIED)
+    tr = T.train_ops_from_pipeline(section["pipeline"], "data.train.pipeline")
+    return {**kw, "ops": tr["ops"], "mean": tr["mean"], "std": tr["std"]}
+
+
+def val_loader_kwargs(data: dict, split: str = "val") -> dict:
+    """``DetectionValLoader`` keyword arguments (without the engine's) from ``data.<split>``."""
+    from ..data import det_transforms as T
+    from ..data.detection import DetectionValLoader
+
+    section = _section(data, split)
+    kw = signature_kwargs(DetectionValLoader.__init__, section, f"data.{split}", skip=("type", "pipeline"),
+                          supplied=_SUPPLIED)
+    te = T.test_cfg_from_pipeline(section["pipeline"], f"data.{split}.pipeline")
+    return {**kw, "scale": te["scale"], "mean": te["mean"], "std": te["std"]}
+
+
+def iou_types(cfg) -> tuple[str, ...]:
+    """``evaluation.metric`` as COCO iou types (default both)."""
+    metric = (cfg.get("evaluation") or {}).get("metric", ["bbox", "segm"])
+    metric = [metric] if isinstance(metric, str) else list(metric)
+    bad = [m for m in metric if m not in ("bbox", "segm")]
+    if bad or not metric:
+        raise ConfigError(f"recipe: evaluation.metric={metric!r}: the detection task evaluates 'bbox' and / or "
+                          "'segm'")
+    return tuple(dict.fromkeys(metric))
+
+
+def draw_prediction(img_chw, pred: dict, score_thr: float = 0.3):
+    """An HxWx3 uint8 picture of ``img_chw`` (uint8, original size) with the predicted masks and boxes above
+    ``score_thr``."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    keep = pred["scores"] >= score_thr
+    out = img_chw
+    if "masks" in pred and bool(keep.any()):
+        out = draw_segmentation_masks(out, pred["masks"][keep].bool().reshape(-1, *out.shape[-2:]), alpha=0.4)
+    if bool(keep.any()):
+        out = draw_bounding_boxes(out, pred["boxes"][keep].float(), width=2,
+                                  labels=[str(int(c)) for c in pred["labels"][keep]])
+    return out.permute(1, 2, 0).contiguous().numpy()
+
+
+class ObjectDetection:
+    name = "object_detection"
+    best_metric = "bbox_mAP"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._num_classes = None
+
+    def _model_cfg(self) -> dict:
+        return to_plain(self.cfg.model)
+
+    def _detector_class(self):
+        from ..models.detectors import DETECTORS
+
+        kind = self._model_cfg().get("type")
+        if kind not in DETECTORS:
+            raise ConfigError(f"recipe: model.type={kind!r} is not a detector; choose one of {sorted(DETECTORS)}")
+        return DETECTORS[kind]
+
+    def _build(self, device=None):
+        import torch
+
+        cls = self._detector_class()
+        if device is None:
+            return cls.from_config(self._model_cfg(), "model")
+        with torch.device(device):
+            return cls.from_config(self._model_cfg(), "model")
+
+    # ------------------------------------------------------------------ validation
+    def validate(self):
+        """Build the detector on the meta device (every model key checked), translate the pipelines and check the
+        loader arguments and ``evaluation.metric``; returns the meta model."""
+        model = self._build("meta")
+        self._num_classes = int(model.num_classes)
+        data = to_plain(self.cfg.data)
+        train_loader_kwargs(data)
+        if data.get("val") is not None:
+            val_loader_kwargs(data, "val")
+        if data.get("test") is not None:
+            val_loader_kwargs(data, "test")
+        iou_types(self.cfg)
+        return model
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = int(self._build("meta").num_classes)
+        return self._num_classes
+
+    def build_model(self, load_pretrained: bool = True):
+        """The detector; with ``load_pretrained`` its backbone loads the recipe's ``pretrained`` file (report kept as
+        ``model.pretrained_report``)."""
+        model = self._build()
+        model.pretrained_report = None
+        if load_pretrained and getattr(model, "pretrained", None):
+            from ..models.factory import load_pretrained as load_backbone_weights
+            model.pretrained_report = load_backbone_weights(model.backbone, model.pretrained)
+        return model
+
+    def build_train_loader(self, rank: int, world_size: int, seed: int):
+        from ..data.detection import DetectionTrainLoader
+
+        data = to_plain(self.cfg.data)
+        return DetectionTrainLoader(batch_size=data["samples_per_gpu"], num_workers=data.get("workers_per_gpu", 0),
+                                    seed=seed, rank=rank, world_size=world_size, num_classes=self.num_classes,
+                                    **train_loader_kwargs(data))
+
+    def build_val_loader(self, rank: int, world_size: int, split: str = "val"):
+        from ..data.detection import DetectionValLoader
+
+        data = to_plain(self.cfg.data)
+        if data.get(split) is None:
+            return None
+        return DetectionValLoader(rank=rank, world_size=world_size, num_workers=0, num_classes=self.num_classes,
+                                  **val_loader_kwargs(data, split))
+
+    def forward_loss(self, model, batch, device, dtype) -> dict:
+        img = batch["img"].to(device, non_blocking=True)
+        img = img.to(dtype) if img.is_floating_point() else img
+        targets = [{k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in t.items()}
+                   for t in batch["targets"]]
+        return model(img, targets)
+
+    def evaluate(self, model, val_loader, dtype, num_vis: int):
+        """COCO AP (``evaluation.metric``) over the validation shards, every image once over all ranks; plus
+        ``num_vis`` pictures of this rank's first validation images with the predictions drawn."""
+        import torch
+
+        from ..evaluation.coco import evaluate_detector
+
+        autocast = dtype if dtype in (torch.float16, torch.bfloat16) else None
+        metrics = evaluate_detector(model, val_loader, val_loader.categories, dtype=autocast,
+                                    iou_types=iou_types(self.cfg))
+        metrics = {k: float(v) for k, v in metrics.items()}
+        return metrics, self._pictures(model, val_loader, autocast, num_vis) if num_vis else []
+
+    @staticmethod
+    def _pictures(model, val_loader, autocast, num_vis: int) -> list:
+        import torch
+
+        from ..data.detection import decode_det_sample
+
+        device = next(model.parameters()).device
+        pictures = []
+        was_training = model.training
+        model.eval()
+        try:
+            for i in val_loader.indices[:num_vis]:
+                img, _, _ = decode_det_sample(val_loader.reader.read_global(int(i)), val_loader.cat2label)
+                img = img.as_subclass(torch.Tensor)
+                x = val_loader_item(val_loader, img)
+                with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+                pred = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+                        for k, v in pred.items()}
+                pictures.append(draw_prediction(img.to(torch.uint8).contiguous(), pred))
+        finally:
+            model.train(was_training)
+        return pictures
+
+
+def val_loader_item(val_loader, img):
+    """The val loader's test transform of one uint8 CHW image: ``{'img': (1, 3, H, W), 'img_shape'}``."""
+    from ..data import det_transforms as T
+
+    x = T.test_transform(img, val_loader.scale) if val_loader.scale is not None else img
+    return {"img": T.pad_batch([T.normalize(x, val_loader.mean, val_loader.std)], 32),
+            "img_shape": tuple(int(v) for v in x.shape[-2:])}
