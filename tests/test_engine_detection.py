@@ -90,7 +90,8 @@ def test_synthetic_recipe_is_the_detection_task():
 
 
 @pytest.mark.parametrize("option,msg", [
-    ("evaluation.metric=mIoU", "evaluates 'bbox' and / or 'segm'"),
+    ("evaluation.metric=mIoU", "detection recipe evaluates 'bbox' / 'segm'"),
+    ("evaluation.save_best=mIoU", "save_best='mIoU' is not a metric of this task"),
     ("evaluation.metric=['bbox','proposal']", r"evaluation.metric\[1\]='proposal' is not supported"),
     ("data.train.type=ADE20KDataset", "data.train.type='ADE20KDataset' is not supported"),
     ("data.train.crop_size=(64,64)", "data.train.crop_size"),
@@ -106,6 +107,13 @@ def test_synthetic_recipe_is_the_detection_task():
 def test_detection_recipe_errors(option, msg):
     with pytest.raises(ConfigError, match=msg):
         load_and_validate(SYNTHETIC, [option])
+
+
+@pytest.mark.parametrize("option,msg", [("evaluation.metric=bbox", "segmentation recipe evaluates 'mIoU'"),
+                                        ("evaluation.save_best=bbox_mAP", "not a metric of this task")])
+def test_segmentation_recipe_refuses_detection_metrics(option, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_and_validate(None, [option])
 
 
 # ------------------------------------------------------------------------------------------------ 2-rank training

@@ -149,6 +149,24 @@ SCALARS = {"load_from": _t(str, type(None)), "resume_from": _t(str, type(None)),
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
 
 
+DETECTOR_TYPES = ("MaskRCNN", "HybridTaskCascade")  # model.type of the detection task (the rest: segmentation)
+
+
+def _check_metrics(cfg) -> None:
+    """``evaluation.metric`` / ``save_best`` must be metrics of the recipe's task (by ``model.type``)."""
+    ev = cfg.get("evaluation") or {}
+    detection = (cfg.get("model") or {}).get("type") in DETECTOR_TYPES
+    names, best = (("bbox", "segm"), DET_METRICS) if detection else (("mIoU",), METRICS)
+    metric = ev.get("metric", [])
+    for m in [metric] if isinstance(metric, str) else metric:
+        if m not in names:
+            raise ConfigError(f"recipe: evaluation.metric={metric!r}: a {'detection' if detection else 'segmentation'}"
+                              f" recipe evaluates {' / '.join(repr(n) for n in names)}")
+    if ev.get("save_best") not in (None, "auto", *best):
+        raise ConfigError(f"recipe: evaluation.save_best={ev['save_best']!r} is not a metric of this task; choose "
+                          f"'auto' or one of {list(best)}")
+
+
 POLICY_ONLY_KEYS = {"poly": ("power",), "step": ("step", "gamma")}  # lr_config keys only one policy uses
 
 
@@ -188,6 +206,7 @@ def validate_sections(cfg) -> None:
         if name in cfg:
             check(cfg[name], name)
     _check_policy(cfg["lr_config"])
+    _check_metrics(cfg)
     opt = cfg["optimizer"]
     if "lr" not in opt:
         raise ConfigError("recipe: optimizer.lr is required")
