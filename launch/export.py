@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "safetensors":
         from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
+        save_file({k: v.contiguous().clone() for k, v in sd.items()}, str(out))  # no shared storage (BEiT indexes)
     elif args.format == "torch":
         torch.save(sd, out)
     else:
