@@ -4,7 +4,8 @@ engine (ZeRO-2 fp32, CPU, gloo).
 
 Job A runs uninterrupted. Job B gets ``scancel --signal=USR1`` mid-run: its ranks save a complete checkpoint and
 stop, the batch script requeues the job, the requeued job resumes with ``--resume auto`` and finishes with exactly
-job A's final weights. Skipped (with the reason) only where SLURM is missing and cannot be installed (not root, or
+job A's final weights. Evaluation and prediction (``launch/eval.py``, ``launch/predict.py``) run as 2 tasks
+through ``launch/slurm/srun.sh`` and agree with a single process. Skipped (with the reason) only where SLURM is missing and cannot be installed (not root, or
 no apt-get).
 """
 from __future__ import annotations
@@ -30,13 +31,15 @@ ITERS = 10
 @pytest.fixture(scope="module")
 def slurm():
     env = dict(os.environ, SLURM_LOCAL_DIR=str(STATE))
+    was_running = subprocess.run(["bash", str(CLUSTER), "running"], env=env).returncode == 0
     res = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, env=env, timeout=600)
     if res.returncode == 77:  # the script's "cannot install here" status
         pytest.skip(f"no SLURM on this machine and it cannot be installed: {res.stderr.strip()}")
     assert res.returncode == 0, res.stdout + res.stderr
     env["SLURM_CONF"] = str(STATE / "slurm.conf")
     yield env
-    subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, text=True, env=env, timeout=120)
+    if not was_running:  # leave a cluster someone else brought up (and their jobs) alone
+        subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, text=True, env=env, timeout=120)
 
 
 def _sbatch(env, work_dir, extra_env=None):
@@ -114,3 +117,54 @@ def test_sbatch_two_nodes_then_usr1_requeue_resumes_bitwise(slurm, tmp_path):
     assert [b[i]["loss"] for i in range(1, ITERS + 1)] == [a[i]["loss"] for i in range(1, ITERS + 1)]
     wa, wb = _weights(ref), _weights(pre)
     assert sorted(wa) == sorted(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_eval_and_predict_under_srun(slurm, tmp_path):
+    """launch/eval.py and launch/predict.py as 2 SLURM tasks on n1 + n2 (launch/slurm/srun.sh): the 2-rank mIoU
+    equals a single process's exactly (areas summed over ranks), every image is predicted once by one of the ranks.
+    Weights: the quickstart recipe's model, randomly initialised (seed 0), saved as a plain state dict."""
+    from vit_adapter_ds.config import load_recipe
+    from vit_adapter_ds.models.registry import build_model
+
+    shards = tmp_path / "syn"
+    res = subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--out", str(shards),
+                          "--num-train", "1", "--num-val", "4", "--size", "64", "96", "--workers", "1",
+                          "--no-progress"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pth"
+    torch.save(build_model(load_recipe(None).model, load_pretrained=False).state_dict(), ckpt)
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+    for i in range(3):
+        Image.fromarray(torch.randint(0, 255, (48, 64, 3), generator=torch.Generator().manual_seed(i),
+                                      dtype=torch.uint8).numpy()).save(images / f"im{i}.jpg")
+    common = ["--checkpoint", str(ckpt), "--cfg-options", "evaluation.img_scale=(128,64)"]
+    single = subprocess.Popen([sys.executable, str(REPO / "launch" / "eval.py"), "--shards", str(shards / "val"),
+                               "--num-workers", "0", "--out", str(tmp_path / "single.json"), *common],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    script = tmp_path / "job.sh"
+    q = " ".join(f"'{a}'" for a in common)
+    script.write_text(f"""#!/bin/bash
+cd {REPO}
+launch/slurm/srun.sh --output {tmp_path}/eval-%t.log launch/eval.py --shards {shards / 'val'} --num-workers 0 \\
+    --out {tmp_path / 'srun.json'} {q} || exit 1
+launch/slurm/srun.sh --output {tmp_path}/predict-%t.log launch/predict.py --images {images} \\
+    --out {tmp_path / 'pred'} {q}
+""")
+    res = subprocess.run(["sbatch", "--wait", "-N", "2", "--ntasks-per-node", "1", "-o", str(tmp_path / "job.out"),
+                          "--export=ALL", str(script)], capture_output=True, text=True,
+                         env=_env(dict(slurm, PYTHON=sys.executable)), timeout=400)
+    out_single = single.communicate(timeout=300)[0]  # the single-process reference ran alongside the job
+    assert single.returncode == 0, out_single[-3000:]
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.log")) + [tmp_path / "job.out"])
+    assert res.returncode == 0, (res.stderr, logs[-4000:])
+    import json
+    a, b = json.loads((tmp_path / "single.json").read_text()), json.loads((tmp_path / "srun.json").read_text())
+    assert b["num_images"] == a["num_images"] == 4
+    for k in ("aAcc", "mIoU", "mAcc", "per_class"):
+        assert a[k] == b[k], k
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == ["im0.png", "im1.png", "im2.png"]
+    by_rank = [(tmp_path / f"predict-{r}.log").read_text().count(" -> ") for r in (0, 1)]
+    assert by_rank[0] >= 1 and by_rank[1] >= 1 and sum(by_rank) == 3, logs[-3000:]
