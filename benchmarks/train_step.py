@@ -4,8 +4,8 @@
 Models (``--models``; ``--sizes`` is the older name of the same option):
 
 * ``tiny`` / ``small``: UperNet + ViT-Adapter-T/S, 512x512, 150 classes (official batch 2 per GPU);
-* ``m2f_l896``: Mask2Former + BEiT-Adapter-L, 896x896, 150 classes (``mask2former_beit_adapter_large_896_80k_ade20k_ss``,
-  official batch 1 per GPU) -- a GPU size;
+* ``m2f_l896``: Mask2Former + BEiT-Adapter-L, 896x896, 150 classes
+  (``mask2former_beit_adapter_large_896_80k_ade20k_ss``, official batch 1 per GPU) -- a GPU size;
 * ``m2f_cpu``: the same structure reduced to the ``synthetic_mask2former`` recipe (embed 96, depth 4, 64-channel
   head, 16 queries), 128x128, 8 classes -- the CPU size;
 * ``det_l``: Mask R-CNN + detection ViT-Adapter-L (``mask_rcnn_augreg_adapter_large_fpn_3x_coco``), 800x1344

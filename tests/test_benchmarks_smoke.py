@@ -76,10 +76,11 @@ def test_spent_budget_skips_every_part(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_all_dry_run(tmp_path):
-    results = BENCH / "RESULTS.md"
-    before = results.read_text()
-    p = subprocess.run([sys.executable, str(BENCH / "gpu_all.py"), "--dry-run", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=1200)
+    results = tmp_path / "RESULTS.md"
+    before = f"# R\n\n{gpu_all.BEGIN}\npending\n{gpu_all.END}\n"
+    results.write_text(before)
+    p = subprocess.run([sys.executable, str(BENCH / "gpu_all.py"), "--dry-run", "--out", str(tmp_path),
+                        "--results-md", str(results)], capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert results.read_text() == before  # a dry run never touches RESULTS.md
     data = json.loads((tmp_path / "gpu_results.json").read_text())
@@ -91,7 +92,8 @@ def test_gpu_all_dry_run(tmp_path):
     sb = parts["syncbn"]["result"]
     assert sb["backend"] == "gloo" and sb["world_size"] == 1 and sb["sync_batchnorm_wanted"] is False
     assert sb["convert"]["after"] == ["Conv2d", "SyncBatchNorm", "ReLU"]
-    assert parts["pytest_gpu"]["files"] and parts["pytest_gpu"]["counts"]["tests"] > 0
+    assert "tests/test_ops_gpu.py" in parts["pytest_gpu"]["files"] and parts["pytest_gpu"]["collected_only"]
+    assert parts["pytest_gpu"]["counts"]["collected"] > 0
     assert any(row.startswith("| tmlr_decoder | pytorch | fp32 |") for row in parts["msda"]["table"])
     ts = parts["train_step"]
     assert [(x["model"], x["mode"]) for x in ts["results"]] == [("m2f_cpu", "fp32")]
