@@ -218,3 +218,20 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
         assert all(b[it][k] == a[it][k] for k in terms), (it, a[it], b[it])
     assert _records(res, "val")[-1]["bbox_mAP"] == val[-1]["bbox_mAP"]
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_drawn_prediction_marks_only_confident_instances():
+    from vit_adapter_ds.tasks.detection import draw_prediction
+
+    img = torch.full((3, 40, 50), 100, dtype=torch.uint8)
+    masks = torch.zeros(2, 40, 50, dtype=torch.uint8)
+    masks[0, 10:20, 10:30] = 1
+    masks[1, 25:35, 5:15] = 1
+    pred = {"boxes": torch.tensor([[10.0, 10.0, 29.0, 19.0], [5.0, 25.0, 14.0, 34.0]]),
+            "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.1]), "masks": masks}
+    out = torch.from_numpy(draw_prediction(img, pred))
+    assert out.shape == (40, 50, 3) and out.dtype == torch.uint8
+    changed = (out != 100).any(-1)
+    assert changed[10:20, 10:30].all()               # the confident instance: mask and box
+    assert not changed[25:35, 0:9].any()              # the one under score_thr: untouched
+    assert not changed[:, 40:].any() and not changed[30:, 20:].any()
