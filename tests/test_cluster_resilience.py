@@ -136,6 +136,24 @@ def test_sigusr1_saves_exits_3_and_resumes_bitwise(ref, tmp_path):
     assert_same_weights(final_weights(work), final_weights(ref))
 
 
+def _live_processes_of(work_dir, grace=10.0):
+    """Pids of processes still running with ``work_dir`` on their command line (orphaned ranks), after ``grace`` s."""
+    t0 = time.time()
+    while True:
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(work_dir) in cmd and state != "Z":
+                pids.append(int(pid))
+        if not pids or time.time() - t0 > grace:
+            return pids
+        time.sleep(0.2)
+
+
 def test_chaos_kills_and_damaged_checkpoint_resume_bitwise(ref, tmp_path):
     work = tmp_path / "chaos"
     t0 = time.time()
@@ -144,10 +162,12 @@ def test_chaos_kills_and_damaged_checkpoint_resume_bitwise(ref, tmp_path):
                   extra_env=dict(SLOW, STUB_CRASH_AT_ITER="3", STUB_CRASH_FILE=str(work / "metrics.jsonl")))
     assert rc != 0 and complete(work) == ["iter_2"], (rc, complete(work), out[-3000:])
     assert time.time() - t0 < 150
+    assert _live_processes_of(work) == []  # torchrun took the surviving rank down: no orphans
     # 2. resume; rank 1 dies half-way through writing its optimizer shard of iter_6 (iter_4 is complete)
     rc, out = run(["--resume", "auto"], work, port=29832, iters=ITERS, options=OPTS, expect_ok=False,
                   extra_env=dict(SLOW, STUB_KILL_IN_SAVE="iter_6:1:optim_states"))
     assert rc != 0 and complete(work) == ["iter_2", "iter_4"], (rc, complete(work), out[-3000:])
+    assert _live_processes_of(work) == []
     assert "resumed from" in out and "iteration 2" in out
     # 3. the newest complete checkpoint (iter_4) is damaged after the fact (extra_rank1.pt cut short): found before
     # anything is loaded, named, and the previous one (iter_2) is used by every rank; the run finishes
