@@ -97,7 +97,9 @@ def test_synthetic_recipe_is_the_detection_task():
     ("data.train.crop_size=(64,64)", "data.train.crop_size"),
     ("data.val.batch_size=4", "must not set"),
     ("runner.max_epochs=36", "runner.max_epochs"),
-    ("runner.type=EpochBasedRunner", "EpochBasedRunner"),
+    ("runner.type=EpochBasedRunner", r"unknown key\(s\) runner.max_iters; valid keys of runner: max_epochs, type"),
+    ("lr_config.by_epoch=True", "lr_config.by_epoch=True needs runner.type='EpochBasedRunner'"),
+    ("checkpoint_config.save_last=False", "save_last=False is not supported"),
     ("lr_config.step=[250,100]", "increasing"),
     ("lr_config.power=1.0", "lr_config.power is not a key of policy='step'"),
     ("lr_config.policy=poly", "lr_config.step is not a key of policy='poly'"),
@@ -114,6 +116,60 @@ def test_detection_recipe_errors(option, msg):
 def test_segmentation_recipe_refuses_detection_metrics(option, msg):
     with pytest.raises(ConfigError, match=msg):
         load_and_validate(None, [option])
+
+
+def test_segmentation_recipe_refuses_epoch_runner():
+    from vit_adapter_ds.config import load_recipe
+    from vit_adapter_ds.config.keys import to_plain
+    from vit_adapter_ds.config.schema import validate_sections
+
+    cfg = to_plain(load_recipe(None, validate=False))
+    cfg["runner"] = {"type": "EpochBasedRunner", "max_epochs": 2}
+    with pytest.raises(ConfigError, match="EpochBasedRunner' is supported for detection recipes only"):
+        validate_sections(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ epochs -> iterations
+def test_epochs_to_iterations_by_hand():
+    from vit_adapter_ds.tasks.detection import epochs_to_iterations
+
+    cfg = {"runner": {"type": "EpochBasedRunner", "max_epochs": 36},
+           "lr_config": {"policy": "step", "warmup": "linear", "warmup_iters": 500, "step": [27, 33]},
+           "checkpoint_config": {"interval": 2, "max_keep_ckpts": 3}, "evaluation": {"metric": ["bbox"]}}
+    epochs_to_iterations(cfg, 7)
+    assert cfg["runner"] == {"type": "IterBasedRunner", "max_iters": 252}
+    assert cfg["lr_config"] == {"policy": "step", "warmup": "linear", "warmup_iters": 500, "step": [189, 231],
+                                "by_epoch": False}
+    assert cfg["checkpoint_config"] == {"interval": 14, "max_keep_ckpts": 3, "by_epoch": False}
+    assert cfg["evaluation"] == {"metric": ["bbox"], "interval": 7}
+    # values already given in iterations stay
+    cfg = {"runner": {"type": "EpochBasedRunner", "max_epochs": 2}, "lr_config": {"step": 5, "by_epoch": False},
+           "checkpoint_config": {"interval": 3, "by_epoch": False}, "evaluation": {"interval": 2}}
+    epochs_to_iterations(cfg, 10)
+    assert (cfg["runner"]["max_iters"], cfg["lr_config"]["step"], cfg["checkpoint_config"]["interval"],
+            cfg["evaluation"]["interval"]) == (20, 5, 3, 20)
+
+
+@pytest.mark.parametrize("gbs,per_epoch", [(16, 1), (None, 4), (8, 2)])
+def test_official_recipe_converted_with_the_loaders_epoch(recipe, monkeypatch, gbs, per_epoch):
+    # 16 trainable synthetic images, 2 ranks x 2 images: len_per_epoch 4 micro-batches, / accumulation (gbs / 4)
+    shards = recipe.parent / "shards"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    opts = [f"data.train.shard_dir={shards}/train", f"data.val.shard_dir={shards}/val",
+            f"data.test.shard_dir={shards}/val", "model.backbone.pretrained=None", f"global_batch_size={gbs}",
+            "model.roi_head.bbox_head.num_classes=7", "model.roi_head.mask_head.num_classes=7"]
+    cfg, _, _ = load_and_validate(str(DETECTION_RECIPES["mask_rcnn_deit_adapter_tiny_fpn_3x_coco"]), opts)
+    assert cfg.runner == {"type": "IterBasedRunner", "max_iters": 36 * per_epoch}
+    assert schedule_kwargs(cfg) == dict(base_lr=1e-4, warmup_iters=500, warmup_ratio=0.001,
+                                        step=[27 * per_epoch, 33 * per_epoch], gamma=0.1, min_lr=None)
+    assert (cfg.checkpoint_config.interval, cfg.evaluation.interval) == (per_epoch, per_epoch)
+
+
+def test_official_recipe_without_shards_validates_but_does_not_schedule():
+    cfg, _, _ = load_and_validate(str(DETECTION_RECIPES["mask_rcnn_deit_adapter_tiny_fpn_3x_coco"]))
+    assert cfg.runner == {"type": "EpochBasedRunner", "max_epochs": 36}
+    with pytest.raises(ConfigError, match="epoch-based schedule"):
+        schedule_kwargs(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ 2-rank training
@@ -140,13 +196,19 @@ test_pipeline = [
 data = dict(train=dict(shard_dir={shards!r} + '/train', pipeline=train_pipeline),
             val=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline),
             test=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline))
+# epoch-based as the official 3x recipes: 16 images / (2 ranks x 2) = 4 iterations per epoch
+runner = dict(_delete_=True, type='EpochBasedRunner', max_epochs=5)
+lr_config = dict(_delete_=True, policy='step', warmup='linear', warmup_iters=2, warmup_ratio=0.001, step=[4])
+checkpoint_config = dict(_delete_=True, interval=2, max_keep_ckpts=2)
+evaluation = dict(_delete_=True, interval=2, metric=['bbox', 'segm'], save_best='bbox_mAP')
 """
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     """The synthetic recipe at 96 x 128 (single-scale resize instead of the multi-scale AutoAugment) over 16 train /
-    4 val synthetic COCO images."""
+    4 val synthetic COCO images, epoch-based (5 epochs, lr step after epoch 4, checkpoint and evaluation every 2
+    epochs)."""
     from test_engine_distributed import _env
 
     root = tmp_path_factory.mktemp("det")
@@ -167,9 +229,8 @@ def _train(recipe, work, port, extra=()):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(REPO / "launch" / "train.py"), "--ds_config", str(REPO / "ds_configs" / "zero2_fp32.json"),
            "--config", str(recipe), "--work-dir", str(work), "--no-progress", "--dist-timeout", "60", *extra,
-           "--cfg-options", f"runner.max_iters={ITERS}", "checkpoint_config.interval=10", "evaluation.interval=10",
-           "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "lr_config.warmup_iters=2",
-           "lr_config.step=[15]", "vis.num_images=1"]
+           "--cfg-options", "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
+           "vis.num_images=1"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=400, start_new_session=True)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     assert (work / "TRAINING_FINISHED").is_file()
@@ -193,26 +254,32 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     first = sum(a[i]["loss"] for i in (1, 2, 3)) / 3
     last = sum(a[i]["loss"] for i in range(ITERS - 4, ITERS + 1)) / 5
     assert last < 0.75 * first, (first, last)
-    # the step schedule by hand: lr 5e-4, warm-up 2 iterations from 0.001 x, x0.1 from (0-based) iteration 15
+    # 5 epochs of 4 iterations; the step schedule by hand: lr 5e-4, warm-up 2 iterations from 0.001 x, x0.1 after
+    # epoch 4 = from (0-based) iteration 16
     for it, r in a.items():
         i = it - 1
-        expected = 5e-4 * (1 - (1 - i / 2) * 0.999) if i < 2 else (5e-4 if i < 15 else 5e-5)
+        expected = 5e-4 * (1 - (1 - i / 2) * 0.999) if i < 2 else (5e-4 if i < 16 else 5e-5)
         assert all(lr == pytest.approx(expected, rel=1e-9) for lr in r["lr"].values()), (it, r["lr"])
     val = _records(ref, "val")
-    assert [v["iter"] for v in val] == [10, ITERS]
+    assert [v["iter"] for v in val] == [8, 16, ITERS]  # every 2 epochs and at the end
     assert val[-1]["num_images"] == 4  # every val image once over the 2 ranks
     assert val[-1]["bbox_mAP"] > 0.03 and val[-1]["segm_mAP"] > 0.0, val
     assert list((ref / "predictions" / f"iter_{ITERS}").glob("*.png"))
     assert list((ref / "tensorboard").glob("events.out.tfevents.*"))
+
+    from mmengine import Config
+    saved = Config.fromfile(str(ref / "config.py"))  # the work dir records the converted values
+    assert saved.runner == {"type": "IterBasedRunner", "max_iters": ITERS} and saved.lr_config.step == [16]
+    assert saved._epoch_conversion == {"max_epochs": 5, "iters_per_epoch": 4}
 
     res = tmp_path / "res"
     shutil.copytree(ref, res)
     shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")
     (res / "metrics.jsonl").unlink()
     out = _train(recipe, res, 29862, ["--resume", "auto"])
-    assert "resumed from" in out and "at iteration 10" in out, out[-2000:]
+    assert "resumed from" in out and "at iteration 16" in out, out[-2000:]
     b = losses(res)
-    assert sorted(b) == list(range(11, ITERS + 1))
+    assert sorted(b) == list(range(17, ITERS + 1))
     terms = ("loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
     for it in b:
         assert all(b[it][k] == a[it][k] for k in terms), (it, a[it], b[it])

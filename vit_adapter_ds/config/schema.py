@@ -123,13 +123,14 @@ SECTIONS: dict[str, dict] = {
     "lr_config": {  # the schedules (engine/schedule.py) implement exactly these; by iteration only
         "policy": _t(str, choices=("poly", "step")), "warmup": _t(str, type(None), choices=(None, "linear")),
         "warmup_iters": _t(int, minimum=0), "warmup_ratio": _t(float, minimum=0), "power": _t(float),
-        "min_lr": _t(float, type(None), minimum=0), "by_epoch": _t(bool, choices=(False,)),
+        "min_lr": _t(float, type(None), minimum=0), "by_epoch": _t(bool),  # True: EpochBasedRunner only
         "step": _steps, "gamma": _t(float, minimum=0, exclusive=True)},  # step: milestones (or period) in iterations
-    # Epoch-based runners are not accepted (yet): the engine counts iterations. The official detection recipes
-    # (EpochBasedRunner, max_epochs=36, step=[27, 33] in epochs) therefore stay in recipes/detection/ until an
-    # epoch -> iteration conversion (len_per_epoch of the train loader) exists; synthetic_mask_rcnn is iteration-based.
-    "runner": {"type": _t(str, choices=("IterBasedRunner",)), "max_iters": POS_INT},
-    "checkpoint_config": {"by_epoch": _t(bool, choices=(False,)), "interval": POS_INT, "max_keep_ckpts": _max_keep},
+    # The engine counts iterations. runner=dict(type='EpochBasedRunner', max_epochs=N) (EPOCH_RUNNER) is accepted for
+    # detection recipes only: the detection task rewrites every epoch-based value in iterations before training
+    # (tasks/detection.py: epochs_to_iterations).
+    "runner": {"type": _t(str, choices=("IterBasedRunner", "EpochBasedRunner")), "max_iters": POS_INT},
+    "checkpoint_config": {"by_epoch": _t(bool), "interval": POS_INT, "max_keep_ckpts": _max_keep,
+                          "save_last": _t(bool, choices=(True,))},  # the engine always saves the last iteration
     "evaluation": {
         "interval": POS_INT, "metric": _metric,
         "save_best": _t(str, type(None), choices=(None, "auto", *METRICS, *DET_METRICS)),
@@ -144,6 +145,7 @@ SECTIONS: dict[str, dict] = {
     "fp16": {"loss_scale": _loss_scale},
     "vis": {"num_images": _t(int, minimum=0)},
 }
+EPOCH_RUNNER = {"type": _t(str, choices=("EpochBasedRunner",)), "max_epochs": POS_INT}
 SCALARS = {"load_from": _t(str, type(None)), "resume_from": _t(str, type(None)), "seed": _t(int, type(None)),
            "work_dir": _t(str, type(None)), "global_batch_size": _t(int, type(None), minimum=1)}
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
@@ -165,6 +167,23 @@ def _check_metrics(cfg) -> None:
     if ev.get("save_best") not in (None, "auto", *best):
         raise ConfigError(f"recipe: evaluation.save_best={ev['save_best']!r} is not a metric of this task; choose "
                           f"'auto' or one of {list(best)}")
+
+
+def _check_runner(cfg) -> None:
+    """``max_iters`` (IterBasedRunner) / ``max_epochs`` (EpochBasedRunner, detection only) is required; ``by_epoch``
+    schedules and checkpoints only with an epoch-based runner."""
+    runner = cfg["runner"]
+    epochs = runner.get("type", "IterBasedRunner") == "EpochBasedRunner"
+    need = "max_epochs" if epochs else "max_iters"
+    if need not in runner:
+        raise ConfigError(f"recipe: runner.{need} is required for runner.type={runner.get('type', 'IterBasedRunner')!r}")
+    if epochs and (cfg.get("model") or {}).get("type") not in DETECTOR_TYPES:
+        raise ConfigError("recipe: runner.type='EpochBasedRunner' is supported for detection recipes only; use "
+                          "runner=dict(type='IterBasedRunner', max_iters=N)")
+    for section in ("lr_config", "checkpoint_config"):
+        if (cfg.get(section) or {}).get("by_epoch") is True and not epochs:
+            raise ConfigError(f"recipe: {section}.by_epoch=True needs runner.type='EpochBasedRunner' (the engine "
+                              "counts iterations; give values in iterations with by_epoch=False)")
 
 
 POLICY_ONLY_KEYS = {"poly": ("power",), "step": ("step", "gamma")}  # lr_config keys only one policy uses
@@ -200,8 +219,11 @@ def validate_sections(cfg) -> None:
         if cfg.get(required) is None:
             raise ConfigError(f"recipe: missing required section {required!r}")
     for name, spec in SECTIONS.items():
+        if name == "runner" and (cfg.get("runner") or {}).get("type") == "EpochBasedRunner":
+            spec = EPOCH_RUNNER
         if cfg.get(name) is not None:
             check_section(cfg[name], spec, name)
+    _check_runner(cfg)
     for name, check in SCALARS.items():
         if name in cfg:
             check(cfg[name], name)

@@ -26,8 +26,9 @@ with the same linear warm-up on ``regular(i)`` (mmcv's ``LrUpdaterHook.get_warmu
 ``lr_at`` / ``step_lr_at`` are the pure functions; :class:`PolyWarmupLR` and :class:`StepWarmupLR` are the DeepSpeed
 client ``lr_scheduler`` classes (``step()``, ``set_iter()``, ``state_dict()``, ``load_state_dict()``,
 ``get_last_lr()``); ``SCHEDULERS`` maps a policy to its class. ``lr_config.warmup_ratio`` defaults to 0.1 and
-``power`` to 1.0 (mmcv's defaults). Epoch-based schedules (``by_epoch=True``) are refused: the engine counts
-iterations (``runner=dict(type='IterBasedRunner', max_iters=...)``; give step milestones in iterations).
+``power`` to 1.0 (mmcv's defaults). Epoch-based schedules (``by_epoch=True``, ``EpochBasedRunner``) are refused:
+the engine counts iterations (``runner=dict(type='IterBasedRunner', max_iters=...)``, step milestones in
+iterations); the detection task rewrites epoch-based recipes in iterations before this is called.
 """
 from __future__ import annotations
 
@@ -96,7 +97,10 @@ def schedule_kwargs(cfg) -> dict:
     if other:
         raise ConfigError(f"recipe: lr_config.{other[0]} is not a key of policy={policy!r} (its keys: "
                           f"{', '.join(sorted(POLICY_KEYS[policy]))})")
-    take(lc, "by_epoch", bool, "lr_config", default=False, choices=(False,))
+    if take(lc, "by_epoch", bool, "lr_config", default=False) or cfg["runner"].get("type") == "EpochBasedRunner":
+        raise ConfigError("recipe: an epoch-based schedule (lr_config.by_epoch=True / EpochBasedRunner) is not "
+                          "supported here: the engine schedules by iteration (the detection task rewrites epoch-based "
+                          "recipes in iterations once data.train.shard_dir is readable)")
     warmup = take(lc, "warmup", (str, type(None)), "lr_config", default=None, choices=(None, "linear"))
     warmup_iters = take(lc, "warmup_iters", int, "lr_config", default=0)
     if warmup and warmup_iters < 0:

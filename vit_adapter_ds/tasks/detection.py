@@ -15,9 +15,18 @@ The recipe's sections are the official mmdet ones:
   ranks); the metrics are ``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ...; ``save_best='auto'`` means
   ``bbox_mAP``.
 
-Training is iteration-based like every task of the engine (``runner=dict(type='IterBasedRunner', max_iters=...)``,
-``lr_config`` with ``by_epoch=False`` and step milestones in iterations); the official 3x recipes
-(``EpochBasedRunner``, 36 epochs) are not accepted by the engine's validation yet.
+The engine trains by iteration (one iteration = one optimizer step). An epoch-based recipe (the official 3x:
+``runner=dict(type='EpochBasedRunner', max_epochs=36)``, ``lr_config.step=[27, 33]`` in epochs, checkpoints and
+evaluation every epoch) is rewritten in iterations by :meth:`ObjectDetection.validate` once the train shards are
+readable (:func:`epochs_to_iterations`)::
+
+    iterations per epoch L = ceil(len_per_epoch / accumulation)
+    len_per_epoch = ceil(trainable images / (WORLD_SIZE * samples_per_gpu))      (the train loader's epoch)
+    accumulation  = global_batch_size / (WORLD_SIZE * samples_per_gpu)           (1 when global_batch_size is None)
+    max_iters = max_epochs * L;   lr_config.step, checkpoint_config.interval, evaluation.interval (default 1): x L
+
+``warmup_iters`` stays in iterations (mmcv warms up by iteration in both runners). The converted values are those in
+the work dir's ``config.py``; the conversion is recorded under ``_epoch_conversion``.
 """
 from __future__ import annotations
 
@@ -81,6 +90,32 @@ def iou_types(cfg) -> tuple[str, ...]:
     return tuple(dict.fromkeys(metric))
 
 
+def epochs_to_iterations(cfg, iters_per_epoch: int) -> None:
+    """Rewrite an ``EpochBasedRunner`` recipe (mmengine ``Config`` or dict, in place) in iterations: ``runner``,
+    epoch-based ``lr_config.step`` (``by_epoch`` absent or True, mmcv's default), ``checkpoint_config.interval``
+    (same rule) and ``evaluation.interval`` (mmdet's default: every epoch) times ``iters_per_epoch``."""
+    L = int(iters_per_epoch)
+    if L < 1:
+        raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
+    epochs = int(cfg["runner"]["max_epochs"])
+    cfg["runner"] = {"type": "IterBasedRunner", "max_iters": epochs * L}
+    lc = cfg["lr_config"]
+    if lc.get("by_epoch", True):
+        if "step" in lc:
+            step = lc["step"]
+            lc["step"] = int(step) * L if isinstance(step, int) else [int(v) * L for v in step]
+        lc["by_epoch"] = False
+    ck = cfg.get("checkpoint_config")
+    if ck is not None and ck.get("by_epoch", True):
+        if "interval" in ck:
+            ck["interval"] = int(ck["interval"]) * L
+        ck["by_epoch"] = False
+    ev = cfg.get("evaluation")
+    if ev is not None:
+        ev["interval"] = int(ev.get("interval", 1)) * L
+    cfg["_epoch_conversion"] = {"max_epochs": epochs, "iters_per_epoch": L}
+
+
 def draw_prediction(img_chw, pred: dict, score_thr: float = 0.3):
     """An HxWx3 uint8 picture of ``img_chw`` (uint8, original size) with the predicted masks and boxes above
     ``score_thr``."""
@@ -137,7 +172,33 @@ class ObjectDetection:
         if data.get("test") is not None:
             val_loader_kwargs(data, "test")
         iou_types(self.cfg)
+        if self.cfg["runner"].get("type") == "EpochBasedRunner":
+            self._convert_epochs(data)
         return model
+
+    def _convert_epochs(self, data: dict) -> None:
+        """:func:`epochs_to_iterations` with this run's iterations per epoch (module docstring); left as it is
+        (validation only) when the train shards are not there."""
+        import math
+        import os
+        from pathlib import Path
+
+        if not Path(str(data["train"]["shard_dir"])).exists():
+            return
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        per_step = world * int(data["samples_per_gpu"])
+        gbs = self.cfg.get("global_batch_size")
+        if gbs is not None and gbs % per_step:
+            raise ConfigError(f"recipe: global_batch_size {gbs} is not a multiple of {world} ranks x "
+                              f"data.samples_per_gpu {data['samples_per_gpu']}")
+        accumulation = gbs // per_step if gbs is not None else 1
+        from ..data.manifest import ShardSetError
+
+        try:
+            loader = self.build_train_loader(rank=0, world_size=world, seed=0)
+        except ShardSetError as e:
+            raise ConfigError(f"recipe: data.train: {e}") from e
+        epochs_to_iterations(self.cfg, math.ceil(loader.len_per_epoch / accumulation))
 
     # ------------------------------------------------------------------ parts
     @property
