@@ -263,7 +263,8 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     val = _records(ref, "val")
     assert [v["iter"] for v in val] == [8, 16, ITERS]  # every 2 epochs and at the end
     assert val[-1]["num_images"] == 4  # every val image once over the 2 ranks
-    assert val[-1]["bbox_mAP"] > 0.03 and val[-1]["segm_mAP"] > 0.0, val
+    assert val[-1]["bbox_mAP"] > 0.03 and val[-1]["segm_mAP"] > 0.0, val  # measured: 0.075 / 0.076
+    assert val[-1]["bbox_mAP"] > val[0]["bbox_mAP"], val                  # measured: 0.007 after 8 iterations
     assert list((ref / "predictions" / f"iter_{ITERS}").glob("*.png"))
     assert list((ref / "tensorboard").glob("events.out.tfevents.*"))
 
