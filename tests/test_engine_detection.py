@@ -247,7 +247,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     from test_engine_distributed import losses
 
     ref = tmp_path / "ref"
-    _train(recipe, ref, 29861)
+    _train(recipe, ref, 29881)
     a = losses(ref)
     assert sorted(a) == list(range(1, ITERS + 1))
     assert {"loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"} <= set(a[1])
@@ -277,7 +277,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     shutil.copytree(ref, res)
     shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")
     (res / "metrics.jsonl").unlink()
-    out = _train(recipe, res, 29862, ["--resume", "auto"])
+    out = _train(recipe, res, 29882, ["--resume", "auto"])
     assert "resumed from" in out and "at iteration 16" in out, out[-2000:]
     b = losses(res)
     assert sorted(b) == list(range(17, ITERS + 1))
