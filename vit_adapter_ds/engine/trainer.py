@@ -20,7 +20,8 @@ Cluster behaviour (see ``launch/slurm/README.md``):
   discards for a non-finite gradient norm is logged with the iteration and every loss term, and the optimizer step
   is skipped (weights, optimizer state and module buffers such as BatchNorm statistics unchanged). After more
   than ``optimizer_config.max_nonfinite_steps`` (default 3) consecutive such iterations, training stops with
-  :class:`NonFiniteLossError`; the checkpoints on disk all hold weights from before the fault. Under fp16 dynamic loss scaling DeepSpeed skips overflowing steps
+  :class:`NonFiniteLossError`; the checkpoints on disk all hold weights from before the fault. Under ZeRO-3 the first
+  such iteration stops training (DeepSpeed skips the step, but its parameter prefetch cannot continue after it). Under fp16 dynamic loss scaling DeepSpeed skips overflowing steps
   itself and lowers the loss scale; those are not counted (only a non-finite *loss* is).
 """
 from __future__ import annotations
@@ -419,6 +420,14 @@ class Trainer:
         self.log.info(msg)
         self.log.jsonl({"iter": done, "mode": "nonfinite", "loss_terms": self._bad_terms,
                         "grad_norm": self._bad_grad_norm, "consecutive": self._nonfinite_run})
+        if zero_stage(self.ds_config) == 3:
+            # DeepSpeed 0.19's ZeRO-3 skips the step, but its parameter prefetch then runs out of step across ranks
+            # (the next forward hangs in a collective): stop now, with the same guarantee
+            self.log.close()
+            raise NonFiniteLossError(
+                f"iteration {done}: non-finite loss or gradient under ZeRO-3, where a skipped step cannot be "
+                f"continued from; stopping. The newest complete checkpoint (iteration {self.last_saved}) holds "
+                "weights from before the fault")
         if self._nonfinite_run > self.max_nonfinite_steps:
             self.log.close()
             raise NonFiniteLossError(
