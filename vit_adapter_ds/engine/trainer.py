@@ -253,6 +253,12 @@ class Trainer:
             for p in self.engine.module.parameters():
                 p.grad = None
 
+    def _running_stats(self) -> list:
+        """The buffers a training forward updates: running statistics of BatchNorm-like layers (not constant buffers
+        such as BEiT's relative_position_index, which can be large)."""
+        return [b for m in self.engine.module.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                for b in m.buffers(recurse=False)]
+
     def train_step(self, iteration: int) -> dict[str, float]:
         """One iteration (``gas`` micro-batches, one optimizer step); returns this rank's mean of each scalar.
 
@@ -263,7 +269,7 @@ class Trainer:
         sums: dict[str, float] = {}
         self._data_time = 0.0
         bad_terms = None
-        buffers = list(self.engine.module.buffers())  # BatchNorm statistics: a skipped step must not move them
+        buffers = self._running_stats()  # a skipped step must not move the BatchNorm statistics either
         saved = [b.detach().clone() for b in buffers]
         for micro in range(self.gas):
             t0 = time.time()
