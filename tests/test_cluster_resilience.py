@@ -325,3 +325,17 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, damage):
     meta4 = json.loads((new / "COMPLETE").read_text())
     assert verify(new, dict(meta4, files=None)) == []
 
+
+
+def test_sizes_only_without_checksums(tmp_path, monkeypatch):
+    """VIT_ADAPTER_DS_CKPT_CRC=0: markers list sizes only; a same-size change then goes unnoticed, a cut does not."""
+    from vit_adapter_ds.engine.checkpoint import find_resume
+    monkeypatch.setenv("VIT_ADAPTER_DS_CKPT_CRC", "0")
+    root = tmp_path / "checkpoints"
+    _fake_save(root, 2, {"a.pt": b"a" * 10})
+    new = _fake_save(root, 4, {"a.pt": b"a" * 10})
+    assert "crc32" not in json.loads((new / "COMPLETE").read_text())["files"]["a.pt"]
+    (new / "a.pt").write_bytes(b"b" * 10)
+    assert find_resume("auto", tmp_path)[0].name == "iter_4"
+    (new / "a.pt").write_bytes(b"b" * 9)
+    assert find_resume("auto", tmp_path, report=lambda m: None)[0].name == "iter_2"
