@@ -339,3 +339,16 @@ def test_sizes_only_without_checksums(tmp_path, monkeypatch):
     assert find_resume("auto", tmp_path)[0].name == "iter_4"
     (new / "a.pt").write_bytes(b"b" * 9)
     assert find_resume("auto", tmp_path, report=lambda m: None)[0].name == "iter_2"
+
+
+def test_stop_request_records_signals_and_restores_handlers():
+    from vit_adapter_ds.engine.trainer import StopRequest
+    before = signal.getsignal(signal.SIGUSR1)
+    req = StopRequest().install()
+    req.install()  # idempotent: the original handler is still the one restored
+    os.kill(os.getpid(), signal.SIGUSR1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    assert req.signum == signal.SIGUSR1 and req.count == 2  # the process is still alive: nothing was fatal
+    req.uninstall()
+    assert signal.getsignal(signal.SIGUSR1) is before

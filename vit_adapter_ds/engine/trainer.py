@@ -89,7 +89,7 @@ class StopRequest:
 
     def install(self) -> "StopRequest":
         import threading
-        if threading.current_thread() is threading.main_thread():
+        if not self._previous and threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
@@ -172,6 +172,7 @@ class Trainer:
     def build(self) -> "Trainer":
         import deepspeed
 
+        self.stop_request.install()  # a stop signal during the (long) build is acted on after the first iteration
         self._prepare_work_dir()
         # resume target first: a world-size change needs the universal-checkpoint config before initialize
         found = ckpt.find_resume_everywhere(self.resume, self.work_dir)  # rank 0 verifies and decides
@@ -401,7 +402,7 @@ class Trainer:
         metrics: dict = {}
         window = {"sums": {}, "n": 0, "iter_time": 0.0, "data_time": 0.0, "lrs": []}
         t_last = time.time()
-        self.stop_request.install()
+        self.stop_request.install()  # (again: no-op if build() did; fit() may follow a build() elsewhere)
         try:
             metrics = self._loop(window, t_last)
         finally:
