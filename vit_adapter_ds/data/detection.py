@@ -41,17 +41,17 @@ import numbers
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from . import det_transforms as T
 from .decode import BadSample, ShardReader, decode_image, image_member
-from .loader import OtherRankFailed, TooManyBadSamples, bad_sample_budget, epoch_order, sum_over_ranks
+from .loader import (BatchStream, OtherRankFailed, TooManyBadSamples, bad_sample_budget, epoch_order, iterate_batches,
+                     sum_over_ranks)
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .manifest import ShardSetError, read_manifest, verify_shards
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 # ------------------------------------------------------------------------------------------------ annotations
@@ -187,18 +187,6 @@ def trainable_ids(reader: ShardReader, cat2label: dict, min_size: int = 32) -> n
     return np.asarray(keep, dtype=np.int64)
 
 
-def _iterate(ds, num_workers, timeout):
-    kw = dict(timeout=timeout, persistent_workers=False) if num_workers > 0 else {}
-    it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers,
-                         generator=torch.Generator().manual_seed(0), **kw))
-    try:
-        yield from it
-    finally:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-
-
 def _collate(samples, mean, std):
     imgs = [T.normalize(s["img"], mean, std) for s in samples]
     targets = [{"boxes": s["boxes"].as_subclass(torch.Tensor).contiguous(), "labels": s["labels"],
@@ -209,7 +197,7 @@ def _collate(samples, mean, std):
 
 
 # ------------------------------------------------------------------------------------------------ train
-class _DetTrainStream(IterableDataset):
+class _DetTrainStream(BatchStream):
     def __init__(self, reader, order, cat2label, *, epoch, start, num_batches, rank, world_size, batch_size, seed,
                  mean, std, ops, max_substitutes=32):
         super().__init__()
@@ -248,16 +236,6 @@ class _DetTrainStream(IterableDataset):
         return {"img": img, "targets": targets,
                 "meta": {"keys": keys, "shards": shards, "image_ids": ids, "slots": slots, "epoch": self.epoch,
                          "step": step, "bad": bad}}
-
-    def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        try:
-            for step in range(wid, self.num_batches, nw):
-                yield self.make_batch(step)
-        finally:
-            self.reader.close()
-
 
 class DetectionTrainLoader:
     """Infinite, exactly resumable detection train loader (``next(loader)``; see module docstring).
@@ -378,7 +356,7 @@ class DetectionTrainLoader:
                                  world_size=self.world_size, batch_size=self.batch_size, seed=self.seed,
                                  mean=self.mean, std=self.std, ops=self.ops)
             epoch_samples = self.len_per_epoch * self.global_batch
-            it = _iterate(ds, self.num_workers, self.worker_timeout)
+            it = iterate_batches(ds, self.num_workers, self.worker_timeout)
             try:
                 for _ in range(n):
                     batch, error = None, None
@@ -481,7 +459,7 @@ class DetectionValLoader:
         group is initialised), so that a failure raises on every rank."""
         bad, error = 0, None
         ds = _DetValStream(self.reader, self.indices, self.cat2label, self.scale, self.mean, self.std)
-        it = _iterate(ds, self.num_workers, self.worker_timeout)
+        it = iterate_batches(ds, self.num_workers, self.worker_timeout)
         try:
             while True:
                 try:

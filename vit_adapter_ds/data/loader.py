@@ -146,7 +146,26 @@ def epoch_order(manifest, seed, epoch, shuffle="global", window_shards=4):
     raise ValueError(f"shuffle must be 'global', 'shards' or 'none', got {shuffle!r}")
 
 
-class _TrainStream(IterableDataset):
+class BatchStream(IterableDataset):
+    """A dataset whose items are whole batches ``make_batch(step)`` for ``step < num_batches``; DataLoader workers
+    take every ``num_workers``-th step, and the shard reader is closed when the iteration ends."""
+
+    num_batches: int
+
+    def make_batch(self, step):
+        raise NotImplementedError
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            for step in range(wid, self.num_batches, nw):
+                yield self.make_batch(step)
+        finally:
+            self.reader.close()
+
+
+class _TrainStream(BatchStream):
     """Yields the rank's batches of one epoch from position ``start`` (global slots), split across workers."""
 
     def __init__(self, manifest, reader, *, epoch, start, num_batches, rank, world_size, batch_size, crop_size,
@@ -204,16 +223,6 @@ class _TrainStream(IterableDataset):
                 "meta": {"keys": keys, "shards": shards, "ori_shape": shapes, "slots": slots, "epoch": self.epoch,
                          "step": step, "bad": bad}}
 
-    def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        try:
-            for step in range(wid, self.num_batches, nw):
-                yield self.make_batch(step)
-        finally:
-            self.reader.close()
-
-
 class _BadCounter:
     """Counts distinct bad samples per epoch (and in total), logs rate-limited warnings naming shard and key, and
     raises :class:`TooManyBadSamples` when the epoch's count over all ranks exceeds the budget."""
@@ -258,7 +267,7 @@ class _BadCounter:
                 f"samples, see bad_sample_budget); {last}")
 
 
-def _iterate(ds, num_workers, timeout, pin_memory, prefetch_factor):
+def iterate_batches(ds, num_workers, timeout, pin_memory=False, prefetch_factor=2):
     """Iterate a DataLoader over ``ds`` (items are already batches). Workers are shut down as soon as the
     iteration ends, fails or is abandoned: left to the garbage collector after a worker error, PyTorch's
     shutdown waits ~5 s per worker."""
@@ -385,7 +394,7 @@ class TrainLoader:
         n = self.remaining_in_epoch()
         if n > 0:
             epoch_samples = self.len_per_epoch * self.global_batch
-            it = _iterate(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
+            it = iterate_batches(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
                           self.prefetch_factor)
             try:
                 for _ in range(n):
@@ -496,7 +505,7 @@ class ValLoader:
         n_all = int(self.manifest["num_samples"])
         allowed = bad_sample_budget(self.bad.max_bad_fraction, n_all)
         ds = _ValStream(self.manifest, self.reader, self.indices, self.mean, self.std, self.ignore_index)
-        it = _iterate(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2)
+        it = iterate_batches(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2)
         error = None
         try:
             while True:
