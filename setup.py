@@ -54,5 +54,6 @@ setup(
         "train": ["deepspeed>=0.16", "webdataset>=0.2", "mmengine>=0.10", "tensorboard", "pycocotools"],
         "mm": ["mmengine>=0.10", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2", "mmdet==3.3.0", "ftfy", "regex"],
         "dev": ["pytest>=8", "pytest-timeout", "ninja"],
+        "remote": ["fsspec", "s3fs", "gcsfs", "aiohttp"],  # shards on object stores (http(s) works without them)
     },
 )
