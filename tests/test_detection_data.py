@@ -217,7 +217,7 @@ def test_train_loader_filters_empty_images_and_survives_malformed_and_bad(shards
             assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
             assert (b[:, 2] <= t["img_shape"][1]).all() and (b[:, 3] <= t["img_shape"][0]).all()
     assert empty_id not in ids and bad_id not in ids
-    assert loader.bad_total == 1
+    assert loader.bad.total == 1
     assert loader.epoch == 1
 
 

@@ -45,8 +45,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import det_transforms as T
 from .decode import BadSample, ShardReader, decode_image, image_member
-from .loader import (BatchStream, OtherRankFailed, TooManyBadSamples, bad_sample_budget, epoch_order, iterate_batches,
-                     sum_over_ranks)
+from .loader import (BatchStream, EpochLoader, OtherRankFailed, TooManyBadSamples, _BadCounter, bad_sample_budget,
+                     epoch_order, iterate_batches, sum_over_ranks)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .manifest import ShardSetError, read_manifest, verify_shards
 
@@ -237,7 +237,7 @@ class _DetTrainStream(BatchStream):
                 "meta": {"keys": keys, "shards": shards, "image_ids": ids, "slots": slots, "epoch": self.epoch,
                          "step": step, "bad": bad}}
 
-class DetectionTrainLoader:
+class DetectionTrainLoader(EpochLoader):
     """Infinite, exactly resumable detection train loader (``next(loader)``; see module docstring).
 
     The augmentation is ``ops`` (from :func:`.det_transforms.train_ops_from_pipeline` of a recipe's
@@ -271,20 +271,8 @@ class DetectionTrainLoader:
         self.ops = list(ops) if ops is not None else T.official_train_ops(**(transform_kw or {}))
         self.max_bad_fraction = max_bad_fraction
         epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
-        self.epoch, self.samples_consumed_in_epoch = 0, 0
-        self.bad_total, self._bad_epoch = 0, set()
-        self._it = None
-
-    @property
-    def global_batch(self):
-        return self.world_size * self.batch_size
-
-    @property
-    def len_per_epoch(self):
-        return math.ceil(self.num_samples / self.global_batch)
-
-    def __len__(self):
-        return self.len_per_epoch
+        self.bad = _BadCounter(max_bad_fraction, f"detection train loader (rank {rank})")
+        self._start_position()
 
     def order(self, epoch):
         """The epoch's order over the trainable samples (global ids): :func:`.loader.epoch_order` restricted to
@@ -292,116 +280,11 @@ class DetectionTrainLoader:
         full = epoch_order(self.manifest, self.seed, epoch, self.shuffle, self.window_shards)
         return full[self._valid_mask[full]]
 
-    def remaining_in_epoch(self):
-        return max(0, math.ceil((self.num_samples - self.samples_consumed_in_epoch) / self.global_batch))
-
-    def set_epoch(self, epoch):
-        self.epoch, self.samples_consumed_in_epoch = int(epoch), 0
-        self._close()
-
-    def state_dict(self):
-        epoch, pos = self.epoch, self.samples_consumed_in_epoch
-        if pos >= self.num_samples:
-            epoch, pos = epoch + 1, 0
-        return {"epoch": epoch, "samples_consumed_in_epoch": pos, "seed": self.seed, "world_size": self.world_size,
-                "batch_size": self.batch_size, "num_samples": self.num_samples, "shuffle": self.shuffle,
-                "bad_samples_total": self.bad_total}
-
-    def load_state_dict(self, state):
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.seed}")
-        if int(state.get("num_samples", self.num_samples)) != self.num_samples:
-            raise ValueError(f"loader state is for {state['num_samples']} samples, the shards hold "
-                             f"{self.num_samples} trainable ones: a different dataset")
-        if state.get("shuffle", self.shuffle) != self.shuffle:
-            raise ValueError(f"loader state used shuffle={state['shuffle']!r}, this loader {self.shuffle!r}")
-        if int(state["world_size"]) != self.world_size or int(state.get("batch_size", self.batch_size)) != \
-                self.batch_size:
-            log.warning("resuming the detection data position with world_size*batch_size %d*%d (saved with %d*%d)",
-                        self.world_size, self.batch_size, state["world_size"], state.get("batch_size", -1))
-        self.epoch = int(state["epoch"])
-        self.samples_consumed_in_epoch = int(state["samples_consumed_in_epoch"])
-        self.bad_total = int(state.get("bad_samples_total", 0))
-        self._close()
-
-    def _close(self):
-        it, self._it = self._it, None
-        if it is not None:
-            it.close()
-
-    def _count_bad(self, bad):
-        for shard, key, reason in bad:
-            if (shard, key) in self._bad_epoch:
-                continue
-            self._bad_epoch.add((shard, key))
-            self.bad_total += 1
-            if self.bad_total <= 10 or self.bad_total % 100 == 0:
-                log.warning("detection train loader (rank %d): skipped bad sample %s in shard %s: %s", self.rank,
-                            key, shard, reason)
-
-    def epoch_batches(self):
-        """The remaining batches of the current epoch, then the position moves to the next epoch.
-
-        After every batch the ranks sum their bad-sample counts and failures (:func:`.loader.sum_over_ranks`, when
-        a process group is initialised), so a failure or an exceeded budget (:func:`.loader.bad_sample_budget` of
-        the epoch's samples over all ranks) raises on every rank at the same batch instead of hanging the others.
-        """
-        what = f"detection train loader (rank {self.rank})"
-        if self.samples_consumed_in_epoch == 0:
-            self._bad_epoch = set()
-        n = self.remaining_in_epoch()
-        if n > 0:
-            ds = _DetTrainStream(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
-                                 start=self.samples_consumed_in_epoch, num_batches=n, rank=self.rank,
-                                 world_size=self.world_size, batch_size=self.batch_size, seed=self.seed,
-                                 mean=self.mean, std=self.std, ops=self.ops)
-            epoch_samples = self.len_per_epoch * self.global_batch
-            it = iterate_batches(ds, self.num_workers, self.worker_timeout)
-            try:
-                for _ in range(n):
-                    batch, error = None, None
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        error = RuntimeError(f"{what}: the DataLoader ended before the epoch's batches")
-                    except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks heard of it
-                        error = e
-                    fatal = batch.get("fatal") if batch is not None else None
-                    if batch is not None:
-                        self._count_bad(batch["meta"]["bad"])
-                    count, n_fatal, n_error = sum_over_ranks(
-                        [len(self._bad_epoch), fatal is not None, error is not None], self.world_size)
-                    if error is not None:
-                        raise error
-                    if fatal is not None:
-                        raise TooManyBadSamples(f"{what}: {fatal}")
-                    if n_error:
-                        raise OtherRankFailed(f"{what}: the loader of {n_error} other rank(s) failed at this batch")
-                    if n_fatal:
-                        raise TooManyBadSamples(f"{what}: {n_fatal} other rank(s) met a run of bad samples")
-                    allowed = bad_sample_budget(self.max_bad_fraction, epoch_samples)
-                    if count > allowed:
-                        raise TooManyBadSamples(f"{what}: {count} bad samples this epoch, more than the budget of "
-                                                f"{allowed} (max_bad_fraction={self.max_bad_fraction} of "
-                                                f"{epoch_samples})")
-                    self.samples_consumed_in_epoch += self.global_batch
-                    yield batch
-            finally:
-                it.close()
-        self.epoch += 1
-        self.samples_consumed_in_epoch = 0
-
-    def _batches(self):
-        while True:
-            yield from self.epoch_batches()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._it is None:
-            self._it = self._batches()
-        return next(self._it)
+    def _stream(self):
+        return _DetTrainStream(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
+                               start=self.samples_consumed_in_epoch, num_batches=self.remaining_in_epoch(),
+                               rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
+                               seed=self.seed, mean=self.mean, std=self.std, ops=self.ops)
 
 
 # ------------------------------------------------------------------------------------------------ val

@@ -293,36 +293,19 @@ def iterate_batches(ds, num_workers, timeout, pin_memory=False, prefetch_factor=
             it._shutdown_workers()
 
 
-class TrainLoader:
-    """Infinite iterator over training batches with an exactly resumable position (see module docstring).
+class EpochLoader:
+    """What every resumable train loader shares: the position (epoch, global samples consumed), equal batch counts
+    per rank, ``state_dict`` / ``load_state_dict`` (also across world sizes), the per-batch cross-rank check of bad
+    samples and failures, and being its own infinite iterator (``next(loader)``).
 
-    ``next(loader)`` yields batches forever (the loader is its own iterator), rolling over epochs;
-    ``epoch_batches()`` yields the rest of the current epoch only. Batches: ``img`` float32 (B, 3, ch, cw), ``gt_semantic_seg`` int64 (B, ch, cw) with
-    ``ignore_index`` for ignored/padded pixels, ``meta`` (keys, shards, ori_shape, slots, epoch, step, bad).
-    """
+    A subclass sets ``manifest``, ``reader``, ``num_samples``, ``batch_size``, ``rank``, ``world_size``, ``seed``,
+    ``shuffle``, ``num_workers``, ``worker_timeout``, ``bad`` (a ``_BadCounter``) and calls ``_start_position()``; it
+    implements ``_stream()``: the :class:`BatchStream` of the rest of the current epoch."""
 
-    def __init__(self, shard_dir, *, batch_size, crop_size, scale=(2048, 512), num_workers=0, seed=0, rank=0,
-                 world_size=1, num_classes=None, ignore_index=255, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 max_bad_fraction=0.01, ratio_range=(0.5, 2.0), cat_max_ratio=0.75, photometric=True,
-                 shuffle="global", window_shards=4, split=None, verify="size", worker_timeout=300.0,
-                 pin_memory=False, prefetch_factor=2):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if isinstance(crop_size, int):
-            crop_size = (crop_size, crop_size)
-        self.manifest, self.reader = _open_set(shard_dir, split, num_classes, verify, "train")
-        self.shard_dir = self.manifest["shard_dir"]
-        self.num_samples = int(self.manifest["num_samples"])
-        self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
-        self.num_workers, self.worker_timeout = int(num_workers), worker_timeout
-        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
-        self.opts = dict(crop_size=tuple(crop_size), scale=tuple(scale), ratio_range=tuple(ratio_range),
-                         cat_max_ratio=cat_max_ratio, shuffle=shuffle, window_shards=window_shards,
-                         mean=tuple(mean), std=tuple(std), ignore_index=ignore_index, photometric=photometric)
-        epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
-        self.bad = _BadCounter(max_bad_fraction, f"train loader (rank {rank})")
+    pin_memory = False
+    prefetch_factor = 2
+
+    def _start_position(self):
         self.epoch = 0
         self.samples_consumed_in_epoch = 0
         self._it = None
@@ -354,7 +337,7 @@ class TrainLoader:
             epoch, pos = epoch + 1, 0
         return {"epoch": epoch, "samples_consumed_in_epoch": pos, "seed": self.seed,
                 "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": self.num_samples,
-                "shuffle": self.opts["shuffle"], "bad_samples_total": self.bad.total}
+                "shuffle": self.shuffle, "bad_samples_total": self.bad.total}
 
     def load_state_dict(self, state):
         """Restore a position saved by :meth:`state_dict` (takes effect at the next ``next()``). A different
@@ -364,8 +347,8 @@ class TrainLoader:
         if int(state.get("num_samples", self.num_samples)) != self.num_samples:
             raise ValueError(f"loader state is for {state['num_samples']} samples, the shards hold "
                              f"{self.num_samples}: a different dataset")
-        if state.get("shuffle", self.opts["shuffle"]) != self.opts["shuffle"]:
-            raise ValueError(f"loader state used shuffle={state['shuffle']!r}, this loader {self.opts['shuffle']!r}")
+        if state.get("shuffle", self.shuffle) != self.shuffle:
+            raise ValueError(f"loader state used shuffle={state['shuffle']!r}, this loader {self.shuffle!r}")
         if int(state["world_size"]) != self.world_size or int(state.get("batch_size", self.batch_size)) != \
                 self.batch_size:
             log.warning("resuming the data position with world_size*batch_size %d*%d (saved with %d*%d): the "
@@ -383,26 +366,28 @@ class TrainLoader:
             it.close()
 
     def _stream(self):
-        return _TrainStream(self.manifest, self.reader, epoch=self.epoch, start=self.samples_consumed_in_epoch,
-                            num_batches=self.remaining_in_epoch(), rank=self.rank, world_size=self.world_size,
-                            batch_size=self.batch_size, seed=self.seed, **self.opts)
+        raise NotImplementedError
 
     def epoch_batches(self):
-        """Yield the remaining batches of the current epoch, then advance to the next epoch."""
+        """Yield the remaining batches of the current epoch, then advance to the next epoch.
+
+        After every batch the ranks sum their bad-sample counts and failures (:func:`sum_over_ranks`, when a process
+        group is initialised), so a failure or an exceeded budget (:func:`bad_sample_budget` of the epoch's samples
+        over all ranks) raises on every rank at the same batch instead of leaving the others in a collective."""
         if self.samples_consumed_in_epoch == 0:
             self.bad.reset_epoch()
         n = self.remaining_in_epoch()
         if n > 0:
             epoch_samples = self.len_per_epoch * self.global_batch
             it = iterate_batches(self._stream(), self.num_workers, self.worker_timeout, self.pin_memory,
-                          self.prefetch_factor)
+                                 self.prefetch_factor)
             try:
                 for _ in range(n):
                     batch, error = None, None
                     try:
                         batch = next(it)
                     except StopIteration:
-                        error = RuntimeError("train loader: the DataLoader ended before the epoch's batches")
+                        error = RuntimeError(f"{self.bad.what}: the DataLoader ended before the epoch's batches")
                     except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks heard of it
                         error = e
                     fatal = batch.get("fatal") if batch is not None else None
@@ -441,6 +426,45 @@ class TrainLoader:
         if self._it is None:
             self._it = self._batches()
         return next(self._it)
+
+
+class TrainLoader(EpochLoader):
+    """Infinite iterator over training batches with an exactly resumable position (see module docstring).
+
+    ``next(loader)`` yields batches forever (the loader is its own iterator), rolling over epochs;
+    ``epoch_batches()`` yields the rest of the current epoch only. Batches: ``img`` float32 (B, 3, ch, cw), ``gt_semantic_seg`` int64 (B, ch, cw) with
+    ``ignore_index`` for ignored/padded pixels, ``meta`` (keys, shards, ori_shape, slots, epoch, step, bad).
+    """
+
+    def __init__(self, shard_dir, *, batch_size, crop_size, scale=(2048, 512), num_workers=0, seed=0, rank=0,
+                 world_size=1, num_classes=None, ignore_index=255, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 max_bad_fraction=0.01, ratio_range=(0.5, 2.0), cat_max_ratio=0.75, photometric=True,
+                 shuffle="global", window_shards=4, split=None, verify="size", worker_timeout=300.0,
+                 pin_memory=False, prefetch_factor=2):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if isinstance(crop_size, int):
+            crop_size = (crop_size, crop_size)
+        self.manifest, self.reader = _open_set(shard_dir, split, num_classes, verify, "train")
+        self.shard_dir = self.manifest["shard_dir"]
+        self.num_samples = int(self.manifest["num_samples"])
+        self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
+        self.num_workers, self.worker_timeout = int(num_workers), worker_timeout
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.opts = dict(crop_size=tuple(crop_size), scale=tuple(scale), ratio_range=tuple(ratio_range),
+                         cat_max_ratio=cat_max_ratio, shuffle=shuffle, window_shards=window_shards,
+                         mean=tuple(mean), std=tuple(std), ignore_index=ignore_index, photometric=photometric)
+        self.shuffle = shuffle
+        epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
+        self.bad = _BadCounter(max_bad_fraction, f"train loader (rank {rank})")
+        self._start_position()
+
+    def _stream(self):
+        return _TrainStream(self.manifest, self.reader, epoch=self.epoch, start=self.samples_consumed_in_epoch,
+                            num_batches=self.remaining_in_epoch(), rank=self.rank, world_size=self.world_size,
+                            batch_size=self.batch_size, seed=self.seed, **self.opts)
 
 
 class _ValStream(IterableDataset):
