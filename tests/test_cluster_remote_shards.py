@@ -156,7 +156,10 @@ def test_transient_errors_are_retried(shards, server):
     server.fail_next = ["drop", "503"]  # the next shard reads
     n, served = len(server.requests), len(server.log)
     _same_batches(next(iter(loader)), local)
-    assert not server.fail_next and len(server.requests) - n == len(server.log) - served + 2  # 2 retried reads
+    # both injected faults were met and retried; a dropped keep-alive connection may be re-opened by the HTTP client
+    # without reaching the handler again, so the failed requests the server counts are 1 or 2
+    failed = (len(server.requests) - n) - (len(server.log) - served)
+    assert not server.fail_next and 1 <= failed <= 2, failed
 
 
 def test_permanent_errors_name_the_url(shards, server):
