@@ -69,13 +69,6 @@ def take(cfg: Mapping, key: str, types, where: str, default=REQUIRED, choices=No
     return value
 
 
-def take_positive(cfg: Mapping, key: str, types, where: str, default=REQUIRED):
-    value = take(cfg, key, types, where, default)
-    if value is not None and value <= 0:
-        raise ConfigError(f"recipe: {where}.{key} must be positive, got {value!r}")
-    return value
-
-
 def take_pair(cfg: Mapping, key: str, where: str, default=REQUIRED, types=(int,)):
     """An int (or float with ``types=(float,)``) or a 2-sequence of them, as a tuple of two."""
     value = take(cfg, key, (int, float, tuple, list), where, default)

@@ -171,13 +171,6 @@ def check_bool(v, where):
     return check_type(v, bool, where)
 
 
-def check_int_or_ints(v, where):
-    from ...config.errors import ConfigError
-    if (isinstance(v, int) and not isinstance(v, bool)) or _int_seq(v):
-        return list(v) if isinstance(v, (list, tuple)) else v
-    raise ConfigError(f"recipe: {where} must be an int or a list of ints, got {v!r}")
-
-
 def check_ints(v, where):
     from ...config.errors import ConfigError
     if _int_seq(v):
