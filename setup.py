@@ -55,5 +55,6 @@ setup(
         "mm": ["mmengine>=0.10", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2", "mmdet==3.3.0", "ftfy", "regex"],
         "dev": ["pytest>=8", "pytest-timeout", "ninja"],
         "remote": ["fsspec", "s3fs", "gcsfs", "aiohttp"],  # shards on object stores (http(s) works without them)
+        "htc": ["instaboostfast", "scikit-image"],  # HTC++ training pipeline (InstaBoost, as the official config)
     },
 )
