@@ -10,16 +10,34 @@ becomes rank 0 of 1. ``init_distributed()`` starts the process group (NCCL on GP
 On a CPU, DeepSpeed compiles its shared-memory all-reduce op when the process group starts (about 2 minutes on first
 use); that op serves only DeepSpeed's *inference* all-reduce, never training, so it is skipped here
 (``VIT_ADAPTER_DS_SHM_OP=1`` builds it anyway).
+
+Ranks do not outlive their launcher (``bind_to_launcher()``, called by ``init_distributed()``): a process started by
+a launcher (``RANK`` / ``LOCAL_RANK`` / ``SLURM_PROCID`` in its environment when this module was imported) asks the
+Linux kernel for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``; the parent is deepspeed's ``launch.py``,
+torchrun's agent or ``slurmstepd``), and a watchdog thread sends it SIGTERM when the ``deepspeed`` runner above
+``launch.py`` is gone (the runner does not pass SIGTERM on to ``launch.py``). A training rank then stops the way a
+stop signal always does: it finishes the iteration, saves a complete checkpoint and exits with status 3.
+``VIT_ADAPTER_DS_LAUNCHER_WATCH=0`` turns both off.
 """
 from __future__ import annotations
 
-import datetime
 import os
-import socket
-import subprocess
 
-import torch
-import torch.distributed as dist
+# recorded before anything slow is imported: the process that started this one (the launcher), and whether a
+# launcher set the rank variables (setup_env() fills them in later for a plain ``python`` run)
+_PARENT_AT_IMPORT = os.getppid()
+_LAUNCHED = any(k in os.environ for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+import ctypes  # noqa: E402
+import datetime  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 
 
 def _slurm_master_addr() -> str:
@@ -85,10 +103,113 @@ def _skip_cpu_shm_op() -> None:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False  # read by deepspeed.comm.torch.build_shm_op
 
 
+def _stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (``[0]`` state, ``[1]`` parent pid, ``[19]`` start
+    time); None for a process that is gone or a zombie."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_deepspeed_launch(cmd: list[str]) -> bool:
+    """``python -u -m deepspeed.launcher.launch ...`` (the per-node launcher that starts the ranks)."""
+    return "deepspeed.launcher.launch" in cmd[:4] or any(a.endswith("deepspeed/launcher/launch.py") for a in cmd[:3])
+
+
+def is_deepspeed_runner(cmd: list[str]) -> bool:
+    """The ``deepspeed`` command (``python .../bin/deepspeed ...``), which starts ``launch.py``."""
+    return any(os.path.basename(a) in ("deepspeed", "ds") for a in cmd[:2]) or "deepspeed.launcher.runner" in cmd[:4]
+
+
+class LauncherWatch:
+    """A daemon thread that sends SIGTERM to this process once one of ``watched`` (pid -> description) has exited
+    (checked every ``interval`` seconds; a reused pid is told apart by its start time)."""
+
+    def __init__(self, watched: dict[int, str], interval: float = 1.0):
+        self.watched = {pid: (what, (_stat(pid) or [None] * 20)[19]) for pid, what in watched.items()}
+        self.interval = interval
+        self.fired = None
+        self._thread = threading.Thread(target=self._run, name="launcher-watch", daemon=True)
+
+    def start(self) -> "LauncherWatch":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+        while True:
+            time.sleep(self.interval)
+            for pid, (what, start) in self.watched.items():
+                st = _stat(pid)
+                if st is None or st[19] != start:
+                    self.fired = pid
+                    print(f"[rank {os.environ.get('RANK', '?')}] {what} (pid {pid}) has exited: sending SIGTERM to "
+                          f"this rank (pid {os.getpid()}) so that it does not run on as an orphan",
+                          file=sys.stderr, flush=True)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+
+_BOUND: dict | None = None
+
+
+def bind_to_launcher() -> dict | None:
+    """Make this rank get SIGTERM when its launcher dies; returns what is watched, None when nothing is (not started
+    by a launcher, not Linux, ``VIT_ADAPTER_DS_LAUNCHER_WATCH=0``). Idempotent.
+
+    * ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: the kernel signals this process when its parent exits (deepspeed's
+      ``launch.py``, torchrun's agent, ``slurmstepd``, or whoever set ``RANK``). A parent that died before the call
+      (the parent pid differs from the one recorded at import) is treated the same: SIGTERM at once.
+    * When the parent is deepspeed's ``launch.py`` and its parent the ``deepspeed`` runner, a
+      :class:`LauncherWatch` thread watches the runner: a SIGTERM to the runner alone ends it without reaching
+      ``launch.py``, which would otherwise keep the ranks training.
+    """
+    global _BOUND
+    if _BOUND is not None:
+        return _BOUND
+    if (not _LAUNCHED or not sys.platform.startswith("linux")
+            or os.environ.get("VIT_ADAPTER_DS_LAUNCHER_WATCH", "1") in ("0", "")):
+        return None
+    parent = _PARENT_AT_IMPORT
+    bound = {"parent": parent, "pdeathsig": False, "watch": {}}
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        bound["pdeathsig"] = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    watched = {} if bound["pdeathsig"] else {parent: "the launcher"}
+    pcmd = _cmdline(parent)
+    if is_deepspeed_launch(pcmd):
+        st = _stat(parent)
+        runner = int(st[1]) if st else 0
+        if runner > 1 and is_deepspeed_runner(_cmdline(runner)):
+            watched[runner] = "the deepspeed runner"
+    bound["watch"] = watched
+    _BOUND = bound
+    if os.getppid() != parent:  # the parent died before the prctl: the kernel will not signal any more
+        print(f"[rank {os.environ.get('RANK', '?')}] the launcher (pid {parent}) has already exited: sending SIGTERM "
+              "to this rank", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+    if watched:
+        LauncherWatch(watched).start()
+    return bound
+
+
 def init_distributed(timeout_s: float = 600.0, deepspeed: bool = True) -> None:
     """Initialise the process group (nccl on GPU, gloo on CPU) with a bounded collective timeout; a no-op when it
-    exists or, for ``deepspeed=False``, when there is a single process."""
+    exists or, for ``deepspeed=False``, when there is a single process. Binds the rank to its launcher first
+    (:func:`bind_to_launcher`)."""
     setup_env()
+    bind_to_launcher()
     if dist.is_initialized():
         return
     if torch.cuda.is_available():
