@@ -90,5 +90,9 @@ def main(argv=None, make_task=None) -> int:
 
     if make_task is not None:
         task = make_task(task.cfg)
-    Trainer(task, ds, work_dir, resume=resume, load_from=load_from, progress=not args.no_progress).build().fit()
+    from .status import recorded
+
+    with recorded(work_dir, main=rt.is_main()) as status:  # work_dir/status.json: running -> finished/stopped/failed
+        status["iteration"] = Trainer(task, ds, work_dir, resume=resume, load_from=load_from,
+                                      progress=not args.no_progress).build().fit()["iteration"]
     return 0
