@@ -8,7 +8,9 @@ which logs every request and can fail the next requests on purpose.
 """
 from __future__ import annotations
 
+import http.client
 import http.server
+import json
 import os
 import threading
 from pathlib import Path
@@ -24,37 +26,81 @@ from vit_adapter_ds.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, 
 OPTS = dict(crop_size=(32, 32), scale=(80, 40), seed=3, num_classes=8)
 
 
-class RangeServer(http.server.ThreadingHTTPServer):
+class LoggingServer(http.server.ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1 that logs every request and can fail the next ones on purpose."""
     daemon_threads = True
 
-    def __init__(self, root):
-        super().__init__(("127.0.0.1", 0), RangeHandler)
-        self.root = Path(root)
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
         self.log = []            # served: (method, path, range header or None, bytes sent)
         self.requests = []       # every request: (method, path)
-        self.fail_next = []      # actions for the next requests: "503" or "drop" (close without a response)
+        # faults for the next requests: "503" or "drop" (close without a response) for the next request, or
+        # (fault, method, path suffix) for the next request that matches
+        self.fail_next = []
         self.lock = threading.Lock()
 
     @property
     def url(self):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    def start(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
 
-class RangeHandler(http.server.BaseHTTPRequestHandler):
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+
+
+class FaultyHandler(http.server.BaseHTTPRequestHandler):
+    ERROR_BODY = b""             # the body of an injected 503
+    ERROR_TYPE = "text/plain"
+
     def log_message(self, *args):
         pass
 
-    def _serve(self, head):
+    def injected_fault(self):
+        """Record the request; True when an injected fault took its place (a 503 or a dropped connection)."""
         srv = self.server
+        path = self.path.split("?")[0]
         with srv.lock:
             srv.requests.append((self.command, self.path))
-            action = srv.fail_next.pop(0) if srv.fail_next else None
+            action = None
+            if srv.fail_next:
+                f = srv.fail_next[0]
+                if isinstance(f, str) or (self.command == f[1] and path.endswith(f[2])):
+                    action = f if isinstance(f, str) else f[0]
+                    srv.fail_next.pop(0)
         if action == "drop":
             self.close_connection = True
             self.connection.shutdown(2)
-            return
+            return True
         if action == "503":
-            self.send_error(503)
+            self.send_response(503)
+            self.send_header("Content-Type", self.ERROR_TYPE)
+            self.send_header("Content-Length", str(len(self.ERROR_BODY)))
+            self.end_headers()
+            self.wfile.write(self.ERROR_BODY)
+            return True
+        return False
+
+    def logged(self, nbytes):
+        with self.server.lock:
+            self.server.log.append((self.command, self.path, self.headers.get("Range"), nbytes))
+
+
+class RangeServer(LoggingServer):
+    """Serves the files under ``root`` with ``Range`` support (python's http.server ignores ``Range``)."""
+
+    def __init__(self, root):
+        super().__init__(RangeHandler)
+        self.root = Path(root)
+
+
+class RangeHandler(FaultyHandler):
+    def _serve(self, head):
+        srv = self.server
+        if self.injected_fault():
             return
         path = srv.root / self.path.lstrip("/")
         if not path.is_file():
@@ -74,8 +120,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        with srv.lock:
-            srv.log.append((self.command, self.path, rng, 0 if head else len(body)))
+        self.logged(0 if head else len(body))
         if not head:
             self.wfile.write(body)
 
@@ -100,11 +145,9 @@ def shards(tmp_path_factory):
 @pytest.fixture()
 def server(shards, monkeypatch):
     monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_MAX_BACKOFF", "0.05")
-    srv = RangeServer(shards)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = RangeServer(shards).start()
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 def _shard_requests(srv):
@@ -189,3 +232,192 @@ def test_unknown_backend_says_what_to_install():
             remote.filesystem("s3://bucket/shards/train/manifest.json")
     assert not remote.is_remote("/data/shards") and not remote.is_remote("file:///data") and remote.is_remote(
         "gs://b/x") and remote.is_remote(os.fspath("https://h/x"))
+
+
+# ------------------------------------------------------------------------------------------------ s3:// (moto)
+# moto's S3 server (in this process, on 127.0.0.1) holds a copy of the shard sets; s3fs reads them through a
+# logging proxy in front of it, so the test sees every request (and its Range header) and can inject faults.
+BUCKET = "vit-adapter-ds-shards"
+S3_503 = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+          b'<Message>injected by the test</Message></Error>')
+
+
+class ProxyServer(LoggingServer):
+    """Forwards every request to ``upstream`` (host, port) as it is, logging it (and its ``Range``)."""
+
+    def __init__(self, upstream):
+        super().__init__(ProxyHandler)
+        self.upstream = upstream
+
+
+class ProxyHandler(FaultyHandler):
+    ERROR_BODY, ERROR_TYPE = S3_503, "application/xml"
+    HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length", "date", "server"}
+
+    def _forward(self):
+        if self.injected_fault():
+            return
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else None
+        conn = http.client.HTTPConnection(*self.server.upstream, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body,
+                         headers={k: v for k, v in self.headers.items() if k.lower() not in self.HOP})
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in self.HOP:
+                self.send_header(k, v)
+        length = r.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+        if length is not None:
+            self.send_header("Content-Length", length)
+        self.end_headers()
+        self.logged(0 if self.command == "HEAD" else len(data))
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+
+@pytest.fixture(scope="module")
+def det_shards(shards):
+    """A small detection shard set (COCO layout) next to the segmentation ones: ``det/train``."""
+    from vit_adapter_ds.data.make_shards import write_coco
+    from vit_adapter_ds.data.synthetic import write_synthetic_coco
+
+    root = shards / "coco_raw"
+    write_synthetic_coco(str(root), 6, 2, seed=1, size=(64, 80))
+    write_coco(str(root), str(shards / "det" / "train"), "train", num_workers=1, progress=False, max_samples=3)
+    return shards / "det"
+
+
+@pytest.fixture(scope="module")
+def moto_s3(shards, det_shards):
+    """moto's S3 server with the bucket holding ``syn/`` and ``det/`` under the prefix ``sets/``; yields its
+    (host, port). Uploaded with boto3 straight to moto (not through the proxy)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    for sub in ("syn", "det"):
+        for f in sorted((shards / sub).rglob("*")):
+            if f.is_file():
+                s3.put_object(Bucket=BUCKET, Key=f"sets/{f.relative_to(shards).as_posix()}", Body=f.read_bytes())
+    yield host, port
+    server.stop()
+
+
+@pytest.fixture()
+def s3(moto_s3, monkeypatch):
+    """A logging, fault-injecting proxy in front of moto; the storage options (per protocol, as a user sets them)
+    point s3fs at it. botocore's own retries are off, so a failed request is retried by ``remote.Retry``; its
+    backoff delays are recorded in ``proxy.delays``."""
+    proxy = ProxyServer(moto_s3).start()
+    monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_MAX_BACKOFF", "0.05")
+    monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_OPTIONS", json.dumps({"s3": {
+        "endpoint_url": proxy.url, "key": "testing", "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+        "config_kwargs": {"retries": {"total_max_attempts": 1}}}}))
+    proxy.delays = []
+    delay = remote.Retry.delay
+    monkeypatch.setattr(remote.Retry, "delay", lambda self, a: proxy.delays.append(a) or delay(self, a))
+    yield proxy
+    proxy.stop()
+
+
+def _s3_shard_gets(proxy):
+    return [r for r in proxy.log if r[0] == "GET" and r[1].split("?")[0].endswith(".tar")]
+
+
+def test_s3_train_loader_streams_ranged_reads_like_local_and_resumes(shards, s3):
+    url = f"s3://{BUCKET}/sets/syn"
+    m = read_manifest(url)
+    assert m["shard_dir"] == f"{url}/train" and m["num_samples"] == 12
+    total = sum(s["bytes"] for s in m["shards"])
+    local = build_train_loader(str(shards / "syn"), batch_size=2, **OPTS)
+    loader = build_train_loader(url, batch_size=2, **OPTS)
+    lit, it = iter(local), iter(loader)
+    _same_batches(next(it), next(lit))
+    gets = _s3_shard_gets(s3)
+    assert gets and all(r[2] and r[2].startswith("bytes=") for r in gets), gets  # every shard read is ranged
+    assert sum(r[3] for r in gets) < total / 3  # one batch of 2 samples: a fraction of the shard bytes
+    _same_batches(next(it), next(lit))
+    state = loader.state_dict()
+    assert state == local.state_dict() and state["samples_consumed_in_epoch"] == 4
+    resumed = build_train_loader(url, batch_size=2, num_workers=1, **OPTS)  # a forked worker opens its own client
+    resumed.load_state_dict(state)
+    rit = iter(resumed)
+    for _ in range(5):  # the rest of the epoch and into the next one
+        _same_batches(next(rit), next(lit))
+    assert resumed.state_dict() == local.state_dict()
+    assert not s3.delays  # nothing failed, nothing retried
+
+
+def test_s3_transient_errors_are_retried_with_backoff(shards, s3):
+    local = next(iter(build_train_loader(str(shards / "syn"), batch_size=2, **OPTS)))
+    s3.fail_next = [("503", "GET", "train/manifest.json")] * 2  # reading the manifest fails twice
+    loader = build_train_loader(f"s3://{BUCKET}/sets/syn", batch_size=2, **OPTS)
+    assert not s3.fail_next and s3.delays == [0, 1]  # retried twice by remote.Retry, the second wait doubled
+    # the next shard reads: a 503 (retried by remote.Retry) and a connection closed without a response (s3fs
+    # retries that one itself)
+    s3.fail_next = [("503", "GET", ".tar"), ("drop", "GET", ".tar")]
+    n, served = len(s3.requests), len(s3.log)
+    _same_batches(next(iter(loader)), local)
+    failed = (len(s3.requests) - n) - (len(s3.log) - served)
+    assert not s3.fail_next and failed == 2 and s3.delays == [0, 1, 0], (failed, s3.delays)
+    with pytest.raises(FileNotFoundError):  # a missing object: no retry
+        remote.read_range(f"s3://{BUCKET}/sets/syn/train/missing.tar", 0, 10)
+    assert len([r for r in s3.requests if "missing" in r[1]]) == 1
+
+
+def test_s3_detection_loader_streams_like_local(det_shards, s3):
+    from vit_adapter_ds.data.detection import DetectionTrainLoader
+
+    kw = dict(batch_size=2, transform_kw=DET_SMALL, seed=3)
+    local = DetectionTrainLoader(str(det_shards / "train"), **kw)
+    loader = DetectionTrainLoader(f"s3://{BUCKET}/sets/det/train", **kw)
+    assert loader.num_samples == local.num_samples > 0
+    _same_det(next(loader), next(local))
+    gets = _s3_shard_gets(s3)
+    assert gets and all(r[2] and r[2].startswith("bytes=") for r in gets), gets
+    state = loader.state_dict()
+    assert state == local.state_dict()
+    resumed = DetectionTrainLoader(f"s3://{BUCKET}/sets/det/train", **kw)
+    resumed.load_state_dict(state)
+    _same_det(next(resumed), next(local))
+
+
+def test_s3_recipe_data_section_streams_from_the_bucket(shards, s3):
+    """The recipe's ``data.train.shard_dir`` as an ``s3://`` URL: the task's train loader (what the engine
+    builds) gives the batches of the same recipe on the local copy."""
+    from vit_adapter_ds.config import load_recipe
+    from vit_adapter_ds.tasks import task_for
+
+    def first_batch(shard_dir):
+        cfg = load_recipe("synthetic_quickstart", [f"data.train.shard_dir={shard_dir}", "data.samples_per_gpu=2",
+                                                   "data.workers_per_gpu=0"])
+        return next(iter(task_for(cfg).build_train_loader(rank=1, world_size=2, seed=5)))
+
+    _same_batches(first_batch(f"s3://{BUCKET}/sets/syn/train"), first_batch(str(shards / "syn" / "train")))
+    assert _s3_shard_gets(s3)
+
+
+DET_SMALL = dict(scales=((96, 160), (128, 160)), crop_scales=((64, 160), (80, 160)), crop_range=(48, 96),
+                 final_crop=(128, 128))
+
+
+def _same_det(a, b):
+    assert a["meta"]["keys"] == b["meta"]["keys"]
+    assert torch.equal(a["img"], b["img"])
+    for ta, tb in zip(a["targets"], b["targets"]):
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert (torch.equal(ta[k], tb[k]) if torch.is_tensor(ta[k]) else ta[k] == tb[k]), k

@@ -14,7 +14,8 @@ see ``data.max_bad_fraction``).
 Protocols come from fsspec: ``s3://`` needs ``s3fs``, ``gs://`` needs ``gcsfs``, ``http(s)://`` uses fsspec's
 HTTP file system when ``aiohttp`` is installed and otherwise a small built-in client (urllib) with the same
 ranged-read semantics. Credentials are those of the underlying library (environment, instance role, config files);
-``VIT_ADAPTER_DS_REMOTE_OPTIONS`` may hold JSON storage options passed to fsspec (e.g. ``{"anon": true}``).
+``VIT_ADAPTER_DS_REMOTE_OPTIONS`` may hold JSON storage options passed to fsspec, for every protocol (e.g.
+``{"anon": true}``) or per protocol (``{"s3": {"endpoint_url": "http://minio:9000"}, "gs": {"token": "anon"}}``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ import urllib.request
 
 REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "http://", "https://", "az://", "abfs://", "abfss://",
                   "hf://", "oss://")
+
+
+_PROTOCOLS = {s[:-3] for s in REMOTE_SCHEMES}
 
 
 def is_remote(path) -> bool:
@@ -119,6 +123,25 @@ class _UrllibHTTP:
 _FS_CACHE: dict = {}
 
 
+def storage_options(scheme: str) -> dict:
+    """The fsspec storage options for ``scheme`` from ``VIT_ADAPTER_DS_REMOTE_OPTIONS`` (JSON): either one dict
+    for every protocol (``{"anon": true}``) or one dict per protocol (``{"s3": {"endpoint_url": ...}, "gs":
+    {...}}``; a protocol not named gets none)."""
+    raw = os.environ.get("VIT_ADAPTER_DS_REMOTE_OPTIONS", "") or "{}"
+    try:
+        opts = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"VIT_ADAPTER_DS_REMOTE_OPTIONS is not valid JSON ({e}): {raw!r}") from e
+    if not isinstance(opts, dict):
+        raise ValueError(f"VIT_ADAPTER_DS_REMOTE_OPTIONS must be a JSON object, got {raw!r}")
+    per_protocol = [k for k in opts if k.lower() in _PROTOCOLS]
+    if per_protocol and len(per_protocol) == len(opts) and all(isinstance(v, dict) for v in opts.values()):
+        by_name = {k.lower(): v for k, v in opts.items()}
+        aliases = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}
+        return dict(by_name.get(scheme, by_name.get(aliases.get(scheme, ""), {})))
+    return opts
+
+
 def filesystem(url: str):
     """``(fs, path)`` for ``url``: an fsspec file system (or the built-in HTTP client) and the path inside it."""
     scheme = url.split("://", 1)[0].lower()
@@ -130,7 +153,7 @@ def filesystem(url: str):
             return fs, url
     import fsspec
 
-    opts = json.loads(os.environ.get("VIT_ADAPTER_DS_REMOTE_OPTIONS", "{}") or "{}")
+    opts = storage_options(scheme)
     try:
         fs, path = fsspec.core.url_to_fs(url, **opts)
     except ImportError as e:
