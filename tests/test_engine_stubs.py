@@ -140,12 +140,15 @@ class StubTask:
             import time
             time.sleep(float(os.environ["STUB_STEP_SLEEP"]))
         nan_at = os.environ.get("STUB_NAN_AT_BATCH")  # fault injection: NaN loss_ce at these micro-batch numbers
-        if nan_at and os.environ.get("RANK", "0") == os.environ.get("STUB_NAN_RANK", "1"):
+        if nan_at:
+            # every rank and every micro-batch builds the same graph (a factor 1 or NaN), as a real numerical fault
+            # does: ZeRO-3 checks that all ranks run the module backwards in the same order
             self._micro = getattr(self, "_micro", -1) + 1
             start = int(os.environ.get("STUB_NAN_OFFSET", "0"))  # micro-batches before this process (resumed run)
-            if self._micro + start in {int(i) for i in nan_at.split(",")}:
-                losses["loss_ce"] = losses["loss_ce"] * float("nan")
-                losses["loss"] = losses["loss_ce"] + losses["loss_aux"]
+            bad = (os.environ.get("RANK", "0") == os.environ.get("STUB_NAN_RANK", "1")
+                   and self._micro + start in {int(i) for i in nan_at.split(",")})
+            losses["loss_ce"] = losses["loss_ce"] * (float("nan") if bad else 1.0)
+            losses["loss"] = losses["loss_ce"] + losses["loss_aux"]
         return losses
 
     def param_groups(self, model):
