@@ -11,7 +11,11 @@ Fault-injection hooks (environment variables of the script): ``STUB_CRASH_AT_ITE
 (that rank writes half of that checkpoint file, then SIGKILLs itself), ``STUB_NAN_AT_BATCH=i,j`` /
 ``STUB_NAN_RANK`` / ``STUB_NAN_OFFSET`` (NaN loss at those micro-batch numbers of one rank), ``STUB_STEP_SLEEP``
 (seconds added to every micro-batch), ``STUB_SIGNAL_IN_SAVE=<signal number>`` (once a stop signal arrived, each rank
-signals itself again while it writes its checkpoint state).
+signals itself again while it writes its checkpoint state), ``STUB_SAVE_SLEEP`` (every checkpoint file is written
+half, then this many seconds later the rest: a save long enough to be killed in), ``STUB_EVAL_SLEEP`` (seconds added to
+every validation batch), ``STUB_PHASE_LOG=<file>`` (each rank appends ``<rank> step|save|eval|eval-end <n> <time>``
+lines: the start of micro-batch ``n``, of a file of checkpoint ``iter_<n>``, of the evaluation after iteration ``n``
+and its end, so a test knows what a kill interrupted).
 """
 from __future__ import annotations
 
@@ -23,6 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 NUM_CLASSES = 4
+
+
+def phase(what, n):
+    """One ``STUB_PHASE_LOG`` line (a single O_APPEND write: lines of several ranks do not interleave)."""
+    path = os.environ.get("STUB_PHASE_LOG")
+    if path:
+        import time
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, f"{os.environ.get('RANK', '0')} {what} {n} {time.time():.3f}\n".encode())
+        os.close(fd)
 
 
 class TinySeg(nn.Module):
@@ -97,6 +111,9 @@ def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
     import torch.distributed as dist
     correct = torch.zeros(2, dtype=torch.float64)
     for b in val_loader:
+        if os.environ.get("STUB_EVAL_SLEEP"):  # slow evaluation down so a test can kill a rank mid-evaluation
+            import time
+            time.sleep(float(os.environ["STUB_EVAL_SLEEP"]))
         pred = model.predict(b["img"].to(dtype))
         correct[0] += (pred == b["gt_semantic_seg"]).sum()
         correct[1] += pred.numel()
@@ -129,12 +146,14 @@ class StubTask:
         return TinySeg(dropout=self.cfg.model.decode_head.dropout_ratio)
 
     def build_train_loader(self, rank, world_size, seed):
-        return StubLoader(seed, rank, world_size, self.cfg.data.samples_per_gpu)
+        self._train_loader = StubLoader(seed, rank, world_size, self.cfg.data.samples_per_gpu)
+        return self._train_loader
 
     def build_val_loader(self, rank, world_size):
         return StubVal(rank)
 
     def forward_loss(self, model, batch, device, dtype):
+        phase("step", self._train_loader.pos)
         losses = model(batch["img"].to(device, dtype), batch["gt_semantic_seg"].to(device))
         if os.environ.get("STUB_STEP_SLEEP"):  # slow iterations down so a test can signal mid-run
             import time
@@ -158,7 +177,10 @@ class StubTask:
                 {"params": no_decay, "lr_scale": 0.5, "weight_decay": 0.0, "group_name": "no_decay"}]
 
     def evaluate(self, model, val_loader, dtype, num_vis):
-        return stub_evaluate(model, val_loader, self.cfg, dtype, num_vis)
+        phase("eval", self._train_loader.pos)
+        out = stub_evaluate(model, val_loader, self.cfg, dtype, num_vis)
+        phase("eval-end", self._train_loader.pos)
+        return out
 
 
 if __name__ == "__main__":
@@ -186,9 +208,12 @@ if __name__ == "__main__":
     if kill_in_save:  # "<tag>:<rank>:<file name part>": write half of that file of that save, then SIGKILL this rank
         tag, kill_rank, part = kill_in_save.split(":")
     signal_in_save = os.environ.get("STUB_SIGNAL_IN_SAVE")  # "<signal number>": sent again in the stop's save
-    if kill_in_save or signal_in_save:
+    save_sleep = float(os.environ.get("STUB_SAVE_SLEEP") or 0)
+    if kill_in_save or signal_in_save or save_sleep or os.environ.get("STUB_PHASE_LOG"):
         import io
+        import re
         import signal
+        import time
 
         real_save = torch.save
 
@@ -206,6 +231,19 @@ if __name__ == "__main__":
                     out.flush()
                     os.fsync(out.fileno())
                 os.kill(os.getpid(), signal.SIGKILL)
+            tag_of = re.search(r"/iter_(\d+)/", name)
+            if tag_of:
+                phase("save", tag_of.group(1))
+            if tag_of and save_sleep:  # half the file, a pause, the rest
+                buf = io.BytesIO()
+                real_save(obj, buf, *args, **kwargs)
+                data = buf.getvalue()
+                with open(name, "wb") as out:
+                    out.write(data[:len(data) // 2])
+                    out.flush()
+                    time.sleep(save_sleep)
+                    out.write(data[len(data) // 2:])
+                return None
             return real_save(obj, f, *args, **kwargs)
         torch.save = _save
     sys.exit(main(sys.argv[1:], make_task=StubTask))
