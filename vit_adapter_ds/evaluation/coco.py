@@ -8,7 +8,10 @@
 
 ``evaluate`` gathers the per-rank ground truth and results to rank 0 (``torch.distributed.gather_object`` when a
 process group is initialised), refuses an image seen twice, runs ``COCOeval`` for ``'bbox'`` and ``'segm'`` there
-and broadcasts the metrics. Metric names and settings are mmdet 2.x ``CocoDataset.evaluate``'s: ``bbox_mAP``,
+and broadcasts the metrics. ``evaluate(results_prefix=P)`` also writes the gathered detections in the COCO result
+format (mmdet's ``format_results`` files ``P.bbox.json`` and ``P.segm.json``: ``image_id``, ``category_id`` = the
+manifest's COCO id, ``bbox`` or ``segmentation`` (RLE), ``score``), as submitted to the COCO test-dev server;
+``format_only=True`` writes them without computing AP (test-dev has no annotations). Metric names and settings are mmdet 2.x ``CocoDataset.evaluate``'s: ``bbox_mAP``,
 ``bbox_mAP_50``, ``bbox_mAP_75``, ``bbox_mAP_s/m/l`` (and ``segm_*``), ``maxDets = [100, 300, 1000]``, boxes as
 ``[x1, y1, x2 - x1, y2 - y1]``, masks as RLE without a ``bbox`` entry (the mask area decides the size bucket).
 The ground truth is the annotations of the evaluated images, as written in the shards; polygons with fewer than 3
@@ -120,11 +123,17 @@ class CocoEvaluator:
         dist.gather_object(local, parts, dst=0)
         return parts
 
-    def evaluate(self, verbose: bool = False) -> dict:
-        """COCO AP on all accumulated images (every rank returns the same dict, computed on rank 0)."""
+    def evaluate(self, verbose: bool = False, results_prefix=None, format_only: bool = False) -> dict:
+        """COCO AP on all accumulated images (every rank returns the same dict, computed on rank 0).
+
+        ``results_prefix``: also write the gathered detections as COCO result files ``<prefix>.<iou type>.json``
+        (rank 0; their paths are returned under ``'results_files'``). ``format_only``: write them and skip the AP
+        (the dict then holds ``num_images`` and ``results_files`` only)."""
+        if format_only and results_prefix is None:
+            raise ValueError("format_only needs results_prefix")
         rank, world = _dist()
         parts = self._gathered()
-        metrics = self._compute(parts, verbose) if rank == 0 else None
+        metrics = self._compute(parts, verbose, results_prefix, format_only) if rank == 0 else None
         if world > 1:
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
@@ -133,16 +142,20 @@ class CocoEvaluator:
             raise metrics
         return metrics
 
-    def _compute(self, parts, verbose):
+    def _compute(self, parts, verbose, results_prefix=None, format_only=False):
         try:
-            return self._coco_eval(parts, verbose)
+            images, anns, results = self._merge(parts)
+            files = write_results(results, results_prefix) if results_prefix is not None else None
+            metrics = {"num_images": len(images)} if format_only else self._coco_eval(images, anns, results, verbose)
+            if files is not None:
+                metrics["results_files"] = files
+            return metrics
         except Exception as e:  # broadcast the failure so that no rank waits forever
             return RuntimeError(f"COCO evaluation failed: {e}")
 
-    def _coco_eval(self, parts, verbose):
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
+    def _merge(self, parts):
+        """The ranks' parts as one set: ``({image id: image}, annotations, {iou type: results})``; an image seen
+        twice is an error."""
         images, anns, results = {}, [], {t: [] for t in self.iou_types}
         for imgs, a, res in parts:
             for im in imgs:
@@ -152,6 +165,12 @@ class CocoEvaluator:
             anns.extend(a)
             for t in self.iou_types:
                 results[t].extend(res[t])
+        return images, anns, results
+
+    def _coco_eval(self, images, anns, results, verbose):
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
         anns = [dict(a, id=i + 1) for i, a in enumerate(anns)]
         gt = COCO()
         gt.dataset = {"images": list(images.values()), "annotations": anns, "categories": self.categories}
@@ -178,13 +197,37 @@ class CocoEvaluator:
         return metrics
 
 
+def results_path(prefix, iou_type: str) -> str:
+    """``<prefix>.<iou_type>.json`` (mmdet's ``format_results`` names); a ``.json`` suffix of ``prefix`` is dropped."""
+    prefix = str(prefix)
+    if prefix.endswith(".json"):
+        prefix = prefix[: -len(".json")]
+    return f"{prefix}.{iou_type}.json"
+
+
+def write_results(results: dict, prefix) -> dict:
+    """Write ``{iou type: [COCO result dicts]}`` as ``<prefix>.<iou type>.json``; returns ``{iou type: path}``."""
+    import json
+    import os
+
+    files = {}
+    for t, res in results.items():
+        path = results_path(prefix, t)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(res, f)
+        files[t] = path
+    return files
+
+
 @torch.no_grad()
 def evaluate_detector(model, loader, categories, *, device=None, dtype=None, iou_types=("bbox", "segm"),
-                      progress: bool = False) -> dict:
+                      progress: bool = False, results_prefix=None, format_only: bool = False) -> dict:
     """COCO AP of a detector (``model.predict(img, image_sizes, ori_shapes)``, e.g.
     :class:`~vit_adapter_ds.models.detectors.MaskRCNN`) over a
     :class:`~vit_adapter_ds.data.detection.DetectionValLoader` (each image once across ranks); collective:
-    every rank must call it. ``dtype``: autocast dtype (e.g. ``torch.bfloat16``) or None."""
+    every rank must call it. ``dtype``: autocast dtype (e.g. ``torch.bfloat16``) or None. ``results_prefix`` /
+    ``format_only``: see :meth:`CocoEvaluator.evaluate`."""
     was_training = model.training
     model.eval()
     ev = CocoEvaluator(categories, iou_types)
@@ -201,4 +244,6 @@ def evaluate_detector(model, loader, categories, *, device=None, dtype=None, iou
                 print(f"\revaluated {len(ev.images)} / {len(loader)} images", end="", flush=True)
     finally:
         model.train(was_training)
-    return ev.evaluate()
+    if progress:
+        print()
+    return ev.evaluate(results_prefix=results_prefix, format_only=format_only)

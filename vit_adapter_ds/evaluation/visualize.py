@@ -1,7 +1,10 @@
-"""Colourised prediction masks: palettes, label -> RGB, and indexed PNG files.
+"""Pictures of predictions: colourised segmentation masks (palettes, label -> RGB, indexed PNG files) and drawn
+detections (boxes, class names, scores and instance masks).
 
 :func:`save_mask_png` writes a palette ("P" mode) PNG: its pixel values are the class ids (exactly, so the file is
 also a machine-readable prediction) and image viewers show the palette colours; ``ignore_index`` (255) is black.
+:func:`draw_detections` draws the detections at or above a score threshold over an image (torchvision's
+``draw_segmentation_masks`` / ``draw_bounding_boxes``, one colour per class); nothing above it: the image unchanged.
 """
 from __future__ import annotations
 
@@ -73,4 +76,50 @@ def save_rgb_png(path, rgb: np.ndarray) -> Path:
     path = Path(path)
     os.makedirs(path.parent, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(rgb)).save(path)
+    return path
+
+
+def draw_detections(image, pred: dict, score_thr: float = 0.3, class_names=None, palette=None,
+                    mask_alpha: float = 0.4, width: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8 picture of ``image`` ((H, W, 3) uint8 array or (3, H, W) uint8 tensor) with the detections
+    whose score is ``>= score_thr``: the instance masks (``pred['masks']`` (K, H, W), when present) blended with
+    ``mask_alpha``, the boxes (``pred['boxes']`` (K, 4) x1y1x2y2 pixels) and ``"<class name> <score>"`` labels
+    (``class_names[label]``, else the class index). Colours: ``palette[label]`` (default :func:`default_palette`)."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    img = torch.as_tensor(image)
+    if img.ndim != 3 or img.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 (H, W, 3) or (3, H, W) image, got {tuple(img.shape)} {img.dtype}")
+    if img.shape[0] != 3 and img.shape[-1] == 3:
+        img = img.permute(2, 0, 1)
+    img = img.contiguous()
+    scores = torch.as_tensor(pred["scores"]).detach().float().cpu().reshape(-1)
+    keep = scores >= score_thr
+    if not bool(keep.any()):
+        return img.permute(1, 2, 0).contiguous().numpy()
+    labels = torch.as_tensor(pred["labels"]).detach().cpu().reshape(-1)[keep].tolist()
+    boxes = torch.as_tensor(pred["boxes"]).detach().float().cpu().reshape(-1, 4)[keep]
+    n = max(max(labels) + 1, len(class_names) if class_names is not None else 0)
+    pal = _palette(palette, n) if palette is not None else default_palette(n)
+    colors = [tuple(int(c) for c in pal[int(k)]) for k in labels]
+    out = img
+    if pred.get("masks") is not None:
+        masks = torch.as_tensor(pred["masks"]).detach().cpu()[keep].bool().reshape(-1, *img.shape[-2:])
+        out = draw_segmentation_masks(out, masks, alpha=mask_alpha, colors=colors)
+    names = [str(class_names[int(k)]) if class_names is not None and int(k) < len(class_names) else str(int(k))
+             for k in labels]
+    text = [f"{name} {float(s):.2f}" for name, s in zip(names, scores[keep].tolist())]
+    out = draw_bounding_boxes(out, boxes, labels=text, colors=colors, width=width)
+    return out.permute(1, 2, 0).contiguous().numpy()
+
+
+def save_image(path, rgb: np.ndarray, quality: int = 95) -> Path:
+    """Write an (H, W, 3) uint8 picture; the format follows the suffix (``.png`` lossless, ``.jpg`` / ``.jpeg``
+    JPEG at ``quality``)."""
+    from PIL import Image
+
+    path = Path(path)
+    os.makedirs(path.parent, exist_ok=True)
+    kw = {"quality": int(quality)} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    Image.fromarray(np.ascontiguousarray(rgb)).save(path, **kw)
     return path
