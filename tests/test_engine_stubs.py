@@ -9,10 +9,11 @@ uses dropout, so resuming is bitwise only if the engine restores the torch RNG s
 Fault-injection hooks (environment variables of the script): ``STUB_CRASH_AT_ITER`` / ``STUB_CRASH_RANK`` /
 ``STUB_CRASH_FILE`` (SIGKILL a rank once an iteration is logged), ``STUB_KILL_IN_SAVE=<tag>:<rank>:<name part>``
 (that rank writes half of that checkpoint file, then SIGKILLs itself), ``STUB_NAN_AT_BATCH=i,j`` /
-``STUB_NAN_RANK`` / ``STUB_NAN_OFFSET`` (NaN loss at those micro-batch numbers of one rank), ``STUB_STEP_SLEEP``
-(seconds added to every micro-batch), ``STUB_SIGNAL_IN_SAVE=<signal number>`` (once a stop signal arrived, each rank
-signals itself again while it writes its checkpoint state), ``STUB_SAVE_SLEEP`` (every checkpoint file is written
-half, then this many seconds later the rest: a save long enough to be killed in), ``STUB_EVAL_SLEEP`` (seconds added to
+``STUB_NAN_RANK`` / ``STUB_NAN_OFFSET`` (NaN loss at those micro-batch numbers of one rank),
+``STUB_INF_GRAD_AT_BATCH=i,j`` (same rank and numbering: finite losses, an Inf gradient into ``loss_aux``),
+``STUB_STEP_SLEEP`` (seconds added to every micro-batch), ``STUB_SIGNAL_IN_SAVE=<signal number>`` (once a stop
+signal arrived, each rank signals itself again while it writes its checkpoint state), ``STUB_SAVE_SLEEP``
+(every checkpoint file is written half, then this many seconds later the rest: a save long enough to be killed in), ``STUB_EVAL_SLEEP`` (seconds added to
 every validation batch), ``STUB_PHASE_LOG=<file>`` (each rank appends ``<rank> step|save|eval|eval-end <n> <time>``
 lines: the start of micro-batch ``n``, of a file of checkpoint ``iter_<n>``, of the evaluation after iteration ``n``
 and its end, so a test knows what a kill interrupted).
@@ -159,15 +160,20 @@ class StubTask:
             import time
             time.sleep(float(os.environ["STUB_STEP_SLEEP"]))
         nan_at = os.environ.get("STUB_NAN_AT_BATCH")  # fault injection: NaN loss_ce at these micro-batch numbers
-        if nan_at:
-            # every rank and every micro-batch builds the same graph (a factor 1 or NaN), as a real numerical fault
-            # does: ZeRO-3 checks that all ranks run the module backwards in the same order
+        inf_grad_at = os.environ.get("STUB_INF_GRAD_AT_BATCH")  # ... finite losses, Inf gradient of loss_aux
+        if nan_at or inf_grad_at:
+            # every rank and every micro-batch builds the same graph (a factor 1 or NaN / Inf), as a real numerical
+            # fault does: ZeRO-3 checks that all ranks run the module backwards in the same order
             self._micro = getattr(self, "_micro", -1) + 1
             start = int(os.environ.get("STUB_NAN_OFFSET", "0"))  # micro-batches before this process (resumed run)
-            bad = (os.environ.get("RANK", "0") == os.environ.get("STUB_NAN_RANK", "1")
-                   and self._micro + start in {int(i) for i in nan_at.split(",")})
-            losses["loss_ce"] = losses["loss_ce"] * (float("nan") if bad else 1.0)
+            here = os.environ.get("RANK", "0") == os.environ.get("STUB_NAN_RANK", "1")
+
+            def bad(at):
+                return here and self._micro + start in {int(i) for i in (at or "").split(",") if i}
+            losses["loss_ce"] = losses["loss_ce"] * (float("nan") if bad(nan_at) else 1.0)
             losses["loss"] = losses["loss_ce"] + losses["loss_aux"]
+            grad_factor = float("inf") if bad(inf_grad_at) else 1.0
+            losses["loss_aux"].register_hook(lambda g: g * grad_factor)
         return losses
 
     def param_groups(self, model):
