@@ -7,16 +7,16 @@ The loader's batch ``n`` on rank ``r`` is a pure function of ``(seed, r, n)``, s
 uses dropout, so resuming is bitwise only if the engine restores the torch RNG state too.
 
 Fault-injection hooks (environment variables of the script): ``STUB_CRASH_AT_ITER`` / ``STUB_CRASH_RANK`` /
-``STUB_CRASH_FILE`` (SIGKILL a rank once an iteration is logged), ``STUB_KILL_IN_SAVE=<tag>:<rank>:<name part>``
-(that rank writes half of that checkpoint file, then SIGKILLs itself), ``STUB_NAN_AT_BATCH=i,j`` /
-``STUB_NAN_RANK`` / ``STUB_NAN_OFFSET`` (NaN loss at those micro-batch numbers of one rank),
-``STUB_INF_GRAD_AT_BATCH=i,j`` (same rank and numbering: finite losses, an Inf gradient into ``loss_aux``),
-``STUB_STEP_SLEEP`` (seconds added to every micro-batch), ``STUB_SIGNAL_IN_SAVE=<signal number>`` (once a stop
-signal arrived, each rank signals itself again while it writes its checkpoint state), ``STUB_SAVE_SLEEP``
-(every checkpoint file is written half, then this many seconds later the rest: a save long enough to be killed in), ``STUB_EVAL_SLEEP`` (seconds added to
-every validation batch), ``STUB_PHASE_LOG=<file>`` (each rank appends ``<rank> step|save|eval|eval-end <n> <time>``
-lines: the start of micro-batch ``n``, of a file of checkpoint ``iter_<n>``, of the evaluation after iteration ``n``
-and its end, so a test knows what a kill interrupted).
+``STUB_CRASH_FILE`` (SIGKILL a rank once an iteration is logged), ``STUB_KILL_IN_SAVE=<tag>:<rank>:<name part>`` (that
+rank writes half of that checkpoint file, then SIGKILLs itself), ``STUB_NAN_AT_BATCH=i,j`` / ``STUB_NAN_RANK`` /
+``STUB_NAN_OFFSET`` (NaN loss at those micro-batch numbers of one rank), ``STUB_INF_GRAD_AT_BATCH=i,j`` (same rank and
+numbering: finite losses, an Inf gradient into ``loss_aux``), ``STUB_STEP_SLEEP`` (seconds added to every
+micro-batch), ``STUB_SIGNAL_IN_SAVE=<signal number>`` (once a stop signal arrived, each rank signals itself again
+while it writes its checkpoint state), ``STUB_SAVE_SLEEP`` (every checkpoint file is written half, then this many
+seconds later the rest: a save long enough to be killed in), ``STUB_EVAL_SLEEP`` (seconds added to every validation
+batch), ``STUB_PHASE_LOG=<file>`` (each rank appends ``<rank> step|save|eval|eval-end <n> <time>`` lines: the start of
+micro-batch ``n``, of a file of checkpoint ``iter_<n>``, of the evaluation after iteration ``n`` and its end, so a
+test knows what a kill interrupted).
 """
 from __future__ import annotations
 
