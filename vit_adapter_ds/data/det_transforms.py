@@ -4,7 +4,8 @@ functionals and tv_tensors.
 A sample is a dict ``img`` (``tv_tensors.Image`` uint8 (3, H, W), RGB), ``boxes`` (``tv_tensors.BoundingBoxes``
 XYXY float32 (N, 4)), ``labels`` int64 (N,), ``masks`` (``tv_tensors.Mask`` uint8 (N, H, W)) and
 ``ignore_boxes`` (``BoundingBoxes`` (M, 4), crowd regions: transformed like the boxes, never supervised, as
-mmdet's ``gt_bboxes_ignore`` with ``ignore_iof_thr=-1``).
+mmdet's ``gt_bboxes_ignore`` with ``ignore_iof_thr=-1``) and, when the pipeline loads semantic maps
+(``LoadAnnotations(with_seg=True)``), ``seg`` (``tv_tensors.Mask`` uint8 (H, W), 255 = ignore).
 
 Training pipeline (:func:`train_transform`; the "DETR / Sparse R-CNN" augmentation of the ViT-Adapter configs)::
 
@@ -17,12 +18,29 @@ Training pipeline (:func:`train_transform`; the "DETR / Sparse R-CNN" augmentati
 
 * ``Resize`` keep-ratio (mmcv ``rescale_size``): factor ``min(long / max(h, w), short / min(h, w))``, new size
   ``int(x * f + 0.5)``; boxes scaled by ``new / old`` per axis and clipped to the new image; image bilinear,
-  masks nearest.
+  masks nearest (``cv2.INTER_NEAREST``).
 * ``RandomCrop('absolute_range', (lo, hi))``: crop ``h = randint(min(H, lo), min(H, hi) + 1)`` (same for w), offset
   ``randint(0, H - h + 1)``; boxes shifted and clipped; boxes (and their labels and masks) with no area left are
   dropped; a crop without any box is kept (``allow_negative_crop``).
 * Random numbers come only from ``rng.random()`` and ``rng.integers(lo, hi)`` of the numpy Generator passed in, in
   mmdet's order (flip, policy, scale, crop size h, w, offset h, w, ...).
+
+HTC++ pipeline (``htc++_beitv2_adapter_large_fpn_3x_coco.py``; ops ``instaboost``, ``load_seg``, ``resize_range``,
+``flip``, ``pad_seg``, ``seg_rescale``)::
+
+    InstaBoost(...)                                  # data/instaboost.py, before the masks are rasterised
+    LoadAnnotations(with_bbox, with_mask, with_seg=True)
+    Resize(img_scale=[(1600, 400), (1600, 1400)], multiscale_mode='range', keep_ratio=True)
+    RandomFlip(0.5), Normalize, Pad(size_divisor=32), SegRescale(scale_factor=1 / 8)
+
+* ``Resize`` 'range' (mmdet ``random_sample``): long edge ``randint(min longs, max longs + 1)``, short edge
+  ``randint(min shorts, max shorts + 1)``, then keep-ratio as above.
+* The semantic map is resized, flipped and cropped with the image, nearest-neighbour as ``cv2.INTER_NEAREST``
+  (:func:`resize_nearest`, which the instance masks use too); ``Pad`` pads it at the bottom / right to a
+  multiple of 32 with 255 (mmdet 2.x ``Pad(pad_val=dict(img=0, masks=0, seg=255))``); ``SegRescale`` is
+  ``mmcv.imrescale(seg, scale_factor, interpolation='nearest')``: size ``int(x * f + 0.5)`` per side, then
+  nearest. The loader's collate pads the maps of a batch to the largest one with 255 (mmdet's
+  ``DefaultFormatBundle`` padding value for ``gt_semantic_seg``).
 
 Test pipeline (:func:`test_transform`): ``Resize((1333, 800), keep_ratio)``, Normalize, Pad 32.
 """
@@ -30,6 +48,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as TF
 from torchvision import tv_tensors
@@ -49,16 +68,64 @@ def rescale_size(h: int, w: int, scale) -> tuple[int, int]:
     return int(h * f + 0.5), int(w * f + 0.5)
 
 
-def make_sample(img, boxes, labels, masks, ignore_boxes=None) -> dict:
-    """Wrap tensors as a transform sample (see module docstring)."""
+SEG_IGNORE = 255  # semantic-map padding / ignore value (mmdet's seg pad value, the HTC semantic head's ignore_index)
+
+
+def make_sample(img, boxes, labels, masks, ignore_boxes=None, seg=None) -> dict:
+    """Wrap tensors as a transform sample (see module docstring); ``seg`` (H, W) only when given."""
     h, w = img.shape[-2:]
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     ign = torch.zeros(0, 4) if ignore_boxes is None else torch.as_tensor(ignore_boxes, dtype=torch.float32)
-    return {"img": tv_tensors.Image(img),
-            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
-            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
-            "masks": tv_tensors.Mask(torch.as_tensor(masks, dtype=torch.uint8).reshape(-1, h, w)),
-            "ignore_boxes": tv_tensors.BoundingBoxes(ign.reshape(-1, 4), format="XYXY", canvas_size=(h, w))}
+    out = {"img": tv_tensors.Image(img),
+           "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+           "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+           "masks": tv_tensors.Mask(torch.as_tensor(masks, dtype=torch.uint8).reshape(-1, h, w)),
+           "ignore_boxes": tv_tensors.BoundingBoxes(ign.reshape(-1, 4), format="XYXY", canvas_size=(h, w))}
+    if seg is not None:
+        seg = torch.as_tensor(seg, dtype=torch.uint8)
+        if tuple(seg.shape) != (h, w):
+            raise ValueError(f"semantic map of shape {tuple(seg.shape)} for an image of size {(h, w)}")
+        out["seg"] = tv_tensors.Mask(seg)
+    return out
+
+
+def nearest_indices(src: int, dst: int) -> torch.Tensor:
+    """Source index of each of ``dst`` output positions, as ``cv2.INTER_NEAREST``:
+    ``min(floor(i * (1 / (dst / src))), src - 1)`` in double precision."""
+    i = np.minimum(np.floor(np.arange(dst) * (1.0 / (dst / src))).astype(np.int64), src - 1)
+    return torch.from_numpy(i)
+
+
+def resize_nearest(x: torch.Tensor, size) -> torch.Tensor:
+    """Nearest-neighbour resize of the last two dims to ``size`` = (h, w), exactly as ``cv2.resize(...,
+    interpolation=cv2.INTER_NEAREST)`` (mmcv ``imresize(interpolation='nearest')``); keeps the tensor type."""
+    h, w = x.shape[-2:]
+    nh, nw = int(size[0]), int(size[1])
+    out = x.as_subclass(torch.Tensor)[..., nearest_indices(h, nh), :][..., nearest_indices(w, nw)]
+    return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.TVTensor) else out
+
+
+def imrescale_size(h: int, w: int, factor: float) -> tuple[int, int]:
+    """mmcv ``imrescale`` size for a number ``factor``: ``int(x * factor + 0.5)`` per side."""
+    return int(h * float(factor) + 0.5), int(w * float(factor) + 0.5)
+
+
+def pad_seg(sample: dict, size_divisor: int = 32) -> dict:
+    """mmdet ``Pad`` for the semantic map: pad at the bottom / right to a multiple of ``size_divisor`` with 255."""
+    if "seg" not in sample:
+        return sample
+    seg = sample["seg"].as_subclass(torch.Tensor)
+    h, w = seg.shape[-2:]
+    ph, pw = -(-h // size_divisor) * size_divisor, -(-w // size_divisor) * size_divisor
+    return dict(sample, seg=tv_tensors.Mask(TF.pad(seg, (0, pw - w, 0, ph - h), value=SEG_IGNORE)))
+
+
+def seg_rescale(sample: dict, factor: float) -> dict:
+    """mmdet ``SegRescale(scale_factor=factor)``: ``mmcv.imrescale(seg, factor, interpolation='nearest')``."""
+    if "seg" not in sample or factor == 1:
+        return sample
+    h, w = sample["seg"].shape[-2:]
+    return dict(sample, seg=resize_nearest(sample["seg"], imrescale_size(h, w, factor)))
 
 
 def _boxes(t, data, size):
@@ -66,16 +133,19 @@ def _boxes(t, data, size):
 
 
 def resize(sample: dict, size) -> dict:
-    """Resize to ``size`` = (new_h, new_w): image bilinear (no antialias, as OpenCV), masks nearest, boxes scaled by
-    ``new / old`` per axis and clipped to the new image (mmdet ``Resize`` with ``bbox_clip_border``)."""
+    """Resize to ``size`` = (new_h, new_w): image bilinear (no antialias, as OpenCV), masks and the semantic map
+    nearest (:func:`resize_nearest`, as ``cv2.INTER_NEAREST``), boxes scaled by ``new / old`` per axis and clipped
+    to the new image (mmdet ``Resize`` with ``bbox_clip_border``)."""
     h, w = sample["img"].shape[-2:]
     nh, nw = int(size[0]), int(size[1])
     out = dict(sample)
     out["img"] = F.resize(sample["img"], [nh, nw], interpolation=InterpolationMode.BILINEAR, antialias=False)
     if sample["masks"].shape[0]:
-        out["masks"] = F.resize(sample["masks"], [nh, nw], interpolation=InterpolationMode.NEAREST)
+        out["masks"] = resize_nearest(sample["masks"], (nh, nw))
     else:
         out["masks"] = tv_tensors.Mask(torch.zeros(0, nh, nw, dtype=torch.uint8))
+    if "seg" in sample:
+        out["seg"] = resize_nearest(sample["seg"], (nh, nw))
     f = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=torch.float32)
     lim = torch.tensor([nw, nh, nw, nh], dtype=torch.float32)
     for key in ("boxes", "ignore_boxes"):
@@ -91,10 +161,12 @@ def resize_keep_ratio(sample: dict, scale) -> dict:
 
 
 def hflip(sample: dict) -> dict:
-    """Horizontal flip: ``x1' = W - x2``, ``x2' = W - x1`` (mmdet ``RandomFlip``)."""
+    """Horizontal flip: ``x1' = W - x2``, ``x2' = W - x1`` (mmdet ``RandomFlip``); masks and the semantic map
+    mirrored."""
     out = dict(sample)
-    for key in ("img", "masks", "boxes", "ignore_boxes"):
-        out[key] = F.horizontal_flip(sample[key])
+    for key in ("img", "masks", "boxes", "ignore_boxes", "seg"):
+        if key in sample:
+            out[key] = F.horizontal_flip(sample[key])
     return out
 
 
@@ -105,6 +177,8 @@ def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
     h, w = sample["img"].shape[-2:]
     height, width = min(height, h - top), min(width, w - left)
     out["img"] = F.crop(sample["img"], top, left, height, width)
+    if "seg" in sample:
+        out["seg"] = tv_tensors.Mask(sample["seg"].as_subclass(torch.Tensor)[top:top + height, left:left + width])
     off = torch.tensor([left, top, left, top], dtype=torch.float32)
     lim = torch.tensor([width, height, width, height], dtype=torch.float32)
     for key in ("boxes", "ignore_boxes"):
@@ -177,8 +251,10 @@ def test_transform(img: torch.Tensor, scale=(1333, 800)) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ official pipelines
 def apply_ops(sample: dict, rng, ops) -> dict:
     """Run pipeline ops made by :func:`train_ops_from_pipeline`: ``("flip", p)``, ``("resize", scales)``,
-    ``("resize_range", scales)``,
-    ``("crop", (lo, hi))``, ``("autoaugment", (ops_1, ops_2, ...))`` (one policy chosen uniformly)."""
+    ``("resize_range", scales)``, ``("crop", (lo, hi))``, ``("autoaugment", (ops_1, ops_2, ...))`` (one policy
+    chosen uniformly), ``("pad_seg", size_divisor)``, ``("seg_rescale", factor)``; ``("load_seg", None)`` is a
+    marker for the loader (it reads the semantic map). ``("instaboost", params)`` acts on the annotations before
+    the masks are rasterised: the loader runs it (:func:`split_annotation_ops`), here it is an error."""
     for op, arg in ops:
         if op == "flip":
             if rng.random() < arg:
@@ -191,9 +267,33 @@ def apply_ops(sample: dict, rng, ops) -> dict:
             sample = random_crop_absolute_range(sample, rng, arg)
         elif op == "autoaugment":
             sample = apply_ops(sample, rng, arg[int(rng.integers(0, len(arg)))])
+        elif op == "pad_seg":
+            sample = pad_seg(sample, arg)
+        elif op == "seg_rescale":
+            sample = seg_rescale(sample, arg)
+        elif op == "load_seg":
+            pass
+        elif op == "instaboost":
+            raise ValueError("the 'instaboost' op acts on the COCO annotations before the masks are rasterised; "
+                             "it must come first in the ops (see split_annotation_ops)")
         else:
             raise ValueError(f"unknown pipeline op {op!r}")
     return sample
+
+
+def split_annotation_ops(ops):
+    """``(annotation_ops, sample_ops)``: the leading ``instaboost`` ops (run on the image and the parsed COCO
+    annotations, :func:`vit_adapter_ds.data.instaboost.apply`) and the rest (:func:`apply_ops`)."""
+    ops = list(ops)
+    n = 0
+    while n < len(ops) and ops[n][0] == "instaboost":
+        n += 1
+    return ops[:n], ops[n:]
+
+
+def loads_semantic_seg(ops) -> bool:
+    """Whether the ops read semantic maps (``LoadAnnotations(with_seg=True)``)."""
+    return any(op == "load_seg" for op, _ in ops)
 
 
 def official_train_ops(flip_ratio=0.5, scales=MULTI_SCALES, crop_scales=CROP_SCALES, crop_range=(384, 600),
@@ -270,15 +370,66 @@ def _norm_cfg(step, where):
 def _pad(step, where):
     _keys(step, {"size_divisor", "pad_val"}, where)
     _fixed(step, "size_divisor", 32, where)
-    _fixed(step, "pad_val", 0, where, 0)
+    pad_val = step.get("pad_val", 0)
+    if pad_val != 0 and pad_val != {"img": 0, "masks": 0, "seg": SEG_IGNORE}:
+        raise ConfigError(f"recipe: {where}.pad_val={pad_val!r} is not supported; only 0 or "
+                          f"dict(img=0, masks=0, seg={SEG_IGNORE}) (mmdet's default)")
+
+
+def _instaboost_op(step, where):
+    from .instaboost import ACTIONS, InstaBoostParams, require_instaboostfast
+
+    fields = InstaBoostParams.__dataclass_fields__
+    _keys(step, set(fields), where)
+    kw = {k: step[k] for k in fields if k in step}
+    for k in ("action_candidate", "action_prob", "scale", "theta"):
+        if k in kw:
+            if not isinstance(kw[k], (list, tuple)):
+                raise ConfigError(f"recipe: {where}.{k} must be a tuple, got {kw[k]!r}")
+            kw[k] = tuple(kw[k])
+    p = InstaBoostParams(**kw)
+    if not p.action_candidate or any(a not in ACTIONS for a in p.action_candidate):
+        raise ConfigError(f"recipe: {where}.action_candidate={p.action_candidate!r}: actions are {ACTIONS}")
+    if len(p.action_prob) != len(p.action_candidate) or sum(p.action_prob) != 1 or min(p.action_prob) < 0:
+        raise ConfigError(f"recipe: {where}.action_prob={p.action_prob!r}: one probability per action, summing to 1")
+    for k in ("scale", "theta"):
+        v = getattr(p, k)
+        if len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]:
+            raise ConfigError(f"recipe: {where}.{k}={v!r} must be (min, max)")
+    if not (isinstance(p.theta[0], int) and isinstance(p.theta[1], int)):
+        raise ConfigError(f"recipe: {where}.theta={p.theta!r}: the library draws integer degrees (random.randint)")
+    for k in ("dx", "dy"):
+        if not isinstance(getattr(p, k), (int, float)) or getattr(p, k) <= 0:
+            raise ConfigError(f"recipe: {where}.{k} must be a positive number")
+    for k in ("color_prob", "aug_ratio"):
+        if not isinstance(getattr(p, k), (int, float)) or not 0 <= getattr(p, k) <= 1:
+            raise ConfigError(f"recipe: {where}.{k} must be a probability in [0, 1]")
+    if not isinstance(p.hflag, bool):
+        raise ConfigError(f"recipe: {where}.hflag must be a bool")
+    require_instaboostfast()
+    return ("instaboost", p)
+
+
+def _seg_rescale_op(step, where):
+    _keys(step, {"scale_factor", "backend"}, where)
+    _fixed(step, "backend", "cv2", where, "cv2")
+    f = step.get("scale_factor", 1)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+        raise ConfigError(f"recipe: {where}.scale_factor={f!r} must be a number in (0, 1]")
+    return ("seg_rescale", float(f))
 
 
 def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
     """Translate an official mmdet train pipeline (list of step dicts) into ``{'ops', 'mean', 'std'}`` for the
-    detection loader; every step, key or value this package does not implement raises ConfigError naming it."""
+    detection loader; every step, key or value this package does not implement raises ConfigError naming it.
+
+    ``InstaBoost`` must directly follow ``LoadImageFromFile`` (it rewrites the annotations that ``LoadAnnotations``
+    turns into masks); ``LoadAnnotations(with_seg=True)`` adds the ``load_seg`` marker (the loader then needs shards
+    with semantic maps), the ``Pad`` after it ``pad_seg`` and ``SegRescale`` (after ``Pad``, as in HTC)
+    ``seg_rescale``; ``Collect`` must then collect ``gt_semantic_seg``."""
     if not isinstance(pipeline, (list, tuple)) or not pipeline:
         raise ConfigError(f"recipe: {where} must be a non-empty list of pipeline steps")
-    ops, norm, resized, seen = [], None, False, []
+    ops, norm, resized, seen, with_seg, padded = [], None, False, [], False, False
     for i, step in enumerate(pipeline):
         w = f"{where}[{i}]"
         if not isinstance(step, dict) or "type" not in step:
@@ -287,10 +438,20 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
         seen.append(t)
         if t == "LoadImageFromFile":
             _keys(step, set(), w)
+        elif t == "InstaBoost":
+            if seen[:-1] != ["LoadImageFromFile"]:
+                raise ConfigError(f"recipe: {w}: InstaBoost must directly follow LoadImageFromFile (before "
+                                  "LoadAnnotations, as in mmdet)")
+            ops.append(_instaboost_op(step, w))
         elif t == "LoadAnnotations":
-            _keys(step, {"with_bbox", "with_mask", "with_label", "poly2mask"}, w)
+            _keys(step, {"with_bbox", "with_mask", "with_label", "poly2mask", "with_seg"}, w)
             for k in ("with_bbox", "with_mask", "with_label", "poly2mask"):
                 _fixed(step, k, True, w, True)
+            with_seg = step.get("with_seg", False)
+            if not isinstance(with_seg, bool):
+                raise ConfigError(f"recipe: {w}.with_seg must be a bool")
+            if with_seg:
+                ops.append(("load_seg", None))
         elif t == "RandomFlip":
             _keys(step, {"flip_ratio", "direction"}, w)
             _fixed(step, "direction", "horizontal", w, "horizontal")
@@ -329,15 +490,29 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
             norm = _norm_cfg(step, w)
         elif t == "Pad":
             _pad(step, w)
+            padded = True
+            if with_seg:
+                ops.append(("pad_seg", 32))
+        elif t == "SegRescale":
+            if not with_seg:
+                raise ConfigError(f"recipe: {w}: SegRescale without semantic maps; set "
+                                  "LoadAnnotations(with_seg=True) before it")
+            if not padded:
+                raise ConfigError(f"recipe: {w}: SegRescale must come after Pad (the map is padded like the image, "
+                                  "then rescaled, as in mmdet's HTC configs)")
+            ops.append(_seg_rescale_op(step, w))
         elif t == "DefaultFormatBundle":
             _keys(step, set(), w)
         elif t == "Collect":
             _keys(step, {"keys", "meta_keys"}, w)
             keys = set(step.get("keys", ()))
-            if not {"img", "gt_bboxes", "gt_labels", "gt_masks"} <= keys <= \
-                    {"img", "gt_bboxes", "gt_labels", "gt_masks", "gt_bboxes_ignore"}:
-                raise ConfigError(f"recipe: {w}.keys={sorted(keys)}: Mask R-CNN training collects img, gt_bboxes, "
-                                  "gt_labels, gt_masks")
+            base = {"img", "gt_bboxes", "gt_labels", "gt_masks"}
+            if not base <= keys <= base | {"gt_bboxes_ignore", "gt_semantic_seg"}:
+                raise ConfigError(f"recipe: {w}.keys={sorted(keys)}: detection training collects img, gt_bboxes, "
+                                  "gt_labels, gt_masks (and gt_bboxes_ignore, gt_semantic_seg)")
+            if ("gt_semantic_seg" in keys) != with_seg:
+                raise ConfigError(f"recipe: {w}.keys: gt_semantic_seg is collected if and only if "
+                                  "LoadAnnotations(with_seg=True) loads it")
         else:
             raise ConfigError(f"recipe: {w}.type={t!r} is not supported by the detection loader")
     if norm is None or "Pad" not in seen:

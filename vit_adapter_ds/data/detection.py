@@ -28,6 +28,19 @@ epoch order in training, dropped in validation, counted over all ranks, at most 
 Train batches: ``img`` float32 (B, 3, H, W) normalised and zero-padded to a multiple of 32; ``targets`` a list of
 dicts ``boxes`` (N, 4) float32, ``labels`` (N,) int64 class indices, ``masks`` (N, h, w) uint8 at the unpadded
 size, ``ignore_boxes`` (M, 4), ``img_shape`` (h, w); ``meta`` (keys, shards, image_ids, slots, epoch, step, bad).
+With semantic maps (a pipeline with ``LoadAnnotations(with_seg=True)``, HTC++) also ``semantic_seg``: int64
+(B, int(H * f + 0.5), int(W * f + 0.5)), ``f`` the ``SegRescale`` factor (1 without it; HTC++: 1/8, so
+(B, H / 8, W / 8)), 255 = ignore (padding included).
+
+Semantic maps (COCO-Stuff ``stuffthingmaps``: values 0..181, 255 unlabelled) live in the instance shards as the
+optional member ``{key}.seg.png`` (8-bit gray or palette PNG, the image's size; ``make_shards coco --stuff-maps
+DIR``, ``make_shards synthetic --layout coco``), recorded in the manifest as ``semantic_seg`` =
+``{"num_classes", "ignore_index"}``. They are decoded with :func:`.decode.decode_label` (checked PNG) and
+left unmapped; a map of another size or with values outside ``[0, num_classes)`` and ``!= 255`` makes the sample
+bad. A pipeline that loads maps over a shard set without them is refused when the loader is built.
+
+InstaBoost (HTC++; :mod:`.instaboost`) runs on the decoded image and the parsed annotations before the masks are
+rasterised, with its randomness drawn first from the sample's generator.
 Val batches (one image): ``img`` (1, 3, H, W) resized to the test scale, normalised, padded; ``img_shape``,
 ``ori_shape``, ``image`` (COCO entry), ``annotations`` (raw, for :class:`~vit_adapter_ds.evaluation.coco.
 CocoEvaluator`), ``meta``.
@@ -44,7 +57,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import det_transforms as T
-from .decode import BadSample, ShardReader, decode_image, image_member
+from . import instaboost
+from .decode import BadSample, ShardReader, decode_image, decode_label, image_member
 from .loader import (BatchStream, EpochLoader, OtherRankFailed, TooManyBadSamples, _BadCounter, bad_sample_budget,
                      epoch_order, iterate_batches, sum_over_ranks)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -141,13 +155,41 @@ def decode_det_sample(sample: dict, cat2label: dict):
     return img, parse_annotations(image, anns, cat2label), rec
 
 
-def to_sample(img, parsed) -> dict:
-    """Image + parsed annotations -> a :mod:`.det_transforms` sample (masks rasterised)."""
+def decode_semantic_map(sample: dict, size, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """The ``seg.png`` member -> uint8 (H, W) semantic map (raw values); raises BadSample when it is missing,
+    corrupt, of another size than ``size`` or holds values outside ``[0, num_classes)`` and ``!= ignore_index``."""
+    if "seg.png" not in sample:
+        raise BadSample("missing semantic map (no seg.png member)")
+    try:
+        seg = decode_label(sample["seg.png"])
+    except BadSample as e:
+        raise BadSample(f"semantic map: {e}") from None
+    if tuple(seg.shape) != tuple(size):
+        raise BadSample(f"semantic map size {tuple(seg.shape)} != image size {tuple(size)}")
+    bad = (seg >= num_classes) & (seg != ignore_index)
+    if bool(bad.any()):
+        raise BadSample(f"semantic map values {torch.unique(seg[bad]).tolist()[:8]} outside [0, {num_classes}) "
+                        f"and != {ignore_index}")
+    return seg
+
+
+def to_sample(img, parsed, seg=None) -> dict:
+    """Image + parsed annotations (+ semantic map) -> a :mod:`.det_transforms` sample (masks rasterised)."""
     h, w = img.shape[-2:]
     masks = [segmentation_to_mask(s, h, w) for s in parsed["segmentations"]]
     masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8)
     return T.make_sample(img, torch.from_numpy(parsed["boxes"]), torch.from_numpy(parsed["labels"]), masks,
-                         torch.from_numpy(parsed["ignore_boxes"]))
+                         torch.from_numpy(parsed["ignore_boxes"]), seg)
+
+
+def train_sample(img, parsed, seg, rng, ops) -> dict:
+    """One augmented train sample: the leading ``instaboost`` ops on the image and the annotations
+    (:func:`.instaboost.apply`), then the masks rasterised, then the other ops (:func:`.det_transforms.apply_ops`);
+    all randomness from ``rng``, in that order."""
+    ann_ops, sample_ops = T.split_annotation_ops(ops)
+    for _, params in ann_ops:
+        img, parsed = instaboost.apply(img, parsed, rng, params)
+    return T.apply_ops(to_sample(img, parsed, seg), rng, sample_ops)
 
 
 # ------------------------------------------------------------------------------------------------ shard set
@@ -187,32 +229,48 @@ def trainable_ids(reader: ShardReader, cat2label: dict, min_size: int = 32) -> n
     return np.asarray(keep, dtype=np.int64)
 
 
+def pad_semantic_maps(maps) -> torch.Tensor:
+    """Stack (h_i, w_i) maps into int64 (B, H, W) padded at the bottom / right with 255 to the largest (mmdet's
+    ``gt_semantic_seg`` collate)."""
+    H, W = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+    return torch.stack([torch.nn.functional.pad(m.as_subclass(torch.Tensor).long(),
+                                                (0, W - m.shape[-1], 0, H - m.shape[-2]), value=T.SEG_IGNORE)
+                        for m in maps])
+
+
 def _collate(samples, mean, std):
     imgs = [T.normalize(s["img"], mean, std) for s in samples]
     targets = [{"boxes": s["boxes"].as_subclass(torch.Tensor).contiguous(), "labels": s["labels"],
                 "masks": s["masks"].as_subclass(torch.Tensor).contiguous(),
                 "ignore_boxes": s["ignore_boxes"].as_subclass(torch.Tensor).contiguous(),
                 "img_shape": tuple(int(v) for v in s["img"].shape[-2:])} for s in samples]
-    return T.pad_batch(imgs, 32), targets
+    out = {"img": T.pad_batch(imgs, 32), "targets": targets}
+    if "seg" in samples[0]:
+        out["semantic_seg"] = pad_semantic_maps([s["seg"] for s in samples])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ train
 class _DetTrainStream(BatchStream):
     def __init__(self, reader, order, cat2label, *, epoch, start, num_batches, rank, world_size, batch_size, seed,
-                 mean, std, ops, max_substitutes=32):
+                 mean, std, ops, semantic_classes=None, max_substitutes=32):
         super().__init__()
         self.reader, self.order, self.cat2label = reader, order, cat2label
         self.epoch, self.start, self.num_batches = epoch, start, num_batches
         self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
         self.mean, self.std, self.ops, self.max_substitutes = mean, std, ops, max_substitutes
+        self.semantic_classes = semantic_classes  # None: no semantic maps read
 
     def _load(self, g, bad):
         n = len(self.order)
         for k in range(self.max_substitutes + 1):
             i = int(self.order[(g + k) % n])
             try:
-                img, parsed, rec = decode_det_sample(self.reader.read_global(i), self.cat2label)
-                return img, parsed, rec, i
+                raw = self.reader.read_global(i)
+                img, parsed, rec = decode_det_sample(raw, self.cat2label)
+                seg = None if self.semantic_classes is None else \
+                    decode_semantic_map(raw, img.shape[-2:], self.semantic_classes)
+                return img, parsed, seg, rec, i
             except BadSample as e:
                 bad.append((self.reader.shard_name(i), str(self.reader.keys[i]), str(e)))
         raise TooManyBadSamples(f"{self.max_substitutes + 1} consecutive samples of the epoch order from slot {g} "
@@ -224,16 +282,15 @@ class _DetTrainStream(BatchStream):
         samples, keys, shards, ids, bad = [], [], [], [], []
         for g in slots:
             try:
-                img, parsed, rec, i = self._load(g, bad)
+                img, parsed, seg, rec, i = self._load(g, bad)
             except TooManyBadSamples as e:  # reported to all ranks by the loader, which raises everywhere
                 return {"fatal": str(e), "meta": {"bad": bad}}
             rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
-            samples.append(T.apply_ops(to_sample(img, parsed), rng, self.ops))
+            samples.append(train_sample(img, parsed, seg, rng, self.ops))
             keys.append(str(self.reader.keys[i]))
             shards.append(self.reader.shard_name(i))
             ids.append(int(rec["image"]["id"]))
-        img, targets = _collate(samples, self.mean, self.std)
-        return {"img": img, "targets": targets,
+        return {**_collate(samples, self.mean, self.std),
                 "meta": {"keys": keys, "shards": shards, "image_ids": ids, "slots": slots, "epoch": self.epoch,
                          "step": step, "bad": bad}}
 
@@ -243,12 +300,16 @@ class DetectionTrainLoader(EpochLoader):
     The augmentation is ``ops`` (from :func:`.det_transforms.train_ops_from_pipeline` of a recipe's
     ``train_pipeline``) or else :func:`.det_transforms.official_train_ops` with ``transform_kw`` (``scales``,
     ``crop_scales``, ``crop_range``, ``final_crop``, ``flip_ratio``); the defaults are the official pipeline.
+
+    ``seg_prefix`` (the official HTC++ ``data.train`` key) is accepted for the recipe's sake and not read: the
+    semantic maps are in the shards (``make_shards coco --stuff-maps DIR`` reads them from that folder); ops that
+    load maps over shards without them raise :class:`~.manifest.ShardSetError` here.
     """
 
     def __init__(self, shard_dir, *, batch_size, num_workers=0, seed=0, rank=0, world_size=1, num_classes=None,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, max_bad_fraction=0.01, shuffle="global", window_shards=4,
                  split=None, verify="size", worker_timeout=300.0, filter_empty_gt=True, min_size=32,
-                 transform_kw=None, ops=None):
+                 transform_kw=None, ops=None, seg_prefix=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_size < 1:
@@ -269,6 +330,17 @@ class DetectionTrainLoader(EpochLoader):
         if ops is not None and transform_kw:
             raise ValueError("give either ops or transform_kw")
         self.ops = list(ops) if ops is not None else T.official_train_ops(**(transform_kw or {}))
+        self.seg_prefix = seg_prefix
+        self.semantic_classes = None
+        if T.loads_semantic_seg(self.ops):
+            sem = self.manifest.get("semantic_seg")
+            if not sem:
+                raise ShardSetError(
+                    f"{self.shard_dir}: the train pipeline loads semantic maps (LoadAnnotations(with_seg=True), "
+                    "HTC++) but this shard set has none; write it with `python -m vit_adapter_ds.data.make_shards "
+                    "coco --root data/coco --stuff-maps data/coco/stuffthingmaps` (COCO-Stuff stuffthingmaps, "
+                    "one PNG per image in train2017/ and val2017/)")
+            self.semantic_classes = int(sem["num_classes"])
         self.max_bad_fraction = max_bad_fraction
         epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
         self.bad = _BadCounter(max_bad_fraction, f"detection train loader (rank {rank})")
@@ -284,7 +356,8 @@ class DetectionTrainLoader(EpochLoader):
         return _DetTrainStream(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
                                start=self.samples_consumed_in_epoch, num_batches=self.remaining_in_epoch(),
                                rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
-                               seed=self.seed, mean=self.mean, std=self.std, ops=self.ops)
+                               seed=self.seed, mean=self.mean, std=self.std, ops=self.ops,
+                               semantic_classes=self.semantic_classes)
 
 
 # ------------------------------------------------------------------------------------------------ val

@@ -5,6 +5,7 @@ CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and 
     python -m vit_adapter_ds.data.make_shards ade20k    --root data/ade/ADEChallengeData2016 [--out shards/ade20k]
     python -m vit_adapter_ds.data.make_shards cocostuff --root data/coco_stuff164k            [--out shards/cocostuff]
     python -m vit_adapter_ds.data.make_shards coco      --root data/coco                      [--out shards/coco]
+        [--stuff-maps data/coco/stuffthingmaps]   # + COCO-Stuff semantic maps per image (HTC++)
     python -m vit_adapter_ds.data.make_shards custom    --images IMG_DIR --masks MASK_DIR --classes classes.txt \\
         --split train [--reduce-zero-label] --out shards/mydata             # -> shards/mydata/train
     python -m vit_adapter_ds.data.make_shards synthetic --out shards/synthetic --num-train 64 --num-val 16
@@ -12,7 +13,10 @@ CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and 
     python -m vit_adapter_ds.data.make_shards verify shards/synthetic     # every split: schema, counts, sha256
 
 Common options: ``--max-samples`` / ``--max-bytes`` per shard, ``--workers`` (processes), ``--splits``.
-Label PNGs are stored as they are; the manifest's ``label_map`` (256-entry lookup table) is applied when a sample
+``coco --stuff-maps DIR`` adds each image's COCO-Stuff ``stuffthingmaps`` PNG (``DIR/{split}2017/<image stem>.png``,
+or ``DIR/<image stem>.png`` without that sub-folder; values 0..181, 255 unlabelled, as mmdet's ``seg_prefix``
+reads them) as the member ``{key}.seg.png`` and records ``semantic_seg`` in the manifest; ``synthetic --layout
+coco`` always does (its COCO-Stuff maps). Label PNGs are stored as they are; the manifest's ``label_map`` (256-entry lookup table) is applied when a sample
 is decoded (reduce-zero-label for ADE20K, the COCO-Stuff id -> train id table for COCO-Stuff).
 """
 from __future__ import annotations
@@ -124,10 +128,51 @@ def write_cocostuff(root, out, split, **kw):
     return write_shards(samples, out, meta, **kw)
 
 
-def coco_samples(root, split, year=2017):
+# mmdet's HTC FusedSemanticHead(num_classes=183) over COCO-Stuff stuffthingmaps (ids 0..181 used, 255 ignored)
+COCO_STUFF_SEMANTIC_CLASSES = 183
+
+
+def png_header(path):
+    """``(width, height, bit_depth, colour_type)`` from a PNG file's IHDR (the first 33 bytes)."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 33 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError(f"not a PNG file: {path}")
+    w, h, depth, ctype = struct.unpack(">IIBB", head[16:26])
+    return w, h, depth, ctype
+
+
+def stuff_map_dir(stuff_maps, split, year=2017):
+    """The folder of ``split``'s maps: ``stuff_maps/{split}{year}`` if it exists, else ``stuff_maps``."""
+    sub = os.path.join(stuff_maps, f"{split}{year}")
+    d = sub if os.path.isdir(sub) else stuff_maps
+    if not os.path.isdir(d):
+        raise FileNotFoundError(f"stuff map folder not found: {stuff_maps}")
+    return d
+
+
+def _stuff_map(folder, image):
+    """Path of ``image``'s map (``file_name`` with a .png extension) after checking it is an 8-bit (or less)
+    single-channel PNG of the image's size; None if there is none."""
+    path = os.path.join(folder, os.path.splitext(image["file_name"])[0] + ".png")
+    if not os.path.isfile(path):
+        return None
+    w, h, depth, ctype = png_header(path)
+    if ctype not in (0, 3) or depth > 8:
+        raise ValueError(f"stuff map {path}: must be an 8-bit gray or palette PNG (colour type {ctype}, "
+                         f"{depth}-bit)")
+    if (h, w) != (int(image["height"]), int(image["width"])):
+        raise ValueError(f"stuff map {path} is {h}x{w}, the image {image['height']}x{image['width']}")
+    return path
+
+
+def coco_samples(root, split, year=2017, stuff_maps=None, skip_missing=False):
     """COCO instances: ``annotations/instances_{split}{year}.json`` and images in ``{split}{year}/`` or
-    ``images/{split}{year}/``. Each sample: the image bytes and ``json`` = {"image": ..., "annotations": [...]}.
-    Returns ``(samples, categories)``."""
+    ``images/{split}{year}/``. Each sample: the image bytes and ``json`` = {"image": ..., "annotations": [...]},
+    plus ``seg.png`` (the COCO-Stuff map, :func:`stuff_map_dir`) with ``stuff_maps``; an image without a map is an
+    error, or left out with ``skip_missing``. Returns ``(samples, categories)``."""
     sub = f"{split}{year}"
     ann_file = os.path.join(root, "annotations", f"instances_{sub}.json")
     if not os.path.isfile(ann_file):
@@ -142,23 +187,38 @@ def coco_samples(root, split, year=2017):
     anns = {}
     for a in coco.get("annotations", []):
         anns.setdefault(a["image_id"], []).append(a)
-    samples = []
+    map_dir = None if stuff_maps is None else stuff_map_dir(stuff_maps, split, year)
+    samples, missing = [], []
     for im in sorted(coco["images"], key=lambda d: d["id"]):
         path = os.path.join(img_dir, im["file_name"])
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image listed in {ann_file} not found: {path}")
         rec = {"image": im, "annotations": sorted(anns.get(im["id"], []), key=lambda a: a["id"])}
-        samples.append((f"{int(im['id']):012d}",
-                        {_img_ext(path): path, "json": json.dumps(rec, separators=(",", ":")).encode()}))
+        files = {_img_ext(path): path, "json": json.dumps(rec, separators=(",", ":")).encode()}
+        if map_dir is not None:
+            seg = _stuff_map(map_dir, im)
+            if seg is None:
+                missing.append(im["file_name"])
+                continue
+            files["seg.png"] = seg
+        samples.append((f"{int(im['id']):012d}", files))
+    if missing and not skip_missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) have no stuff map in {map_dir}, e.g. {missing[:5]}; "
+                                "pass --skip-missing to leave them out")
     return samples, coco.get("categories", [])
 
 
-def write_coco(root, out, split, year=2017, **kw):
-    kw.pop("skip_missing", None)
-    samples, cats = coco_samples(root, split, year)
+def write_coco(root, out, split, year=2017, stuff_maps=None, **kw):
+    """COCO instance shards (:func:`coco_samples`); with ``stuff_maps`` the manifest records ``semantic_seg`` =
+    ``{"num_classes": 183, "ignore_index": 255, "source": <map folder>}``."""
+    skip = kw.pop("skip_missing", False)
+    samples, cats = coco_samples(root, split, year, stuff_maps, skip)
     meta = {"dataset": "coco", "split": split, "task": "detection", "categories": cats,
             "classes": [c["name"] for c in cats], "num_classes": len(cats),
             "palette": C.make_palette(len(cats)), "source": os.path.abspath(root)}
+    if stuff_maps is not None:
+        meta["semantic_seg"] = {"num_classes": COCO_STUFF_SEMANTIC_CLASSES, "ignore_index": 255,
+                                "source": os.path.abspath(stuff_map_dir(stuff_maps, split, year))}
     return write_shards(samples, out, meta, **kw)
 
 
@@ -187,7 +247,7 @@ def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=No
     """Generate the synthetic dataset (kept in ``raw_dir`` if given, else a temporary folder) and shard it into
     ``out/train`` and ``out/val``. ``layout``: ``'ade20k'`` (8 synthetic classes, the quickstart default),
     ``'cocostuff'`` (COCO-Stuff ids and its 171-class manifest) or ``'coco'`` (detection shards from the COCO
-    instances JSON). Returns ``{split: manifest}``."""
+    instances JSON, with the COCO-Stuff maps as semantic maps). Returns ``{split: manifest}``."""
     from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, write_synthetic_ade, write_synthetic_coco
 
     tmp = None
@@ -204,7 +264,10 @@ def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=No
             root = write_synthetic_coco(raw_dir, num_train, num_val, seed=seed, size=size)
 
             def fn(split, dst):
-                return (write_cocostuff if layout == "cocostuff" else write_coco)(root, dst, split, **kw)
+                if layout == "cocostuff":
+                    return write_cocostuff(root, dst, split, **kw)
+                return write_coco(root, dst, split, stuff_maps=os.path.join(root, "stuffthingmaps_trainval2017"),
+                                  **kw)
         else:
             raise ValueError(f"layout must be ade20k, cocostuff or coco, got {layout!r}")
         return {split: fn(split, os.path.join(out, split))
@@ -257,6 +320,10 @@ def main(argv=None):
         sp.add_argument("--root", required=True)
         sp.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
         sp.add_argument("--skip-missing", action="store_true", help="leave out images without a mask")
+        if name == "coco":
+            sp.add_argument("--stuff-maps", default=None, metavar="DIR",
+                            help="COCO-Stuff stuffthingmaps folder (with train2017/, val2017/): store each image's "
+                                 "semantic map in the shards (HTC++)")
         common(sp, os.path.join("shards", name))
     sp = sub.add_parser("custom")
     sp.add_argument("--images", required=True)
@@ -290,6 +357,8 @@ def main(argv=None):
                                      a.reduce_zero_label, skip_missing=a.skip_missing, **kw)}
     else:
         fn = {"ade20k": write_ade20k, "cocostuff": write_cocostuff, "coco": write_coco}[a.dataset]
+        if a.dataset == "coco" and a.stuff_maps is not None:
+            kw["stuff_maps"] = a.stuff_maps
         res = {s: fn(a.root, os.path.join(a.out, s), s, skip_missing=a.skip_missing, **kw) for s in a.splits}
     for split, m in res.items():
         print(f"{split}: {m['num_samples']} samples in {len(m['shards'])} shard(s) -> "

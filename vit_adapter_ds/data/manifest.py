@@ -51,7 +51,8 @@ def check_manifest(m, path="manifest.json"):
     ``[[key, {ext: [offset, size]}], ...]`` with string keys, non-negative integer offsets and sizes that lie
     inside the shard's ``bytes``. Optional, type-checked when present: ``task``, ``split``, ``dataset`` (strings),
     ``classes`` (strings, as many as ``num_classes``), ``label_map`` (null or 256 integers in [0, 255]),
-    ``ignore_index`` (integer).
+    ``ignore_index`` (integer), ``semantic_seg`` (detection sets with semantic maps: an object with integer
+    ``num_classes`` >= 1 and ``ignore_index``).
     """
     def fail(field, msg):
         raise ShardSetError(f"{path}: field '{field}' {msg}")
@@ -88,6 +89,10 @@ def check_manifest(m, path="manifest.json"):
             fail("label_map", "entries must be integers in [0, 255]")
     if "ignore_index" in m and not _is_int(m["ignore_index"]):
         fail("ignore_index", f"must be an integer, got {m['ignore_index']!r}")
+    sem = m.get("semantic_seg")
+    if sem is not None and not (isinstance(sem, dict) and _is_int(sem.get("num_classes")) and
+                                sem["num_classes"] >= 1 and _is_int(sem.get("ignore_index"))):
+        fail("semantic_seg", f"must be an object with integer num_classes >= 1 and ignore_index, got {sem!r:.80}")
     shards = m.get("shards")
     if not isinstance(shards, list):
         fail("shards", f"must be a list, got {type(shards).__name__}")
