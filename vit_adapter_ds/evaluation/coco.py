@@ -11,8 +11,10 @@ process group is initialised), refuses an image seen twice, runs ``COCOeval`` fo
 and broadcasts the metrics. ``evaluate(results_prefix=P)`` also writes the gathered detections in the COCO result
 format (mmdet's ``format_results`` files ``P.bbox.json`` and ``P.segm.json``: ``image_id``, ``category_id`` = the
 manifest's COCO id, ``bbox`` or ``segmentation`` (RLE), ``score``), as submitted to the COCO test-dev server;
-``format_only=True`` writes them without computing AP (test-dev has no annotations). Metric names and settings are mmdet 2.x ``CocoDataset.evaluate``'s: ``bbox_mAP``,
-``bbox_mAP_50``, ``bbox_mAP_75``, ``bbox_mAP_s/m/l`` (and ``segm_*``), ``maxDets = [100, 300, 1000]``, boxes as
+``format_only=True`` writes them without computing AP (test-dev has no annotations).
+
+Metric names and settings are mmdet 2.x ``CocoDataset.evaluate``'s: ``bbox_mAP``, ``bbox_mAP_50``, ``bbox_mAP_75``,
+``bbox_mAP_s/m/l`` (and ``segm_*``), ``maxDets = [100, 300, 1000]``, boxes as
 ``[x1, y1, x2 - x1, y2 - y1]``, masks as RLE without a ``bbox`` entry (the mask area decides the size bucket).
 The ground truth is the annotations of the evaluated images, as written in the shards; polygons with fewer than 3
 points (which pycocotools cannot rasterise) are dropped from the ground truth, and an annotation left without any
