@@ -304,6 +304,20 @@ def test_synthetic_coco_shards_hold_semantic_maps(htc_shards):
     key = str(reader.keys[0])
     path = htc_shards / "raw" / "stuffthingmaps_trainval2017" / "train2017" / f"{key}.png"
     assert raw["seg.png"] == path.read_bytes()
+    # consistent with the instances: inside each instance mask the map holds that class's COCO-Stuff id (or 255 on
+    # the 2-pixel boundary ring), nowhere else a value outside the synthetic ids
+    from vit_adapter_ds.data.synthetic import SYNTHETIC_TO_COCO_STUFF_ID
+
+    for g in range(len(reader)):
+        raw = reader.read_global(g)
+        rec = json.loads(raw["json"])
+        seg = np.array(Image.open(io.BytesIO(raw["seg.png"])))
+        assert set(np.unique(seg).tolist()) <= set(SYNTHETIC_TO_COCO_STUFF_ID) | {255}
+        for a in rec["annotations"]:
+            rle = dict(a["segmentation"], counts=a["segmentation"]["counts"].encode())
+            inside = seg[mask_utils.decode(rle).astype(bool)]
+            assert set(inside.tolist()) <= {SYNTHETIC_TO_COCO_STUFF_ID[a["category_id"]], 255}
+            assert (inside != 255).mean() > 0.3
     reader.close()
 
 

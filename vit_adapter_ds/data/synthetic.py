@@ -18,7 +18,9 @@ Layouts written:
   ``stuffthingmaps_trainval2017/{train2017,val2017}/%012d.png`` holding original COCO-Stuff ids (class ``k`` ->
   ``SYNTHETIC_TO_COCO_STUFF_ID[k]``, 255 = unlabelled), and COCO instance annotations
   ``annotations/instances_{train2017,val2017}.json`` (one instance per visible object shape, RLE masks,
-  category ids 1..7 = synthetic classes 1..7).
+  category ids 1..7 = synthetic classes 1..7). ``make_shards synthetic --layout coco`` stores the COCO-Stuff maps
+  in the detection shards as semantic maps (HTC++'s ``gt_semantic_seg``): inside each instance the map holds its
+  class's COCO-Stuff id, 255 on the boundary ring, the background's id elsewhere.
 """
 from __future__ import annotations
 
