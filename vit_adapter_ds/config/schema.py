@@ -151,7 +151,8 @@ SCALARS = {"load_from": _t(str, type(None)), "resume_from": _t(str, type(None)),
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
 
 
-DETECTOR_TYPES = ("MaskRCNN", "HybridTaskCascade")  # model.type of the detection task (the rest: segmentation)
+# model.type of the detection task (the rest: segmentation)
+DETECTOR_TYPES = ("MaskRCNN", "HybridTaskCascade", "HybridTaskCascadeAug")
 
 
 def _check_metrics(cfg) -> None:

@@ -12,7 +12,7 @@ from .segmentation import SemanticSegmentation
 
 # model.type -> task class
 TASKS = {"EncoderDecoder": SemanticSegmentation, "EncoderDecoderMask2Former": SemanticSegmentation,
-         "MaskRCNN": ObjectDetection}
+         "MaskRCNN": ObjectDetection, "HybridTaskCascade": ObjectDetection, "HybridTaskCascadeAug": ObjectDetection}
 
 
 def task_for(cfg):

@@ -1,16 +1,25 @@
-"""Object detection / instance segmentation (Mask R-CNN): the detector, the COCO instance shard loaders, COCO AP.
+"""Object detection / instance segmentation (Mask R-CNN, HTC++): the detector, the COCO instance shard loaders,
+COCO AP.
 
 The recipe's sections are the official mmdet ones:
 
-* ``model``: ``type='MaskRCNN'`` and its official keys (``MaskRCNN.from_config`` checks every key); the backbone's
-  ``pretrained`` file is loaded into ``model.backbone`` by :meth:`ObjectDetection.build_model`.
+* ``model``: ``type`` one of :data:`~vit_adapter_ds.models.detectors.DETECTORS` (``'MaskRCNN'``,
+  ``'HybridTaskCascade'``, ``'HybridTaskCascadeAug'``) and its official keys (the class's ``from_config`` checks
+  every key); the backbone's ``pretrained`` file is loaded into ``model.backbone`` by
+  :meth:`ObjectDetection.build_model`. An HTC with a semantic head needs a train pipeline with the semantic maps
+  (``LoadAnnotations(with_seg=True)`` / ``SegRescale``): :meth:`ObjectDetection.forward_loss` passes the batch's
+  ``semantic_seg`` to the model.
 * ``data.train`` / ``data.val`` (``data.test`` is ``launch/eval.py``'s): ``shard_dir`` (written by
   ``make_shards coco`` or ``make_shards synthetic --layout coco``), the official ``pipeline`` (translated by
   :func:`~vit_adapter_ds.data.det_transforms.train_ops_from_pipeline` / ``test_cfg_from_pipeline``, which refuse
   steps they do not implement), optionally ``type='CocoDataset'`` and the loaders' own keyword arguments
   (:class:`~vit_adapter_ds.data.detection.DetectionTrainLoader` / ``DetectionValLoader``: ``max_bad_fraction``,
   ``shuffle``, ``filter_empty_gt``, ...). Batch size, workers, seed, ranks and the number of classes come from the
-  engine and the model.
+  engine and the model. A test pipeline whose ``MultiScaleFlipAug`` has several ``img_scale`` or ``flip=True``
+  (the HTC++ ``_ms`` recipes) is evaluated with the official test-time augmentation
+  (:class:`~vit_adapter_ds.models.detectors.htc_aug.HybridTaskCascadeAug`, ``model.type='HybridTaskCascadeAug'``):
+  the val loader then delivers each image at its original size and the augmentations are made from it
+  (:func:`test_augmentation`).
 * ``evaluation.metric``: ``'bbox'`` and / or ``'segm'`` (COCO AP through pycocotools, every image once over all
   ranks); the metrics are ``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ...; ``save_best='auto'`` means
   ``bbox_mAP``.
@@ -67,16 +76,52 @@ def train_loader_kwargs(data: dict) -> dict:
     return {**kw, "ops": tr["ops"], "mean": tr["mean"], "std": tr["std"]}
 
 
+def test_augmentation(pipeline, where: str = "test_pipeline"):
+    """``{'scales': [(long, short), ...], 'flip': bool}`` of a test pipeline's ``MultiScaleFlipAug`` when it asks
+    for test-time augmentation (several ``img_scale`` or ``flip=True``, mmdet's ``aug_test`` case), else None."""
+    aug = pipeline[1] if isinstance(pipeline, (list, tuple)) and len(pipeline) == 2 else None
+    if not isinstance(aug, dict) or aug.get("type") != "MultiScaleFlipAug":
+        return None  # test_cfg_from_pipeline names the problem
+    scales, flip = aug.get("img_scale"), aug.get("flip", False)
+    if not isinstance(flip, bool):
+        raise ConfigError(f"recipe: {where}[1].flip must be True or False, got {flip!r}")
+    if isinstance(scales, tuple):
+        scales = [scales]
+    if not (isinstance(scales, list) and scales and all(
+            isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, int) for v in x) for x in scales)):
+        raise ConfigError(f"recipe: {where}[1].img_scale must be a (long, short) tuple or a list of them, got "
+                          f"{scales!r}")
+    if aug.get("flip_direction", "horizontal") != "horizontal":
+        raise ConfigError(f"recipe: {where}[1].flip_direction={aug['flip_direction']!r}: only 'horizontal'")
+    if len(scales) == 1 and not flip:
+        return None
+    return {"scales": [(int(x[0]), int(x[1])) for x in scales], "flip": flip}
+
+
 def val_loader_kwargs(data: dict, split: str = "val") -> dict:
-    """``DetectionValLoader`` keyword arguments (without the engine's) from ``data.<split>``."""
+    """``DetectionValLoader`` keyword arguments (without the engine's) from ``data.<split>``; with test-time
+    augmentation (:func:`test_augmentation`) the loader keeps the original size (``scale=None``)."""
     from ..data import det_transforms as T
     from ..data.detection import DetectionValLoader
 
     section = _section(data, split)
     kw = signature_kwargs(DetectionValLoader.__init__, section, f"data.{split}", skip=("type", "pipeline"),
                           supplied=_SUPPLIED)
-    te = T.test_cfg_from_pipeline(section["pipeline"], f"data.{split}.pipeline")
-    return {**kw, "scale": te["scale"], "mean": te["mean"], "std": te["std"]}
+    where = f"data.{split}.pipeline"
+    pipeline = section["pipeline"]
+    aug = test_augmentation(pipeline, where)
+    if aug is not None:  # the single-scale translation checks the transforms and gives mean / std
+        pipeline = [pipeline[0], {**pipeline[1], "img_scale": aug["scales"][0], "flip": False}]
+    te = T.test_cfg_from_pipeline(pipeline, where)
+    return {**kw, "scale": None if aug is not None else te["scale"], "mean": te["mean"], "std": te["std"]}
+
+
+def has_semantic_maps(pipeline) -> bool:
+    """Whether an official train pipeline loads the semantic maps (``LoadAnnotations(with_seg=True)`` or
+    ``SegRescale``)."""
+    return any(isinstance(s, dict) and (s.get("type") == "SegRescale" or
+                                        (s.get("type") == "LoadAnnotations" and s.get("with_seg", False)))
+               for s in pipeline or ())
 
 
 def iou_types(cfg) -> tuple[str, ...]:
@@ -167,10 +212,21 @@ class ObjectDetection:
         self._num_classes = int(model.num_classes)
         data = to_plain(self.cfg.data)
         train_loader_kwargs(data)
-        if data.get("val") is not None:
-            val_loader_kwargs(data, "val")
-        if data.get("test") is not None:
-            val_loader_kwargs(data, "test")
+        if _semantic_head(model) is not None and not has_semantic_maps(data["train"]["pipeline"]):
+            raise ConfigError("recipe: model.roi_head.semantic_head needs the semantic maps in training: "
+                              "data.train.pipeline must have LoadAnnotations(with_seg=True) and SegRescale")
+        for split in ("val", "test"):
+            if data.get(split) is not None:
+                val_loader_kwargs(data, split)
+                aug = test_augmentation(data[split]["pipeline"], f"data.{split}.pipeline")
+                if aug is not None and not hasattr(model, "aug_test"):
+                    raise ConfigError(f"recipe: data.{split}.pipeline asks for test-time augmentation "
+                                      f"({len(aug['scales'])} scales, flip={aug['flip']}), which needs "
+                                      f"model.type='HybridTaskCascadeAug' (got {self._model_cfg().get('type')!r})")
+                if aug is not None and len(model.aug_cfg["scale_ranges"]) < len(aug["scales"]):
+                    raise ConfigError(f"recipe: model.test_cfg.aug.scale_ranges has "
+                                      f"{len(model.aug_cfg['scale_ranges'])} entries for the "
+                                      f"{len(aug['scales'])} scales of data.{split}.pipeline")
         iou_types(self.cfg)
         if self.cfg["runner"].get("type") == "EpochBasedRunner":
             self._convert_epochs(data)
@@ -231,28 +287,49 @@ class ObjectDetection:
         data = to_plain(self.cfg.data)
         if data.get(split) is None:
             return None
-        return DetectionValLoader(rank=rank, world_size=world_size, num_workers=0, num_classes=self.num_classes,
-                                  **val_loader_kwargs(data, split))
+        loader = DetectionValLoader(rank=rank, world_size=world_size, num_workers=0, num_classes=self.num_classes,
+                                    **val_loader_kwargs(data, split))
+        loader.test_aug = test_augmentation(data[split]["pipeline"], f"data.{split}.pipeline")  # read by evaluate
+        return loader
 
     def forward_loss(self, model, batch, device, dtype) -> dict:
+        """Runs the detector on the batch; an HTC gets the batch's ``semantic_seg`` (None without it: a model with a
+        semantic head then raises)."""
         img = batch["img"].to(device, non_blocking=True)
         img = img.to(dtype) if img.is_floating_point() else img
         targets = [{k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in t.items()}
                    for t in batch["targets"]]
-        return model(img, targets)
+        if self._model_cfg().get("type") == "MaskRCNN":
+            return model(img, targets)
+        sem = batch.get("semantic_seg")
+        return model(img, targets, semantic_labels=None if sem is None else sem.to(device, non_blocking=True))
+
+    @staticmethod
+    def predictor(model, val_loader):
+        """What predicts the val images: ``model`` itself, or for a loader with test-time augmentation
+        (``val_loader.test_aug``, set by :meth:`build_val_loader`) an
+        :class:`~vit_adapter_ds.models.detectors.htc_aug.AugTestPredictor` around it."""
+        aug = getattr(val_loader, "test_aug", None)
+        if aug is None:
+            return model
+        from ..models.detectors.htc_aug import AugTestPredictor
+
+        return AugTestPredictor(model, aug["scales"], aug["flip"], val_loader.mean, val_loader.std)
 
     def evaluate(self, model, val_loader, dtype, num_vis: int):
-        """COCO AP (``evaluation.metric``) over the validation shards, every image once over all ranks; plus
-        ``num_vis`` pictures of this rank's first validation images with the predictions drawn."""
+        """COCO AP (``evaluation.metric``) over the validation shards, every image once over all ranks (with the
+        recipe's test-time augmentation when its test pipeline asks for it, :meth:`predictor`); plus ``num_vis``
+        pictures of this rank's first validation images with the predictions drawn."""
         import torch
 
         from ..evaluation.coco import evaluate_detector
 
         autocast = dtype if dtype in (torch.float16, torch.bfloat16) else None
-        metrics = evaluate_detector(model, val_loader, val_loader.categories, dtype=autocast,
+        predictor = self.predictor(model, val_loader)
+        metrics = evaluate_detector(predictor, val_loader, val_loader.categories, dtype=autocast,
                                     iou_types=iou_types(self.cfg))
         metrics = {k: float(v) for k, v in metrics.items()}
-        return metrics, self._pictures(model, val_loader, autocast, num_vis) if num_vis else []
+        return metrics, self._pictures(predictor, val_loader, autocast, num_vis) if num_vis else []
 
     @staticmethod
     def _pictures(model, val_loader, autocast, num_vis: int) -> list:
@@ -277,6 +354,11 @@ class ObjectDetection:
         finally:
             model.train(was_training)
         return pictures
+
+
+def _semantic_head(model):
+    roi = getattr(model, "roi_head", None)
+    return getattr(roi, "semantic_head", None)
 
 
 def val_loader_item(val_loader, img):

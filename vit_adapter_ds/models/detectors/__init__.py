@@ -3,18 +3,22 @@
 * :class:`~.mask_rcnn.MaskRCNN` (``from_config`` of the official mmdet ``model`` dict), :class:`~.fpn.FPN`,
   :mod:`.keymap` (official mmdet checkpoint keys <-> these modules, both ways).
 * HTC++: :class:`~.htc.HybridTaskCascade` / :class:`~.htc.HybridTaskCascadeRoIHead` (3 interleaved stages, mask
-  information flow, semantic branch, stage-averaged testing with soft-NMS; ``HybridTaskCascade.from_config`` of the
-  official model dict), :class:`~.extra_attention.ExtraAttention`, :class:`~.semantic_head.FusedSemanticHead`,
-  :mod:`.htc_heads`, :mod:`.soft_nms`; key maps in :mod:`.keymap`. Still missing for HTC++ training as the
-  official recipes: InstaBoost, COCO-Stuff ``stuffthingmaps`` in the instance shards + ``SegRescale(1/8)`` (the
-  semantic labels), the BEiT-L recipe variant whose RPN uses soft-NMS, the TTA detector
-  (``HybridTaskCascadeAug``) and the engine wiring.
+  information flow, semantic branch, stage-averaged testing with soft-NMS, the RPN's optional soft-NMS of the
+  BEiT-L recipe; ``HybridTaskCascade.from_config`` of the official model dict),
+  :class:`~.htc_aug.HybridTaskCascadeAug` (the official multi-scale + flip test-time augmentation),
+  :class:`~.extra_attention.ExtraAttention`, :class:`~.semantic_head.FusedSemanticHead`, :mod:`.htc_heads`,
+  :mod:`.soft_nms`; key maps in :mod:`.keymap`.
+
+``DETECTORS`` maps the official ``model.type`` to the class whose ``from_config`` builds it.
 """
 from .extra_attention import ExtraAttention
 from .fpn import FPN
+from .htc import HybridTaskCascade
+from .htc_aug import HybridTaskCascadeAug
 from .mask_rcnn import MaskRCNN
 
-DETECTORS = {"MaskRCNN": MaskRCNN}
+DETECTORS = {"MaskRCNN": MaskRCNN, "HybridTaskCascade": HybridTaskCascade,
+             "HybridTaskCascadeAug": HybridTaskCascadeAug}
 NECKS = {"FPN": FPN, "ExtraAttention": ExtraAttention}
 
-__all__ = ["FPN", "ExtraAttention", "MaskRCNN", "DETECTORS", "NECKS"]
+__all__ = ["FPN", "ExtraAttention", "MaskRCNN", "HybridTaskCascade", "HybridTaskCascadeAug", "DETECTORS", "NECKS"]

@@ -29,6 +29,26 @@ from .mask_rcnn import MaxIoUMatcher, mask_targets, paste_masks
 from .soft_nms import batched_soft_nms
 
 
+def multiclass_nms(boxes, probs, score_thr, iou_threshold, max_per_img, nms_type="soft_nms"):
+    """mmdet ``multiclass_nms`` of class-agnostic boxes (N, 4) and class probabilities (N, C + 1) (background
+    last): every (box, class) pair above ``score_thr``, (soft-)NMS within each class, the best ``max_per_img``
+    -> (boxes (K, 4), labels (K,), scores (K,)) sorted by score."""
+    p = probs[:, :-1]
+    box_idx, cls_idx = torch.where(p > score_thr)
+    b, s = boxes[box_idx], p[box_idx, cls_idx]
+    if nms_type == "soft_nms":
+        keep, s = batched_soft_nms(b, s, cls_idx, iou_threshold=iou_threshold)
+    elif nms_type == "nms":
+        from torchvision.ops import batched_nms
+
+        keep = batched_nms(b.float(), s.float(), cls_idx, iou_threshold)
+        s = s[keep]
+    else:
+        raise ValueError(f"nms type must be 'soft_nms' or 'nms', got {nms_type!r}")
+    keep, s = keep[:max_per_img], s[:max_per_img]
+    return b[keep], cls_idx[keep], s
+
+
 class CascadeStage:
     """Train settings of one stage: assigner IoUs, sampler, box-coder stds."""
 
@@ -117,8 +137,15 @@ class HybridTaskCascadeRoIHead(nn.Module):
         semantic_feat = None
         if self.semantic_head is not None:
             logits, semantic_feat = self.semantic_head(list(features.values()))
-            if semantic_labels is not None:
-                losses["loss_semantic_seg"] = self.semantic_head.loss(logits, semantic_labels)
+            if semantic_labels is None:
+                raise ValueError("this HTC has a semantic head (FusedSemanticHead) but no semantic labels were given: "
+                                 "the train pipeline needs LoadAnnotations(with_seg=True) and SegRescale(1/8) over "
+                                 "shards with semantic maps (the batch's 'semantic_seg')")
+            if tuple(semantic_labels.shape[-2:]) != tuple(logits.shape[-2:]) or semantic_labels.shape[0] != \
+                    logits.shape[0]:
+                raise ValueError(f"semantic labels {tuple(semantic_labels.shape)} do not match the semantic head's "
+                                 f"logits {tuple(logits.shape)} (SegRescale 1/8 of the padded batch)")
+            losses["loss_semantic_seg"] = self.semantic_head.loss(logits, semantic_labels.to(logits.device))
         for i, stage in enumerate(self.stages):
             w = self.stage_loss_weights[i]
             samples = [self._sample(stage, p, t) for p, t in zip(proposals, targets)]
@@ -155,13 +182,17 @@ class HybridTaskCascadeRoIHead(nn.Module):
         return losses
 
     # ------------------------------------------------------------------------------------------ test
+    def semantic_feature(self, features):
+        """The semantic branch's feature map (None without a semantic head)."""
+        if self.semantic_head is None:
+            return None
+        return self.semantic_head(list(features.values()))[1]
+
     @torch.no_grad()
-    def simple_test(self, features, proposals, image_shapes):
-        """Per image ``boxes`` (K, 4), ``labels`` (K,) 0-based, ``scores`` (K,), ``mask_probs`` (K, M, M) at
-        the input (resized-image) scale."""
-        semantic_feat = None
-        if self.semantic_head is not None:
-            _, semantic_feat = self.semantic_head(list(features.values()))
+    def cascade_boxes(self, features, proposals, image_shapes, semantic_feat=None):
+        """mmdet ``HybridTaskCascadeRoIHead.simple_test`` up to (not including) the NMS: per image the boxes
+        (N, 4) decoded by the last stage and clipped to the image, and the class probabilities (N, C + 1) of the
+        stage-averaged logits (background last)."""
         counts = [len(p) for p in proposals]
         rois = [p.float() for p in proposals]
         scores = []
@@ -173,24 +204,32 @@ class HybridTaskCascadeRoIHead(nn.Module):
                 rois = [clip_boxes_to_image(d, s) for d, s in zip(dec.split(counts), image_shapes)]
         prob = F.softmax(sum(scores) / len(scores), dim=1)
         boxes = stage.coder.decode_single(reg.reshape(-1, 4), torch.cat(rois))
+        return [(clip_boxes_to_image(b, size), p) for b, p, size in zip(boxes.split(counts), prob.split(counts),
+                                                                        image_shapes)]
+
+    @torch.no_grad()
+    def mask_probs(self, features, boxes, semantic_feat=None):
+        """The sigmoid of every stage's mask logits (information flow), averaged over the stages: per image
+        (K, C, M, M) for its boxes (K, 4)."""
+        if not sum(len(b) for b in boxes):
+            return [torch.zeros(len(b), self.num_classes, self.mask_size, self.mask_size, device=b.device)
+                    for b in boxes]
+        stage_logits = self._mask_logits(self.num_stages - 1, features, boxes, semantic_feat, all_stages=True)
+        merged = sum(torch.sigmoid(lg) for lg in stage_logits) / len(stage_logits)
+        return list(merged.split([len(b) for b in boxes]))
+
+    @torch.no_grad()
+    def simple_test(self, features, proposals, image_shapes):
+        """Per image ``boxes`` (K, 4), ``labels`` (K,) 0-based, ``scores`` (K,), ``mask_probs`` (K, M, M) at
+        the input (resized-image) scale."""
+        semantic_feat = self.semantic_feature(features)
         results = []
-        for b, p, size in zip(boxes.split(counts), prob.split(counts), image_shapes):
-            b = clip_boxes_to_image(b, size)
-            p = p[:, :-1]
-            box_idx, cls_idx = torch.where(p > self.score_thr)
-            keep, s = batched_soft_nms(b[box_idx], p[box_idx, cls_idx], cls_idx, iou_threshold=self.nms_iou)
-            keep, s = keep[:self.max_per_img], s[:self.max_per_img]
-            results.append({"boxes": b[box_idx][keep], "labels": cls_idx[keep], "scores": s})
-        det_boxes = [r["boxes"] for r in results]
-        if sum(len(b) for b in det_boxes):
-            stage_logits = self._mask_logits(self.num_stages - 1, features, det_boxes, semantic_feat,
-                                             all_stages=True)
-            merged = sum(torch.sigmoid(lg) for lg in stage_logits) / len(stage_logits)
-            for r, m in zip(results, merged.split([len(b) for b in det_boxes])):
-                r["mask_probs"] = m[torch.arange(len(r["labels"]), device=m.device), r["labels"]]
-        else:
-            for r in results:
-                r["mask_probs"] = torch.zeros(0, self.mask_size, self.mask_size)
+        for b, p in self.cascade_boxes(features, proposals, image_shapes, semantic_feat):
+            boxes, labels, scores = multiclass_nms(b, p, self.score_thr, self.nms_iou, self.max_per_img)
+            results.append({"boxes": boxes, "labels": labels, "scores": scores})
+        probs = self.mask_probs(features, [r["boxes"] for r in results], semantic_feat)
+        for r, m in zip(results, probs):
+            r["mask_probs"] = m[torch.arange(len(r["labels"]), device=m.device), r["labels"]]
         return results
 
     def paste(self, result, scale_xy, ori_shape):
@@ -252,7 +291,14 @@ class HybridTaskCascade(nn.Module):
 # ---------------------------------------------------------------------------------------------- from_config
 def _htc_specs():
     from ._cfg import Fixed, Param, Raw
-    from .mask_rcnn import _ASSIGNER, _CODER, _LOSS_CE, _PROPOSAL, _ROI_EXTRACTOR, _SAMPLER
+    from .mask_rcnn import _ASSIGNER, _CODER, _LOSS_CE, _ROI_EXTRACTOR, _SAMPLER
+
+    def proposal(prefix, nms_pre, max_per_img):  # mmdet RPN proposal settings; nms 'nms' or (BEiT-L) 'soft_nms'
+        return {"nms_pre": Param(prefix + "_nms_pre", (int,), nms_pre),
+                "max_per_img": Param(prefix + "_max_per_img", (int,), max_per_img),
+                "nms": {"type": Param(prefix + "_nms_type", (str,), "nms"),
+                        "iou_threshold": Param(prefix + "_nms_iou", (float,), 0.7)},
+                "min_bbox_size": Fixed(0)}
 
     def smooth_l1(prefix, beta):
         return {"type": Param(prefix + "_type", (str,), "SmoothL1Loss"),
@@ -260,7 +306,7 @@ def _htc_specs():
                 "loss_weight": Param(prefix + "_weight", (float,), 1.0)}
 
     top = {
-        "type": Fixed("HybridTaskCascade"), "backbone": Raw("backbone"), "neck": Raw("neck"),
+        "type": Fixed("HybridTaskCascade", "HybridTaskCascadeAug"), "backbone": Raw("backbone"), "neck": Raw("neck"),
         "pretrained": Param("pretrained", (str, type(None)), None), "init_cfg": Fixed(None),
         "rpn_head": {
             "type": Fixed("RPNHead"), "in_channels": Param("rpn_in_channels", (int,), 256),
@@ -283,9 +329,9 @@ def _htc_specs():
             "rpn": {"assigner": _ASSIGNER("rpn", 0.7, 0.3, 0.3), "sampler": _SAMPLER("rpn", 256, 0.5, False),
                     "allowed_border": Param("allowed_border", (int,), 0), "pos_weight": Fixed(-1),
                     "debug": Fixed(False)},
-            "rpn_proposal": _PROPOSAL("rpn_train", 2000, 2000), "rcnn": Raw("rcnn_train")},
+            "rpn_proposal": proposal("rpn_train", 2000, 2000), "rcnn": Raw("rcnn_train")},
         "test_cfg": {
-            "rpn": _PROPOSAL("rpn_test", 1000, 1000),
+            "rpn": proposal("rpn_test", 1000, 1000), "aug": Raw("aug", None),
             "rcnn": {"score_thr": Param("score_thr", (float,), 0.001),
                      "nms": {"type": Fixed("soft_nms"), "iou_threshold": Param("rcnn_nms_iou", (float,), 0.5),
                              "min_score": Fixed(1e-3), "method": Fixed("linear")},
@@ -357,6 +403,13 @@ def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
     if not isinstance(fpn, FPN):
         raise ConfigError(f"recipe: {where}.neck must end with an FPN")
     c, ns = fpn.out_channels, p["num_stages"]
+    for split in ("train", "test"):
+        if p[f"rpn_{split}_nms_type"] not in ("nms", "soft_nms"):
+            raise ConfigError(f"recipe: {where}.{split}_cfg.rpn{'_proposal' if split == 'train' else ''}.nms.type="
+                              f"{p[f'rpn_{split}_nms_type']!r}: only 'nms' or 'soft_nms'")
+    if p["rpn_train_nms_type"] != p["rpn_test_nms_type"]:
+        raise ConfigError(f"recipe: {where}: train_cfg.rpn_proposal.nms.type and test_cfg.rpn.nms.type differ "
+                          "(one RPN NMS here, as in the official recipes)")
     if p["rpn_loss_bbox_type"] not in ("SmoothL1Loss", "L1Loss"):
         raise ConfigError(f"recipe: {where}.rpn_head.loss_bbox.type={p['rpn_loss_bbox_type']!r}: only SmoothL1Loss "
                           "or L1Loss")
@@ -370,7 +423,7 @@ def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
               target_stds=tuple(p["rpn_target_stds"]), loss_cls_weight=p["rpn_loss_cls_weight"],
               loss_bbox_weight=p["rpn_loss_bbox_weight"],
               smooth_l1_beta=p["rpn_loss_bbox_beta"] if p["rpn_loss_bbox_type"] == "SmoothL1Loss" else None,
-              allowed_border=p["allowed_border"])
+              allowed_border=p["allowed_border"], nms_type=p["rpn_train_nms_type"])
     bboxes, masks, stages = [], [], []
     rcnn = _list_of(p["rcnn_train"], ns, f"{where}.train_cfg.rcnn")
     for i, (bc, mc, rc) in enumerate(zip(_list_of(p["bbox_heads"], ns, f"{where}.roi_head.bbox_head"),
@@ -410,7 +463,16 @@ def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
                                              p["sem_sampling_ratio"], p["sem_aligned"]) if sem_head else None,
         num_classes=bboxes[0].num_classes, mask_size=rp["mask_size"], score_thr=p["score_thr"],
         nms_iou=p["rcnn_nms_iou"], max_per_img=p["max_per_img"], mask_thr_binary=p["mask_thr_binary"])
-    model = HybridTaskCascade(backbone, necks, rpn, roi)
+    if cfg.get("type") == "HybridTaskCascadeAug":
+        from .htc_aug import HybridTaskCascadeAug, aug_test_cfg
+
+        if p["aug"] is None:
+            raise ConfigError(f"recipe: {where}.test_cfg.aug is required for type='HybridTaskCascadeAug'")
+        model = HybridTaskCascadeAug(backbone, necks, rpn, roi, aug_test_cfg(p["aug"], f"{where}.test_cfg.aug"))
+    else:
+        if p["aug"] is not None:
+            raise ConfigError(f"recipe: {where}.test_cfg.aug is read by type='HybridTaskCascadeAug' only")
+        model = HybridTaskCascade(backbone, necks, rpn, roi)
     model.pretrained = pretrained
     model.num_classes = roi.num_classes
     return model

@@ -122,13 +122,16 @@ class MaxIoUMatcher(det_utils.Matcher):
 
 class RPN(RegionProposalNetwork):
     """torchvision ``RegionProposalNetwork`` with mmdet ``RPNHead`` losses (sigmoid CE + L1, or SmoothL1 with
-    ``smooth_l1_beta``, weighted) and mmdet's ``allowed_border`` (``-1``: every anchor is assigned)."""
+    ``smooth_l1_beta``, weighted), mmdet's ``allowed_border`` (``-1``: every anchor is assigned) and the proposal
+    NMS ``nms_type``: ``'nms'`` (torchvision's, per level) or ``'soft_nms'`` (the HTC++ BEiT-L recipe's
+    ``nms=dict(type='soft_nms', iou_threshold=0.7)``: mmcv linear soft-NMS per level, ``min_score`` 1e-3, the
+    proposals ranked by their decayed objectness)."""
 
     def __init__(self, in_channels=256, *, anchor_generator, pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
                  match_low_quality=True, num=256, pos_fraction=0.5, train_nms_pre=2000, train_max_per_img=1000,
                  train_nms_iou=0.7, test_nms_pre=1000, test_max_per_img=1000, test_nms_iou=0.7,
                  target_stds=(1.0, 1.0, 1.0, 1.0), loss_cls_weight=1.0, loss_bbox_weight=1.0,
-                 smooth_l1_beta=None, allowed_border=-1):
+                 smooth_l1_beta=None, allowed_border=-1, nms_type="nms"):
         head = FloatRPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
         super().__init__(anchor_generator, head, pos_iou_thr, neg_iou_thr, num, pos_fraction,
                          dict(training=train_nms_pre, testing=test_nms_pre),
@@ -141,6 +144,34 @@ class RPN(RegionProposalNetwork):
         self.smooth_l1_beta = smooth_l1_beta  # None: L1 (Mask R-CNN); HTC++: SmoothL1 with beta 1/9
         self.allowed_border = allowed_border  # >= 0: anchors beyond the image by more are ignored (mmdet)
         self._image_sizes = None
+        if nms_type not in ("nms", "soft_nms"):
+            raise ValueError(f"nms_type must be 'nms' or 'soft_nms', got {nms_type!r}")
+        self.nms_type = nms_type
+
+    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+        if self.nms_type == "nms":
+            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        from torchvision.ops import boxes as box_ops
+
+        from .soft_nms import batched_soft_nms
+
+        n = proposals.shape[0]
+        objectness = objectness.detach().reshape(n, -1)
+        levels = torch.cat([torch.full((k,), i, dtype=torch.int64, device=proposals.device)
+                            for i, k in enumerate(num_anchors_per_level)]).reshape(1, -1).expand_as(objectness)
+        top = self._get_top_n_idx(objectness, num_anchors_per_level)  # nms_pre per level
+        rows = torch.arange(n, device=proposals.device)[:, None]
+        objectness, levels, proposals = objectness[rows, top], levels[rows, top], proposals[rows, top]
+        final_boxes, final_scores = [], []
+        for boxes, scores, lvl, shape in zip(proposals, torch.sigmoid(objectness), levels, image_shapes):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            keep = box_ops.remove_small_boxes(boxes, self.min_size)
+            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep, decayed = batched_soft_nms(boxes, scores, lvl, iou_threshold=self.nms_thresh)
+            keep, decayed = keep[:self.post_nms_top_n()], decayed[:self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(decayed)
+        return final_boxes, final_scores
 
     def forward(self, images, features, targets=None):
         self._image_sizes = images.image_sizes

@@ -1,0 +1,27 @@
+# Official: detection/configs/htc++/htc++_beit_adapter_large_fpn_3x_coco_ms.py (czczup/ViT-Adapter; spec §5.1): the
+# BEiT-L HTC++ model (./htc++_beit_adapter_large_fpn_3x_coco.py) tested with the official test-time augmentation
+# HybridTaskCascadeAug (vit_adapter_ds.models.detectors.htc_aug): 6 scales (3000, 600..1600) x horizontal flip,
+# per-scale box-area ranges, all detections merged by soft-NMS (IoU 0.5), up to 1000 per image.
+# Reported 60.4 / 52.5 box / mask AP (test-dev).
+_base_ = ['./htc++_beit_adapter_large_fpn_3x_coco.py']
+model = dict(
+    type='HybridTaskCascadeAug',
+    test_cfg=dict(
+        aug=dict(score_thr=0.001, nms=dict(type='soft_nms', iou_threshold=0.5), max_per_img=1000,
+                 scale_ranges=[['l'], ['l'], ['m', 'l'], ['s', 'm'], ['s', 'm'], ['s', 'm']])))
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiScaleFlipAug',
+         img_scale=[(3000, 600), (3000, 800), (3000, 1000), (3000, 1200), (3000, 1400), (3000, 1600)],
+         flip=True,
+         transforms=[
+             dict(type='Resize', keep_ratio=True),
+             dict(type='RandomFlip'),
+             dict(type='Normalize', **img_norm_cfg),
+             dict(type='Pad', size_divisor=32),
+             dict(type='ImageToTensor', keys=['img']),
+             dict(type='Collect', keys=['img']),
+         ])
+]
+data = dict(test=dict(pipeline=test_pipeline), val=dict(pipeline=test_pipeline))
