@@ -3,14 +3,16 @@
 * stop signals: SIGUSR1 to both ranks mid-run (plus a second signal that lands *inside* the save) -> every rank
   exits with status 3 after a complete checkpoint of the stopped iteration; ``--resume auto`` reproduces the
   uninterrupted run bitwise;
-* crash survival (chaos): SIGKILL of a rank mid-run, then mid-save (half-written optimizer shard), then a resume
-  whose newest complete checkpoint had ``extra_rank1.pt`` cut short after the fact: every resume picks the newest
-  *intact* checkpoint and the final weights equal the uninterrupted run's bit for bit;
+* crash survival (random chaos): a seeded plan of SIGKILLs (one rank, both ranks, the whole job) at random moments
+  mid-step, mid-save (half-written checkpoint files) and mid-evaluation, each followed by ``--resume auto``, then a
+  resume whose newest complete checkpoint had ``extra_rank1.pt`` cut short after the fact: the launcher exits
+  promptly and non-zero, nothing survives, every resume picks the newest *intact* checkpoint, and the losses and
+  final weights equal the uninterrupted run's bit for bit (``VIT_ADAPTER_DS_CHAOS_SEED`` replays a plan);
 * the NaN policy: injected NaN losses are skipped (weights untouched) up to ``max_nonfinite_steps``, then the run
   stops with a clear error.
 
-The reference is an uninterrupted 8-iteration run (checkpoints every 2). Ranks are slowed down (STUB_STEP_SLEEP) so
-that signals land mid-run.
+The reference is an uninterrupted 8-iteration run (checkpoints every 2). Ranks are slowed down (STUB_STEP_SLEEP,
+STUB_SAVE_SLEEP, STUB_EVAL_SLEEP) so that signals land mid-step, mid-save and mid-evaluation.
 """
 from __future__ import annotations
 
@@ -154,32 +156,200 @@ def _live_processes_of(work_dir, grace=10.0):
         time.sleep(0.2)
 
 
-def test_chaos_kills_and_damaged_checkpoint_resume_bitwise(ref, tmp_path):
+# --------------------------------------------------------------------------------------------- random chaos
+# The timeline of one run (checkpoints every 2 iterations, evaluation every 4): the moments a kill can be aimed at.
+CHAOS_EVENTS = [ev for k in range(1, ITERS + 1)
+                for ev in [("step", k)] + [("save", k)] * (k % 2 == 0) + [("eval", k)] * (k % 4 == 0)]
+CHAOS_TARGETS = ("rank0", "rank1", "both ranks", "whole job")
+CHAOS_SLEEP = {"step": 0.25, "save": 0.35, "eval": 0.4}  # STUB_STEP_SLEEP, STUB_SAVE_SLEEP (per file), STUB_EVAL_SLEEP
+
+
+def chaos_plan(seed, kills=4):
+    """``kills`` (phase, iteration, target, watched rank, fraction, launcher) in timeline order: at least one kill
+    mid-step, one mid-save and one mid-evaluation, at least one of a single rank and one of the whole job; one of the
+    runs is started by the ``deepspeed`` launcher, the others by ``torchrun`` (it starts faster). Each kill lies
+    later on the timeline than the one before, so every one is reached after the resume from the newest complete
+    checkpoint before it (which is never later than that kill)."""
+    import random
+    rng = random.Random(seed)
+    while True:
+        picks = sorted(rng.sample(range(len(CHAOS_EVENTS)), kills))
+        targets = [rng.choice(CHAOS_TARGETS) for _ in picks]
+        phases = {CHAOS_EVENTS[i][0] for i in picks}
+        if phases == {"step", "save", "eval"} and {t.startswith("rank") for t in targets} == {True, False}:
+            break
+    plan = []
+    ds_run = rng.randrange(kills)
+    for n, (i, target) in enumerate(zip(picks, targets)):
+        watched = int(target[-1]) if target.startswith("rank") else rng.randrange(2)
+        plan.append((*CHAOS_EVENTS[i], target, watched, rng.random(), "deepspeed" if n == ds_run else "torchrun"))
+    return plan
+
+
+def _phase_lines(path):
+    return [line.split() for line in open(path)] if path.is_file() else []
+
+
+def _rank_pids(launcher_pid):
+    """{rank: pid} of the ranks of a launcher: the stub-script children of torchrun, or of the ``launch.py`` child
+    of the deepspeed runner (RANK read from their environment)."""
+    parents = [launcher_pid] + [pid for pid, c in _children_cmd(launcher_pid) if "deepspeed.launcher.launch" in c]
+    out = {}
+    for parent in parents:
+        for pid, cmd in _children_cmd(parent):
+            if str(STUBS) not in cmd:
+                continue
+            try:
+                env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode(
+                    errors="replace").split("\0") if "=" in kv)
+            except OSError:
+                continue
+            if "RANK" in env:  # (a process that is exiting shows an empty environment)
+                out[int(env["RANK"])] = pid
+    return out
+
+
+def _chaos_segment(work, port, args, phase_log, kill=None, seed=None):
+    """One launch of the 2-rank run (``kill[5]``'s launcher, torchrun without a kill; own process group). Without
+    ``kill`` it runs to the end. With ``kill`` = (phase, iteration, target, watched rank, fraction, launcher): wait
+    until the watched rank starts that phase (its STUB_PHASE_LOG line), wait ``fraction`` of the phase's length,
+    SIGKILL the target ("whole job": both ranks and every launcher process). Returns (exit status, output, seconds
+    from the kill to the launcher's exit)."""
+    (work.parent / "fake_shards").mkdir(parents=True, exist_ok=True)
+    opts = [f"runner.max_iters={ITERS}", "evaluation.interval=4", "log_config.interval=1", "data.samples_per_gpu=2",
+            f"data.train.shard_dir={work.parent / 'fake_shards'}", f"data.val.shard_dir={work.parent / 'fake_shards'}",
+            "global_batch_size=None", "evaluation.save_best=None", *OPTS]
+    script = [str(STUBS), "--ds_config", str(REPO / "ds_configs" / "zero2_fp32.json"), "--work-dir", str(work),
+              "--no-progress", "--dist-timeout", "60", *args, "--cfg-options", *opts]
+    if kill is not None and kill[5] == "deepspeed":
+        cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), *script]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               *script]
+    env = _env({"STUB_STEP_SLEEP": str(CHAOS_SLEEP["step"]), "STUB_SAVE_SLEEP": str(CHAOS_SLEEP["save"]),
+                "STUB_EVAL_SLEEP": str(CHAOS_SLEEP["eval"]), "STUB_PHASE_LOG": str(phase_log)})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=env, cwd=str(work.parent))
+    t_kill = None
+    try:
+        if kill is not None:
+            phase, it, target, watched, frac, _ = kill
+            t0 = time.time()
+            while not any(w[:3] == [str(watched), phase, str(it)] for w in _phase_lines(phase_log)):
+                assert proc.poll() is None and time.time() - t0 < 240, \
+                    f"seed {seed}: {phase} {it} of rank {watched} never began:\n{proc.communicate()[0][-3000:]}"
+                time.sleep(0.01)
+            # the phase's length: the stub's pause per micro-batch / per checkpoint file / per validation batch
+            files = {"step": 1, "save": 3 - watched, "eval": 2 + watched}[phase]  # rank 0 also writes model_states
+            time.sleep(frac * 0.8 * files * CHAOS_SLEEP[phase])
+            ranks = _rank_pids(proc.pid)
+            assert {0, 1} <= set(ranks), f"seed {seed}: rank pids {ranks} at {kill}"
+            t_kill = time.time()
+            for r in ((int(target[-1]),) if target.startswith("rank") else (0, 1)):
+                os.kill(ranks[r], signal.SIGKILL)
+            if target == "whole job":  # (torchrun's workers run in sessions of their own: killed above)
+                os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"seed {seed}: the launcher did not exit (kill {kill})")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for f in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+            f.unlink(missing_ok=True)
+    return proc.returncode, out, None if t_kill is None else time.time() - t_kill
+
+
+def _children_cmd(pid):
+    out = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append((int(p), Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").split("\0")))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _hit(kill, lines, work):
+    """Did the kill land in the phase it aimed at? ``lines``: the segment's phase log after the kill."""
+    phase, it, target, watched = kill[:4]
+    mine = [w for w in lines if w[0] == str(watched)]
+    if phase == "save":  # killed while the save was in progress: the checkpoint never got its marker
+        return not (work / "checkpoints" / f"iter_{it}" / "COMPLETE").exists()
+    if phase == "eval":
+        return [str(watched), "eval-end", str(it)] not in [w[:3] for w in mine]
+    return mine[-1][:3] == [str(watched), "step", str(it)]  # nothing after that micro-batch's start
+
+
+def test_random_chaos_kills_resume_bitwise(ref, tmp_path):
+    """SIGKILLs at random moments of a 2-rank run (torchrun; one run with the deepspeed launcher): a seeded plan of 4
+    kills, of one rank, both ranks or the whole job, mid-step, mid-save (checkpoint files half written) and
+    mid-evaluation. After
+    each: the launcher exits promptly and non-zero, no process of the run survives, the kill hit its phase; then
+    ``--resume auto``. Last, the newest complete checkpoint is damaged (``extra_rank1.pt`` cut short): it is
+    reported by name and the previous one is used. The per-iteration losses and final weights equal the
+    uninterrupted run's bit for bit (which evaluates only at the end: evaluation does not disturb training).
+    ``VIT_ADAPTER_DS_CHAOS_SEED=<seed>`` replays a plan."""
+    seed = int(os.environ.get("VIT_ADAPTER_DS_CHAOS_SEED") or int.from_bytes(os.urandom(4), "little"))
+    plan = chaos_plan(seed)
+    why = f"chaos seed {seed} (replay: VIT_ADAPTER_DS_CHAOS_SEED={seed}), plan {plan}"
+    print(why)
     work = tmp_path / "chaos"
-    t0 = time.time()
-    # 1. SIGKILL rank 1 mid-run once iteration 3 is logged (checkpoint iter_2 exists): launcher exits non-zero
-    rc, out = run([], work, port=29831, iters=ITERS, options=OPTS, expect_ok=False,
-                  extra_env=dict(SLOW, STUB_CRASH_AT_ITER="3", STUB_CRASH_FILE=str(work / "metrics.jsonl")))
-    assert rc != 0 and complete(work) == ["iter_2"], (rc, complete(work), out[-3000:])
-    assert time.time() - t0 < 150
-    assert _live_processes_of(work) == []  # torchrun took the surviving rank down: no orphans
-    # 2. resume; rank 1 dies half-way through writing its optimizer shard of iter_6 (iter_4 is complete)
-    rc, out = run(["--resume", "auto"], work, port=29832, iters=ITERS, options=OPTS, expect_ok=False,
-                  extra_env=dict(SLOW, STUB_KILL_IN_SAVE="iter_6:1:optim_states"))
-    assert rc != 0 and complete(work) == ["iter_2", "iter_4"], (rc, complete(work), out[-3000:])
-    assert _live_processes_of(work) == []
-    assert "resumed from" in out and "iteration 2" in out
-    # 3. the newest complete checkpoint (iter_4) is damaged after the fact (extra_rank1.pt cut short): found before
-    # anything is loaded, named, and the previous one (iter_2) is used by every rank; the run finishes
-    cut = work / "checkpoints" / "iter_4" / "extra_rank1.pt"
+    for i, kill in enumerate(plan):
+        log = tmp_path / f"phases{i}.log"
+        rc, out, took = _chaos_segment(work, 29901 + i, ["--resume", "auto"] if i else [], log, kill, seed)
+        step = f"{why}; kill {i} {kill}"
+        print(f"kill {i} {kill}: launcher exit {rc} after {took:.1f} s; complete {complete(work)}")
+        assert rc != 0 and took < 60, (step, rc, took, out[-3000:])
+        if kill[2] != "whole job":  # the launcher itself survived and says why it ends
+            said = "exits with return code = -9" if kill[5] == "deepspeed" else "Signal 9 (SIGKILL) received by PID"
+            assert said in out, (step, out[-3000:])
+        assert _live_processes_of(work) == [], step
+        assert _hit(kill, _phase_lines(log), work), (step, _phase_lines(log)[-6:])
+        status = json.loads((work / "status.json").read_text())
+        assert status["state"] in ("running", "failed"), (step, status)
+        if i:
+            assert "resumed from" in out or "starting fresh" in out, (step, out[-3000:])
+    # the newest complete checkpoint is damaged after the fact: found before anything is loaded, named, and the
+    # previous complete one is used by every rank
+    tags = complete(work)
+    assert tags, why
+    cut = work / "checkpoints" / tags[-1] / "extra_rank1.pt"
     data = cut.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
-    _, out = run(["--resume", "auto"], work, port=29833, iters=ITERS, options=OPTS)
-    assert f"{cut}: {len(data) // 3} bytes, the save wrote {len(data)}" in out, out[-3000:]
-    assert f"resumed from {work / 'checkpoints' / 'iter_2'}" in out
-    assert_same_weights(final_weights(work), final_weights(ref))
+    rc, out, _ = _chaos_segment(work, 29901 + len(plan), ["--resume", "auto"], tmp_path / "phases_end.log",
+                                seed=seed)
+    assert rc == 0 and (work / "TRAINING_FINISHED").is_file(), (why, out[-3000:])
+    assert f"{cut}: {len(data) // 3} bytes, the save wrote {len(data)}" in out, (why, out[-3000:])
+    if len(tags) > 1:
+        assert f"resumed from {work / 'checkpoints' / tags[-2]}" in out, (why, out[-3000:])
+    else:
+        assert "starting fresh" in out, (why, out[-3000:])
+    assert json.loads((work / "status.json").read_text())["state"] == "finished", why
     a, b = losses(ref), losses(work)
-    assert [b[it]["loss"] for it in range(1, ITERS + 1)] == [a[it]["loss"] for it in range(1, ITERS + 1)]
+    assert sorted(b) == list(range(1, ITERS + 1)), why
+    assert [b[it]["loss"] for it in range(1, ITERS + 1)] == [a[it]["loss"] for it in range(1, ITERS + 1)], why
+    w, wr = final_weights(work), final_weights(ref)
+    assert sorted(w) == sorted(wr), why
+    for k in w:
+        assert torch.equal(w[k], wr[k]), (why, k)
+
+
+def test_chaos_plan_covers_every_phase():
+    """The plan (no processes): every seed aims at a step, a save and an evaluation, kills a single rank and the
+    whole job, in timeline order."""
+    for seed in range(200):
+        plan = chaos_plan(seed)
+        assert {p[0] for p in plan} == {"step", "save", "eval"}
+        order = [CHAOS_EVENTS.index(p[:2]) for p in plan]
+        assert order == sorted(set(order))
+        assert any(p[2].startswith("rank") for p in plan) and any(not p[2].startswith("rank") for p in plan)
+        assert all(0 <= p[4] < 1 and p[3] in (0, 1) for p in plan)
+        assert sorted(p[5] for p in plan) == ["deepspeed"] + ["torchrun"] * (len(plan) - 1)
+    assert chaos_plan(7) == chaos_plan(7)
 
 
 def _tensors(obj, prefix=""):
