@@ -277,9 +277,17 @@ class ObjectDetection:
         from ..data.detection import DetectionTrainLoader
 
         data = to_plain(self.cfg.data)
-        return DetectionTrainLoader(batch_size=data["samples_per_gpu"], num_workers=data.get("workers_per_gpu", 0),
-                                    seed=seed, rank=rank, world_size=world_size, num_classes=self.num_classes,
-                                    **train_loader_kwargs(data))
+        loader = DetectionTrainLoader(batch_size=data["samples_per_gpu"], num_workers=data.get("workers_per_gpu", 0),
+                                      seed=seed, rank=rank, world_size=world_size, num_classes=self.num_classes,
+                                      **train_loader_kwargs(data))
+        maps = getattr(loader, "semantic_classes", None)  # the shards' semantic label values are < maps
+        if maps is not None:
+            head = _semantic_head(self._build("meta"))
+            if head is not None and maps > head.conv_logits.out_channels:
+                raise ConfigError(f"recipe: model.roi_head.semantic_head.num_classes={head.conv_logits.out_channels}"
+                                  f" is less than the {maps} semantic classes of the shards in "
+                                  f"{data['train']['shard_dir']}")
+        return loader
 
     def build_val_loader(self, rank: int, world_size: int, split: str = "val"):
         from ..data.detection import DetectionValLoader
