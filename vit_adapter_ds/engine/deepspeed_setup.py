@@ -60,6 +60,12 @@ def zero_stage(ds: dict) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
+def dynamic_loss_scale(ds: dict) -> bool:
+    """fp16 with DeepSpeed's dynamic loss scaling (``fp16.loss_scale`` 0, the default), which skips overflowing
+    steps itself and lowers the scale."""
+    return precision(ds) == "fp16" and float(ds.get("fp16", {}).get("loss_scale", 0) or 0) == 0
+
+
 def resolve_ds_config(ds: dict, cfg, world_size: int, has_cuda: bool | None = None) -> dict:
     """Return a copy of ``ds`` with every ``"auto"`` filled from the recipe ``cfg``; raise ``ConfigError`` on
     inconsistent batch sizes or a precision the machine cannot run."""

@@ -8,7 +8,7 @@ micro-batches on every rank. It logs (TensorBoard, ``metrics.jsonl``, progress b
 on another number of ranks. The engine knows nothing of images or labels: the task moves a batch to the device and
 returns the loss dict.
 
-Cluster behaviour (see ``launch/slurm/README.md``):
+Cluster behaviour (see ``launch/slurm/README.md``; the parts live in :mod:`.faults`):
 
 * **Stop signals.** SIGTERM and SIGUSR1 (SLURM's ``--signal`` before a time limit, preemption) only set a flag.
   Every rank finishes the current iteration; the ranks agree through one tiny all-reduce per iteration, save a
@@ -16,23 +16,20 @@ Cluster behaviour (see ``launch/slurm/README.md``):
   :data:`REQUEUE_EXIT_CODE`; rank 0 also writes ``$VIT_ADAPTER_DS_REQUEUE_FILE`` when that is set), which the sbatch
   script turns into ``scontrol requeue``. Further signals while the checkpoint is written are recorded and ignored,
   so they cannot cut the save short.
-* **Non-finite losses.** A micro-batch loss that is NaN/Inf on any rank (same all-reduce) or a step DeepSpeed
-  discards for a non-finite gradient norm is logged with the iteration and every loss term, and the optimizer step
-  is skipped (weights, optimizer state and module buffers such as BatchNorm statistics unchanged). After more
-  than ``optimizer_config.max_nonfinite_steps`` (default 3) consecutive such iterations, training stops with
-  :class:`NonFiniteLossError`; the checkpoints on disk all hold weights from before the fault. Under ZeRO-3 the first
-  such iteration stops training (DeepSpeed skips the step, but its parameter prefetch cannot continue after it). Under fp16 dynamic loss scaling DeepSpeed skips overflowing steps
-  itself and lowers the loss scale; those are not counted (only a non-finite *loss* is).
+* **Non-finite losses and gradients** (:class:`~.faults.NonFiniteGuard`, agreed through the same all-reduce): the
+  iteration's optimizer step is skipped on every rank (weights, optimizer state and BatchNorm statistics
+  unchanged) and logged with the iteration and every rank's loss terms, under every ZeRO stage and precision. After
+  more than ``optimizer_config.max_nonfinite_steps`` (default 3) consecutive such iterations, training stops with
+  :class:`NonFiniteLossError`; the checkpoints on disk all hold weights from before the fault. Under fp16 dynamic
+  loss scaling, the steps DeepSpeed skips for overflowing scaled gradients are the loss scaler's and not counted.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import resource
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -43,61 +40,11 @@ from .. import runtime as rt
 from ..models.norm import convert_sync_batchnorm, keep_norm_stats_fp32
 from . import checkpoint as ckpt
 from .deepspeed_setup import compute_dtype, precision, zero_stage
+from .faults import (REQUEUE_EXIT_CODE, STOP_SIGNALS, NonFiniteGuard, NonFiniteLossError, StopRequest,  # noqa: F401
+                     TrainingInterrupted, agree)
 from .logging import RunLogger
 from .optim import param_groups_for_recipe
 from .schedule import scheduler_from_config
-
-
-REQUEUE_EXIT_CODE = 3  # launch/train.py's exit status after a signal-triggered checkpoint: "requeue me"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class TrainingInterrupted(SystemExit):
-    """Training stopped on a signal after saving a complete checkpoint of ``iteration``. A ``SystemExit`` with
-    status :data:`REQUEUE_EXIT_CODE`: left uncaught, the process exits with it (no traceback)."""
-
-    def __init__(self, iteration: int, signum: int):
-        super().__init__(REQUEUE_EXIT_CODE)
-        self.iteration, self.signum = iteration, signum
-
-    def __str__(self):
-        return (f"stopped by {signal.Signals(self.signum).name} after iteration {self.iteration}; checkpoint "
-                f"iter_{self.iteration} is complete")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive iterations with a non-finite loss or gradient."""
-
-
-class StopRequest:
-    """Records SIGTERM / SIGUSR1 instead of dying: the first signal asks for a stop, later ones are only noted
-    (a save in progress is never cut short). ``install()`` works in the main thread only; elsewhere it is a no-op."""
-
-    def __init__(self, signals=STOP_SIGNALS):
-        self.signals = tuple(signals)
-        self.signum = 0
-        self.count = 0
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        self.count += 1
-        if not self.signum:
-            self.signum = signum
-        print(f"[rank {rt.rank()}] received {signal.Signals(signum).name} ({self.count}): "
-              + ("finishing the iteration, then saving a checkpoint and exiting" if self.count == 1 else
-                 "already stopping; ignored until the checkpoint is complete"), file=sys.stderr, flush=True)
-
-    def install(self) -> "StopRequest":
-        import threading
-        if not self._previous and threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def uninstall(self) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        self._previous = {}
 
 
 def seed_everything(seed: int) -> None:
@@ -147,8 +94,7 @@ class Trainer:
         self.best_metric = task.best_metric if save_best == "auto" else save_best
         self.log_interval = int((cfg.get("log_config") or {}).get("interval", 50))
         max_nf = (cfg.get("optimizer_config") or {}).get("max_nonfinite_steps", 3)
-        self.max_nonfinite_steps = 3 if max_nf is None else int(max_nf)
-        self._nonfinite_run = 0
+        self.nonfinite_guard = NonFiniteGuard(ds_config, 3 if max_nf is None else int(max_nf))
         self.stop_request = StopRequest()
         self.num_vis = int((cfg.get("vis") or {}).get("num_images", 0))
         self.seed = int(cfg.get("seed", 0) or 0)
@@ -238,80 +184,33 @@ class Trainer:
                       f"{ds['train_batch_size']} images/iteration, {self.max_iters} iterations, device {self.device}")
 
     # ------------------------------------------------------------------------------------------------ steps
-    def _agree(self, nonfinite: bool) -> tuple[bool, int]:
-        """One all-reduce (MAX) per iteration: (any rank saw a non-finite loss, the stop signal of any rank)."""
-        flags = torch.tensor([float(nonfinite), float(self.stop_request.signum)], dtype=torch.float32,
-                             device=self.device)
-        if self.world > 1:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        return bool(flags[0] > 0), int(flags[1])
-
-    def _drop_gradients(self) -> None:
-        """Make the coming optimizer step a no-op. ZeRO-1/2/3 and the bf16/fp16 optimizers of DeepSpeed discard a
-        step whose gradient norm is not finite (a NaN/Inf loss gives such gradients); the plain torch optimizer of
-        ZeRO-0 fp32 skips parameters without a gradient, so drop them."""
-        if zero_stage(self.ds_config) == 0 and precision(self.ds_config) == "fp32":
-            for p in self.engine.module.parameters():
-                p.grad = None
-
-    def _running_stats(self) -> list:
-        """The buffers a training forward updates: running statistics of BatchNorm-like layers (not constant buffers
-        such as BEiT's relative_position_index, which can be large)."""
-        return [b for m in self.engine.module.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
-                for b in m.buffers(recurse=False)]
-
     def train_step(self, iteration: int) -> dict[str, float]:
         """One iteration (``gas`` micro-batches, one optimizer step); returns this rank's mean of each scalar.
 
-        Sets ``self.nonfinite`` (this iteration's step was skipped for a non-finite loss / gradient, on every rank)
-        and ``self.stop_signum`` (a stop signal reached some rank)."""
+        Sets ``self.nonfinite_event`` (``None``, or what to log when this iteration's step was skipped for a
+        non-finite loss / gradient, on every rank) and ``self.stop_signum`` (a stop signal reached some rank)."""
         self.scheduler.set_iter(iteration)
         self._lrs = [g["lr"] for g in self.engine.optimizer.param_groups]  # DeepSpeed's step() advances them
         sums: dict[str, float] = {}
         self._data_time = 0.0
-        bad_terms = None
-        buffers = self._running_stats()  # a skipped step must not move the BatchNorm statistics either
-        saved = [b.detach().clone() for b in buffers]
+        guard = self.nonfinite_guard
+        guard.start(self.engine.module, iteration + 1)
+        fault = False
         for micro in range(self.gas):
             t0 = time.time()
             batch = next(self.train_loader)
             self._data_time += time.time() - t0
             losses = self.task.forward_loss(self.engine, batch, self.device, self.dtype)
             terms = {k: float(v.detach().float()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}
-            if bad_terms is None and not math.isfinite(terms.get("loss", 0.0)):
-                bad_terms = terms
+            guard.see_loss(terms)
             self.engine.backward(losses["loss"])
             if micro == self.gas - 1:
-                nonfinite, self.stop_signum = self._agree(bad_terms is not None)
-                if nonfinite:
-                    self._drop_gradients()
-            self.engine.step()
+                fault, self.stop_signum = agree(guard.local_fault(self.engine.module), self.stop_request.signum,
+                                                self.device)
+            guard.step(self.engine, fault)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v / self.gas
-        skipped = not self.engine.was_step_applied() and precision(self.ds_config) != "fp16"
-        if nonfinite and self.engine.was_step_applied() and not (
-                zero_stage(self.ds_config) == 0 and precision(self.ds_config) == "fp32"):
-            raise NonFiniteLossError(
-                f"iteration {iteration + 1}: non-finite loss ({bad_terms or 'on another rank'}) and DeepSpeed applied "
-                f"the optimizer step anyway (this optimizer does not check gradients; for bf16 set "
-                f"\"bf16\": {{\"check_grad_overflow\": true}}); the weights are no longer usable: resume from the last "
-                f"complete checkpoint (iteration {self.last_saved})")
-        self.nonfinite = nonfinite or skipped
-        if self.nonfinite:
-            with torch.no_grad():
-                for b, v in zip(buffers, saved):
-                    b.copy_(v)
-        if self.nonfinite:  # rare: gather every rank's loss terms for the log
-            gn = self.engine.get_global_grad_norm()
-            if bad_terms is not None:
-                print(f"[rank {self.rank}] iteration {iteration + 1}: non-finite loss terms {bad_terms}",
-                      file=sys.stderr, flush=True)
-            every = [bad_terms]
-            if self.world > 1:
-                every = [None] * self.world
-                torch.distributed.all_gather_object(every, bad_terms)
-            self._bad_terms = {f"rank{r}": t for r, t in enumerate(every) if t is not None} or None
-            self._bad_grad_norm = None if gn is None else float(gn)
+        self.nonfinite_event = guard.finish(self.engine, fault, sums, self.last_saved)
         return sums
 
     def _log_train(self, done: int, window: dict) -> None:
@@ -419,37 +318,14 @@ class Trainer:
         rt.barrier()
         return {"iteration": self.max_iters, "metrics": metrics, "engine": self.engine}
 
-    def _nonfinite_step(self, done: int) -> None:
-        self._nonfinite_run += 1
-        msg = (f"iteration {done}: non-finite loss or gradient (loss terms {self._bad_terms or 'finite here'}, "
-               f"grad norm {self._bad_grad_norm}); optimizer step skipped "
-               f"({self._nonfinite_run} consecutive, at most {self.max_nonfinite_steps})")
-        self.log.info(msg)
-        self.log.jsonl({"iter": done, "mode": "nonfinite", "loss_terms": self._bad_terms,
-                        "grad_norm": self._bad_grad_norm, "consecutive": self._nonfinite_run})
-        if zero_stage(self.ds_config) == 3:
-            # DeepSpeed 0.19's ZeRO-3 skips the step, but its parameter prefetch then runs out of step across ranks
-            # (the next forward hangs in a collective): stop now, with the same guarantee
-            self.log.close()
-            raise NonFiniteLossError(
-                f"iteration {done}: non-finite loss or gradient under ZeRO-3, where a skipped step cannot be "
-                f"continued from; stopping. The newest complete checkpoint (iteration {self.last_saved}) holds "
-                "weights from before the fault")
-        if self._nonfinite_run > self.max_nonfinite_steps:
-            self.log.close()
-            raise NonFiniteLossError(
-                f"{self._nonfinite_run} consecutive iterations (up to {done}) with a non-finite loss or gradient, "
-                f"more than optimizer_config.max_nonfinite_steps={self.max_nonfinite_steps}; stopping. The newest "
-                f"complete checkpoint (iteration {self.last_saved}) holds weights from before the fault")
-
     def _loop(self, window: dict, t_last: float) -> dict:
         metrics: dict = {}
         for it in range(self.start_iter, self.max_iters):
             sums = self.train_step(it)
-            if self.nonfinite:
-                self._nonfinite_step(it + 1)
+            if self.nonfinite_event is not None:
+                self.nonfinite_guard.count(it + 1, self.nonfinite_event, self.log, self.last_saved)
             else:
-                self._nonfinite_run = 0
+                self.nonfinite_guard.reset()
             window["lrs"] = self._lrs
             for k, v in sums.items():
                 window["sums"][k] = window["sums"].get(k, 0.0) + v

@@ -1,0 +1,130 @@
+"""The non-finite policy of the real engine (``vit_adapter_ds.engine.faults``) on the stub task, 2 ranks on the CPU,
+under ZeRO-0, ZeRO-1 and ZeRO-3 fp32 and ZeRO-2 bf16 (fp16 dynamic loss scaling: a GPU-only test).
+
+One fault script for every configuration (rank 1, gas 1, so iteration ``k`` is micro-batch ``k - 1``;
+``optimizer_config.max_nonfinite_steps=1``; a checkpoint after every iteration):
+
+* iteration 2: NaN ``loss_ce`` -> step skipped, logged with rank 1's loss terms;
+* iteration 3: clean -> the step is applied (training continues after a skip; the run of faults is reset);
+* iteration 4: finite losses, an Inf gradient (``STUB_INF_GRAD_AT_BATCH``) -> detected and skipped (ZeRO-0 fp32:
+  by the guard's own gradient check, elsewhere by DeepSpeed's gradient-norm check);
+* iteration 5: NaN loss again -> the second consecutive fault is one too many: ``NonFiniteLossError``.
+
+What is compared is read back from the saved checkpoints, bit for bit: the weights, the optimizer state (fp32 master
+weights, Adam moments and step counts of every rank's shard) and the BatchNorm statistics after iteration 2 equal
+those after 1, after 4 those after 3, and iteration 3 changed them (so the comparison can fail).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_engine_distributed import REPO, _prebuilt_deepspeed_ops, run  # noqa: E402,F401
+
+FAULTS = {"STUB_NAN_AT_BATCH": "1,4", "STUB_INF_GRAD_AT_BATCH": "3"}
+OPTS = ["optimizer.lr=0.01", "lr_config.warmup_iters=2", "checkpoint_config.interval=1",
+        "checkpoint_config.max_keep_ckpts=-1", "optimizer_config.max_nonfinite_steps=1"]
+
+
+def _ds_config(tmp_path, name):
+    """A config of ``ds_configs/`` by name, or ``zero0_fp32``: ``zero1_fp32`` with stage 0 (a plain torch optimizer
+    that checks nothing). Returned as the path stem ``run`` expects (it appends ``.json``)."""
+    if name != "zero0_fp32":
+        return name
+    cfg = json.loads((REPO / "ds_configs" / "zero1_fp32.json").read_text())
+    cfg["zero_optimization"] = {"stage": 0}
+    path = tmp_path / "zero0_fp32.json"
+    path.write_text(json.dumps(cfg))
+    return str(path.with_suffix(""))
+
+
+def _tensors(obj, prefix=""):
+    if torch.is_tensor(obj):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    out = {}
+    for k, v in items:
+        out.update(_tensors(v, f"{prefix}/{k}"))
+    return out
+
+
+def training_state(tag_dir):
+    """Every tensor that a skipped step must leave alone, by path: module weights and any optimizer state in the
+    model-state files, every optimizer shard, and the saved module buffers (not the RNG states or data position)."""
+    out = {}
+    for f in sorted(tag_dir.glob("*model_states.pt")):
+        sd = torch.load(f, map_location="cpu", weights_only=False)
+        out.update(_tensors({"module": sd.get("module"), "optimizer": sd.get("optimizer")}, f.name))
+    for f in sorted(tag_dir.glob("*optim_states.pt")):
+        out.update(_tensors(torch.load(f, map_location="cpu", weights_only=False), f.name))
+    extra = torch.load(tag_dir / "extra_rank0.pt", map_location="cpu", weights_only=True)
+    out.update(_tensors(extra["buffers"], "buffers"))
+    return out
+
+
+def assert_same(a, b, what):
+    assert sorted(a) == sorted(b), what
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{what}: {k} differs"
+
+
+def complete(work_dir):
+    return sorted((p.name for p in (work_dir / "checkpoints").glob("iter_*") if (p / "COMPLETE").is_file()),
+                  key=lambda n: int(n.split("_")[1]))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("ds,port", [("zero0_fp32", 29871), ("zero1_fp32", 29872), ("zero3_fp32", 29873),
+                                     ("zero2_bf16", 29874)])
+def test_nonfinite_loss_and_gradient_skipped_then_stop(tmp_path, ds, port):
+    work = tmp_path / "run"
+    rc, out = run([], work, port=port, iters=6, ds=_ds_config(tmp_path, ds), expect_ok=False, options=OPTS,
+                  extra_env=FAULTS)
+    assert rc != 0, out[-3000:]
+    assert "NonFiniteLossError: 2 consecutive iterations (up to 5)" in out, out[-4000:]
+    assert "max_nonfinite_steps=1" in out
+    assert "iteration 2: non-finite loss terms {'loss_ce': nan" in out  # rank 1's own line
+    recs = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    bad = [r for r in recs if r["mode"] == "nonfinite"]
+    assert [(r["iter"], r["cause"], r["consecutive"]) for r in bad] == [(2, "loss", 1), (4, "gradient", 1),
+                                                                       (5, "loss", 2)], bad
+    for r in (bad[0], bad[2]):  # the NaN loss: rank 1's terms, loss_ce NaN, the auxiliary term finite
+        assert list(r["loss_terms"]) == ["rank1"]
+        t = r["loss_terms"]["rank1"]
+        assert math.isnan(t["loss_ce"]) and math.isnan(t["loss"]) and math.isfinite(t["loss_aux"]), t
+    grad = bad[1]  # the Inf gradient: every loss finite, all ranks' terms logged
+    assert grad["loss_terms"] is None and sorted(grad["rank_loss_terms"]) == ["rank0", "rank1"]
+    assert all(math.isfinite(v) for t in grad["rank_loss_terms"].values() for v in t.values()), grad
+    assert grad["grad_norm"] is None or not math.isfinite(grad["grad_norm"])
+    assert "iteration 4: non-finite gradient with finite losses" in out
+    assert complete(work) == ["iter_1", "iter_2", "iter_3", "iter_4"]
+    s1, s2, s3, s4 = (training_state(work / "checkpoints" / f"iter_{i}") for i in (1, 2, 3, 4))
+    assert len(s1) > 4
+    assert_same(s1, s2, "the step of iteration 2 (NaN loss) was not skipped")
+    assert_same(s3, s4, "the step of iteration 4 (Inf gradient) was not skipped")
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2), "iteration 3 should have trained"
+    assert all(torch.isfinite(v).all() for v in s4.values() if v.is_floating_point())
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fp16 is not supported on this CPU)")
+def test_fp16_loss_scaler_skips_are_not_faults(tmp_path):
+    """fp16 with dynamic loss scaling (1 rank on a GPU): Inf gradients with finite losses in iterations 2-5 are the
+    loss scaler's overflows (DeepSpeed skips the step, lowers the scale): not counted, although 4 consecutive would
+    exceed max_nonfinite_steps=1; a NaN *loss* in iteration 6 is a fault and is logged. The run finishes."""
+    work = tmp_path / "fp16"
+    env = {"STUB_NAN_RANK": "0", "STUB_INF_GRAD_AT_BATCH": "1,2,3,4", "STUB_NAN_AT_BATCH": "5"}
+    rc, out = run([], work, ranks=1, port=29879, iters=6, ds="zero2_fp16", options=OPTS, extra_env=env)
+    recs = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    bad = [r for r in recs if r["mode"] == "nonfinite"]
+    assert [(r["iter"], r["cause"], r["consecutive"]) for r in bad] == [(6, "loss", 1)], bad
+    scales = {r["iter"]: r["loss_scale"] for r in recs if r["mode"] == "train"}
+    assert scales[6] < scales[1], scales  # the scaler lowered the scale
