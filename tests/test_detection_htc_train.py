@@ -323,3 +323,25 @@ def test_htc_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
         assert all(b[it][k] == a[it][k] for k in terms), (it, a[it], b[it])
     assert _records(res, "val")[-1]["bbox_mAP"] == val[-1]["bbox_mAP"]
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_rpn_soft_nms_proposals_by_hand():
+    """The BEiT-L recipe's RPN ``nms=dict(type='soft_nms', iou_threshold=0.7)``: per level linear soft-NMS of the
+    sigmoid objectness, proposals ranked by the decayed score, ``max_per_img`` kept."""
+    import math
+
+    from vit_adapter_ds.models.detectors.mask_rcnn import RPN, FixedStrideAnchorGenerator
+
+    rpn = RPN(8, anchor_generator=FixedStrideAnchorGenerator(), nms_type="soft_nms", test_max_per_img=2).eval()
+    # level 0: A, B (IoU 90 / 110 > 0.7) and C; level 1: D = A (another level: never decayed by A)
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10]]])
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    objectness = torch.tensor([[logit(0.9), logit(0.8), logit(0.7), logit(0.6)]])
+    kept, scores = rpn.filter_proposals(boxes, objectness, [(40, 40)], [3, 1])
+    torch.testing.assert_close(scores[0], torch.tensor([0.9, 0.7]))        # A, C; then D 0.6, B 0.8 * (1 - 90/110)
+    torch.testing.assert_close(kept[0], boxes[0, [0, 2]])
+    rpn._post_nms_top_n["testing"] = 10
+    _, scores = rpn.filter_proposals(boxes, objectness, [(40, 40)], [3, 1])
+    torch.testing.assert_close(scores[0], torch.tensor([0.9, 0.7, 0.6, 0.8 * (1 - 90 / 110)]))
+    with pytest.raises(ValueError, match="nms_type"):
+        RPN(8, anchor_generator=FixedStrideAnchorGenerator(), nms_type="matrix")
