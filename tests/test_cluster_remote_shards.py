@@ -1,10 +1,13 @@
 """Shard sets on a web server / object store (``vit_adapter_ds/data/remote.py``): the train and val loaders stream
-``http://`` shards with ranged reads (no whole-shard download, nothing copied first), give exactly the batches of
-the same shards on a local disk, and survive transient server errors (retries with backoff); permanent errors are
-not retried and name the URL.
+``http://``, ``s3://`` and ``gs://`` shards with ranged reads (no whole-shard download, nothing copied first), give
+exactly the batches and resume state of the same shards on a local disk, and survive transient server errors
+(retries with backoff); permanent errors are not retried and name the URL.
 
-The server is a tiny range-capable HTTP server on 127.0.0.1 written here (python's http.server ignores ``Range``),
-which logs every request and can fail the next requests on purpose.
+* http: a tiny range-capable HTTP server on 127.0.0.1 written here (python's http.server ignores ``Range``), which
+  logs every request and can fail the next requests on purpose;
+* s3: moto's S3 server (in this process) holding a copy of the shard sets, read by s3fs through a logging,
+  fault-injecting proxy; the segmentation and detection loaders and a recipe's ``data.train.shard_dir``;
+* gs: gcsfs against a minimal GCS JSON-API emulator written here (metadata, listing, media download with Range).
 """
 from __future__ import annotations
 
