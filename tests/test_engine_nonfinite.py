@@ -13,6 +13,10 @@ One fault script for every configuration (rank 1, gas 1, so iteration ``k`` is m
 What is compared is read back from the saved checkpoints, bit for bit: the weights, the optimizer state (fp32 master
 weights, Adam moments and step counts of every rank's shard) and the BatchNorm statistics after iteration 2 equal
 those after 1, after 4 those after 3, and iteration 3 changed them (so the comparison can fail).
+
+Below, the guard alone on a fake engine (fast): ZeRO-0 fp32's held-back torch step, what counts as a fault under each
+precision (fp16 dynamic loss scaling: a finite-loss overflow skip does not; a static scale: it does), the error for a
+step DeepSpeed applied despite a fault, and the consecutive-fault limit.
 """
 from __future__ import annotations
 
@@ -128,3 +132,112 @@ def test_fp16_loss_scaler_skips_are_not_faults(tmp_path):
     assert [(r["iter"], r["cause"], r["consecutive"]) for r in bad] == [(6, "loss", 1)], bad
     scales = {r["iter"]: r["loss_scale"] for r in recs if r["mode"] == "train"}
     assert scales[6] < scales[1], scales  # the scaler lowered the scale
+
+
+# --------------------------------------------------------------------------------------------- the guard alone
+class FakeEngine:
+    """What the guard uses of a DeepSpeed engine: ``step()`` (optimizer step, then zeroing the gradients, as
+    DeepSpeed's ZeRO-0 fp32 engine does), ``was_step_applied()``, ``get_global_grad_norm()``."""
+
+    def __init__(self, module, applied=True):
+        self.module, self.applied = module, applied
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=0.1)
+
+    def step(self):
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+    def was_step_applied(self):
+        return self.applied
+
+    def get_global_grad_norm(self):
+        return None
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+
+
+def _backward(net, scale=1.0):
+    net(torch.randn(8, 3)).sum().mul(scale).backward()
+
+
+ZERO0_FP32 = {"zero_optimization": {"stage": 0}}
+
+
+def test_zero0_fp32_fault_holds_the_torch_step_back():
+    """ZeRO-0 fp32: the guard finds an Inf gradient itself; the step on it leaves weights, Adam state and the
+    BatchNorm statistics as they were, the gradients are cleared, and the next clean step trains again."""
+    from vit_adapter_ds.engine.faults import NonFiniteGuard
+    net = _net()
+    engine = FakeEngine(net)
+    guard = NonFiniteGuard(ZERO0_FP32, max_steps=1)
+    guard.start(net, 1)
+    _backward(net)
+    assert not guard.local_fault(net)
+    guard.step(engine, False)
+    assert guard.finish(engine, False, {"loss": 1.0}, last_saved=0) is None
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    adam = {k: v.clone() for k, v in _tensors(engine.optimizer.state_dict()).items()}
+    guard.start(net, 2)
+    _backward(net, scale=float("inf"))  # also moves the BatchNorm statistics
+    assert not torch.equal(net[1].running_mean, before["1.running_mean"])
+    assert guard.local_fault(net)
+    guard.step(engine, True)
+    event = guard.finish(engine, True, {"loss": 1.0}, last_saved=0)
+    assert event["cause"] == "gradient" and event["loss_terms"] is None and event["rank_loss_terms"] == {
+        "rank0": {"loss": 1.0}}
+    assert_same(before, net.state_dict(), "weights / buffers")
+    assert_same(adam, _tensors(engine.optimizer.state_dict()), "Adam state")
+    assert all(p.grad is None for p in net.parameters())
+    guard.start(net, 3)
+    _backward(net)
+    guard.step(engine, False)  # the optimizer's own step() is back
+    assert not torch.equal(net[0].weight, before["0.weight"])
+
+
+@pytest.mark.parametrize("ds,applied,loss,want", [
+    ({"fp16": {"enabled": True, "loss_scale": 0}}, False, 1.0, None),          # the loss scaler's overflow skip
+    ({"fp16": {"enabled": True, "loss_scale": 0}}, False, float("nan"), "loss"),
+    ({"fp16": {"enabled": True, "loss_scale": 128}}, False, 1.0, "gradient"),  # static scale: a fault
+    ({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}, False, 1.0, "gradient"),
+    ({"zero_optimization": {"stage": 3}}, False, float("inf"), "loss"),
+    ({"zero_optimization": {"stage": 3}}, True, 1.0, None),
+])
+def test_what_counts_as_a_fault(ds, applied, loss, want):
+    from vit_adapter_ds.engine.faults import NonFiniteGuard
+    net = _net()
+    guard = NonFiniteGuard(ds, max_steps=0)
+    guard.start(net, 7)
+    guard.see_loss({"loss_ce": loss, "loss": loss})
+    fault = guard.local_fault(net)
+    event = guard.finish(FakeEngine(net, applied=applied), fault, {"loss": loss}, last_saved=4)
+    assert (event and event["cause"]) == want
+
+
+def test_applied_despite_a_fault_and_the_limit():
+    """A step DeepSpeed applied although the ranks agreed on a fault is an error naming the last checkpoint; more
+    than max_steps consecutive faults stop, a normal step in between resets the count."""
+    from vit_adapter_ds.engine.faults import NonFiniteGuard, NonFiniteLossError
+
+    class Log:
+        def __init__(self):
+            self.lines, self.records = [], []
+            self.info, self.jsonl, self.close = self.lines.append, self.records.append, lambda: None
+    net = _net()
+    guard = NonFiniteGuard({"bf16": {"enabled": True}}, max_steps=1)
+    guard.start(net, 5)
+    guard.see_loss({"loss": float("nan")})
+    with pytest.raises(NonFiniteLossError, match=r"iteration 5: non-finite loss .*last complete checkpoint "
+                                                 r"\(iteration 4\)"):
+        guard.finish(FakeEngine(net, applied=True), True, {"loss": float("nan")}, last_saved=4)
+    log, event = Log(), {"cause": "gradient", "loss_terms": None, "rank_loss_terms": {}, "grad_norm": None}
+    guard.count(6, event, log, last_saved=4)
+    guard.reset()
+    guard.count(8, event, log, last_saved=4)
+    with pytest.raises(NonFiniteLossError, match=r"2 consecutive iterations \(up to 9\).*iteration 4"):
+        guard.count(9, event, log, last_saved=4)
+    assert [r["consecutive"] for r in log.records] == [1, 1, 2] and [r["iter"] for r in log.records] == [6, 8, 9]
+    with pytest.raises(ValueError):
+        NonFiniteGuard({}, max_steps=-1)
