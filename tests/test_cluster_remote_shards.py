@@ -543,3 +543,20 @@ def test_gs_loaders_stream_ranged_reads_like_local(shards, gcs):
     assert len(remote_val) == len(local_val) == 4
     for x, y in zip(remote_val, local_val):
         _same_batches(x, y)
+
+
+def test_storage_options_for_every_or_each_protocol(monkeypatch):
+    monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_OPTIONS", '{"anon": true}')
+    assert remote.storage_options("s3") == remote.storage_options("gs") == {"anon": True}
+    monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_OPTIONS",
+                       '{"s3": {"endpoint_url": "http://m:9000"}, "GS": {"token": "anon"}}')
+    assert remote.storage_options("s3") == remote.storage_options("s3a") == {"endpoint_url": "http://m:9000"}
+    assert remote.storage_options("gcs") == {"token": "anon"} and remote.storage_options("https") == {}
+    monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_OPTIONS", '{"s3": {"a": 1}, "anon": true}')  # mixed: options as given
+    assert remote.storage_options("gs") == {"s3": {"a": 1}, "anon": True}
+    monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_OPTIONS", "{anon: true}")
+    with pytest.raises(ValueError, match="VIT_ADAPTER_DS_REMOTE_OPTIONS is not valid JSON"):
+        remote.storage_options("s3")
+    monkeypatch.setenv("VIT_ADAPTER_DS_REMOTE_OPTIONS", "[1]")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        remote.storage_options("s3")
