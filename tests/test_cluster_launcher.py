@@ -29,7 +29,7 @@ ITERS = 12
 def test_status_records_finished_stopped_failed(tmp_path):
     """Unit level: the record written around a run, for each way it can end."""
     from vit_adapter_ds.engine.status import read_status, recorded
-    from vit_adapter_ds.engine.trainer import TrainingInterrupted
+    from vit_adapter_ds.engine.faults import TrainingInterrupted
 
     with recorded(tmp_path / "ok") as info:
         assert read_status(tmp_path / "ok")["state"] == "running"
