@@ -12,7 +12,8 @@ One fault script for every configuration (rank 1, gas 1, so iteration ``k`` is m
 
 What is compared is read back from the saved checkpoints, bit for bit: the weights, the optimizer state (fp32 master
 weights, Adam moments and step counts of every rank's shard) and the BatchNorm statistics after iteration 2 equal
-those after 1, after 4 those after 3, and iteration 3 changed them (so the comparison can fail).
+those after 1, after 4 those after 3, and iteration 3 changed them (so the comparison can fail). Under ZeRO-3, a
+process resumed from ``iter_2`` reproduces iterations 3-5 bit for bit: the skipped step left no state behind.
 
 Below, the guard alone on a fake engine (fast): ZeRO-0 fp32's held-back torch step, what counts as a fault under each
 precision (fp16 dynamic loss scaling: a finite-loss overflow skip does not; a static scale: it does), the error for a
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -115,6 +117,27 @@ def test_nonfinite_loss_and_gradient_skipped_then_stop(tmp_path, ds, port):
     assert_same(s3, s4, "the step of iteration 4 (Inf gradient) was not skipped")
     assert any(not torch.equal(s2[k], s3[k]) for k in s2), "iteration 3 should have trained"
     assert all(torch.isfinite(v).all() for v in s4.values() if v.is_floating_point())
+    if ds == "zero3_fp32":
+        # the skip left nothing behind (ZeRO-3's partitioned gradient buffers, parameter trace, counters): a fresh
+        # process resumed from iter_2 runs iterations 3-5 (the same faults, shifted by the 2 micro-batches before
+        # it) to the same states and losses, bit for bit
+        res = tmp_path / "resumed"
+        shutil.copytree(work, res)
+        for d in (res / "checkpoints").glob("iter_*"):
+            if d.name != "iter_2":
+                shutil.rmtree(d)
+        (res / "metrics.jsonl").unlink()
+        rc, out = run(["--resume", "auto"], res, port=port + 10, iters=6, ds=ds, options=OPTS, expect_ok=False,
+                      extra_env=dict(FAULTS, STUB_NAN_OFFSET="2"))
+        assert "resumed from" in out and "iteration 2" in out, out[-3000:]
+        assert rc != 0 and "NonFiniteLossError: 2 consecutive iterations (up to 5)" in out, out[-3000:]
+        for i in (3, 4):
+            assert_same(training_state(work / "checkpoints" / f"iter_{i}"),
+                        training_state(res / "checkpoints" / f"iter_{i}"), f"iter_{i}: faulty run vs resumed")
+        again = [json.loads(line) for line in open(res / "metrics.jsonl")]
+        assert [r for r in again if r["mode"] == "train"] and all(
+            r["loss"] == next(q["loss"] for q in recs if (q["iter"], q["mode"]) == (r["iter"], "train"))
+            for r in again if r["mode"] == "train")
 
 
 @pytest.mark.gpu
