@@ -11,10 +11,15 @@ Models (``--models``; ``--sizes`` is the older name of the same option):
 * ``det_l``: Mask R-CNN + detection ViT-Adapter-L (``mask_rcnn_augreg_adapter_large_fpn_3x_coco``), 800x1344
   (the largest DETR-style training scale, padded to 32), 80 classes, batch 2 per GPU -- a GPU size;
 * ``det_cpu``: Mask R-CNN reduced to the ``synthetic_mask_rcnn`` recipe, 128x128, 7 classes -- the CPU size;
-* ``htc_l``: HTC++ BEiT-Adapter-L -- reported as skipped: its HybridTaskCascadeRoIHead is not implemented yet.
+* ``htc_l``: HTC++ + detection BEiT-Adapter-L (``htc++_beit_adapter_large_fpn_3x_coco``: RPN soft-NMS, 183-class
+  semantic head), 1216x1600 (the largest ``Resize`` range scale of a 4:3 image, 1200x1600, padded to 32), 80
+  classes, batch 1 per GPU -- a GPU size (skipped on a CPU device);
+* ``htc_cpu``: HTC++ reduced to the ``synthetic_htc`` recipe (BEiT-Adapter embed 96, depth 4, 32-channel heads),
+  128x128, 7 classes -- the CPU size.
 
 One step = forward (loss dict) + backward + AdamW step on random images (segmentation: blocky label maps with
-a dozen classes per image; detection: 4 boxes with rectangle masks per image). Modes (``--modes``)::
+a dozen classes per image; detection: 4 boxes with rectangle masks per image; HTC++ also a random semantic map
+at 1/8 of the image, as ``SegRescale(1/8)``). Modes (``--modes``)::
 
     fp32 | bf16 [+cp]                 bare PyTorch; bf16 = torch.autocast around the forward (fp32 weights)
     zero2:bf16+cp, zero3:fp32, ...    one-process deepspeed.initialize (ZeRO stage 0-3, DeepSpeed's own
@@ -29,8 +34,8 @@ Step time = median of ``--iters`` steps after ``--warmup``; ratios (time: best s
 are against the first mode given, same model, same invocation.
 
     python benchmarks/train_step.py                                     # tiny + small, fp32 / fp32+cp / bf16
-    python benchmarks/train_step.py --models m2f_cpu det_cpu --modes fp32 fp32+cp bf16 --iters 2
-    python benchmarks/train_step.py --models m2f_l896 det_l --modes bf16+cp bf16 fp32+cp fp32 \\
+    python benchmarks/train_step.py --models m2f_cpu det_cpu htc_cpu --modes fp32 fp32+cp bf16 --iters 2
+    python benchmarks/train_step.py --models m2f_l896 det_l htc_l --modes bf16+cp bf16 fp32+cp fp32 \\
         zero2:bf16+cp zero3:bf16+cp --json out.json                     # GPU
 """
 from __future__ import annotations
@@ -60,9 +65,10 @@ MODELS = {
                   batch=2, label="ViT-Adapter-L + Mask R-CNN"),
     "det_cpu": dict(task="det", recipe="synthetic_mask_rcnn", size=(128, 128), classes=7, batch=2,
                     label="synthetic ViT-Adapter + Mask R-CNN"),
-    "htc_l": dict(task="skip", label="BEiT-Adapter-L + HTC++",
-                  why="HTC++ is not runnable yet (vit_adapter_ds.models.detectors has its parts but no "
-                      "HybridTaskCascadeRoIHead / recipe)"),
+    "htc_l": dict(task="htc", recipe="htc++_beit_adapter_large_fpn_3x_coco", size=(1216, 1600), classes=80,
+                  semantic_classes=183, batch=1, label="BEiT-Adapter-L + HTC++", gpu_only=True),
+    "htc_cpu": dict(task="htc", recipe="synthetic_htc", size=(128, 128), classes=7, semantic_classes=183, batch=2,
+                    label="synthetic BEiT-Adapter + HTC++"),
 }
 MODE_RE = re.compile(r"^(?:zero([0-3]):)?(fp32|bf16|fp16)(\+cp)?$")
 
@@ -91,7 +97,7 @@ def build(name: str, with_cp: bool):
         return build_model(cfg.model, load_pretrained=False)
     from mmengine import Config
 
-    from vit_adapter_ds.models.detectors import MaskRCNN
+    from vit_adapter_ds.models.detectors import DETECTORS
     from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
 
     cfg = Config.fromfile(str(DETECTION_RECIPES[spec["recipe"]]))
@@ -99,7 +105,7 @@ def build(name: str, with_cp: bool):
     model = cfg.model.to_dict()
     model.pop("pretrained", None)
     model["backbone"].pop("pretrained", None)
-    return MaskRCNN.from_config(model)
+    return DETECTORS[model["type"]].from_config(model)
 
 
 def make_batch(name: str, batch: int, device: str, seed: int = 0):
@@ -132,6 +138,21 @@ def make_batch(name: str, batch: int, device: str, seed: int = 0):
     return img.to(device), targets
 
 
+def model_kwargs(name: str, batch: int, device: str, seed: int = 0) -> dict:
+    """The model's inputs besides images and targets: for HTC++ a random semantic map at 1/8 of the image
+    (``SegRescale(1/8)``; 255 = ignore on a tenth of the pixels)."""
+    import torch
+
+    spec = MODELS[name]
+    if spec["task"] != "htc":
+        return {}
+    g = torch.Generator().manual_seed(seed + 1)
+    h, w = spec["size"]
+    sem = torch.randint(0, spec["semantic_classes"], (batch, h // 8, w // 8), generator=g)
+    sem[torch.rand(sem.shape, generator=g) < 0.1] = 255
+    return {"semantic_labels": sem.to(device)}
+
+
 def _deepspeed_engine(model, opt, zero: int, dtype: str, batch: int):
     import deepspeed
 
@@ -158,6 +179,7 @@ def one(name: str, mode: str, batch: int, iters: int, warmup: int, device: str) 
     model = build(name, m["with_cp"]).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     img, target = make_batch(name, batch, device)
+    kwargs = model_kwargs(name, batch, device)
     step_model = model
     if m["zero"] is not None:
         step_model = _deepspeed_engine(model, opt, m["zero"], m["dtype"], batch)
@@ -171,7 +193,7 @@ def one(name: str, mode: str, batch: int, iters: int, warmup: int, device: str) 
             torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = step_model(img, target)["loss"]
+            loss = step_model(img, target, **kwargs)["loss"]
         if m["zero"] is None:
             loss.backward()
             opt.step()
@@ -258,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'extra (MB)':>12}")
     for name in a.models:
         spec = MODELS[name]
-        if spec["task"] == "skip":
-            skipped.append({"model": name, "why": spec["why"]})
-            print(f"{name:<10}skipped: {spec['why']}", flush=True)
+        if spec.get("gpu_only") and not device.startswith("cuda"):
+            why = f"a GPU size ({spec['size'][0]}x{spec['size'][1]}); on the CPU use the reduced configuration"
+            skipped.append({"model": name, "why": why})
+            print(f"{name:<10}skipped: {why}", flush=True)
             continue
         for mode in a.modes:
             if a.budget_s is not None and time.monotonic() - start > a.budget_s:

@@ -214,3 +214,27 @@ def test_synthetic_htc_recipes_build():
     assert model.roi_head.semantic_head.conv_logits.out_channels == 183
     _, _, model = load_and_validate(str(DETECTION_RECIPES["synthetic_htc_ms"]))
     assert type(model).__name__ == "HybridTaskCascadeAug" and len(model.aug_cfg["scale_ranges"]) == 3
+
+
+def test_benchmark_configurations():
+    """benchmarks/train_step.py: ``htc_l`` (BEiT-L HTC++ at 1216 x 1600) builds with ``with_cp`` reaching the
+    backbone (meta device, 401M) and is skipped on a CPU; ``htc_cpu`` takes one finite training step."""
+    import math
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import train_step
+
+    for cp in (False, True):
+        with torch.device("meta"):
+            model = train_step.build("htc_l", cp)
+        flags = {type(m).__name__: bool(m.with_cp) for m in model.modules() if hasattr(m, "with_cp")}
+        assert flags == dict.fromkeys({"Injector", "Extractor", "BEiTBlock"}, cp), flags
+    assert type(model).__name__ == "HybridTaskCascade" and model.rpn.nms_type == "soft_nms"
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 401
+    assert train_step.model_kwargs("htc_l", 1, "meta")["semantic_labels"].shape == (1, 152, 200)
+    r = train_step.one("htc_cpu", "fp32", batch=1, iters=1, warmup=0, device="cpu")
+    assert r["size"] == [128, 128] and len(r["losses"]) == 1 and math.isfinite(r["losses"][0])
