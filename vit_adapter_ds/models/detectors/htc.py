@@ -12,9 +12,12 @@ Training, per stage ``i`` (IoU thresholds / box-coder stds / loss weights per st
    BCE at the ground-truth class;
 3. the regressed proposals are the next stage's proposals.
 
-Test: the class logits of all stages are averaged (then softmax), boxes decoded by the last stage, multiclass
-soft-NMS (``score_thr``, ``max_per_img``); masks: the sigmoid of every stage's mask logits (information flow)
-averaged, pasted as mmdet. Loss names: ``s{i}.loss_cls``, ``s{i}.loss_bbox``, ``s{i}.acc``, ``s{i}.loss_mask``
+Test: the class logits of all stages are averaged (then softmax), boxes decoded by the last stage
+(:meth:`HybridTaskCascadeRoIHead.cascade_boxes`), multiclass soft-NMS (:func:`multiclass_nms`: ``score_thr``,
+``max_per_img``); masks: the sigmoid of every stage's mask logits (information flow) averaged
+(:meth:`HybridTaskCascadeRoIHead.mask_probs`), pasted as mmdet. The test-time augmentation of the ``_ms`` recipes
+(:mod:`.htc_aug`) reuses these steps per augmentation. The RPN's proposal NMS is ``'nms'`` or (BEiT-L recipe)
+``'soft_nms'``. Loss names: ``s{i}.loss_cls``, ``s{i}.loss_bbox``, ``s{i}.acc``, ``s{i}.loss_mask``
 (stage weights applied) and ``loss_semantic_seg``. Class order is mmdet's (background last).
 """
 from __future__ import annotations
@@ -243,7 +246,8 @@ class HybridTaskCascade(nn.Module):
     """Backbone -> neck (e.g. ``[ExtraAttention, FPN]``) -> RPN -> :class:`HybridTaskCascadeRoIHead`.
 
     Train: ``model(images, targets, semantic_labels=None)`` (targets as :class:`~.mask_rcnn.MaskRCNN`; labels
-    0-based) -> losses with the total under ``loss``. Eval: :meth:`predict` as ``MaskRCNN.predict``.
+    0-based; ``semantic_labels`` int64 (B, H / 8, W / 8), 255 = ignore, required with a semantic head) -> losses with
+    the total under ``loss``. Eval: :meth:`predict` as ``MaskRCNN.predict``.
     """
 
     def __init__(self, backbone, necks, rpn, roi_head):
