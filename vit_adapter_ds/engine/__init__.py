@@ -2,6 +2,7 @@
 
 * ``cli``: ``launch/train.py`` (argument and recipe validation before any process group, then the Trainer)
 * ``trainer``: :class:`Trainer` -- build, step, log, evaluate, save / resume -- over ``deepspeed.initialize``
+* ``faults``: stop signals (SIGTERM / SIGUSR1) and the non-finite loss / gradient policy of the training loop
 * ``checkpoint``: what a checkpoint holds (:class:`TrainState`), crash-safe save (COMPLETE marker), pruning, best,
   resume (also universal on another world size, buffers included)
 * ``deepspeed_setup``: DeepSpeed JSON loading and ``"auto"`` resolution from the recipe

@@ -3,14 +3,16 @@
 * :class:`StopRequest` records SIGTERM / SIGUSR1 (SLURM's ``--signal`` before a time limit, preemption) instead of
   dying; the :class:`~.trainer.Trainer` finishes the iteration, saves and raises :class:`TrainingInterrupted`.
 * :func:`agree` is the one tiny all-reduce per iteration through which the ranks agree on both events.
-* :class:`NonFiniteGuard` is the non-finite policy. A micro-batch loss that is NaN/Inf on any rank, or a gradient
-  that is (a step DeepSpeed discards for a non-finite gradient norm; under ZeRO-0 fp32, whose plain torch optimizer
-  checks nothing, the guard looks at the gradients and holds the step back itself), makes every rank skip that iteration's optimizer step:
-  weights, optimizer state (Adam moments, step counts) and module buffers such as BatchNorm statistics stay exactly
-  as they were. Each such iteration is logged with every rank's loss terms. More than
+* :class:`NonFiniteGuard` is the non-finite policy. A micro-batch loss that is NaN/Inf on any rank, or a gradient that
+  is (a step DeepSpeed discards for a non-finite gradient norm; under ZeRO-0 fp32, whose plain torch optimizer checks
+  nothing, the guard looks at the gradients and holds the step back itself), makes every rank skip that iteration's
+  optimizer step: weights, optimizer state (Adam moments, step counts) and module buffers such as BatchNorm statistics
+  stay exactly as they were. Each such iteration is logged with every rank's loss terms. More than
   ``max_nonfinite_steps`` consecutive ones raise :class:`NonFiniteLossError`; every checkpoint on disk then holds
-  weights from before the fault. Under fp16 with *dynamic* loss scaling, a step DeepSpeed skips for overflowing
-  scaled gradients (a finite loss) is the loss scaler's normal work (it lowers the scale): not a fault, not counted.
+  weights from before the fault. Under fp16 with *dynamic* loss scaling, a step DeepSpeed skips for overflowing scaled
+  gradients (a finite loss) is the loss scaler's normal work (it lowers the scale): not a fault, not counted.
+  Under ZeRO-3, DeepSpeed's own skip keeps its parameter partitioning consistent and training continues, provided every
+  rank runs the modules in the same order (``launch/slurm/README.md``, "Numerical faults").
 """
 from __future__ import annotations
 
@@ -98,10 +100,6 @@ def gradients_finite(module: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)))
 
 
-def _all_finite(terms: dict) -> bool:
-    return all(math.isfinite(v) for v in terms.values())
-
-
 class NonFiniteGuard:
     """The non-finite policy of one training run (see the module docstring). Per iteration, on every rank::
 
@@ -120,11 +118,12 @@ class NonFiniteGuard:
             raise ValueError(f"optimizer_config.max_nonfinite_steps must be >= 0, got {max_steps}")
         self.max_steps = int(max_steps)
         self.precision, self.stage = precision(ds_config), zero_stage(ds_config)
-        # ZeRO-0 fp32 steps a plain torch optimizer, which applies NaN gradients: check (and drop) them here
+        # ZeRO-0 fp32 steps a plain torch optimizer, which applies NaN gradients: check them, hold the step back
         self.checks_gradients = self.stage == 0 and self.precision == "fp32"
         # fp16 with a dynamic loss scale: DeepSpeed's overflow skips are the loss scaler's, not faults
         self.scaler_skips = self.precision == "fp16" and dynamic_loss_scale(ds_config)
         self.consecutive = 0
+        self.iteration = 0
         self._buffers: list = []
         self._saved: list = []
         self._bad_terms = None
@@ -142,7 +141,8 @@ class NonFiniteGuard:
         """A micro-batch's scalar loss terms; the first with a non-finite ``loss`` is kept for the log."""
         if self._bad_terms is None and not math.isfinite(terms.get("loss", 0.0)):
             self._bad_terms = dict(terms)
-            print(f"[rank {rt.rank()}] iteration {self.iteration}: non-finite loss terms {self._bad_terms}", file=sys.stderr, flush=True)
+            print(f"[rank {rt.rank()}] iteration {self.iteration}: non-finite loss terms {self._bad_terms}",
+                  file=sys.stderr, flush=True)
 
     def local_fault(self, module: torch.nn.Module) -> bool:
         """This rank saw a non-finite loss (or, under ZeRO-0 fp32, holds a non-finite gradient)."""
