@@ -170,18 +170,18 @@ def test_htc_recipes_validate_as_the_detection_task(name):
 
 
 def test_tta_pipeline_translation():
-    from vit_adapter_ds.tasks.detection import test_augmentation, val_loader_kwargs
+    from vit_adapter_ds.tasks.detection import tta_from_pipeline, val_loader_kwargs
 
     c = Config.fromfile(str(DETECTION_RECIPES["htc++_beitv2_adapter_large_fpn_3x_coco_ms"]))
     data = c.data.to_dict()
-    assert test_augmentation(data["val"]["pipeline"]) == {"scales": [tuple(s) for s in MS[0]], "flip": True}
+    assert tta_from_pipeline(data["val"]["pipeline"]) == {"scales": [tuple(s) for s in MS[0]], "flip": True}
     kw = val_loader_kwargs(data, "val")
     assert kw["scale"] is None and kw["mean"] == tuple(NORM["mean"]) and kw["std"] == tuple(NORM["std"])
     single = Config.fromfile(str(DETECTION_RECIPES["htc++_beitv2_adapter_large_fpn_3x_coco"])).data.to_dict()
-    assert test_augmentation(single["val"]["pipeline"]) is None
+    assert tta_from_pipeline(single["val"]["pipeline"]) is None
     assert val_loader_kwargs(single, "val")["scale"] == (1600, 1400)
     flip_only = [single["val"]["pipeline"][0], dict(single["val"]["pipeline"][1], flip=True)]
-    assert test_augmentation(flip_only) == {"scales": [(1600, 1400)], "flip": True}
+    assert tta_from_pipeline(flip_only) == {"scales": [(1600, 1400)], "flip": True}
 
 
 V2_RECIPE = str(DETECTION_RECIPES["htc++_beitv2_adapter_large_fpn_3x_coco"])

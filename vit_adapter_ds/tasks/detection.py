@@ -19,7 +19,7 @@ The recipe's sections are the official mmdet ones:
   (the HTC++ ``_ms`` recipes) is evaluated with the official test-time augmentation
   (:class:`~vit_adapter_ds.models.detectors.htc_aug.HybridTaskCascadeAug`, ``model.type='HybridTaskCascadeAug'``):
   the val loader then delivers each image at its original size and the augmentations are made from it
-  (:func:`test_augmentation`).
+  (:func:`tta_from_pipeline`).
 * ``evaluation.metric``: ``'bbox'`` and / or ``'segm'`` (COCO AP through pycocotools, every image once over all
   ranks); the metrics are ``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ...; ``save_best='auto'`` means
   ``bbox_mAP``.
@@ -76,7 +76,7 @@ def train_loader_kwargs(data: dict) -> dict:
     return {**kw, "ops": tr["ops"], "mean": tr["mean"], "std": tr["std"]}
 
 
-def test_augmentation(pipeline, where: str = "test_pipeline"):
+def tta_from_pipeline(pipeline, where: str = "test_pipeline"):
     """``{'scales': [(long, short), ...], 'flip': bool}`` of a test pipeline's ``MultiScaleFlipAug`` when it asks
     for test-time augmentation (several ``img_scale`` or ``flip=True``, mmdet's ``aug_test`` case), else None."""
     aug = pipeline[1] if isinstance(pipeline, (list, tuple)) and len(pipeline) == 2 else None
@@ -100,7 +100,7 @@ def test_augmentation(pipeline, where: str = "test_pipeline"):
 
 def val_loader_kwargs(data: dict, split: str = "val") -> dict:
     """``DetectionValLoader`` keyword arguments (without the engine's) from ``data.<split>``; with test-time
-    augmentation (:func:`test_augmentation`) the loader keeps the original size (``scale=None``)."""
+    augmentation (:func:`tta_from_pipeline`) the loader keeps the original size (``scale=None``)."""
     from ..data import det_transforms as T
     from ..data.detection import DetectionValLoader
 
@@ -109,7 +109,7 @@ def val_loader_kwargs(data: dict, split: str = "val") -> dict:
                           supplied=_SUPPLIED)
     where = f"data.{split}.pipeline"
     pipeline = section["pipeline"]
-    aug = test_augmentation(pipeline, where)
+    aug = tta_from_pipeline(pipeline, where)
     if aug is not None:  # the single-scale translation checks the transforms and gives mean / std
         pipeline = [pipeline[0], {**pipeline[1], "img_scale": aug["scales"][0], "flip": False}]
     te = T.test_cfg_from_pipeline(pipeline, where)
@@ -218,7 +218,7 @@ class ObjectDetection:
         for split in ("val", "test"):
             if data.get(split) is not None:
                 val_loader_kwargs(data, split)
-                aug = test_augmentation(data[split]["pipeline"], f"data.{split}.pipeline")
+                aug = tta_from_pipeline(data[split]["pipeline"], f"data.{split}.pipeline")
                 if aug is not None and not hasattr(model, "aug_test"):
                     raise ConfigError(f"recipe: data.{split}.pipeline asks for test-time augmentation "
                                       f"({len(aug['scales'])} scales, flip={aug['flip']}), which needs "
@@ -297,7 +297,7 @@ class ObjectDetection:
             return None
         loader = DetectionValLoader(rank=rank, world_size=world_size, num_workers=0, num_classes=self.num_classes,
                                     **val_loader_kwargs(data, split))
-        loader.test_aug = test_augmentation(data[split]["pipeline"], f"data.{split}.pipeline")  # read by evaluate
+        loader.test_aug = tta_from_pipeline(data[split]["pipeline"], f"data.{split}.pipeline")  # read by evaluate
         return loader
 
     def forward_loss(self, model, batch, device, dtype) -> dict:
