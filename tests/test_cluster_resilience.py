@@ -380,7 +380,7 @@ def test_nan_losses_are_skipped_then_stop(ref, tmp_path, ds):
     """gas 1: rank 1's loss is NaN at micro-batches 2, 3, 4 (iterations 3, 4, 5): the steps of iterations 3 and 4
     are skipped and logged (iteration and loss terms); optimizer state, master weights and buffers saved at iteration
     4 are those of iteration 2; with max_nonfinite_steps=2 the third consecutive fault stops the run with the error,
-    iter_2 and iter_4 intact. ZeRO-3 stops at the first fault."""
+    iter_2 and iter_4 intact."""
     work = tmp_path / "nan"
     rc, out = run([], work, port=29841 if ds == "zero2_fp32" else 29842, iters=ITERS, ds=ds, expect_ok=False,
                   options=OPTS + ["optimizer_config.max_nonfinite_steps=2"], extra_env={"STUB_NAN_AT_BATCH": "2,3,4"})
@@ -389,10 +389,6 @@ def test_nan_losses_are_skipped_then_stop(ref, tmp_path, ds):
     recs = [json.loads(line) for line in open(work / "metrics.jsonl")]
     bad = [r for r in recs if r["mode"] == "nonfinite"]
     assert list(bad[0]["loss_terms"]) == ["rank1"] and str(bad[0]["loss_terms"]["rank1"]["loss_ce"]) == "nan"
-    if ds == "zero3_fp32":  # ZeRO-3 stops at the first fault, iter_2 intact
-        assert "NonFiniteLossError: iteration 3: non-finite loss or gradient under ZeRO-3" in out, out[-3000:]
-        assert [r["iter"] for r in bad] == [3] and complete(work) == ["iter_2"]
-        return
     assert "NonFiniteLossError: 3 consecutive iterations (up to 5)" in out, out[-3000:]
     assert [r["iter"] for r in bad] == [3, 4, 5], bad
     assert complete(work) == ["iter_2", "iter_4"]
