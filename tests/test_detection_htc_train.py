@@ -272,6 +272,50 @@ def test_tta_recipe_evaluates_through_the_task(recipe):
     assert pictures[0].shape == (96, 128, 3)
 
 
+@pytest.mark.slow
+def test_tta_recipe_through_eval_and_predict_command_lines(recipe, tmp_path):
+    """launch/eval.py and launch/predict.py on the _ms recipe run the recipe's test-time augmentation: eval's
+    metrics equal the task's evaluation (the aug test), predict's detections equal the aug test of the raw image."""
+    from PIL import Image
+
+    from vit_adapter_ds.evaluation.cli import eval_main, predict_main
+    from vit_adapter_ds.models.detectors.htc_aug import AugTestPredictor
+    from vit_adapter_ds.tasks import load_and_validate
+
+    ms = tmp_path / "tiny_htc_ms.py"
+    shards = recipe.parent / "shards"
+    ms.write_text(f"_base_ = [{str(DETECTION_RECIPES['synthetic_htc_ms'])!r}]\n"
+                  f"data = dict(train=dict(shard_dir={str(shards / 'train')!r}), "
+                  f"val=dict(shard_dir={str(shards / 'val')!r}), test=dict(shard_dir={str(shards / 'val')!r}))\n")
+    _, task, _ = load_and_validate(str(ms))
+    torch.manual_seed(3)
+    model = task.build_model(load_pretrained=False).eval()
+    torch.save(model.state_dict(), tmp_path / "htc.pth")
+    val = task.build_val_loader(rank=0, world_size=1)
+    want, _ = task.evaluate(model, val, torch.float32, num_vis=0)
+    assert eval_main(["--config", str(ms), "--checkpoint", str(tmp_path / "htc.pth"), "--num-workers", "0",
+                      "--out", str(tmp_path / "m.json")]) == 0
+    got = json.loads((tmp_path / "m.json").read_text())
+    for k in ("bbox_mAP", "bbox_mAP_50", "segm_mAP"):
+        assert got[k] == pytest.approx(want[k], abs=1e-12), k
+    # predict one raw val image: the json detections are the aug test's (score >= 0) on the decoded image
+    img_path = tmp_path / "one.png"
+    i = int(val.indices[0])
+    from vit_adapter_ds.data.detection import decode_det_sample
+    img, _, _ = decode_det_sample(val.reader.read_global(i), val.cat2label)
+    img = img.as_subclass(torch.Tensor).to(torch.uint8)
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(img_path)
+    assert predict_main(["--config", str(ms), "--checkpoint", str(tmp_path / "htc.pth"), "--images", str(img_path),
+                         "--out", str(tmp_path / "pred"), "--score-thr", "0", "--save-json"]) == 0
+    dets = json.loads((tmp_path / "pred" / "one.json").read_text())["detections"]
+    aug = AugTestPredictor(model, val.test_aug["scales"], val.test_aug["flip"], val.mean, val.std)
+    from vit_adapter_ds.tasks.detection import val_loader_item
+    x = val_loader_item(val, img)
+    ref = aug.predict(x["img"], [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+    assert len(dets) == len(ref["scores"]) > 0
+    assert [d["score"] for d in dets] == pytest.approx(ref["scores"].tolist(), abs=1e-6)
+
+
 def _train(recipe, work, port, extra=()):
     from test_engine_distributed import REPO, _env
 

@@ -175,8 +175,8 @@ def eval_main(argv=None) -> int:
 
     cfg = load_recipe(args.config, args.cfg_options)
     if _is_detection(cfg):
-        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scale and flip come "
-                                         f"from its data.{args.split}.pipeline")
+        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scales and flip come "
+                                         f"from its data.{args.split}.pipeline (the *_ms recipes test with TTA)")
         return _eval_detection(cfg, args)
     _refuse(args, DETECTION_ONLY, "detection recipes only")
     return _eval_segmentation(cfg, args)
@@ -317,7 +317,7 @@ def _eval_detection(cfg, args) -> int:
     rank, world = _init_runtime()
     device = _device(args.device)
     loader, shard_dir = _det_val_loader(task, cfg, args, rank, world)
-    model = load_detector(task, args.checkpoint, device)
+    model = task.predictor(load_detector(task, args.checkpoint, device), loader)  # the recipe's TTA, if any
     res = evaluate_detector(model, loader, loader.categories, device=device, iou_types=iou, progress=rank == 0,
                             dtype=torch.bfloat16 if args.bf16 else None, results_prefix=args.out_json,
                             format_only=args.format_only)
@@ -391,8 +391,8 @@ def predict_main(argv=None) -> int:
 
     cfg = load_recipe(args.config, args.cfg_options)
     if _is_detection(cfg):
-        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scale comes from "
-                                         f"its data.{args.split}.pipeline")
+        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scales and flip come "
+                                         f"from its data.{args.split}.pipeline (the *_ms recipes test with TTA)")
         return _predict_detection(cfg, args)
     _refuse(args, DETECTION_ONLY + ("shards",), "detection recipes only")
     return _predict_segmentation(cfg, args)
@@ -473,19 +473,21 @@ def _predict_detection(cfg, args) -> int:
 
     from ..config.keys import to_plain
     from ..tasks import task_for
-    from ..tasks.detection import val_loader_item, val_loader_kwargs
+    from ..tasks.detection import tta_from_pipeline, val_loader_item, val_loader_kwargs
     from .visualize import draw_detections, save_image
 
     thr = DEFAULT_SCORE_THR if args.score_thr is None else float(args.score_thr)
     section = _det_section(cfg, args.split, args.shards)
     te = val_loader_kwargs(to_plain(cfg.data), args.split)  # the recipe's test scale and normalisation
-    test_tf = SimpleNamespace(scale=te["scale"], mean=te["mean"], std=te["std"])
+    test_tf = SimpleNamespace(scale=te["scale"], mean=te["mean"], std=te["std"],  # what a val loader carries
+                              test_aug=tta_from_pipeline(section["pipeline"], f"data.{args.split}.pipeline"))
     task = task_for(cfg)
     paths = list_images(args.images)
     rank, world = _init_runtime()
     device = _device(args.device)
-    model = load_detector(task, args.checkpoint, device)
-    names, cat_ids, palette = _class_info(section["shard_dir"], args.split, int(model.num_classes))
+    detector = load_detector(task, args.checkpoint, device)
+    model = task.predictor(detector, test_tf)  # the detector, or its test-time augmentation (the recipe's)
+    names, cat_ids, palette = _class_info(section["shard_dir"], args.split, int(detector.num_classes))
     autocast = torch.bfloat16 if args.bf16 else None
     out_dir = Path(args.out)
     for path in paths[rank::world]:  # under torchrun / srun each rank writes its share

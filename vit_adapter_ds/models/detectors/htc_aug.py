@@ -187,6 +187,7 @@ class AugTestPredictor(nn.Module):
             raise TypeError(f"{type(detector).__name__} has no aug_test (multi-scale / flip testing needs "
                             "model.type='HybridTaskCascadeAug')")
         self.detector = detector
+        self.train(detector.training)  # a new module is in training mode: keep the detector's (eval restores it)
         self.scales, self.flip = [tuple(s) for s in scales], bool(flip)
         self.mean, self.std = tuple(mean), tuple(std)
 
