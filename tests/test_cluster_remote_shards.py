@@ -415,6 +415,31 @@ def test_s3_recipe_data_section_streams_from_the_bucket(shards, s3):
     assert _s3_shard_gets(s3)
 
 
+def test_s3_epoch_based_detection_recipe_is_converted_from_the_remote_manifest(det_shards, s3, monkeypatch,
+                                                                              tmp_path):
+    """An ``EpochBasedRunner`` detection recipe whose train shards are in a bucket is converted to iterations from
+    the remote set's length (2 ranks x 1 image per step), as for local shards."""
+    from vit_adapter_ds.tasks import load_and_validate
+
+    from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = tmp_path / "epochs.py"
+    recipe.write_text(f"_base_ = [{str(DETECTION_RECIPES['synthetic_mask_rcnn'])!r}]\n"
+                      "runner = dict(_delete_=True, type='EpochBasedRunner', max_epochs=3)\n")
+    opts = ["data.samples_per_gpu=1", "data.workers_per_gpu=0", "evaluation.interval=1"]
+    got = {}
+    for name, where in (("s3", f"s3://{BUCKET}/sets/det/train"), ("local", str(det_shards / "train"))):
+        cfg, _, _ = load_and_validate(str(recipe), [f"data.train.shard_dir={where}", *opts])
+        got[name] = (dict(cfg["_epoch_conversion"]), dict(cfg["runner"]), cfg["lr_config"]["step"])
+    assert got["s3"] == got["local"]
+    from vit_adapter_ds.data.detection import DetectionTrainLoader
+
+    per_epoch = -(-DetectionTrainLoader(str(det_shards / "train"), batch_size=1).num_samples // 2)
+    assert got["s3"][0] == {"max_epochs": 3, "iters_per_epoch": per_epoch} and per_epoch >= 2
+    assert got["s3"][1]["max_iters"] == 3 * per_epoch
+
+
 DET_SMALL = dict(scales=((96, 160), (128, 160)), crop_scales=((64, 160), (80, 160)), crop_range=(48, 96),
                  final_crop=(128, 128))
 

@@ -26,6 +26,14 @@ UPERNET = {
 }
 
 
+def test_recipe_stems_are_unique_and_detection_recipes_load_by_name():
+    from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
+
+    assert not set(RECIPES) & set(DETECTION_RECIPES)
+    assert load_recipe("synthetic_htc").model.type == "HybridTaskCascade"
+    assert load_recipe("mask_rcnn_deit_adapter_tiny_fpn_3x_coco.py").model.type == "MaskRCNN"
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_loads_and_validates(name):
     cfg = load_recipe(name)

@@ -18,9 +18,13 @@ from .schema import TOP_LEVEL_KEYS, validate_sections
 
 
 def resolve_recipe_path(name_or_path: str | None) -> Path:
-    """A recipe file path, or the stem of a file in ``vit_adapter_ds/recipes`` (None: the quickstart recipe)."""
-    from ..recipes import QUICKSTART, RECIPES
+    """A recipe file path, or the stem of a file in ``vit_adapter_ds/recipes`` or ``vit_adapter_ds/recipes/detection``
+    (None: the quickstart recipe)."""
+    from ..recipes import QUICKSTART
+    from ..recipes import RECIPES as SEGMENTATION
+    from ..recipes.detection import DETECTION_RECIPES
 
+    RECIPES = {**SEGMENTATION, **DETECTION_RECIPES}  # the stems are unique (test_config_recipes)
     if name_or_path is None:
         return QUICKSTART
     p = Path(name_or_path)

@@ -234,12 +234,16 @@ class ObjectDetection:
 
     def _convert_epochs(self, data: dict) -> None:
         """:func:`epochs_to_iterations` with this run's iterations per epoch (module docstring); left as it is
-        (validation only) when the train shards are not there."""
+        (validation only) when local train shards are not there. Remote shard sets (``s3://``, ``gs://``,
+        ``https://``) are always read: their manifest gives the epoch length."""
         import math
         import os
         from pathlib import Path
 
-        if not Path(str(data["train"]["shard_dir"])).exists():
+        from ..data.remote import is_remote
+
+        shard_dir = str(data["train"]["shard_dir"])
+        if not is_remote(shard_dir) and not Path(shard_dir).exists():
             return
         world = int(os.environ.get("WORLD_SIZE", "1"))
         per_step = world * int(data["samples_per_gpu"])

@@ -1,6 +1,6 @@
-"""Detection recipes (Mask R-CNN 3x, field for field the official mmdet configs; ``synthetic_mask_rcnn.py`` is the
-tiny CPU recipe). They live in this sub-folder until the recipe schema / engine know the detection task (the
-top-level ``RECIPES`` table is validated as segmentation); ``DETECTION_RECIPES`` maps a stem to a file."""
+"""Detection recipes: Mask R-CNN 3x and HTC++ (field for field the official mmdet configs, the ``_ms`` files with
+the official test-time augmentation); ``synthetic_mask_rcnn.py`` / ``synthetic_htc.py`` are the tiny CPU recipes.
+``DETECTION_RECIPES`` maps a stem to a file; ``--config <stem>`` finds them like the segmentation recipes."""
 from pathlib import Path
 
 DETECTION_RECIPE_DIR = Path(__file__).resolve().parent
