@@ -169,7 +169,7 @@ def _gt_file(det):
 
 # ------------------------------------------------------------------------------------------------ eval
 def test_eval_matches_pycocotools_and_out_json(det, tmp_path):
-    from vit_adapter_ds.evaluation.cli import eval_main, run_cli
+    from vit_adapter_ds.engine.eval_cli import eval_main, run_cli
 
     out, prefix = tmp_path / "m.json", tmp_path / "results"
     assert run_cli(eval_main, ["--config", str(det["recipe"]), "--checkpoint", str(det["root"] / "model.pth"),
@@ -193,7 +193,7 @@ def test_eval_matches_pycocotools_and_out_json(det, tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_eval_two_ranks_equals_one_rank(det, tmp_path):
-    from vit_adapter_ds.evaluation.cli import eval_main, run_cli
+    from vit_adapter_ds.engine.eval_cli import eval_main, run_cli
 
     one = tmp_path / "one.json"
     assert run_cli(eval_main, ["--config", str(det["recipe"]), "--checkpoint", str(det["root"] / "model.pth"),
@@ -214,7 +214,7 @@ def test_eval_two_ranks_equals_one_rank(det, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ predict
 def test_predict_draws_confident_detections(det, tmp_path):
-    from vit_adapter_ds.evaluation.cli import predict_main, run_cli
+    from vit_adapter_ds.engine.eval_cli import predict_main, run_cli
 
     preds = {p.stem: _predict(det["model"], p) for p in det["val_images"]}
     best = max(float(p["scores"].max()) for _, p in preds.values() if len(p["scores"]))
@@ -270,14 +270,14 @@ def test_predict_two_ranks_official_checkpoint_high_threshold(det, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ errors
 def _error(capsys, main, argv) -> str:
-    from vit_adapter_ds.evaluation.cli import run_cli
+    from vit_adapter_ds.engine.eval_cli import run_cli
 
     assert run_cli(main, argv) == 2
     return capsys.readouterr().err
 
 
 def test_clear_errors(det, tmp_path, capsys):
-    from vit_adapter_ds.evaluation.cli import eval_main, predict_main
+    from vit_adapter_ds.engine.eval_cli import eval_main, predict_main
 
     base = ["--config", str(det["recipe"]), "--checkpoint", str(det["root"] / "model.pth"), "--num-workers", "0"]
     err = _error(capsys, eval_main, base + ["--mode", "slide", "--ratios", "0.5", "1.0"])

@@ -278,7 +278,7 @@ def test_tta_recipe_through_eval_and_predict_command_lines(recipe, tmp_path):
     metrics equal the task's evaluation (the aug test), predict's detections equal the aug test of the raw image."""
     from PIL import Image
 
-    from vit_adapter_ds.evaluation.cli import eval_main, predict_main
+    from vit_adapter_ds.engine.eval_cli import eval_main, predict_main
     from vit_adapter_ds.models.detectors.htc_aug import AugTestPredictor
     from vit_adapter_ds.tasks import load_and_validate
 

@@ -245,7 +245,7 @@ def test_eval_and_predict_cli(tmp_path):
     from PIL import Image
 
     from vit_adapter_ds.config import load_recipe
-    from vit_adapter_ds.evaluation.cli import eval_main, predict_main
+    from vit_adapter_ds.engine.eval_cli import eval_main, predict_main
     from vit_adapter_ds.models.registry import build_model
 
     subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--out",

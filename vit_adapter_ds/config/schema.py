@@ -119,7 +119,7 @@ SECTIONS: dict[str, dict] = {
         "grad_clip": _dict({"max_norm": _t(float, minimum=0, exclusive=True), "norm_type": _t(int, float,
                                                                                               choices=(2, 2.0))},
                            allow_none=True),
-        "max_nonfinite_steps": _t(int, minimum=0)},  # engine/trainer.py: consecutive NaN/Inf steps skipped
+        "max_nonfinite_steps": _t(int, minimum=0)},  # engine/faults.py: consecutive NaN/Inf steps skipped
     "lr_config": {  # the schedules (engine/schedule.py) implement exactly these; by iteration only
         "policy": _t(str, choices=("poly", "step")), "warmup": _t(str, type(None), choices=(None, "linear")),
         "warmup_iters": _t(int, minimum=0), "warmup_ratio": _t(float, minimum=0), "power": _t(float),

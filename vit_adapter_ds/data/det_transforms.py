@@ -46,7 +46,6 @@ Test pipeline (:func:`test_transform`): ``Resize((1333, 800), keep_ratio)``, Nor
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -56,16 +55,11 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..config.errors import ConfigError
+from ..utils.image_ops import normalize, pad_batch, rescale_size  # noqa: F401  (the pipelines' Normalize / Pad)
+from ..utils.image_ops import resize_keep_ratio as test_transform  # noqa: F401  (the test Resize)
 
 MULTI_SCALES = tuple((s, 1333) for s in range(480, 801, 32))
 CROP_SCALES = ((400, 1333), (500, 1333), (600, 1333))
-
-
-def rescale_size(h: int, w: int, scale) -> tuple[int, int]:
-    """mmcv ``rescale_size`` (keep ratio): the (new_h, new_w) that fits the long edge into ``max(scale)`` and the
-    short edge into ``min(scale)``."""
-    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
 
 
 SEG_IGNORE = 255  # semantic-map padding / ignore value (mmdet's seg pad value, the HTC semantic head's ignore_index)
@@ -224,28 +218,6 @@ def train_transform(sample: dict, rng, flip_ratio=0.5, scales=MULTI_SCALES, crop
                     crop_range=(384, 600), final_crop=(1024, 1024)) -> dict:
     """The official training pipeline up to (not including) Normalize / Pad; see the module docstring."""
     return apply_ops(sample, rng, official_train_ops(flip_ratio, scales, crop_scales, crop_range, final_crop))
-
-
-def normalize(img: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 RGB (3, H, W) -> float32 ``(x - mean) / std``."""
-    x = img.as_subclass(torch.Tensor).float()
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-
-
-def pad_batch(images, size_divisor: int = 32) -> torch.Tensor:
-    """Stack (3, h_i, w_i) images into (B, 3, H, W), zero-padded at the bottom/right to the largest size rounded up to
-    ``size_divisor`` (mmdet ``Pad`` + collate)."""
-    hs, ws = [im.shape[-2] for im in images], [im.shape[-1] for im in images]
-    H = int(math.ceil(max(hs) / size_divisor)) * size_divisor
-    W = int(math.ceil(max(ws) / size_divisor)) * size_divisor
-    return torch.stack([TF.pad(im, (0, W - im.shape[-1], 0, H - im.shape[-2])) for im in images])
-
-
-def test_transform(img: torch.Tensor, scale=(1333, 800)) -> torch.Tensor:
-    """mmdet test ``Resize(img_scale=scale, keep_ratio=True)`` of a uint8 image (Normalize / Pad follow)."""
-    h, w = img.shape[-2:]
-    nh, nw = rescale_size(h, w, scale)
-    return F.resize(img, [nh, nw], interpolation=InterpolationMode.BILINEAR, antialias=False)
 
 
 # ------------------------------------------------------------------------------------------------ official pipelines

@@ -1,6 +1,7 @@
 """Training engine: the Trainer over a task's parts, checkpoints, DeepSpeed config, optimizer groups, schedule, logs.
 
 * ``cli``: ``launch/train.py`` (argument and recipe validation before any process group, then the Trainer)
+* ``eval_cli``: ``launch/eval.py`` / ``launch/predict.py`` (mIoU or COCO AP of a checkpoint; drawn predictions)
 * ``trainer``: :class:`Trainer` -- build, step, log, evaluate, save / resume -- over ``deepspeed.initialize``
 * ``faults``: stop signals (SIGTERM / SIGUSR1) and the non-finite loss / gradient policy of the training loop
 * ``checkpoint``: what a checkpoint holds (:class:`TrainState`), crash-safe save (COMPLETE marker), pruning, best,

@@ -21,15 +21,9 @@ import math
 from collections.abc import Mapping
 from typing import Sequence
 
+from ..utils.image_ops import rescale_size  # noqa: F401  (mmcv's keep-ratio rule, shared with detection)
+
 TEST_RESIZE_TYPES = ("Resize", "SETR_Resize")
-
-
-def rescale_size(h: int, w: int, scale) -> tuple[int, int]:
-    """mmcv ``rescale_size`` for a (long, short) scale with keep_ratio: the largest size that fits both the long
-    edge into ``max(scale)`` and the short edge into ``min(scale)``; returns (new_h, new_w)."""
-    long_edge, short_edge = max(scale), min(scale)
-    f = min(long_edge / max(h, w), short_edge / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
 
 
 def resize_to_multiple(h: int, w: int, size_divisor: int | None) -> tuple[int, int]:

@@ -134,7 +134,7 @@ class HybridTaskCascadeAug(HybridTaskCascade):
         ``masks`` (K, H, W) bool, in original pixels."""
         from torchvision.models.detection.image_list import ImageList
 
-        from ...data import det_transforms as T
+        from ...utils import image_ops as T
 
         if len(self.aug_cfg["scale_ranges"]) < len(scales):
             raise ValueError(f"test_cfg.aug.scale_ranges has {len(self.aug_cfg['scale_ranges'])} entries for "
@@ -145,7 +145,7 @@ class HybridTaskCascadeAug(HybridTaskCascade):
         roi = self.roi_head
         aug_boxes, aug_probs, metas, kept = [], [], [], []
         for k, scale in enumerate(scales):
-            resized = T.test_transform(image, scale)
+            resized = T.resize_keep_ratio(image, scale)
             h, w = (int(v) for v in resized.shape[-2:])
             sf = (w / W, h / H)
             for f in ((False, True) if flip else (False,)):

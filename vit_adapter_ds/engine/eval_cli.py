@@ -35,8 +35,8 @@ directory); a detection checkpoint in the official mmdet key layout (``rpn_head.
 through :mod:`vit_adapter_ds.models.detectors.keymap`. Loading is strict: missing or unexpected keys are errors,
 since evaluating a partly initialised model gives meaningless numbers.
 
-These command lines sit on top of the tasks (they import :mod:`vit_adapter_ds.tasks` lazily, as ``engine/cli.py``
-does for training); :func:`run_cli` turns the expected errors (bad flags, recipe, checkpoint or shards) into one
+These command lines sit on top of the tasks, next to the training command line (``engine/cli.py``);
+:func:`run_cli` turns the expected errors (bad flags, recipe, checkpoint or shards) into one
 ``error:`` line and exit status 2.
 """
 from __future__ import annotations
@@ -184,8 +184,8 @@ def eval_main(argv=None) -> int:
 
 def _eval_segmentation(cfg, args) -> int:
     from ..data import build_val_loader
-    from .evaluator import evaluate
-    from .miou import format_table
+    from ..evaluation.evaluator import evaluate
+    from ..evaluation.miou import format_table
 
     rank, world = _init_runtime()
     device = _device(args.device)
@@ -297,7 +297,7 @@ def _det_val_loader(task, cfg, args, rank: int, world: int):
 
 def format_coco_metrics(metrics: dict, iou_types) -> str:
     """The AP table: one row per iou type, the columns of :data:`~.coco.METRIC_NAMES`."""
-    from .coco import METRIC_NAMES
+    from ..evaluation.coco import METRIC_NAMES
 
     lines = ["       " + " ".join(f"{n:>7}" for n in METRIC_NAMES)]
     for t in iou_types:
@@ -308,7 +308,7 @@ def format_coco_metrics(metrics: dict, iou_types) -> str:
 def _eval_detection(cfg, args) -> int:
     from ..tasks import task_for
     from ..tasks.detection import iou_types as recipe_iou_types
-    from .coco import evaluate_detector
+    from ..evaluation.coco import evaluate_detector
 
     if args.format_only and not args.out_json:
         raise UsageError("--format-only needs --out-json (where the COCO result files go)")
@@ -399,7 +399,7 @@ def predict_main(argv=None) -> int:
 
 
 def _predict_segmentation(cfg, args) -> int:
-    from .visualize import overlay, save_mask_png, save_rgb_png
+    from ..evaluation.visualize import overlay, save_mask_png, save_rgb_png
 
     rank, world = _init_runtime()
     device = _device(args.device)
@@ -451,7 +451,7 @@ def _class_info(shard_dir, split: str, num_classes: int):
 def detections_json(pred: dict, score_thr: float, names=None, cat_ids=None) -> list[dict]:
     """The detections scoring ``>= score_thr`` as dicts: ``bbox`` [x, y, w, h] (COCO), ``score``, ``label`` (class
     index), ``category_id`` / ``name`` (when known) and ``segmentation`` (COCO RLE, when the model predicts masks)."""
-    from .coco import encode_mask
+    from ..evaluation.coco import encode_mask
 
     out = []
     for k in torch.nonzero(pred["scores"] >= score_thr).flatten().tolist():
@@ -474,7 +474,7 @@ def _predict_detection(cfg, args) -> int:
     from ..config.keys import to_plain
     from ..tasks import task_for
     from ..tasks.detection import tta_from_pipeline, val_loader_item, val_loader_kwargs
-    from .visualize import draw_detections, save_image
+    from ..evaluation.visualize import draw_detections, save_image
 
     thr = DEFAULT_SCORE_THR if args.score_thr is None else float(args.score_thr)
     section = _det_section(cfg, args.split, args.shards)
