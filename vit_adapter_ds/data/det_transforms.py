@@ -46,7 +46,6 @@ Test pipeline (:func:`test_transform`): ``Resize((1333, 800), keep_ratio)``, Nor
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as TF
