@@ -316,22 +316,7 @@ def test_tta_recipe_through_eval_and_predict_command_lines(recipe, tmp_path):
     assert [d["score"] for d in dets] == pytest.approx(ref["scores"].tolist(), abs=1e-6)
 
 
-def _train(recipe, work, port, extra=()):
-    from test_engine_distributed import REPO, _env
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(REPO / "launch" / "train.py"), "--ds_config", str(REPO / "ds_configs" / "zero2_fp32.json"),
-           "--config", str(recipe), "--work-dir", str(work), "--no-progress", "--dist-timeout", "60", *extra,
-           "--cfg-options", "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
-           "vis.num_images=1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=500, start_new_session=True)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
-    assert (work / "TRAINING_FINISHED").is_file()
-    return res.stdout + res.stderr
-
-
-def _records(work, mode):
-    return [r for r in map(json.loads, open(work / "metrics.jsonl")) if r["mode"] == mode]
+from test_engine_detection import _records, _train  # noqa: E402  (2-rank training through launch/train.py)
 
 
 @pytest.mark.slow

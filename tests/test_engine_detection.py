@@ -223,7 +223,8 @@ def recipe(tmp_path_factory):
     return path
 
 
-def _train(recipe, work, port, extra=()):
+def _train(recipe, work, port, extra=(), timeout=500):
+    """2-rank torchrun ZeRO-2 fp32 training of a detection recipe through launch/train.py; returns the output."""
     from test_engine_distributed import REPO, _env
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
@@ -231,7 +232,7 @@ def _train(recipe, work, port, extra=()):
            "--config", str(recipe), "--work-dir", str(work), "--no-progress", "--dist-timeout", "60", *extra,
            "--cfg-options", "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
            "vis.num_images=1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=400, start_new_session=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, start_new_session=True)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     assert (work / "TRAINING_FINISHED").is_file()
     return res.stdout + res.stderr
@@ -289,7 +290,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
 
 
 def test_drawn_prediction_marks_only_confident_instances():
-    from vit_adapter_ds.tasks.detection import draw_prediction
+    from vit_adapter_ds.evaluation.visualize import draw_detections
 
     img = torch.full((3, 40, 50), 100, dtype=torch.uint8)
     masks = torch.zeros(2, 40, 50, dtype=torch.uint8)
@@ -297,7 +298,7 @@ def test_drawn_prediction_marks_only_confident_instances():
     masks[1, 25:35, 5:15] = 1
     pred = {"boxes": torch.tensor([[10.0, 10.0, 29.0, 19.0], [5.0, 25.0, 14.0, 34.0]]),
             "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.1]), "masks": masks}
-    out = torch.from_numpy(draw_prediction(img, pred))
+    out = torch.from_numpy(draw_detections(img, pred, 0.3))
     assert out.shape == (40, 50, 3) and out.dtype == torch.uint8
     changed = (out != 100).any(-1)
     assert changed[10:20, 10:30].all()               # the confident instance: mask and box

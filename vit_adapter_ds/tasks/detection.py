@@ -161,21 +161,6 @@ def epochs_to_iterations(cfg, iters_per_epoch: int) -> None:
     cfg["_epoch_conversion"] = {"max_epochs": epochs, "iters_per_epoch": L}
 
 
-def draw_prediction(img_chw, pred: dict, score_thr: float = 0.3):
-    """An HxWx3 uint8 picture of ``img_chw`` (uint8, original size) with the predicted masks and boxes above
-    ``score_thr``."""
-    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
-
-    keep = pred["scores"] >= score_thr
-    out = img_chw
-    if "masks" in pred and bool(keep.any()):
-        out = draw_segmentation_masks(out, pred["masks"][keep].bool().reshape(-1, *out.shape[-2:]), alpha=0.4)
-    if bool(keep.any()):
-        out = draw_bounding_boxes(out, pred["boxes"][keep].float(), width=2,
-                                  labels=[str(int(c)) for c in pred["labels"][keep]])
-    return out.permute(1, 2, 0).contiguous().numpy()
-
-
 class ObjectDetection:
     name = "object_detection"
     best_metric = "bbox_mAP"
@@ -348,8 +333,10 @@ class ObjectDetection:
         import torch
 
         from ..data.detection import decode_det_sample
+        from ..evaluation.visualize import draw_detections
 
         device = next(model.parameters()).device
+        names = [str(c.get("name", k)) for k, c in enumerate(getattr(val_loader, "categories", None) or [])] or None
         pictures = []
         was_training = model.training
         model.eval()
@@ -362,7 +349,7 @@ class ObjectDetection:
                     pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
                 pred = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
                         for k, v in pred.items()}
-                pictures.append(draw_prediction(img.to(torch.uint8).contiguous(), pred))
+                pictures.append(draw_detections(img.to(torch.uint8).contiguous(), pred, class_names=names))
         finally:
             model.train(was_training)
         return pictures
