@@ -140,6 +140,31 @@ def test_nonfinite_loss_and_gradient_skipped_then_stop(tmp_path, ds, port):
             for r in again if r["mode"] == "train")
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_nonfinite_with_gradient_accumulation_skips_the_whole_iteration(tmp_path):
+    """gas 2 (2 ranks x 2 images x 2 micro-batches = global batch 8), ZeRO-2 fp32: a NaN loss in the *second*
+    micro-batch of iteration 2 (micro-batch 3), an Inf gradient in the *first* of iteration 4 (micro-batch 6) and a
+    NaN loss in the second of iteration 5 (micro-batch 9). The ranks agree after the last micro-batch; the whole
+    iteration's step is skipped (the clean micro-batch's gradients are dropped with it), iteration 3 trains, and the
+    second consecutive fault stops the run."""
+    work = tmp_path / "gas2"
+    rc, out = run([], work, port=29879, iters=6, ds="zero2_fp32", expect_ok=False,
+                  options=OPTS + ["global_batch_size=8"],
+                  extra_env={"STUB_NAN_AT_BATCH": "3,9", "STUB_INF_GRAD_AT_BATCH": "6"})
+    assert rc != 0, out[-3000:]
+    assert "accumulation 2" in out, out[-3000:]
+    assert "NonFiniteLossError: 2 consecutive iterations (up to 5)" in out, out[-4000:]
+    recs = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    bad = [(r["iter"], r["cause"], r["consecutive"]) for r in recs if r["mode"] == "nonfinite"]
+    assert bad == [(2, "loss", 1), (4, "gradient", 1), (5, "loss", 2)], bad
+    assert complete(work) == ["iter_1", "iter_2", "iter_3", "iter_4"]
+    s1, s2, s3, s4 = (training_state(work / "checkpoints" / f"iter_{i}") for i in (1, 2, 3, 4))
+    assert_same(s1, s2, "iteration 2 (NaN in its second micro-batch) was not skipped as a whole")
+    assert_same(s3, s4, "iteration 4 (Inf gradient in its first micro-batch) was not skipped as a whole")
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2), "iteration 3 should have trained"
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fp16 is not supported on this CPU)")
