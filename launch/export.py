@@ -5,8 +5,10 @@
     python launch/export.py work_dirs/x --out model.pth                                    # newest complete checkpoint
     python launch/export.py CKPT --out model.safetensors --format safetensors              # plain tensors
 
-``mmcv`` format: ``{'meta': {...}, 'state_dict': {'backbone.*', 'decode_head.*', 'auxiliary_head.*'}}``, the layout of
-the officially released ViT-Adapter checkpoints; ``torch``: the bare state dict.
+``mmcv`` format: ``{'meta': {...}, 'state_dict': {...}}``, the layout of the officially released ViT-Adapter
+checkpoints: ``backbone.*``, ``decode_head.*``, ``auxiliary_head.*`` for segmentors; for a detector (the run's
+``config.py`` has a detection ``model.type``) the official mmdet keys ``backbone.*``, ``neck.*``, ``rpn_head.*``,
+``roi_head.*`` (``vit_adapter_ds/models/detectors/keymap.py``). ``torch`` / ``safetensors``: this package's keys.
 """
 import argparse
 import json
@@ -15,6 +17,17 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def official_layout(state_dict: dict, config_py: Path) -> dict:
+    """Detectors (by the run's ``model.type``) -> the official mmdet keys; segmentors' keys are already official."""
+    from mmengine import Config
+
+    from vit_adapter_ds.models.detectors import DETECTORS
+    from vit_adapter_ds.models.detectors.keymap import to_official
+
+    model_type = Config.fromfile(str(config_py)).model.get("type")
+    return to_official(state_dict, model_type) if model_type in DETECTORS else state_dict
 
 
 def main(argv=None) -> int:
@@ -50,6 +63,7 @@ def main(argv=None) -> int:
                 "zero_stage": meta.get("zero_stage"), "precision": meta.get("precision")}
         if (work_dir / "config.py").is_file():
             info["config"] = (work_dir / "config.py").read_text()
+            sd = official_layout(sd, work_dir / "config.py")
         torch.save(to_mmcv(sd, info), out)
     print(json.dumps({"checkpoint": str(tag_dir), "out": str(out), "format": args.format, "tensors": len(sd)}))
     return 0

@@ -95,3 +95,39 @@ def test_unknown_keys_are_named():
         from_mmdet({"roi_head.bbox_head.fc_cls_extra.weight": torch.zeros(1)})
     with pytest.raises(KeyMapError, match="roi_heads.keypoint"):
         to_mmdet({"roi_heads.keypoint.weight": torch.zeros(1)})
+
+
+def test_load_from_filter_converts_official_checkpoints_only(model, official, tmp_path):
+    """``--load-from`` (``load_into`` with the detection task's ``checkpoint_filter``) of a released mmcv file in the
+    official mmdet layout gives the weights of the direct key map; this package's own layout passes unchanged."""
+    from vit_adapter_ds.checkpoint_io import load_into
+    from vit_adapter_ds.tasks.detection import ObjectDetection
+
+    path = tmp_path / "released.pth"
+    torch.save(official, path)
+    torch.manual_seed(1)
+    fresh = MaskRCNN.from_config(tiny_cfg(num_classes=80, depth=4))
+    report = load_into(fresh, str(path), filter_fn=ObjectDetection.checkpoint_filter, strict=True)
+    assert any("mmdet key layout converted" in n for n in report.notes)
+    want = from_mmdet(official)
+    got = fresh.state_dict()
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+    torch.manual_seed(2)
+    other = MaskRCNN.from_config(tiny_cfg(num_classes=80, depth=4))
+    report = load_into(other, fresh.state_dict(), filter_fn=ObjectDetection.checkpoint_filter, strict=True)
+    assert not any("converted" in n for n in report.notes)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in got.items())
+
+
+def test_converters_cover_the_detector_types():
+    """Every DETECTORS type has its mmdet layout, the TTA subclass of HTC++ included; to_official refuses others."""
+    from vit_adapter_ds.models.detectors import DETECTORS
+    from vit_adapter_ds.models.detectors import keymap
+
+    assert {t: keymap._converters(t) for t in DETECTORS} == {
+        "MaskRCNN": (keymap.from_mmdet, keymap.to_mmdet),
+        "HybridTaskCascade": (keymap.htc_from_mmdet, keymap.htc_to_mmdet),
+        "HybridTaskCascadeAug": (keymap.htc_from_mmdet, keymap.htc_to_mmdet)}
+    with pytest.raises(KeyError, match="EncoderDecoder"):
+        keymap.to_official({}, "EncoderDecoder")

@@ -276,6 +276,26 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     assert saved.runner == {"type": "IterBasedRunner", "max_iters": ITERS} and saved.lr_config.step == [16]
     assert saved._epoch_conversion == {"max_epochs": 5, "iters_per_epoch": 4}
 
+    # export --format mmcv writes the official mmdet layout, which maps back to the trained weights exactly
+    from test_engine_distributed import REPO, _env
+
+    from vit_adapter_ds.checkpoint_io import consolidate_deepspeed
+    from vit_adapter_ds.models.detectors.keymap import from_mmdet
+
+    exp = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(ref), "--out",
+                          str(tmp_path / "model.pth")], capture_output=True, text=True, env=_env(), timeout=300)
+    assert exp.returncode == 0, exp.stderr[-3000:]
+    exported = torch.load(tmp_path / "model.pth", map_location="cpu", weights_only=False)
+    assert any(k.startswith("rpn_head.") for k in exported["state_dict"]) and "config" in exported["meta"]
+    trained = consolidate_deepspeed(ref / "checkpoints" / f"iter_{ITERS}")
+    back = from_mmdet(exported)
+    assert set(back) == set(trained)
+    unused = {"roi_heads.box_predictor.bbox_pred.weight": 4, "roi_heads.box_predictor.bbox_pred.bias": 4,
+              "roi_heads.mask_predictor.mask_fcn_logits.weight": 1, "roi_heads.mask_predictor.mask_fcn_logits.bias": 1}
+    for k, v in back.items():  # torchvision's background rows (never used, not in mmdet's layout) are dropped
+        n = unused.get(k, 0)
+        assert torch.equal(v[n:], trained[k][n:]) if n else torch.equal(v, trained[k]), k
+
     res = tmp_path / "res"
     shutil.copytree(ref, res)
     shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")

@@ -223,37 +223,17 @@ def _eval_segmentation(cfg, args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- detection
-def official_detector_keys(state_dict: dict, model, report=None) -> dict:
-    """``checkpoint_io`` filter: a state dict in the official mmdet layout (``rpn_head.*``; released ViT-Adapter
-    detection checkpoints) -> this package's keys (:mod:`~vit_adapter_ds.models.detectors.keymap`); any other state
-    dict is returned as it is."""
-    from ..checkpoint_io import CheckpointError
-
-    if not any(k.startswith("rpn_head.") for k in state_dict):
-        return state_dict
-    from ..models.detectors import keymap
-
-    convert = {"MaskRCNN": keymap.from_mmdet, "HybridTaskCascade": keymap.htc_from_mmdet}.get(type(model).__name__)
-    if convert is None:
-        raise CheckpointError(f"no mapping of official mmdet keys for {type(model).__name__}")
-    try:
-        out = convert(state_dict)
-    except KeyError as e:  # keymap.KeyMapError: a key of no known part
-        raise CheckpointError(e.args[0] if e.args else str(e)) from e
-    if report is not None:
-        report.notes.append("official mmdet key layout converted (models/detectors/keymap.py)")
-    return out
-
-
 def load_detector(task, checkpoint, device="cpu"):
     """The task's detector (no pretrained backbone file is read) with ``checkpoint`` loaded strictly (any kind
-    ``checkpoint_io`` reads; official mmdet keys converted by :func:`official_detector_keys`), in eval mode."""
+    ``checkpoint_io`` reads; official mmdet keys converted by :func:`~vit_adapter_ds.models.detectors.keymap.
+    mmdet_checkpoint_filter`), in eval mode."""
     from ..checkpoint_io import CheckpointError, load_into
+    from ..models.detectors.keymap import mmdet_checkpoint_filter
 
     model = task.build_model(load_pretrained=False)
     what = f"--checkpoint {checkpoint} does not match the recipe's {type(model).__name__}"
     try:
-        report = load_into(model, checkpoint, filter_fn=official_detector_keys)
+        report = load_into(model, checkpoint, filter_fn=mmdet_checkpoint_filter)
     except CheckpointError as e:  # shape mismatches, unreadable files, unknown official keys
         raise CheckpointError(f"{what}: {e}") from e
     if report.missing or report.unexpected:

@@ -165,7 +165,8 @@ class Trainer:
     def _load_from(self, model) -> None:
         from ..checkpoint_io import load_into
 
-        report = load_into(model, self.load_from, reinit_mismatched=True)
+        report = load_into(model, self.load_from, reinit_mismatched=True,  # the task may adapt foreign layouts
+                           filter_fn=getattr(self.task, "checkpoint_filter", None))
         if rt.is_main():
             print(f"load_from {self.load_from}: {report}", flush=True)
             with open(self.work_dir / "load_from_report.json", "w") as f:

@@ -14,6 +14,8 @@ A task is built from a recipe (``Task(cfg)``) and provides:
 * ``evaluate(model, val_loader, dtype, num_vis) -> (metrics: dict[str, float], images: list[HxWx3 uint8])``, called
   on every rank.
 * ``best_metric``: the metric ``evaluation.save_best='auto'`` means.
+* optionally ``checkpoint_filter(state_dict, model, report)``: adapts a foreign checkpoint given to ``--load-from``
+  (e.g. the official mmdet key layout of released detection checkpoints) before it is loaded.
 """
 from __future__ import annotations
 

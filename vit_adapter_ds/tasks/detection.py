@@ -262,6 +262,14 @@ class ObjectDetection:
             model.pretrained_report = load_backbone_weights(model.backbone, model.pretrained)
         return model
 
+    @staticmethod
+    def checkpoint_filter(state_dict, model, report=None):
+        """``--load-from`` of a released detection checkpoint: the official mmdet key layout is converted
+        (:func:`~vit_adapter_ds.models.detectors.keymap.mmdet_checkpoint_filter`)."""
+        from ..models.detectors.keymap import mmdet_checkpoint_filter
+
+        return mmdet_checkpoint_filter(state_dict, model, report)
+
     def build_train_loader(self, rank: int, world_size: int, seed: int):
         from ..data.detection import DetectionTrainLoader
 

@@ -165,3 +165,55 @@ def htc_from_mmdet(state_dict: dict) -> dict:
 def htc_to_mmdet(state_dict: dict) -> dict:
     """:class:`~.htc.HybridTaskCascade` state dict -> the official mmdet HTC++ key layout."""
     return {_htc_rename(k, _HTC_BACK, "HybridTaskCascade"): v.clone() for k, v in unwrap(state_dict).items()}
+
+
+def _converters(model_or_type):
+    """(from_mmdet, to_mmdet) for a detector (instance, class or ``model.type`` name), or None."""
+    from .htc import HybridTaskCascade
+    from .mask_rcnn import MaskRCNN
+
+    if isinstance(model_or_type, str):
+        from . import DETECTORS
+        cls = DETECTORS.get(model_or_type)
+    else:
+        cls = model_or_type if isinstance(model_or_type, type) else type(model_or_type)
+    if cls is None:
+        return None
+    if issubclass(cls, HybridTaskCascade):  # HybridTaskCascadeAug included
+        return htc_from_mmdet, htc_to_mmdet
+    if issubclass(cls, MaskRCNN):
+        return from_mmdet, to_mmdet
+    return None
+
+
+def is_mmdet_layout(state_dict: dict) -> bool:
+    """A state dict in the official mmdet layout (``rpn_head.*``), e.g. a released ViT-Adapter detection checkpoint."""
+    return any(k.startswith("rpn_head.") for k in state_dict)
+
+
+def mmdet_checkpoint_filter(state_dict: dict, model, report=None) -> dict:
+    """``checkpoint_io.load_into`` filter for detectors: a state dict in the official mmdet layout -> this package's
+    keys (MaskRCNN / HybridTaskCascade and its TTA subclass); any other state dict is returned as it is."""
+    from ...checkpoint_io import CheckpointError
+
+    if not is_mmdet_layout(state_dict):
+        return state_dict
+    conv = _converters(model)
+    if conv is None:
+        raise CheckpointError(f"no mapping of official mmdet keys for {type(model).__name__}")
+    try:
+        out = conv[0](state_dict)
+    except KeyError as e:  # KeyMapError: a key of no known part
+        raise CheckpointError(e.args[0] if e.args else str(e)) from e
+    if report is not None:
+        report.notes.append("official mmdet key layout converted (models/detectors/keymap.py)")
+    return out
+
+
+def to_official(state_dict: dict, model_type: str) -> dict:
+    """A detector's state dict -> the official mmdet layout (``launch/export.py --format mmcv``), by ``model.type``;
+    KeyError for a type without a mapping."""
+    conv = _converters(model_type)
+    if conv is None:
+        raise KeyError(f"no official mmdet key layout for model.type={model_type!r}")
+    return conv[1](state_dict)
