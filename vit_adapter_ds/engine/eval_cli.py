@@ -158,6 +158,20 @@ def _norm(cfg) -> tuple[tuple, tuple]:
     return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
 
 
+def _run_for_task(args, detection, segmentation, detection_only) -> int:
+    """Load the recipe and run ``detection(cfg, args)`` or ``segmentation(cfg, args)`` by its task, after refusing the
+    flags of the other task."""
+    from ..config import load_recipe
+
+    cfg = load_recipe(args.config, args.cfg_options)
+    if _is_detection(cfg):
+        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scales and flip come "
+                                         f"from its data.{args.split}.pipeline (the *_ms recipes test with TTA)")
+        return detection(cfg, args)
+    _refuse(args, detection_only, "detection recipes only")
+    return segmentation(cfg, args)
+
+
 def eval_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="launch/eval.py",
                                 description="Segmentation mIoU or detection box / mask AP of a checkpoint on shards.")
@@ -171,15 +185,7 @@ def eval_main(argv=None) -> int:
     det.add_argument("--format-only", action="store_true", help="write --out-json only, no AP (e.g. test-dev)")
     args = p.parse_args(argv)
 
-    from ..config import load_recipe
-
-    cfg = load_recipe(args.config, args.cfg_options)
-    if _is_detection(cfg):
-        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scales and flip come "
-                                         f"from its data.{args.split}.pipeline (the *_ms recipes test with TTA)")
-        return _eval_detection(cfg, args)
-    _refuse(args, DETECTION_ONLY, "detection recipes only")
-    return _eval_segmentation(cfg, args)
+    return _run_for_task(args, _eval_detection, _eval_segmentation, DETECTION_ONLY)
 
 
 def _eval_segmentation(cfg, args) -> int:
@@ -367,15 +373,7 @@ def predict_main(argv=None) -> int:
                      help="shard dir whose manifest gives the class names and COCO ids (default: data.<split>)")
     args = p.parse_args(argv)
 
-    from ..config import load_recipe
-
-    cfg = load_recipe(args.config, args.cfg_options)
-    if _is_detection(cfg):
-        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scales and flip come "
-                                         f"from its data.{args.split}.pipeline (the *_ms recipes test with TTA)")
-        return _predict_detection(cfg, args)
-    _refuse(args, DETECTION_ONLY + ("shards",), "detection recipes only")
-    return _predict_segmentation(cfg, args)
+    return _run_for_task(args, _predict_detection, _predict_segmentation, DETECTION_ONLY + ("shards",))
 
 
 def _predict_segmentation(cfg, args) -> int:
