@@ -445,20 +445,16 @@ def detections_json(pred: dict, score_thr: float, names=None, cat_ids=None) -> l
 
 
 def _predict_detection(cfg, args) -> int:
-    from types import SimpleNamespace
-
     from PIL import Image
 
     from ..config.keys import to_plain
     from ..tasks import task_for
-    from ..tasks.detection import tta_from_pipeline, val_loader_item, val_loader_kwargs
+    from ..tasks.detection import test_settings, val_loader_item
     from ..evaluation.visualize import draw_detections, save_image
 
     thr = DEFAULT_SCORE_THR if args.score_thr is None else float(args.score_thr)
     section = _det_section(cfg, args.split, args.shards)
-    te = val_loader_kwargs(to_plain(cfg.data), args.split)  # the recipe's test scale and normalisation
-    test_tf = SimpleNamespace(scale=te["scale"], mean=te["mean"], std=te["std"],  # what a val loader carries
-                              test_aug=tta_from_pipeline(section["pipeline"], f"data.{args.split}.pipeline"))
+    test_tf = test_settings(to_plain(cfg.data), args.split)  # the recipe's test scale, normalisation and TTA
     task = task_for(cfg)
     paths = list_images(args.images)
     rank, world = _init_runtime()

@@ -121,7 +121,7 @@ class NonFiniteGuard:
         # ZeRO-0 fp32 steps a plain torch optimizer, which applies NaN gradients: check them, hold the step back
         self.checks_gradients = self.stage == 0 and self.precision == "fp32"
         # fp16 with a dynamic loss scale: DeepSpeed's overflow skips are the loss scaler's, not faults
-        self.scaler_skips = self.precision == "fp16" and dynamic_loss_scale(ds_config)
+        self.scaler_skips = dynamic_loss_scale(ds_config)
         self.consecutive = 0
         self.iteration = 0
         self._buffers: list = []

@@ -124,6 +124,17 @@ def has_semantic_maps(pipeline) -> bool:
                for s in pipeline or ())
 
 
+def test_settings(data: dict, split: str = "val"):
+    """What a val loader carries for testing, from ``data.<split>``'s pipeline: ``scale`` (None with test-time
+    augmentation: original size), ``mean``, ``std`` and ``test_aug`` (:func:`tta_from_pipeline`); enough for
+    :func:`val_loader_item` and :meth:`ObjectDetection.predictor` on images that are not in shards."""
+    from types import SimpleNamespace
+
+    kw = val_loader_kwargs(data, split)
+    return SimpleNamespace(scale=kw["scale"], mean=kw["mean"], std=kw["std"],
+                           test_aug=tta_from_pipeline(data[split]["pipeline"], f"data.{split}.pipeline"))
+
+
 def iou_types(cfg) -> tuple[str, ...]:
     """``evaluation.metric`` as COCO iou types (default both)."""
     metric = (cfg.get("evaluation") or {}).get("metric", ["bbox", "segm"])
@@ -294,7 +305,7 @@ class ObjectDetection:
             return None
         loader = DetectionValLoader(rank=rank, world_size=world_size, num_workers=0, num_classes=self.num_classes,
                                     **val_loader_kwargs(data, split))
-        loader.test_aug = tta_from_pipeline(data[split]["pipeline"], f"data.{split}.pipeline")  # read by evaluate
+        loader.test_aug = test_settings(data, split).test_aug  # read by predictor / evaluate
         return loader
 
     def forward_loss(self, model, batch, device, dtype) -> dict:
