@@ -44,11 +44,12 @@ import pickle
 import random
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -186,17 +187,13 @@ def read_checkpoint(path: str | os.PathLike):
     """The object stored in a checkpoint *file* (usually a dict), read safely on the CPU.
 
     ``.safetensors`` -> ``safetensors.torch.load_file``; ``.npz`` (JAX AugReg ViT) -> a timm state dict; a ``.zip``
-    archive wrapping exactly one checkpoint file is unpacked to a temporary folder first; everything else goes
-    through ``torch.load(weights_only=True)`` with the data-only globals (see the module docstring). Use
-    :func:`read_state_dict` for DeepSpeed folders.
+    archive wrapping exactly one checkpoint file is unpacked to a temporary folder first (bounded:
+    :func:`_unpack_member`); everything else goes through ``torch.load(weights_only=True)`` with the data-only
+    globals (see the module docstring). Only regular files are read (a symlink to one is fine): a device, FIFO or
+    socket raises :class:`CheckpointError`. Use :func:`read_state_dict` for DeepSpeed folders.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; nothing is downloaded here, so copy the "
-                                "pretrained or released file to that path first")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file (read_state_dict reads DeepSpeed "
-                                "checkpoint folders)")
+    _require_regular_file(path)
     if path.name.endswith(".npz"):
         return _npz_to_timm_state_dict(path)
     if path.name.endswith(".safetensors"):
@@ -209,20 +206,101 @@ def read_checkpoint(path: str | os.PathLike):
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             if not _is_torch_zip(zf):
-                members = [m for m in zf.namelist() if m.endswith(CHECKPOINT_SUFFIXES)
-                           and not m.startswith("__MACOSX/")]
-                if len(members) != 1:
-                    raise CheckpointError(f"{path} is a zip archive, not a torch checkpoint, and holds "
-                                          f"{len(members)} checkpoint files ({members or zf.namelist()[:10]}); "
-                                          "unzip it and pass the checkpoint file")
-                tmp = tempfile.mkdtemp(prefix="ckpt_unzip_")
-                try:
-                    inner = Path(zf.extract(members[0], tmp))
-                    logger.info("unpacked %s from the release archive %s", members[0], path)
-                    return read_checkpoint(inner)  # memory-mapped pages stay valid after the file is removed
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+                return _read_release_archive(path, zf)
     return _torch_load(path)
+
+
+def _require_regular_file(path: Path) -> None:
+    """Refuse a path that is missing, a folder, or not a regular file once symlinks are resolved (a device such as
+    ``/dev/zero``, a FIFO, a socket): reading one blocks or never ends."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; nothing is downloaded here, so copy the "
+                                "pretrained or released file to that path first")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file (read_state_dict reads DeepSpeed "
+                                "checkpoint folders)")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "no file")
+        target = f" (a symlink to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise CheckpointError(f"refusing to read {path}{target}: it is {kind}, not a regular file, and could be "
+                              "read without end")
+
+
+# A sane cap on one checkpoint unpacked from a release archive (the largest released ViT-Adapter files are ~3 GB).
+MAX_UNPACKED_BYTES = 64 << 30
+
+
+def _read_release_archive(path: Path, zf: zipfile.ZipFile):
+    """The checkpoint in a ``.zip`` release archive that wraps exactly one checkpoint file, unpacked (bounded) to a
+    temporary folder and read by :func:`read_checkpoint`; an archive inside the archive is refused."""
+    members = [m for m in zf.namelist() if m.endswith(CHECKPOINT_SUFFIXES) and not m.startswith("__MACOSX/")]
+    if len(members) != 1:
+        raise CheckpointError(f"{path} is a zip archive, not a torch checkpoint, and holds "
+                              f"{len(members)} checkpoint files ({members or zf.namelist()[:10]}); "
+                              "unzip it and pass the checkpoint file")
+    tmp = tempfile.mkdtemp(prefix="ckpt_unzip_")
+    try:
+        inner = _unpack_member(zf, zf.getinfo(members[0]), path, Path(tmp))
+        logger.info("unpacked %s from the release archive %s", members[0], path)
+        if zipfile.is_zipfile(inner):
+            with zipfile.ZipFile(inner) as inner_zf:
+                if not _is_torch_zip(inner_zf):
+                    raise CheckpointError(f"{path}: the member {members[0]} is itself an archive; unpack it by hand")
+        return read_checkpoint(inner)  # memory-mapped pages stay valid after the file is removed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_member_name(name: str, archive: Path) -> None:
+    """Refuse an absolute member name or one with ``..`` (zipfile's ``extract`` would sanitise it; a hostile
+    archive is refused instead, and the member is written under its base name only)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise CheckpointError(f"refusing to unpack {archive}: the member name {name!r} is an absolute path or "
+                              "climbs out with '..'")
+
+
+def _check_member_size(info: zipfile.ZipInfo, archive: Path, dest: Path) -> None:
+    """Refuse a member whose declared size exceeds :data:`MAX_UNPACKED_BYTES` or the free space at ``dest``."""
+    free = shutil.disk_usage(dest).free
+    for limit, what in ((MAX_UNPACKED_BYTES, "the cap MAX_UNPACKED_BYTES"), (free, f"the free space at {dest}")):
+        if info.file_size > limit:
+            raise CheckpointError(f"refusing to unpack {archive}: its member {info.filename} declares "
+                                  f"{info.file_size} bytes, more than {what} ({limit} bytes)")
+
+
+def _copy_bounded(src, dst, size: int, what: str) -> int:
+    """Copy ``src`` to ``dst`` in blocks, stopping at ``size`` bytes: a stream with more than ``size`` bytes (a zip
+    member that inflates beyond its declared size) raises :class:`CheckpointError` naming ``what``, after at most
+    ``size`` bytes were written. Returns the bytes written."""
+    written = 0
+    while True:
+        block = src.read(min(1 << 20, size - written + 1))
+        if not block:
+            return written
+        if written + len(block) > size:
+            raise CheckpointError(f"refusing {what}: it inflates beyond its declared {size} bytes (a zip bomb?)")
+        dst.write(block)
+        written += len(block)
+
+
+def _unpack_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path, dest: Path) -> Path:
+    """Unpack one member of a release archive into the folder ``dest`` (flat, under its base name) after
+    :func:`_check_member_name` and :func:`_check_member_size`, writing at most its declared size."""
+    _check_member_name(info.filename, archive)
+    _check_member_size(info, archive, dest)
+    out = dest / PurePosixPath(info.filename).name
+    what = f"the member {info.filename} of {archive}"
+    try:
+        with zf.open(info) as src, open(out, "wb") as dst:
+            written = _copy_bounded(src, dst, info.file_size, what)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as err:
+        raise CheckpointError(f"refusing {what}: it does not unpack ({_first_line(err)})") from None
+    if written != info.file_size:
+        raise CheckpointError(f"refusing {what}: it holds {written} bytes, its header declares {info.file_size}")
+    return out
 
 
 def square_grid_side(n: int) -> int | None:
@@ -233,14 +311,11 @@ def square_grid_side(n: int) -> int | None:
 
 def _npz_to_timm_state_dict(path: Path) -> "OrderedDict[str, torch.Tensor]":
     """A Google JAX/Flax ``.npz`` ViT checkpoint (AugReg) as a timm ``VisionTransformer`` state dict: the model is
-    sized from the file (width, depth, heads, MLP, patch, position grid) and filled by timm's own converter."""
+    sized from the arrays' ``.npy`` headers (width, depth, heads, MLP, patch, position grid; no array is loaded for
+    that: :func:`_npz_shapes`) and filled by timm's own converter."""
     from timm.models.vision_transformer import VisionTransformer, _load_weights
 
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            shapes = {k: npz[k].shape for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path} is not a readable .npz file: {_first_line(err)}") from None
+    shapes = _npz_shapes(path)
     prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in shapes), None)
     if prefix is None:
         raise CheckpointError(f"{path} is a .npz file without 'embedding/kernel'; not a JAX ViT checkpoint")
@@ -248,20 +323,69 @@ def _npz_to_timm_state_dict(path: Path) -> "OrderedDict[str, torch.Tensor]":
     depth = len({k[len(block):].split("/")[0] for k in shapes if k.startswith(block)})
     if depth == 0:
         raise CheckpointError(f"{path}: only JAX ViTs with per-block 'encoderblock_i' entries are supported")
-    patch, _, in_chans, dim = shapes[f"{prefix}embedding/kernel"]
-    heads = shapes[f"{block}0/MultiHeadDotProductAttention_1/query/kernel"][1]
-    hidden = shapes[f"{block}0/MlpBlock_3/Dense_0/kernel"][1]
-    tokens = shapes[f"{prefix}Transformer/posembed_input/pos_embedding"][1]
+    try:
+        patch, _, in_chans, dim = shapes[f"{prefix}embedding/kernel"]
+        heads = shapes[f"{block}0/MultiHeadDotProductAttention_1/query/kernel"][1]
+        hidden = shapes[f"{block}0/MlpBlock_3/Dense_0/kernel"][1]
+        tokens = shapes[f"{prefix}Transformer/posembed_input/pos_embedding"][1]
+    except (KeyError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a JAX ViT checkpoint (entry or shape {err} missing)") from None
     grid = square_grid_side(tokens - 1)
     if grid is None:
         raise CheckpointError(f"{path}: a position embedding of {tokens} tokens is not a class token plus a grid")
     num_classes = shapes[f"{prefix}head/kernel"][-1] if f"{prefix}head/kernel" in shapes else 0
     model = VisionTransformer(img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim, depth=depth,
                               num_heads=heads, mlp_ratio=hidden / dim, qkv_bias=True, num_classes=num_classes)
-    _load_weights(model, str(path))
+    try:
+        _load_weights(model, str(path))
+    except (ValueError, KeyError, IndexError, RuntimeError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: the JAX arrays do not fill a ViT ({type(err).__name__}: "
+                              f"{_first_line(err)})") from None
     logger.info("converted the JAX checkpoint %s to timm names (%d blocks, width %d, %dx%d grid)", path, depth, dim,
                 grid, grid)
     return model.state_dict()
+
+
+# Deflate inflates at most ~1032:1; a .npz declaring more array bytes than that over its size lies in its headers.
+_MAX_NPZ_INFLATION = 1100
+
+
+def _npz_shapes(path: Path) -> dict:
+    """``{name: shape}`` of the arrays in a ``.npz`` file from their ``.npy`` headers only (no array data is read).
+    Refused with :class:`CheckpointError`: an unreadable archive or header, an object (pickled) array, a header
+    whose shape disagrees with its member's size, and more declared bytes than the file can inflate to."""
+    shapes, total = {}, 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    shapes[info.filename[:-len(".npy")]] = _npy_member_shape(zf, info, path)
+                    total += info.file_size
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as err:
+        raise CheckpointError(f"{path} is not a readable .npz file: {_first_line(err)}") from None
+    if total > _MAX_NPZ_INFLATION * max(path.stat().st_size, 1):
+        raise CheckpointError(f"{path}: its arrays declare {total} bytes, more than a {path.stat().st_size}-byte "
+                              "archive can hold")
+    return shapes
+
+
+def _npy_member_shape(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple:
+    """The shape in the header of one ``.npy`` member, checked against the member's declared size."""
+    fmt = np.lib.format
+    with zf.open(info) as fp:
+        version = fmt.read_magic(fp)
+        readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+        if version not in readers:
+            raise CheckpointError(f"{path}: the array {info.filename} has .npy format version {version}; "
+                                  "only 1.0 and 2.0 are read")
+        shape, _, dtype = readers[version](fp)
+        header_bytes = fp.tell()
+    if dtype.hasobject:
+        raise CheckpointError(f"{path}: the array {info.filename} holds Python objects (a pickle); refused")
+    if header_bytes + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise CheckpointError(f"{path}: the header of {info.filename} declares {shape} {dtype}, which does not "
+                              f"match its {info.file_size} bytes")
+    return tuple(shape)
 
 
 def extract_state_dict(checkpoint, source: str = "<checkpoint>") -> "OrderedDict[str, torch.Tensor]":

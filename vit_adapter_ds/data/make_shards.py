@@ -18,6 +18,12 @@ or ``DIR/<image stem>.png`` without that sub-folder; values 0..181, 255 unlabell
 reads them) as the member ``{key}.seg.png`` and records ``semantic_seg`` in the manifest; ``synthetic --layout
 coco`` always does (its COCO-Stuff maps). Label PNGs are stored as they are; the manifest's ``label_map`` (256-entry lookup table) is applied when a sample
 is decoded (reduce-zero-label for ADE20K, the COCO-Stuff id -> train id table for COCO-Stuff).
+
+Source files are data and are checked before they are read (:func:`source_file`): a file outside its dataset root
+(``--root``; ``--images`` / ``--masks`` of ``custom``; ``--stuff-maps`` for the maps) is refused, whether a COCO
+``file_name`` leads out (``../..``, an absolute path) or a symlink resolves outside; ``--follow-symlinks`` allows
+symlinks that resolve outside the root (never ``..`` or absolute names). Devices, FIFOs and sockets are always
+refused. The error names the file and the root.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 
@@ -35,7 +42,42 @@ from .shard_writer import write_shards
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 
 
-def _stems(folder, exts):
+class UnsafeSourceError(ValueError):
+    """A dataset file that is not read: outside its dataset root, or not a regular file."""
+
+
+def _inside(path, root):
+    return os.path.commonpath([path, root]) == root
+
+
+def require_regular_file(path, what="file"):
+    """Refuse ``path`` unless it is a regular file once symlinks are resolved: reading a device (``/dev/zero``), a
+    FIFO or a socket blocks or never ends. A missing file raises ``FileNotFoundError``."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    if not stat.S_ISREG(mode):
+        raise UnsafeSourceError(f"{what} {path} is not a regular file (a folder, device, FIFO or socket); refused")
+    return path
+
+
+def source_file(path, root, follow_symlinks=False, what="file"):
+    """``path`` if it may be read into a shard: inside the dataset folder ``root`` as written (no ``..`` or absolute
+    path leading out), inside ``root`` once symlinks are resolved (unless ``follow_symlinks``) and a regular file
+    (:func:`require_regular_file`). Raises :class:`UnsafeSourceError` naming the file and the root."""
+    if not _inside(os.path.abspath(path), os.path.abspath(root)):
+        raise UnsafeSourceError(f"{what} {path} lies outside the dataset root {root} (an absolute path or '..'); "
+                                "refused")
+    real = os.path.realpath(path)
+    if not follow_symlinks and not _inside(real, os.path.realpath(root)):
+        raise UnsafeSourceError(f"{what} {path} resolves to {real}, outside the dataset root {root}; refused "
+                                "(pass --follow-symlinks to read symlinks that lead out of the root)")
+    return require_regular_file(path, what)
+
+
+def _stems(folder, exts, root, follow_symlinks=False):
+    """``{stem: path}`` of the files in ``folder`` with one of ``exts``, each checked by :func:`source_file`."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder not found: {folder}")
     out = {}
@@ -44,7 +86,7 @@ def _stems(folder, exts):
         if ext.lower() in exts:
             if stem in out:
                 raise ValueError(f"{folder}: two images with stem {stem!r}")
-            out[stem] = os.path.join(folder, fn)
+            out[stem] = source_file(os.path.join(folder, fn), root, follow_symlinks)
     return out
 
 
@@ -84,34 +126,34 @@ def _seg_meta(dataset, split, classes, label_map, label_map_name, palette=None, 
             "ignore_index": 255, "label_map": label_map, "label_map_name": label_map_name, "source": source}
 
 
-def ade20k_samples(root, split, skip_missing=False):
+def ade20k_samples(root, split, skip_missing=False, follow_symlinks=False):
     """ADE20K (``ADEChallengeData2016``; ``root`` may be that folder or its parent)."""
     if os.path.isdir(os.path.join(root, "ADEChallengeData2016")):
         root = os.path.join(root, "ADEChallengeData2016")
     sub = {"train": "training", "val": "validation"}[split]
-    images = _stems(os.path.join(root, "images", sub), (".jpg", ".jpeg"))
-    masks = _stems(os.path.join(root, "annotations", sub), (".png",))
+    images = _stems(os.path.join(root, "images", sub), (".jpg", ".jpeg"), root, follow_symlinks)
+    masks = _stems(os.path.join(root, "annotations", sub), (".png",), root, follow_symlinks)
     return _pair(images, masks, skip_missing)
 
 
 def write_ade20k(root, out, split, classes=C.ADE20K_CLASSES, dataset="ade20k", palette=None, **kw):
     skip = kw.pop("skip_missing", False)
-    samples = ade20k_samples(root, split, skip)
+    samples = ade20k_samples(root, split, skip, kw.pop("follow_symlinks", False))
     meta = _seg_meta(dataset, split, classes, C.reduce_zero_label_map(), "reduce_zero_label", palette,
                      os.path.abspath(root))
     return write_shards(samples, out, meta, **kw)
 
 
-def cocostuff_samples(root, split, skip_missing=False):
+def cocostuff_samples(root, split, skip_missing=False, follow_symlinks=False):
     """COCO-Stuff-164k: ``images/{train2017,val2017}`` and ``stuffthingmaps_trainval2017/{..}`` (or the mmseg
     ``annotations/{..}``). Raw maps (original ids) are preferred; if only mmseg-converted ``*_labelTrainIds.png``
     exist they are used with an identity label map. Returns ``(samples, converted)``."""
     sub = {"train": "train2017", "val": "val2017"}[split]
-    images = _stems(os.path.join(root, "images", sub), (".jpg", ".jpeg"))
+    images = _stems(os.path.join(root, "images", sub), (".jpg", ".jpeg"), root, follow_symlinks)
     ann_root = os.path.join(root, "stuffthingmaps_trainval2017")
     if not os.path.isdir(ann_root):
         ann_root = os.path.join(root, "annotations")
-    pngs = _stems(os.path.join(ann_root, sub), (".png",))
+    pngs = _stems(os.path.join(ann_root, sub), (".png",), root, follow_symlinks)
     raw = {s: p for s, p in pngs.items() if not s.endswith("_labelTrainIds")}
     if raw:
         return _pair(images, raw, skip_missing), False
@@ -121,7 +163,7 @@ def cocostuff_samples(root, split, skip_missing=False):
 
 def write_cocostuff(root, out, split, **kw):
     skip = kw.pop("skip_missing", False)
-    samples, converted = cocostuff_samples(root, split, skip)
+    samples, converted = cocostuff_samples(root, split, skip, kw.pop("follow_symlinks", False))
     lut, name = ((C.identity_label_map(), "identity") if converted
                  else (C.coco_stuff_label_map(), "coco_stuff_164k"))
     meta = _seg_meta("cocostuff", split, C.COCO_STUFF_CLASSES, lut, name, None, os.path.abspath(root))
@@ -153,11 +195,14 @@ def stuff_map_dir(stuff_maps, split, year=2017):
     return d
 
 
-def _stuff_map(folder, image):
-    """Path of ``image``'s map (``file_name`` with a .png extension) after checking it is an 8-bit (or less)
-    single-channel PNG of the image's size; None if there is none."""
+def _stuff_map(folder, image, root, follow_symlinks=False):
+    """Path of ``image``'s map (``file_name`` with a .png extension) after checking it (:func:`source_file` with
+    the map folder ``root``) and that it is an 8-bit (or less) single-channel PNG of the image's size; None if there
+    is none."""
     path = os.path.join(folder, os.path.splitext(image["file_name"])[0] + ".png")
-    if not os.path.isfile(path):
+    try:
+        source_file(path, root, follow_symlinks, what="stuff map")
+    except FileNotFoundError:
         return None
     w, h, depth, ctype = png_header(path)
     if ctype not in (0, 3) or depth > 8:
@@ -168,15 +213,15 @@ def _stuff_map(folder, image):
     return path
 
 
-def coco_samples(root, split, year=2017, stuff_maps=None, skip_missing=False):
+def coco_samples(root, split, year=2017, stuff_maps=None, skip_missing=False, follow_symlinks=False):
     """COCO instances: ``annotations/instances_{split}{year}.json`` and images in ``{split}{year}/`` or
     ``images/{split}{year}/``. Each sample: the image bytes and ``json`` = {"image": ..., "annotations": [...]},
     plus ``seg.png`` (the COCO-Stuff map, :func:`stuff_map_dir`) with ``stuff_maps``; an image without a map is an
-    error, or left out with ``skip_missing``. Returns ``(samples, categories)``."""
+    error, or left out with ``skip_missing``. Every file is checked by :func:`source_file` (images and annotations
+    inside ``root``, maps inside ``stuff_maps``). Returns ``(samples, categories)``."""
     sub = f"{split}{year}"
-    ann_file = os.path.join(root, "annotations", f"instances_{sub}.json")
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
+    ann_file = source_file(os.path.join(root, "annotations", f"instances_{sub}.json"), root, follow_symlinks,
+                           what="COCO annotation file")
     with open(ann_file) as f:
         coco = json.load(f)
     img_dir = os.path.join(root, sub)
@@ -190,13 +235,12 @@ def coco_samples(root, split, year=2017, stuff_maps=None, skip_missing=False):
     map_dir = None if stuff_maps is None else stuff_map_dir(stuff_maps, split, year)
     samples, missing = [], []
     for im in sorted(coco["images"], key=lambda d: d["id"]):
-        path = os.path.join(img_dir, im["file_name"])
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image listed in {ann_file} not found: {path}")
+        path = source_file(os.path.join(img_dir, im["file_name"]), root, follow_symlinks,
+                           what=f"image listed in {ann_file}")
         rec = {"image": im, "annotations": sorted(anns.get(im["id"], []), key=lambda a: a["id"])}
         files = {_img_ext(path): path, "json": json.dumps(rec, separators=(",", ":")).encode()}
         if map_dir is not None:
-            seg = _stuff_map(map_dir, im)
+            seg = _stuff_map(map_dir, im, stuff_maps, follow_symlinks)
             if seg is None:
                 missing.append(im["file_name"])
                 continue
@@ -212,7 +256,7 @@ def write_coco(root, out, split, year=2017, stuff_maps=None, **kw):
     """COCO instance shards (:func:`coco_samples`); with ``stuff_maps`` the manifest records ``semantic_seg`` =
     ``{"num_classes": 183, "ignore_index": 255, "source": <map folder>}``."""
     skip = kw.pop("skip_missing", False)
-    samples, cats = coco_samples(root, split, year, stuff_maps, skip)
+    samples, cats = coco_samples(root, split, year, stuff_maps, skip, kw.pop("follow_symlinks", False))
     meta = {"dataset": "coco", "split": split, "task": "detection", "categories": cats,
             "classes": [c["name"] for c in cats], "num_classes": len(cats),
             "palette": C.make_palette(len(cats)), "source": os.path.abspath(root)}
@@ -224,7 +268,7 @@ def write_coco(root, out, split, year=2017, stuff_maps=None, **kw):
 
 def read_class_file(path):
     """One class name per line (blank lines and lines starting with '#' ignored)."""
-    with open(path) as f:
+    with open(require_regular_file(path, "class file")) as f:
         names = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
     if not names:
         raise ValueError(f"no class names in {path}")
@@ -234,9 +278,9 @@ def read_class_file(path):
 def write_custom(images, masks, classes_file, out, split, reduce_zero_label=False, dataset="custom", **kw):
     """Generic layout: a folder of images, a folder of same-stem single-channel PNG masks (values = class index,
     255 = ignore; or 0 = ignore and 1..K with ``reduce_zero_label``), and a class list file."""
-    skip = kw.pop("skip_missing", False)
+    skip, follow = kw.pop("skip_missing", False), kw.pop("follow_symlinks", False)
     names = read_class_file(classes_file)
-    samples = _pair(_stems(images, IMG_EXTS), _stems(masks, (".png",)), skip)
+    samples = _pair(_stems(images, IMG_EXTS, images, follow), _stems(masks, (".png",), masks, follow), skip)
     lut, lname = ((C.reduce_zero_label_map(), "reduce_zero_label") if reduce_zero_label
                   else (C.identity_label_map(), "identity"))
     meta = _seg_meta(dataset, split, names, lut, lname, None, os.path.abspath(images))
@@ -314,6 +358,9 @@ def main(argv=None):
         sp.add_argument("--max-bytes", type=float, default=256e6, help="max bytes per shard (approximate)")
         sp.add_argument("--workers", type=int, default=None, help="writer processes (default: #CPUs)")
         sp.add_argument("--no-progress", action="store_true")
+        sp.add_argument("--follow-symlinks", action="store_true",
+                        help="also read dataset files that are symlinks resolving outside the dataset root (default: "
+                             "refused; '..' or absolute names, devices and FIFOs are always refused)")
 
     for name in ("ade20k", "cocostuff", "coco"):
         sp = sub.add_parser(name)
@@ -349,7 +396,7 @@ def main(argv=None):
     if a.dataset == "verify":
         return verify_main(a.shard_dir)
     kw = dict(max_samples=a.max_samples, max_bytes=int(a.max_bytes), num_workers=a.workers,
-              progress=not a.no_progress)
+              progress=not a.no_progress, follow_symlinks=a.follow_symlinks)
     if a.dataset == "synthetic":
         res = write_synthetic(a.out, a.num_train, a.num_val, a.seed, tuple(a.size), a.raw_dir, a.layout, **kw)
     elif a.dataset == "custom":

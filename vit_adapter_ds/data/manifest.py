@@ -4,9 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 from . import remote
-from .shard_writer import FORMAT, MANIFEST
+from .shard_writer import _TAR_BLOCK, FORMAT, MANIFEST
 
 
 class ShardSetError(RuntimeError):
@@ -34,6 +35,14 @@ def resolve_shard_dir(shard_dir, split=None):
 
 SUPPORTED_VERSIONS = (1,)
 _SHA256_CHARS = frozenset("0123456789abcdef")
+# Bounds on what a manifest may declare, so that the reader's per-sample tables (decode.ShardReader: samples x
+# member types x (offset, size), and the keys) stay proportional to the data: every tar member costs at least one
+# 512-byte header in its shard; the writers use a handful of member types (jpg, png, seg.png, json) and keys made
+# of file stems (at most 255 characters of letters, digits, '_', '-').
+MAX_MEMBER_TYPES = 16
+MAX_KEY_CHARS = 255
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]{1,%d}$" % MAX_KEY_CHARS)
+_EXT_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
 
 
 def _is_int(v):
@@ -49,7 +58,9 @@ def check_manifest(m, path="manifest.json"):
     ``num_samples`` equal to the shards' sum (>= 1), and a non-empty list ``shards`` of objects with a file
     ``name`` (no folders), integer ``num_samples``, ``bytes`` and a hex ``sha256``, and ``samples``:
     ``[[key, {ext: [offset, size]}], ...]`` with string keys, non-negative integer offsets and sizes that lie
-    inside the shard's ``bytes``. Optional, type-checked when present: ``task``, ``split``, ``dataset`` (strings),
+    inside the shard's ``bytes``. Bounded, so that :class:`.decode.ShardReader`'s tables stay proportional to the
+    data: keys of at most :data:`MAX_KEY_CHARS` letters, digits, ``_``, ``-``; at most :data:`MAX_MEMBER_TYPES`
+    member types; at most ``bytes / 512`` members per shard. Optional, type-checked when present: ``task``, ``split``, ``dataset`` (strings),
     ``classes`` (strings, as many as ``num_classes``), ``label_map`` (null or 256 integers in [0, 255]),
     ``ignore_index`` (integer), ``semantic_seg`` (detection sets with semantic maps: an object with integer
     ``num_classes`` >= 1 and ``ignore_index``).
@@ -98,7 +109,7 @@ def check_manifest(m, path="manifest.json"):
         fail("shards", f"must be a list, got {type(shards).__name__}")
     if not shards:
         raise ShardSetError(f"{path} lists no shards (field 'shards' is empty)")
-    total = 0
+    total, exts = 0, set()
     for i, s in enumerate(shards):
         where = f"shards[{i}]"
         if not isinstance(s, dict):
@@ -119,21 +130,38 @@ def check_manifest(m, path="manifest.json"):
         if len(samples) != s["num_samples"]:
             raise ShardSetError(f"{path}: shard {name} lists {len(samples)} samples but num_samples="
                                 f"{s['num_samples']}")
-        size = s["bytes"]
-        for j, entry in enumerate(samples):
-            ok = (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and entry[0]
-                  and isinstance(entry[1], dict) and entry[1])
-            if ok:
-                for ext, loc in entry[1].items():
-                    if not (isinstance(loc, list) and len(loc) == 2 and _is_int(loc[0]) and _is_int(loc[1])
-                            and loc[0] >= 0 and loc[1] >= 0 and loc[0] + loc[1] <= size):
-                        fail(f"{where}.samples[{j}][1][{ext!r}]", f"must be [offset, size], non-negative integers "
-                                                                f"inside the shard's {size} bytes, got {loc!r}")
-            else:
-                fail(f"{where}.samples[{j}]", f"must be [key, {{ext: [offset, size]}}], got {entry!r:.80}")
+        _check_samples(samples, s["bytes"], where, fail, exts)
         total += len(samples)
     if total != m["num_samples"]:
         raise ShardSetError(f"{path}: shards hold {total} samples but num_samples={m['num_samples']}")
+    if len(exts) > MAX_MEMBER_TYPES:
+        fail("shards[*].samples", f"name {len(exts)} member types (e.g. {sorted(exts)[:5]}), more than "
+                                  f"{MAX_MEMBER_TYPES}: refused before sizing a samples x types table")
+
+
+def _check_samples(samples, size, where, fail, exts):
+    """Check a shard's ``samples`` entries ``[key, {ext: [offset, size]}]`` against its ``size`` bytes (member
+    ranges inside the shard, at least a 512-byte tar header per member); add their member types to ``exts``."""
+    members = 0
+    for j, entry in enumerate(samples):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and entry[0]
+                and isinstance(entry[1], dict) and entry[1]):
+            fail(f"{where}.samples[{j}]", f"must be [key, {{ext: [offset, size]}}], got {entry!r:.80}")
+        if not _KEY_RE.match(entry[0]):
+            fail(f"{where}.samples[{j}][0]", f"must be a key of at most {MAX_KEY_CHARS} letters, digits, '_' or "
+                                            f"'-', got {entry[0]!r:.80}")
+        for ext, loc in entry[1].items():
+            if not _EXT_RE.match(ext):
+                fail(f"{where}.samples[{j}][1]", f"has a member type that is no file extension: {ext!r:.80}")
+            if not (isinstance(loc, list) and len(loc) == 2 and _is_int(loc[0]) and _is_int(loc[1])
+                    and loc[0] >= 0 and loc[1] >= 0 and loc[0] + loc[1] <= size):
+                fail(f"{where}.samples[{j}][1][{ext!r}]", f"must be [offset, size], non-negative integers "
+                                                        f"inside the shard's {size} bytes, got {loc!r}")
+            exts.add(ext)
+        members += len(entry[1])
+    if members * _TAR_BLOCK > size:
+        fail(f"{where}.samples", f"lists {members} tar members, more than its {size} bytes can hold (a 512-byte "
+                                 "header each)")
 
 
 def read_manifest(shard_dir, split=None):

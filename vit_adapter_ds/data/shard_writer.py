@@ -6,7 +6,8 @@ starting when ``max_samples`` or ``max_bytes`` would be exceeded, so the assignm
 written in parallel (a process pool over shards), each to ``NAME.tar.tmp``, flushed and fsync'ed, scanned for
 its member offsets and checksummed, then renamed to ``NAME.tar``. The manifest is written last, also via a
 temporary file and a rename; an existing manifest is removed first. So a killed writer leaves either no manifest
-(the loader refuses the directory) or a complete, consistent set.
+(the loader refuses the directory) or a complete, consistent set; a writer that fails (an unreadable source, a
+refused one) removes its ``.tar.tmp`` files. Only regular files are read as sources (:func:`_read`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import stat
 import tarfile
 
 from tqdm import tqdm
@@ -56,10 +58,17 @@ def _size_of(src):
 
 
 def _read(src):
+    """The bytes of ``src`` (bytes, or the path of a regular file: a device such as ``/dev/zero``, a FIFO or a
+    socket is refused, not read without end; at most the size the file had when opened is read)."""
     if isinstance(src, (bytes, bytearray)):
         return bytes(src)
-    with open(src, "rb") as f:
-        return f.read()
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO without a writer must not block here
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError(f"{src} is not a regular file (a folder, device, FIFO or socket); refused")
+    with os.fdopen(fd, "rb") as f:
+        return f.read(st.st_size)
 
 
 def check_key(key):
@@ -88,10 +97,26 @@ def plan_shards(samples, max_samples=1000, max_bytes=256 << 20):
 
 
 def _write_one(args):
-    """Write one shard; return its manifest entry. Runs in a worker process."""
+    """Write one shard; return its manifest entry. Runs in a worker process. On any error its ``.tar.tmp`` is
+    removed."""
     out_dir, name, samples = args
-    final = os.path.join(out_dir, name)
-    tmp = final + ".tmp"
+    tmp = os.path.join(out_dir, name) + ".tmp"
+    try:
+        return _write_tar(tmp, name, samples)
+    finally:
+        _remove_if_present(tmp)  # renamed to the shard on success
+
+
+def _remove_if_present(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_tar(tmp, name, samples):
+    """Write ``samples`` into ``tmp``, index and checksum it, rename it to the shard ``name``; return the entry."""
+    final = tmp[:-len(".tmp")]
     with open(tmp, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for key, files in samples:
@@ -127,6 +152,23 @@ def _write_one(args):
             "samples": entries}
 
 
+def _run_jobs(jobs, num_workers, bar):
+    """``{name: manifest entry}`` of the shards written by :func:`_write_one` (a process pool if ``num_workers``
+    > 1); the first error stops the pool and is raised."""
+    results = {}
+    if num_workers <= 1 or len(jobs) == 1:
+        for job in jobs:
+            r = _write_one(job)
+            results[r["name"]] = r
+            bar.update(r["num_samples"])
+        return results
+    with mp.get_context("fork").Pool(num_workers) as pool:
+        for r in pool.imap_unordered(_write_one, jobs):
+            results[r["name"]] = r
+            bar.update(r["num_samples"])
+    return results
+
+
 def write_shards(samples, out_dir, meta, *, max_samples=1000, max_bytes=256 << 20, num_workers=None,
                  prefix="shard", progress=True):
     """Write ``samples`` (list of ``(key, {ext: path or bytes})``) as shards + manifest into ``out_dir``.
@@ -158,20 +200,14 @@ def write_shards(samples, out_dir, meta, *, max_samples=1000, max_bytes=256 << 2
     jobs = [(out_dir, n, s) for n, s in zip(names, plan)]
     if num_workers is None:
         num_workers = min(len(jobs), os.cpu_count() or 1)
-    results = {}
     bar = tqdm(total=len(samples), unit="sample", desc=f"writing {os.path.basename(out_dir) or out_dir}",
                disable=not progress)
-    if num_workers <= 1 or len(jobs) == 1:
-        for job in jobs:
-            r = _write_one(job)
-            results[r["name"]] = r
-            bar.update(r["num_samples"])
-    else:
-        with mp.get_context("fork").Pool(num_workers) as pool:
-            for r in pool.imap_unordered(_write_one, jobs):
-                results[r["name"]] = r
-                bar.update(r["num_samples"])
-    bar.close()
+    try:
+        results = _run_jobs(jobs, num_workers, bar)
+    finally:  # workers stopped by a failing one leave their temporaries
+        bar.close()
+        for n in names:
+            _remove_if_present(os.path.join(out_dir, n + ".tmp"))
     shards = [results[n] for n in names]
     manifest = {"format": FORMAT, "version": VERSION, **meta,
                 "num_samples": sum(s["num_samples"] for s in shards), "shards": shards}
