@@ -6,9 +6,15 @@
     python launch/export.py CKPT --out model.safetensors --format safetensors              # plain tensors
 
 ``mmcv`` format: ``{'meta': {...}, 'state_dict': {...}}``, the layout of the officially released ViT-Adapter
-checkpoints: ``backbone.*``, ``decode_head.*``, ``auxiliary_head.*`` for segmentors; for a detector (the run's
-``config.py`` has a detection ``model.type``) the official mmdet keys ``backbone.*``, ``neck.*``, ``rpn_head.*``,
-``roi_head.*`` (``vit_adapter_ds/models/detectors/keymap.py``). ``torch`` / ``safetensors``: this package's keys.
+checkpoints: ``backbone.*``, ``decode_head.*``, ``auxiliary_head.*`` for segmentors; for a detector the official mmdet
+keys ``backbone.*``, ``neck.*``, ``rpn_head.*``, ``roi_head.*`` (``vit_adapter_ds/models/detectors/keymap.py``).
+``torch`` / ``safetensors``: this package's keys.
+
+The model type (which decides the mmdet key mapping) comes from, in this order: ``--model-type``; the run's data-only
+record ``<work_dir>/config.json`` (``vit_adapter_ds/config/run_record.py``; work_dir = the folder holding
+``checkpoints/``); the checkpoint's own keys (``rpn.*`` with ``roi_heads.*``: MaskRCNN; with ``roi_head.*``:
+HybridTaskCascade; neither: a segmentor), which must agree with the first two. Nothing found next to a checkpoint is
+executed: a work dir's ``config.py`` (older runs have only that) is embedded in the meta as text, never loaded.
 """
 import argparse
 import json
@@ -18,23 +24,119 @@ from pathlib import Path
 
 import torch
 
+SEGMENTOR = "segmentor"  # --model-type for any segmentor (its keys are already the official ones)
+MAX_CONFIG_PY = 4 * 1024 * 1024  # an old run's config.py embedded as text: at most this many bytes
 
-def official_layout(state_dict: dict, config_py: Path) -> dict:
-    """Detectors (by the run's ``model.type``) -> the official mmdet keys; segmentors' keys are already official."""
-    from mmengine import Config
 
-    from vit_adapter_ds.models.detectors import DETECTORS
-    from vit_adapter_ds.models.detectors.keymap import to_official
+class ExportError(Exception):
+    """A refusal; the message names the file and the reason."""
 
-    model_type = Config.fromfile(str(config_py)).model.get("type")
-    return to_official(state_dict, model_type) if model_type in DETECTORS else state_dict
+
+def _family(model_type):
+    """"MaskRCNN" / "HybridTaskCascade" (the mmdet mapping a detector type uses) or None (no mapping: a segmentor)."""
+    from vit_adapter_ds.models.detectors import DETECTORS, HybridTaskCascade, MaskRCNN
+
+    cls = DETECTORS.get(model_type)
+    if cls is None:
+        return None
+    if issubclass(cls, HybridTaskCascade):  # HybridTaskCascadeAug too
+        return "HybridTaskCascade"
+    if issubclass(cls, MaskRCNN):
+        return "MaskRCNN"
+    return None
+
+
+def model_type_from_keys(state_dict: dict):
+    """``(model type or None, why)`` from this package's keys: ``rpn.*`` with ``roi_heads.*`` (torchvision heads) ->
+    MaskRCNN, with ``roi_head.*`` (cascade) -> HybridTaskCascade, none of these -> a segmentor (None). Raises
+    :class:`ExportError` when the keys fit neither (or both)."""
+    has = {p: any(k.startswith(p) for k in state_dict) for p in ("rpn.", "roi_heads.", "roi_head.", "decode_head.")}
+    if has["rpn."] and has["roi_heads."] and not has["roi_head."] and not has["decode_head."]:
+        return "MaskRCNN", "rpn.* and roi_heads.* keys"
+    if has["rpn."] and has["roi_head."] and not has["roi_heads."] and not has["decode_head."]:
+        return "HybridTaskCascade", "rpn.* and roi_head.* keys"
+    if not (has["rpn."] or has["roi_heads."] or has["roi_head."]):
+        return None, "no rpn.* / roi_head(s).* keys"
+    found = ", ".join(f"{p}*" for p, v in has.items() if v)
+    raise ExportError(f"cannot tell the detector type from its keys ({found}); give --model-type")
+
+
+def _read_text(path: Path):
+    """A small regular file's text (embedded in the meta as data), else None."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_CONFIG_PY:
+            return None
+        with open(path, "rb") as f:
+            return f.read(MAX_CONFIG_PY).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def resolve_model_type(state_dict: dict, tag_dir: Path, explicit: str | None):
+    """``(model type or None for a segmentor, source, config text or None, its format)`` for ``--format mmcv``."""
+    from vit_adapter_ds.config.run_record import FILENAME, RunRecordError, RunRecordMissing, read_run_config
+
+    work_dir = tag_dir.parent.parent if tag_dir.parent.name == "checkpoints" else None
+    config_text, config_format, recorded = None, None, None
+    if work_dir is not None:
+        try:
+            cfg = read_run_config(work_dir)  # json.loads only
+        except RunRecordMissing:
+            cfg = None
+            config_text = _read_text(work_dir / "config.py")  # an old run's config.py: text, never executed
+            config_format = "py" if config_text is not None else None
+        except RunRecordError as e:
+            raise ExportError(str(e)) from e
+        if cfg is not None:
+            model = cfg.get("model")
+            recorded = model.get("type") if isinstance(model, dict) else None
+            if recorded is not None and not isinstance(recorded, str):
+                raise ExportError(f"{work_dir / FILENAME}: model.type must be a string, got {recorded!r}")
+            config_text, config_format = json.dumps(cfg, indent=1, sort_keys=True), "json"
+    try:
+        from_keys, why = model_type_from_keys(state_dict)
+        ambiguous = None
+    except ExportError as e:
+        from_keys, why, ambiguous = None, None, e
+    if explicit is not None:
+        model_type, source = (None if explicit == SEGMENTOR else explicit), "--model-type"
+    elif recorded is not None:
+        model_type, source = recorded, f"{work_dir / FILENAME}"
+    elif ambiguous is not None:
+        where = ("no checkpoints/ folder above it" if work_dir is None else f"{work_dir / FILENAME} has no model.type"
+                 if config_format == "json" else f"{work_dir / FILENAME} is missing")
+        raise ExportError(f"{tag_dir}: no model type recorded ({where}) and {ambiguous}")
+    else:
+        return from_keys, f"checkpoint keys ({why})", config_text, config_format
+    if ambiguous is None and _family(model_type) != _family(from_keys):
+        raise ExportError(f"{tag_dir}: model type {model_type!r} from {source} does not fit the checkpoint's keys "
+                          f"({why}: {from_keys or 'a segmentor'}); give the right --model-type")
+    return model_type, source, config_text, config_format
+
+
+def official_layout(state_dict: dict, model_type) -> dict:
+    """Detectors -> the official mmdet keys; a segmentor's keys (``model_type`` None or not a detector) are already
+    official."""
+    from vit_adapter_ds.models.detectors.keymap import KeyMapError, to_official
+
+    if _family(model_type) is None:
+        return state_dict
+    try:
+        return to_official(state_dict, model_type)
+    except KeyMapError as e:
+        raise ExportError(f"no official layout for these keys as {model_type}: {e}; give the right --model-type")
 
 
 def main(argv=None) -> int:
+    from vit_adapter_ds.models.detectors import DETECTORS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint tag dir (iter_N), a checkpoints dir or a work dir")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--format", choices=("mmcv", "torch", "safetensors"), default="mmcv")
+    p.add_argument("--model-type", choices=(*DETECTORS, SEGMENTOR), default=None,
+                   help="the model.type that decides the mmcv key layout (default: the run's config.json, else the "
+                        "checkpoint's keys)")
     args = p.parse_args(argv)
 
     from vit_adapter_ds.checkpoint_io import consolidate_deepspeed
@@ -51,6 +153,19 @@ def main(argv=None) -> int:
     tag_dir, meta = found
     sd = consolidate_deepspeed(tag_dir)  # read with weights_only=True, never unpickling objects
     out = Path(args.out)
+    info = None
+    if args.format == "mmcv":
+        try:
+            model_type, source, config_text, config_format = resolve_model_type(sd, tag_dir, args.model_type)
+            sd = official_layout(sd, model_type)
+        except ExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        info = {"iter": meta.get("iteration"), "exported_from": str(tag_dir), "time": time.asctime(),
+                "zero_stage": meta.get("zero_stage"), "precision": meta.get("precision"),
+                "model_type": model_type or SEGMENTOR, "model_type_from": source}
+        if config_text is not None:
+            info["config"], info["config_format"] = config_text, config_format
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "safetensors":
         from safetensors.torch import save_file
@@ -58,12 +173,6 @@ def main(argv=None) -> int:
     elif args.format == "torch":
         torch.save(sd, out)
     else:
-        work_dir = tag_dir.parent.parent
-        info = {"iter": meta.get("iteration"), "exported_from": str(tag_dir), "time": time.asctime(),
-                "zero_stage": meta.get("zero_stage"), "precision": meta.get("precision")}
-        if (work_dir / "config.py").is_file():
-            info["config"] = (work_dir / "config.py").read_text()
-            sd = official_layout(sd, work_dir / "config.py")
         torch.save(to_mmcv(sd, info), out)
     print(json.dumps({"checkpoint": str(tag_dir), "out": str(out), "format": args.format, "tensors": len(sd)}))
     return 0

@@ -271,10 +271,10 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     assert list((ref / "predictions" / f"iter_{ITERS}").glob("*.png"))
     assert list((ref / "tensorboard").glob("events.out.tfevents.*"))
 
-    from mmengine import Config
-    saved = Config.fromfile(str(ref / "config.py"))  # the work dir records the converted values
-    assert saved.runner == {"type": "IterBasedRunner", "max_iters": ITERS} and saved.lr_config.step == [16]
-    assert saved._epoch_conversion == {"max_epochs": 5, "iters_per_epoch": 4}
+    from vit_adapter_ds.config.run_record import read_run_config
+    saved = read_run_config(ref)  # the work dir records the converted values (config.json: data, never executed)
+    assert saved["runner"] == {"type": "IterBasedRunner", "max_iters": ITERS} and saved["lr_config"]["step"] == [16]
+    assert saved["_epoch_conversion"] == {"max_epochs": 5, "iters_per_epoch": 4}
 
     # export --format mmcv writes the official mmdet layout, which maps back to the trained weights exactly
     from test_engine_distributed import REPO, _env
@@ -287,6 +287,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     assert exp.returncode == 0, exp.stderr[-3000:]
     exported = torch.load(tmp_path / "model.pth", map_location="cpu", weights_only=False)
     assert any(k.startswith("rpn_head.") for k in exported["state_dict"]) and "config" in exported["meta"]
+    assert exported["meta"]["model_type_from"] == str(ref / "config.json")  # the run record, not config.py
     trained = consolidate_deepspeed(ref / "checkpoints" / f"iter_{ITERS}")
     back = from_mmdet(exported)
     assert set(back) == set(trained)

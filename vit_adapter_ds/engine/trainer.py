@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .. import runtime as rt
+from ..config.run_record import write_run_config
 from ..models.norm import convert_sync_batchnorm, keep_norm_stats_fp32
 from . import checkpoint as ckpt
 from .deepspeed_setup import compute_dtype, precision, zero_stage
@@ -111,6 +112,7 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             (self.work_dir / "TRAINING_FINISHED").unlink(missing_ok=True)
             self.cfg.dump(str(self.work_dir / "config.py"))
+            write_run_config(self.cfg, self.work_dir)
             with open(self.work_dir / "ds_config.json", "w") as f:
                 json.dump(self.ds_config, f, indent=2)
         rt.barrier()
