@@ -16,7 +16,7 @@ cleanup() { rm -f /dev/shm/deepspeed_allreduce_buffer_*_"$PORT"_* 2>/dev/null ||
 trap cleanup EXIT
 
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install -q -e '.[train]'
+python -m pip install -q -c constraints/references.txt -e '.[train]'   # reference versions pinned (README)
 
 [ -f shards/synthetic/val/manifest.json ] || \
   python -m vit_adapter_ds.data.make_shards synthetic --out shards/synthetic --num-train 512 --num-val 32 \
