@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .decode import BadSample, ShardReader, decode_seg_sample
 from .manifest import ShardSetError, read_manifest, verify_shards
+from .remote import redact_url
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, train_transform
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,15 @@ def _open_set(shard_dir, split, num_classes, verify, expect_split):
     """Read and check a segmentation shard set; return (manifest without the per-sample index, ShardReader)."""
     m = read_manifest(shard_dir, split)
     if m.get("split") not in (None, expect_split):
-        log.warning("%s holds the %r split, read by the %s loader", m["shard_dir"], m.get("split"), expect_split)
+        log.warning("%s holds the %r split, read by the %s loader", redact_url(m["shard_dir"]), m.get("split"),
+                    expect_split)
     if m.get("task", "segmentation") != "segmentation":
-        raise ShardSetError(f"{m['shard_dir']} holds {m.get('task')!r} shards, not segmentation")
+        raise ShardSetError(f"{redact_url(m['shard_dir'])} holds {m.get('task')!r} shards, not segmentation")
     verify_shards(m["shard_dir"], m, verify)
     nc = int(m["num_classes"])
     if num_classes is not None and int(num_classes) != nc:
-        raise ShardSetError(f"{m['shard_dir']}: the manifest has {nc} classes, the model/recipe {num_classes}")
+        raise ShardSetError(f"{redact_url(m['shard_dir'])}: the manifest has {nc} classes, the model/recipe "
+                            f"{num_classes}")
     reader = ShardReader(m)
     light = dict(m, shards=[{k: v for k, v in s.items() if k != "samples"} for s in m["shards"]])
     return light, reader
@@ -251,14 +254,15 @@ class _BadCounter:
             self.last = (shard, key, reason)
             if self.total <= 10 or self.total % 100 == 0:
                 log.warning("%s: skipped bad sample %s in shard %s: %s (%d bad so far)%s", self.what, key, shard,
-                            reason, self.total, "; further warnings every 100th" if self.total == 10 else "")
+                            redact_url(reason), self.total,
+                            "; further warnings every 100th" if self.total == 10 else "")
 
     def check(self, global_count, epoch_samples, world_size):
         """Raise if ``global_count`` (this epoch, all ranks) exceeds the budget of ``epoch_samples``."""
         allowed = bad_sample_budget(self.max_bad_fraction, epoch_samples)
         if global_count > allowed:
             last = ("this rank has none" if self.last is None else
-                    f"this rank's last: {self.last[1]} in shard {self.last[0]}: {self.last[2]}")
+                    f"this rank's last: {self.last[1]} in shard {self.last[0]}: {redact_url(self.last[2])}")
             scope = (f"over all {world_size} rank(s)" if world_size == 1 or syncs_ranks(world_size) else
                      f"on this rank (no process group to sum over the {world_size} ranks)")
             raise TooManyBadSamples(

@@ -175,7 +175,7 @@ def read_manifest(shard_dir, split=None):
     """
     if remote.is_remote(shard_dir):  # s3:// gs:// https://...: ranged reads through fsspec (data/remote.py)
         d, m = remote.load_manifest(shard_dir, split, MANIFEST)
-        check_manifest(m, remote.join(d, MANIFEST))
+        check_manifest(m, remote.redact_url(remote.join(d, MANIFEST)))  # the path is named in its errors
         return dict(m, shard_dir=d)
     d = resolve_shard_dir(shard_dir, split)
     path = os.path.join(d, MANIFEST)

@@ -16,14 +16,23 @@ HTTP file system when ``aiohttp`` is installed and otherwise a small built-in cl
 ranged-read semantics. Credentials are those of the underlying library (environment, instance role, config files);
 ``VIT_ADAPTER_DS_REMOTE_OPTIONS`` may hold JSON storage options passed to fsspec, for every protocol (e.g.
 ``{"anon": true}``) or per protocol (``{"s3": {"endpoint_url": "http://minio:9000"}, "gs": {"token": "anon"}}``).
+
+A server that ignores ``Range`` (answers 200 with the whole object) or a backend that returns more bytes than asked
+for raises :class:`RangeIgnoredError` at once (not retried: every retry would download the whole object again).
+
+Credentials and signatures in URLs (``https://user:pass@host/...``, pre-signed ``X-Amz-Signature=...``,
+``X-Goog-Signature=...``, ``sig=...``, ``token=...``) never reach a message: every error, warning and log line that
+can hold a URL goes through :func:`redact_url`.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "http://", "https://", "az://", "abfs://", "abfss://",
@@ -31,6 +40,65 @@ REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "http://", "https://", "
 
 
 _PROTOCOLS = {s[:-3] for s in REMOTE_SCHEMES}
+
+
+# query parameters whose values are secrets: AWS SigV4 / SigV2 pre-signed URLs, GCS signed URLs (V4 and V2), Azure SAS,
+# OAuth / API tokens
+SECRET_QUERY_PARAMS = ("x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
+                       "x-goog-credential", "x-goog-security-token", "signature", "sig", "token", "access_token",
+                       "id_token", "refresh_token", "awsaccesskeyid", "googleaccessid", "api_key", "apikey", "key",
+                       "password", "passwd", "secret", "client_secret", "code")
+REDACTED = "REDACTED"
+# scheme://userinfo@ -- the userinfo ends at the first '@' before any '/', '?', '#' or white space
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s'\"<>]+@")
+# ?name=value / &name=value (also ;name=value and the HTML-escaped &amp;name=value) for the names above; the value
+# ends at the next parameter, fragment, white space, quote or bracket (a ':', ',' or '.' just before one of those, or
+# at the end, is the message's punctuation: kept)
+_SECRET_PARAM = re.compile(r"([?&;](?:amp;)?(?:%s)=)[^&#;\s'\"<>)\]]*?(?=[:,.]?(?:[&#;\s'\"<>)\]]|$))" % "|".join(
+    re.escape(n) for n in sorted(SECRET_QUERY_PARAMS, key=len, reverse=True)), re.IGNORECASE)
+
+
+def redact_url(text) -> str:
+    """``text`` (a URL, or any message that may contain URLs) with credentials replaced by ``REDACTED``: the
+    userinfo of every ``scheme://user:password@host`` and the values of the query parameters in
+    :data:`SECRET_QUERY_PARAMS` (case-insensitive), e.g. ``https://h/o?X-Amz-Signature=REDACTED&x=1``. Anything
+    else (host, path, other parameters) is kept, so the message still names the object."""
+    text = text if isinstance(text, str) else str(text)
+    if "://" not in text and "=" not in text:
+        return text
+    return _SECRET_PARAM.sub(r"\g<1>" + REDACTED, _USERINFO.sub(r"\g<1>" + REDACTED + "@", text))
+
+
+def _chain(e: BaseException):
+    """``e`` and the exceptions a traceback of it prints (its causes / contexts)."""
+    seen = []
+    while e is not None and all(e is not x for x in seen):
+        seen.append(e)
+        e = e.__cause__ if e.__cause__ is not None or e.__suppress_context__ else e.__context__
+    return seen
+
+
+def _scrubbed(e: BaseException) -> BaseException:
+    """``e`` itself when neither its message nor those of its chained exceptions hold a secret; otherwise an
+    exception of the same type (or ``OSError`` where that type cannot be built from a message) with the redacted
+    message and ``e``'s traceback, and no chain (the chained originals would print the secret in a traceback)."""
+    if all(redact_url(f"{x}") == f"{x}" for x in _chain(e)):
+        return e
+    clean = redact_url(f"{e}")
+    try:
+        new = type(e)(clean)
+        if f"{new}" != clean:
+            raise TypeError
+    except Exception:  # noqa: BLE001 -- an exception type with another signature
+        new = OSError(f"{type(e).__name__}: {clean}")
+    new.__cause__, new.__suppress_context__ = None, True
+    return new.with_traceback(e.__traceback__)
+
+
+class RangeIgnoredError(OSError):
+    """A ranged read got more bytes than it asked for: the server ignored ``Range`` (HTTP 200 with the whole object)
+    or the backend returned the whole object. Permanent: :class:`Retry` does not retry it (each try would download
+    the whole object again)."""
 
 
 def is_remote(path) -> bool:
@@ -58,28 +126,68 @@ class Retry:
         return min(self.max_backoff, self.base * 2 ** attempt) * (0.75 + 0.5 * random.random())
 
     def __call__(self, what: str, fn):
+        """``fn()``, retried on transient errors. Every exception that leaves here names ``what`` and has its
+        message redacted (:func:`redact_url`); see :func:`_permanent` for the types of permanent ones."""
         last = None
         for attempt in range(self.attempts):
             try:
                 return fn()
-            except (FileNotFoundError, PermissionError, IsADirectoryError, ValueError):
-                raise
             except Exception as e:  # noqa: BLE001 -- every library has its own transient error types
                 if not _transient(e):
-                    raise
+                    raise _permanent(e, what) from _scrubbed(e)
                 last = e
                 if attempt + 1 < self.attempts:
                     self.sleep(self.delay(attempt))
-        raise OSError(f"{what}: failed after {self.attempts} attempts: {type(last).__name__}: {last}") from last
+        raise OSError(redact_url(f"{what}: failed after {self.attempts} attempts: {type(last).__name__}: {last}")
+                      ) from _scrubbed(last)
+
+
+def _permanent(e: Exception, what: str) -> Exception:
+    """The exception to raise for a permanent error ``e`` met while ``what``: an ``OSError`` / ``ValueError`` keeps its
+    type; a library's own error (aiohttp's or gcsfs's HTTP 403, ...) becomes ``PermissionError`` (401, 403),
+    ``FileNotFoundError`` (404) or ``OSError``, as the built-in HTTP client raises them (the shard reader counts an
+    ``OSError`` as a bad sample). The message names ``what`` (s3fs's "The specified key does not exist." does not
+    name the object) and is redacted."""
+    what, msg = redact_url(what), redact_url(f"{e}")
+    head, sep, rest = msg.partition(": ")
+    if sep and head in what and rest:  # "<url>: HTTP 403": the url is named once
+        msg = rest
+    if isinstance(e, OSError) or isinstance(e, ValueError):
+        kind = type(e)
+    else:
+        kind = {401: PermissionError, 403: PermissionError, 404: FileNotFoundError}.get(_status(e), OSError)
+    if not msg or msg in what:  # fsspec's FileNotFoundError(url)
+        reason = {FileNotFoundError: "no such object", PermissionError: "permission denied"}.get(kind, "failed")
+        text = f"{what}: {reason} ({type(e).__name__})"
+    else:
+        text = f"{what}: {msg}" if kind is type(e) else f"{what}: {type(e).__name__}: {msg}"
+    try:
+        new = kind(text)
+        if f"{new}" != text:
+            raise TypeError(kind)
+    except Exception:  # noqa: BLE001 -- an exception type with another signature
+        new = OSError(f"{what}: {type(e).__name__}: {msg}")
+    return new
 
 
 def _transient(e: Exception) -> bool:
+    """Worth retrying: not a missing object, a refused permission, a bad argument or an ignored byte range, not an
+    HTTP 4xx other than 408 / 429."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError,
+                      RangeIgnoredError)):
+        return False
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code in (408, 429)
-    status = getattr(e, "status", None) or getattr(e, "code", None)
-    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+    status = _status(e)
+    if status is not None and 400 <= status < 500 and status not in (408, 429):
         return False
     return True
+
+
+def _status(e: Exception) -> int | None:
+    """The HTTP status of a library's error (aiohttp ``status``, gcsfs ``code``), None when it has none."""
+    status = getattr(e, "status", None) or getattr(e, "code", None)
+    return status if isinstance(status, int) else None
 
 
 class _UrllibHTTP:
@@ -89,14 +197,22 @@ class _UrllibHTTP:
         self.timeout = timeout
 
     def _open(self, url, method="GET", headers=None):
-        req = urllib.request.Request(url, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is not None:  # user:password@host: HTTP basic auth (urllib would take it for the host)
+            import base64
+
+            user = urllib.parse.unquote(parts.username) + ":" + urllib.parse.unquote(parts.password or "")
+            headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+            url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+        req = urllib.request.Request(url, method=method, headers=headers)
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 -- the user's shard URL
         except urllib.error.HTTPError as e:
             if e.code == 404:
-                raise FileNotFoundError(url) from e
+                raise FileNotFoundError(redact_url(url)) from None
             if e.code in (401, 403):
-                raise PermissionError(f"{url}: HTTP {e.code}") from e
+                raise PermissionError(f"{redact_url(url)}: HTTP {e.code}") from None
             raise
 
     def cat_file(self, url, start=None, end=None):
@@ -104,20 +220,26 @@ class _UrllibHTTP:
         if start is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         with self._open(url, headers=headers) as r:
-            data = r.read()
-            if start is not None and r.status != 206:
-                if r.status == 200 and start == 0 and (end is None or len(data) <= end):
+            if start is None or r.status == 206:
+                return r.read()
+            if r.status == 200 and start == 0:  # the whole object is the range when it is no longer than asked
+                data = r.read() if end is None else r.read(end + 1)
+                if end is None or len(data) <= end:
                     return data
-                raise OSError(f"{url}: the server ignored the byte range (HTTP {r.status}); ranged reads are "
-                              "required for streaming shards")
-            return data
+            raise RangeIgnoredError(range_ignored_message(url, start, end, f"HTTP {r.status}"))
 
     def size(self, url):
         with self._open(url, method="HEAD") as r:
             n = r.headers.get("Content-Length")
         if n is None:
-            raise OSError(f"{url}: no Content-Length")
+            raise OSError(f"{redact_url(url)}: no Content-Length")
         return int(n)
+
+
+def range_ignored_message(url, start, end, got) -> str:
+    return (f"{redact_url(url)}: the server ignored the byte range (asked for bytes {start}-"
+            f"{'' if end is None else end - 1}, got {got}); streaming shards needs a store that serves ranged "
+            "reads (HTTP Range requests)")
 
 
 _FS_CACHE: dict = {}
@@ -157,9 +279,14 @@ def filesystem(url: str):
     try:
         fs, path = fsspec.core.url_to_fs(url, **opts)
     except ImportError as e:
-        raise ImportError(f"reading {url} needs the fsspec backend for '{scheme}://' ({e}); e.g. pip install "
-                          f"{ {'s3': 's3fs', 's3a': 's3fs', 'gs': 'gcsfs', 'gcs': 'gcsfs'}.get(scheme, 'the backend') }"
-                          ) from e
+        raise ImportError(redact_url(
+            f"reading {url} needs the fsspec backend for '{scheme}://' ({e}); e.g. pip install "
+            f"{ {'s3': 's3fs', 's3a': 's3fs', 'gs': 'gcsfs', 'gcs': 'gcsfs'}.get(scheme, 'the backend') }")) from None
+    except Exception as e:  # noqa: BLE001 -- a backend's own error about the URL (bad options, ...)
+        clean = _scrubbed(e)
+        if clean is e:
+            raise
+        raise clean from None
     return fs, path
 
 
@@ -169,7 +296,9 @@ def read_range(url: str, start: int, size: int, retry: Retry | None = None) -> b
 
     def once():
         data = fs.cat_file(path, start=start, end=start + size)
-        if len(data) != size:
+        if len(data) > size:  # the whole object (or more than the range): retrying would fetch it again
+            raise RangeIgnoredError(range_ignored_message(url, start, start + size, f"{len(data)} bytes"))
+        if len(data) < size:
             raise ConnectionError(f"short read: {len(data)} of {size} bytes")
         return bytes(data)
     return (retry or Retry())(f"reading bytes {start}-{start + size - 1} of {url}", once)
@@ -240,8 +369,9 @@ def load_manifest(shard_dir: str, split: str | None, name: str) -> tuple[str, di
         except FileNotFoundError:
             errors.append(join(d, name))
         except (OSError, ValueError) as e:
-            raise ShardSetError(f"cannot read manifest {join(d, name)}: {e}") from e
-    raise ShardSetError(f"no {name} at {' or '.join(errors)}: not a shard set (or its writer did not finish)")
+            raise ShardSetError(redact_url(f"cannot read manifest {join(d, name)}: {e}")) from _scrubbed(e)
+    raise ShardSetError(redact_url(f"no {name} at {' or '.join(errors)}: not a shard set (or its writer did not "
+                                   "finish)"))
 
 
 def verify_shards(shard_dir: str, manifest: dict, mode: str) -> None:
@@ -256,12 +386,14 @@ def verify_shards(shard_dir: str, manifest: dict, mode: str) -> None:
         try:
             n = size(url)
         except OSError as e:
-            raise ShardSetError(f"shard {url} listed in the manifest is missing or unreadable: {e}") from e
+            raise ShardSetError(redact_url(f"shard {url} listed in the manifest is missing or unreadable: {e}")
+                                ) from _scrubbed(e)
         if mode in ("size", "sha256") and n != s["bytes"]:
-            raise ShardSetError(f"shard {url} has {n} bytes, the manifest says {s['bytes']}: truncated or replaced")
+            raise ShardSetError(redact_url(f"shard {url} has {n} bytes, the manifest says {s['bytes']}: truncated "
+                                           "or replaced"))
         if mode == "sha256":
             h = hashlib.sha256()
             for off in range(0, n, 8 << 20):
                 h.update(read_range(url, off, min(8 << 20, n - off)))
             if h.hexdigest() != s["sha256"]:
-                raise ShardSetError(f"shard {url}: sha256 {h.hexdigest()} does not match the manifest's")
+                raise ShardSetError(redact_url(f"shard {url}: sha256 {h.hexdigest()} does not match the manifest's"))
