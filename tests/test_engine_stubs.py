@@ -228,8 +228,8 @@ if __name__ == "__main__":
             stopping = getattr(getattr(signal.getsignal(signal.SIGUSR1), "__self__", None), "signum", 0)
             if signal_in_save and stopping and "extra_rank" in name:  # the Trainer's stop handler has fired
                 os.kill(os.getpid(), int(signal_in_save))
-            if (kill_in_save and os.environ.get("RANK") == kill_rank and f"/{tag}/" in name
-                    and part in os.path.basename(name)):
+            if (kill_in_save and os.environ.get("RANK") == kill_rank
+                    and re.search(rf"/{re.escape(tag)}(?:\.partial)?/", name) and part in os.path.basename(name)):
                 buf = io.BytesIO()
                 real_save(obj, buf, *args, **kwargs)
                 with open(name, "wb") as out:
@@ -237,7 +237,7 @@ if __name__ == "__main__":
                     out.flush()
                     os.fsync(out.fileno())
                 os.kill(os.getpid(), signal.SIGKILL)
-            tag_of = re.search(r"/iter_(\d+)/", name)
+            tag_of = re.search(r"/iter_(\d+)(?:\.partial)?/", name)  # a save writes into iter_<n>.partial/
             if tag_of:
                 phase("save", tag_of.group(1))
             if tag_of and save_sleep:  # half the file, a pause, the rest

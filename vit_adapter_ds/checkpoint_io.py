@@ -44,6 +44,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import stat
 import tempfile
 import zipfile
@@ -55,6 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import layout as _layout
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,8 +67,8 @@ __all__ = [
 ]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
-DEEPSPEED_TAG_RE = re.compile(r"^iter_(\d+)$")  # the engine's tag names
-COMPLETE_MARKER = "COMPLETE"  # written by the engine's rank 0 after every rank finished a save
+DEEPSPEED_TAG_RE = _layout.TAG_RE  # the engine's tag names (vit_adapter_ds/checkpoint/layout.py)
+COMPLETE_MARKER = _layout.MARKER  # written by the engine's rank 0 after every rank finished a save
 
 
 class CheckpointError(ValueError):
@@ -433,38 +436,48 @@ def _is_tag_dir(path: Path) -> bool:
     return path.is_dir() and any(_MODEL_STATES_RE.match(p.name) for p in path.iterdir())
 
 
-def _complete_tags(root: Path) -> list[tuple[int, Path]]:
-    if not root.is_dir():
-        return []
-    tags = [(int(m.group(1)), d) for d in root.iterdir() if (m := DEEPSPEED_TAG_RE.match(d.name))
-            and (d / COMPLETE_MARKER).is_file()]
-    return sorted(tags)
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def find_deepspeed_tag(path: str | os.PathLike) -> Path:
+def find_deepspeed_tag(path: str | os.PathLike, report=_warn) -> Path:
     """The DeepSpeed tag folder that ``path`` designates: ``path`` itself when it holds ``*_model_states.pt``; else
-    in ``path`` or ``path/checkpoints``, the newest ``iter_N`` with a ``COMPLETE`` marker, or the tag named by
-    DeepSpeed's ``latest`` file. A tag of this project's engine (it has ``extra_rank*.pt``) without the marker is an
-    interrupted save and is refused."""
+    in ``path`` or ``path/checkpoints``, the most recently saved ``iter_N`` with a ``COMPLETE`` marker whose files
+    verify against it -- the rule ``--resume`` follows: a damaged tag is named through ``report`` and the previous
+    one is used -- or the tag named by DeepSpeed's ``latest`` file, which must be a folder inside that folder. A tag
+    of this project's engine (it has ``extra_rank*.pt``) without the marker is an interrupted save and is refused;
+    a tag named explicitly that fails its file list is refused with the problems."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a DeepSpeed checkpoint folder")
     if _is_tag_dir(path):
-        if any(path.glob("extra_rank*.pt")) and not (path / COMPLETE_MARKER).is_file():
+        meta = _layout.read_marker(path)
+        if meta is None and any(path.glob("extra_rank*.pt")):
             raise CheckpointError(f"{path} has no {COMPLETE_MARKER} marker: this save was interrupted and may miss "
                                   "shards; use an earlier complete checkpoint")
+        problems = _layout.verify(path, meta) if meta is not None else []
+        if problems:
+            raise CheckpointError(f"{path} is damaged: " + "; ".join(problems) + " (pass its checkpoints folder to "
+                                  "fall back to the newest intact checkpoint)")
         return path
     for root in (path, path / "checkpoints"):
-        tags = _complete_tags(root)
-        if tags:
-            return tags[-1][1]
-        latest = root / "latest"
-        if latest.is_file():
-            tag = root / latest.read_text().strip()
+        if _layout.complete_tags(root):
+            found = _layout.newest_intact(root, report, str(path))
+            if found is None:
+                raise CheckpointError(f"every complete checkpoint in {root} is damaged (see the warnings above)")
+            return found[0]
+        try:
+            name = _layout.read_latest(root)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        if name is not None:
+            tag = root / name
+            if tag.is_symlink():
+                raise CheckpointError(f"{root / _layout.LATEST} names {tag}, a symbolic link; refusing it")
             if _is_tag_dir(tag):
-                return find_deepspeed_tag(tag)
+                return find_deepspeed_tag(tag, report)
     raise CheckpointError(f"{path} is a folder without a DeepSpeed checkpoint: no *_model_states.pt files, no "
                           f"complete iter_N tag ({COMPLETE_MARKER} marker) and no 'latest' file, neither there nor "
                           "in its checkpoints/ folder")

@@ -252,6 +252,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` with one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_mean(values: dict[str, float], device="cpu") -> dict[str, float]:
     """Average a dict of python floats over ranks (float64, so the order of keys must match on every rank)."""
     if not values:

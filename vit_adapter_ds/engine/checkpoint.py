@@ -1,73 +1,61 @@
-"""Crash-safe DeepSpeed checkpoints: what a checkpoint holds, saving, finding, pruning, universal conversion, loading.
+"""Crash-safe DeepSpeed checkpoints: what a checkpoint holds, saving, finding, keeping, universal conversion, loading.
 
-Layout under ``<work_dir>/checkpoints``::
+The layout (tag names, the ``COMPLETE`` marker, ``latest``, ``best.json``) is defined once in
+:mod:`vit_adapter_ds.checkpoint.layout`. The rules this module keeps:
 
-    iter_<N>/                    DeepSpeed shards of one save (tag): model, optimizer, the client LR scheduler, plus
-    iter_<N>/extra_rank<r>.pt    this project's per-rank state (:class:`TrainState`): iteration, loader position, RNG
-                                 states, and (rank 0) every module buffer -- plain tensors, ints and strings only, so
-                                 it loads with ``torch.load(weights_only=True)``
-    iter_<N>/COMPLETE            JSON written by rank 0 after *every* rank finished the save and fsynced its files
-    iter_<N>_universal/          universal-checkpoint conversion (only when resuming on another world size)
-    latest                       name of the newest complete tag (written after COMPLETE)
-    best.json                    ``save_best``: the metric, its value and the tag of the best evaluation
+* **A save is all or nothing.** Every rank writes into an empty ``iter_<N>.partial`` folder (its DeepSpeed shards
+  and ``extra_rank<r>.pt``: iteration, loader position, RNG states and, on rank 0, every module buffer -- plain
+  tensors, ints and strings only); each rank fsyncs its files and reports any error to every rank; rank 0 then
+  lists every file with size and CRC-32 in ``COMPLETE`` and renames the folder to ``iter_<N>`` (an older save of
+  the same iteration is swapped out, never mixed in), fsyncs the folder and only then prunes.
+* **Every save carries its run.** ``COMPLETE`` records ``run_id`` (one id per line of resumed runs: a resumed run
+  continues the id of the tag it resumed from), the recipe's name and ``model_fingerprint`` (the model class and
+  every state-dict name and shape).
+* **Pruning never deletes what a resume needs.** ``max_keep_ckpts`` counts only this run's *intact* tags (verified
+  against their file lists); damaged tags, tags of other runs and the best tag of ``save_best`` are never counted
+  and never deleted, so the newest intact tag of the run always survives.
+* **Resume checks before it loads.** ``--resume auto`` takes the most recently saved complete tag that verifies
+  (damaged ones are named and skipped), refuses a tag of another model unless ``--resume-other-recipe``, and passes
+  every pickle of the tag (and of a universal conversion) through the safe reader
+  (:func:`vit_adapter_ds.checkpoint_io.read_checkpoint`, ``weights_only=True``) before DeepSpeed, which unpickles
+  with ``weights_only=False``, sees it. The decision is taken on rank 0 and broadcast, errors included.
+* **Universal conversions belong to one save.** ``iter_<N>_universal/COMPLETE`` records the SHA-256 of the
+  ``COMPLETE`` it was converted from; a re-saved ``iter_<N>`` makes it stale and it is converted again.
 
-``--resume auto`` picks the newest ``iter_<N>`` that has ``COMPLETE``; a save interrupted by a crash has no marker
-and is never picked. ``COMPLETE`` also lists every file of the save with its size and CRC-32 (computed by rank 0
-after all ranks fsynced their files); before anything is loaded, rank 0 checks the chosen tag against that list
-(:func:`verify`) -- a file cut short, missing or changed is reported by name and the next older complete tag is
-used -- and broadcasts the choice, so every rank resumes from the same tag. DeepSpeed's universal load restores
-parameters and optimizer state but not the module's buffers (BatchNorm statistics), so :func:`load` always restores every buffer from the saved :class:`TrainState`.
+DeepSpeed's universal load restores parameters and optimizer state but not the module's buffers (BatchNorm
+statistics), so :func:`load` always restores every buffer from the saved :class:`TrainState`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
-import zlib
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .. import runtime as rt
+from ..checkpoint import layout
+from ..checkpoint.layout import (BEST, MARKER, TAG_RE, checkpoint_root, complete_tags, file_manifest,  # noqa: F401
+                                 tag_name, verify)
+from ..checkpoint_io import CheckpointError, read_checkpoint
 from ..checkpoint_io import rng_state_from_tensors as set_rng_state
 from ..checkpoint_io import rng_state_to_tensors as rng_state
 
-TAG_RE = re.compile(r"^iter_(\d+)$")
-MARKER = "COMPLETE"
-BEST = "best.json"
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed on some rank (every rank raises it, with every rank's error)."""
 
 
-def checkpoint_root(work_dir) -> Path:
-    return Path(work_dir) / "checkpoints"
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            _fsync_file(p)
-    _fsync_file(root)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class RecipeMismatchError(RuntimeError):
+    """``--resume`` found a checkpoint of another model than the one this run builds."""
 
 
 # ----------------------------------------------------------------------------------------------- the saved state
@@ -110,107 +98,72 @@ def restore_buffers(module: torch.nn.Module, buffers: dict) -> None:
             buf.copy_(saved.to(device=buf.device, dtype=buf.dtype))
 
 
-def _crc32(path: Path, chunk: int = 1 << 22) -> str:
-    crc = 0
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return f"{crc & 0xFFFFFFFF:08x}"
-            crc = zlib.crc32(b, crc)
+# ----------------------------------------------------------------------------------------------- run identity
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """What makes a checkpoint loadable into ``model``: its class and every state-dict name and shape (hashed)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        h.update(f"\n{name}:{tuple(t.shape)}".encode())
+    return h.hexdigest()[:16]
 
 
-def _checksums_enabled() -> bool:
-    """CRC-32s cost one read of the checkpoint at save and at resume (about 1 GB/s); ``VIT_ADAPTER_DS_CKPT_CRC=0``
-    keeps only the sizes."""
-    return os.environ.get("VIT_ADAPTER_DS_CKPT_CRC", "1") != "0"
-
-
-def file_manifest(tag_dir: Path, checksum: bool | None = None) -> dict:
-    """``{relative path: {"bytes": size, "crc32": hex}}`` of every file of a save except the marker (no ``crc32``
-    when checksums are off)."""
-    checksum = _checksums_enabled() if checksum is None else checksum
-    out = {}
-    for p in sorted(Path(tag_dir).rglob("*")):
-        if p.is_file() and p.name not in (MARKER, MARKER + ".tmp"):
-            entry = {"bytes": p.stat().st_size}
-            if checksum:
-                entry["crc32"] = _crc32(p)
-            out[p.relative_to(tag_dir).as_posix()] = entry
-    return out
-
-
-def verify(tag_dir: Path, meta: dict, checksum: bool | None = None) -> list[str]:
-    """Problems of a complete-marked save against the file list in its marker (empty list: intact). Markers
-    written before file lists existed carry none and verify as intact."""
-    checksum = _checksums_enabled() if checksum is None else checksum
-    problems = []
-    for name, want in sorted((meta.get("files") or {}).items()):
-        p = Path(tag_dir) / name
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-            continue
-        size = p.stat().st_size
-        if size != want["bytes"]:
-            problems.append(f"{p}: {size} bytes, the save wrote {want['bytes']} (cut short or overwritten)")
-        elif checksum and want.get("crc32") and _crc32(p) != want["crc32"]:
-            problems.append(f"{p}: CRC-32 {_crc32(p)}, the save wrote {want['crc32']} (corrupted)")
-    return problems
+def check_recipe(tag_dir: Path, meta: dict, fingerprint: str | None, recipe: str | None,
+                 allow_other: bool = False, report=None) -> None:
+    """Refuse (:class:`RecipeMismatchError`, naming both) a tag whose ``model_fingerprint`` differs from this run's,
+    unless ``allow_other``. Tags written before fingerprints existed pass."""
+    theirs = meta.get("model_fingerprint")
+    if fingerprint is None or theirs is None or theirs == fingerprint:
+        return
+    what = (f"checkpoint {tag_dir} was saved by recipe {meta.get('recipe', '?')!r} (model {theirs}), but this run "
+            f"builds recipe {recipe!r} (model {fingerprint})")
+    if not allow_other:
+        raise RecipeMismatchError(f"--resume: {what}. Use another --work-dir for a new run, or pass "
+                                  "--resume-other-recipe to load it anyway")
+    (report or _print_err)(f"{what}; resuming it anyway (--resume-other-recipe)")
 
 
 # ----------------------------------------------------------------------------------------------- finding
-def complete_tags(root: Path) -> list[tuple[int, str, dict]]:
-    """``[(iteration, tag, meta), ...]`` of complete checkpoints under ``root``, oldest first."""
-    out = []
-    root = Path(root)
-    if not root.is_dir():
-        return out
-    for d in root.iterdir():
-        m = TAG_RE.match(d.name)
-        if m and (d / MARKER).is_file():
-            try:
-                meta = json.loads((d / MARKER).read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            out.append((int(m.group(1)), d.name, meta))
-    return sorted(out)
-
-
-def _newest_intact(root: Path, label: str, report) -> tuple[Path, dict] | None:
-    for _, tag, meta in reversed(complete_tags(root)):
-        problems = verify(root / tag, meta)
-        if not problems:
-            return root / tag, meta
-        report(f"{label}: checkpoint {root / tag} is damaged, not resuming from it: " + "; ".join(problems)
-               + " -- trying the previous complete checkpoint")
-    return None
-
-
 def _print_err(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
+def refuse_unsafe_files(folder: Path) -> None:
+    """Read every ``*.pt`` file under ``folder`` with the safe reader (``torch.load(weights_only=True)``,
+    memory-mapped: the pickles are parsed, the tensor data is not read); a file holding a pickled object raises
+    :class:`~vit_adapter_ds.checkpoint_io.UnsafeCheckpointError` naming it. Run before DeepSpeed, which loads its
+    files with ``weights_only=False``, or its converter reads the folder."""
+    for p in sorted(Path(folder).rglob("*.pt")):
+        if p.is_symlink():
+            raise CheckpointError(f"{p} is a symbolic link; a checkpoint folder holds plain files only")
+        read_checkpoint(p)
+
+
+def _intact(tag_dir: Path, meta: dict, label: str) -> tuple[Path, dict]:
+    problems = verify(tag_dir, meta)
+    if problems:
+        raise RuntimeError(f"{label}: the checkpoint is damaged: " + "; ".join(problems)
+                           + " (pass its checkpoints directory or --resume auto to fall back to an older one)")
+    return tag_dir, meta
+
+
 def find_resume(resume: str | None, work_dir, report=_print_err) -> tuple[Path, dict] | None:
-    """Resolve ``--resume``: ``auto`` -> newest complete and intact (:func:`verify`) checkpoint in ``work_dir``
-    (None if there is none); a path -> that tag directory (which must be intact), or the newest complete and intact
-    tag of a ``checkpoints`` (or work) directory. Damaged tags are reported through ``report`` and skipped.
+    """Resolve ``--resume``: ``auto`` -> the most recently saved complete and intact (:func:`verify`) checkpoint in
+    ``work_dir`` (None if there is none); a path -> that tag directory (which must be intact), or the newest
+    complete and intact tag of a ``checkpoints`` (or work) directory. Damaged tags are reported through ``report``
+    and skipped.
 
     Reads the file system: call it on one rank and broadcast (:func:`find_resume_everywhere`)."""
     if not resume:
         return None
     if resume == "auto":
-        return _newest_intact(checkpoint_root(work_dir), "--resume auto", report)
+        return layout.newest_intact(checkpoint_root(work_dir), report, "--resume auto")
     p = Path(resume)
-    if (p / MARKER).is_file():
-        meta = json.loads((p / MARKER).read_text())
-        problems = verify(p, meta)
-        if problems:
-            raise RuntimeError(f"--resume {resume}: the checkpoint is damaged: " + "; ".join(problems)
-                               + " (pass its checkpoints directory or --resume auto to fall back to an older one)")
-        return p, meta
+    meta = layout.read_marker(p)
+    if meta is not None:
+        return _intact(p, meta, f"--resume {resume}")
     for root in (p, p / "checkpoints"):
         if complete_tags(root):
-            found = _newest_intact(root, f"--resume {resume}", report)
+            found = layout.newest_intact(root, report, f"--resume {resume}")
             if found is None:
                 raise RuntimeError(f"--resume {resume}: every complete checkpoint in {root} is damaged (see above)")
             return found
@@ -220,147 +173,300 @@ def find_resume(resume: str | None, work_dir, report=_print_err) -> tuple[Path, 
     raise FileNotFoundError(f"--resume {resume}: no such file or directory")
 
 
-def find_resume_everywhere(resume: str | None, work_dir) -> tuple[Path, dict] | None:
-    """:func:`find_resume` decided by rank 0 and broadcast, so every rank loads the same tag (or raises the same
-    error)."""
-    if rt.world_size() == 1:
-        return find_resume(resume, work_dir)
+_ERROR_TYPES = {t.__name__: t for t in (FileNotFoundError, RuntimeError, ValueError, CheckpointError,
+                                        RecipeMismatchError, PermissionError, TimeoutError)}
+
+
+def _raise_everywhere(kind_and_message) -> None:
+    """Raise rank 0's error (its type name and message, as broadcast) on this rank; checkpoint refusals keep their
+    kind (:class:`CheckpointError`), other unknown types become ``RuntimeError('<type>: <message>')``."""
+    kind, message = kind_and_message
+    if kind in _ERROR_TYPES:
+        raise _ERROR_TYPES[kind](message)
+    if kind.endswith("CheckpointError"):
+        raise CheckpointError(message)
+    raise RuntimeError(f"{kind}: {message}")
+
+
+def find_resume_everywhere(resume: str | None, work_dir, *, fingerprint: str | None = None,
+                           recipe: str | None = None, allow_other_recipe: bool = False) -> tuple[Path, dict] | None:
+    """:func:`find_resume`, the recipe check and the safe-file check decided by rank 0 and broadcast, so every rank
+    loads the same tag or raises the same error (any exception on rank 0 reaches every rank: none is left waiting
+    for the distributed timeout)."""
     result = None
     if rt.is_main():
         try:
-            result = ("ok", find_resume(resume, work_dir))
-        except (OSError, RuntimeError, ValueError) as e:
+            found = find_resume(resume, work_dir)
+            if found is not None:
+                check_recipe(found[0], found[1], fingerprint, recipe, allow_other_recipe)
+                refuse_unsafe_files(found[0])
+            result = ("ok", found)
+        except Exception as e:  # noqa: BLE001 - every failure must reach the other ranks
             result = ("error", (type(e).__name__, str(e)))
-    kind, value = rt.broadcast_object(result)
+    if rt.world_size() > 1:
+        result = rt.broadcast_object(result)
+    kind, value = result
     if kind == "error":
-        raise (FileNotFoundError if value[0] == "FileNotFoundError" else RuntimeError)(value[1])
+        _raise_everywhere(value)
     return value
 
 
-# ----------------------------------------------------------------------------------------------- saving / pruning
+# ----------------------------------------------------------------------------------------------- saving / keeping
 class CheckpointManager:
-    """Saves, prunes and finds the checkpoints of one work dir (``keep_last``: -1 or None keeps all, mmcv's
-    ``max_keep_ckpts``; the tag of the best evaluation under ``save_best`` is never pruned)."""
+    """Saves, keeps and finds the checkpoints of one run in a work dir (``keep_last``: -1 or None keeps all, mmcv's
+    ``max_keep_ckpts``; the tag of the best evaluation under ``save_best`` is never pruned). ``meta`` is recorded in
+    every ``COMPLETE`` (precision, ZeRO stage, recipe, model fingerprint); ``run_id`` identifies this run (a new
+    one unless :meth:`continue_run` adopts the id of the tag a resume loads)."""
 
-    def __init__(self, work_dir, keep_last: int | None = None, meta: dict | None = None):
+    def __init__(self, work_dir, keep_last: int | None = None, meta: dict | None = None, run_id: str | None = None):
         self.root = checkpoint_root(work_dir)
-        self.keep_last = None if keep_last in (None, -1) else int(keep_last)
+        self.keep_last = None if keep_last in (None, -1) else max(1, int(keep_last))
         self.meta = dict(meta or {})
+        self.run_id = run_id or uuid.uuid4().hex
+        self._verified: dict[str, tuple] = {}  # tag -> file signature when last found intact
 
+    def continue_run(self, meta: dict) -> None:
+        """Adopt the run id of the tag this run resumes from, so its tags are this run's to keep and prune."""
+        if meta.get("run_id"):
+            self.run_id = str(meta["run_id"])
+
+    # -- save
     def save(self, engine, state: TrainState) -> Path:
-        """Save a DeepSpeed checkpoint ``iter_<iteration>`` plus every rank's :class:`TrainState`; mark it complete
-        only after every rank has written and fsynced its files. Call on every rank."""
-        tag = f"iter_{state.iteration}"
-        tag_dir = self.root / tag
-        tag_dir.mkdir(parents=True, exist_ok=True)
-        if rt.is_main() and (tag_dir / MARKER).exists():
-            (tag_dir / MARKER).unlink()  # overwriting an old save of the same iteration: invalid until re-marked
-        rt.barrier()
-        torch.save(state.to_dict(), tag_dir / f"extra_rank{state.rank}.pt")
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"iteration": state.iteration},
-                               save_latest=False)
-        for p in tag_dir.rglob("*"):  # this rank's files are on disk before anyone marks the tag complete
-            if p.is_file() and os.access(p, os.W_OK):
-                try:
-                    _fsync_file(p)
-                except OSError:
-                    pass
-        rt.barrier()  # every rank has finished its files
+        """Save a DeepSpeed checkpoint ``iter_<iteration>`` plus every rank's :class:`TrainState` into an empty
+        folder; mark it complete and move it into place only after every rank has written and fsynced its files.
+        Call on every rank."""
+        tag = tag_name(state.iteration)
+        partial = self.root / (tag + layout.PARTIAL_SUFFIX)
         if rt.is_main():
-            _fsync_tree(tag_dir)
-            info = dict(self.meta, iteration=state.iteration, world_size=state.world_size, time=time.time(),
-                        files=file_manifest(tag_dir))
-            _atomic_write_text(tag_dir / MARKER, json.dumps(info, indent=1))
-            _atomic_write_text(self.root / "latest", tag)
+            self.recover()
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)  # a save interrupted earlier: never mixed into this one
+            partial.mkdir()
+        rt.barrier()
+        engine.save_checkpoint(str(self.root), tag=partial.name, client_state={"iteration": state.iteration},
+                               save_latest=False)
+        error = None
+        try:
+            own = partial / f"extra_rank{state.rank}.pt"
+            torch.save(state.to_dict(), own)
+            for p in sorted(partial.rglob("*")):  # this rank's files are on disk before anyone marks the tag
+                if p.is_file():
+                    layout.fsync_path(p)
+        except OSError as e:
+            error = f"rank {rt.rank()}: {type(e).__name__}: {e}"
+        errors = [e for e in rt.all_gather_object(error) if e]
+        if errors:
+            raise CheckpointSaveError(f"saving {tag} failed (the previous checkpoints are untouched; {partial} "
+                                      "is incomplete): " + "; ".join(errors))
+        final = self.root / tag
+        if rt.is_main():
+            layout.fsync_tree(partial)
+            files = file_manifest(partial)
+            info = dict(self.meta, run_id=self.run_id, iteration=state.iteration, world_size=state.world_size,
+                        time=time.time(), files=files)
+            layout.atomic_write_text(partial / MARKER, json.dumps(info, indent=1))
+            self._move_into_place(partial, final)
+            layout.atomic_write_text(self.root / layout.LATEST, tag)
+            self._verified[tag] = _signature(final, files)
             self.prune()
         rt.barrier()
-        return tag_dir
+        return final
 
+    def _move_into_place(self, partial: Path, final: Path) -> None:
+        """``partial`` becomes ``final``; an existing ``final`` (an older save of the same iteration) is first
+        renamed aside, then removed with its universal conversion, so no file of it can mix into the new save."""
+        replaced = final.with_name(final.name + layout.REPLACED_SUFFIX)
+        shutil.rmtree(replaced, ignore_errors=True)
+        if final.exists() or final.is_symlink():
+            old = layout.read_marker(final)
+            if old is not None and old.get("run_id") != self.run_id:
+                _print_err(f"{final} of another run (saved {time.ctime(float(old.get('time', 0)))}) is replaced by "
+                           f"this run's save of the same iteration")
+            os.rename(final, replaced)
+        os.rename(partial, final)
+        layout.fsync_path(self.root)
+        shutil.rmtree(replaced, ignore_errors=True)
+        shutil.rmtree(final.with_name(final.name + layout.UNIVERSAL_SUFFIX), ignore_errors=True)
+
+    def recover(self) -> None:
+        """Undo a swap cut short by a crash: an ``iter_<N>.replaced`` without ``iter_<N>`` goes back (rank 0)."""
+        if not self.root.is_dir():
+            return
+        for d in self.root.glob("iter_*" + layout.REPLACED_SUFFIX):
+            final = d.with_name(d.name[: -len(layout.REPLACED_SUFFIX)])
+            if TAG_RE.match(final.name) and not final.exists():
+                os.rename(d, final)
+
+    # -- best
     def best(self) -> dict | None:
         try:
-            return json.loads((self.root / BEST).read_text())
-        except (OSError, json.JSONDecodeError):
+            rec = json.loads((self.root / BEST).read_text())
+        except (OSError, ValueError):
             return None
+        return rec if isinstance(rec, dict) else None
+
+    def is_better(self, metric: str, value: float, rule: str = "greater") -> bool:
+        """Whether ``value`` of ``metric`` beats the recorded best; decided on rank 0 and broadcast (every rank
+        gets the same answer, so they all take part in the save that follows). A non-finite value is never best;
+        a non-finite recorded best is beaten by any finite value."""
+        better = False
+        if rt.is_main():
+            old = self.best()
+            if math.isfinite(value):
+                old_value = (old or {}).get("value")
+                better = (old is None or old.get("metric") != metric or not isinstance(old_value, (int, float))
+                          or not math.isfinite(old_value)
+                          or (value > old_value if rule == "greater" else value < old_value))
+        return bool(rt.broadcast_object(better))
+
+    def record_best(self, metric: str, value: float, iteration: int) -> None:
+        """Write ``best.json`` (rank 0) -- call after the tag of ``iteration`` is complete, so it never names a save
+        that did not finish."""
+        if rt.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            layout.atomic_write_text(self.root / BEST, json.dumps(
+                {"metric": metric, "value": value, "iteration": iteration, "tag": tag_name(iteration),
+                 "run_id": self.run_id}, indent=1))
 
     def update_best(self, metric: str, value: float, iteration: int, rule: str = "greater") -> bool:
-        """Record ``value`` of ``metric`` at ``iteration`` if it beats the saved best (rank 0 writes); True if it
-        does, on every rank (the caller then saves ``iter_<iteration>`` if it does not exist yet)."""
-        old = self.best()
-        better = old is None or old.get("metric") != metric or (
-            value > old["value"] if rule == "greater" else value < old["value"])
-        if better and rt.is_main():
-            self.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.root / BEST, json.dumps(
-                {"metric": metric, "value": value, "iteration": iteration, "tag": f"iter_{iteration}"}, indent=1))
+        """:meth:`is_better` then :meth:`record_best` (for a caller whose tag of ``iteration`` is complete)."""
+        better = self.is_better(metric, value, rule)
+        if better:
+            self.record_best(metric, value, iteration)
         return better
 
+    # -- keeping
+    def _is_intact(self, tag: str, meta: dict) -> bool:
+        files = meta.get("files")
+        if not isinstance(files, dict):
+            return True  # markers without file lists (older saves) cannot be checked
+        sig = _signature(self.root / tag, files)
+        if self._verified.get(tag) == sig:
+            return True
+        ok = not verify(self.root / tag, meta)
+        if ok:
+            self._verified[tag] = sig
+        return ok
+
     def prune(self) -> None:
-        """Keep the newest ``keep_last`` complete tags (and the best one); remove older leftovers of interrupted
-        saves."""
-        tags = complete_tags(self.root)
-        if not tags:
+        """Keep this run's newest ``keep_last`` intact tags (and the best one); remove its older intact tags and the
+        leftovers of interrupted saves. Tags of other runs and damaged tags are never counted nor removed, so the
+        newest intact tag of this run -- and until one exists, the tag it resumed from -- always survives."""
+        if not self.root.is_dir():
             return
-        newest = tags[-1][0]
+        for d in self.root.glob("iter_*" + layout.PARTIAL_SUFFIX):
+            shutil.rmtree(d, ignore_errors=True)
+        if self.keep_last is None:
+            return
+        own = [(tag, meta) for _, tag, meta in complete_tags(self.root) if meta.get("run_id") == self.run_id]
+        intact = [tag for tag, meta in own if self._is_intact(tag, meta)]
         best = (self.best() or {}).get("tag")
-        if self.keep_last is not None:
-            for _, tag, _ in tags[:-self.keep_last]:
-                if tag != best:
-                    shutil.rmtree(self.root / tag, ignore_errors=True)
-                    shutil.rmtree(self.root / f"{tag}_universal", ignore_errors=True)
-        for d in self.root.iterdir():
-            m = TAG_RE.match(d.name)
-            if m and int(m.group(1)) < newest and not (d / MARKER).exists():
-                shutil.rmtree(d, ignore_errors=True)
+        for tag in intact[: -self.keep_last]:
+            if tag != best:
+                shutil.rmtree(self.root / (tag + layout.UNIVERSAL_SUFFIX), ignore_errors=True)
+                shutil.rmtree(self.root / tag, ignore_errors=True)
+                self._verified.pop(tag, None)
+
+
+def _signature(tag_dir: Path, files: dict) -> tuple:
+    """Sizes and modification times of a save's files: unchanged since a verification means still intact."""
+    out = []
+    for name in sorted(files):
+        try:
+            st = (Path(tag_dir) / name).lstat()
+            out.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.append((name, None))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------- loading
+def _universal_is_current(out: Path, tag_dir: Path) -> bool:
+    meta = layout.read_marker(out)
+    return meta is not None and meta.get("converted_from") == layout.marker_digest(tag_dir) \
+        and not verify(out, meta)
+
+
+def _convert(tag_dir: Path, out: Path, zero_stage: int, source: str) -> None:
+    """Rank 0's part of :func:`convert_to_universal`."""
+    tmp = tag_dir.with_name(tag_dir.name + "_universal.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    refuse_unsafe_files(tag_dir)
+    workers = str(max(1, min(8, os.cpu_count() or 1)))
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+           "--output_folder", str(tmp), "--num_extract_workers", workers, "--num_merge_workers", workers]
+    if zero_stage < 3:
+        cmd.append("--inject_missing_state")  # plain ZeRO-1/2 saves lack universal_checkpoint_info
+    print(f"converting {tag_dir} to a universal checkpoint ({workers} workers) for a new world size",
+          flush=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = (f"universal checkpoint conversion failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n"
+               f"{res.stderr[-3000:]}")
+        raise RuntimeError(msg)
+    for f in tag_dir.glob("extra_rank*.pt"):
+        shutil.copy2(f, tmp / f.name)
+    (tmp / "latest_universal").unlink(missing_ok=True)
+    layout.fsync_tree(tmp)
+    meta = {k: v for k, v in (layout.read_marker(tag_dir) or {}).items() if k != "files"}
+    meta.update(converted_from=source, source_tag=tag_dir.name, files=file_manifest(tmp))
+    layout.atomic_write_text(tmp / MARKER, json.dumps(meta, indent=1))
+    os.replace(tmp, out)
+    layout.fsync_path(out.parent)
+    (tag_dir.parent / "latest_universal").unlink(missing_ok=True)
+
+
 def convert_to_universal(tag_dir: Path, zero_stage: int, timeout_s: float = 4 * 3600) -> Path:
-    """Convert ``tag_dir`` into ``<tag_dir>_universal`` once (rank 0; parallel workers; atomic via a temporary
-    folder). The other ranks wait for the result on the file system -- not in a collective with a short timeout --
-    up to ``timeout_s``, and fail with rank 0's error if the conversion fails."""
-    out = tag_dir.with_name(tag_dir.name + "_universal")
+    """Convert ``tag_dir`` into ``<tag_dir>_universal`` (rank 0; parallel workers; atomic via a temporary folder),
+    unless a conversion *of this very save* exists (its marker records the SHA-256 of ``tag_dir/COMPLETE``). The
+    input's pickles pass the safe reader first, and so does the output before anything loads it. The other ranks
+    wait for the result on the file system -- not in a collective with a short timeout -- up to ``timeout_s``, and
+    fail with rank 0's error if the conversion fails."""
+    out = tag_dir.with_name(tag_dir.name + layout.UNIVERSAL_SUFFIX)
     failed = tag_dir.with_name(tag_dir.name + "_universal.FAILED")
-    if rt.is_main() and not (out / MARKER).is_file():
-        failed.unlink(missing_ok=True)
-        tmp = tag_dir.with_name(tag_dir.name + "_universal.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
-        workers = str(max(1, min(8, os.cpu_count() or 1)))
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-               "--output_folder", str(tmp), "--num_extract_workers", workers, "--num_merge_workers", workers]
-        if zero_stage < 3:
-            cmd.append("--inject_missing_state")  # plain ZeRO-1/2 saves lack universal_checkpoint_info
-        print(f"converting {tag_dir} to a universal checkpoint ({workers} workers) for a new world size",
-              flush=True)
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            msg = (f"universal checkpoint conversion failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n"
-                   f"{res.stderr[-3000:]}")
-            _atomic_write_text(failed, msg)
-            raise RuntimeError(msg)
-        for f in tag_dir.glob("extra_rank*.pt"):
-            shutil.copy2(f, tmp / f.name)
-        _fsync_tree(tmp)
-        shutil.copy2(tag_dir / MARKER, tmp / MARKER)
-        os.replace(tmp, out)
-        stray = tag_dir.parent / "latest_universal"
-        if stray.exists():
-            stray.unlink()
-    elif not rt.is_main():
+    source = layout.marker_digest(tag_dir)
+    reuse = False
+    if rt.is_main():
+        reuse = _universal_is_current(out, tag_dir)
+        if not reuse:  # cleared before anyone looks: no rank can mistake an old result for this one
+            failed.unlink(missing_ok=True)
+            shutil.rmtree(out, ignore_errors=True)
+    reuse = rt.broadcast_object(reuse)
+    if not reuse and rt.is_main():
+        try:
+            _convert(tag_dir, out, zero_stage, source)
+        except BaseException as e:  # the other ranks wait on the file system: tell them
+            layout.atomic_write_text(failed, f"{type(e).__name__}: {e}")
+            raise
+    elif not reuse:
         t0 = time.time()
-        while not (out / MARKER).is_file():
+        while (layout.read_marker(out) or {}).get("converted_from") != source:
             if failed.is_file():
                 raise RuntimeError(f"rank 0 failed to convert {tag_dir}: {failed.read_text()[-2000:]}")
             if time.time() - t0 > timeout_s:
                 raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to convert {tag_dir} to {out}")
             time.sleep(1.0)
-    rt.barrier()
+    outcome = None
+    if rt.is_main():
+        try:
+            refuse_unsafe_files(out)
+            outcome = ("ok", None)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it
+            outcome = ("error", (type(e).__name__, str(e)))
+    outcome = rt.broadcast_object(outcome)
+    if outcome[0] == "error":
+        _raise_everywhere(outcome[1])
     return out
 
 
-def read_train_state(tag_dir: Path, rank: int) -> tuple[TrainState, dict | None]:
-    """This rank's :class:`TrainState` (rank 0's on another world size) and rank 0's saved buffers."""
+def read_train_state(tag_dir: Path, rank: int, world_size: int | None = None) -> tuple[TrainState, dict | None]:
+    """This rank's :class:`TrainState` (rank 0's on another world size) and rank 0's saved buffers. On the world
+    size the tag was saved with (its marker's ``world_size``), this rank's own file must exist."""
+    saved_world = int((layout.read_marker(tag_dir) or {}).get("world_size", -1))
+    same_world = world_size is None or saved_world in (-1, world_size)
     own = tag_dir / f"extra_rank{rank}.pt"
+    if same_world and saved_world != -1 and rank < saved_world and not own.is_file():
+        raise CheckpointError(f"{own} is missing: the save of {saved_world} ranks is incomplete")
     path = own if own.is_file() else tag_dir / "extra_rank0.pt"
     state = TrainState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
     buffers = state.buffers
@@ -376,7 +482,7 @@ def load(engine, tag_dir: Path) -> TrainState:
                                           load_lr_scheduler_states=True)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {tag_dir}")
-    state, buffers = read_train_state(tag_dir, rt.rank())
+    state, buffers = read_train_state(tag_dir, rt.rank(), rt.world_size())
     if buffers is not None:
         restore_buffers(engine.module, buffers)
     set_rng_state(state.rng)

@@ -22,9 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", "--work_dir", dest="work_dir", default=None,
                    help="output directory (default: recipe work_dir or work_dirs/<recipe name>)")
     p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint in the work dir) or a path")
+    p.add_argument("--resume-other-recipe", action="store_true",
+                   help="resume even when the checkpoint was saved by another model than this recipe builds "
+                        "(refused by default, naming both)")
     p.add_argument("--load-from", "--load_from", dest="load_from", default=None,
                    help="initialise from a segmentor checkpoint (DeepSpeed dir, consolidated or mmcv .pth); "
                         "shape-mismatched layers (class layers) are re-initialised")
+    p.add_argument("--load-from-partial", action="store_true",
+                   help="accept a --load-from checkpoint that fills fewer than half of the model's tensors "
+                        "(an error by default)")
     p.add_argument("--cfg-options", "--cfg_options", dest="cfg_options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override recipe values, e.g. runner.max_iters=200 data.samples_per_gpu=4")
     p.add_argument("--dist-timeout", type=float, default=300.0,
@@ -92,7 +98,17 @@ def main(argv=None, make_task=None) -> int:
         task = make_task(task.cfg)
     from .status import recorded
 
-    with recorded(work_dir, main=rt.is_main()) as status:  # work_dir/status.json: running -> finished/stopped/failed
-        status["iteration"] = Trainer(task, ds, work_dir, resume=resume, load_from=load_from,
-                                      progress=not args.no_progress).build().fit()["iteration"]
+    from ..checkpoint_io import CheckpointError
+    from .checkpoint import RecipeMismatchError
+
+    try:
+        with recorded(work_dir, main=rt.is_main()) as status:  # status.json: running -> finished/stopped/failed
+            status["iteration"] = Trainer(task, ds, work_dir, resume=resume, load_from=load_from,
+                                          progress=not args.no_progress,
+                                          resume_other_recipe=args.resume_other_recipe,
+                                          load_from_partial=args.load_from_partial).build().fit()["iteration"]
+    except (CheckpointError, RecipeMismatchError) as e:  # a refused checkpoint: said plainly, recorded as failed
+        if rt.is_main():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     return 0

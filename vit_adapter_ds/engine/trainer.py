@@ -77,11 +77,12 @@ class Trainer:
     """Build, step, log, evaluate, save / resume. The process group must be initialised (``runtime``)."""
 
     def __init__(self, task, ds_config: dict, work_dir, *, resume: str | None = None, load_from: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, resume_other_recipe: bool = False, load_from_partial: bool = False):
         cfg = task.cfg
         self.task, self.cfg, self.ds_config = task, cfg, dict(ds_config)
         self.work_dir = Path(work_dir)
         self.resume, self.load_from, self.progress = resume, load_from, progress
+        self.resume_other_recipe, self.load_from_partial = resume_other_recipe, load_from_partial
         self.rank, self.world = rt.rank(), rt.world_size()
         self.device = rt.device()
         self.dtype = compute_dtype(ds_config)
@@ -101,7 +102,7 @@ class Trainer:
         self.seed = int(cfg.get("seed", 0) or 0)
         self.checkpoints = ckpt.CheckpointManager(self.work_dir, ck.get("max_keep_ckpts"),
                                                   {"precision": precision(ds_config),
-                                                   "zero_stage": zero_stage(ds_config)})
+                                                   "zero_stage": zero_stage(ds_config), "recipe": recipe_name(cfg)})
         self.start_iter = 0
         self.last_saved = -1
         self._eval_copy = None
@@ -122,22 +123,26 @@ class Trainer:
 
         self.stop_request.install()  # a stop signal during the (long) build is acted on after the first iteration
         self._prepare_work_dir()
-        # resume target first: a world-size change needs the universal-checkpoint config before initialize
-        found = ckpt.find_resume_everywhere(self.resume, self.work_dir)  # rank 0 verifies and decides
+        # rank 0 verifies the resume target and checks its files are data only; every rank gets its decision
+        found = ckpt.find_resume_everywhere(self.resume, self.work_dir)
         self.resume_dir = None
         self.universal = False
+        seed_everything(self.seed)
+        # a plain module (no zero.Init), so every init function runs as written; a resumed run restores all weights
+        model = self.task.build_model(load_pretrained=found is None)
+        fingerprint = ckpt.model_fingerprint(model)
+        self.checkpoints.meta["model_fingerprint"] = fingerprint
         if found is not None:
             tag_dir, meta = found
+            ckpt.check_recipe(tag_dir, meta, fingerprint, recipe_name(self.cfg), self.resume_other_recipe,
+                              report=self._warn)
+            self.checkpoints.continue_run(meta)
             saved_world = int(meta.get("world_size", self.world))
-            if saved_world != self.world:
+            if saved_world != self.world:  # before initialize: the universal-checkpoint config
                 tag_dir = ckpt.convert_to_universal(tag_dir, int(meta.get("zero_stage", zero_stage(self.ds_config))))
                 self.ds_config["checkpoint"] = dict(self.ds_config.get("checkpoint", {}), load_universal=True)
                 self.universal = saved_world
             self.resume_dir = tag_dir
-
-        seed_everything(self.seed)
-        # a plain module (no zero.Init), so every init function runs as written; a resumed run restores all weights
-        model = self.task.build_model(load_pretrained=self.resume_dir is None)
         report = getattr(model, "pretrained_report", None)
         if report is not None and rt.is_main():
             print(str(report), flush=True)
@@ -160,15 +165,21 @@ class Trainer:
             self.start_iter = self.last_saved = state.iteration
             if state.loader is not None and hasattr(self.train_loader, "load_state_dict"):
                 self.train_loader.load_state_dict(state.loader)
-        self.log = RunLogger(self.work_dir, rt.is_main(), self.max_iters, self.start_iter, progress=self.progress)
+        self.log = RunLogger(self.work_dir, rt.is_main(), self.max_iters, self.start_iter, progress=self.progress,
+                             resumed=self.resume_dir is not None)
         self._log_start()
         return self
+
+    def _warn(self, msg: str) -> None:
+        if rt.is_main():
+            print(f"warning: {msg}", flush=True)
 
     def _load_from(self, model) -> None:
         from ..checkpoint_io import load_into
 
         report = load_into(model, self.load_from, reinit_mismatched=True,  # the task may adapt foreign layouts
                            filter_fn=getattr(self.task, "checkpoint_filter", None))
+        check_load_from_coverage(report, model, self.load_from, allow_partial=self.load_from_partial)
         if rt.is_main():
             print(f"load_from {self.load_from}: {report}", flush=True)
             with open(self.work_dir / "load_from_report.json", "w") as f:
@@ -291,10 +302,12 @@ class Trainer:
         if self.best_metric:
             if self.best_metric not in metrics:
                 raise KeyError(f"evaluation.save_best={self.best_metric!r}: the evaluation gives {sorted(metrics)}")
-            if self.checkpoints.update_best(self.best_metric, float(metrics[self.best_metric]), iteration):
-                self.log.info(f"best {self.best_metric} {metrics[self.best_metric]:.4f} at iteration {iteration}")
+            value = float(metrics[self.best_metric])
+            if self.checkpoints.is_better(self.best_metric, value):  # rank 0 decides: every rank saves or none
+                self.log.info(f"best {self.best_metric} {value:.4f} at iteration {iteration}")
                 if self.last_saved != iteration:
                     self.save(iteration)
+                self.checkpoints.record_best(self.best_metric, value, iteration)  # names a complete tag only
         return metrics
 
     # ------------------------------------------------------------------------------------------------ loop
@@ -363,6 +376,57 @@ class Trainer:
         self.log.close()
         rt.barrier()
         raise TrainingInterrupted(done, signum)
+
+
+def recipe_name(cfg) -> str | None:
+    """The recipe's file stem (``upernet_deit_adapter_tiny_512_160k_ade20k``), None for a config built in code."""
+    filename = getattr(cfg, "filename", None)
+    return Path(filename).stem if filename else None
+
+
+LOAD_FROM_MIN_FRACTION = 0.5
+
+
+def check_load_from_coverage(report, model, source, allow_partial: bool = False) -> None:
+    """``--load-from`` that fills fewer than half of the model's tensors is an error (unless ``allow_partial``):
+    the checkpoint is probably of another model, or its keys carry a prefix. The message names the prefix that would
+    make the most keys match."""
+    own = list(model.state_dict())
+    loaded = len(report.loaded)
+    if allow_partial or not own or loaded >= LOAD_FROM_MIN_FRACTION * len(own):
+        return
+    hint = best_matching_prefix(report.unexpected, own)
+    from ..checkpoint_io import CheckpointError
+
+    raise CheckpointError(
+        f"--load-from {source}: only {loaded} of the model's {len(own)} tensors were found in it"
+        + (f"; {hint}" if hint else f" (it holds {len(report.unexpected)} tensors the model does not have)")
+        + ". Pass --load-from-partial to load a partial checkpoint on purpose")
+
+
+def _prefix_counts(keys: list[str], targets: set[str]) -> dict[str, int]:
+    """``{prefix: how many keys are prefix + a target}`` over the dotted prefixes of ``keys``."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in targets:
+                prefix = ".".join(parts[:i]) + "."
+                counts[prefix] = counts.get(prefix, 0) + 1
+    return counts
+
+
+def best_matching_prefix(theirs: list[str], own: list[str]) -> str:
+    """A hint like ``"its keys match the model's with the prefix 'module.backbone.' removed (612 tensors)"``: the
+    prefix to remove from (or add to) the checkpoint's keys that makes the most of them model keys."""
+    strip = _prefix_counts(theirs, set(own))  # checkpoint key = prefix + model key
+    add = _prefix_counts(own, set(theirs))  # model key = prefix + checkpoint key
+    best = max([(n, "removed", p) for p, n in strip.items()] + [(n, "added", p) for p, n in add.items()],
+               default=None)
+    if best is None:
+        return ""
+    n, how, prefix = best
+    return f"its keys match the model's with the prefix {prefix!r} {how} ({n} tensors)"
 
 
 def train(task, ds_config: dict, work_dir, **kwargs) -> dict:
