@@ -3,11 +3,15 @@
 Every method is a no-op on ranks other than 0, so callers need no ``if rank == 0``.
 
 A resumed run reads as one clean run: records of iterations after the resume point (logged by the crashed run,
-re-run now) are dropped from ``metrics.jsonl``, and TensorBoard purges its events after that step.
+re-run now) move from ``metrics.jsonl`` to ``metrics.<time>.after_iter_<N>.jsonl``, and TensorBoard purges its events
+after that step. A fresh start never destroys an earlier run's records (as mmcv's per-run timestamped logs): the
+previous ``metrics.jsonl`` becomes ``metrics.<time>.jsonl`` and the previous TensorBoard event files move to
+``tensorboard/run_<time>/``, which TensorBoard shows as a run of its own.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +20,8 @@ import numpy as np
 
 
 class RunLogger:
-    def __init__(self, work_dir, enabled: bool, total_iters: int, start_iter: int = 0, progress: bool = True):
+    def __init__(self, work_dir, enabled: bool, total_iters: int, start_iter: int = 0, progress: bool = True,
+                 resumed: bool | None = None):
         self.enabled = enabled
         self.work_dir = Path(work_dir)
         self.tb = None
@@ -26,11 +31,14 @@ class RunLogger:
             return
         from torch.utils.tensorboard import SummaryWriter
 
+        resumed = bool(start_iter) if resumed is None else resumed
         self.tb_dir = self.work_dir / "tensorboard"
-        self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_iter + 1 if start_iter else None)
         path = self.work_dir / "metrics.jsonl"
-        if path.exists():
+        if not resumed:
+            set_aside_previous_run(self.work_dir)
+        elif path.exists():
             truncate_jsonl(path, start_iter)
+        self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start_iter + 1 if resumed else None)
         self._jsonl = open(path, "a")
         if progress:
             from tqdm import tqdm
@@ -80,21 +88,60 @@ class RunLogger:
             self._jsonl.close()
 
 
+def _stamp() -> str:
+    return time.strftime("%Y%m%d_%H%M%S")
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path`` with ``_1``, ``_2``, ... before its last suffix when it exists already."""
+    if not path.exists():
+        return path
+    for i in range(1, 10000):
+        candidate = path.with_name(f"{path.stem}_{i}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"no free name next to {path}")
+
+
+def set_aside_previous_run(work_dir) -> list[Path]:
+    """Before a fresh (not resumed) run writes its logs: keep the previous run's ``metrics.jsonl`` as
+    ``metrics.<time>.jsonl`` and move its TensorBoard event files to ``tensorboard/run_<time>/``. Returns the new
+    paths."""
+    work_dir = Path(work_dir)
+    moved = []
+    stamp = _stamp()
+    metrics = work_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        target = _unused(work_dir / f"metrics.{stamp}.jsonl")
+        os.replace(metrics, target)
+        moved.append(target)
+    tb = work_dir / "tensorboard"
+    events = sorted(p for p in tb.iterdir() if p.is_file()) if tb.is_dir() else []
+    if events:
+        folder = _unused(tb / f"run_{stamp}")
+        folder.mkdir()
+        for p in events:
+            os.replace(p, folder / p.name)
+        moved.append(folder)
+    return moved
+
+
 def truncate_jsonl(path: Path, last_iter: int) -> int:
     """Keep the records of ``path`` with ``iter <= last_iter`` (and unparsable lines' predecessors only); atomic.
-    Returns the number of records dropped."""
-    kept, dropped = [], 0
+    The records it drops (and lines cut by a crash) are kept in ``metrics.<time>.after_iter_<last_iter>.jsonl``
+    next to it. Returns the number of records dropped."""
+    kept, dropped_lines = [], []
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += 1  # a line cut by the crash
-            continue
-        if int(rec.get("iter", 0)) <= last_iter:
-            kept.append(line)
-        else:
-            dropped += 1
+            keep = int(rec.get("iter", 0)) <= last_iter
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            keep = False  # a line cut by the crash
+        (kept if keep else dropped_lines).append(line)
+    dropped = len(dropped_lines)
     if dropped:
+        aside = _unused(path.with_name(f"{path.stem}.{_stamp()}.after_iter_{last_iter}{path.suffix}"))
+        aside.write_text("".join(d + "\n" for d in dropped_lines))
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(k + "\n" for k in kept))
         tmp.replace(path)
