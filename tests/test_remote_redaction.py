@@ -96,3 +96,17 @@ def test_retry_redacts_the_messages_it_raises():
     assert str(e.value) == ("size of s3://bucket/a.tar: LibraryError: 403, message='Forbidden', "
                             "url='https://REDACTED@h/a.tar?X-Amz-Signature=REDACTED'")
     assert "hunter2" not in text(e.value) and "deadbeef" not in text(e.value)
+
+
+def test_status_json_never_holds_a_secret(tmp_path):
+    """Whatever error text reaches status.json (here not from the data code, which redacts its own messages), its
+    credentials and signatures are redacted; the rest of the record stays valid JSON."""
+    import json
+
+    from vit_adapter_ds.engine.status import read_status, write_status
+
+    write_status(tmp_path, "failed", error="OSError: https://alice:hunter2@h/x.tar?X-Amz-Signature=s3cr3t&part=1")
+    text = (tmp_path / "status.json").read_text()
+    assert "hunter2" not in text and "s3cr3t" not in text and "alice" not in text
+    rec = read_status(tmp_path)
+    assert rec["state"] == "failed" and "part=1" in rec["error"] and json.loads(text) == rec

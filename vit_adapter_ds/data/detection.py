@@ -58,6 +58,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import det_transforms as T
 from . import instaboost
+from .remote import redact_url
 from .decode import BadSample, ShardReader, decode_image, decode_label, image_member
 from .loader import (BatchStream, EpochLoader, OtherRankFailed, TooManyBadSamples, _BadCounter, bad_sample_budget,
                      epoch_order, iterate_batches, sum_over_ranks)
@@ -197,15 +198,15 @@ def open_detection_set(shard_dir, split, verify="size", num_classes=None):
     """Read and check a detection shard set; return (manifest without the per-sample index, reader, cat2label)."""
     m = read_manifest(shard_dir, split)
     if m.get("task") != "detection":
-        raise ShardSetError(f"{m['shard_dir']} holds {m.get('task', 'segmentation')!r} shards, not detection "
-                            "(write them with `make_shards coco` or `make_shards synthetic --layout coco`)")
+        raise ShardSetError(f"{redact_url(m['shard_dir'])} holds {m.get('task', 'segmentation')!r} shards, not "
+                            "detection (write them with `make_shards coco` or `make_shards synthetic --layout coco`)")
     verify_shards(m["shard_dir"], m, verify)
     cats = m.get("categories") or []
     if not cats:
-        raise ShardSetError(f"{m['shard_dir']}: the manifest lists no categories")
+        raise ShardSetError(f"{redact_url(m['shard_dir'])}: the manifest lists no categories")
     if num_classes is not None and int(num_classes) != len(cats):
-        raise ShardSetError(f"{m['shard_dir']}: the manifest has {len(cats)} categories, the model/recipe "
-                            f"{num_classes}")
+        raise ShardSetError(f"{redact_url(m['shard_dir'])}: the manifest has {len(cats)} categories, the "
+                            f"model/recipe {num_classes}")
     reader = ShardReader(m)
     light = dict(m, shards=[{k: v for k, v in s.items() if k != "samples"} for s in m["shards"]])
     return light, reader, {int(c["id"]): i for i, c in enumerate(cats)}
@@ -319,7 +320,7 @@ class DetectionTrainLoader(EpochLoader):
         self.valid = trainable_ids(self.reader, self.cat2label, min_size) if filter_empty_gt else \
             np.arange(len(self.reader))
         if len(self.valid) == 0:
-            raise ShardSetError(f"{self.shard_dir}: no image with annotations to train on")
+            raise ShardSetError(f"{redact_url(self.shard_dir)}: no image with annotations to train on")
         self._valid_mask = np.zeros(len(self.reader), dtype=bool)
         self._valid_mask[self.valid] = True
         self.num_samples = int(len(self.valid))
@@ -336,8 +337,8 @@ class DetectionTrainLoader(EpochLoader):
             sem = self.manifest.get("semantic_seg")
             if not sem:
                 raise ShardSetError(
-                    f"{self.shard_dir}: the train pipeline loads semantic maps (LoadAnnotations(with_seg=True), "
-                    "HTC++) but this shard set has none; write it with `python -m vit_adapter_ds.data.make_shards "
+                    f"{redact_url(self.shard_dir)}: the train pipeline loads semantic maps "
+                    "(LoadAnnotations(with_seg=True), HTC++) but this shard set has none; write it with `python -m vit_adapter_ds.data.make_shards "
                     "coco --root data/coco --stuff-maps data/coco/stuffthingmaps` (COCO-Stuff stuffthingmaps, "
                     "one PNG per image in train2017/ and val2017/)")
             self.semantic_classes = int(sem["num_classes"])

@@ -271,12 +271,13 @@ def _det_section(cfg, split: str, shards=None) -> dict:
 
 def _det_val_loader(task, cfg, args, rank: int, world: int):
     from ..data.manifest import ShardSetError
+    from ..data.remote import redact_url
 
     shard_dir = _det_section(cfg, args.split, args.shards)["shard_dir"]
     try:
         loader = task.build_val_loader(rank, world, split=args.split)
     except ShardSetError as e:
-        raise ShardSetError(f"data.{args.split}.shard_dir={shard_dir}: {e}") from e
+        raise ShardSetError(f"data.{args.split}.shard_dir={redact_url(shard_dir)}: {e}") from e
     loader.num_workers = args.num_workers
     return loader, shard_dir
 

@@ -24,6 +24,8 @@ import socket
 import time
 from pathlib import Path
 
+from ..data.remote import redact_url
+
 STATUS_FILE = "status.json"
 STATES = ("running", "finished", "stopped", "failed")
 
@@ -38,8 +40,8 @@ def write_status(work_dir, state: str, **info) -> Path:
            "time": time.time()}
     path = work_dir / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(rec, f, indent=1, default=str)
+    with open(tmp, "w") as f:  # an error message may quote a signed shard URL: never its secrets
+        f.write(redact_url(json.dumps(rec, indent=1, default=str)))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
