@@ -319,6 +319,11 @@ def test_server_that_ignores_range_is_a_permanent_error(shards, http_client, sta
             f.seek(start)
             f.read(512)
         assert sleeps == [] and srv.full_bodies == 2
+        # and through a loader: the first sample stops training (not one whole-shard download per sample, each
+        # counted as a bad sample until the budget runs out)
+        with pytest.raises(remote.RangeIgnoredError, match="ignored the byte range"):
+            next(iter(build_train_loader(f"{srv.url}/syn", batch_size=2, **dict(OPTS, num_workers=0))))
+        assert srv.full_bodies == 4  # the manifest (read whole on purpose) and one shard read
     finally:
         srv.stop()
 

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .remote import open_shard
+from .remote import RangeIgnoredError, open_shard
 
 IMAGE_EXTS = ("jpg", "jpeg", "png")
 MAX_PIXELS = 1 << 26  # 67M pixels (8192 x 8192): larger files are refused (below PIL's decompression-bomb warning)
@@ -126,6 +126,8 @@ class ShardReader:
             try:
                 f.seek(offset)
                 data = f.read(size)
+            except RangeIgnoredError:
+                raise  # the server's fault, not the sample's: every read would fetch a whole shard, so stop
             except OSError as e:
                 raise BadSample(f"read error in member {key}.{ext}: {e}") from e
             if len(data) != size:
