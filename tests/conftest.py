@@ -6,6 +6,7 @@
 SLURM that cannot start...) fails the run instead of silently testing less.
 """
 import os
+import sys
 
 import pytest
 
@@ -14,6 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # test files import support.py (and each other)
 
 STRICT = os.environ.get("VIT_ADAPTER_DS_STRICT", "0") not in ("", "0")
 # skips that are a property of the machine's accelerator or of the run's mode, never of a missing reference
@@ -49,3 +52,11 @@ def pytest_make_collect_report(collector):
     report = outcome.get_result()
     if STRICT and report.skipped and not any(a in _reason(report) for a in ALLOWED_SKIPS):
         _strict_failure(report, _reason(report), collector.nodeid)
+
+
+@pytest.fixture
+def free_port():
+    """``free_port()`` of ``tests/support.py``: a fresh unused TCP port for each call."""
+    from support import free_port as pick
+
+    return pick

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -36,6 +35,8 @@ from vit_adapter_ds.engine import checkpoint as ckpt
 from vit_adapter_ds.engine.checkpoint import (CheckpointManager, CheckpointSaveError, RecipeMismatchError,
                                               TrainState, find_resume, find_resume_everywhere, read_train_state)
 from vit_adapter_ds.engine.logging import RunLogger
+
+from support import free_port as _free_port  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -330,12 +331,6 @@ def test_load_from_that_loads_too_little_names_the_prefix(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ real engine
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Payload:
     def __init__(self, marker):
         self.marker = marker
