@@ -411,3 +411,31 @@ def test_save_best_on_two_ranks_with_unaligned_intervals(tmp_path):
     tag = work / "checkpoints" / best["tag"]
     assert not layout.verify(tag, layout.read_marker(tag))
     assert find_resume("auto", work)[0].name == "iter_6"
+
+
+class ModelOnlyEngine(FakeEngine):
+    """A ZeRO-0 save: model states only (what eval / predict / --load-from consolidate from a work dir)."""
+
+    def save_checkpoint(self, save_dir, tag, client_state=None, save_latest=True):
+        d = Path(save_dir) / tag
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save({"module": {"w": torch.full((4,), self.value)}}, d / "mp_rank_00_model_states.pt")
+
+
+def test_eval_weights_of_a_work_dir_skip_a_damaged_newest_tag_with_a_warning(tmp_path, capsys):
+    """What launch/eval.py, predict.py and --load-from read from a work dir (read_state_dict): the newest intact
+    save's weights, and a warning naming the damaged one (was: the damaged newest tag, without a word)."""
+    from vit_adapter_ds.checkpoint_io import read_state_dict
+
+    m = CheckpointManager(tmp_path, -1)
+    _save(m, 1, ModelOnlyEngine(value=1.0))
+    _save(m, 2, ModelOnlyEngine(value=2.0))
+    assert torch.equal(read_state_dict(tmp_path)["w"], torch.full((4,), 2.0))
+    p = m.root / "iter_2" / "mp_rank_00_model_states.pt"
+    data = bytearray(p.read_bytes())
+    data[-30] ^= 0xFF  # same size, one byte changed: only the CRC-32 sees it
+    p.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert torch.equal(read_state_dict(tmp_path)["w"], torch.full((4,), 1.0))
+    err = capsys.readouterr().err
+    assert "warning:" in err and "iter_2" in err and "CRC-32" in err
