@@ -24,7 +24,7 @@ from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops, 
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 CLUSTER = REPO / "launch" / "slurm" / "local_cluster.sh"
-STATE = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/vit-adapter-ds-slurm"))
+STATE = Path(os.environ.get("SLURM_LOCAL_DIR", "/run/vit-adapter-ds-slurm"))  # the script's default as root
 ITERS = 10
 
 
