@@ -5,15 +5,21 @@
 * a one-host hostfile (``localhost slots=2``) trains the stub task on 2 ranks, started locally (no ssh);
 * two network namespaces act as two hosts with an sshd each: the launcher on the first starts both nodes' ranks
   over ssh with pdsh (DeepSpeed's default multi-node launcher), passing the variables the ranks need
-  (``GLOO_SOCKET_IFNAME``, ...) through the env file the script writes; the losses and weights equal the one-host
-  run's bit for bit. (``NODE_RANK``, the script started on every node without ssh, is checked with the probe;
-  training across two namespaces without a launcher in between is ``tests/test_cluster_resilience.py``'s.)
+  (``GLOO_SOCKET_IFNAME``, ...) through the script's private variables file (only its path is on DeepSpeed's pdsh
+  command); the losses and weights equal the one-host run's bit for bit;
+* variables with JSON, quotes, ``$(...)``, backticks and a newline reach the ranks of both hosts byte for byte and
+  are never evaluated, and no secret appears in the launcher's output or its logged ``cmd = ...``; unsafe
+  ``.deepspeed_env`` files, folders and variables files are refused.
+
+(``NODE_RANK``, the script started on every node without ssh, is checked with the probe; training across two
+namespaces without a launcher in between is ``tests/test_cluster_resilience.py``'s.)
 
 The ssh test installs ``openssh-server`` and ``pdsh`` with apt where they are missing (as root), and is skipped
 with the reason only where that is impossible (not root, no apt-get).
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -275,6 +281,154 @@ def test_two_hosts_over_ssh_with_pdsh(one_host_run, sshd_hosts, tmp_path):
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GLOO_SOCKET_IFNAME": IFACE}
     rc, out = _launch(tmp_path, hf, _train_args(work), env, port=29873, prefix=["ip", "netns", "exec", ns[0]])
     assert rc == 0, out[-4000:]
-    assert f"export GLOO_SOCKET_IFNAME={IFACE};" in out  # DeepSpeed's pdsh command (logged) carries the variable
+    cmd = _logged_cmd(out)  # DeepSpeed's pdsh command carries only the variables file's path, no value
+    assert "export VIT_ADAPTER_DS_LAUNCH_ENV=" in cmd and "GLOO_SOCKET_IFNAME" not in cmd, cmd
     assert f"{addrs[1]}:" in out  # pdsh prefixes every line of the second host with its name
     assert_same_run(one_host_run, work)
+
+
+# ------------------------------------------------------------------- variables: verbatim, never evaluated, no leak
+ENV_PROBE = textwrap.dedent("""\
+    import json, os, stat, sys
+    f = os.environ.get("VIT_ADAPTER_DS_LAUNCH_ENV")
+    mode = (lambda p: stat.S_IMODE(os.lstat(p).st_mode)) if f else (lambda p: None)
+    info = {"env": {k: os.environ.get(k) for k in os.environ["PROBE_NAMES"].split()}, "argv": sys.argv[1:],
+            "file": f, "file_mode": mode(f), "dir_mode": mode(os.path.dirname(f)) if f else None}
+    with open(os.path.join(os.environ["PROBE_OUT"], f"rank{os.environ['RANK']}.json"), "w") as fh:
+        json.dump(info, fh)
+""")
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "sekretAWS4f1c", "MLFLOW_TRACKING_PASSWORD": "sekretMLFLOW9e2"}
+
+
+def _hostile(tmp):
+    """Values that a shell would mangle or run: JSON (quotes, spaces), $(...), backticks, a newline, blanks at the
+    ends; each command would create a marker file. Returns (variables, .deepspeed_env text, markers)."""
+    marks = [tmp / f"marker{i}" for i in range(4)]
+    options = json.dumps({"endpoint_url": "http://h:9000/a b", "quote": "it's \"q\"", "cost": "$HOME 5$",
+                          "run": f"$(touch {marks[0]})", "tick": f"`touch {marks[1]}`"})
+    value = f" {options}\nsecond line $(touch {marks[2]}) \\ \t'end' "
+    dsenv = f"# a comment\n\nDSENV_VALUE =  $(touch {marks[3]}) \"q\" 'x' \n"
+    return dict(SECRETS, VIT_ADAPTER_DS_REMOTE_OPTIONS=value), dsenv, marks
+
+
+def _logged_cmd(out):
+    cmds = [line for line in out.splitlines() if "cmd = " in line]
+    assert len(cmds) == 1, out[-4000:]
+    return cmds[0]
+
+
+def _check_ranks(tmp, out, probe_out, variables, marks, nranks):
+    assert [m for m in marks if m.exists()] == [], "a value was evaluated by a shell"
+    for v in SECRETS.values():
+        assert v not in out, "a secret reached a command line or a log"
+    ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in probe_out.glob("rank*.json")}
+    assert sorted(ranks) == list(range(nranks)), out[-4000:]
+    want = dict(variables, DSENV_VALUE=f"$(touch {marks[3]}) \"q\" 'x'")  # as written, blanks at the ends stripped
+    for r, info in ranks.items():
+        assert info["env"] == want, (r, info["env"])
+        assert info["file_mode"] == 0o600 and info["dir_mode"] == 0o700, info
+        assert info["argv"][-4:] == ["--resume", "auto", "--x", "1"]
+    assert not list(tmp.glob(".vit-adapter-ds-launch.*"))  # the private folder is gone after the run
+
+
+def _probe_env(tmp, variables, dsenv):
+    (tmp / "probe.py").write_text(ENV_PROBE)
+    (tmp / ".deepspeed_env").write_text(dsenv)
+    (tmp / ".deepspeed_env").chmod(0o600)
+    probe_out = tmp / "probe_out"
+    probe_out.mkdir()
+    env = dict(variables, TRAIN_SCRIPT=str(tmp / "probe.py"), PROBE_OUT=str(probe_out),
+               PROBE_NAMES=" ".join([*variables, "DSENV_VALUE"]), EXPORT_VARS="PROBE_OUT PROBE_NAMES")
+    return env, probe_out
+
+
+def test_variables_verbatim_on_this_host(tmp_path):
+    """One host, no ssh: the ranks (started through the script) get every variable byte for byte from the file,
+    MLFLOW_* too (taken out of the launcher's environment, where DeepSpeed would have put it on its command line)."""
+    variables, dsenv, marks = _hostile(tmp_path)
+    env, probe_out = _probe_env(tmp_path, variables, dsenv)
+    rc, out = _launch(tmp_path, _hostfile(tmp_path / "hostfile", ["localhost slots=2"]), ["--x", "1"], env,
+                      port=29881)
+    assert rc == 0, out[-4000:]
+    _check_ranks(tmp_path, out, probe_out, variables, marks, 2)
+
+
+def test_two_hosts_variables_verbatim_and_off_the_command_line(sshd_hosts, tmp_path):
+    """Over ssh (pdsh): JSON with quotes and spaces, $(...), backticks and a newline arrive byte for byte on the
+    second host and nothing is run; no secret is on DeepSpeed's logged pdsh command (only the file's path is)."""
+    ns, addrs, bin_dir = sshd_hosts
+    variables, dsenv, marks = _hostile(tmp_path)
+    env, probe_out = _probe_env(tmp_path, variables, dsenv)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    hf = _hostfile(tmp_path / "hostfile", [f"{a} slots=1" for a in addrs])
+    rc, out = _launch(tmp_path, hf, ["--x", "1"], env, port=29882, prefix=["ip", "netns", "exec", ns[0]])
+    cmd = _logged_cmd(out)
+    assert f"{addrs[1]}:" in out, out[-4000:]  # the second host's launcher ran (pdsh prefixes its lines)
+    _check_ranks(tmp_path, out, probe_out, variables, marks, 2)
+    assert rc == 0, out[-4000:]
+    assert "export VIT_ADAPTER_DS_LAUNCH_ENV=" in cmd and "--no_python" in cmd, cmd
+    for name in (*variables, "DSENV_VALUE", "GLOO", "touch"):
+        assert name not in cmd, (name, cmd)
+
+
+def _refused(tmp, env, args=("--x", "1"), prefix_args=()):
+    hf = _hostfile(tmp / "hostfile", ["localhost slots=1"])
+    res = subprocess.run(["bash", str(SCRIPT), *prefix_args, *args], capture_output=True, text=True, cwd=str(tmp),
+                         env=_env(dict(env, HOSTFILE=str(hf), TRAIN_SCRIPT=str(tmp / "never.py"))), timeout=60)
+    assert res.returncode == 2 and "deepspeed" not in res.stderr.lower().replace("deepspeed_env", ""), res
+    return res.stderr
+
+
+@pytest.mark.parametrize("case", ["dsenv_group_writable", "dsenv_other_owner", "dir_shell_chars", "no_python"])
+def test_launcher_refusals(tmp_path, case):
+    """Refused before anything starts, naming the file or variable and the reason."""
+    env = {}
+    dsenv = tmp_path / ".deepspeed_env"
+    if case.startswith("dsenv"):
+        dsenv.write_text("A=1\n")
+        if case == "dsenv_group_writable":
+            dsenv.chmod(0o664)
+            want = (str(dsenv.name), "group or others can write")
+        else:
+            if os.geteuid() != 0:
+                pytest.skip("needs root (chown)")
+            os.chown(dsenv, 65534, -1)
+            want = (str(dsenv.name), "owned by uid 65534")
+    elif case == "dir_shell_chars":
+        d = tmp_path / "a$(touch x)"
+        d.mkdir()
+        env["LAUNCH_ENV_DIR"] = str(d)
+        want = (str(d), "characters that the remote shell would")
+    else:
+        env["DS_LAUNCHER_ARGS"] = "--no_python"
+        want = ("DS_LAUNCHER_ARGS", "--no_python")
+    err = _refused(tmp_path, env)
+    assert "refusing" in err and all(w in err for w in want), err
+    assert not list(tmp_path.glob(".vit-adapter-ds-launch.*")) and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("case", ["symlink", "group_readable", "unset"])
+def test_rank_start_refuses_an_unsafe_variables_file(tmp_path, case):
+    """The rank side loads only a plain 0600 file of this user in a private folder; never a symlink."""
+    priv = tmp_path / "priv"
+    priv.mkdir(mode=0o700)
+    real = priv / "real"
+    real.write_text("A=" + base64.b64encode(b"1").decode() + "\n")
+    real.chmod(0o600)
+    f = priv / "env"
+    if case == "symlink":
+        f.symlink_to(real)
+    else:
+        f.write_text(real.read_text())
+        f.chmod(0o640)
+    env = _env()
+    env.pop("VIT_ADAPTER_DS_LAUNCH_ENV", None)
+    if case != "unset":
+        env["VIT_ADAPTER_DS_LAUNCH_ENV"] = str(f)
+    (tmp_path / "p.py").write_text("open('ran', 'w')\n")
+    res = subprocess.run(["bash", str(SCRIPT), "--local_rank=0", "--vit-adapter-ds-rank", sys.executable,
+                          str(tmp_path / "p.py")], capture_output=True, text=True, cwd=str(tmp_path), env=env,
+                         timeout=60)
+    assert res.returncode == 2 and "refusing" in res.stderr, res
+    assert (str(f) if case != "unset" else "VIT_ADAPTER_DS_LAUNCH_ENV") in res.stderr, res.stderr
+    assert not (tmp_path / "ran").exists()
