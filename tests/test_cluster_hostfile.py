@@ -342,18 +342,18 @@ def _probe_env(tmp, variables, dsenv):
     return env, probe_out
 
 
-def test_variables_verbatim_on_this_host(tmp_path):
+def test_variables_verbatim_on_this_host(tmp_path, free_port):
     """One host, no ssh: the ranks (started through the script) get every variable byte for byte from the file,
     MLFLOW_* too (taken out of the launcher's environment, where DeepSpeed would have put it on its command line)."""
     variables, dsenv, marks = _hostile(tmp_path)
     env, probe_out = _probe_env(tmp_path, variables, dsenv)
     rc, out = _launch(tmp_path, _hostfile(tmp_path / "hostfile", ["localhost slots=2"]), ["--x", "1"], env,
-                      port=29881)
+                      port=free_port())
     assert rc == 0, out[-4000:]
     _check_ranks(tmp_path, out, probe_out, variables, marks, 2)
 
 
-def test_two_hosts_variables_verbatim_and_off_the_command_line(sshd_hosts, tmp_path):
+def test_two_hosts_variables_verbatim_and_off_the_command_line(sshd_hosts, tmp_path, free_port):
     """Over ssh (pdsh): JSON with quotes and spaces, $(...), backticks and a newline arrive byte for byte on the
     second host and nothing is run; no secret is on DeepSpeed's logged pdsh command (only the file's path is)."""
     ns, addrs, bin_dir = sshd_hosts
@@ -361,7 +361,7 @@ def test_two_hosts_variables_verbatim_and_off_the_command_line(sshd_hosts, tmp_p
     env, probe_out = _probe_env(tmp_path, variables, dsenv)
     env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     hf = _hostfile(tmp_path / "hostfile", [f"{a} slots=1" for a in addrs])
-    rc, out = _launch(tmp_path, hf, ["--x", "1"], env, port=29882, prefix=["ip", "netns", "exec", ns[0]])
+    rc, out = _launch(tmp_path, hf, ["--x", "1"], env, port=free_port(), prefix=["ip", "netns", "exec", ns[0]])
     cmd = _logged_cmd(out)
     assert f"{addrs[1]}:" in out, out[-4000:]  # the second host's launcher ran (pdsh prefixes its lines)
     _check_ranks(tmp_path, out, probe_out, variables, marks, 2)
