@@ -398,15 +398,38 @@ def test_injector_starts_as_identity_for_vit_and_small_for_beit():
     torch.testing.assert_close(g, torch.full_like(g, 1e-6))
 
 
-def test_bf16_model_runs_the_deformable_attention_in_fp32_and_stays_close():
+def test_bf16_model_runs_the_deformable_attention_in_fp32_and_stays_close(monkeypatch):
+    import vit_adapter_ds.models.backbones.msdeform_attn as msda_module
     torch.manual_seed(0)
     ref = tiny_vit().eval()
     low = tiny_vit().eval()
     low.load_state_dict(ref.state_dict())
     low = low.to(torch.bfloat16)
     x = torch.randn(1, 3, 64, 64)
+    calls, samples = [], []  # dtypes reaching the op (value, locations) and its bilinear sampling (input, grid)
+    op, grid_sample = msda_module.ms_deform_attn, F.grid_sample
+
+    def op_spy(value, shapes, starts, loc, w, *a, **k):
+        out = op(value, shapes, starts, loc, w, *a, **k)
+        calls.append((value.dtype, loc.dtype, out.dtype))
+        return out
+
+    def grid_sample_spy(inp, grid, *a, **k):
+        samples.append((inp.dtype, grid.dtype))
+        return grid_sample(inp, grid, *a, **k)
+
+    monkeypatch.setattr(msda_module, "ms_deform_attn", op_spy)
+    monkeypatch.setattr(F, "grid_sample", grid_sample_spy)
     with torch.no_grad():
-        for a, b in zip(ref(x), low(x.bfloat16())):
+        outs = low(x.bfloat16())
+    monkeypatch.undo()
+    # every deformable attention of the bf16 model: bf16 value, float32 sampling locations, sampled in float32,
+    # returned in bf16
+    assert calls and samples, "the deformable attention was never called"
+    assert set(calls) == {(torch.bfloat16, torch.float32, torch.bfloat16)}, set(calls)
+    assert set(samples) == {(torch.float32, torch.float32)}, set(samples)
+    with torch.no_grad():
+        for a, b in zip(ref(x), outs, strict=True):
             assert b.dtype == torch.bfloat16
             assert ((a - b.float()).norm() / a.norm()) < 0.05
 
