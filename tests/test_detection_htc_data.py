@@ -1,5 +1,6 @@
 """HTC++ train data: Resize 'range' against mmdet's rule, the semantic map's Resize / flip / Pad / SegRescale against
-cv2 nearest (what mmcv calls) and hand-computed arrays, InstaBoost against the instaboostfast library called
+cv2's INTER_NEAREST rule (what mmcv calls; written out in this file, checked once against the pinned cv2) and
+hand-computed arrays, InstaBoost against the instaboostfast library called
 directly, semantic maps in the instance shards (make_shards coco --stuff-maps, synthetic --layout coco), and the
 official HTC++ pipeline through the loader: batch ``semantic_seg``, determinism, worker-count independence and
 exact resume."""
@@ -8,8 +9,10 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import os
 import random
+from pathlib import Path
 
 import cv2
 import instaboostfast
@@ -51,8 +54,49 @@ def htc_pipeline(resize=None, flip_ratio=0.5, instaboost=INSTABOOST):
     ]
 
 
-def cv2_nearest(a, h, w):
-    return cv2.resize(np.ascontiguousarray(a), (int(w), int(h)), interpolation=cv2.INTER_NEAREST)
+def _nearest_src(src, dst):
+    """Source index of each output position under OpenCV 4.x's ``INTER_NEAREST`` (imgproc/src/resize.cpp,
+    ``resize`` + ``resizeNN``): ``inv_scale = (double)dst / src``, ``ifx = 1. / inv_scale``,
+    ``sx = min(cvFloor(x * ifx), src - 1)``, all in IEEE double (Python floats: the same on every platform).
+    Not the exact rational ``x * src // dst``: the double reciprocal rounds below an integer at some positions
+    (src 2 -> dst 98: 49 * (1 / 49.0) = 0.9999999999999999, so output 49 reads source 0, and cv2 agrees)."""
+    ifx = 1.0 / (float(dst) / float(src))
+    return [min(math.floor(x * ifx), src - 1) for x in range(int(dst))]
+
+
+def inter_nearest(a, h, w):
+    """The reference of every nearest resize in this file (mmcv ``imresize(interpolation='nearest')`` =
+    ``cv2.resize(INTER_NEAREST)``), stated independently of any cv2 wheel; checked against the pinned cv2 once in
+    test_inter_nearest_reference_is_pinned_cv2."""
+    a = np.asarray(a)
+    return a[np.array(_nearest_src(a.shape[0], h))[:, None], np.array(_nearest_src(a.shape[1], w))[None, :]]
+
+
+def _pinned(name):
+    for line in (Path(__file__).resolve().parents[1] / "constraints" / "references.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.lower().startswith(name + "=="):
+            return line.split("==", 1)[1]
+    raise AssertionError(f"constraints/references.txt pins no {name}")
+
+
+def test_inter_nearest_reference_is_pinned_cv2():
+    """The rule above is what cv2 computes, checked with the cv2 that constraints/references.txt pins (what the
+    official mmcv/mmdet ran on); another cv2 is reported as such, not as a resize defect."""
+    pinned = _pinned("opencv-python")  # 4.11.0.86: cv2.__version__ is its first three parts
+    assert cv2.__version__ == ".".join(pinned.split(".")[:3]), (
+        f"cv2 {cv2.__version__} is installed, constraints/references.txt pins opencv-python=={pinned}: the nearest "
+        f"reference was checked against that; install with pip install -c constraints/references.txt")
+    rng = np.random.default_rng(7)
+    cases = [(2, 98), (3, 147), (2, 196), (1, 5), (7, 1), (64, 1600)]  # the first three: double rounding
+    cases += [tuple(rng.integers(1, 400, 2)) for _ in range(300)]
+    for src, dst in cases:
+        a = np.arange(src, dtype=np.int32)[None, :].repeat(2, 0)
+        got = cv2.resize(a.astype(np.float32), (int(dst), 2), interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
+        assert got.tolist() == _nearest_src(src, dst), (src, dst)
+    assert _nearest_src(2, 98)[49] == 0  # the double-rounding case, not 49 * 2 // 98 = 1
+    b = rng.integers(0, 256, (37, 50)).astype(np.uint8)
+    np.testing.assert_array_equal(inter_nearest(b, 11, 15), cv2.resize(b, (15, 11), interpolation=cv2.INTER_NEAREST))
 
 
 # ------------------------------------------------------------------------------------------------ pipeline ops
@@ -122,7 +166,7 @@ def test_resize_range_is_mmdet_rule():
         f = min(long_edge / 64, short_edge / 48)  # mmcv rescale_size
         nh, nw = int(48 * f + 0.5), int(64 * f + 0.5)
         assert tuple(o["img"].shape[-2:]) == (nh, nw) and tuple(o["seg"].shape) == (nh, nw)
-        np.testing.assert_array_equal(o["seg"].numpy(), cv2_nearest(seg.numpy(), nh, nw))
+        np.testing.assert_array_equal(o["seg"].numpy(), inter_nearest(seg.numpy(), nh, nw))
         torch.testing.assert_close(o["boxes"].as_subclass(torch.Tensor),
                                    torch.tensor([[4 * nw / 64, 4 * nh / 48, 20 * nw / 64, 30 * nh / 48]]))
     # the two draws' ranges
@@ -148,13 +192,13 @@ def test_nearest_resize_is_cv2_inter_nearest():
         dh, dw = rng.integers(1, 150, 2)
         a = rng.integers(0, 256, (sh, sw)).astype(np.uint8)
         np.testing.assert_array_equal(T.resize_nearest(torch.from_numpy(a), (dh, dw)).numpy(),
-                                      cv2_nearest(a, dh, dw))
+                                      inter_nearest(a, dh, dw))
     # instance masks in Resize follow the same rule
     m = rng.integers(0, 2, (2, 13, 17)).astype(np.uint8)
     s = T.make_sample(torch.zeros(3, 13, 17, dtype=torch.uint8), [[0, 0, 5, 5], [1, 1, 9, 9]], [0, 1], m)
     o = T.resize(s, (29, 23))
     for k in range(2):
-        np.testing.assert_array_equal(o["masks"][k].numpy(), cv2_nearest(m[k], 29, 23))
+        np.testing.assert_array_equal(o["masks"][k].numpy(), inter_nearest(m[k], 29, 23))
 
 
 def test_seg_pad_flip_rescale_hand_computed():
@@ -178,7 +222,7 @@ def test_seg_pad_flip_rescale_hand_computed():
                       seg=torch.from_numpy(b))
     r = T.seg_rescale(s, 0.3)["seg"].numpy()
     assert r.shape == (int(37 * 0.3 + 0.5), int(50 * 0.3 + 0.5)) == (11, 15)
-    np.testing.assert_array_equal(r, cv2_nearest(b, 11, 15))
+    np.testing.assert_array_equal(r, inter_nearest(b, 11, 15))
     # crop cuts the map with the image
     c = T.crop(s, 5, 7, 10, 12)["seg"].numpy()
     np.testing.assert_array_equal(c, b[5:15, 7:19])
@@ -357,8 +401,8 @@ def test_official_htc_pipeline_batches(htc_shards, monkeypatch):
         loader._close()
 
 
-def test_semantic_seg_content_against_cv2(htc_shards):
-    # fixed scale and a sure flip: every step of the map can be recomputed with cv2 from the raw PNG
+def test_semantic_seg_content_against_nearest_rule(htc_shards):
+    # fixed scale and a sure flip: every step of the map can be recomputed (mmcv's cv2 rules) from the raw PNG
     d = htc_shards / "shards" / "train"
     pipe = htc_pipeline(resize=dict(type='Resize', img_scale=(160, 120), keep_ratio=True), flip_ratio=1.0)
     tr = T.train_ops_from_pipeline(pipe)
@@ -369,10 +413,10 @@ def test_semantic_seg_content_against_cv2(htc_shards):
         f = min(160 / 96, 120 / 64)
         nh, nw = int(64 * f + 0.5), int(96 * f + 0.5)
         assert tuple(batch["targets"][i]["img_shape"]) == (nh, nw) == (107, 160)
-        m = cv2.flip(cv2_nearest(raw, nh, nw), 1)
+        m = inter_nearest(raw, nh, nw)[:, ::-1]  # horizontal flip
         ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
-        m = cv2.copyMakeBorder(m, 0, ph - nh, 0, pw - nw, cv2.BORDER_CONSTANT, value=255)
-        m = cv2_nearest(m, int(ph / 8 + 0.5), int(pw / 8 + 0.5))
+        m = np.pad(m, ((0, ph - nh), (0, pw - nw)), constant_values=255)  # mmdet Pad of the map: 255 bottom/right
+        m = inter_nearest(m, int(ph / 8 + 0.5), int(pw / 8 + 0.5))
         ref = np.full((H // 8, W // 8), 255, np.int64)
         ref[: m.shape[0], : m.shape[1]] = m
         np.testing.assert_array_equal(batch["semantic_seg"][i].numpy(), ref)
