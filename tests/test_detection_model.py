@@ -96,11 +96,20 @@ def test_predict_outputs_in_original_pixels():
     torch.manual_seed(0)
     model = MaskRCNN.from_config(tiny_cfg(depth=4))
     model.eval()
-    out = model.predict(torch.randn(2, 3, 64, 96), image_sizes=[(60, 90), (64, 96)], ori_shapes=[(120, 180), (64, 96)])
+    x = torch.randn(2, 3, 64, 96)
+    sizes, ori = [(60, 90), (64, 96)], [(120, 180), (80, 144)]  # x2 both ways; 1.25 in y, 1.5 in x
+    with torch.no_grad():
+        out = model.predict(x, image_sizes=sizes, ori_shapes=ori)
+        at_inference = model.predict(x, image_sizes=sizes)  # boxes in resized-image pixels
     assert len(out) == 2
-    for o, (h, w) in zip(out, [(120, 180), (64, 96)]):
+    for o, r, (h, w), (ih, iw) in zip(out, at_inference, ori, sizes, strict=True):
         k = o["boxes"].shape[0]
         assert 0 < k <= 100
+        # the same detections, boxes times the per-axis scale (mmdet rescale=True: bboxes / scale_factor)
+        assert torch.equal(o["labels"], r["labels"]) and torch.equal(o["scores"], r["scores"])
+        scale = torch.tensor([w / iw, h / ih, w / iw, h / ih], dtype=torch.float64)
+        torch.testing.assert_close(o["boxes"].double(), r["boxes"].double() * scale, atol=1e-4, rtol=1e-6)
+        assert r["masks"].shape == (k, ih, iw)
         assert o["labels"].shape == o["scores"].shape == (k,) and o["masks"].shape == (k, h, w)
         assert o["masks"].dtype == torch.bool
         assert o["labels"].min() >= 0 and o["labels"].max() < 7
