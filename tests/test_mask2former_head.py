@@ -217,7 +217,21 @@ def test_segmentor_predict_whole_and_slide():
     scores = model.encode_decode(img)
     torch.testing.assert_close(prob, scores.softmax(1))         # official inference: softmax of the scores
     slide = model.predict(img, mode="slide", crop_size=(128, 128), stride=(96, 96))
-    assert slide.shape == (1, 8, 128, 160) and torch.isfinite(slide).all()
+    # mmseg slide_inference written out by hand for 128x160, crop 128, stride 96: w_grids = (160-128+95)//96+1 = 2,
+    # windows x=[0,128) and the last one shifted back inside the image, x=[32,160); each window decoded on its own,
+    # the scores summed in float64 and divided by the per-pixel window count (1 | 2 | 1), then softmax
+    with torch.no_grad():
+        left = model.encode_decode(img[:, :, :, 0:128]).double()
+        right = model.encode_decode(img[:, :, :, 32:160]).double()
+    acc = torch.zeros(1, 8, 128, 160, dtype=torch.float64)
+    acc[..., 0:128] += left
+    acc[..., 32:160] += right
+    count = torch.ones(160, dtype=torch.float64)
+    count[32:128] = 2
+    ref = (acc / count).softmax(1)
+    assert slide.shape == ref.shape
+    torch.testing.assert_close(slide.double(), ref, rtol=1e-5, atol=1e-6)
+    assert (slide - prob).abs().max() > 1e-3       # the windows see different context than the whole image
 
 
 # ----------------------------------------------------------------------------------------------- official keys
