@@ -116,13 +116,87 @@ def test_epoch_end_state_and_new_order(shards):
     e0 = [next(it) for _ in range(loader.len_per_epoch)]
     st = loader.state_dict()
     assert (st["epoch"], st["samples_consumed_in_epoch"]) == (1, 0)  # a finished epoch reads as the next one
-    e1 = next(it)
-    assert e1["meta"]["epoch"] == 1 and e1["meta"]["keys"] != e0[0]["meta"]["keys"]
+    e1 = [next(it) for _ in range(loader.len_per_epoch)]
     m = read_manifest(str(shards / "syn"))
-    assert not np.array_equal(epoch_order(m, 7, 0), epoch_order(m, 7, 1))
-    np.testing.assert_array_equal(epoch_order(m, 7, 3), epoch_order(m, 7, 3))
-    o = epoch_order(m, 7, 0, shuffle="shards", window_shards=2)
-    assert sorted(o.tolist()) == list(range(N_TRAIN))
+    manifest_keys = [k for s in m["shards"] for k, _ in s["samples"]]
+    assert len(manifest_keys) == N_TRAIN
+    # the documented layout (shards/README.md, Ranks), written out for rank 0 of W=2, B=4: step s holds slots
+    # 8s .. 8s+3, slot g the sample order[g mod 24] -- 3 steps, so the epoch's first 24 slots, no wrap-around
+    for epoch, batches in ((0, e0), (1, e1)):
+        order = epoch_order(m, 7, epoch)
+        assert sorted(order.tolist()) == list(range(N_TRAIN))  # a permutation
+        assert [b["meta"]["epoch"] for b in batches] == [epoch] * 3
+        for s, b in enumerate(batches):
+            assert b["meta"]["slots"] == [8 * s + j for j in range(4)]
+            assert b["meta"]["keys"] == [manifest_keys[order[(8 * s + j) % N_TRAIN]] for j in range(4)]
+    # a new order each epoch and each seed (no seed + epoch collisions)
+    orders = {(sd, ep): tuple(epoch_order(m, sd, ep).tolist()) for sd in (6, 7, 8) for ep in (0, 1, 2)}
+    assert len(set(orders.values())) == len(orders)
+    assert e1[0]["meta"]["keys"] != e0[0]["meta"]["keys"]
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch(shards):
+    """A resumed run recomputes the order in a new process: it may depend on nothing but (seed, epoch) and the
+    manifest -- not on the global NumPy / Python / torch RNGs (reseeded and advanced between the calls), nor on a
+    previous call; and it must leave them alone."""
+    import random
+
+    def call(global_seed):
+        np.random.seed(global_seed)
+        np.random.random(global_seed % 7 + 1)
+        random.seed(global_seed)
+        torch.manual_seed(global_seed)
+        before = (np.random.get_state()[1].copy(), random.getstate(), torch.get_rng_state())
+        m = read_manifest(str(shards / "syn"))  # a fresh manifest object each time
+        out = [epoch_order(m, 7, 3, shuffle=mode, window_shards=2).tolist() for mode in ("global", "shards")]
+        after = (np.random.get_state()[1], random.getstate(), torch.get_rng_state())
+        assert np.array_equal(before[0], after[0]) and before[1] == after[1] and torch.equal(before[2], after[2])
+        return out
+
+    first = call(1)
+    for _ in range(3):  # and calls in between for other epochs
+        epoch_order(read_manifest(str(shards / "syn")), 7, 4)
+    assert call(2) == first and call(12345) == first
+
+
+@pytest.mark.parametrize("window_shards", [1, 2, 3])
+def test_shard_shuffle_reads_whole_shards_a_window_at_a_time(shards, window_shards):
+    """shuffle='shards' (shards/README.md): permute the shards, then the samples within each window of
+    ``window_shards`` consecutive shards of that order. Checked from the rule: the order cuts into blocks whose
+    sample sets are exactly the union of ``window_shards`` whole shards (the last window may hold fewer), every shard
+    in one block; the samples inside a block are shuffled (not left in manifest order)."""
+    m = read_manifest(str(shards / "syn"))
+    members, start = [], 0
+    for s in m["shards"]:  # shards of 5, 5, 5, 5, 4 samples
+        members.append(set(range(start, start + s["num_samples"])))
+        start += s["num_samples"]
+    assert [len(x) for x in members] == [5, 5, 5, 5, 4]
+    order = epoch_order(m, 7, 0, shuffle="shards", window_shards=window_shards).tolist()
+    assert sorted(order) == list(range(N_TRAIN))
+    pos, used, shuffled = 0, set(), False
+    while pos < N_TRAIN:
+        first = next(k for k, mem in enumerate(members) if order[pos] in mem)
+        # the block starting here is a set of whole shards; grow it shard by shard until it is closed
+        block_shards = set()
+        end = pos
+        while True:
+            block_shards |= {k for k, mem in enumerate(members) if set(order[pos:end]) & mem} | {first}
+            size = sum(len(members[k]) for k in block_shards)
+            if size == end - pos and set(order[pos:end]) == set().union(*(members[k] for k in block_shards)):
+                break
+            end = pos + size
+            assert end <= N_TRAIN, f"block at {pos} is not made of whole shards: {order}"
+        left = len(members) - len(used)
+        assert len(block_shards) == min(window_shards, left), (pos, block_shards, order)
+        assert not block_shards & used
+        used |= block_shards
+        shuffled |= order[pos:end] != sorted(order[pos:end])
+        pos = end
+    assert used == set(range(len(members)))
+    assert shuffled
+    # the shards themselves are permuted in some seed/epoch (not always manifest order)
+    firsts = {epoch_order(m, sd, 0, shuffle="shards", window_shards=1)[0] // 5 for sd in range(8)}
+    assert len(firsts) > 1
 
 
 def _consume(shard_dir, world_size, batch_size, steps=None, state=None):
@@ -235,13 +309,20 @@ def test_synthetic_data_is_learnable(tmp_path):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_iterating_leaves_the_global_torch_rng_alone(shards, num_workers):
     """A resumed run restarts the loader at another point than an uninterrupted one; if iterating drew from the
-    global torch RNG, the model's dropout / drop-path masks would shift and resume would not be bitwise."""
+    global torch RNG, the model's dropout / drop-path masks would shift and resume would not be bitwise.
+
+    Reference: a ``torch.Generator`` seeded like the global RNG that never sees a loader. The model's draws, one
+    after each of 14 batches -- past an epoch end (12 batches per epoch: a second DataLoader iterator) and a
+    resume (``load_state_dict``: a third one, mid-epoch) -- must be its draws."""
     loader = build_train_loader(str(shards / "syn"), batch_size=2, num_workers=num_workers, **OPTS)
+    assert loader.len_per_epoch == 12
+    ref = torch.Generator().manual_seed(5)
     torch.manual_seed(5)
-    before = torch.get_rng_state()
-    it = iter(loader)
-    next(it), next(it)
-    assert torch.equal(before, torch.get_rng_state())
+    for step in range(14):
+        next(loader)
+        if step == 12:
+            loader.load_state_dict(loader.state_dict())
+        assert torch.equal(torch.rand(4), torch.rand(4, generator=ref)), f"after batch {step}"
 
 
 def test_abandoned_loader_collected_in_a_forked_worker_leaves_its_workers_alone(shards):
