@@ -8,7 +8,7 @@ import torch
 
 from msda_edge_cases import (autograd_fwd_bwd, check_bad_geometry_refused, check_input_types,
                              check_non_finite_locations)
-from msda_naive import make_inputs
+from msda_naive import make_inputs, msda_naive
 from vit_adapter_ds.ops import checks, ms_deform_attn
 
 
@@ -30,10 +30,28 @@ def test_non_finite_locations_are_nan():
 
 
 def test_double_backward_works_on_the_reference():
-    value, shapes, starts, loc, attn = make_inputs(1, 2, 1, 2, [(3, 4)], 1, seed=1)
-    loc.requires_grad_()
-    (grad,) = torch.autograd.grad(_pytorch(value, shapes, starts, loc, attn).square().sum(), loc, create_graph=True)
-    grad.sum().backward()  # no error; the fused backends refuse (once differentiable)
+    """The pytorch backend is twice differentiable (the fused backends refuse: once differentiable), and its
+    second derivatives are right: ``gradgradcheck`` against float64 finite differences of the first derivatives,
+    and the Hessian-vector products of a loss equal those of the explicit-loop definition (``msda_naive``, no
+    ``grid_sample``). Locations in [-0.25, 1.25]: some samples straddle or leave the map."""
+    value, shapes, starts, loc, attn = make_inputs(1, 2, 2, 2, [(3, 4), (2, 3)], 2, seed=1)
+    assert value.dtype == loc.dtype == attn.dtype == torch.float64
+    for t in (value, loc, attn):
+        t.requires_grad_()
+
+    def op(v, lo, a):
+        return _pytorch(v, shapes, starts, lo, a)
+
+    assert torch.autograd.gradgradcheck(op, (value, loc, attn))
+
+    def hvp(fn):
+        (grad,) = torch.autograd.grad(fn(value, shapes, starts, loc, attn).square().sum(), loc, create_graph=True)
+        return torch.autograd.grad(grad.sum(), (value, loc, attn))
+
+    got, ref = hvp(_pytorch), hvp(msda_naive)
+    assert all(r.abs().max() > 1 for r in ref)  # a nonzero second-order signal in every input
+    for g, r, name in zip(got, ref, ("value", "sampling_locations", "attention_weights")):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=f"d/d{name} of d(loss)/d(locations)")
 
 
 @pytest.mark.parametrize("shapes,starts,rows,match", [
