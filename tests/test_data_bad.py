@@ -156,13 +156,67 @@ def test_unusable_shard_sets_fail_at_construction(tmp_path, bad_set):
     write_coco(root, str(tmp_path / "det" / "train"), "train", num_workers=1, progress=False)
     with pytest.raises(ShardSetError, match="detection"):
         build_train_loader(str(tmp_path / "det"), batch_size=2, **OPTS)
-    os.chmod(os.path.join(bad_set, "shard-000000.tar"), 0o000)
+
+
+def _in_unprivileged_child(fn):
+    """``fn()`` (returning a str) in a forked child that, when this process is root (CI), first drops to
+    nobody (uid/gid 65534), so that file permissions apply to it; returns its result or ``'raised TYPE: message'``."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        os.close(r)
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            out = str(fn())
+        except BaseException as e:  # noqa: BLE001 -- reported to the parent
+            out = f"raised {type(e).__name__}: {e}"
+        try:
+            os.write(w, out.encode()[:60000])
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    return out
+
+
+def test_unreadable_shard_fails_at_construction(bad_set):
+    """A shard without read permission: ShardSetError naming it at construction. Runs as root too (CI): the check
+    runs in a child that dropped root, on a copy of the set in a folder it may enter."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="unreadable-shards-")
     try:
-        if not os.access(os.path.join(bad_set, "shard-000000.tar"), os.R_OK):  # root ignores permissions
-            with pytest.raises(ShardSetError, match="unreadable"):
-                build_train_loader(bad_set, batch_size=2, **OPTS)
+        os.chmod(d, 0o755)
+        for fn in os.listdir(bad_set):
+            shutil.copy(os.path.join(bad_set, fn), os.path.join(d, fn))
+            os.chmod(os.path.join(d, fn), 0o644)
+        shard = os.path.join(d, "shard-000000.tar")
+
+        def construct():
+            build_train_loader(d, batch_size=2, **OPTS)
+            return "constructed"
+
+        assert _in_unprivileged_child(construct) == "constructed"  # the copy is usable by the child...
+        os.chmod(shard, 0o000)
+
+        def probe():
+            try:
+                open(shard, "rb").close()
+            except PermissionError:
+                return construct()
+            return "the child can read a mode-000 file"
+
+        out = _in_unprivileged_child(probe)
+        assert out.startswith("raised ShardSetError") and "unreadable" in out and shard in out, out
     finally:
-        os.chmod(os.path.join(bad_set, "shard-000000.tar"), 0o644)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("ignore_index", [255, 0])
