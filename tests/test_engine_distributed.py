@@ -225,21 +225,29 @@ def test_export_reproduces_live_model(ref, tmp_path, request):
                              timeout=120)
         assert res.returncode == 0, res.stderr[-3000:]
     sys.path.insert(0, str(REPO / "tests"))
+    from safetensors.torch import load_file
     from test_engine_stubs import TinySeg, make_batch
 
-    mm = torch.load(tmp_path / "m.pth", map_location="cpu", weights_only=False)
+    live = torch.load(z3_ref.parent / "live.pt", map_location="cpu", weights_only=True)
+    x = make_batch(777, 0, 2)["img"]
+    keys = set(TinySeg().state_dict())  # the in-process model's keys, every parameter and buffer
+    mm = torch.load(tmp_path / "m.pth", map_location="cpu", weights_only=True)  # plain data only
     assert set(mm) == {"meta", "state_dict"} and mm["meta"]["iter"] == 6
-    assert any(k.startswith("backbone.") for k in mm["state_dict"])
-    assert any(k.startswith("decode_head.") for k in mm["state_dict"])
-    model = TinySeg()
-    model.load_state_dict(mm["state_dict"], strict=True)
-    model.eval()
-    with torch.no_grad():
-        out = model(make_batch(777, 0, 2)["img"])
-    assert torch.equal(out, torch.load(z3_ref.parent / "live.pt"))
-    from safetensors.torch import load_file
-    st = load_file(str(tmp_path / "s.safetensors"))
-    assert all(torch.equal(st[k], mm["state_dict"][k]) for k in st)
+    loaded = {"mmcv": mm["state_dict"],
+              "torch": torch.load(tmp_path / "t.pth", map_location="cpu", weights_only=True),
+              "safetensors": load_file(str(tmp_path / "s.safetensors"))}
+    for fmt, sd in loaded.items():
+        assert isinstance(sd, dict) and set(sd) == keys, (fmt, sorted(set(sd) ^ keys))
+        model = TinySeg()
+        model.load_state_dict(sd, strict=True)
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+        assert torch.equal(out, live), (fmt, (out - live).abs().max())
+        # the same bits in every format, dtype included (fp32 export)
+        for k, v in sd.items():
+            assert v.dtype == mm["state_dict"][k].dtype and torch.equal(v, mm["state_dict"][k]), (fmt, k)
+    assert any(v.dtype == torch.float32 for v in mm["state_dict"].values())
 
 
 def test_lr_per_group_follows_poly_warmup(z2_ref):
