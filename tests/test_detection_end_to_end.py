@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from mmengine import Config
 
@@ -11,7 +12,7 @@ from vit_adapter_ds.data import det_transforms as T
 from vit_adapter_ds.data.detection import DetectionTrainLoader, DetectionValLoader
 from vit_adapter_ds.data.make_shards import write_coco
 from vit_adapter_ds.data.synthetic import write_synthetic_coco
-from vit_adapter_ds.evaluation.coco import evaluate_detector
+from vit_adapter_ds.evaluation.coco import CocoEvaluator, evaluate_detector
 from vit_adapter_ds.models.detectors import MaskRCNN
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
 
@@ -37,7 +38,79 @@ def test_recipe_loader_model_evaluator(tmp_path):
         losses["loss"].backward()
         opt.step()
     val = DetectionValLoader(tmp_path / "val", scale=te["scale"], mean=te["mean"], std=te["std"])
-    metrics = evaluate_detector(model, val, val.categories)
+    preds = []  # (image id, the model's detections) as evaluate_detector hands them to the evaluator
+    add_prediction = CocoEvaluator.add_prediction
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CocoEvaluator, "add_prediction", lambda ev, i, p: (preds.append((i, p)), add_prediction(ev, i, p)))
+        metrics = evaluate_detector(model, val, val.categories)
     assert metrics["num_images"] == 2
-    assert all(0.0 <= metrics[f"{t}_mAP"] <= 1.0 for t in ("bbox", "segm"))
+    assert sorted(i for i, _ in preds) == [500000, 500001]
+    assert sum(len(p["scores"]) for _, p in preds) > 0, "no detections: the AP comparison would be vacuous"
+    ref = _pycocotools_stats(tmp_path / "annotations" / "instances_val2017.json", preds)
+    for k, v in ref.items():  # an untrained model: about 0 (and -1: no large objects), so also the oracle below
+        assert metrics[k] == pytest.approx(v, abs=1e-12), (k, metrics[k], v)
     assert model.training
+    # the same loader and evaluator on a predictor returning the annotation file's objects: AP 1 (ids, classes,
+    # original-pixel coordinates and masks all line up)
+    oracle = _Oracle(tmp_path / "annotations" / "instances_val2017.json", [i for i, _ in preds])
+    perfect = evaluate_detector(oracle, val, val.categories)
+    assert oracle.order == [] and perfect["num_images"] == 2
+    for t in ("bbox", "segm"):
+        assert perfect[f"{t}_mAP"] == perfect[f"{t}_mAP_50"] == 1.0, perfect
+
+
+class _Oracle(torch.nn.Module):
+    """``predict`` returns the ground truth of the next image (in the order the loader gave them before): boxes,
+    labels (category id order), score 1, masks drawn by pycocotools."""
+
+    def __init__(self, gt_file, order):
+        from pycocotools.coco import COCO
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.gt, self.order = COCO(str(gt_file)), list(order)
+        self.cat_ids = sorted(self.gt.getCatIds())
+
+    def predict(self, img, image_sizes, ori_shapes):
+        info = self.gt.imgs[self.order.pop(0)]
+        assert tuple(ori_shapes[0]) == (info["height"], info["width"])
+        anns = self.gt.imgToAnns[info["id"]]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+        return [{"boxes": boxes, "labels": torch.tensor([self.cat_ids.index(a["category_id"]) for a in anns]),
+                 "scores": torch.ones(len(anns)),
+                 "masks": torch.stack([torch.from_numpy(self.gt.annToMask(a)).bool() for a in anns])}]
+
+
+def _pycocotools_stats(gt_file, preds) -> dict:
+    """pycocotools on the raw annotation file and ``preds`` ([(image id, boxes/labels/scores/masks)]), converted
+    here: label i -> the i-th category id in id order; mmdet's maxDets (100, 300, 1000)."""
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+    cat_ids = sorted(gt.getCatIds())
+    res = {"bbox": [], "segm": []}
+    for image_id, p in preds:
+        for box, label, score, mask in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist(),
+                                           p["masks"], strict=True):
+            x1, y1, x2, y2 = box
+            common = {"image_id": int(image_id), "category_id": cat_ids[label], "score": score}
+            res["bbox"].append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
+            rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+            res["segm"].append(dict(common, segmentation=rle))
+    out = {}
+    for t, r in res.items():
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(gt, gt.loadRes(r), t)
+            ev.params.maxDets = [100, 300, 1000]
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        out.update({f"{t}_{n}": float(ev.stats[i]) for i, n in enumerate(("mAP", "mAP_50", "mAP_75", "mAP_s",
+                                                                            "mAP_m", "mAP_l"))})
+    return out
