@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from support import free_port
 
 from vit_adapter_ds.checkpoint_io import (CheckpointError, LoadReport, UnsafeCheckpointError, consolidate_deepspeed,
                                           find_deepspeed_tag, load_into, read_checkpoint, read_state_dict,
@@ -403,7 +404,7 @@ def zero_checkpoints(tmp_path_factory):
     for lock in ext.glob("**/lock"):  # a killed build leaves a lock that blocks forever
         if time.time() - lock.stat().st_mtime > 900:
             lock.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29871",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(out / "writer.py"), str(out), "0,1,2,3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(out),
                             start_new_session=True)

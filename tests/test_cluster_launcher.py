@@ -22,6 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cluster_resilience import _live_processes_of, complete  # noqa: E402
 from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops  # noqa: E402,F401
+from support import free_port  # noqa: E402
 
 ITERS = 12
 
@@ -103,21 +104,19 @@ def _wait_for_iter(work, it, proc, timeout=180):
 @pytest.mark.parametrize("victim", ["launch.py SIGKILL", "runner SIGTERM"])
 def test_ranks_stop_when_the_deepspeed_launcher_dies(tmp_path, victim):
     work = tmp_path / "run"
-    port = 29891 if victim.startswith("launch") else 29892
+    port = free_port()
     proc = _start(work, port)
     try:
         launch = _launch_pid(proc.pid)
         _wait_for_iter(work, 2, proc)
-        t_kill = time.time()
         if victim.startswith("launch"):
             os.kill(launch, signal.SIGKILL)
         else:
             os.kill(proc.pid, signal.SIGTERM)
-        try:  # the pipe closes once the ranks (which inherited it) have exited
-            out, _ = proc.communicate(timeout=120)
+        try:  # the pipe closes once the ranks (which inherited it) have exited; the timeout only detects a hang
+            out, _ = proc.communicate(timeout=180)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the ranks kept running for 120 s after the {victim}: {_live_processes_of(work, 0)}")
-        took = time.time() - t_kill
+            pytest.fail(f"the ranks kept running for 180 s after the {victim}: {_live_processes_of(work, 0)}")
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # (the ranks run in this group too)
@@ -125,17 +124,17 @@ def test_ranks_stop_when_the_deepspeed_launcher_dies(tmp_path, victim):
             pass
         for f in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
             f.unlink(missing_ok=True)
-    # the runner's status: 0 after launch.py's death by a signal (deepspeed passes on only positive codes, not
-    # fixable from here), death by its own SIGTERM (143 in a shell); status.json tells what happened instead
-    assert proc.returncode == (0 if victim.startswith("launch") else -signal.SIGTERM), (proc.returncode, out[-3000:])
+    # The runner's own exit status is DeepSpeed's business (its releases differ: 0 after launch.py's death by a
+    # signal, death by SIGTERM of its own, ...), so it is not checked; what this project guarantees is: no rank
+    # outlives the launcher, the run stopped at a complete checkpoint, and status.json says so (wrappers read it).
     assert _live_processes_of(work) == [], "ranks outlived their launcher"
-    assert took < 90, took
     stopped = [line for line in out.splitlines() if "stopped by SIGTERM after iteration" in line]
     assert stopped, out[-4000:]
     n = int(stopped[0].split("after iteration ")[1].split(":")[0])
     assert 2 <= n < ITERS and complete(work)[-1] == f"iter_{n}", (n, complete(work))
     status = json.loads((work / "status.json").read_text())
     assert (status["state"], status["iteration"], status["signal"]) == ("stopped", n, "SIGTERM"), status
+    assert status["exit_status"] == 3 and status["state"] != "finished", status
     assert not (work / "TRAINING_FINISHED").exists()
     if victim.startswith("runner"):
         assert "the deepspeed runner (pid" in out and "has exited: sending SIGTERM" in out, out[-3000:]

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from support import free_port
 from test_engine_distributed import REPO, _env
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -43,7 +44,7 @@ def _train(work, shards, port, max_bad_fraction):
 
 
 def test_budget_overrun_stops_every_rank(tmp_path, corrupt_shards):
-    res = _train(tmp_path / "strict", corrupt_shards, 29941, 0.0)
+    res = _train(tmp_path / "strict", corrupt_shards, free_port(), 0.0)
     out = res.stdout + res.stderr
     assert res.returncode != 0
     for rank in (0, 1):  # the same error on both ranks, raised by the loader (not a collective timing out)
@@ -54,6 +55,6 @@ def test_budget_overrun_stops_every_rank(tmp_path, corrupt_shards):
 
 
 def test_budget_that_allows_the_sample_trains(tmp_path, corrupt_shards):
-    res = _train(tmp_path / "lenient", corrupt_shards, 29942, 0.1)
+    res = _train(tmp_path / "lenient", corrupt_shards, free_port(), 0.1)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     assert (tmp_path / "lenient" / "TRAINING_FINISHED").exists()

@@ -45,9 +45,13 @@ def _prebuilt_deepspeed_ops():
             lock.unlink(missing_ok=True)
 
 
-def run(args, work_dir, *, ranks=2, port=29700, ds="zero2_fp32", iters=6, extra_env=None, options=(),
+def run(args, work_dir, *, ranks=2, port=None, ds="zero2_fp32", iters=6, extra_env=None, options=(),
         timeout=240, expect_ok=True, launcher="torchrun"):
-    """Launch the stub trainer (2 ranks: ``torchrun``, or the ``deepspeed`` launcher); return (returncode, output)."""
+    """Launch the stub trainer (2 ranks: ``torchrun``, or the ``deepspeed`` launcher); return (returncode, output).
+    ``port``: the master port (default: a free one, ``tests/support.py``)."""
+    if port is None:
+        from support import free_port
+        port = free_port()
     shards = work_dir.parent / "fake_shards"
     shards.mkdir(exist_ok=True)
     opts = [f"runner.max_iters={iters}", "checkpoint_config.interval=3", "checkpoint_config.max_keep_ckpts=3",

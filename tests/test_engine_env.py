@@ -1,4 +1,5 @@
 """Launcher environment mapping: deepspeed/torchrun variables win, SLURM (srun) is mapped, plain python = 1 rank."""
+from support import free_port
 from vit_adapter_ds.runtime import setup_env
 
 KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
@@ -12,9 +13,10 @@ def _clean(monkeypatch):
 
 def test_plain_python_is_rank_0_of_1(monkeypatch):
     _clean(monkeypatch)
-    env = setup_env(default_port=29123)
+    port = free_port()
+    env = setup_env(default_port=port)
     assert env == {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": "29123"}
+                   "MASTER_PORT": str(port)}
 
 
 def test_slurm_variables_are_mapped(monkeypatch):
@@ -30,12 +32,13 @@ def test_slurm_variables_are_mapped(monkeypatch):
 
 def test_launcher_variables_win_over_slurm(monkeypatch):
     _clean(monkeypatch)
-    for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="29999",
+    port = free_port()
+    for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT=str(port),
                      SLURM_PROCID="0", SLURM_NTASKS="1").items():
         monkeypatch.setenv(k, v)
     env = setup_env()
     assert env == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1",
-                   "MASTER_PORT": "29999"}
+                   "MASTER_PORT": str(port)}
 
 
 # ---------------------------------------------------------------------------------------------- launcher binding

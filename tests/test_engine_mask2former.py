@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from support import free_port
 from test_engine_distributed import REPO, _env, losses
 from test_engine_quickstart import shards  # noqa: F401  (module fixture: tiny synthetic shards)
 
@@ -41,7 +42,7 @@ def _run(cmd, timeout=600):
 
 def test_mask2former_trains_and_resumes_bitwise_after_sigkill(tmp_path, shards):
     ref = tmp_path / "ref"
-    _run(_cmd(ref, shards, 29901))
+    _run(_cmd(ref, shards, free_port()))
     a = losses(ref)
     assert sorted(a) == list(range(1, ITERS + 1))
     assert {"loss", "loss_cls", "loss_mask", "loss_dice", "d0.loss_cls"} <= set(a[1])
@@ -51,7 +52,7 @@ def test_mask2former_trains_and_resumes_bitwise_after_sigkill(tmp_path, shards):
     assert list((ref / "predictions" / f"iter_{ITERS}").glob("*.png"))
 
     crashed = tmp_path / "crash"
-    proc = subprocess.Popen(_cmd(crashed, shards, 29902), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(crashed, shards, free_port()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env(), start_new_session=True)
     t0 = time.time()
     try:  # kill the whole job (launcher and both ranks) once iteration 10 is logged: checkpoint iter_8 exists
@@ -66,7 +67,7 @@ def test_mask2former_trains_and_resumes_bitwise_after_sigkill(tmp_path, shards):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (crashed / "TRAINING_FINISHED").exists()
-    out = _run(_cmd(crashed, shards, 29903, ["--resume", "auto"]))
+    out = _run(_cmd(crashed, shards, free_port(), ["--resume", "auto"]))
     resumed = int(re.search(r"resumed from \S+ at iteration (\d+)", out).group(1))
     assert resumed in (8, 16), out[-2000:]
     b = losses(crashed)

@@ -31,6 +31,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from support import free_port  # noqa: E402
 from test_engine_distributed import REPO, _prebuilt_deepspeed_ops, run  # noqa: E402,F401
 
 FAULTS = {"STUB_NAN_AT_BATCH": "1,4", "STUB_INF_GRAD_AT_BATCH": "3"}
@@ -87,11 +88,10 @@ def complete(work_dir):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("ds,port", [("zero0_fp32", 29871), ("zero1_fp32", 29872), ("zero3_fp32", 29873),
-                                     ("zero2_bf16", 29874)])
-def test_nonfinite_loss_and_gradient_skipped_then_stop(tmp_path, ds, port):
+@pytest.mark.parametrize("ds", ["zero0_fp32", "zero1_fp32", "zero3_fp32", "zero2_bf16"])
+def test_nonfinite_loss_and_gradient_skipped_then_stop(tmp_path, ds):
     work = tmp_path / "run"
-    rc, out = run([], work, port=port, iters=6, ds=_ds_config(tmp_path, ds), expect_ok=False, options=OPTS,
+    rc, out = run([], work, port=free_port(), iters=6, ds=_ds_config(tmp_path, ds), expect_ok=False, options=OPTS,
                   extra_env=FAULTS)
     assert rc != 0, out[-3000:]
     assert "NonFiniteLossError: 2 consecutive iterations (up to 5)" in out, out[-4000:]
@@ -127,7 +127,7 @@ def test_nonfinite_loss_and_gradient_skipped_then_stop(tmp_path, ds, port):
             if d.name != "iter_2":
                 shutil.rmtree(d)
         (res / "metrics.jsonl").unlink()
-        rc, out = run(["--resume", "auto"], res, port=port + 10, iters=6, ds=ds, options=OPTS, expect_ok=False,
+        rc, out = run(["--resume", "auto"], res, port=free_port(), iters=6, ds=ds, options=OPTS, expect_ok=False,
                       extra_env=dict(FAULTS, STUB_NAN_OFFSET="2"))
         assert "resumed from" in out and "iteration 2" in out, out[-3000:]
         assert rc != 0 and "NonFiniteLossError: 2 consecutive iterations (up to 5)" in out, out[-3000:]
@@ -149,7 +149,7 @@ def test_nonfinite_with_gradient_accumulation_skips_the_whole_iteration(tmp_path
     iteration's step is skipped (the clean micro-batch's gradients are dropped with it), iteration 3 trains, and the
     second consecutive fault stops the run."""
     work = tmp_path / "gas2"
-    rc, out = run([], work, port=29879, iters=6, ds="zero2_fp32", expect_ok=False,
+    rc, out = run([], work, port=free_port(), iters=6, ds="zero2_fp32", expect_ok=False,
                   options=OPTS + ["global_batch_size=8"],
                   extra_env={"STUB_NAN_AT_BATCH": "3,9", "STUB_INF_GRAD_AT_BATCH": "6"})
     assert rc != 0, out[-3000:]
@@ -174,7 +174,7 @@ def test_fp16_loss_scaler_skips_are_not_faults(tmp_path):
     exceed max_nonfinite_steps=1; a NaN *loss* in iteration 6 is a fault and is logged. The run finishes."""
     work = tmp_path / "fp16"
     env = {"STUB_NAN_RANK": "0", "STUB_INF_GRAD_AT_BATCH": "1,2,3,4", "STUB_NAN_AT_BATCH": "5"}
-    rc, out = run([], work, ranks=1, port=29879, iters=6, ds="zero2_fp16", options=OPTS, extra_env=env)
+    rc, out = run([], work, ranks=1, port=free_port(), iters=6, ds="zero2_fp16", options=OPTS, extra_env=env)
     recs = [json.loads(line) for line in open(work / "metrics.jsonl")]
     bad = [r for r in recs if r["mode"] == "nonfinite"]
     assert [(r["iter"], r["cause"], r["consecutive"]) for r in bad] == [(6, "loss", 1)], bad

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import free_port
 from test_engine_distributed import REPO, _env, losses, run  # noqa: F401  (shared launcher helpers)
 
 CROP = 64
@@ -48,7 +49,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 def test_real_parts_train_resume_and_outputs(tmp_path, shards):
     ref = tmp_path / "ref"
-    _train(ref, shards, 29801)
+    _train(ref, shards, free_port())
     a = losses(ref)
     assert sorted(a) == [1, 2, 3, 4]
     assert {"loss", "loss_ce", "loss_aux", "acc"} <= set(a[1])
@@ -77,7 +78,7 @@ def test_real_parts_train_resume_and_outputs(tmp_path, shards):
     shutil.copytree(ref, res)
     shutil.rmtree(res / "checkpoints" / "iter_4")
     (res / "metrics.jsonl").unlink()
-    out = _train(res, shards, 29802, ["--resume", "auto"])
+    out = _train(res, shards, free_port(), ["--resume", "auto"])
     assert "resumed from" in out
     b = losses(res)
     for it in (3, 4):
