@@ -64,12 +64,51 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def compare(result: dict, golden: dict) -> dict[str, float]:
-    """Relative L2 error of every compared quantity of ``result`` against ``golden`` (name -> error)."""
-    errs = {}
+class LayoutMismatch(AssertionError):
+    """``result`` and ``golden`` do not hold the same quantities: another number of outputs, other output shapes,
+    other subset sizes or another set of parameter gradients. Nothing is compared then (``zip`` would silently
+    drop what one side lacks, and a length-1 subset would broadcast)."""
+
+
+def check_layout(result: dict, golden: dict) -> None:
+    """Raise :class:`LayoutMismatch` (naming the difference) unless ``result`` and ``golden`` have the same number
+    of outputs with the same shapes, subsets of the same shapes and the same parameter-gradient keys."""
+    problems = []
+    n_res, n_gold = len(result["outputs"]), len(golden["outputs"])
+    if not (n_res == n_gold == len(result["output_norms"]) == len(golden["output_norms"])
+            == len(result["output_shapes"]) == len(golden["output_shapes"])):
+        problems.append(f"{n_res} outputs ({len(result['output_shapes'])} shapes, {len(result['output_norms'])} "
+                        f"norms), golden {n_gold} ({len(golden['output_shapes'])} shapes, "
+                        f"{len(golden['output_norms'])} norms)")
+    for i, (a, b) in enumerate(zip(result["output_shapes"], golden["output_shapes"])):
+        if list(a) != list(b):
+            problems.append(f"out{i + 1} has shape {list(a)}, golden {list(b)}")
     for i, (a, b) in enumerate(zip(result["outputs"], golden["outputs"])):
+        if a.shape != b.shape:
+            problems.append(f"out{i + 1} subset has shape {list(a.shape)}, golden {list(b.shape)}")
+    if result["input_grad"].shape != golden["input_grad"].shape:
+        problems.append(f"input_grad subset has shape {list(result['input_grad'].shape)}, golden "
+                        f"{list(golden['input_grad'].shape)}")
+    for what in ("param_grads", "param_grad_norms"):
+        if set(result[what]) != set(golden[what]):
+            problems.append(f"{what}: missing {sorted(set(golden[what]) - set(result[what]))}, unexpected "
+                            f"{sorted(set(result[what]) - set(golden[what]))}")
+    for key in sorted(set(result["param_grads"]) & set(golden["param_grads"])):
+        a, b = result["param_grads"][key], golden["param_grads"][key]
+        if a.shape != b.shape:
+            problems.append(f"grad:{key} subset has shape {list(a.shape)}, golden {list(b.shape)}")
+    if problems:
+        raise LayoutMismatch("result and golden hold different quantities: " + "; ".join(problems))
+
+
+def compare(result: dict, golden: dict) -> dict[str, float]:
+    """Relative L2 error of every compared quantity of ``result`` against ``golden`` (name -> error), after
+    :func:`check_layout` (which raises :class:`LayoutMismatch` when they hold different quantities)."""
+    check_layout(result, golden)
+    errs = {}
+    for i, (a, b) in enumerate(zip(result["outputs"], golden["outputs"], strict=True)):
         errs[f"out{i + 1}"] = rel_l2(a, b)
-    for i, (a, b) in enumerate(zip(result["output_norms"], golden["output_norms"])):
+    for i, (a, b) in enumerate(zip(result["output_norms"], golden["output_norms"], strict=True)):
         errs[f"out{i + 1}.norm"] = abs(a - b) / abs(b)
     errs["input_grad"] = rel_l2(result["input_grad"], golden["input_grad"])
     errs["input_grad.norm"] = abs(result["input_grad_norm"] - golden["input_grad_norm"]) / golden["input_grad_norm"]
