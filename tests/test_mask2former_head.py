@@ -15,7 +15,8 @@ from vit_adapter_ds.config.keys import to_plain
 from vit_adapter_ds.config.loader import load_recipe
 from vit_adapter_ds.engine.optim import build_param_groups
 from vit_adapter_ds.models.heads.mask2former import (Mask2FormerCriterion, Mask2FormerHead, SinePositionalEncoding,
-                                                     fill_fully_masked_rows, official_to_ours)
+                                                     fill_fully_masked_rows, official_to_ours,
+                                                     ours_to_official)
 from vit_adapter_ds.models.heads.mask2former.transformer_decoder import MaskedAttentionDecoderLayer
 from vit_adapter_ds.models.segmentor_mask2former import EncoderDecoderMask2Former
 
@@ -342,6 +343,31 @@ def test_synthetic_official_state_dict_loads():
     torch.testing.assert_close(head.query_feat.weight, sd["decode_head.query_feat.weight"])
     torch.testing.assert_close(head.transformer_decoder.layers[2].attentions[1].attn.in_proj_weight,
                                sd["decode_head.transformer_decoder.layers.2.attentions.1.attn.in_proj_weight"])
+
+
+def test_ours_to_official_gives_the_official_keys_and_round_trips():
+    """Export of a head state dict: the hand-written official table's keys and shapes (without the unused conv_seg,
+    which mmcv's non-strict load of a released checkpoint does not need), values unchanged; official -> ours ->
+    official is the official dict less conv_seg, ours -> official -> ours is the identity."""
+    head = tiny_head()
+    official = official_decode_head_shapes(c=32, ffn=64, enc_layers=2, dec_layers=3, queries=6, classes=5,
+                                           enc_heads=4, levels=3, points=2, in_ch=16, out_ch=32)
+    ours = {"decode_head." + k: v for k, v in head.state_dict().items()}
+    ours["backbone.cls_token"] = torch.zeros(1)
+    exported = ours_to_official(ours)
+    expected = {"decode_head." + k: v for k, v in official.items() if not k.startswith("conv_seg.")}
+    expected["backbone.cls_token"] = (1,)
+    assert {k: tuple(v.shape) for k, v in exported.items()} == expected
+    assert all(exported[k] is ours[k] for k in ours)
+    assert official_to_ours(exported) == ours
+    g = torch.Generator().manual_seed(4)
+    sd = {"decode_head." + k: torch.randn(v, generator=g) for k, v in official.items()}
+    back = ours_to_official(official_to_ours(sd))
+    assert back == {k: v for k, v in sd.items() if ".conv_seg." not in k}
+    for prefix in ("", "model.decode_head."):
+        sd2 = {prefix + k: v for k, v in {"a.weight": 1, "conv_seg.weight": 2, "conv_seg.bias": 3}.items()}
+        assert official_to_ours(sd2, prefix) == {prefix + "a.weight": 1}
+        assert ours_to_official(official_to_ours(sd2, prefix), prefix) == {prefix + "a.weight": 1}
 
 
 # ----------------------------------------------------------------------------------------------- from_config
