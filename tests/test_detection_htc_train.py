@@ -317,6 +317,7 @@ def test_tta_recipe_through_eval_and_predict_command_lines(recipe, tmp_path):
 
 
 from test_engine_detection import _records, _train  # noqa: E402  (2-rank training through launch/train.py)
+from support import free_port  # noqa: E402
 
 
 @pytest.mark.slow
@@ -329,7 +330,7 @@ def test_htc_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     terms = ["loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_semantic_seg"] + [
         f"s{i}.{k}" for i in range(3) for k in ("loss_cls", "loss_bbox", "loss_mask")]
     ref = tmp_path / "ref"
-    _train(recipe, ref, 29961)
+    _train(recipe, ref, free_port())
     a = losses(ref)
     assert sorted(a) == list(range(1, ITERS + 1))
     for it, r in a.items():
@@ -344,7 +345,7 @@ def test_htc_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     shutil.copytree(ref, res)
     shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")
     (res / "metrics.jsonl").unlink()
-    out = _train(recipe, res, 29962, ["--resume", "auto"])
+    out = _train(recipe, res, free_port(), ["--resume", "auto"])
     assert "resumed from" in out and "at iteration 4" in out, out[-2000:]
     b = losses(res)
     assert sorted(b) == [5, 6]

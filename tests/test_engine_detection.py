@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from support import free_port
 from vit_adapter_ds.config import ConfigError
 from vit_adapter_ds.engine.schedule import (PolyWarmupLR, StepWarmupLR, lr_at, schedule_kwargs,
                                             scheduler_from_config, step_lr_at)
@@ -250,7 +251,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     from test_engine_distributed import losses
 
     ref = tmp_path / "ref"
-    _train(recipe, ref, 29881)
+    _train(recipe, ref, free_port())
     a = losses(ref)
     assert sorted(a) == list(range(1, ITERS + 1))
     assert {"loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"} <= set(a[1])
@@ -301,7 +302,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     shutil.copytree(ref, res)
     shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")
     (res / "metrics.jsonl").unlink()
-    out = _train(recipe, res, 29882, ["--resume", "auto"])
+    out = _train(recipe, res, free_port(), ["--resume", "auto"])
     assert "resumed from" in out and "at iteration 16" in out, out[-2000:]
     b = losses(res)
     assert sorted(b) == list(range(17, ITERS + 1))
@@ -315,7 +316,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     # data; reductions in another order) give the ZeRO-2 run's losses; from then on last-bit differences of the
     # weights change which proposals the samplers draw, so later iterations are only checked to be finite.
     z3 = tmp_path / "zero3"
-    _train(recipe, z3, 29883, ds="zero3_fp32", options=["runner.max_epochs=2"])
+    _train(recipe, z3, free_port(), ds="zero3_fp32", options=["runner.max_epochs=2"])
     c = losses(z3)
     assert sorted(c) == list(range(1, 9))
     for it in (1, 2):

@@ -16,7 +16,11 @@ while it writes its checkpoint state), ``STUB_SAVE_SLEEP`` (every checkpoint fil
 seconds later the rest: a save long enough to be killed in), ``STUB_EVAL_SLEEP`` (seconds added to every validation
 batch), ``STUB_PHASE_LOG=<file>`` (each rank appends ``<rank> step|save|eval|eval-end <n> <time>`` lines: the start of
 micro-batch ``n``, of a file of checkpoint ``iter_<n>``, of the evaluation after iteration ``n`` and its end, so a
-test knows what a kill interrupted).
+test knows what a kill interrupted), ``STUB_BLOCK_AT=<phase>:<n>[:<rank>[:<k>]]`` (``phase`` step|save|eval: that
+rank -- every rank without one -- stops for good at micro-batch ``n`` / in the ``k``-th file of checkpoint
+``iter_<n>``, written half / before the ``k``-th validation batch of the evaluation after iteration ``n``; it first
+appends ``<rank> blocked-<phase> <n> <time>`` to ``STUB_PHASE_LOG``, then sleeps until it is killed, so a test kills
+it mid-phase without any timing; ``STUB_BLOCK_MAX`` seconds, default 600, later it exits with status 86 by itself).
 """
 from __future__ import annotations
 
@@ -38,6 +42,30 @@ def phase(what, n):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(fd, f"{os.environ.get('RANK', '0')} {what} {n} {time.time():.3f}\n".encode())
         os.close(fd)
+
+
+_BLOCK_SEEN: dict = {}  # (phase, n) -> how many times this rank has been there (files of a save, val batches)
+_EVAL_AT = [0]  # the iteration of the evaluation in progress (for the block point inside stub_evaluate)
+
+
+def block_point(what, n):
+    """``STUB_BLOCK_AT``: stop here for good when this is the named point (see the module docstring)."""
+    spec = os.environ.get("STUB_BLOCK_AT")
+    if not spec:
+        return
+    k = _BLOCK_SEEN.get((what, str(n)), 0)
+    _BLOCK_SEEN[(what, str(n))] = k + 1
+    want = spec.split(":")
+    rank = os.environ.get("RANK", "0")
+    if (want[:2] != [what, str(n)] or (len(want) > 2 and want[2] != rank)
+            or k != (int(want[3]) if len(want) > 3 else 0)):
+        return
+    import time
+    phase(f"blocked-{what}", n)
+    t_end = time.time() + float(os.environ.get("STUB_BLOCK_MAX") or 600)
+    while time.time() < t_end:  # (signal handlers run in between; only SIGKILL or a fatal signal ends this)
+        time.sleep(0.5)
+    os._exit(86)
 
 
 class TinySeg(nn.Module):
@@ -112,6 +140,7 @@ def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
     import torch.distributed as dist
     correct = torch.zeros(2, dtype=torch.float64)
     for b in val_loader:
+        block_point("eval", _EVAL_AT[0])
         if os.environ.get("STUB_EVAL_SLEEP"):  # slow evaluation down so a test can kill a rank mid-evaluation
             import time
             time.sleep(float(os.environ["STUB_EVAL_SLEEP"]))
@@ -155,6 +184,7 @@ class StubTask:
 
     def forward_loss(self, model, batch, device, dtype):
         phase("step", self._train_loader.pos)
+        block_point("step", self._train_loader.pos)
         losses = model(batch["img"].to(device, dtype), batch["gt_semantic_seg"].to(device))
         if os.environ.get("STUB_STEP_SLEEP"):  # slow iterations down so a test can signal mid-run
             import time
@@ -184,6 +214,7 @@ class StubTask:
 
     def evaluate(self, model, val_loader, dtype, num_vis):
         phase("eval", self._train_loader.pos)
+        _EVAL_AT[0] = self._train_loader.pos
         out = stub_evaluate(model, val_loader, self.cfg, dtype, num_vis)
         phase("eval-end", self._train_loader.pos)
         return out
@@ -215,7 +246,8 @@ if __name__ == "__main__":
         tag, kill_rank, part = kill_in_save.split(":")
     signal_in_save = os.environ.get("STUB_SIGNAL_IN_SAVE")  # "<signal number>": sent again in the stop's save
     save_sleep = float(os.environ.get("STUB_SAVE_SLEEP") or 0)
-    if kill_in_save or signal_in_save or save_sleep or os.environ.get("STUB_PHASE_LOG"):
+    block_at = os.environ.get("STUB_BLOCK_AT", "")
+    if kill_in_save or signal_in_save or save_sleep or os.environ.get("STUB_PHASE_LOG") or block_at:
         import io
         import re
         import signal
@@ -240,6 +272,17 @@ if __name__ == "__main__":
             tag_of = re.search(r"/iter_(\d+)(?:\.partial)?/", name)  # a save writes into iter_<n>.partial/
             if tag_of:
                 phase("save", tag_of.group(1))
+            if tag_of and block_at.split(":")[:2] == ["save", tag_of.group(1)]:
+                buf = io.BytesIO()  # half the file on disk, then (at the named file) stop for good
+                real_save(obj, buf, *args, **kwargs)
+                with open(name, "wb") as out:
+                    out.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+                    out.flush()
+                    os.fsync(out.fileno())
+                block_point("save", tag_of.group(1))
+                with open(name, "ab") as out:  # not the named file: the rest
+                    out.write(buf.getvalue()[len(buf.getvalue()) // 2:])
+                return None
             if tag_of and save_sleep:  # half the file, a pause, the rest
                 buf = io.BytesIO()
                 real_save(obj, buf, *args, **kwargs)
