@@ -6,7 +6,11 @@ loss. Here our ViTAdapter / BEiTAdapter get the same weights (same key names, sa
 every output subset, input gradient and parameter gradient must agree to a relative L2 error of 1e-5 (float32, CPU).
 On the CPU our float32 op order is the official one (attention, depth-wise conv layouts), so the results are
 bit-identical on the machine that generated the goldens (torch 2.14.1, 2 threads); the tolerance covers other BLAS
-builds and thread counts.
+builds and thread counts. The comparison runs with oneDNN (mkldnn) convolutions off: oneDNN picks its convolution
+kernels by the CPU's instruction set, and on an AMD EPYC the spm stem's different summation order, amplified by the
+train-mode BatchNorm backward, reached a relative error of 1e-3 in the stem gradients (3.6e-3 for
+``spm.stem.0.weight``) -- a property of the CPU, not a defect -- while PyTorch's own convolution reproduces the
+goldens there as on the machine that made them.
 """
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ def test_matches_official(name):
         f"unexpected {sorted(set(ours) - set(golden['state_keys']))[:5]}")
     load_seeded(model, golden["seed"])
     model.train(golden["train"])
-    result = run_case(model, cfg["input"], golden["seed"], grad_keys(base), golden["subset"])
+    with torch.backends.mkldnn.flags(enabled=False):  # CPU-independent convolution kernels (module docstring)
+        result = run_case(model, cfg["input"], golden["seed"], grad_keys(base), golden["subset"])
     errs = compare(result, golden["result"])
     worst = max(errs, key=errs.get)
     bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= TOL}
