@@ -35,6 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops, losses  # noqa: E402,F401
 
+from support import free_port  # noqa: E402
+
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 SCRIPT = REPO / "launch" / "hostfile" / "train_hostfile.sh"
 ITERS = 6
@@ -51,8 +53,10 @@ def _hostfile(path, lines):
     return path
 
 
-def _launch(tmp, hostfile, args, extra_env=None, port=29871, timeout=240, prefix=()):
-    """Run train_hostfile.sh (under ``prefix``, e.g. ``ip netns exec``) in its own session; (returncode, output)."""
+def _launch(tmp, hostfile, args, extra_env=None, port=None, timeout=240, prefix=()):
+    """Run train_hostfile.sh (under ``prefix``, e.g. ``ip netns exec``) in its own session; (returncode, output).
+    ``port``: the master port (default: a free one)."""
+    port = free_port() if port is None else port
     env = _env(dict({"TRAIN_SCRIPT": str(STUBS)}, **(extra_env or {}), HOSTFILE=str(hostfile), MASTER_PORT=str(port)))
     proc = subprocess.Popen([*prefix, "bash", str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=str(tmp), start_new_session=True)
@@ -86,7 +90,9 @@ def test_num_gpus_include_and_node_rank(tmp_path):
             "node1": dict(HOSTFILE=two, NODE_RANK="1", MASTER_ADDR="127.0.0.1", PROBE_OUT=tmp_path / "nodes")}
     procs = {}
     try:
-        for port, (name, env) in enumerate(runs.items(), 29875):
+        ports = {name: free_port() for name in runs}
+        for name, env in runs.items():
+            port = ports[name]
             env = {k: str(v) for k, v in dict(dict(PROBE_OUT=tmp_path / name, MASTER_PORT=port), **env).items()}
             Path(env["PROBE_OUT"]).mkdir(exist_ok=True)
             procs[name] = subprocess.Popen(["bash", str(SCRIPT), "--x", "1"], stdout=subprocess.PIPE,
@@ -106,7 +112,7 @@ def test_num_gpus_include_and_node_rank(tmp_path):
     assert sorted(got) == [0]
     env = got[0]["env"]
     assert env["WORLD_SIZE"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "0" and env["OMP_NUM_THREADS"] == "1"
-    assert env["MASTER_ADDR"] == "localhost" and env["MASTER_PORT"] == "29875"  # the hostfile's first host
+    assert env["MASTER_ADDR"] == "localhost" and env["MASTER_PORT"] == str(ports["num_gpus"])  # the hostfile's first host
     assert got[0]["argv"] == ["--local_rank=0", "--resume", "auto", "--x", "1"]
     got = ranks("include")  # exactly slot 1: one rank, on device 1
     assert sorted(got) == [0] and got[0]["env"]["CUDA_VISIBLE_DEVICES"] == "1" and got[0]["env"]["LOCAL_RANK"] == "0"
@@ -147,7 +153,7 @@ def one_host_run(tmp_path_factory):
     """The stub task, 2 ranks from a one-host hostfile (``localhost slots=2``): started locally, no ssh."""
     tmp = tmp_path_factory.mktemp("hostfile")
     work = tmp / "one_host"
-    rc, out = _launch(tmp, _hostfile(tmp / "hostfile", ["localhost slots=2"]), _train_args(work), port=29872)
+    rc, out = _launch(tmp, _hostfile(tmp / "hostfile", ["localhost slots=2"]), _train_args(work))
     assert rc == 0, out[-4000:]
     assert "ssh" not in out.lower().replace("no_ssh", "")  # nothing went through ssh
     assert (work / "TRAINING_FINISHED").is_file()
@@ -279,7 +285,7 @@ def test_two_hosts_over_ssh_with_pdsh(one_host_run, sshd_hosts, tmp_path):
     hf = _hostfile(tmp_path / "hostfile", [f"{a} slots=1" for a in addrs])
     work = tmp_path / "ssh_run"
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GLOO_SOCKET_IFNAME": IFACE}
-    rc, out = _launch(tmp_path, hf, _train_args(work), env, port=29873, prefix=["ip", "netns", "exec", ns[0]])
+    rc, out = _launch(tmp_path, hf, _train_args(work), env, prefix=["ip", "netns", "exec", ns[0]])
     assert rc == 0, out[-4000:]
     cmd = _logged_cmd(out)  # DeepSpeed's pdsh command carries only the variables file's path, no value
     assert "export VIT_ADAPTER_DS_LAUNCH_ENV=" in cmd and "GLOO_SOCKET_IFNAME" not in cmd, cmd

@@ -3,7 +3,7 @@ ZeRO-1/2/3 fp32 and bf16, bitwise resume (also after SIGKILL), 2 -> 1 rank resum
 export round trip, per-group learning rates against the mmcv formula.
 
 Each run is a ``deepspeed --num_gpus N`` subprocess in its own process group (killed as a group on timeout), with a
-fixed master port per test. About 15-30 s per run on a 2-core CPU.
+free master port per run (tests/support.py). About 15-30 s per run on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ COMMON = ["lr_config.warmup_iters=3", "optimizer.lr=0.01", "model.decode_head.dr
 def z2_ref(tmp_path_factory):
     """Uninterrupted 2-rank ZeRO-2 fp32 run (deepspeed launcher), 6 iterations, checkpoints at 3 and 6."""
     work = tmp_path_factory.mktemp("z2") / "ref"
-    run([], work, port=29711, ds="zero2_fp32", options=COMMON, launcher="deepspeed",
+    run([], work, ds="zero2_fp32", options=COMMON, launcher="deepspeed",
         extra_env={"STUB_DUMP_OUTPUT": str(work.parent / "live.pt")})
     return work
 
@@ -119,19 +119,19 @@ def z2_ref(tmp_path_factory):
 def z3_ref(tmp_path_factory):
     """Same with ZeRO-3 (torchrun); the final evaluation dumps the live model's logits on fixed inputs."""
     work = tmp_path_factory.mktemp("z3") / "ref"
-    run([], work, port=29721, ds="zero3_fp32", options=COMMON,
+    run([], work, ds="zero3_fp32", options=COMMON,
         extra_env={"STUB_DUMP_OUTPUT": str(work.parent / "live.pt")})
     return work
 
 
-def _check_resume(ref, tmp_path, ds, port):
+def _check_resume(ref, tmp_path, ds):
     a = losses(ref)
     assert sorted(a) == [1, 2, 3, 4, 5, 6]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in a.values())
     assert (ref / "checkpoints" / "iter_3" / "COMPLETE").is_file()
     res = tmp_path / "res"
     _resume_copy(ref, res)
-    _, out = run(["--resume", "auto"], res, port=port, ds=ds, options=COMMON)
+    _, out = run(["--resume", "auto"], res, ds=ds, options=COMMON)
     assert "resumed from" in out and "iteration 3" in out
     b = losses(res)
     assert sorted(b) == [4, 5, 6]
@@ -141,22 +141,22 @@ def _check_resume(ref, tmp_path, ds, port):
 
 
 def test_zero2_resume_is_bitwise(z2_ref, tmp_path):
-    _check_resume(z2_ref, tmp_path, "zero2_fp32", 29712)
+    _check_resume(z2_ref, tmp_path, "zero2_fp32")
 
 
 def test_zero3_resume_is_bitwise(z3_ref, tmp_path):
-    _check_resume(z3_ref, tmp_path, "zero3_fp32", 29722)
+    _check_resume(z3_ref, tmp_path, "zero3_fp32")
 
 
 def test_zero1_fp32_matches_zero2(z2_ref, tmp_path):
-    run([], tmp_path / "z1", port=29731, ds="zero1_fp32", options=COMMON)
+    run([], tmp_path / "z1", ds="zero1_fp32", options=COMMON)
     a, b = losses(tmp_path / "z1"), losses(z2_ref)
     for it in range(1, 7):
         assert abs(a[it]["loss"] - b[it]["loss"]) <= 1e-5 * abs(b[it]["loss"])
 
 
 def test_bf16_zero2_runs_and_tracks_fp32(z2_ref, tmp_path):
-    run([], tmp_path / "bf16", port=29741, ds="zero2_bf16", options=COMMON)
+    run([], tmp_path / "bf16", ds="zero2_bf16", options=COMMON)
     a, b = losses(tmp_path / "bf16"), losses(z2_ref)
     for it in range(1, 7):
         assert abs(a[it]["loss"] - b[it]["loss"]) <= 2e-2 * abs(b[it]["loss"]), (a[it]["loss"], b[it]["loss"])
@@ -172,12 +172,12 @@ def test_sigkill_then_resume_auto(z2_ref, tmp_path):
     """Rank 1 is SIGKILLed during iteration 6 (checkpoints at 3, 6): the launcher tears the job down, no
     TRAINING_FINISHED marker; --resume auto continues from iter_3 and reproduces the uninterrupted losses."""
     crashed = tmp_path / "crash"
-    rc, out = run([], crashed, port=29751, options=COMMON, expect_ok=False, launcher="deepspeed",
+    rc, out = run([], crashed, options=COMMON, expect_ok=False, launcher="deepspeed",
                   extra_env={"STUB_CRASH_AT_ITER": "5", "STUB_CRASH_FILE": str(crashed / "metrics.jsonl")})
     assert rc != 0 and not (crashed / "TRAINING_FINISHED").exists(), out[-3000:]
     tags = sorted(p.name for p in (crashed / "checkpoints").glob("iter_*") if (p / "COMPLETE").exists())
     assert tags == ["iter_3"], tags
-    _, out = run(["--resume", "auto"], crashed, port=29752, options=COMMON)
+    _, out = run(["--resume", "auto"], crashed, options=COMMON)
     assert "resumed from" in out and "iteration 3" in out
     a, b = losses(z2_ref), losses(crashed)  # the crashed run's metrics.jsonl is appended to
     for it in (4, 5, 6):
@@ -206,10 +206,10 @@ def test_incomplete_checkpoint_is_never_resumed(tmp_path):
 def test_universal_resume_two_to_one_rank(tmp_path):
     opts = ["global_batch_size=4"]  # no dropout: 1 rank cannot replay rank 1's dropout masks
     ref = tmp_path / "ref"
-    run([], ref, port=29761, options=opts)
+    run([], ref, options=opts)
     one = tmp_path / "one"
     _resume_copy(ref, one)
-    _, out = run(["--resume", "auto"], one, ranks=1, port=29762, options=opts)
+    _, out = run(["--resume", "auto"], one, ranks=1, options=opts)
     assert "universal checkpoint: saved with 2 ranks, now 1" in out
     assert (one / "checkpoints" / "iter_3_universal" / "COMPLETE").is_file()
     a, b = losses(ref), losses(one)
