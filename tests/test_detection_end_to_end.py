@@ -15,6 +15,7 @@ from vit_adapter_ds.data.synthetic import write_synthetic_coco
 from vit_adapter_ds.evaluation.coco import CocoEvaluator, evaluate_detector
 from vit_adapter_ds.models.detectors import MaskRCNN
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
+from support import pycocotools_stats  # noqa: E402
 
 
 def test_recipe_loader_model_evaluator(tmp_path):
@@ -86,31 +87,9 @@ def _pycocotools_stats(gt_file, preds) -> dict:
     import contextlib
     import io
 
-    import numpy as np
-    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_file))
     cat_ids = sorted(gt.getCatIds())
-    res = {"bbox": [], "segm": []}
-    for image_id, p in preds:
-        for box, label, score, mask in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist(),
-                                           p["masks"], strict=True):
-            x1, y1, x2, y2 = box
-            common = {"image_id": int(image_id), "category_id": cat_ids[label], "score": score}
-            res["bbox"].append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
-            rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
-            res["segm"].append(dict(common, segmentation=rle))
-    out = {}
-    for t, r in res.items():
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(gt, gt.loadRes(r), t)
-            ev.params.maxDets = [100, 300, 1000]
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        out.update({f"{t}_{n}": float(ev.stats[i]) for i, n in enumerate(("mAP", "mAP_50", "mAP_75", "mAP_s",
-                                                                            "mAP_m", "mAP_l"))})
-    return out
+    return pycocotools_stats(gt, cat_ids, preds)

@@ -24,6 +24,7 @@ from vit_adapter_ds.models.detectors.htc_aug import (AugTestPredictor, HybridTas
                                                      bbox_mapping, bbox_mapping_back, in_scale_ranges,
                                                      merge_aug_detections, merge_aug_masks)
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
+from support import pycocotools_stats  # noqa: E402
 
 SYNTHETIC = str(DETECTION_RECIPES["synthetic_htc"])
 
@@ -292,10 +293,7 @@ def _pycocotools_stats(images, anns, categories, preds) -> dict:
     import contextlib
     import io
 
-    import numpy as np
-    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     gt = COCO()
     gt.dataset = {"images": images, "categories": [dict(c) for c in categories],
@@ -303,26 +301,7 @@ def _pycocotools_stats(images, anns, categories, preds) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     cat_ids = [int(c["id"]) for c in categories]
-    res = {"bbox": [], "segm": []}
-    for image_id, p in preds:
-        for box, label, score, mask in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist(),
-                                           p["masks"], strict=True):
-            x1, y1, x2, y2 = box
-            common = {"image_id": int(image_id), "category_id": cat_ids[label], "score": score}
-            res["bbox"].append(dict(common, bbox=[x1, y1, x2 - x1, y2 - y1]))
-            res["segm"].append(dict(common, segmentation=mask_utils.encode(np.asfortranarray(
-                mask.numpy().astype(np.uint8)))))
-    out = {}
-    for t, r in res.items():
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(gt, gt.loadRes(r), t)
-            ev.params.maxDets = [100, 300, 1000]
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        out.update({f"{t}_{n}": float(ev.stats[i]) for i, n in enumerate(("mAP", "mAP_50", "mAP_75", "mAP_s",
-                                                                            "mAP_m", "mAP_l"))})
-    return out
+    return pycocotools_stats(gt, cat_ids, preds)
 
 
 @pytest.mark.slow
