@@ -1,8 +1,9 @@
-"""``vit_adapter_ds.data.remote.redact_url``: credentials and signatures of URLs never reach a message. The expected
+"""``vit_adapter_ds.utils.redact.redact_url``: credentials and signatures of URLs never reach a message. The expected
 strings are written out by hand (what a reader of the log should see), not computed by the code under test."""
 import pytest
 
-from vit_adapter_ds.data.remote import Retry, redact_url
+from vit_adapter_ds.data.remote import Retry
+from vit_adapter_ds.utils.redact import redact_url
 
 CASES = [
     # userinfo

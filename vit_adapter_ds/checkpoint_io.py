@@ -44,8 +44,8 @@ import pickle
 import random
 import re
 import shutil
-import sys
 import stat
+import sys
 import tempfile
 import zipfile
 from collections import OrderedDict

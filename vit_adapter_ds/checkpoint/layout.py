@@ -55,9 +55,7 @@ def fsync_path(path: Path) -> None:
 
 def fsync_tree(root: Path) -> None:
     for p in sorted(Path(root).rglob("*")):
-        if p.is_file() and not p.is_symlink():
-            fsync_path(p)
-        elif p.is_dir() and not p.is_symlink():
+        if not p.is_symlink() and (p.is_file() or p.is_dir()):
             fsync_path(p)
     fsync_path(root)
 

@@ -58,7 +58,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import det_transforms as T
 from . import instaboost
-from .remote import redact_url
+from ..utils.redact import redact_url
 from .decode import BadSample, ShardReader, decode_image, decode_label, image_member
 from .loader import (BatchStream, EpochLoader, OtherRankFailed, TooManyBadSamples, _BadCounter, bad_sample_budget,
                      epoch_order, iterate_batches, sum_over_ranks)

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .decode import BadSample, ShardReader, decode_seg_sample
 from .manifest import ShardSetError, read_manifest, verify_shards
-from .remote import redact_url
+from ..utils.redact import redact_url
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, train_transform
 
 log = logging.getLogger(__name__)

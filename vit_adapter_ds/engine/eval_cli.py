@@ -271,7 +271,7 @@ def _det_section(cfg, split: str, shards=None) -> dict:
 
 def _det_val_loader(task, cfg, args, rank: int, world: int):
     from ..data.manifest import ShardSetError
-    from ..data.remote import redact_url
+    from ..utils.redact import redact_url
 
     shard_dir = _det_section(cfg, args.split, args.shards)["shard_dir"]
     try:

@@ -24,7 +24,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..data.remote import redact_url
+from ..utils.redact import redact_url
 
 STATUS_FILE = "status.json"
 STATES = ("running", "finished", "stopped", "failed")
