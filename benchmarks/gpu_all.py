@@ -41,7 +41,7 @@ without ``deepspeed`` the DeepSpeed parts are reported as skipped). Then one cal
 into ``benchmarks/RESULTS.md``; copy ``gpu_results.json`` next to it. The default budget (570 s) leaves the call
 inside the tool's 600 s; the 15 minutes of device time of a task also pay the machine's start (a minute or more),
 so there is time for one full call and a short second one. ``--dry-run`` runs the same control flow on the CPU at
-tiny sizes (GPU parts reported as skipped, RESULTS.md untouched); ``tests/test_benchmarks_smoke.py`` runs it.
+tiny sizes (GPU parts reported as skipped, RESULTS.md untouched); ``tests/integration/launch/test_benchmarks_smoke.py`` runs it.
 """
 from __future__ import annotations
 
@@ -323,7 +323,7 @@ def env_info(dry: bool) -> dict:
 
 def gpu_test_files() -> list[str]:
     """Test files that use the ``gpu`` marker."""
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if re.search(r"pytest\.mark\.gpu\b", p.read_text()))
 
 

@@ -17,7 +17,14 @@ import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # test files import support.py (and each other)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# tests/helpers holds what test files share (support.py, the stub task, the launch helpers, the parity harness);
+# test folders are importable by module name (test files are unique by name over the whole tree)
+sys.path.insert(0, os.path.join(TESTS, "helpers"))
+for _dirpath, _dirs, _files in sorted(os.walk(TESTS)):
+    _dirs[:] = sorted(d for d in _dirs if d not in ("helpers", "__pycache__"))
+    if _dirpath != TESTS and any(f.startswith("test_") and f.endswith(".py") for f in _files):
+        sys.path.append(_dirpath)
 
 STRICT = os.environ.get("VIT_ADAPTER_DS_STRICT", "0") not in ("", "0")
 # skips that are a property of the machine's accelerator or of the run's mode, never of a missing reference
@@ -69,7 +76,7 @@ def pytest_make_collect_report(collector):
 
 @pytest.fixture
 def free_port():
-    """``free_port()`` of ``tests/support.py``: a fresh unused TCP port for each call."""
+    """``free_port()`` of ``tests/helpers/support.py``: a fresh unused TCP port for each call."""
     from support import free_port as pick
 
     return pick

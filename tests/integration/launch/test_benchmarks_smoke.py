@@ -1,0 +1,120 @@
+"""The benchmark scripts keep working: benchmarks/train_step.py at its tiniest CPU size, benchmarks/gpu_all.py's
+control flow (--dry-run on the CPU, the budget, the RESULTS.md section splice)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import gpu_all  # noqa: E402
+import train_step  # noqa: E402
+
+
+def test_parse_mode():
+    assert train_step.parse_mode("fp32") == {"zero": None, "dtype": "fp32", "with_cp": False}
+    assert train_step.parse_mode("bf16+cp") == {"zero": None, "dtype": "bf16", "with_cp": True}
+    assert train_step.parse_mode("zero3:fp16+cp") == {"zero": 3, "dtype": "fp16", "with_cp": True}
+    for bad in ("fp16", "zero4:fp32", "bf16+", "fp32+cp+cp", "zero2-bf16"):
+        with pytest.raises(ValueError):
+            train_step.parse_mode(bad)
+
+
+def test_ratios_against_the_first_mode_of_each_model():
+    # time: best step (median when absent); memory: extra above the import baseline on CPU, else peak
+    rows = [dict(model="a", mode="fp32", step_s=2.0, best_step_s=1.6, peak_mb=900, extra_mb=400),
+            dict(model="a", mode="bf16", step_s=1.3, best_step_s=0.8, peak_mb=800, extra_mb=100),
+            dict(model="b", mode="bf16", step_s=4.0, peak_mb=3000, extra_mb=None),
+            dict(model="b", mode="fp32", step_s=6.0, peak_mb=4500, extra_mb=None)]
+    got = [(q["vs"], q["time_x"], q["memory_x"]) for q in train_step.ratios(rows)]
+    assert got == [("fp32", 1.0, 1.0), ("fp32", 0.5, 0.25), ("bf16", 1.0, 1.0), ("bf16", 1.5, 1.5)]
+
+
+def test_train_step_tiniest_cpu_size_in_process():
+    r = train_step.one("m2f_cpu", "fp32+cp", batch=1, iters=1, warmup=0, device="cpu")
+    assert r["with_cp"] and r["zero"] is None and r["size"] == [128, 128]
+    assert len(r["losses"]) == 1 and math.isfinite(r["losses"][0]) and r["losses"][0] > 0
+    assert r["images_per_s"] == pytest.approx(1 / r["step_s"]) and r["best_step_s"] == r["step_s"]
+    assert r["peak_mb"] >= r["extra_mb"] > 0 and r["gb_per_image"] == pytest.approx(r["peak_mb"] / 1024, abs=1e-3)
+
+
+def test_segmentation_labels_are_blocky_and_in_range():
+    img, gt = train_step.make_batch("m2f_cpu", 2, "cpu")
+    assert img.shape == (2, 3, 128, 128) and gt.shape == (2, 128, 128)
+    assert int(gt.min()) >= 0 and int(gt.max()) < 8
+    assert bool((gt[:, :64, :64] == gt[:, :1, :1]).all())  # 2x2 cells of 64x64 pixels
+
+
+def test_merge_replaces_only_the_marked_section(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"# T\n\nbefore\n\n{gpu_all.BEGIN}\nold\n{gpu_all.END}\n\nafter\n")
+    gpu_all.merge(md, f"{gpu_all.BEGIN}\nnew\n{gpu_all.END}\n")
+    assert md.read_text() == f"# T\n\nbefore\n\n{gpu_all.BEGIN}\nnew\n{gpu_all.END}\n\nafter\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("# T\n")
+    gpu_all.merge(plain, "S\n")
+    assert plain.read_text() == "# T\n\nS\n"
+
+
+def test_spent_budget_skips_every_part(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    results_md = tmp_path / "RESULTS.md"
+    rc = gpu_all.main(["--dry-run", "--budget-s", "1", "--out", str(tmp_path), "--parts", "msda", "backbone",
+                       "--results-md", str(results_md)])
+    data = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert rc == 0 and not results_md.exists()
+    assert {k: v["status"] for k, v in data["parts"].items()} == {"msda": "skipped", "backbone": "skipped"}
+    assert all("budget" in v["why"] for v in data["parts"].values())
+    assert "| msda | skipped |" in (tmp_path / "gpu_section.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_all_dry_run(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    before = f"# R\n\n{gpu_all.BEGIN}\npending\n{gpu_all.END}\n"
+    results.write_text(before)
+    p = subprocess.run([sys.executable, str(BENCH / "gpu_all.py"), "--dry-run", "--out", str(tmp_path),
+                        "--results-md", str(results)], capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert results.read_text() == before  # a dry run never touches RESULTS.md
+    data = json.loads((tmp_path / "gpu_results.json").read_text())
+    parts = data["parts"]
+    assert data["dry_run"] and not data["env"]["cuda_available"]
+    assert {k: v["status"] for k, v in parts.items()} == {
+        "syncbn": "ok", "pytest_gpu": "ok", "msda": "ok", "train_step": "ok", "deepspeed": "skipped",
+        "backbone": "ok"}
+    sb = parts["syncbn"]["result"]
+    assert sb["backend"] == "gloo" and sb["world_size"] == 1 and sb["sync_batchnorm_wanted"] is False
+    assert sb["convert"]["after"] == ["Conv2d", "SyncBatchNorm", "ReLU"]
+    assert "tests/unit/ops/test_ops_gpu.py" in parts["pytest_gpu"]["files"] and parts["pytest_gpu"]["collected_only"]
+    assert parts["pytest_gpu"]["counts"]["collected"] > 0
+    assert any(row.startswith("| tmlr_decoder | pytorch | fp32 |") for row in parts["msda"]["table"])
+    ts = parts["train_step"]
+    assert [(x["model"], x["mode"]) for x in ts["results"]] == [("m2f_cpu", "fp32")]
+    assert all(x["finite"] for x in ts["results"])
+    assert [s["model"] for s in ts["skipped"]] == ["htc_l"]
+    assert len(parts["backbone"]["result"]["rows"]) == 4
+    text = (tmp_path / "gpu_section.md").read_text()
+    assert text.startswith(gpu_all.BEGIN) and text.rstrip().endswith(gpu_all.END) and "DRY RUN" in text
+
+
+@pytest.mark.parametrize("name,params_m", [("m2f_l896", 570.7), ("det_l", 347.9)])
+def test_gpu_sizes_build_with_every_checkpoint_switch(name, params_m):
+    """The GPU configurations build (on the meta device) and ``+cp`` reaches the backbone and the head FFNs;
+    parameter counts as the official papers' tables (Mask2Former BEiT-Adapter-L 571M, Mask R-CNN ViT-Adapter-L
+    347.9M)."""
+    import torch
+
+    for cp in (False, True):
+        with torch.device("meta"):
+            model = train_step.build(name, cp)
+        flags = {type(m).__name__: bool(m.with_cp) for m in model.modules() if hasattr(m, "with_cp")}
+        want = {"Injector", "Extractor"} | ({"BEiTBlock", "FFN"} if name == "m2f_l896" else {"Block"})
+        assert flags == dict.fromkeys(want, cp)
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, abs=0.1)

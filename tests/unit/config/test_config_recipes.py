@@ -1,0 +1,244 @@
+"""Recipes equal the official configurations (docs/official-architecture.md §4, values typed here from the spec table), load through
+``_base_`` inheritance, and bad recipes / DeepSpeed configs / arguments are rejected with clear messages."""
+from __future__ import annotations
+
+import json
+
+from pathlib import Path
+
+import pytest
+
+from vit_adapter_ds.config import ConfigError, load_recipe
+from vit_adapter_ds.engine.deepspeed_setup import load_ds_config, resolve_ds_config
+from vit_adapter_ds.recipes import RECIPES
+
+I12 = [[0, 2], [3, 5], [6, 8], [9, 11]]
+I24 = [[0, 5], [6, 11], [12, 17], [18, 23]]
+UPERNET = {
+    # name: (embed, depth, heads, deform_heads, deform_ratio, dpr, lr, wd, layer_decay, pretrained file, indexes)
+    "upernet_deit_adapter_tiny_512_160k_ade20k": (192, 12, 3, 6, 1.0, 0.1, 12e-5, 0.01, 0.95,
+                                                  "deit_tiny_patch16_224-a1311bcf.pth", I12),
+    "upernet_deit_adapter_small_512_160k_ade20k": (384, 12, 6, 6, 1.0, 0.2, 6e-5, 0.01, 0.95,
+                                                   "deit_small_patch16_224-cd65a155.pth", I12),
+    "upernet_deit_adapter_base_512_160k_ade20k": (768, 12, 12, 12, 0.5, 0.3, 6e-5, 0.01, 0.95,
+                                                  "deit_base_patch16_224-b5f2ef4d.pth", I12),
+    "upernet_augreg_adapter_large_512_160k_ade20k": (
+        1024, 24, 16, 16, 0.5, 0.4, 2e-5, 0.05, 0.95,
+        "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.pth", I24),
+}
+
+
+def test_recipe_stems_are_unique_and_detection_recipes_load_by_name():
+    from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
+
+    assert not set(RECIPES) & set(DETECTION_RECIPES)
+    assert load_recipe("synthetic_htc").model.type == "HybridTaskCascade"
+    assert load_recipe("mask_rcnn_deit_adapter_tiny_fpn_3x_coco.py").model.type == "MaskRCNN"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_loads_and_validates(name):
+    cfg = load_recipe(name)
+    assert cfg.model.backbone.type in ("ViTAdapter", "BEiTAdapter")
+
+
+@pytest.mark.parametrize("name", sorted(UPERNET))
+def test_upernet_vit_adapter_recipes_match_official(name):
+    d, depth, heads, dheads, ratio, dpr, lr, wd, decay, pre, idx = UPERNET[name]
+    c = load_recipe(name)
+    b = c.model.backbone
+    assert (b.embed_dim, b.depth, b.num_heads, b.deform_num_heads, b.deform_ratio, b.drop_path_rate) == \
+        (d, depth, heads, dheads, ratio, dpr)
+    assert (b.patch_size, b.mlp_ratio, b.conv_inplane, b.n_points, b.cffn_ratio) == (16, 4, 64, 4, 0.25)
+    assert b.interaction_indexes == idx
+    assert c.model.pretrained == "pretrained/" + pre
+    assert (c.optimizer.type, c.optimizer.lr, c.optimizer.weight_decay, tuple(c.optimizer.betas)) == \
+        ("AdamW", lr, wd, (0.9, 0.999))
+    assert c.optimizer.constructor == "LayerDecayOptimizerConstructor"
+    assert c.optimizer.paramwise_cfg == {"num_layers": depth, "layer_decay_rate": decay}
+    assert dict(c.lr_config) == dict(policy="poly", warmup="linear", warmup_iters=1500, warmup_ratio=1e-6,
+                                     power=1.0, min_lr=0.0, by_epoch=False)
+    assert c.runner.max_iters == 160000 and c.data.samples_per_gpu == 2 and c.global_batch_size == 16
+    assert c.model.test_cfg == {"mode": "slide", "crop_size": (512, 512), "stride": (341, 341)}
+    assert c.data.train.crop_size == (512, 512) and c.data.train.scale == (2048, 512)
+    dh, ah = c.model.decode_head, c.model.auxiliary_head
+    assert (dh.type, dh.num_classes, list(dh.in_channels), dh.channels, tuple(dh.pool_scales), dh.dropout_ratio) == \
+        ("UPerHead", 150, [d] * 4, 512, (1, 2, 3, 6), 0.1)
+    assert (ah.type, ah.num_classes, ah.in_channels, ah.in_index, ah.channels, ah.loss_decode.loss_weight) == \
+        ("FCNHead", 150, d, 2, 256, 0.4)
+    assert dh.norm_cfg["type"] == "SyncBN"
+    if depth == 24:  # AugReg-L: 384 pretrain size, with_cp, 127.5 normalisation, no fp16
+        assert b.img_size == b.pretrain_size == 384 and b.with_cp is True
+        assert c.data.train.img_norm_cfg["mean"] == [127.5] * 3 and c.data.val.img_norm_cfg["std"] == [127.5] * 3
+        assert c.get("fp16") is None
+    else:
+        assert c.fp16 == {"loss_scale": {"init_scale": 512}}
+        assert c.data.train.img_norm_cfg["mean"] == [123.675, 116.28, 103.53]
+
+
+def test_beit_upernet_640_matches_official():
+    c = load_recipe("upernet_beit_adapter_large_640_160k_ade20k_ss")
+    b = c.model.backbone
+    assert (b.type, b.img_size, b.embed_dim, b.depth, b.num_heads, b.init_values, b.drop_path_rate) == \
+        ("BEiTAdapter", 640, 1024, 24, 16, 1e-6, 0.3)
+    assert (b.use_abs_pos_emb, b.use_rel_pos_bias, b.qkv_bias, b.with_cp, b.deform_ratio, b.deform_num_heads) == \
+        (False, True, True, True, 0.5, 16)
+    assert b.interaction_indexes == I24
+    assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.paramwise_cfg.layer_decay_rate) == (2e-5, 0.05, 0.9)
+    assert c.model.decode_head.channels == 1024 and c.model.decode_head.num_classes == 150
+    assert c.model.test_cfg == {"mode": "slide", "crop_size": (640, 640), "stride": (426, 426)}
+    assert c.model.pretrained == "pretrained/beit_large_patch16_224_pt22k_ft22k.pth"
+
+
+@pytest.mark.parametrize("name,classes,things,load_from", [
+    ("mask2former_beit_adapter_large_896_80k_cocostuff164k_ss", 171, 80, None),
+    ("mask2former_beit_adapter_large_896_80k_ade20k_ss", 150, 100,
+     "pretrained/mask2former_beit_adapter_large_896_80k_cocostuff164k.pth.tar")])
+def test_mask2former_recipes_match_official(name, classes, things, load_from):
+    c = load_recipe(name)
+    b = c.model.backbone
+    assert (b.img_size, b.drop_path_rate, b.with_cp, b.init_values, b.deform_ratio) == (896, 0.3, True, 1e-6, 0.5)
+    h = c.model.decode_head
+    assert (h.type, h.num_queries, h.num_things_classes + h.num_stuff_classes, h.num_things_classes) == \
+        ("Mask2FormerHead", 200, classes, things)
+    assert h.loss_cls.class_weight == [1.0] * classes + [0.1]
+    assert (h.loss_cls.loss_weight, h.loss_mask.loss_weight, h.loss_dice.loss_weight) == (2.0, 5.0, 5.0)
+    assert c.model.train_cfg.num_points == 12544
+    assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.paramwise_cfg.layer_decay_rate) == (2e-5, 0.05, 0.9)
+    assert c.runner.max_iters == 80000 and c.data.samples_per_gpu == 1 and c.global_batch_size == 16
+    assert c.model.test_cfg.crop_size == (896, 896) and c.model.test_cfg.stride == (512, 512)
+    assert c.load_from == load_from
+    assert (c.checkpoint_config.interval, c.evaluation.interval) == (1000, 8000)
+
+
+# The official pipeline scales, typed from the official configs (github.com/czczup/ViT-Adapter,
+# segmentation/configs/{ade20k,coco_stuff164k}/<name>.py and mmseg 0.20 _base_/datasets/ade20k.py), independently
+# of the recipes: train Resize(img_scale, ratio_range), RandomCrop(crop_size, cat_max_ratio); test
+# MultiScaleFlipAug(img_scale, img_ratios, flip) + Resize(keep_ratio) + ResizeToMultiple(size_divisor); test_cfg
+# mode / crop_size / stride; and the resize type of the official multi-scale (_ms) test pipeline.
+_ADE512 = dict(train_scale=(2048, 512), ratio_range=(0.5, 2.0), crop=(512, 512), cat_max_ratio=0.75,
+               test_scale=(2048, 512), size_divisor=32, img_ratios=None, flip=False, mode="slide",
+               test_crop=(512, 512), stride=(341, 341), ms_resize="Resize")
+_M2F896 = dict(train_scale=(3584, 896), ratio_range=(0.5, 2.0), crop=(896, 896), cat_max_ratio=0.75,
+               test_scale=(3584, 896), size_divisor=32, img_ratios=None, flip=False, mode="slide",
+               test_crop=(896, 896), stride=(512, 512), ms_resize=None)  # _ms pipeline: the Mask2Former issue's
+OFFICIAL_PIPELINES = {
+    "upernet_deit_adapter_tiny_512_160k_ade20k": _ADE512,
+    "upernet_deit_adapter_small_512_160k_ade20k": _ADE512,
+    "upernet_deit_adapter_base_512_160k_ade20k": _ADE512,
+    "upernet_augreg_adapter_large_512_160k_ade20k": _ADE512,
+    "upernet_beit_adapter_large_640_160k_ade20k_ss": dict(
+        train_scale=(2048, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
+        test_scale=(2048, 640), size_divisor=32, img_ratios=None, flip=False, mode="slide", test_crop=(640, 640),
+        stride=(426, 426), ms_resize=("SETR_Resize", (640, 640))),
+    "mask2former_beit_adapter_large_896_80k_ade20k_ss": _M2F896,
+    "mask2former_beit_adapter_large_896_80k_cocostuff164k_ss": _M2F896,
+    "mask2former_beitv2_adapter_large_896_80k_cocostuff164k_ss": _M2F896,
+    "mask2former_beit_adapter_large_896_80k_ade20k_ms": dict(_M2F896, img_ratios=[640 / 896, 768 / 896, 1.0],
+                                                             flip=True),
+    "mask2former_beit_adapter_large_896_80k_cocostuff164k_ms": dict(_M2F896, img_ratios=[640 / 896, 768 / 896, 1.0],
+                                                                    flip=True),
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ms": dict(
+        _M2F896, img_ratios=[800 / 896, 832 / 896, 864 / 896, 1.0], flip=True),
+    "mask2former_beit_adapter_large_640_160k_ade20k_ss": dict(
+        _M2F896, train_scale=(2048, 640), crop=(640, 640), test_scale=(2048, 640), test_crop=(640, 640),
+        stride=(426, 426)),
+    # Not listed (its recipe belongs to the Mask2Former work): mask2former_beitv2_adapter_large_896_80k_ade20k_ss,
+    # whose official test pipeline has flip=True (single scale + flip).
+}
+
+
+def test_every_upernet_recipe_has_a_pipeline_row():
+    assert sorted(n for n in OFFICIAL_PIPELINES if n.startswith("upernet")) == \
+        sorted(n for n in RECIPES if n.startswith("upernet"))
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PIPELINES))
+def test_pipeline_scales_match_official(name):
+    if name not in RECIPES:
+        pytest.fail(f"recipe {name} is missing")
+    want = OFFICIAL_PIPELINES[name]
+    c = load_recipe(name)
+    train, ev, tc = c.data.train, c.evaluation, c.model.test_cfg
+    assert tuple(train.scale) == want["train_scale"]
+    assert tuple(train.ratio_range) == want["ratio_range"]
+    assert tuple(train.crop_size) == want["crop"]
+    assert train.cat_max_ratio == want["cat_max_ratio"]
+    assert tuple(ev.img_scale) == want["test_scale"]
+    assert ev.get("size_divisor") == want["size_divisor"]
+    assert (None if ev.get("img_ratios") is None else list(ev.img_ratios)) == want["img_ratios"]
+    assert bool(ev.get("flip", False)) == want["flip"]
+    assert (tc.mode, tuple(tc.crop_size), tuple(tc.stride)) == (want["mode"], want["test_crop"], want["stride"])
+    ms = ev.get("ms_resize")
+    if want["ms_resize"] == "Resize":
+        assert ms is None or dict(ms) == {"type": "Resize"}
+    elif isinstance(want["ms_resize"], tuple):
+        kind, crop = want["ms_resize"]
+        assert ms["type"] == kind and tuple(ms["crop_size"]) == crop
+
+
+def test_quickstart_recipe_is_tiny():
+    c = load_recipe(None)
+    b = c.model.backbone
+    assert 96 <= b.embed_dim <= 192 and 4 <= b.depth <= 6 and len(b.interaction_indexes) == 4
+    assert 64 <= c.model.decode_head.channels <= 128 and 128 <= c.data.train.crop_size[0] <= 256
+
+
+def test_unknown_recipe_lists_builtins():
+    with pytest.raises(ConfigError, match="upernet_deit_adapter_tiny_512_160k_ade20k"):
+        load_recipe("no_such_recipe")
+
+
+def _ds(tmp_path, **kw):
+    base = json.load(open(load_ds_config.__globals__["Path"](__file__).resolve().parents[3] / "ds_configs" / "zero2_fp32.json"))
+    base.update(kw)
+    p = tmp_path / "ds.json"
+    p.write_text(json.dumps(base))
+    return load_ds_config(p)
+
+
+def test_ds_auto_values_are_filled_from_recipe(tmp_path):
+    cfg = load_recipe("upernet_deit_adapter_tiny_512_160k_ade20k")
+    ds = resolve_ds_config(_ds(tmp_path), cfg, world_size=2, has_cuda=False)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == \
+        (2, 4, 16)
+    assert ds["optimizer"]["params"]["lr"] == 12e-5 and ds["optimizer"]["params"]["weight_decay"] == 0.01
+    assert ds["optimizer"]["params"]["betas"] == [0.9, 0.999] and ds["gradient_clipping"] == 0.0
+    ds8 = resolve_ds_config(_ds(tmp_path), cfg, world_size=8, has_cuda=False)
+    assert ds8["gradient_accumulation_steps"] == 1
+
+
+def test_fp16_initial_scale_from_recipe(tmp_path):
+    cfg = load_recipe("upernet_deit_adapter_tiny_512_160k_ade20k")
+    ds = json.load(open(str(Path(__file__).resolve().parents[3] / "ds_configs" / "zero2_fp16.json")))
+    p = tmp_path / "f.json"
+    p.write_text(json.dumps(ds))
+    out = resolve_ds_config(load_ds_config(p), cfg, world_size=8, has_cuda=True)
+    assert out["fp16"]["initial_scale_power"] == 9  # init_scale=512
+
+
+@pytest.mark.parametrize("kw,world,match", [
+    (dict(train_batch_size=10, train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=2), 2,
+     r"train_batch_size 10 != .* 2 x .* 2 x world size 2 = 8"),
+    (dict(gradient_accumulation_steps=1), 2, "gives 4 images per step but the recipe's global_batch_size is 16"),
+    ({}, 3, "global_batch_size 16 is not divisible by micro batch 2 x world size 3"),
+    (dict(train_micro_batch_size_per_gpu=0), 2, "must be a positive integer"),
+])
+def test_inconsistent_batch_sizes_are_rejected(tmp_path, kw, world, match):
+    cfg = load_recipe("upernet_deit_adapter_tiny_512_160k_ade20k")
+    with pytest.raises(ConfigError, match=match):
+        resolve_ds_config(_ds(tmp_path, **kw), cfg, world_size=world, has_cuda=False)
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    cfg = load_recipe(None)
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        resolve_ds_config(_ds(tmp_path, fp16={"enabled": True}), cfg, world_size=1, has_cuda=False)
+
+
+def test_missing_and_broken_ds_config(tmp_path):
+    with pytest.raises(ConfigError, match="not found.*zero2_fp32.json"):
+        load_ds_config(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_ds_config(tmp_path / "bad.json")
