@@ -11,6 +11,7 @@
   COCO-Stuff-164k converter
   (``tools/dataset_converters/coco_stuff164k.py``, ``clsID_to_trID``), checked in tests against that file.
 """
+from ..utils.vis import make_palette  # noqa: F401  (the one palette rule; the shard writers use it from here)
 
 ADE20K_CLASSES = (
     'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed ', 'windowpane', 'grass', 'cabinet',
@@ -85,15 +86,3 @@ def identity_label_map():
     """256-entry identity lookup table (labels already stored as train ids, 255 = ignore)."""
     return list(range(256))
 
-
-def make_palette(num_classes, seed=0):
-    """Deterministic, well separated RGB colours for visualisation: list of ``num_classes`` [r, g, b] lists."""
-    import colorsys
-
-    out = []
-    for i in range(num_classes):
-        h = (i * 0.618033988749895 + seed * 0.1) % 1.0
-        s = 0.55 + 0.45 * ((i * 7) % 5) / 4
-        v = 0.6 + 0.4 * ((i * 3) % 4) / 3
-        out.append([int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v)])
-    return out

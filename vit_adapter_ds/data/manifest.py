@@ -7,11 +7,8 @@ import os
 import re
 
 from . import remote
+from .errors import ShardSetError  # noqa: F401  (raised here; defined apart so remote.py need not import us)
 from .shard_writer import _TAR_BLOCK, FORMAT, MANIFEST
-
-
-class ShardSetError(RuntimeError):
-    """A shard set that cannot be used at all (missing, unreadable, inconsistent with its manifest)."""
 
 
 def resolve_shard_dir(shard_dir, split=None):

@@ -35,6 +35,7 @@ import urllib.parse
 import urllib.request
 
 from ..utils.redact import redact_url
+from .errors import ShardSetError
 
 REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "gcs://", "http://", "https://", "az://", "abfs://", "abfss://",
                   "hf://", "oss://")
@@ -332,8 +333,6 @@ def open_shard(path):
 def load_manifest(shard_dir: str, split: str | None, name: str) -> tuple[str, dict]:
     """(resolved shard-set URL, parsed manifest) for a remote ``shard_dir``: ``shard_dir/<name>``, or
     ``shard_dir/<split or 'train'>/<name>`` (as :func:`.manifest.resolve_shard_dir` does for folders)."""
-    from .manifest import ShardSetError
-
     candidates = [shard_dir] if split is None else []
     candidates += [join(shard_dir, split or "train"), shard_dir]
     errors = []
@@ -352,8 +351,6 @@ def verify_shards(shard_dir: str, manifest: dict, mode: str) -> None:
     """``exists`` / ``size``: each shard's size from the store equals the manifest's; ``sha256`` also reads every
     byte once (ranged, in 8 MiB pieces)."""
     import hashlib
-
-    from .manifest import ShardSetError
 
     for s in manifest["shards"]:
         url = join(manifest.get("shard_dir", shard_dir), s["name"])

@@ -23,16 +23,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from ..utils.image_ops import rescale_size  # noqa: F401  (mmcv's keep-ratio rule, one for all pipelines)
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def rescale_size(h, w, scale):
-    """mmcv ``rescale_size`` with a (long, short) tuple: keep the aspect ratio, fit the long edge to
-    ``max(scale)`` and the short edge to ``min(scale)`` (whichever is tighter); returns (new_h, new_w)."""
-    long_edge, short_edge = max(scale), min(scale)
-    f = min(long_edge / max(h, w), short_edge / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
 
 
 def resize(img, lab, size):

@@ -15,34 +15,7 @@ import numpy as np
 import torch
 
 
-def default_palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 colours, well separated (the dataset's own palette is preferred when known)."""
-    from ..data.classes import make_palette
-    return np.asarray(make_palette(num_classes), dtype=np.uint8).reshape(num_classes, 3)
-
-
-def _palette(palette, num_classes: int) -> np.ndarray:
-    pal = default_palette(num_classes) if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    if len(pal) < num_classes:
-        raise ValueError(f"palette has {len(pal)} colours for {num_classes} classes")
-    return pal
-
-
-def _to_numpy(label) -> np.ndarray:
-    if torch.is_tensor(label):
-        label = label.detach().cpu().numpy()
-    label = np.asarray(label)
-    if label.ndim != 2:
-        raise ValueError(f"expected an (H, W) label map, got shape {label.shape}")
-    return label.astype(np.int64)
-
-
-def colorize(label, num_classes: int, palette=None) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside [0, num_classes) (e.g. 255 = ignore) are black."""
-    label = _to_numpy(label)
-    pal = np.concatenate([_palette(palette, num_classes)[:num_classes], np.zeros((1, 3), np.uint8)])
-    idx = np.where((label >= 0) & (label < num_classes), label, num_classes)
-    return pal[idx]
+from ..utils.vis import as_colours, colorize, label_array, make_palette  # noqa: F401  (the one palette / colorize)
 
 
 def overlay(image_rgb: np.ndarray, label, num_classes: int, palette=None, alpha: float = 0.5) -> np.ndarray:
@@ -57,12 +30,12 @@ def save_mask_png(path, label, num_classes: int, palette=None) -> Path:
 
     path = Path(path)
     os.makedirs(path.parent, exist_ok=True)
-    label = _to_numpy(label)
+    label = label_array(label)
     if num_classes > 255:
         Image.fromarray(colorize(label, num_classes, palette)).save(path)
         return path
     pal = np.zeros((256, 3), np.uint8)
-    pal[:num_classes] = _palette(palette, num_classes)[:num_classes]
+    pal[:num_classes] = as_colours(palette, num_classes)[:num_classes]
     idx = np.ascontiguousarray(np.where((label >= 0) & (label < 256), label, 255).astype(np.uint8))
     img = Image.frombytes("P", (idx.shape[1], idx.shape[0]), idx.tobytes())
     img.putpalette(pal.reshape(-1).tolist())
@@ -84,7 +57,7 @@ def draw_detections(image, pred: dict, score_thr: float = 0.3, class_names=None,
     """(H, W, 3) uint8 picture of ``image`` ((H, W, 3) uint8 array or (3, H, W) uint8 tensor) with the detections
     whose score is ``>= score_thr``: the instance masks (``pred['masks']`` (K, H, W), when present) blended with
     ``mask_alpha``, the boxes (``pred['boxes']`` (K, 4) x1y1x2y2 pixels) and ``"<class name> <score>"`` labels
-    (``class_names[label]``, else the class index). Colours: ``palette[label]`` (default :func:`default_palette`)."""
+    (``class_names[label]``, else the class index). Colours: ``palette[label]`` (default :func:`~vit_adapter_ds.utils.vis.make_palette`)."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     img = torch.as_tensor(image)
@@ -100,7 +73,7 @@ def draw_detections(image, pred: dict, score_thr: float = 0.3, class_names=None,
     labels = torch.as_tensor(pred["labels"]).detach().cpu().reshape(-1)[keep].tolist()
     boxes = torch.as_tensor(pred["boxes"]).detach().float().cpu().reshape(-1, 4)[keep]
     n = max(max(labels) + 1, len(class_names) if class_names is not None else 0)
-    pal = _palette(palette, n) if palette is not None else default_palette(n)
+    pal = as_colours(palette, n)
     colors = [tuple(int(c) for c in pal[int(k)]) for k in labels]
     out = img
     if pred.get("masks") is not None:

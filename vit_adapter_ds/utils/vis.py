@@ -5,17 +5,43 @@ import numpy as np
 import torch
 
 
-def palette(num_classes: int, seed: int = 3) -> np.ndarray:
-    """(num_classes + 1, 3) uint8 colours; the last row (index 255 is mapped to it) is black for 'ignore'."""
-    rng = np.random.default_rng(seed)
-    colours = rng.integers(40, 256, size=(num_classes, 3), dtype=np.uint8)
-    return np.concatenate([colours, np.zeros((1, 3), np.uint8)])
+def make_palette(num_classes: int, seed: int = 0) -> list:
+    """The one palette rule: deterministic, well separated RGB colours, a list of ``num_classes`` [r, g, b] lists
+    (the manifests' default ``palette``, the visualisations' colours when the dataset has none)."""
+    import colorsys
+
+    out = []
+    for i in range(num_classes):
+        h = (i * 0.618033988749895 + seed * 0.1) % 1.0
+        s = 0.55 + 0.45 * ((i * 7) % 5) / 4
+        v = 0.6 + 0.4 * ((i * 3) % 4) / 3
+        out.append([int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v)])
+    return out
 
 
-def colorize(label: np.ndarray, num_classes: int, pal: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) int labels (255 = ignore) -> (H, W, 3) uint8."""
-    pal = palette(num_classes) if pal is None else pal
-    idx = np.where((label >= 0) & (label < num_classes), label, num_classes).astype(np.int64)
+def as_colours(palette, num_classes: int) -> np.ndarray:
+    """``palette`` (any [[r, g, b], ...]; None: :func:`make_palette`) as an (N >= num_classes, 3) uint8 array."""
+    pal = np.asarray(make_palette(num_classes) if palette is None else palette, dtype=np.uint8).reshape(-1, 3)
+    if len(pal) < num_classes:
+        raise ValueError(f"palette has {len(pal)} colours for {num_classes} classes")
+    return pal
+
+
+def label_array(label) -> np.ndarray:
+    """An (H, W) label map (numpy or tensor) as int64 numpy."""
+    if torch.is_tensor(label):
+        label = label.detach().cpu().numpy()
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"expected an (H, W) label map, got shape {label.shape}")
+    return label.astype(np.int64)
+
+
+def colorize(label, num_classes: int, palette=None) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside [0, num_classes) (e.g. 255 = ignore) are black."""
+    label = label_array(label)
+    pal = np.concatenate([as_colours(palette, num_classes)[:num_classes], np.zeros((1, 3), np.uint8)])
+    idx = np.where((label >= 0) & (label < num_classes), label, num_classes)
     return pal[idx]
 
 
@@ -27,8 +53,7 @@ def denormalize(img: torch.Tensor, mean, std) -> np.ndarray:
 
 def triptych(image_hwc: np.ndarray, gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Input, ground truth and prediction side by side, (H, 3W, 3) uint8."""
-    pal = palette(num_classes)
-    return np.concatenate([image_hwc, colorize(gt, num_classes, pal), colorize(pred, num_classes, pal)], axis=1)
+    return np.concatenate([image_hwc, colorize(gt, num_classes), colorize(pred, num_classes)], axis=1)
 
 
 def write_png(path, hwc_uint8: np.ndarray) -> None:
