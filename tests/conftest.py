@@ -80,3 +80,28 @@ def free_port():
     from support import free_port as pick
 
     return pick
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stale_extension_locks():
+    """A killed JIT build of an op leaves a lock that blocks every later build: remove stale ones once per session."""
+    from launching import prune_stale_extension_locks
+
+    prune_stale_extension_locks()
+
+
+@pytest.fixture(scope="session")
+def seg_shards(tmp_path_factory):
+    """Synthetic semantic-segmentation shards (ADE20K layout, 8 classes): 32 train / 6 val images of 64 x 96, in
+    ``<dir>/train`` and ``<dir>/val``. Shared by every test of the session: treat as read-only."""
+    from launching import make_synthetic_shards
+
+    return make_synthetic_shards(tmp_path_factory.mktemp("seg_shards") / "synthetic", "ade20k", 32, 6, (64, 96))
+
+
+@pytest.fixture(scope="session")
+def coco_shards(tmp_path_factory):
+    """Synthetic COCO instance shards (boxes, masks): 16 train / 4 val images of 96 x 128. Read-only, shared."""
+    from launching import make_synthetic_shards
+
+    return make_synthetic_shards(tmp_path_factory.mktemp("coco_shards") / "synthetic", "coco", 16, 4, (96, 128))

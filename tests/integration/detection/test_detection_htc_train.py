@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -95,7 +93,7 @@ def test_aug_cfg_is_checked():
     assert aug_test_cfg(ok)["scale_ranges"] == (("l",), ("s", "m"))
     with pytest.raises(ConfigError, match=r"scale_ranges\[1\]"):
         aug_test_cfg(dict(ok, scale_ranges=[["l"], ["xl"]]))
-    with pytest.raises(ConfigError, match=r"test_cfg.aug.nms.sigma: unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) model.test_cfg.aug.nms.sigma;"):
         aug_test_cfg(dict(ok, nms=dict(type="soft_nms", iou_threshold=0.5, sigma=0.5)))
 
 
@@ -211,15 +209,10 @@ ITERS = 6
 def recipe(tmp_path_factory):
     """The tiny HTC++ recipe at 96 x 128 over 8 train / 4 val synthetic COCO images with semantic maps, 6
     iterations (checkpoints at 4 and 6, evaluation at 6)."""
-    from test_engine_distributed import _env
+    from launching import make_synthetic_shards
 
     root = tmp_path_factory.mktemp("htc")
-    shards = root / "shards"
-    res = subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--layout", "coco",
-                          "--out", str(shards), "--num-train", "8", "--num-val", "4", "--size", "96", "128",
-                          "--workers", "1", "--no-progress"], capture_output=True, text=True, env=_env(),
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    shards = make_synthetic_shards(root / "shards", "coco", 8, 4, (96, 128))
     path = root / "tiny_htc.py"
     path.write_text(TINY.format(base=SYNTHETIC, shards=str(shards)))
     return path
@@ -348,8 +341,14 @@ def test_tta_recipe_through_eval_and_predict_command_lines(recipe, tmp_path):
     assert [d["score"] for d in dets] == pytest.approx(ref["scores"].tolist(), abs=1e-6)
 
 
-from test_engine_detection import _records, _train  # noqa: E402  (2-rank training through launch/train.py)
 from support import free_port  # noqa: E402
+from launching import records as _records, train as _launch_train  # noqa: E402
+
+
+def _train(recipe, work, port, extra=()):
+    """2-rank training of ``recipe`` through launch/train.py; returns the output."""
+    return _launch_train(work, recipe=recipe, args=extra, port=port, timeout=500, options=(
+        "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1"))[1]
 
 
 @pytest.mark.slow
@@ -357,7 +356,7 @@ from support import free_port  # noqa: E402
 def test_htc_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     import math
 
-    from test_engine_distributed import losses
+    from launching import losses
 
     terms = ["loss", "loss_rpn_cls", "loss_rpn_bbox", "loss_semantic_seg"] + [
         f"s{i}.{k}" for i in range(3) for k in ("loss_cls", "loss_bbox", "loss_mask")]

@@ -4,7 +4,6 @@ values by hand), the detection keys of the recipe validation, and the synthetic 
 is clearly above zero, and deleting the last checkpoint + ``--resume auto`` reproduces the losses bitwise."""
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import subprocess
@@ -207,48 +206,34 @@ evaluation = dict(_delete_=True, interval=2, metric=['bbox', 'segm'], save_best=
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
+def recipe(tmp_path_factory, coco_shards):
     """The synthetic recipe at 96 x 128 (single-scale resize instead of the multi-scale AutoAugment) over 16 train /
-    4 val synthetic COCO images, epoch-based (5 epochs, lr step after epoch 4, checkpoint and evaluation every 2
-    epochs)."""
-    from test_engine_distributed import _env
-
-    root = tmp_path_factory.mktemp("det")
-    shards = root / "shards"
-    res = subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--layout", "coco",
-                          "--out", str(shards), "--num-train", "16", "--num-val", "4", "--size", "96", "128",
-                          "--workers", "1", "--no-progress"], capture_output=True, text=True, env=_env(),
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    path = root / "tiny_mask_rcnn.py"
-    path.write_text(TINY.format(base=SYNTHETIC, shards=str(shards)))
+    4 val synthetic COCO images (``coco_shards``), epoch-based (5 epochs, lr step after epoch 4, checkpoint and
+    evaluation every 2 epochs)."""
+    path = tmp_path_factory.mktemp("det") / "tiny_mask_rcnn.py"
+    path.write_text(TINY.format(base=SYNTHETIC, shards=str(coco_shards)))
     return path
 
 
 def _train(recipe, work, port, extra=(), timeout=500, ds="zero2_fp32", options=()):
     """2-rank torchrun training (DeepSpeed config ``ds``) of a detection recipe through launch/train.py; returns the
     output."""
-    from test_engine_distributed import REPO, _env
+    from launching import train
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(REPO / "launch" / "train.py"), "--ds_config", str(REPO / "ds_configs" / f"{ds}.json"),
-           "--config", str(recipe), "--work-dir", str(work), "--no-progress", "--dist-timeout", "60", *extra,
-           "--cfg-options", "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
-           "vis.num_images=1", *options]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, start_new_session=True)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
-    assert (work / "TRAINING_FINISHED").is_file()
-    return res.stdout + res.stderr
+    return train(work, recipe=recipe, args=extra, ds=ds, port=port, timeout=timeout, options=(
+        "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1", *options))[1]
 
 
 def _records(work, mode):
-    return [r for r in map(json.loads, open(work / "metrics.jsonl")) if r["mode"] == mode]
+    from launching import records
+
+    return records(work, mode)
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
-    from test_engine_distributed import losses
+    from launching import losses
 
     ref = tmp_path / "ref"
     _train(recipe, ref, free_port())
@@ -278,9 +263,9 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     assert saved["_epoch_conversion"] == {"max_epochs": 5, "iters_per_epoch": 4}
 
     # export --format mmcv writes the official mmdet layout, which maps back to the trained weights exactly
-    from test_engine_distributed import REPO, _env
+    from launching import REPO, env as _env
 
-    from vit_adapter_ds.checkpoint_io import consolidate_deepspeed
+    from vit_adapter_ds.checkpoint.deepspeed import consolidate_deepspeed
     from vit_adapter_ds.models.detectors.keymap import from_mmdet
 
     exp = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(ref), "--out",

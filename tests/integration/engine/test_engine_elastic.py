@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from support import free_port
-from test_engine_distributed import REPO, _env
-from test_engine_quickstart import CROP, shards  # noqa: F401  (module fixture: tiny synthetic shards)
+from launching import REPO, TRAIN, launch
+
+CROP = 64
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ITERS = 4
@@ -31,27 +29,24 @@ def _args(work, shards, ds):
             "lr_config.warmup_iters=2", "vis.num_images=0"]
 
 
-def _launch(script, ranks, port, args, timeout=600):
-    launcher = [] if ranks == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-                                      str(port)]
-    cmd = [sys.executable, *launcher, str(script), *args]
-    env = _env({"MASTER_PORT": str(port)} if ranks == 1 else None)
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, start_new_session=True)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-4000:])
-    return res.stdout + res.stderr
+def _launch(script, ranks, args):
+    rc, out = launch(script, args, ranks=ranks, timeout=600)
+    assert rc == 0, out[-4000:]
+    return out
 
 
 @pytest.mark.parametrize("ds,saved_on,resumed_on", [("zero2_fp32", 2, 1), ("zero3_fp32", 1, 2)])
-def test_resume_on_another_world_size_restores_everything(tmp_path, shards, ds, saved_on, resumed_on):
+def test_resume_on_another_world_size_restores_everything(tmp_path, seg_shards, ds, saved_on, resumed_on):
+    shards = seg_shards
     ref = tmp_path / "ref"
-    _launch(REPO / "launch" / "train.py", saved_on, free_port(), _args(ref, shards, ds))
+    _launch(TRAIN, saved_on, _args(ref, shards, ds))
     before = [json.loads(line) for line in open(ref / "metrics.jsonl") if '"val"' in line][-1]
     probe = REPO / "tests" / "helpers" / "elastic_probe.py"
     dumps = {}
     for ranks in (saved_on, resumed_on):
         work = tmp_path / f"on{ranks}"
         shutil.copytree(ref, work)
-        out = _launch(probe, ranks, free_port(), [*_args(work, shards, ds), "--probe-out", str(work / "probe.pt")])
+        out = _launch(probe, ranks, [*_args(work, shards, ds), "--probe-out", str(work / "probe.pt")])
         assert "resumed from" in out
         dumps[ranks] = torch.load(work / "probe.pt", weights_only=True)
     same, other = dumps[saved_on], dumps[resumed_on]

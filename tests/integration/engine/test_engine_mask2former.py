@@ -10,39 +10,35 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from support import free_port
-from test_engine_distributed import REPO, _env, losses
-from test_engine_quickstart import shards  # noqa: F401  (module fixture: tiny synthetic shards)
+from launching import TRAIN, command, env, finished, launch, losses, train_args
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ITERS = 24
 
 
-def _cmd(work, shards, port, extra=()):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-            str(REPO / "launch" / "train.py"), "--ds_config", str(REPO / "ds_configs" / "zero2_fp32.json"),
-            "--config", "synthetic_mask2former", "--work-dir", str(work), "--no-progress", "--dist-timeout", "60",
-            *extra, "--cfg-options", f"runner.max_iters={ITERS}", "checkpoint_config.interval=8",
-            "evaluation.interval=8", "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
-            f"data.train.shard_dir={shards}/train", f"data.val.shard_dir={shards}/val",
-            "data.train.crop_size=(64,64)", "data.train.scale=(128,64)", "evaluation.img_scale=(128,64)",
-            "lr_config.warmup_iters=2", "optimizer.lr=1e-3", "vis.num_images=1"]
+def _args(work, shards, extra=()):
+    return train_args(work, recipe="synthetic_mask2former", args=extra, options=(
+        f"runner.max_iters={ITERS}", "checkpoint_config.interval=8", "evaluation.interval=8", "log_config.interval=1",
+        "data.samples_per_gpu=2", "data.workers_per_gpu=0", f"data.train.shard_dir={shards}/train",
+        f"data.val.shard_dir={shards}/val", "data.train.crop_size=(64,64)", "data.train.scale=(128,64)",
+        "evaluation.img_scale=(128,64)", "lr_config.warmup_iters=2", "optimizer.lr=1e-3", "vis.num_images=1"))
 
 
-def _run(cmd, timeout=600):
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, start_new_session=True)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
-    return res.stdout + res.stderr
+def _run(work, shards, extra=(), timeout=600):
+    rc, out = launch(TRAIN, _args(work, shards, extra), port=free_port(), timeout=timeout)
+    assert rc == 0, out[-4000:]
+    return out
 
 
-def test_mask2former_trains_and_resumes_bitwise_after_sigkill(tmp_path, shards):
+def test_mask2former_trains_and_resumes_bitwise_after_sigkill(tmp_path, seg_shards):
+    shards = seg_shards
     ref = tmp_path / "ref"
-    _run(_cmd(ref, shards, free_port()))
+    _run(ref, shards)
     a = losses(ref)
     assert sorted(a) == list(range(1, ITERS + 1))
     assert {"loss", "loss_cls", "loss_mask", "loss_dice", "d0.loss_cls"} <= set(a[1])
@@ -52,8 +48,9 @@ def test_mask2former_trains_and_resumes_bitwise_after_sigkill(tmp_path, shards):
     assert list((ref / "predictions" / f"iter_{ITERS}").glob("*.png"))
 
     crashed = tmp_path / "crash"
-    proc = subprocess.Popen(_cmd(crashed, shards, free_port()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(), start_new_session=True)
+    proc = subprocess.Popen(command(TRAIN, _args(crashed, shards), port=free_port()), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env=env(), start_new_session=True)
     t0 = time.time()
     try:  # kill the whole job (launcher and both ranks) once iteration 10 is logged: checkpoint iter_8 exists
         while time.time() - t0 < 400:
@@ -66,8 +63,8 @@ def test_mask2former_trains_and_resumes_bitwise_after_sigkill(tmp_path, shards):
         subprocess.run(["pkill", "-KILL", "-f", "--", f"--work-dir {crashed} "], check=False)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (crashed / "TRAINING_FINISHED").exists()
-    out = _run(_cmd(crashed, shards, free_port(), ["--resume", "auto"]))
+    assert not finished(crashed)
+    out = _run(crashed, shards, ["--resume", "auto"])
     resumed = int(re.search(r"resumed from \S+ at iteration (\d+)", out).group(1))
     assert resumed in (8, 16), out[-2000:]
     b = losses(crashed)

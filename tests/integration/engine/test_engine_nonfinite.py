@@ -24,14 +24,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from support import free_port  # noqa: E402
-from test_engine_distributed import REPO, _prebuilt_deepspeed_ops, run  # noqa: E402,F401
+from support import free_port
+from launching import REPO, train_stub as run  # noqa: F401
 
 FAULTS = {"STUB_NAN_AT_BATCH": "1,4", "STUB_INF_GRAD_AT_BATCH": "3"}
 OPTS = ["optimizer.lr=0.01", "lr_config.warmup_iters=2", "checkpoint_config.interval=1",

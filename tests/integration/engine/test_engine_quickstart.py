@@ -6,42 +6,29 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from support import free_port
-from test_engine_distributed import REPO, _env, losses, run  # noqa: F401  (shared launcher helpers)
+from launching import losses, train
 
 CROP = 64
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "synthetic"
-    res = subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--out", str(out),
-                          "--num-train", "32", "--num-val", "6", "--size", "64", "96", "--workers", "1",
-                          "--no-progress"], capture_output=True, text=True, env=_env(), timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return out
+def shards(seg_shards):
+    return seg_shards
 
 
 def _train(work, shards, port, args=(), iters=4):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(REPO / "launch" / "train.py"), "--ds_config", str(REPO / "ds_configs" / "zero2_fp32.json"),
-           "--work-dir", str(work), "--no-progress", "--dist-timeout", "60", *args, "--cfg-options",
-           f"runner.max_iters={iters}", "checkpoint_config.interval=2", f"evaluation.interval={iters}",
-           "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
-           f"data.train.shard_dir={shards}/train", f"data.val.shard_dir={shards}/val",
-           f"data.train.crop_size=({CROP},{CROP})", "data.train.scale=(128,64)", "evaluation.img_scale=(128,64)",
-           "lr_config.warmup_iters=2", "vis.num_images=2"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=400, start_new_session=True)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
-    assert (work / "TRAINING_FINISHED").is_file()
-    return res.stdout + res.stderr
+    """2-rank training of the synthetic recipe at a 64-pixel crop through launch/train.py; returns the output."""
+    return train(work, port=port, args=args, options=(
+        f"runner.max_iters={iters}", "checkpoint_config.interval=2", f"evaluation.interval={iters}",
+        "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
+        f"data.train.shard_dir={shards}/train", f"data.val.shard_dir={shards}/val",
+        f"data.train.crop_size=({CROP},{CROP})", "data.train.scale=(128,64)", "evaluation.img_scale=(128,64)",
+        "lr_config.warmup_iters=2", "vis.num_images=2"))[1]
 
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -89,8 +76,7 @@ def test_two_stage_load_from_reinitialises_class_layers(tmp_path):
     """A stage-1 segmentor with 11 classes saved in the official mmcv format, loaded into an 8-class model: every
     tensor but the two classifiers is copied; the classifiers keep their fresh init; the report says so."""
     from vit_adapter_ds.config import load_recipe
-    from vit_adapter_ds.checkpoint_io import load_into
-    from vit_adapter_ds.engine.checkpoint import to_mmcv
+    from vit_adapter_ds.checkpoint.reader import load_into, to_mmcv
     from vit_adapter_ds.models.registry import build_model
 
     c1 = load_recipe(None, ["model.decode_head.num_classes=11", "model.auxiliary_head.num_classes=11"])
