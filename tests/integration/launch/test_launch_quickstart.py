@@ -106,22 +106,44 @@ def test_training_step_is_the_readme_command():
 
 
 def test_closing_report_reads_the_trainer_outputs(tmp_path):
-    """The report at the end of the script, on a work dir laid out as the trainer writes it (TRAINING_FINISHED with
-    'metrics', predictions/iter_N, checkpoints, metrics.jsonl): it names the newest predictions by number."""
+    """The report at the end of the script, on a work dir laid out as the trainer writes it (status.json
+    ``finished`` with 'metrics', predictions/iter_N, checkpoints, metrics.jsonl): it names the newest predictions by
+    number; a run that did not finish is said so, with a non-zero status."""
     code = SCRIPT.read_text().split("<<'PY'\n")[1].split("\nPY\n")[0]
     w = tmp_path / "w"
     for it in (2, 10, 9):
         (w / "predictions" / f"iter_{it}").mkdir(parents=True)
-    (w / "TRAINING_FINISHED").write_text(json.dumps({"iteration": 10, "metrics": {"mIoU": 0.5}, "time": 0.0}))
+    (w / "status.json").write_text(json.dumps({"state": "finished", "iteration": 10, "metrics": {"mIoU": 0.5},
+                                                "time": 0.0}))
     p = subprocess.run([sys.executable, "-", str(w)], input=code, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "final evaluation: {'mIoU': 0.5}" in p.stdout
     assert f"predictions:  {w / 'predictions' / 'iter_10'}" in p.stdout
     assert f"python launch/export.py {w} --out {w / 'model.pth'}" in p.stdout
+    (w / "status.json").write_text(json.dumps({"state": "failed", "error": "KeyError: 'x'", "time": 0.0}))
+    p = subprocess.run([sys.executable, "-", str(w)], input=code, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "training did not finish" in p.stderr and "'failed'" in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("needle", ['"launch" / "train.py"', '"ds_configs" / "zero2_fp32.json"',
-                                    '"--nproc_per_node", "2"', '"vit_adapter_ds.data.make_shards", "synthetic"'])
-def test_trainer_test_runs_the_same_steps(needle):
-    """The expensive part is exercised by test_engine_quickstart.py with the same launcher script and ds_config."""
-    assert needle in (REPO / "tests" / "integration" / "engine" / "test_engine_quickstart.py").read_text()
+def test_trainer_test_runs_the_same_steps():
+    """The expensive part is exercised by test_engine_quickstart.py through the shared launcher (tests/helpers/
+    launching.py) with the same launcher script, rank count, ds_config and synthetic shards as the quickstart."""
+    import inspect
+
+    import launching
+
+    cmd = launching.command(launching.TRAIN, launching.train_args("w"), port=1)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert cmd[cmd.index("--ds_config") + 1] == str(REPO / "ds_configs" / "zero2_fp32.json")
+    assert launching.TRAIN == REPO / "launch" / "train.py"
+    assert '"vit_adapter_ds.data.make_shards", "synthetic"' in inspect.getsource(launching.make_synthetic_shards)
+    test = (REPO / "tests" / "integration" / "engine" / "test_engine_quickstart.py").read_text()
+    assert "seg_shards" in test and "return train(work, " in test and "ds=" not in test
+
+
+def test_ci_runs_the_readme_test_command():
+    """``.ci/run`` runs the test command the README's Quickstart names (after its install steps)."""
+    command = re.search(r"OMP_NUM_THREADS=1 (python -m pytest [^\n]+)", QUICKSTART).group(1)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "export OMP_NUM_THREADS=1" in ci
+    assert any(line.startswith(command + " ") or line == command for line in ci.splitlines()), command
