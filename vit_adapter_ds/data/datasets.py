@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from ..config.errors import ConfigError
 from ..config.keys import check_keys, signature_kwargs
+from .catalog import resolve_type
 from .loader import TrainLoader, ValLoader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -65,13 +66,65 @@ class SegmentationShards:
         return ValLoader(rank=rank, world_size=world_size, num_workers=0, num_classes=num_classes, **kw)
 
 
-DATASETS = {"SegmentationShards": SegmentationShards}
-DEFAULT_DATASET = "SegmentationShards"
+# set by the engine / the model / the translated pipeline, never by a detection recipe's data.<split> dict
+DETECTION_SUPPLIED = ENGINE_SUPPLIED + ("mean", "std", "ops", "transform_kw", "scale")
+
+
+class DetectionShards:
+    """COCO instance shards (the detection entries of the catalog, ``make_shards coco`` / ``synthetic --layout
+    coco``): :class:`~vit_adapter_ds.data.detection.DetectionTrainLoader` / ``DetectionValLoader`` keyword arguments
+    from ``data.<split>``: ``shard_dir``, the official ``pipeline`` and the loaders' own keys."""
+
+    @staticmethod
+    def section(data: Mapping, split: str) -> dict:
+        section = data.get(split)
+        if not isinstance(section, dict):
+            raise ConfigError(f"recipe: data.{split} must be a dict with shard_dir and pipeline")
+        resolve_type(section.get("type"), "detection", f"data.{split}")
+        for key in ("shard_dir", "pipeline"):
+            if key not in section:
+                raise ConfigError(f"recipe: data.{split}.{key} is required")
+        return section
+
+    @classmethod
+    def train_kwargs(cls, data: Mapping) -> dict:
+        """``DetectionTrainLoader`` keyword arguments (without the engine's) from ``data.train``."""
+        from .detection import DetectionTrainLoader
+        from .pipeline import train_ops_from_pipeline
+
+        section = cls.section(data, "train")
+        kw = signature_kwargs(DetectionTrainLoader.__init__, section, "data.train", skip=("type", "pipeline"),
+                              supplied=DETECTION_SUPPLIED)
+        tr = train_ops_from_pipeline(section["pipeline"], "data.train.pipeline")
+        return {**kw, "ops": tr["ops"], "mean": tr["mean"], "std": tr["std"]}
+
+    @classmethod
+    def val_kwargs(cls, data: Mapping, split: str = "val") -> dict:
+        """``DetectionValLoader`` keyword arguments (without the engine's) from ``data.<split>``; with test-time
+        augmentation (:func:`~.pipeline.tta_from_pipeline`) the loader keeps the original size (``scale=None``)."""
+        from .detection import DetectionValLoader
+        from .pipeline import test_cfg_from_pipeline, tta_from_pipeline
+
+        section = cls.section(data, split)
+        kw = signature_kwargs(DetectionValLoader.__init__, section, f"data.{split}", skip=("type", "pipeline"),
+                              supplied=DETECTION_SUPPLIED)
+        where = f"data.{split}.pipeline"
+        pipeline = section["pipeline"]
+        aug = tta_from_pipeline(pipeline, where)
+        if aug is not None:  # the single-scale translation checks the transforms and gives mean / std
+            pipeline = [pipeline[0], {**pipeline[1], "img_scale": aug["scales"][0], "flip": False}]
+        te = test_cfg_from_pipeline(pipeline, where)
+        return {**kw, "scale": None if aug is not None else te["scale"], "mean": te["mean"], "std": te["std"]}
+
+
+LOADER_NAMES = {"SegmentationShards": SegmentationShards}  # the loader's own name, accepted as data.<split>.type
 
 
 def dataset_class(data: Mapping, split: str = "train"):
+    """The segmentation loader class for ``data.<split>`` (its ``type``: absent, ``'SegmentationShards'`` or a
+    segmentation dataset of the catalog)."""
     section = data.get(split) or {}
-    kind = section.get("type", DEFAULT_DATASET)
-    if kind not in DATASETS:
-        raise ConfigError(f"recipe: data.{split}.type={kind!r} is not supported; choose one of {sorted(DATASETS)}")
-    return DATASETS[kind]
+    kind = section.get("type")
+    if kind not in LOADER_NAMES:
+        resolve_type(kind, "segmentation", f"data.{split}")
+    return SegmentationShards

@@ -43,85 +43,14 @@ import timm  # noqa: F401  (timm/torchvision before any DeepSpeed module constru
 import torchvision  # noqa: F401
 
 from ..config.errors import ConfigError
-from ..config.keys import signature_kwargs, to_plain
+from ..config.keys import to_plain
+from ..data.datasets import DetectionShards
+from ..data.pipeline import has_semantic_maps, tta_from_pipeline  # noqa: F401  (used here and by tests)
 
-DATASET_TYPES = (None, "CocoDataset")  # data.<split>.type: absent or the official name
-# set by the engine / the model / the translated pipeline, never by the recipe's data.<split> dict
-_SUPPLIED = ("batch_size", "num_workers", "seed", "rank", "world_size", "num_classes", "mean", "std", "ops",
-             "transform_kw", "scale")
-
-
-def _section(data: dict, split: str) -> dict:
-    section = data.get(split)
-    if not isinstance(section, dict):
-        raise ConfigError(f"recipe: data.{split} must be a dict with shard_dir and pipeline")
-    if section.get("type") not in DATASET_TYPES:
-        raise ConfigError(f"recipe: data.{split}.type={section.get('type')!r} is not supported by the detection "
-                          f"task; use 'CocoDataset' (COCO instance shards) or leave it out")
-    for key in ("shard_dir", "pipeline"):
-        if key not in section:
-            raise ConfigError(f"recipe: data.{split}.{key} is required")
-    return section
-
-
-def train_loader_kwargs(data: dict) -> dict:
-    """``DetectionTrainLoader`` keyword arguments (without the engine's) from ``data.train``."""
-    from ..data import det_transforms as T
-    from ..data.detection import DetectionTrainLoader
-
-    section = _section(data, "train")
-    kw = signature_kwargs(DetectionTrainLoader.__init__, section, "data.train", skip=("type", "pipeline"),
-                          supplied=_SUPPLIED)
-    tr = T.train_ops_from_pipeline(section["pipeline"], "data.train.pipeline")
-    return {**kw, "ops": tr["ops"], "mean": tr["mean"], "std": tr["std"]}
-
-
-def tta_from_pipeline(pipeline, where: str = "test_pipeline"):
-    """``{'scales': [(long, short), ...], 'flip': bool}`` of a test pipeline's ``MultiScaleFlipAug`` when it asks
-    for test-time augmentation (several ``img_scale`` or ``flip=True``, mmdet's ``aug_test`` case), else None."""
-    aug = pipeline[1] if isinstance(pipeline, (list, tuple)) and len(pipeline) == 2 else None
-    if not isinstance(aug, dict) or aug.get("type") != "MultiScaleFlipAug":
-        return None  # test_cfg_from_pipeline names the problem
-    scales, flip = aug.get("img_scale"), aug.get("flip", False)
-    if not isinstance(flip, bool):
-        raise ConfigError(f"recipe: {where}[1].flip must be True or False, got {flip!r}")
-    if isinstance(scales, tuple):
-        scales = [scales]
-    if not (isinstance(scales, list) and scales and all(
-            isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, int) for v in x) for x in scales)):
-        raise ConfigError(f"recipe: {where}[1].img_scale must be a (long, short) tuple or a list of them, got "
-                          f"{scales!r}")
-    if aug.get("flip_direction", "horizontal") != "horizontal":
-        raise ConfigError(f"recipe: {where}[1].flip_direction={aug['flip_direction']!r}: only 'horizontal'")
-    if len(scales) == 1 and not flip:
-        return None
-    return {"scales": [(int(x[0]), int(x[1])) for x in scales], "flip": flip}
-
-
-def val_loader_kwargs(data: dict, split: str = "val") -> dict:
-    """``DetectionValLoader`` keyword arguments (without the engine's) from ``data.<split>``; with test-time
-    augmentation (:func:`tta_from_pipeline`) the loader keeps the original size (``scale=None``)."""
-    from ..data import det_transforms as T
-    from ..data.detection import DetectionValLoader
-
-    section = _section(data, split)
-    kw = signature_kwargs(DetectionValLoader.__init__, section, f"data.{split}", skip=("type", "pipeline"),
-                          supplied=_SUPPLIED)
-    where = f"data.{split}.pipeline"
-    pipeline = section["pipeline"]
-    aug = tta_from_pipeline(pipeline, where)
-    if aug is not None:  # the single-scale translation checks the transforms and gives mean / std
-        pipeline = [pipeline[0], {**pipeline[1], "img_scale": aug["scales"][0], "flip": False}]
-    te = T.test_cfg_from_pipeline(pipeline, where)
-    return {**kw, "scale": None if aug is not None else te["scale"], "mean": te["mean"], "std": te["std"]}
-
-
-def has_semantic_maps(pipeline) -> bool:
-    """Whether an official train pipeline loads the semantic maps (``LoadAnnotations(with_seg=True)`` or
-    ``SegRescale``)."""
-    return any(isinstance(s, dict) and (s.get("type") == "SegRescale" or
-                                        (s.get("type") == "LoadAnnotations" and s.get("with_seg", False)))
-               for s in pipeline or ())
+# The recipe dialect (data.<split> -> loader keyword arguments; data.<split>.type: absent or a detection dataset of
+# the catalog, e.g. 'CocoDataset') and the official-pipeline translator live in data/ (datasets.py, pipeline.py).
+train_loader_kwargs = DetectionShards.train_kwargs
+val_loader_kwargs = DetectionShards.val_kwargs
 
 
 def test_settings(data: dict, split: str = "val"):

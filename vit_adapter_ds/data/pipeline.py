@@ -1,0 +1,302 @@
+"""The official-pipeline translator: an mmdet / mmseg recipe's ``pipeline`` step list -> what this package's
+loaders and test-time code take, for every task (the detection loaders, the test-time augmentation settings; the
+``img_norm_cfg`` of the segmentation recipes). Every step, key or value that is not implemented raises ConfigError
+naming it (``recipe: data.train.pipeline[3].crop_size ...``). Plain Python: no torch.
+
+* :func:`train_ops_from_pipeline`: a detection train pipeline -> ``{'ops', 'mean', 'std'}``
+  (the ops are :func:`~vit_adapter_ds.data.det_transforms.apply_ops`'s);
+* :func:`test_cfg_from_pipeline`: a single-scale test pipeline -> ``{'scale', 'mean', 'std'}``;
+* :func:`tta_from_pipeline`: a test pipeline's test-time augmentation (several scales, flip) or None;
+* :func:`has_semantic_maps`: whether a train pipeline loads the semantic maps (HTC++);
+* :func:`norm_cfg`: ``Normalize`` / ``img_norm_cfg`` -> ``(mean, std)``.
+"""
+from __future__ import annotations
+
+from ..config.errors import ConfigError
+
+SEG_IGNORE = 255  # semantic-map padding / ignore value (mmdet's seg pad value, the HTC semantic head's ignore_index)
+
+
+def _keys(step, allowed, where):
+    unknown = sorted(k for k in step if k not in allowed and k != "type")
+    if unknown:
+        raise ConfigError(f"recipe: {where}.{unknown[0]}: unknown or unsupported key (valid: {sorted(allowed)})")
+
+
+def _fixed(step, key, value, where, default=None):
+    v = step.get(key, default)
+    if v != value and not (isinstance(v, (list, tuple)) and isinstance(value, (list, tuple)) and
+                           list(v) == list(value)):
+        raise ConfigError(f"recipe: {where}.{key}={v!r} is not supported; only {value!r}")
+
+
+def _scales(v, where):
+    if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        return ((int(v[0]), int(v[1])),)
+    if isinstance(v, list) and v and all(isinstance(x, (list, tuple)) and len(x) == 2 for x in v):
+        return tuple((int(x[0]), int(x[1])) for x in v)
+    raise ConfigError(f"recipe: {where} must be a (long, short) tuple or a list of them, got {v!r}")
+
+
+def _resize_op(step, where, resized):
+    _keys(step, {"img_scale", "multiscale_mode", "keep_ratio", "override", "bbox_clip_border"}, where)
+    _fixed(step, "keep_ratio", True, where, True)
+    _fixed(step, "bbox_clip_border", True, where, True)
+    scales = _scales(step.get("img_scale"), where + ".img_scale")
+    if resized and not step.get("override", False):
+        raise ConfigError(f"recipe: {where}: a second Resize needs override=True (mmdet refuses it otherwise)")
+    mode = step.get("multiscale_mode", "range")
+    if len(scales) > 1 and mode == "range":
+        if len(scales) != 2:
+            raise ConfigError(f"recipe: {where}.img_scale: multiscale_mode='range' takes exactly 2 scales")
+        return ("resize_range", scales)
+    if len(scales) > 1 and mode != "value":
+        raise ConfigError(f"recipe: {where}.multiscale_mode={mode!r} is not supported; only 'value' or 'range'")
+    return ("resize", scales)
+
+
+def _crop_op(step, where):
+    _keys(step, {"crop_type", "crop_size", "allow_negative_crop", "bbox_clip_border", "recompute_bbox"}, where)
+    _fixed(step, "crop_type", "absolute_range", where, "absolute")
+    _fixed(step, "allow_negative_crop", True, where, False)
+    _fixed(step, "bbox_clip_border", True, where, True)
+    _fixed(step, "recompute_bbox", False, where, False)
+    size = step.get("crop_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(x, int) for x in size)
+            and 0 < size[0] <= size[1]):
+        raise ConfigError(f"recipe: {where}.crop_size must be (min, max) integers, got {size!r}")
+    return ("crop", (int(size[0]), int(size[1])))
+
+
+def norm_cfg(step, where):
+    """``Normalize(mean, std, to_rgb=True)`` (or an ``img_norm_cfg``) -> ``(mean, std)`` tuples of floats."""
+    _keys(step, {"mean", "std", "to_rgb"}, where)
+    _fixed(step, "to_rgb", True, where, True)
+    mean, std = step.get("mean"), step.get("std")
+    if not (isinstance(mean, (list, tuple)) and len(mean) == 3 and isinstance(std, (list, tuple)) and len(std) == 3):
+        raise ConfigError(f"recipe: {where}: mean and std must be 3 numbers each")
+    return tuple(float(x) for x in mean), tuple(float(x) for x in std)
+
+
+def _pad(step, where):
+    _keys(step, {"size_divisor", "pad_val"}, where)
+    _fixed(step, "size_divisor", 32, where)
+    pad_val = step.get("pad_val", 0)
+    if pad_val != 0 and pad_val != {"img": 0, "masks": 0, "seg": SEG_IGNORE}:
+        raise ConfigError(f"recipe: {where}.pad_val={pad_val!r} is not supported; only 0 or "
+                          f"dict(img=0, masks=0, seg={SEG_IGNORE}) (mmdet's default)")
+
+
+def _instaboost_op(step, where):
+    from .instaboost import ACTIONS, InstaBoostParams, require_instaboostfast
+
+    fields = InstaBoostParams.__dataclass_fields__
+    _keys(step, set(fields), where)
+    kw = {k: step[k] for k in fields if k in step}
+    for k in ("action_candidate", "action_prob", "scale", "theta"):
+        if k in kw:
+            if not isinstance(kw[k], (list, tuple)):
+                raise ConfigError(f"recipe: {where}.{k} must be a tuple, got {kw[k]!r}")
+            kw[k] = tuple(kw[k])
+    p = InstaBoostParams(**kw)
+    if not p.action_candidate or any(a not in ACTIONS for a in p.action_candidate):
+        raise ConfigError(f"recipe: {where}.action_candidate={p.action_candidate!r}: actions are {ACTIONS}")
+    if len(p.action_prob) != len(p.action_candidate) or sum(p.action_prob) != 1 or min(p.action_prob) < 0:
+        raise ConfigError(f"recipe: {where}.action_prob={p.action_prob!r}: one probability per action, summing to 1")
+    for k in ("scale", "theta"):
+        v = getattr(p, k)
+        if len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]:
+            raise ConfigError(f"recipe: {where}.{k}={v!r} must be (min, max)")
+    if not (isinstance(p.theta[0], int) and isinstance(p.theta[1], int)):
+        raise ConfigError(f"recipe: {where}.theta={p.theta!r}: the library draws integer degrees (random.randint)")
+    for k in ("dx", "dy"):
+        if not isinstance(getattr(p, k), (int, float)) or getattr(p, k) <= 0:
+            raise ConfigError(f"recipe: {where}.{k} must be a positive number")
+    for k in ("color_prob", "aug_ratio"):
+        if not isinstance(getattr(p, k), (int, float)) or not 0 <= getattr(p, k) <= 1:
+            raise ConfigError(f"recipe: {where}.{k} must be a probability in [0, 1]")
+    if not isinstance(p.hflag, bool):
+        raise ConfigError(f"recipe: {where}.hflag must be a bool")
+    require_instaboostfast()
+    return ("instaboost", p)
+
+
+def _seg_rescale_op(step, where):
+    _keys(step, {"scale_factor", "backend"}, where)
+    _fixed(step, "backend", "cv2", where, "cv2")
+    f = step.get("scale_factor", 1)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+        raise ConfigError(f"recipe: {where}.scale_factor={f!r} must be a number in (0, 1]")
+    return ("seg_rescale", float(f))
+
+
+def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
+    """Translate an official mmdet train pipeline (list of step dicts) into ``{'ops', 'mean', 'std'}`` for the
+    detection loader; every step, key or value this package does not implement raises ConfigError naming it.
+
+    ``InstaBoost`` must directly follow ``LoadImageFromFile`` (it rewrites the annotations that ``LoadAnnotations``
+    turns into masks); ``LoadAnnotations(with_seg=True)`` adds the ``load_seg`` marker (the loader then needs shards
+    with semantic maps), the ``Pad`` after it ``pad_seg`` and ``SegRescale`` (after ``Pad``, as in HTC)
+    ``seg_rescale``; ``Collect`` must then collect ``gt_semantic_seg``."""
+    if not isinstance(pipeline, (list, tuple)) or not pipeline:
+        raise ConfigError(f"recipe: {where} must be a non-empty list of pipeline steps")
+    ops, norm, resized, seen, with_seg, padded = [], None, False, [], False, False
+    for i, step in enumerate(pipeline):
+        w = f"{where}[{i}]"
+        if not isinstance(step, dict) or "type" not in step:
+            raise ConfigError(f"recipe: {w} must be a dict with a 'type'")
+        t = step["type"]
+        seen.append(t)
+        if t == "LoadImageFromFile":
+            _keys(step, set(), w)
+        elif t == "InstaBoost":
+            if seen[:-1] != ["LoadImageFromFile"]:
+                raise ConfigError(f"recipe: {w}: InstaBoost must directly follow LoadImageFromFile (before "
+                                  "LoadAnnotations, as in mmdet)")
+            ops.append(_instaboost_op(step, w))
+        elif t == "LoadAnnotations":
+            _keys(step, {"with_bbox", "with_mask", "with_label", "poly2mask", "with_seg"}, w)
+            for k in ("with_bbox", "with_mask", "with_label", "poly2mask"):
+                _fixed(step, k, True, w, True)
+            with_seg = step.get("with_seg", False)
+            if not isinstance(with_seg, bool):
+                raise ConfigError(f"recipe: {w}.with_seg must be a bool")
+            if with_seg:
+                ops.append(("load_seg", None))
+        elif t == "RandomFlip":
+            _keys(step, {"flip_ratio", "direction"}, w)
+            _fixed(step, "direction", "horizontal", w, "horizontal")
+            ops.append(("flip", float(step.get("flip_ratio", 0.5))))
+        elif t == "Resize":
+            ops.append(_resize_op(step, w, resized))
+            resized = True
+        elif t == "RandomCrop":
+            ops.append(_crop_op(step, w))
+        elif t == "AutoAugment":
+            _keys(step, {"policies"}, w)
+            policies = step.get("policies")
+            if not isinstance(policies, (list, tuple)) or not policies:
+                raise ConfigError(f"recipe: {w}.policies must be a non-empty list of step lists")
+            branches = []
+            for j, pol in enumerate(policies):
+                branch, r = [], resized
+                for k, sub in enumerate(pol):
+                    sw = f"{w}.policies[{j}][{k}]"
+                    if not isinstance(sub, dict):
+                        raise ConfigError(f"recipe: {sw} must be a dict")
+                    if sub.get("type") == "Resize":
+                        branch.append(_resize_op(sub, sw, r))
+                        r = True
+                    elif sub.get("type") == "RandomCrop":
+                        branch.append(_crop_op(sub, sw))
+                    else:
+                        raise ConfigError(f"recipe: {sw}.type={sub.get('type')!r} is not supported in AutoAugment "
+                                          "here (Resize, RandomCrop)")
+                if not r:
+                    raise ConfigError(f"recipe: {w}.policies[{j}] must resize the image")
+                branches.append(branch)
+            ops.append(("autoaugment", tuple(branches)))
+            resized = True
+        elif t == "Normalize":
+            norm = norm_cfg(step, w)
+        elif t == "Pad":
+            _pad(step, w)
+            padded = True
+            if with_seg:
+                ops.append(("pad_seg", 32))
+        elif t == "SegRescale":
+            if not with_seg:
+                raise ConfigError(f"recipe: {w}: SegRescale without semantic maps; set "
+                                  "LoadAnnotations(with_seg=True) before it")
+            if not padded:
+                raise ConfigError(f"recipe: {w}: SegRescale must come after Pad (the map is padded like the image, "
+                                  "then rescaled, as in mmdet's HTC configs)")
+            ops.append(_seg_rescale_op(step, w))
+        elif t == "DefaultFormatBundle":
+            _keys(step, set(), w)
+        elif t == "Collect":
+            _keys(step, {"keys", "meta_keys"}, w)
+            keys = set(step.get("keys", ()))
+            base = {"img", "gt_bboxes", "gt_labels", "gt_masks"}
+            if not base <= keys <= base | {"gt_bboxes_ignore", "gt_semantic_seg"}:
+                raise ConfigError(f"recipe: {w}.keys={sorted(keys)}: detection training collects img, gt_bboxes, "
+                                  "gt_labels, gt_masks (and gt_bboxes_ignore, gt_semantic_seg)")
+            if ("gt_semantic_seg" in keys) != with_seg:
+                raise ConfigError(f"recipe: {w}.keys: gt_semantic_seg is collected if and only if "
+                                  "LoadAnnotations(with_seg=True) loads it")
+        else:
+            raise ConfigError(f"recipe: {w}.type={t!r} is not supported by the detection loader")
+    if norm is None or "Pad" not in seen:
+        raise ConfigError(f"recipe: {where} needs Normalize and Pad(size_divisor=32)")
+    if not resized:
+        raise ConfigError(f"recipe: {where} never resizes the image")
+    return {"ops": ops, "mean": norm[0], "std": norm[1]}
+
+
+def test_cfg_from_pipeline(pipeline, where: str = "test_pipeline") -> dict:
+    """Translate the official test pipeline (``LoadImageFromFile``, ``MultiScaleFlipAug(img_scale, flip=False,
+    transforms=[Resize(keep_ratio), RandomFlip, Normalize, Pad(32), ImageToTensor, Collect])``) into
+    ``{'scale', 'mean', 'std'}``."""
+    if not isinstance(pipeline, (list, tuple)) or len(pipeline) != 2:
+        raise ConfigError(f"recipe: {where} must be [LoadImageFromFile, MultiScaleFlipAug(...)]")
+    if not isinstance(pipeline[0], dict) or pipeline[0].get("type") != "LoadImageFromFile":
+        raise ConfigError(f"recipe: {where}[0] must be LoadImageFromFile")
+    aug, w = pipeline[1], f"{where}[1]"
+    if not isinstance(aug, dict) or aug.get("type") != "MultiScaleFlipAug":
+        raise ConfigError(f"recipe: {w} must be MultiScaleFlipAug")
+    _keys(aug, {"img_scale", "flip", "transforms", "scale_factor", "flip_direction"}, w)
+    _fixed(aug, "flip", False, w, False)
+    scales = _scales(aug.get("img_scale"), w + ".img_scale")
+    if len(scales) != 1:
+        raise ConfigError(f"recipe: {w}.img_scale: only single-scale testing is supported here")
+    norm, kinds = None, []
+    for i, step in enumerate(aug.get("transforms") or []):
+        sw = f"{w}.transforms[{i}]"
+        t = step.get("type") if isinstance(step, dict) else None
+        kinds.append(t)
+        if t == "Resize":
+            _keys(step, {"keep_ratio"}, sw)
+            _fixed(step, "keep_ratio", True, sw, True)
+        elif t == "RandomFlip":
+            _keys(step, set(), sw)
+        elif t == "Normalize":
+            norm = norm_cfg(step, sw)
+        elif t == "Pad":
+            _pad(step, sw)
+        elif t in ("ImageToTensor", "Collect", "DefaultFormatBundle"):
+            _keys(step, {"keys", "meta_keys"}, sw)
+        else:
+            raise ConfigError(f"recipe: {sw}.type={t!r} is not supported in the test pipeline")
+    if norm is None or "Resize" not in kinds or "Pad" not in kinds:
+        raise ConfigError(f"recipe: {w}.transforms need Resize(keep_ratio=True), Normalize and Pad(size_divisor=32)")
+    return {"scale": scales[0], "mean": norm[0], "std": norm[1]}
+
+
+def tta_from_pipeline(pipeline, where: str = "test_pipeline"):
+    """``{'scales': [(long, short), ...], 'flip': bool}`` of a test pipeline's ``MultiScaleFlipAug`` when it asks
+    for test-time augmentation (several ``img_scale`` or ``flip=True``, mmdet's ``aug_test`` case), else None."""
+    aug = pipeline[1] if isinstance(pipeline, (list, tuple)) and len(pipeline) == 2 else None
+    if not isinstance(aug, dict) or aug.get("type") != "MultiScaleFlipAug":
+        return None  # test_cfg_from_pipeline names the problem
+    scales, flip = aug.get("img_scale"), aug.get("flip", False)
+    if not isinstance(flip, bool):
+        raise ConfigError(f"recipe: {where}[1].flip must be True or False, got {flip!r}")
+    if isinstance(scales, tuple):
+        scales = [scales]
+    if not (isinstance(scales, list) and scales and all(
+            isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, int) for v in x) for x in scales)):
+        raise ConfigError(f"recipe: {where}[1].img_scale must be a (long, short) tuple or a list of them, got "
+                          f"{scales!r}")
+    if aug.get("flip_direction", "horizontal") != "horizontal":
+        raise ConfigError(f"recipe: {where}[1].flip_direction={aug['flip_direction']!r}: only 'horizontal'")
+    if len(scales) == 1 and not flip:
+        return None
+    return {"scales": [(int(x[0]), int(x[1])) for x in scales], "flip": flip}
+
+
+def has_semantic_maps(pipeline) -> bool:
+    """Whether an official train pipeline loads the semantic maps (``LoadAnnotations(with_seg=True)`` or
+    ``SegRescale``)."""
+    return any(isinstance(s, dict) and (s.get("type") == "SegRescale" or
+                                        (s.get("type") == "LoadAnnotations" and s.get("with_seg", False)))
+               for s in pipeline or ())
