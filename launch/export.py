@@ -139,12 +139,13 @@ def main(argv=None) -> int:
                         "checkpoint's keys)")
     args = p.parse_args(argv)
 
-    from vit_adapter_ds.checkpoint_io import consolidate_deepspeed
-    from vit_adapter_ds.engine.checkpoint import find_resume, to_mmcv
+    from vit_adapter_ds.checkpoint.deepspeed import consolidate_deepspeed
+    from vit_adapter_ds.checkpoint.manager import find_resume
+    from vit_adapter_ds.checkpoint.reader import CheckpointError, to_mmcv
 
     try:
         found = find_resume(args.checkpoint, args.checkpoint)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if found is None:

@@ -29,8 +29,10 @@ deepspeed --num_gpus 2 --master_port "$PORT" launch/train.py --ds_config ds_conf
 python - "$WORK_DIR" <<'PY'
 import json, sys, pathlib
 w = pathlib.Path(sys.argv[1])
-done = json.loads((w / "TRAINING_FINISHED").read_text())
-print(f"\nfinal evaluation: {done['metrics']}")
+run = json.loads((w / "status.json").read_text())  # how the run ended (vit_adapter_ds/engine/status.py)
+if run.get("state") != "finished":
+    sys.exit(f"training did not finish: {w / 'status.json'} says {run.get('state')!r} ({run.get('error', '')})")
+print(f"\nfinal evaluation: {run.get('metrics')}")
 print(f"TensorBoard:  tensorboard --logdir {w / 'tensorboard'}")
 preds = sorted((w / "predictions").glob("iter_*"), key=lambda p: int(p.name[5:]))
 print(f"predictions:  {preds[-1] if preds else w / 'predictions'}  (input | ground truth | prediction PNGs)")

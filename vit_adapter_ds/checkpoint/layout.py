@@ -26,6 +26,8 @@ import zlib
 from pathlib import Path
 
 TAG_RE = re.compile(r"^iter_(\d+)$")
+TAG_GLOB = "iter_*"
+EXTRA_STATE_GLOB = "extra_rank*.pt"
 MARKER = "COMPLETE"
 LATEST = "latest"
 BEST = "best.json"
@@ -37,6 +39,11 @@ MAX_MARKER_BYTES = 64 << 20  # a marker lists files; 64 MiB is far beyond any re
 
 def tag_name(iteration: int) -> str:
     return f"iter_{int(iteration)}"
+
+
+def extra_state_name(rank: int) -> str:
+    """This project's own file of ``rank`` in a tag: iteration, loader position, RNG states (rank 0: every buffer)."""
+    return f"extra_rank{int(rank)}.pt"
 
 
 def checkpoint_root(work_dir) -> Path:

@@ -1,7 +1,13 @@
-"""Crash-safe DeepSpeed checkpoints: what a checkpoint holds, saving, finding, keeping, universal conversion, loading.
+"""The checkpoints of a training run: what a checkpoint holds, when to save, what to keep, what is best, which tag
+to resume and loading it (:class:`CheckpointManager`, :func:`find_resume_everywhere`, :func:`load`).
 
-The layout (tag names, the ``COMPLETE`` marker, ``latest``, ``best.json``) is defined once in
-:mod:`vit_adapter_ds.checkpoint.layout`. The rules this module keeps:
+The layout (tag names, the ``COMPLETE`` marker, ``latest``, ``best.json``) is defined once in :mod:`.layout`;
+DeepSpeed folders (which tag a path designates, universal conversion) are :mod:`.deepspeed`'s, reading files is
+:mod:`.reader`'s. The rules this module keeps:
+
+* **The manager decides.** The trainer calls :meth:`CheckpointManager.step` once per iteration; it saves every
+  ``checkpoint_config.interval`` iterations and at the last one, runs the evaluation it is handed, saves and records
+  the best tag under ``evaluation.save_best``, and saves before a stop -- never the same iteration twice.
 
 * **A save is all or nothing.** Every rank writes into an empty ``iter_<N>.partial`` folder (its DeepSpeed shards
   and ``extra_rank<r>.pt``: iteration, loader position, RNG states and, on rank 0, every module buffer -- plain
@@ -17,7 +23,7 @@ The layout (tag names, the ``COMPLETE`` marker, ``latest``, ``best.json``) is de
 * **Resume checks before it loads.** ``--resume auto`` takes the most recently saved complete tag that verifies
   (damaged ones are named and skipped), refuses a tag of another model unless ``--resume-other-recipe``, and passes
   every pickle of the tag (and of a universal conversion) through the safe reader
-  (:func:`vit_adapter_ds.checkpoint_io.read_checkpoint`, ``weights_only=True``) before DeepSpeed, which unpickles
+  (:func:`.reader.read_checkpoint`, ``weights_only=True``) before DeepSpeed, which unpickles
   with ``weights_only=False``, sees it. The decision is taken on rank 0 and broadcast, errors included.
 * **Universal conversions belong to one save.** ``iter_<N>_universal/COMPLETE`` records the SHA-256 of the
   ``COMPLETE`` it was converted from; a re-saved ``iter_<N>`` makes it stale and it is converted again.
@@ -32,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -42,12 +47,12 @@ from pathlib import Path
 import torch
 
 from .. import runtime as rt
-from ..checkpoint import layout
-from ..checkpoint.layout import (BEST, MARKER, TAG_RE, checkpoint_root, complete_tags, file_manifest,  # noqa: F401
-                                 tag_name, verify)
-from ..checkpoint_io import CheckpointError, read_checkpoint
-from ..checkpoint_io import rng_state_from_tensors as set_rng_state
-from ..checkpoint_io import rng_state_to_tensors as rng_state
+from . import layout
+from .deepspeed import find_tag, raise_everywhere, refuse_unsafe_files
+from .layout import BEST, MARKER, TAG_RE, checkpoint_root, complete_tags, file_manifest, tag_name, verify
+from .reader import CheckpointError
+from .reader import rng_state_from_tensors as set_rng_state
+from .reader import rng_state_to_tensors as rng_state
 
 
 class CheckpointSaveError(RuntimeError):
@@ -127,65 +132,18 @@ def _print_err(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def refuse_unsafe_files(folder: Path) -> None:
-    """Read every ``*.pt`` file under ``folder`` with the safe reader (``torch.load(weights_only=True)``,
-    memory-mapped: the pickles are parsed, the tensor data is not read); a file holding a pickled object raises
-    :class:`~vit_adapter_ds.checkpoint_io.UnsafeCheckpointError` naming it. Run before DeepSpeed, which loads its
-    files with ``weights_only=False``, or its converter reads the folder."""
-    for p in sorted(Path(folder).rglob("*.pt")):
-        if p.is_symlink():
-            raise CheckpointError(f"{p} is a symbolic link; a checkpoint folder holds plain files only")
-        read_checkpoint(p)
-
-
-def _intact(tag_dir: Path, meta: dict, label: str) -> tuple[Path, dict]:
-    problems = verify(tag_dir, meta)
-    if problems:
-        raise RuntimeError(f"{label}: the checkpoint is damaged: " + "; ".join(problems)
-                           + " (pass its checkpoints directory or --resume auto to fall back to an older one)")
-    return tag_dir, meta
-
-
 def find_resume(resume: str | None, work_dir, report=_print_err) -> tuple[Path, dict] | None:
-    """Resolve ``--resume``: ``auto`` -> the most recently saved complete and intact (:func:`verify`) checkpoint in
-    ``work_dir`` (None if there is none); a path -> that tag directory (which must be intact), or the newest
-    complete and intact tag of a ``checkpoints`` (or work) directory. Damaged tags are reported through ``report``
-    and skipped.
+    """Resolve ``--resume``: ``auto`` -> the most recently saved complete and intact (:func:`.layout.verify`) tag
+    in ``work_dir`` (None if there is none; damaged tags are reported through ``report`` and skipped); a path -> the
+    complete tag it designates (:func:`.deepspeed.find_tag` with ``complete_only``: a tag folder that must be
+    intact, or the newest complete and intact tag of a ``checkpoints`` or work folder).
 
     Reads the file system: call it on one rank and broadcast (:func:`find_resume_everywhere`)."""
     if not resume:
         return None
     if resume == "auto":
         return layout.newest_intact(checkpoint_root(work_dir), report, "--resume auto")
-    p = Path(resume)
-    meta = layout.read_marker(p)
-    if meta is not None:
-        return _intact(p, meta, f"--resume {resume}")
-    for root in (p, p / "checkpoints"):
-        if complete_tags(root):
-            found = layout.newest_intact(root, report, f"--resume {resume}")
-            if found is None:
-                raise RuntimeError(f"--resume {resume}: every complete checkpoint in {root} is damaged (see above)")
-            return found
-    if p.exists():
-        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there (a tag directory needs a {MARKER} "
-                                "marker; an interrupted save has none)")
-    raise FileNotFoundError(f"--resume {resume}: no such file or directory")
-
-
-_ERROR_TYPES = {t.__name__: t for t in (FileNotFoundError, RuntimeError, ValueError, CheckpointError,
-                                        RecipeMismatchError, PermissionError, TimeoutError)}
-
-
-def _raise_everywhere(kind_and_message) -> None:
-    """Raise rank 0's error (its type name and message, as broadcast) on this rank; checkpoint refusals keep their
-    kind (:class:`CheckpointError`), other unknown types become ``RuntimeError('<type>: <message>')``."""
-    kind, message = kind_and_message
-    if kind in _ERROR_TYPES:
-        raise _ERROR_TYPES[kind](message)
-    if kind.endswith("CheckpointError"):
-        raise CheckpointError(message)
-    raise RuntimeError(f"{kind}: {message}")
+    return find_tag(resume, report, complete_only=True, label=f"--resume {resume}")
 
 
 def find_resume_everywhere(resume: str | None, work_dir, *, fingerprint: str | None = None,
@@ -207,28 +165,93 @@ def find_resume_everywhere(resume: str | None, work_dir, *, fingerprint: str | N
         result = rt.broadcast_object(result)
     kind, value = result
     if kind == "error":
-        _raise_everywhere(value)
+        raise_everywhere(value, (RecipeMismatchError,))
     return value
 
 
 # ----------------------------------------------------------------------------------------------- saving / keeping
-class CheckpointManager:
-    """Saves, keeps and finds the checkpoints of one run in a work dir (``keep_last``: -1 or None keeps all, mmcv's
-    ``max_keep_ckpts``; the tag of the best evaluation under ``save_best`` is never pruned). ``meta`` is recorded in
-    every ``COMPLETE`` (precision, ZeRO stage, recipe, model fingerprint); ``run_id`` identifies this run (a new
-    one unless :meth:`continue_run` adopts the id of the tag a resume loads)."""
+@dataclass
+class StepResult:
+    """What :meth:`CheckpointManager.step` did: the tag it saved (None: none), the evaluation's metrics (None: no
+    evaluation) and whether they were the best so far."""
 
-    def __init__(self, work_dir, keep_last: int | None = None, meta: dict | None = None, run_id: str | None = None):
+    saved: Path | None = None
+    metrics: dict | None = None
+    best: bool = False
+
+
+class CheckpointManager:
+    """Saves, keeps and finds the checkpoints of one run in a work dir, and decides when to save and what is best.
+
+    ``keep_last``: -1 or None keeps all (mmcv's ``max_keep_ckpts``; the tag of the best evaluation under
+    ``save_best`` is never pruned). ``meta`` is recorded in every ``COMPLETE`` (precision, ZeRO stage, recipe, model
+    fingerprint); ``run_id`` identifies this run (a new one unless :meth:`continue_run` adopts the id of the tag a
+    resume loads). For :meth:`step`: ``interval`` (save every so many iterations; default: at ``max_iters`` only),
+    ``max_iters`` (always saved), ``best_metric`` / ``best_rule`` (``evaluation.save_best``: None keeps no best)
+    and ``log`` (a callable taking one line)."""
+
+    def __init__(self, work_dir, keep_last: int | None = None, meta: dict | None = None, run_id: str | None = None,
+                 *, interval: int | None = None, max_iters: int | None = None, best_metric: str | None = None,
+                 best_rule: str = "greater", log=None):
         self.root = checkpoint_root(work_dir)
         self.keep_last = None if keep_last in (None, -1) else max(1, int(keep_last))
         self.meta = dict(meta or {})
         self.run_id = run_id or uuid.uuid4().hex
+        self.interval = int(interval) if interval else None
+        self.max_iters = None if max_iters is None else int(max_iters)
+        self.best_metric, self.best_rule = best_metric or None, best_rule
+        self.log = log or (lambda msg: None)
+        self.last_saved = -1  # the iteration of the newest complete tag of this run (resumed: the loaded one)
         self._verified: dict[str, tuple] = {}  # tag -> file signature when last found intact
 
     def continue_run(self, meta: dict) -> None:
         """Adopt the run id of the tag this run resumes from, so its tags are this run's to keep and prune."""
         if meta.get("run_id"):
             self.run_id = str(meta["run_id"])
+
+    # -- the once-per-iteration decision
+    def due(self, iteration: int) -> bool:
+        """A periodic save is due after ``iteration``: every ``interval`` iterations and at ``max_iters``."""
+        return bool((self.interval and iteration % self.interval == 0)
+                    or (self.max_iters is not None and iteration == self.max_iters))
+
+    def step(self, iteration: int, engine, train_state, *, evaluate=None, stop: bool = False,
+             periodic: bool = True) -> StepResult:
+        """Everything checkpoints need after ``iteration`` (call on every rank, once per iteration), in this order:
+
+        1. a periodic save when :meth:`due` (``periodic=False``: not considered, e.g. the evaluation of a run that
+           is already finished);
+        2. ``evaluate(iteration) -> metrics`` when given; under ``best_metric`` a better value (decided on rank 0,
+           :meth:`is_better`) saves this iteration unless it is saved already, then records it in ``best.json``
+           (which so only ever names a complete tag);
+        3. ``stop``: this iteration is saved before the run stops.
+
+        ``train_state(iteration) -> TrainState`` builds what a save holds (called only when saving). No iteration is
+        saved twice."""
+        result = StepResult()
+
+        def save():
+            if self.last_saved != iteration:
+                result.saved = self.save(engine, train_state(iteration))
+                self.log(f"saved checkpoint {result.saved}")
+
+        if periodic and self.due(iteration):
+            save()
+        if evaluate is not None:
+            result.metrics = evaluate(iteration)
+            if self.best_metric:
+                if self.best_metric not in result.metrics:
+                    raise KeyError(f"evaluation.save_best={self.best_metric!r}: the evaluation gives "
+                                   f"{sorted(result.metrics)}")
+                value = float(result.metrics[self.best_metric])
+                if self.is_better(self.best_metric, value, self.best_rule):  # every rank saves or none does
+                    result.best = True
+                    self.log(f"best {self.best_metric} {value:.4f} at iteration {iteration}")
+                    save()
+                    self.record_best(self.best_metric, value, iteration)
+        if stop:
+            save()
+        return result
 
     # -- save
     def save(self, engine, state: TrainState) -> Path:
@@ -247,7 +270,7 @@ class CheckpointManager:
                                save_latest=False)
         error = None
         try:
-            own = partial / f"extra_rank{state.rank}.pt"
+            own = partial / layout.extra_state_name(state.rank)
             torch.save(state.to_dict(), own)
             for p in sorted(partial.rglob("*")):  # this rank's files are on disk before anyone marks the tag
                 if p.is_file():
@@ -270,6 +293,7 @@ class CheckpointManager:
             self._verified[tag] = _signature(final, files)
             self.prune()
         rt.barrier()
+        self.last_saved = state.iteration
         return final
 
     def _move_into_place(self, partial: Path, final: Path) -> None:
@@ -292,7 +316,7 @@ class CheckpointManager:
         """Undo a swap cut short by a crash: an ``iter_<N>.replaced`` without ``iter_<N>`` goes back (rank 0)."""
         if not self.root.is_dir():
             return
-        for d in self.root.glob("iter_*" + layout.REPLACED_SUFFIX):
+        for d in self.root.glob(layout.TAG_GLOB + layout.REPLACED_SUFFIX):
             final = d.with_name(d.name[: -len(layout.REPLACED_SUFFIX)])
             if TAG_RE.match(final.name) and not final.exists():
                 os.rename(d, final)
@@ -354,7 +378,7 @@ class CheckpointManager:
         newest intact tag of this run -- and until one exists, the tag it resumed from -- always survives."""
         if not self.root.is_dir():
             return
-        for d in self.root.glob("iter_*" + layout.PARTIAL_SUFFIX):
+        for d in self.root.glob(layout.TAG_GLOB + layout.PARTIAL_SUFFIX):
             shutil.rmtree(d, ignore_errors=True)
         if self.keep_last is None:
             return
@@ -381,97 +405,19 @@ def _signature(tag_dir: Path, files: dict) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _universal_is_current(out: Path, tag_dir: Path) -> bool:
-    meta = layout.read_marker(out)
-    return meta is not None and meta.get("converted_from") == layout.marker_digest(tag_dir) \
-        and not verify(out, meta)
-
-
-def _convert(tag_dir: Path, out: Path, zero_stage: int, source: str) -> None:
-    """Rank 0's part of :func:`convert_to_universal`."""
-    tmp = tag_dir.with_name(tag_dir.name + "_universal.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    refuse_unsafe_files(tag_dir)
-    workers = str(max(1, min(8, os.cpu_count() or 1)))
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-           "--output_folder", str(tmp), "--num_extract_workers", workers, "--num_merge_workers", workers]
-    if zero_stage < 3:
-        cmd.append("--inject_missing_state")  # plain ZeRO-1/2 saves lack universal_checkpoint_info
-    print(f"converting {tag_dir} to a universal checkpoint ({workers} workers) for a new world size",
-          flush=True)
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        msg = (f"universal checkpoint conversion failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n"
-               f"{res.stderr[-3000:]}")
-        raise RuntimeError(msg)
-    for f in tag_dir.glob("extra_rank*.pt"):
-        shutil.copy2(f, tmp / f.name)
-    (tmp / "latest_universal").unlink(missing_ok=True)
-    layout.fsync_tree(tmp)
-    meta = {k: v for k, v in (layout.read_marker(tag_dir) or {}).items() if k != "files"}
-    meta.update(converted_from=source, source_tag=tag_dir.name, files=file_manifest(tmp))
-    layout.atomic_write_text(tmp / MARKER, json.dumps(meta, indent=1))
-    os.replace(tmp, out)
-    layout.fsync_path(out.parent)
-    (tag_dir.parent / "latest_universal").unlink(missing_ok=True)
-
-
-def convert_to_universal(tag_dir: Path, zero_stage: int, timeout_s: float = 4 * 3600) -> Path:
-    """Convert ``tag_dir`` into ``<tag_dir>_universal`` (rank 0; parallel workers; atomic via a temporary folder),
-    unless a conversion *of this very save* exists (its marker records the SHA-256 of ``tag_dir/COMPLETE``). The
-    input's pickles pass the safe reader first, and so does the output before anything loads it. The other ranks
-    wait for the result on the file system -- not in a collective with a short timeout -- up to ``timeout_s``, and
-    fail with rank 0's error if the conversion fails."""
-    out = tag_dir.with_name(tag_dir.name + layout.UNIVERSAL_SUFFIX)
-    failed = tag_dir.with_name(tag_dir.name + "_universal.FAILED")
-    source = layout.marker_digest(tag_dir)
-    reuse = False
-    if rt.is_main():
-        reuse = _universal_is_current(out, tag_dir)
-        if not reuse:  # cleared before anyone looks: no rank can mistake an old result for this one
-            failed.unlink(missing_ok=True)
-            shutil.rmtree(out, ignore_errors=True)
-    reuse = rt.broadcast_object(reuse)
-    if not reuse and rt.is_main():
-        try:
-            _convert(tag_dir, out, zero_stage, source)
-        except BaseException as e:  # the other ranks wait on the file system: tell them
-            layout.atomic_write_text(failed, f"{type(e).__name__}: {e}")
-            raise
-    elif not reuse:
-        t0 = time.time()
-        while (layout.read_marker(out) or {}).get("converted_from") != source:
-            if failed.is_file():
-                raise RuntimeError(f"rank 0 failed to convert {tag_dir}: {failed.read_text()[-2000:]}")
-            if time.time() - t0 > timeout_s:
-                raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to convert {tag_dir} to {out}")
-            time.sleep(1.0)
-    outcome = None
-    if rt.is_main():
-        try:
-            refuse_unsafe_files(out)
-            outcome = ("ok", None)
-        except Exception as e:  # noqa: BLE001 - every rank must learn of it
-            outcome = ("error", (type(e).__name__, str(e)))
-    outcome = rt.broadcast_object(outcome)
-    if outcome[0] == "error":
-        _raise_everywhere(outcome[1])
-    return out
-
-
 def read_train_state(tag_dir: Path, rank: int, world_size: int | None = None) -> tuple[TrainState, dict | None]:
     """This rank's :class:`TrainState` (rank 0's on another world size) and rank 0's saved buffers. On the world
     size the tag was saved with (its marker's ``world_size``), this rank's own file must exist."""
     saved_world = int((layout.read_marker(tag_dir) or {}).get("world_size", -1))
     same_world = world_size is None or saved_world in (-1, world_size)
-    own = tag_dir / f"extra_rank{rank}.pt"
+    own = tag_dir / layout.extra_state_name(rank)
     if same_world and saved_world != -1 and rank < saved_world and not own.is_file():
         raise CheckpointError(f"{own} is missing: the save of {saved_world} ranks is incomplete")
-    path = own if own.is_file() else tag_dir / "extra_rank0.pt"
+    path = own if own.is_file() else tag_dir / layout.extra_state_name(0)
     state = TrainState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
     buffers = state.buffers
     if buffers is None:
-        buffers = torch.load(tag_dir / "extra_rank0.pt", map_location="cpu", weights_only=True).get("buffers")
+        buffers = torch.load(tag_dir / layout.extra_state_name(0), map_location="cpu", weights_only=True).get("buffers")
     return state, buffers
 
 
@@ -487,9 +433,3 @@ def load(engine, tag_dir: Path) -> TrainState:
         restore_buffers(engine.module, buffers)
     set_rng_state(state.rng)
     return state
-
-
-# ----------------------------------------------------------------------------------------------- export / load-from
-def to_mmcv(state_dict: dict, meta: dict | None = None) -> dict:
-    """The official mmcv checkpoint format: ``{'meta': ..., 'state_dict': {backbone.*, decode_head.*, ...}}``."""
-    return {"meta": dict(meta or {}), "state_dict": state_dict}

@@ -1,4 +1,4 @@
-"""The one reader of checkpoints: every file or folder a user can hand over, read without running code.
+"""The one reader of checkpoint files: every file or folder a user can hand over, read without running code.
 
 Kinds understood (nothing is ever downloaded):
 
@@ -9,9 +9,10 @@ Kinds understood (nothing is ever downloaded):
 * a ``.zip`` release archive that wraps exactly one checkpoint file;
 * DeepSpeed checkpoints, any ZeRO stage 0-3: a tag folder (``iter_N/`` with ``*_model_states.pt`` and
   ``*_optim_states.pt`` shards), a save folder with tags (the newest complete one: our ``COMPLETE`` marker, else
-  DeepSpeed's ``latest`` file), or a work folder with such a ``checkpoints/`` folder. The fp32 weights are merged
-  from the ZeRO shards here (:func:`consolidate_deepspeed`), not by DeepSpeed's ``zero_to_fp32``, which unpickles
-  the shards with ``weights_only=False``.
+  DeepSpeed's ``latest`` file), or a work folder with such a ``checkpoints/`` folder. Those folders are found and
+  their fp32 weights merged from the ZeRO shards by :mod:`.deepspeed`
+  (:func:`~vit_adapter_ds.checkpoint.deepspeed.consolidate_deepspeed`), not by DeepSpeed's ``zero_to_fp32``, which
+  unpickles the shards with ``weights_only=False``.
 
 A state dict is found inside the checkpoint under mmcv's ``'state_dict'``, ``'model'`` (DeiT, BEiT) or
 ``'module'`` (DeepSpeed), or at the top level; a ``module.`` prefix (DDP) is removed.
@@ -30,8 +31,8 @@ timm-style ``checkpoint_filter_fn(state_dict, model[, report])`` that lives next
 The engine's own per-rank resume state is saved in a form that loads with ``weights_only=True``:
 :func:`rng_state_to_tensors` / :func:`rng_state_from_tensors`.
 
-This module imports only torch and numpy (safetensors and timm when such files are read) and nothing else of the
-package, so models and the engine can both use it.
+This module imports only torch and numpy (safetensors and timm when such files are read) and nothing of the package
+outside :mod:`vit_adapter_ds.checkpoint`, so models and the engine can both use it.
 """
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ import random
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import zipfile
 from collections import OrderedDict
@@ -56,19 +56,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import layout as _layout
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "LoadReport", "DeepSpeedRecord", "read_checkpoint",
-    "extract_state_dict", "read_state_dict", "load_into", "find_deepspeed_tag", "consolidate_deepspeed",
-    "rng_state_to_tensors", "rng_state_from_tensors", "square_grid_side", "DEEPSPEED_TAG_RE", "COMPLETE_MARKER",
+    "extract_state_dict", "read_state_dict", "load_into", "to_mmcv", "rng_state_to_tensors",
+    "rng_state_from_tensors", "square_grid_side",
 ]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")
-DEEPSPEED_TAG_RE = _layout.TAG_RE  # the engine's tag names (vit_adapter_ds/checkpoint/layout.py)
-COMPLETE_MARKER = _layout.MARKER  # written by the engine's rank 0 after every rank finished a save
 
 
 class CheckpointError(ValueError):
@@ -415,188 +411,21 @@ def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]"
     folder, a save folder with tags, or a work folder with ``checkpoints/``. DeepSpeed checkpoints give the
     consolidated fp32 weights (:func:`consolidate_deepspeed`); a single ``*_model_states.pt`` file of a ZeRO
     checkpoint is read as its whole folder. ``module.`` prefixes are removed."""
+    from .deepspeed import MODEL_STATES_RE, consolidate_deepspeed  # (it reads its shards through this module)
+
     path = Path(path)
     if path.is_dir():
         return consolidate_deepspeed(path)
-    if path.is_file() and _MODEL_STATES_RE.match(path.name) and any(path.parent.glob("*_optim_states.pt")):
+    if path.is_file() and MODEL_STATES_RE.match(path.name) and any(path.parent.glob("*_optim_states.pt")):
         logger.info("%s is one file of a DeepSpeed ZeRO checkpoint; reading the whole folder %s", path, path.parent)
         return consolidate_deepspeed(path.parent)
     return extract_state_dict(read_checkpoint(path), str(path))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# DeepSpeed folders
-# ----------------------------------------------------------------------------------------------------------------------
-
-_MODEL_STATES_RE = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
-_OPTIM_STATES_RE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
-
-
-def _is_tag_dir(path: Path) -> bool:
-    return path.is_dir() and any(_MODEL_STATES_RE.match(p.name) for p in path.iterdir())
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def find_deepspeed_tag(path: str | os.PathLike, report=_warn) -> Path:
-    """The DeepSpeed tag folder that ``path`` designates: ``path`` itself when it holds ``*_model_states.pt``; else
-    in ``path`` or ``path/checkpoints``, the most recently saved ``iter_N`` with a ``COMPLETE`` marker whose files
-    verify against it -- the rule ``--resume`` follows: a damaged tag is named through ``report`` and the previous
-    one is used -- or the tag named by DeepSpeed's ``latest`` file, which must be a folder inside that folder. A tag
-    of this project's engine (it has ``extra_rank*.pt``) without the marker is an interrupted save and is refused;
-    a tag named explicitly that fails its file list is refused with the problems."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if not path.is_dir():
-        raise NotADirectoryError(f"{path} is a file, not a DeepSpeed checkpoint folder")
-    if _is_tag_dir(path):
-        meta = _layout.read_marker(path)
-        if meta is None and any(path.glob("extra_rank*.pt")):
-            raise CheckpointError(f"{path} has no {COMPLETE_MARKER} marker: this save was interrupted and may miss "
-                                  "shards; use an earlier complete checkpoint")
-        problems = _layout.verify(path, meta) if meta is not None else []
-        if problems:
-            raise CheckpointError(f"{path} is damaged: " + "; ".join(problems) + " (pass its checkpoints folder to "
-                                  "fall back to the newest intact checkpoint)")
-        return path
-    for root in (path, path / "checkpoints"):
-        if _layout.complete_tags(root):
-            found = _layout.newest_intact(root, report, str(path))
-            if found is None:
-                raise CheckpointError(f"every complete checkpoint in {root} is damaged (see the warnings above)")
-            return found[0]
-        try:
-            name = _layout.read_latest(root)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
-        if name is not None:
-            tag = root / name
-            if tag.is_symlink():
-                raise CheckpointError(f"{root / _layout.LATEST} names {tag}, a symbolic link; refusing it")
-            if _is_tag_dir(tag):
-                return find_deepspeed_tag(tag, report)
-    raise CheckpointError(f"{path} is a folder without a DeepSpeed checkpoint: no *_model_states.pt files, no "
-                          f"complete iter_N tag ({COMPLETE_MARKER} marker) and no 'latest' file, neither there nor "
-                          "in its checkpoints/ folder")
-
-
-def _natural(name: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def _shards(tag_dir: Path, pattern: re.Pattern) -> list[Path]:
-    files = sorted((p for p in tag_dir.iterdir() if pattern.match(p.name)), key=lambda p: _natural(p.name))
-    if any(pattern.match(p.name).group(2) != "00" for p in files):
-        raise CheckpointError(f"{tag_dir} is a model-parallel DeepSpeed checkpoint (mp_rank > 00); only data-parallel "
-                              "checkpoints can be consolidated here")
-    return files
-
-
-def _float(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.is_floating_point() else t
-
-
-def consolidate_deepspeed(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
-    """The full fp32 weights of a DeepSpeed checkpoint (any ZeRO stage; ``path`` as in :func:`find_deepspeed_tag`),
-    keys as in the model's ``state_dict()``: the same tensors as DeepSpeed's
-    ``get_fp32_state_dict_from_zero_checkpoint``, but every shard is read with ``weights_only=True``.
-
-    ZeRO-1/2: the fp32 partitions of each parameter group are concatenated over the ranks and cut into the
-    parameters in ``param_shapes`` order (with ``param_alignment_paddings`` when recorded); ZeRO-3: each parameter is
-    split evenly over the ranks (the last part padded), so its parts are taken from every rank's flat fp32 vector
-    and joined. Frozen parameters come from ``frozen_param_fragments``, buffers from the model states, tied
-    parameters from ``shared_params``; floating-point values are returned in fp32. ZeRO-0 (no ZeRO shards): the model states' ``module`` weights in fp32.
-    Unlike DeepSpeed's function, the model states' other entries are kept too (they are whole at every stage: e.g.
-    BEiT's ``relative_position_index``, which the model verifies on loading, and a ZeRO-1 checkpoint's frozen
-    parameters, for which DeepSpeed records no ``frozen_param_shapes``).
-    """
-    tag_dir = find_deepspeed_tag(path)
-    model_files = _shards(tag_dir, _MODEL_STATES_RE)
-    optim_files = _shards(tag_dir, _OPTIM_STATES_RE)
-    models = [read_checkpoint(f) for f in model_files]
-    for f, m in zip(model_files, models):
-        if not isinstance(m, dict) or "module" not in m:
-            raise CheckpointError(f"{f} is not a DeepSpeed model-states file (no 'module' entry)")
-    if not optim_files or "param_shapes" not in models[0] or models[0].get("param_shapes") is None:
-        module = extract_state_dict(models[0]["module"], str(model_files[0]))
-        return OrderedDict((k, _float(v)) for k, v in module.items())
-
-    optim = []
-    for f in optim_files:
-        state = read_checkpoint(f)
-        osd = state.get("optimizer_state_dict") if isinstance(state, dict) else None
-        if not isinstance(osd, dict) or "zero_stage" not in osd:
-            raise CheckpointError(f"{f} is not a ZeRO optimizer shard (no optimizer_state_dict.zero_stage)")
-        optim.append(osd)
-    stage = int(optim[0]["zero_stage"])
-    world = optim[0]["partition_count"]
-    world = max(world) if isinstance(world, (list, tuple)) else int(world)
-    if world != len(optim_files):
-        raise CheckpointError(f"{tag_dir}: the ZeRO-{stage} checkpoint was saved by {world} ranks but holds "
-                              f"{len(optim_files)} optimizer shards (an interrupted or overwritten save)")
-    first = models[0]
-    buffer_names = set(first.get("buffer_names", ()))
-    out = OrderedDict((k, _float(v)) for k, v in first["module"].items() if k in buffer_names)
-    frozen = first.get("frozen_param_shapes") or {}
-    if stage <= 2:
-        for name in frozen:
-            out[name] = _float(first["frozen_param_fragments"][name])
-        _merge_zero12(out, first["param_shapes"], [o["single_partition_of_fp32_groups"] for o in optim], world,
-                      optim[0].get("param_alignment_paddings"), tag_dir)
-    elif stage == 3:
-        if len(models) != world:
-            raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint of {world} ranks needs {world} model-states files, "
-                                  f"found {len(models)}")
-        for name, shape in frozen.items():
-            parts = torch.cat([m["frozen_param_fragments"][name].reshape(-1) for m in models])
-            out[name] = _float(parts[:math.prod(shape)].view(shape))
-        _merge_zero3(out, first["param_shapes"], [o["fp32_flat_groups"] for o in optim], world, tag_dir)
-    else:
-        raise CheckpointError(f"{tag_dir}: unknown ZeRO stage {stage}")
-    for alias, target in (first.get("shared_params") or {}).items():
-        if target in out:
-            out[alias] = out[target]
-    for name, value in first["module"].items():  # entries that are neither ZeRO parameters nor buffers: whole
-        if name not in out and not (stage == 3 and value.numel() == 0):  # (ZeRO-3 placeholders of parameters)
-            out[name] = _float(value)
-    return out
-
-
-def _merge_zero12(out: dict, param_shapes: list, flat_groups: list, world: int, paddings, tag_dir: Path) -> None:
-    for g, shapes in enumerate(param_shapes):
-        flat = torch.cat([rank_groups[g].reshape(-1) for rank_groups in flat_groups])
-        offset = 0
-        pads = paddings[g] if paddings is not None else None
-        for i, (name, shape) in enumerate(shapes.items()):
-            numel = math.prod(shape)
-            if offset + numel > flat.numel():
-                raise CheckpointError(f"{tag_dir}: parameter group {g} holds {flat.numel()} values, too few for "
-                                      f"{name} {tuple(shape)} at offset {offset}")
-            out[name] = flat.narrow(0, offset, numel).view(shape).clone()
-            offset += numel + (pads[i] if pads is not None else 0)
-        align = 2 * world  # DeepSpeed pads each group to a multiple of 2 * world size
-        if math.ceil(offset / align) != math.ceil(flat.numel() / align):
-            raise CheckpointError(f"{tag_dir}: parameter group {g} used {offset} of {flat.numel()} values; the "
-                                  "shards do not match param_shapes")
-
-
-def _merge_zero3(out: dict, param_shapes: list, flat_groups: list, world: int, tag_dir: Path) -> None:
-    flats = [torch.cat([t.reshape(-1) for t in rank_groups]) for rank_groups in flat_groups]
-    shapes = {k: v for group in param_shapes for k, v in group.items()}
-    offset = 0
-    for name, shape in shapes.items():
-        numel = math.prod(shape)
-        part = math.ceil(numel / world)
-        if offset + part > flats[0].numel():
-            raise CheckpointError(f"{tag_dir}: the fp32 shards are too short for {name} {tuple(shape)}")
-        out[name] = torch.cat([f.narrow(0, offset, part) for f in flats])[:numel].view(shape).clone()
-        offset += part
-    if offset != flats[0].numel():
-        raise CheckpointError(f"{tag_dir}: used {offset} of {flats[0].numel()} values per rank; the shards do not "
-                              "match param_shapes")
+def to_mmcv(state_dict: dict, meta: dict | None = None) -> dict:
+    """The official mmcv checkpoint format (what exports write; :func:`extract_state_dict` reads it back):
+    ``{'meta': ..., 'state_dict': {backbone.*, decode_head.*, ...}}``."""
+    return {"meta": dict(meta or {}), "state_dict": state_dict}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -98,15 +98,15 @@ def main(argv=None, make_task=None) -> int:
         task = make_task(task.cfg)
     from .status import recorded
 
-    from ..checkpoint_io import CheckpointError
-    from .checkpoint import RecipeMismatchError
+    from ..checkpoint.manager import RecipeMismatchError
+    from ..checkpoint.reader import CheckpointError
 
     try:
         with recorded(work_dir, main=rt.is_main()) as status:  # status.json: running -> finished/stopped/failed
-            status["iteration"] = Trainer(task, ds, work_dir, resume=resume, load_from=load_from,
-                                          progress=not args.no_progress,
-                                          resume_other_recipe=args.resume_other_recipe,
-                                          load_from_partial=args.load_from_partial).build().fit()["iteration"]
+            result = Trainer(task, ds, work_dir, resume=resume, load_from=load_from, progress=not args.no_progress,
+                             resume_other_recipe=args.resume_other_recipe,
+                             load_from_partial=args.load_from_partial).build().fit()
+            status.update(iteration=result["iteration"], metrics=result["metrics"])  # the final evaluation
     except (CheckpointError, RecipeMismatchError) as e:  # a refused checkpoint: said plainly, recorded as failed
         if rt.is_main():
             print(f"error: {e}", file=sys.stderr, flush=True)

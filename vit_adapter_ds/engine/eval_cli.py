@@ -29,7 +29,7 @@ them; ``--format-only`` writes them without computing AP (test-dev shards carry 
 Under ``torchrun`` / ``srun`` each rank evaluates (predicts) its share and rank 0 writes the metrics: every image is
 evaluated exactly once over all ranks (the COCO evaluator gathers the ranks' images and refuses one seen twice).
 
-``--checkpoint``: any kind :mod:`vit_adapter_ds.checkpoint_io` reads (a consolidated fp32 state dict, an mmcv
+``--checkpoint``: any kind :mod:`vit_adapter_ds.checkpoint.reader` reads (a consolidated fp32 state dict, an mmcv
 ``{'meta', 'state_dict'}`` file such as the released ViT-Adapter checkpoints, safetensors, a DeepSpeed checkpoint
 directory); a detection checkpoint in the official mmdet key layout (``rpn_head.*``, ``roi_head.*``) is converted
 through :mod:`vit_adapter_ds.models.detectors.keymap`. Loading is strict: missing or unexpected keys are errors,
@@ -65,7 +65,7 @@ class UsageError(ValueError):
 def run_cli(main, argv=None) -> int:
     """``main(argv)``; a :class:`UsageError`, ``ConfigError``, ``CheckpointError``, ``ShardSetError`` or missing file
     is printed as ``<prog>: error: ...`` (exit status 2) instead of a traceback."""
-    from ..checkpoint_io import CheckpointError
+    from ..checkpoint.reader import CheckpointError
     from ..config import ConfigError
     from ..data.manifest import ShardSetError
 
@@ -93,8 +93,8 @@ def _is_detection(cfg) -> bool:
 
 def load_segmentor(cfg, checkpoint, device="cpu"):
     """Build the recipe's segmentor (no pretrained backbone file is read) and load ``checkpoint`` strictly, through
-    the one safe reader (:mod:`vit_adapter_ds.checkpoint_io`: any checkpoint kind, never unpickling objects)."""
-    from ..checkpoint_io import load_into
+    the one safe reader (:mod:`vit_adapter_ds.checkpoint.reader`: any checkpoint kind, never unpickling objects)."""
+    from ..checkpoint.reader import load_into
     from ..models.registry import build_model
 
     model = build_model(cfg.model, load_pretrained=False)
@@ -233,7 +233,7 @@ def load_detector(task, checkpoint, device="cpu"):
     """The task's detector (no pretrained backbone file is read) with ``checkpoint`` loaded strictly (any kind
     ``checkpoint_io`` reads; official mmdet keys converted by :func:`~vit_adapter_ds.models.detectors.keymap.
     mmdet_checkpoint_filter`), in eval mode."""
-    from ..checkpoint_io import CheckpointError, load_into
+    from ..checkpoint.reader import CheckpointError, load_into
     from ..models.detectors.keymap import mmdet_checkpoint_filter
 
     model = task.build_model(load_pretrained=False)

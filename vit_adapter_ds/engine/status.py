@@ -6,13 +6,16 @@ Rank 0 writes it (atomically: temporary file, fsync, rename) through :func:`reco
 
 * ``{"state": "running", ...}`` when training starts. Still ``running`` after the launcher has exited means rank 0
   was killed (SIGKILL, out of memory, node failure): treat it as a crash and resume with ``--resume auto``.
-* ``{"state": "finished", "iteration": N, ...}``: training reached ``runner.max_iters``.
+* ``{"state": "finished", "iteration": N, "metrics": {...}, ...}``: training reached ``runner.max_iters``
+  (``metrics``: the final evaluation).
 * ``{"state": "stopped", "iteration": N, "signal": "SIGUSR1", "exit_status": 3, ...}``: a stop signal; checkpoint
   ``iter_<N>`` is complete; requeue / resume.
 * ``{"state": "failed", "error": "<exception>", ...}``: an exception on rank 0 (also when another rank died and
   rank 0's next collective failed).
 
-Every record has ``work_dir``, ``pid``, ``host`` and ``time`` (seconds since the epoch).
+Every record has ``work_dir``, ``pid``, ``host`` and ``time`` (seconds since the epoch). It is the only record of
+how a run ended: ``launch/slurm/train.sbatch`` requeues on ``stopped``, ``launch/quickstart.sh`` reports
+``finished``, and the tests read it.
 """
 from __future__ import annotations
 

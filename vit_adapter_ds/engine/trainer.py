@@ -4,8 +4,9 @@
 them to ``deepspeed.initialize`` (ZeRO stage, precision, gradient accumulation and clipping come from the DeepSpeed
 config) and runs iteration-based training: one *iteration* is one optimizer step over ``gradient_accumulation_steps``
 micro-batches on every rank. It logs (TensorBoard, ``metrics.jsonl``, progress bar), evaluates every
-``evaluation.interval`` iterations, and saves crash-safe checkpoints (:mod:`.checkpoint`) that resume bitwise, also
-on another number of ranks. The engine knows nothing of images or labels: the task moves a batch to the device and
+``evaluation.interval`` iterations, and saves crash-safe checkpoints that resume bitwise, also on another number of
+ranks. When to save, what to keep and what is best is decided by the checkpoint manager
+(:class:`vit_adapter_ds.checkpoint.manager.CheckpointManager`), asked once per iteration. The engine knows nothing of images or labels: the task moves a batch to the device and
 returns the loss dict.
 
 Cluster behaviour (see ``launch/slurm/README.md``; the parts live in :mod:`.faults`):
@@ -13,8 +14,8 @@ Cluster behaviour (see ``launch/slurm/README.md``; the parts live in :mod:`.faul
 * **Stop signals.** SIGTERM and SIGUSR1 (SLURM's ``--signal`` before a time limit, preemption) only set a flag.
   Every rank finishes the current iteration; the ranks agree through one tiny all-reduce per iteration, save a
   complete checkpoint of that iteration and raise :class:`TrainingInterrupted` (``launch/train.py`` exits with
-  :data:`REQUEUE_EXIT_CODE`; rank 0 also writes ``$VIT_ADAPTER_DS_REQUEUE_FILE`` when that is set), which the sbatch
-  script turns into ``scontrol requeue``. Further signals while the checkpoint is written are recorded and ignored,
+  :data:`REQUEUE_EXIT_CODE`; rank 0 records ``"state": "stopped"`` in ``status.json``), which the sbatch script
+  turns into ``scontrol requeue``. Further signals while the checkpoint is written are recorded and ignored,
   so they cannot cut the save short.
 * **Non-finite losses and gradients** (:class:`~.faults.NonFiniteGuard`, agreed through the same all-reduce): the
   iteration's optimizer step is skipped on every rank (weights, optimizer state and BatchNorm statistics
@@ -26,7 +27,6 @@ Cluster behaviour (see ``launch/slurm/README.md``; the parts live in :mod:`.faul
 from __future__ import annotations
 
 import json
-import os
 import random
 import resource
 import signal
@@ -39,7 +39,8 @@ import torch
 from .. import runtime as rt
 from ..config.run_record import write_run_config
 from ..models.norm import convert_sync_batchnorm, keep_norm_stats_fp32
-from . import checkpoint as ckpt
+from ..checkpoint import manager as ckpt
+from ..checkpoint.deepspeed import convert_to_universal
 from .deepspeed_setup import compute_dtype, precision, zero_stage
 from .faults import (REQUEUE_EXIT_CODE, STOP_SIGNALS, NonFiniteGuard, NonFiniteLossError, StopRequest,  # noqa: F401
                      TrainingInterrupted, agree)
@@ -90,28 +91,26 @@ class Trainer:
         self.gas = int(ds_config["gradient_accumulation_steps"])
         ck = cfg.get("checkpoint_config") or {}
         ev = cfg.get("evaluation") or {}
-        self.ckpt_interval = int(ck.get("interval", self.max_iters))
         self.eval_interval = int(ev.get("interval", self.max_iters))
         save_best = ev.get("save_best")
-        self.best_metric = task.best_metric if save_best == "auto" else save_best
         self.log_interval = int((cfg.get("log_config") or {}).get("interval", 50))
         max_nf = (cfg.get("optimizer_config") or {}).get("max_nonfinite_steps", 3)
         self.nonfinite_guard = NonFiniteGuard(ds_config, 3 if max_nf is None else int(max_nf))
         self.stop_request = StopRequest()
         self.num_vis = int((cfg.get("vis") or {}).get("num_images", 0))
         self.seed = int(cfg.get("seed", 0) or 0)
-        self.checkpoints = ckpt.CheckpointManager(self.work_dir, ck.get("max_keep_ckpts"),
-                                                  {"precision": precision(ds_config),
-                                                   "zero_stage": zero_stage(ds_config), "recipe": recipe_name(cfg)})
+        self.checkpoints = ckpt.CheckpointManager(
+            self.work_dir, ck.get("max_keep_ckpts"),
+            {"precision": precision(ds_config), "zero_stage": zero_stage(ds_config), "recipe": recipe_name(cfg)},
+            interval=int(ck.get("interval", self.max_iters)), max_iters=self.max_iters,
+            best_metric=task.best_metric if save_best == "auto" else save_best, log=lambda msg: self.log.info(msg))
         self.start_iter = 0
-        self.last_saved = -1
         self._eval_copy = None
 
     # ------------------------------------------------------------------------------------------------ build
     def _prepare_work_dir(self) -> None:
         if rt.is_main():
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            (self.work_dir / "TRAINING_FINISHED").unlink(missing_ok=True)
             self.cfg.dump(str(self.work_dir / "config.py"))
             write_run_config(self.cfg, self.work_dir)
             with open(self.work_dir / "ds_config.json", "w") as f:
@@ -139,7 +138,7 @@ class Trainer:
             self.checkpoints.continue_run(meta)
             saved_world = int(meta.get("world_size", self.world))
             if saved_world != self.world:  # before initialize: the universal-checkpoint config
-                tag_dir = ckpt.convert_to_universal(tag_dir, int(meta.get("zero_stage", zero_stage(self.ds_config))))
+                tag_dir = convert_to_universal(tag_dir, int(meta.get("zero_stage", zero_stage(self.ds_config))))
                 self.ds_config["checkpoint"] = dict(self.ds_config.get("checkpoint", {}), load_universal=True)
                 self.universal = saved_world
             self.resume_dir = tag_dir
@@ -150,8 +149,9 @@ class Trainer:
             self._load_from(model)
         model = convert_sync_batchnorm(model)
         model.to(self.device)
-        groups = self.task.param_groups(model) if hasattr(self.task, "param_groups") \
-            else param_groups_for_recipe(model, self.cfg)
+        groups = self.task.param_groups(model)  # None: the recipe's groups (layer decay)
+        if groups is None:
+            groups = param_groups_for_recipe(model, self.cfg)
         self.group_names = _group_names(groups)
         self.train_loader = self.task.build_train_loader(self.rank, self.world, self.seed)
         self.val_loader = self.task.build_val_loader(self.rank, self.world)
@@ -162,7 +162,7 @@ class Trainer:
         keep_norm_stats_fp32(self.engine.module)  # bf16/fp16 casts buffers too; statistics stay fp32
         if self.resume_dir is not None:
             state = ckpt.load(self.engine, self.resume_dir)
-            self.start_iter = self.last_saved = state.iteration
+            self.start_iter = self.checkpoints.last_saved = state.iteration
             if state.loader is not None and hasattr(self.train_loader, "load_state_dict"):
                 self.train_loader.load_state_dict(state.loader)
         self.log = RunLogger(self.work_dir, rt.is_main(), self.max_iters, self.start_iter, progress=self.progress,
@@ -175,10 +175,10 @@ class Trainer:
             print(f"warning: {msg}", flush=True)
 
     def _load_from(self, model) -> None:
-        from ..checkpoint_io import load_into
+        from ..checkpoint.reader import load_into
 
         report = load_into(model, self.load_from, reinit_mismatched=True,  # the task may adapt foreign layouts
-                           filter_fn=getattr(self.task, "checkpoint_filter", None))
+                           filter_fn=self.task.checkpoint_filter)
         check_load_from_coverage(report, model, self.load_from, allow_partial=self.load_from_partial)
         if rt.is_main():
             print(f"load_from {self.load_from}: {report}", flush=True)
@@ -224,7 +224,7 @@ class Trainer:
             guard.step(self.engine, fault)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v / self.gas
-        self.nonfinite_event = guard.finish(self.engine, fault, sums, self.last_saved)
+        self.nonfinite_event = guard.finish(self.engine, fault, sums, self.checkpoints.last_saved)
         return sums
 
     def _log_train(self, done: int, window: dict) -> None:
@@ -251,15 +251,13 @@ class Trainer:
         self.log.advance(0, {"loss": f"{avg.get('loss', float('nan')):.4f}", "lr": f"{max(lrs):.2e}"})
 
     # ------------------------------------------------------------------------------------------------ save / eval
-    def save(self, iteration: int) -> None:
+    def train_state(self, iteration: int) -> "ckpt.TrainState":
+        """What a checkpoint of ``iteration`` holds besides DeepSpeed's shards (the manager saves it)."""
         rt.broadcast_buffers(self.engine.module)
         buffers = ckpt.module_buffers(self.engine.module) if rt.is_main() else None
         loader = self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None
-        state = ckpt.TrainState(iteration=iteration, loader=loader, buffers=buffers, rank=self.rank,
-                                world_size=self.world)
-        tag = self.checkpoints.save(self.engine, state)
-        self.last_saved = iteration
-        self.log.info(f"saved checkpoint {tag}")
+        return ckpt.TrainState(iteration=iteration, loader=loader, buffers=buffers, rank=self.rank,
+                               world_size=self.world)
 
     def _eval_model(self):
         """The module to evaluate. Under ZeRO-3 the parameters are partitioned and every forward is a collective,
@@ -299,15 +297,6 @@ class Trainer:
             for i, img in enumerate(vis):
                 write_png(out / f"{i:03d}.png", img)
                 self.log.image(f"predictions/{i}", iteration, img)
-        if self.best_metric:
-            if self.best_metric not in metrics:
-                raise KeyError(f"evaluation.save_best={self.best_metric!r}: the evaluation gives {sorted(metrics)}")
-            value = float(metrics[self.best_metric])
-            if self.checkpoints.is_better(self.best_metric, value):  # rank 0 decides: every rank saves or none
-                self.log.info(f"best {self.best_metric} {value:.4f} at iteration {iteration}")
-                if self.last_saved != iteration:
-                    self.save(iteration)
-                self.checkpoints.record_best(self.best_metric, value, iteration)  # names a complete tag only
         return metrics
 
     # ------------------------------------------------------------------------------------------------ loop
@@ -322,11 +311,10 @@ class Trainer:
             metrics = self._loop(window, t_last)
         finally:
             self.stop_request.uninstall()
-        if self.start_iter >= self.max_iters and self.val_loader is not None:
-            metrics = self.evaluate(self.max_iters)
-        if rt.is_main():
-            (self.work_dir / "TRAINING_FINISHED").write_text(json.dumps(
-                {"iteration": self.max_iters, "metrics": metrics, "time": time.time()}))
+        if self.start_iter >= self.max_iters and self.val_loader is not None:  # a finished run: evaluate (and best)
+            metrics = self.checkpoints.step(self.max_iters, self.engine, self.train_state, evaluate=self.evaluate,
+                                            periodic=False).metrics
+        if rt.is_main():  # the record of how the run ended is status.json (engine/status.py, written by cli.py)
             self.log.info(f"training finished: {self.max_iters} iterations; work dir {self.work_dir}; TensorBoard: "
                           f"tensorboard --logdir {self.work_dir / 'tensorboard'}; predictions: "
                           f"{self.work_dir / 'predictions'}")
@@ -339,7 +327,7 @@ class Trainer:
         for it in range(self.start_iter, self.max_iters):
             sums = self.train_step(it)
             if self.nonfinite_event is not None:
-                self.nonfinite_guard.count(it + 1, self.nonfinite_event, self.log, self.last_saved)
+                self.nonfinite_guard.count(it + 1, self.nonfinite_event, self.log, self.checkpoints.last_saved)
             else:
                 self.nonfinite_guard.reset()
             window["lrs"] = self._lrs
@@ -355,24 +343,20 @@ class Trainer:
             if done % self.log_interval == 0 or done == self.max_iters:
                 self._log_train(done, window)
                 window = {"sums": {}, "n": 0, "iter_time": 0.0, "data_time": 0.0, "lrs": []}
-            if done % self.ckpt_interval == 0 or done == self.max_iters:
-                self.save(done)
-            if self.val_loader is not None and (done % self.eval_interval == 0 or done == self.max_iters):
-                metrics = self.evaluate(done)
-            if self.stop_signum and done < self.max_iters:
+            evaluate = self.val_loader is not None and (done % self.eval_interval == 0 or done == self.max_iters)
+            stop = bool(self.stop_signum) and done < self.max_iters
+            step = self.checkpoints.step(done, self.engine, self.train_state, stop=stop,  # save / best / keep
+                                         evaluate=self.evaluate if evaluate else None)
+            if step.metrics is not None:
+                metrics = step.metrics
+            if stop:
                 self._stop(done, self.stop_signum)
         return metrics
 
     def _stop(self, done: int, signum: int) -> None:
-        """Every rank arrives here after the same iteration (the flag was all-reduced): save, then raise."""
-        if self.last_saved != done:
-            self.save(done)
+        """Every rank arrives here after the same iteration (the flag was all-reduced; the manager saved it): raise."""
         self.log.info(f"stopped by {signal.Signals(signum).name} after iteration {done}: checkpoint iter_{done} is "
                       f"complete; continue with --resume auto (exit status {REQUEUE_EXIT_CODE})")
-        marker = os.environ.get("VIT_ADAPTER_DS_REQUEUE_FILE")
-        if marker and rt.is_main():  # srun's own exit status is not reliable once ranks exit together
-            Path(marker).write_text(json.dumps({"iteration": done, "signal": signal.Signals(signum).name,
-                                                "work_dir": str(self.work_dir)}))
         self.log.close()
         rt.barrier()
         raise TrainingInterrupted(done, signum)
@@ -396,7 +380,7 @@ def check_load_from_coverage(report, model, source, allow_partial: bool = False)
     if allow_partial or not own or loaded >= LOAD_FROM_MIN_FRACTION * len(own):
         return
     hint = best_matching_prefix(report.unexpected, own)
-    from ..checkpoint_io import CheckpointError
+    from ..checkpoint.reader import CheckpointError
 
     raise CheckpointError(
         f"--load-from {source}: only {loaded} of the model's {len(own)} tensors were found in it"

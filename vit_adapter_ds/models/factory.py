@@ -5,7 +5,7 @@
 
 Each preset is exactly the official ``backbone=dict(...)`` of the named config (drop-path of the UperNet recipes);
 keyword overrides win. Constructors never read files: :func:`load_pretrained` loads a local file into a built
-backbone, through :mod:`vit_adapter_ds.checkpoint_io` (safe reading, one load report) and the family's
+backbone, through :mod:`vit_adapter_ds.checkpoint.reader` (safe reading, one load report) and the family's
 ``checkpoint_filter_fn`` (:data:`CHECKPOINT_FILTERS`). Three kinds of files are understood, recognised by their keys:
 
 * **timm ViTs** (DeiT, AugReg, DINOv2 converted or not) for ``ViTAdapter``: names are copied as they are, like the
@@ -27,7 +27,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from ..checkpoint_io import CheckpointError, LoadReport, extract_state_dict, load_into, read_state_dict
+from ..checkpoint.reader import CheckpointError, LoadReport, extract_state_dict, load_into, read_state_dict
 from .backbones import BEiTAdapter, ViTAdapter
 from .backbones.beit import beit_checkpoint_filter_fn
 from .backbones.vit import vit_checkpoint_filter_fn
@@ -162,14 +162,14 @@ def _check_size(state_dict: dict, model: nn.Module, source: str) -> None:
 def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | dict, strict: bool = False) -> LoadReport:
     """Load a pretrained (timm ViT, BEiT/BEiTv2) or released (ViT-Adapter segmentor/detector, or our own backbone)
     checkpoint into a ``ViTAdapter``/``BEiTAdapter`` and return (and log) a
-    :class:`~vit_adapter_ds.checkpoint_io.LoadReport`.
+    :class:`~vit_adapter_ds.checkpoint.reader.LoadReport`.
 
-    ``checkpoint`` is anything :func:`~vit_adapter_ds.checkpoint_io.read_state_dict` reads (read safely) or an
+    ``checkpoint`` is anything :func:`~vit_adapter_ds.checkpoint.reader.read_state_dict` reads (read safely) or an
     already loaded (state) dict. The kind is recognised from the keys (:func:`detect_checkpoint_kind`); a released
     segmentor contributes its ``backbone.`` part. Loading is ``strict=False`` (pretrained backbones have no adapter
     weights); with ``strict=True`` any missing or unexpected key raises. A file of the wrong family (ViT weights for
     a BEiTAdapter or the reverse), of another width or depth, or with an incompatible ``pos_embed`` raises
-    :class:`~vit_adapter_ds.checkpoint_io.CheckpointError` naming the problem.
+    :class:`~vit_adapter_ds.checkpoint.reader.CheckpointError` naming the problem.
     """
     filter_fn = next((fn for cls, fn in CHECKPOINT_FILTERS.items() if isinstance(model, cls)), None)
     if filter_fn is None:

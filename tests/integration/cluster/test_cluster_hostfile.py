@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops, losses  # noqa: E402,F401
+from launching import REPO, STUBS, env as _env, finished, losses  # noqa: E402,F401
 
 from support import free_port  # noqa: E402
 
@@ -155,7 +155,7 @@ def one_host_run(tmp_path_factory):
     rc, out = _launch(tmp, _hostfile(tmp / "hostfile", ["localhost slots=2"]), _train_args(work))
     assert rc == 0, out[-4000:]
     assert "ssh" not in out.lower().replace("no_ssh", "")  # nothing went through ssh
-    assert (work / "TRAINING_FINISHED").is_file()
+    assert finished(work)
     return work
 
 

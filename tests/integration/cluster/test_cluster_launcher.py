@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_cluster_resilience import _live_processes_of, complete  # noqa: E402
-from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops  # noqa: E402,F401
+from launching import REPO, STUBS, env as _env, finished  # noqa: E402,F401
 from support import free_port  # noqa: E402
 
 ITERS = 12
@@ -134,6 +134,6 @@ def test_ranks_stop_when_the_deepspeed_launcher_dies(tmp_path, victim):
     status = json.loads((work / "status.json").read_text())
     assert (status["state"], status["iteration"], status["signal"]) == ("stopped", n, "SIGTERM"), status
     assert status["exit_status"] == 3 and status["state"] != "finished", status
-    assert not (work / "TRAINING_FINISHED").exists()
+    assert not finished(work)
     if victim.startswith("runner"):
         assert "the deepspeed runner (pid" in out and "has exited: sending SIGTERM" in out, out[-3000:]

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops, losses, run  # noqa: E402,F401
+from launching import REPO, STUBS, env as _env, finished, losses, train_stub as run  # noqa: E402,F401
 from support import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -129,7 +129,7 @@ def test_sigusr1_saves_exits_3_and_resumes_bitwise(ref, tmp_path):
     n = int(stopped[0].split("after iteration ")[1].split(":")[0])
     assert 3 <= n < ITERS
     assert complete(work)[-1] == f"iter_{n}"
-    assert not (work / "TRAINING_FINISHED").exists()
+    assert not finished(work)
     status = json.loads((work / "status.json").read_text())
     assert (status["state"], status["iteration"], status["signal"]) == ("stopped", n, "SIGUSR1"), status
     # the requeued job
@@ -352,7 +352,7 @@ def test_random_chaos_kills_resume_bitwise(ref, tmp_path, seed):
     data = cut.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
     rc, out = _chaos_segment(work, free_port(), ["--resume", "auto"], tmp_path / "phases_end.log", seed=seed)
-    assert rc == 0 and (work / "TRAINING_FINISHED").is_file(), (why, out[-3000:])
+    assert rc == 0 and finished(work), (why, out[-3000:])
     assert f"{cut}: {len(data) // 3} bytes, the save wrote {len(data)}" in out, (why, out[-3000:])
     if len(tags) > 1:
         assert f"resumed from {work / 'checkpoints' / tags[-2]}" in out, (why, out[-3000:])
@@ -485,7 +485,7 @@ def test_two_network_namespaces_as_two_hosts(ref, tmp_path):
 
 
 def _fake_save(root, it, files):
-    from vit_adapter_ds.engine.checkpoint import file_manifest
+    from vit_adapter_ds.checkpoint.layout import file_manifest
     d = root / f"iter_{it}"
     d.mkdir(parents=True)
     for name, data in files.items():
@@ -498,7 +498,8 @@ def _fake_save(root, it, files):
 def test_damaged_newest_checkpoint_falls_back(tmp_path, damage):
     """Unit level (no processes): each kind of damage to the newest tag is named and the previous tag is chosen;
     an explicitly named damaged tag is refused; a marker without a file list (older saves) is accepted."""
-    from vit_adapter_ds.engine.checkpoint import find_resume, verify
+    from vit_adapter_ds.checkpoint.layout import verify
+    from vit_adapter_ds.checkpoint.manager import find_resume
     root = tmp_path / "checkpoints"
     files = {"mp_rank_00_model_states.pt": b"m" * 100, "zero_pp_rank_1_mp_rank_00_optim_states.pt": b"o" * 300,
              "extra_rank1.pt": b"e" * 50}
@@ -525,7 +526,7 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, damage):
 
 def test_sizes_only_without_checksums(tmp_path, monkeypatch):
     """VIT_ADAPTER_DS_CKPT_CRC=0: markers list sizes only; a same-size change then goes unnoticed, a cut does not."""
-    from vit_adapter_ds.engine.checkpoint import find_resume
+    from vit_adapter_ds.checkpoint.manager import find_resume
     monkeypatch.setenv("VIT_ADAPTER_DS_CKPT_CRC", "0")
     root = tmp_path / "checkpoints"
     _fake_save(root, 2, {"a.pt": b"a" * 10})

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_engine_distributed import REPO, STUBS, _env, _prebuilt_deepspeed_ops, losses  # noqa: E402,F401
+from launching import REPO, STUBS, env as _env, finished, losses  # noqa: E402,F401
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 CLUSTER = REPO / "launch" / "slurm" / "local_cluster.sh"
@@ -100,7 +100,7 @@ def test_sbatch_two_nodes_then_usr1_requeue_resumes_bitwise(slurm, tmp_path):
 
     info_a = _wait_done(slurm, job_a)
     assert info_a["JobState"] == "COMPLETED" and info_a["Restarts"] == "0", (info_a, _logs(ref)[-3000:])
-    assert (ref / "TRAINING_FINISHED").is_file()
+    assert finished(ref)
     log_a = _logs(ref)
     assert "world size 2" in log_a and "resumed from" not in log_a
     assert set(losses(ref)) == set(range(1, ITERS + 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vit_adapter_ds.engine.checkpoint import TrainState
+from vit_adapter_ds.checkpoint.manager import TrainState
 
 
 def test_train_state_round_trips_with_weights_only(tmp_path):

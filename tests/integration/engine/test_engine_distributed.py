@@ -8,90 +8,16 @@ free master port per run (tests/helpers/support.py). About 15-30 s per run on a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[3]
-STUBS = REPO / "tests" / "helpers" / "stub_task.py"
+from launching import REPO, env as _env, finished, losses, train_stub as run
+
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-
-def _env(extra=None):
-    env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vit_adapter_ds" / "torch_extensions"))
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra or {})
-    return env
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _prebuilt_deepspeed_ops():
-    """JIT-built ops are cached in $TORCH_EXTENSIONS_DIR, and a killed build leaves a ``lock`` that blocks every later
-    build forever: remove locks older than 15 minutes (a live build is younger). DeepSpeed's CPU shared-memory op is
-    not built at all (``runtime.init_distributed`` turns it off; DeepSpeed uses it only for inference all-reduce)."""
-    import time
-
-    ext = Path(_env()["TORCH_EXTENSIONS_DIR"])
-    for lock in ext.glob("**/lock"):
-        if time.time() - lock.stat().st_mtime > 900:
-            lock.unlink(missing_ok=True)
-
-
-def run(args, work_dir, *, ranks=2, port=None, ds="zero2_fp32", iters=6, extra_env=None, options=(),
-        timeout=240, expect_ok=True, launcher="torchrun"):
-    """Launch the stub trainer (2 ranks: ``torchrun``, or the ``deepspeed`` launcher); return (returncode, output).
-    ``port``: the master port (default: a free one, ``tests/helpers/support.py``)."""
-    if port is None:
-        from support import free_port
-        port = free_port()
-    shards = work_dir.parent / "fake_shards"
-    shards.mkdir(exist_ok=True)
-    opts = [f"runner.max_iters={iters}", "checkpoint_config.interval=3", "checkpoint_config.max_keep_ckpts=3",
-            f"evaluation.interval={iters}", "log_config.interval=1", "data.samples_per_gpu=2",
-            f"data.train.shard_dir={shards}", f"data.val.shard_dir={shards}", "global_batch_size=None",
-            "model.decode_head.dropout_ratio=0.0", "evaluation.save_best=None", *options]
-    script = [str(STUBS), "--ds_config", str(REPO / "ds_configs" / f"{ds}.json"), "--work-dir", str(work_dir),
-              "--no-progress", "--dist-timeout", "60", *args, "--cfg-options", *opts]
-    if ranks == 1:
-        cmd = [sys.executable, *script]
-        extra_env = dict(extra_env or {}, MASTER_PORT=str(port))
-    elif launcher == "deepspeed":
-        cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(port), *script]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(port), *script]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=_env(extra_env), cwd=str(work_dir.parent))
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"timeout after {timeout}s:\n{out[-4000:]}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # orphans of the launcher, if any
-        except ProcessLookupError:
-            pass
-        for f in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
-            f.unlink(missing_ok=True)
-    if expect_ok:
-        assert proc.returncode == 0, out[-4000:]
-        assert (work_dir / "TRAINING_FINISHED").is_file(), out[-4000:]
-    return proc.returncode, out
-
-
-def losses(work_dir):
-    recs = [json.loads(line) for line in open(work_dir / "metrics.jsonl")]
-    return {r["iter"]: r for r in recs if r["mode"] == "train"}
 
 
 def _resume_copy(src, dst, keep_iter=3):
@@ -100,7 +26,7 @@ def _resume_copy(src, dst, keep_iter=3):
         if d.name != f"iter_{keep_iter}":
             shutil.rmtree(d)
     (dst / "metrics.jsonl").unlink()
-    (dst / "TRAINING_FINISHED").unlink()
+    (dst / "status.json").unlink()  # the copy has not finished: only its resumed run may say so
 
 
 COMMON = ["lr_config.warmup_iters=3", "optimizer.lr=0.01", "model.decode_head.dropout_ratio=0.1"]
@@ -170,11 +96,11 @@ def test_bf16_zero2_runs_and_tracks_fp32(z2_ref, tmp_path):
 
 def test_sigkill_then_resume_auto(z2_ref, tmp_path):
     """Rank 1 is SIGKILLed during iteration 6 (checkpoints at 3, 6): the launcher tears the job down, no
-    TRAINING_FINISHED marker; --resume auto continues from iter_3 and reproduces the uninterrupted losses."""
+    "finished" in status.json; --resume auto continues from iter_3 and reproduces the uninterrupted losses."""
     crashed = tmp_path / "crash"
     rc, out = run([], crashed, options=COMMON, expect_ok=False, launcher="deepspeed",
                   extra_env={"STUB_CRASH_AT_ITER": "5", "STUB_CRASH_FILE": str(crashed / "metrics.jsonl")})
-    assert rc != 0 and not (crashed / "TRAINING_FINISHED").exists(), out[-3000:]
+    assert rc != 0 and not finished(crashed), out[-3000:]
     tags = sorted(p.name for p in (crashed / "checkpoints").glob("iter_*") if (p / "COMPLETE").exists())
     assert tags == ["iter_3"], tags
     _, out = run(["--resume", "auto"], crashed, options=COMMON)
@@ -188,7 +114,7 @@ def test_sigkill_then_resume_auto(z2_ref, tmp_path):
 
 
 def test_incomplete_checkpoint_is_never_resumed(tmp_path):
-    from vit_adapter_ds.engine.checkpoint import find_resume
+    from vit_adapter_ds.checkpoint.manager import find_resume
     root = tmp_path / "checkpoints"
     for it, complete in ((2, True), (4, True), (6, False)):
         (root / f"iter_{it}").mkdir(parents=True)

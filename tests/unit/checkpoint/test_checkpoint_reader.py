@@ -1,4 +1,4 @@
-"""The one checkpoint reader (``vit_adapter_ds.checkpoint_io``): every kind round-trips, hostile pickles are refused
+"""The one checkpoint reader (``vit_adapter_ds.checkpoint.reader``, DeepSpeed folders: ``.deepspeed``): every kind round-trips, hostile pickles are refused
 at every entry point without running, DeepSpeed ZeRO consolidation equals DeepSpeed's own, one load report, RNG
 states that load with ``weights_only=True``.
 
@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from support import free_port
 
-from vit_adapter_ds.checkpoint_io import (CheckpointError, LoadReport, UnsafeCheckpointError, consolidate_deepspeed,
-                                          find_deepspeed_tag, load_into, read_checkpoint, read_state_dict,
-                                          rng_state_from_tensors, rng_state_to_tensors)
+from vit_adapter_ds.checkpoint.deepspeed import consolidate_deepspeed, find_tag
+from vit_adapter_ds.checkpoint.reader import (CheckpointError, LoadReport, UnsafeCheckpointError, load_into,
+                                              read_checkpoint, read_state_dict, rng_state_from_tensors,
+                                              rng_state_to_tensors)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -123,7 +124,7 @@ def test_file_errors_are_clear(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# DeepSpeed folders: which tag is read (layout of vit_adapter_ds/engine/checkpoint.py), ZeRO-0 module weights
+# DeepSpeed folders: which tag is read (layout of vit_adapter_ds/checkpoint/layout.py), ZeRO-0 module weights
 # ---------------------------------------------------------------------------------------------------------------------
 
 def fake_ds_tag(tag_dir: Path, sd: dict, complete=True, engine_files=True) -> Path:
@@ -146,7 +147,7 @@ def test_deepspeed_folder_kinds(tmp_path):
     fake_ds_tag(root / "iter_24", broken, complete=False)  # interrupted save: never picked
     (root / "latest").write_text("iter_24")
     for path in (root, root.parent):  # a checkpoints folder, a work folder
-        assert find_deepspeed_tag(path) == root / "iter_16"
+        assert find_tag(path)[0] == root / "iter_16"
         got = read_state_dict(path)
         assert torch.equal(got["backbone.conv.weight"], new["backbone.conv.weight"])
     assert_same(read_state_dict(root / "iter_8"), old)
@@ -329,8 +330,9 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     assert _draw() == expected
 
 
-def test_checkpoint_io_imports_nothing_of_models_engine_or_deepspeed():
-    code = ("import sys, vit_adapter_ds.checkpoint_io; "
+def test_checkpoint_package_imports_nothing_of_models_engine_or_deepspeed():
+    code = ("import sys, vit_adapter_ds.checkpoint.reader, vit_adapter_ds.checkpoint.deepspeed, "
+            "vit_adapter_ds.checkpoint.manager; "
             "bad = [m for m in sys.modules if m.startswith(('deepspeed', 'timm', 'vit_adapter_ds.models', "
             "'vit_adapter_ds.engine', 'vit_adapter_ds.data'))]; print(bad); assert not bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO),

@@ -30,10 +30,12 @@ import torch
 from torch import nn
 
 from vit_adapter_ds.checkpoint import layout
-from vit_adapter_ds.checkpoint_io import CheckpointError, LoadReport, UnsafeCheckpointError, find_deepspeed_tag
-from vit_adapter_ds.engine import checkpoint as ckpt
-from vit_adapter_ds.engine.checkpoint import (CheckpointManager, CheckpointSaveError, RecipeMismatchError,
-                                              TrainState, find_resume, find_resume_everywhere, read_train_state)
+from vit_adapter_ds.checkpoint import deepspeed as ds_ckpt
+from vit_adapter_ds.checkpoint import manager as ckpt
+from vit_adapter_ds.checkpoint.deepspeed import find_tag
+from vit_adapter_ds.checkpoint.manager import (CheckpointManager, CheckpointSaveError, RecipeMismatchError,
+                                               TrainState, find_resume, find_resume_everywhere, read_train_state)
+from vit_adapter_ds.checkpoint.reader import CheckpointError, LoadReport, UnsafeCheckpointError
 from vit_adapter_ds.engine.logging import RunLogger
 
 from support import free_port as _free_port  # noqa: E402
@@ -199,17 +201,17 @@ def test_universal_conversion_belongs_to_the_save_it_came_from(tmp_path, monkeyp
         calls.append(cmd)
         return type("R", (), {"returncode": 0, "stdout": "", "stderr": ""})()
 
-    monkeypatch.setattr(ckpt.subprocess, "run", fake_convert)
+    monkeypatch.setattr(ds_ckpt.subprocess, "run", fake_convert)
     m = CheckpointManager(tmp_path, -1)
     tag = _save(m, 4)
-    uni = ckpt.convert_to_universal(tag, 2)
-    assert len(calls) == 1 and ckpt.convert_to_universal(tag, 2) == uni and len(calls) == 1
+    uni = ds_ckpt.convert_to_universal(tag, 2)
+    assert len(calls) == 1 and ds_ckpt.convert_to_universal(tag, 2) == uni and len(calls) == 1
     # an older conversion planted next to a re-saved tag (the swap removes it; here it survived a crash)
     stale = uni.with_name("stale")
     os.rename(uni, stale)
     _save(m, 4, FakeEngine(value=2.0))
     os.rename(stale, uni)
-    ckpt.convert_to_universal(tag, 2)
+    ds_ckpt.convert_to_universal(tag, 2)
     assert len(calls) == 2
     assert layout.read_marker(uni)["converted_from"] == layout.marker_digest(tag)
 
@@ -258,10 +260,10 @@ def test_readers_of_a_work_dir_fall_back_from_a_damaged_newest_tag(tmp_path):
     _save(m, 2)
     _damage(m.root / "iter_2")
     warnings = []
-    assert find_deepspeed_tag(tmp_path, report=warnings.append).name == "iter_1"
+    assert find_tag(tmp_path, report=warnings.append)[0].name == "iter_1"
     assert len(warnings) == 1 and "iter_2" in warnings[0] and "cut short" in warnings[0]
     with pytest.raises(CheckpointError, match="iter_2 is damaged"):
-        find_deepspeed_tag(m.root / "iter_2")
+        find_tag(m.root / "iter_2")
 
 
 @pytest.mark.parametrize("name", ["../../x", "/etc", "a/b", ".."])
@@ -270,7 +272,7 @@ def test_latest_pointing_outside_its_folder_is_refused(tmp_path, name):
     root.mkdir()
     (root / "latest").write_text(name)
     with pytest.raises(CheckpointError, match="not a checkpoint folder inside"):
-        find_deepspeed_tag(root)
+        find_tag(root)
 
 
 # ------------------------------------------------------------------------------------------------ logs
@@ -313,7 +315,7 @@ class Tiny(nn.Module):
 
 
 def test_load_from_that_loads_too_little_names_the_prefix(tmp_path):
-    from vit_adapter_ds.checkpoint_io import load_into
+    from vit_adapter_ds.checkpoint.reader import load_into
     from vit_adapter_ds.engine.trainer import check_load_from_coverage
 
     model = Tiny()
@@ -343,7 +345,7 @@ def test_resume_refuses_a_hostile_deepspeed_folder_and_another_model(tmp_path):
     """One real training (1 rank), then: (a) its tag with a pickled payload planted in the model states and a
     COMPLETE rewritten to match is refused by --resume (the file named; the payload never runs); (b) a tag whose
     marker names another model is refused naming both, and resumes with --resume-other-recipe."""
-    from test_engine_distributed import run
+    from launching import train_stub as run
 
     work = tmp_path / "work"
     code, out = run([], work, ranks=1, port=_free_port(), iters=3,
@@ -385,7 +387,7 @@ def test_unsafe_files_are_named(tmp_path):
     d.mkdir()
     torch.save({"x": Payload(tmp_path / "ran")}, d / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     with pytest.raises(UnsafeCheckpointError, match="zero_pp_rank_0_mp_rank_00_optim_states.pt"):
-        ckpt.refuse_unsafe_files(d)
+        ds_ckpt.refuse_unsafe_files(d)
     assert not (tmp_path / "ran").exists()
 
 
@@ -395,7 +397,7 @@ def test_save_best_on_two_ranks_with_unaligned_intervals(tmp_path):
     """Evaluations every 2 iterations, checkpoints every 3, save_best on 2 ranks: every rank takes part in each
     best save (rank 0 decides), the run finishes, and best.json names a complete tag of the best evaluation in
     metrics.jsonl."""
-    from test_engine_distributed import run
+    from launching import train_stub as run
 
     work = tmp_path / "work"
     code, out = run([], work, ranks=2, port=_free_port(), iters=6,
@@ -424,7 +426,7 @@ class ModelOnlyEngine(FakeEngine):
 def test_eval_weights_of_a_work_dir_skip_a_damaged_newest_tag_with_a_warning(tmp_path, capsys):
     """What launch/eval.py, predict.py and --load-from read from a work dir (read_state_dict): the newest intact
     save's weights, and a warning naming the damaged one (was: the damaged newest tag, without a word)."""
-    from vit_adapter_ds.checkpoint_io import read_state_dict
+    from vit_adapter_ds.checkpoint.reader import read_state_dict
 
     m = CheckpointManager(tmp_path, -1)
     _save(m, 1, ModelOnlyEngine(value=1.0))

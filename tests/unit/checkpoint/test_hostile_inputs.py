@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from vit_adapter_ds import checkpoint_io as cio
-from vit_adapter_ds.checkpoint_io import CheckpointError, read_checkpoint
+from vit_adapter_ds.checkpoint import reader as cio
+from vit_adapter_ds.checkpoint.reader import CheckpointError, read_checkpoint
 from vit_adapter_ds.data import ShardSetError, read_manifest
 from vit_adapter_ds.data.decode import ShardReader
 from vit_adapter_ds.data.make_shards import (UnsafeSourceError, main as make_shards_main, write_ade20k, write_coco,

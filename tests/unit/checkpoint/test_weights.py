@@ -1,6 +1,6 @@
 """Pretrained / released weights into the backbones: timm ViT -> ViTAdapter, BEiT -> BEiTAdapter (shared table
 fan-out, index keys, geometric rel-pos resize), released segmentor checkpoints, the builder loading after
-construction. Reading the files themselves (every kind, weights_only) is tested in tests/unit/checkpoint/test_checkpoint_io.py.
+construction. Reading the files themselves (every kind, weights_only) is tested in tests/unit/checkpoint/test_checkpoint_reader.py.
 
 References are independent of the code under test: values printed by the official ``scipy.interpolate.interp2d``
 (SciPy 1.13.1, the last release that has it) and by the official loader's log, scipy's ``make_interp_spline``
@@ -13,7 +13,7 @@ import timm
 import torch
 from scipy.interpolate import make_interp_spline
 
-from vit_adapter_ds.checkpoint_io import CheckpointError, read_state_dict
+from vit_adapter_ds.checkpoint.reader import CheckpointError, read_state_dict
 from vit_adapter_ds.models import BEiTAdapter, ViTAdapter
 from vit_adapter_ds.models.backbones.beit import (geometric_source_coordinates, relative_position_index,
                                                   resize_rel_pos_table)
@@ -364,7 +364,7 @@ def test_released_checkpoint_of_another_geometry_resizes_and_drops_stale_index()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# File kinds that need a model to check (file reading itself: tests/unit/checkpoint/test_checkpoint_io.py)
+# File kinds that need a model to check (file reading itself: tests/unit/checkpoint/test_checkpoint_reader.py)
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _write_jax_npz(model, path):

@@ -100,7 +100,7 @@ def test_unknown_keys_are_named():
 def test_load_from_filter_converts_official_checkpoints_only(model, official, tmp_path):
     """``--load-from`` (``load_into`` with the detection task's ``checkpoint_filter``) of a released mmcv file in the
     official mmdet layout gives the weights of the direct key map; this package's own layout passes unchanged."""
-    from vit_adapter_ds.checkpoint_io import load_into
+    from vit_adapter_ds.checkpoint.reader import load_into
     from vit_adapter_ds.tasks.detection import ObjectDetection
 
     path = tmp_path / "released.pth"

@@ -389,7 +389,7 @@ def resize_rel_pos_table(table: torch.Tensor, dst_size: int, src_extra: int = NU
     outermost source offset take the edge value (FITPACK clamps, as interp2d did). As in the official code the
     values are taken in float32 (``.float().numpy()``) and fitted in float64.
     """
-    from ...checkpoint_io import CheckpointError
+    from ...checkpoint.reader import CheckpointError
 
     if table.ndim != 2:
         raise ValueError(f"expected a (positions, heads) table, got shape {tuple(table.shape)}")
@@ -437,10 +437,10 @@ def beit_checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None, k
     unchanged is kept so that the model verifies it (released/own checkpoints); tables of another size are resampled
     with :func:`resize_rel_pos_table` (3 class-token rows kept for the segmentation model, dropped for the
     detection one); ``pos_embed``, if both have one, is resized bicubically. What was resized or dropped is recorded
-    in ``report`` (a :class:`~vit_adapter_ds.checkpoint_io.LoadReport`) when given."""
+    in ``report`` (a :class:`~vit_adapter_ds.checkpoint.reader.LoadReport`) when given."""
     from collections import OrderedDict
 
-    from ...checkpoint_io import CheckpointError, LoadReport, square_grid_side
+    from ...checkpoint.reader import CheckpointError, LoadReport, square_grid_side
 
     report = report if report is not None else LoadReport("<state dict>")
     out = OrderedDict(state_dict)

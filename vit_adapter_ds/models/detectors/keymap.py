@@ -192,9 +192,9 @@ def is_mmdet_layout(state_dict: dict) -> bool:
 
 
 def mmdet_checkpoint_filter(state_dict: dict, model, report=None) -> dict:
-    """``checkpoint_io.load_into`` filter for detectors: a state dict in the official mmdet layout -> this package's
+    """``checkpoint.reader.load_into`` filter for detectors: a state dict in the official mmdet layout -> this package's
     keys (MaskRCNN / HybridTaskCascade and its TTA subclass); any other state dict is returned as it is."""
-    from ...checkpoint_io import CheckpointError
+    from ...checkpoint.reader import CheckpointError
 
     if not is_mmdet_layout(state_dict):
         return state_dict
