@@ -13,8 +13,10 @@ keys ``backbone.*``, ``neck.*``, ``rpn_head.*``, ``roi_head.*`` (``vit_adapter_d
 The model type (which decides the mmdet key mapping) comes from, in this order: ``--model-type``; the run's data-only
 record ``<work_dir>/config.json`` (``vit_adapter_ds/config/run_record.py``; work_dir = the folder holding
 ``checkpoints/``); the checkpoint's own keys (``rpn.*`` with ``roi_heads.*``: MaskRCNN; with ``roi_head.*``:
-HybridTaskCascade; neither: a segmentor), which must agree with the first two. Nothing found next to a checkpoint is
-executed: a work dir's ``config.py`` (older runs have only that) is embedded in the meta as text, never loaded.
+HybridTaskCascade; neither: a segmentor), which must agree with the first two. The model type's task (the task
+registry, ``vit_adapter_ds.tasks.task_class``) names the official key layout and converts to it. Nothing found next to
+a checkpoint is executed: a work dir's ``config.py`` (older runs have only that) is embedded in the meta as text, never
+loaded.
 """
 import argparse
 import json
@@ -32,18 +34,31 @@ class ExportError(Exception):
     """A refusal; the message names the file and the reason."""
 
 
-def _family(model_type):
-    """"MaskRCNN" / "HybridTaskCascade" (the mmdet mapping a detector type uses) or None (no mapping: a segmentor)."""
-    from vit_adapter_ds.models.detectors import DETECTORS, HybridTaskCascade, MaskRCNN
+def _task_class(model_type):
+    """The task that trains ``model_type`` (the task registry), None for no type (a segmentor) or an unknown one."""
+    from vit_adapter_ds.config import ConfigError
+    from vit_adapter_ds.tasks import task_class
 
-    cls = DETECTORS.get(model_type)
-    if cls is None:
+    if model_type is None:
         return None
-    if issubclass(cls, HybridTaskCascade):  # HybridTaskCascadeAug too
-        return "HybridTaskCascade"
-    if issubclass(cls, MaskRCNN):
-        return "MaskRCNN"
-    return None
+    try:
+        return task_class(model_type)
+    except ConfigError:
+        return None
+
+
+def _family(model_type):
+    """The official key layout the model type's task exports to (for a detector "MaskRCNN" / "HybridTaskCascade", the
+    mmdet mapping it uses) or None (no mapping: a segmentor, whose keys are already the official ones)."""
+    task = _task_class(model_type)
+    return None if task is None else task.key_layout(model_type)
+
+
+def model_type_choices():
+    """``--model-type``: the model types whose task exports to an official key layout of their own, and 'segmentor'."""
+    from vit_adapter_ds.tasks import TASKS
+
+    return (*(t for t, task in TASKS.items() if task.key_layout(t) is not None), SEGMENTOR)
 
 
 def model_type_from_keys(state_dict: dict):
@@ -115,26 +130,22 @@ def resolve_model_type(state_dict: dict, tag_dir: Path, explicit: str | None):
 
 
 def official_layout(state_dict: dict, model_type) -> dict:
-    """Detectors -> the official mmdet keys; a segmentor's keys (``model_type`` None or not a detector) are already
-    official."""
-    from vit_adapter_ds.models.detectors.keymap import KeyMapError, to_official
-
+    """The model type's task converts to its official layout (detectors: the official mmdet keys); a segmentor's keys
+    (``model_type`` None or not a detector) are already official."""
     if _family(model_type) is None:
         return state_dict
     try:
-        return to_official(state_dict, model_type)
-    except KeyMapError as e:
+        return _task_class(model_type).official_state_dict(state_dict, model_type)
+    except (KeyError, ValueError) as e:
         raise ExportError(f"no official layout for these keys as {model_type}: {e}; give the right --model-type")
 
 
 def main(argv=None) -> int:
-    from vit_adapter_ds.models.detectors import DETECTORS
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint tag dir (iter_N), a checkpoints dir or a work dir")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--format", choices=("mmcv", "torch", "safetensors"), default="mmcv")
-    p.add_argument("--model-type", choices=(*DETECTORS, SEGMENTOR), default=None,
+    p.add_argument("--model-type", choices=model_type_choices(), default=None,
                    help="the model.type that decides the mmcv key layout (default: the run's config.json, else the "
                         "checkpoint's keys)")
     args = p.parse_args(argv)

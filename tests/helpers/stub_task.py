@@ -31,6 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+if __name__ == "__main__":  # run as a script: the repository's package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from vit_adapter_ds.tasks.base import Task  # noqa: E402
+
 NUM_CLASSES = 4
 
 
@@ -162,12 +166,9 @@ def stub_evaluate(model, val_loader, cfg, dtype, num_vis):
     return {"aAcc": float(correct[0] / correct[1])}, vis
 
 
-class StubTask:
+class StubTask(Task):
     name = "stub"
     best_metric = "aAcc"
-
-    def __init__(self, cfg):
-        self.cfg = cfg
 
     def validate(self):
         pass
@@ -221,7 +222,6 @@ class StubTask:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
     from vit_adapter_ds.engine.cli import main
     crash_at = os.environ.get("STUB_CRASH_AT_ITER")
     if crash_at:  # simulate a hard crash (SIGKILL of this rank) once the given iteration's line is logged

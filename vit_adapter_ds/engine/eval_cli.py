@@ -35,9 +35,11 @@ directory); a detection checkpoint in the official mmdet key layout (``rpn_head.
 through :mod:`vit_adapter_ds.models.detectors.keymap`. Loading is strict: missing or unexpected keys are errors,
 since evaluating a partly initialised model gives meaningless numbers.
 
-These command lines sit on top of the tasks, next to the training command line (``engine/cli.py``);
-:func:`run_cli` turns the expected errors (bad flags, recipe, checkpoint or shards) into one
-``error:`` line and exit status 2.
+These command lines sit on top of the tasks, next to the training command line (``engine/cli.py``): the task
+(:class:`vit_adapter_ds.tasks.base.Task`) builds the model from the checkpoint, its loaders, evaluates and predicts
+(``evaluate_checkpoint`` / ``predict_images``); this module parses the flags, refuses those of another task (each
+task names its own in ``cli_options``), starts the runtime and prints / writes rank 0's results. :func:`run_cli`
+turns the expected errors (bad flags, recipe, checkpoint or shards) into one ``error:`` line and exit status 2.
 """
 from __future__ import annotations
 
@@ -50,12 +52,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg/ViT-Adapter multi-scale test ratios (ADE20K UperNet)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-# argparse dests of the flags only one kind of task understands (refused for the other kind)
-SEGMENTATION_ONLY = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "overlay")
-DETECTION_ONLY = ("out_json", "format_only", "score_thr", "save_json", "image_format")
-DEFAULT_SCORE_THR = 0.3
+# argparse dests of the flags only some tasks understand (a task's ``cli_options``): refused for the others
+EVAL_TASK_FLAGS = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "out_json", "format_only")
+PREDICT_TASK_FLAGS = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "overlay", "score_thr",
+                      "save_json", "image_format", "shards")
 
 
 class UsageError(ValueError):
@@ -79,27 +80,28 @@ def run_cli(main, argv=None) -> int:
             dist.destroy_process_group()
 
 
-def _refuse(args, names, why: str) -> None:
-    given = [n for n in names if getattr(args, n, None) not in (None, False)]
-    if given:
-        flags = ", ".join("--" + n.replace("_", "-") for n in given)
-        raise UsageError(f"{flags}: {why}")
+def _task_options(args, task_flags) -> tuple:
+    """``(task, options)`` for the recipe of ``args``: the flags of ``task_flags`` that another task understands are
+    refused when given (``--mode: segmentation recipes only``); the task's own become ``options``."""
+    from ..config import load_recipe
+    from ..tasks import TASKS, task_for
+
+    task = task_for(load_recipe(args.config, args.cfg_options))
+    for owner in dict.fromkeys(TASKS.values()):
+        if isinstance(task, owner):
+            continue
+        given = [n for n in task_flags if n in owner.cli_options and n not in task.cli_options
+                 and getattr(args, n, None) not in (None, False)]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            kind = owner.name.split("_")[-1]  # semantic_segmentation -> segmentation recipes
+            raise UsageError(f"{flags}: {kind} recipes only{task.foreign_options_hint(args.split)}")
+    return task, {n: getattr(args, n) for n in task_flags if n in task.cli_options and hasattr(args, n)}
 
 
-def _is_detection(cfg) -> bool:
-    from ..tasks import ObjectDetection, task_for
-    return isinstance(task_for(cfg), ObjectDetection)
-
-
-def load_segmentor(cfg, checkpoint, device="cpu"):
-    """Build the recipe's segmentor (no pretrained backbone file is read) and load ``checkpoint`` strictly, through
-    the one safe reader (:mod:`vit_adapter_ds.checkpoint.reader`: any checkpoint kind, never unpickling objects)."""
-    from ..checkpoint.reader import load_into
-    from ..models.registry import build_model
-
-    model = build_model(cfg.model, load_pretrained=False)
-    load_into(model, checkpoint, strict=True)
-    return model.to(device).eval()
+def load_detector(task, checkpoint, device="cpu"):
+    """The detection task's model with ``checkpoint`` loaded strictly, in eval mode (``task.build_eval_model``)."""
+    return task.build_eval_model(checkpoint, device)
 
 
 def _init_runtime() -> tuple[int, int]:
@@ -117,6 +119,8 @@ def _device(arg: str | None) -> torch.device:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
+    from ..tasks.segmentation import MS_RATIOS
+
     p.add_argument("--config", default=None, help="recipe name or .py file (default: the synthetic quickstart)")
     p.add_argument("--checkpoint", required=True,
                    help="weights: .pth (plain, mmcv or official mmdet layout), safetensors or DeepSpeed dir")
@@ -135,43 +139,6 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     seg.add_argument("--flip", action="store_true", help="add horizontally flipped inference")
 
 
-def _aug(args) -> dict:
-    ratios = list(MS_RATIOS) if args.aug_test and not args.ratios else args.ratios
-    out = {"flip": bool(args.flip or args.aug_test)}
-    if ratios:
-        out["ratios"] = ratios
-    return out
-
-
-def _test_settings(cfg, args) -> dict:
-    tc = dict(cfg.model.get("test_cfg") or {})
-    ev = dict(cfg.get("evaluation") or {})
-    return dict(mode=args.mode or tc.get("mode"), crop_size=args.crop_size or tc.get("crop_size"),
-                stride=args.stride or tc.get("stride"), img_scale=ev.get("img_scale"),
-                size_divisor=ev.get("size_divisor", 32), ms_resize=ev.get("ms_resize"),
-                pad_short_side=ev.get("pad_short_side"))
-
-
-def _norm(cfg) -> tuple[tuple, tuple]:
-    norm = ((cfg.get("data") or {}).get("val") or {}).get("img_norm_cfg") or {}
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
-
-
-def _run_for_task(args, detection, segmentation, detection_only) -> int:
-    """Load the recipe and run ``detection(cfg, args)`` or ``segmentation(cfg, args)`` by its task, after refusing the
-    flags of the other task."""
-    from ..config import load_recipe
-
-    cfg = load_recipe(args.config, args.cfg_options)
-    if _is_detection(cfg):
-        _refuse(args, SEGMENTATION_ONLY, "segmentation recipes only; a detection recipe's test scales and flip come "
-                                         f"from its data.{args.split}.pipeline (the *_ms recipes test with TTA)")
-        return detection(cfg, args)
-    _refuse(args, detection_only, "detection recipes only")
-    return segmentation(cfg, args)
-
-
 def eval_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="launch/eval.py",
                                 description="Segmentation mIoU or detection box / mask AP of a checkpoint on shards.")
@@ -185,143 +152,16 @@ def eval_main(argv=None) -> int:
     det.add_argument("--format-only", action="store_true", help="write --out-json only, no AP (e.g. test-dev)")
     args = p.parse_args(argv)
 
-    return _run_for_task(args, _eval_detection, _eval_segmentation, DETECTION_ONLY)
-
-
-def _eval_segmentation(cfg, args) -> int:
-    from ..data import build_val_loader
-    from ..evaluation.evaluator import evaluate
-    from ..evaluation.miou import format_table
-
+    task, options = _task_options(args, EVAL_TASK_FLAGS)
     rank, world = _init_runtime()
-    device = _device(args.device)
-    shard_dir = args.shards or ((cfg.get("data") or {}).get(args.split) or {}).get("shard_dir")
-    if not shard_dir:
-        print(f"error: no --shards and no data.{args.split}.shard_dir in the recipe", file=sys.stderr)
-        return 2
-    model = load_segmentor(cfg, args.checkpoint, device)
-    num_classes = int(model.num_classes)
-    mean, std = _norm(cfg)
-    loader = build_val_loader(shard_dir, rank=rank, world_size=world, num_workers=args.num_workers, mean=mean,
-                              std=std, num_classes=num_classes)
-    dtype = None
-    if args.bf16:
-        model = model.to(torch.bfloat16)
-        dtype = torch.bfloat16
-    names = loader.manifest.get("classes")
-    res = evaluate(model, loader, num_classes, **_test_settings(cfg, args), aug=_aug(args),
-                   class_names=names if names is not None and len(names) == num_classes else None,
-                   device=device, dtype=dtype, progress=rank == 0, mean=mean, std=std)
+    report, record = task.evaluate_checkpoint(args.checkpoint, split=args.split, shards=args.shards,
+                                              num_workers=args.num_workers, device=_device(args.device),
+                                              bf16=args.bf16, rank=rank, world_size=world, **options)
     if rank == 0:
-        print(format_table(res))
-        print(f"{res['num_images']} images; aAcc {res['aAcc']:.4f} mIoU {res['mIoU']:.4f} mAcc {res['mAcc']:.4f}")
+        print(report)
         if args.out:
-            out = {k: res[k] for k in ("aAcc", "mIoU", "mAcc", "num_images")}
-            out["per_class"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
-                                for row in res["per_class"]]  # NaN (class absent) -> null: strict JSON
-            out.update(checkpoint=str(args.checkpoint), shards=str(shard_dir), aug=_aug(args),
-                       **{k: v for k, v in _test_settings(cfg, args).items()})
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(out, indent=1, default=_json_default))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------- detection
-def load_detector(task, checkpoint, device="cpu"):
-    """The task's detector (no pretrained backbone file is read) with ``checkpoint`` loaded strictly (any kind
-    ``checkpoint_io`` reads; official mmdet keys converted by :func:`~vit_adapter_ds.models.detectors.keymap.
-    mmdet_checkpoint_filter`), in eval mode."""
-    from ..checkpoint.reader import CheckpointError, load_into
-    from ..models.detectors.keymap import mmdet_checkpoint_filter
-
-    model = task.build_model(load_pretrained=False)
-    what = f"--checkpoint {checkpoint} does not match the recipe's {type(model).__name__}"
-    try:
-        report = load_into(model, checkpoint, filter_fn=mmdet_checkpoint_filter)
-    except CheckpointError as e:  # shape mismatches, unreadable files, unknown official keys
-        raise CheckpointError(f"{what}: {e}") from e
-    if report.missing or report.unexpected:
-        raise CheckpointError(f"{what} (written for another recipe or model size?): "
-                              f"{_some(report.missing)} missing from the file; "
-                              f"{_some(report.unexpected)} in the file but not in the model")
-    return model.to(device).eval()
-
-
-def _some(keys, n: int = 4) -> str:
-    keys = list(keys)
-    if not keys:
-        return "no keys"
-    shown = ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-    return f"{len(keys)} key{'s' if len(keys) != 1 else ''} ({shown})"
-
-
-def _det_section(cfg, split: str, shards=None) -> dict:
-    """``data.<split>`` (with ``shard_dir`` replaced by ``shards`` when given); a clear error when it is absent."""
-    data = cfg.get("data") or {}
-    if data.get(split) is None:
-        other = "test" if split == "val" else "val"
-        hint = f" (it has data.{other}: --split {other})" if data.get(other) is not None else ""
-        raise UsageError(f"the recipe has no data.{split} (its shard_dir and test pipeline){hint}")
-    if shards:
-        data[split]["shard_dir"] = str(shards)
-    return data[split]
-
-
-def _det_val_loader(task, cfg, args, rank: int, world: int):
-    from ..data.manifest import ShardSetError
-    from ..utils.redact import redact_url
-
-    shard_dir = _det_section(cfg, args.split, args.shards)["shard_dir"]
-    try:
-        loader = task.build_val_loader(rank, world, split=args.split)
-    except ShardSetError as e:
-        raise ShardSetError(f"data.{args.split}.shard_dir={redact_url(shard_dir)}: {e}") from e
-    loader.num_workers = args.num_workers
-    return loader, shard_dir
-
-
-def format_coco_metrics(metrics: dict, iou_types) -> str:
-    """The AP table: one row per iou type, the columns of :data:`~.coco.METRIC_NAMES`."""
-    from ..evaluation.coco import METRIC_NAMES
-
-    lines = ["       " + " ".join(f"{n:>7}" for n in METRIC_NAMES)]
-    for t in iou_types:
-        lines.append(f"{t:<6} " + " ".join(f"{metrics[f'{t}_{n}']:7.4f}" for n in METRIC_NAMES))
-    return "\n".join(lines)
-
-
-def _eval_detection(cfg, args) -> int:
-    from ..tasks import task_for
-    from ..tasks.detection import iou_types as recipe_iou_types
-    from ..evaluation.coco import evaluate_detector
-
-    if args.format_only and not args.out_json:
-        raise UsageError("--format-only needs --out-json (where the COCO result files go)")
-    task = task_for(cfg)
-    iou = recipe_iou_types(cfg)
-    rank, world = _init_runtime()
-    device = _device(args.device)
-    loader, shard_dir = _det_val_loader(task, cfg, args, rank, world)
-    model = task.predictor(load_detector(task, args.checkpoint, device), loader)  # the recipe's TTA, if any
-    res = evaluate_detector(model, loader, loader.categories, device=device, iou_types=iou, progress=rank == 0,
-                            dtype=torch.bfloat16 if args.bf16 else None, results_prefix=args.out_json,
-                            format_only=args.format_only)
-    if rank == 0:
-        n_total = int(loader.manifest["num_samples"])
-        if not args.format_only:
-            print(format_coco_metrics(res, iou))
-        print(f"{res['num_images']} of {n_total} images evaluated" + (
-            f" ({n_total - res['num_images']} bad samples skipped)" if res["num_images"] != n_total else ""))
-        for t, path in (res.get("results_files") or {}).items():
-            print(f"{t} results (COCO format) -> {path}")
-        if args.out:
-            out = {k: v for k, v in res.items() if k != "results_files"}
-            out.update(checkpoint=str(args.checkpoint), shards=str(shard_dir), split=args.split, iou_types=list(iou),
-                       results_files=res.get("results_files"))
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(out, indent=1, default=_json_default))
+            Path(args.out).write_text(json.dumps(record, indent=1, default=_json_default))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
@@ -346,17 +186,9 @@ def list_images(paths) -> list[Path]:
     return out
 
 
-def read_image(path, mean, std) -> tuple[np.ndarray, torch.Tensor]:
-    """RGB uint8 (H, W, 3) and the normalised (1, 3, H, W) float tensor."""
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(path).convert("RGB"))
-    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()
-    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return rgb, x[None]
-
-
 def predict_main(argv=None) -> int:
+    from ..tasks.detection import DEFAULT_SCORE_THR
+
     p = argparse.ArgumentParser(prog="launch/predict.py",
                                 description="Colourised segmentation masks, or images with drawn detections.")
     _common_args(p)
@@ -374,111 +206,12 @@ def predict_main(argv=None) -> int:
                      help="shard dir whose manifest gives the class names and COCO ids (default: data.<split>)")
     args = p.parse_args(argv)
 
-    return _run_for_task(args, _predict_detection, _predict_segmentation, DETECTION_ONLY + ("shards",))
-
-
-def _predict_segmentation(cfg, args) -> int:
-    from ..evaluation.visualize import overlay, save_mask_png, save_rgb_png
-
-    rank, world = _init_runtime()
-    device = _device(args.device)
-    model = load_segmentor(cfg, args.checkpoint, device)
-    if args.bf16:
-        model = model.to(torch.bfloat16)
-    num_classes = int(model.num_classes)
-    mean, std = _norm(cfg)
-    st = _test_settings(cfg, args)
-    aug = _aug(args)
-    from ..models.test_time_resize import scales_from_ratios, select_test_resize
-    scales = scales_from_ratios(st["img_scale"], aug["ratios"]) if aug.get("ratios") else [st["img_scale"]]
-    resize_rule = select_test_resize(st["size_divisor"], st["ms_resize"], multi_scale=bool(aug.get("ratios")))
-    out_dir = Path(args.out)
-    images = list_images(args.images)[rank::world]  # under torchrun / srun each rank writes its share
-    for path in images:
-        rgb, x = read_image(path, mean, std)
-        x = x.to(device, torch.bfloat16 if args.bf16 else torch.float32)
-        with torch.no_grad():
-            prob = model.aug_test(x, scales=scales, flip=aug["flip"], resize_rule=resize_rule,
-                                  mode=st["mode"], crop_size=st["crop_size"], stride=st["stride"])
-        pred = prob.argmax(1)[0].cpu().numpy()
-        save_mask_png(out_dir / f"{path.stem}.png", pred, num_classes)
-        if args.overlay:
-            save_rgb_png(out_dir / f"{path.stem}_overlay.png", overlay(rgb, pred, num_classes))
-        print(f"{path} -> {out_dir / (path.stem + '.png')}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
-def _class_info(shard_dir, split: str, num_classes: int):
-    """``(names, category ids, palette)`` from the manifest of ``shard_dir`` when it is readable and has
-    ``num_classes`` categories, else ``(None, None, None)`` (labels are drawn as class indices)."""
-    from ..data.manifest import ShardSetError, read_manifest
-
-    try:
-        m = read_manifest(shard_dir, split)
-    except (ShardSetError, OSError, ValueError):
-        return None, None, None
-    cats = m.get("categories") or []
-    if len(cats) != num_classes:
-        return None, None, None
-    palette = m.get("palette")
-    return ([str(c["name"]) for c in cats], [int(c["id"]) for c in cats],
-            palette if palette is not None and len(palette) >= num_classes else None)
-
-
-def detections_json(pred: dict, score_thr: float, names=None, cat_ids=None) -> list[dict]:
-    """The detections scoring ``>= score_thr`` as dicts: ``bbox`` [x, y, w, h] (COCO), ``score``, ``label`` (class
-    index), ``category_id`` / ``name`` (when known) and ``segmentation`` (COCO RLE, when the model predicts masks)."""
-    from ..evaluation.coco import encode_mask
-
-    out = []
-    for k in torch.nonzero(pred["scores"] >= score_thr).flatten().tolist():
-        x1, y1, x2, y2 = (float(v) for v in pred["boxes"][k])
-        label = int(pred["labels"][k])
-        d = {"bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(pred["scores"][k]), "label": label}
-        if cat_ids is not None:
-            d["category_id"], d["name"] = cat_ids[label], names[label]
-        if pred.get("masks") is not None:
-            d["segmentation"] = encode_mask(pred["masks"][k].numpy())
-        out.append(d)
-    return out
-
-
-def _predict_detection(cfg, args) -> int:
-    from PIL import Image
-
-    from ..config.keys import to_plain
-    from ..tasks import task_for
-    from ..tasks.detection import test_settings, val_loader_item
-    from ..evaluation.visualize import draw_detections, save_image
-
-    thr = DEFAULT_SCORE_THR if args.score_thr is None else float(args.score_thr)
-    section = _det_section(cfg, args.split, args.shards)
-    test_tf = test_settings(to_plain(cfg.data), args.split)  # the recipe's test scale, normalisation and TTA
-    task = task_for(cfg)
+    task, options = _task_options(args, PREDICT_TASK_FLAGS)
     paths = list_images(args.images)
     rank, world = _init_runtime()
-    device = _device(args.device)
-    detector = load_detector(task, args.checkpoint, device)
-    model = task.predictor(detector, test_tf)  # the detector, or its test-time augmentation (the recipe's)
-    names, cat_ids, palette = _class_info(section["shard_dir"], args.split, int(detector.num_classes))
-    autocast = torch.bfloat16 if args.bf16 else None
-    out_dir = Path(args.out)
-    for path in paths[rank::world]:  # under torchrun / srun each rank writes its share
-        img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).contiguous()
-        x = val_loader_item(test_tf, img)
-        with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
-        pred = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu() for k, v in pred.items()}
-        dst = out_dir / f"{path.stem}.{args.image_format or 'png'}"
-        save_image(dst, draw_detections(img, pred, thr, names, palette))
-        dets = detections_json(pred, thr, names, cat_ids)
-        if args.save_json:
-            h, w = img.shape[-2:]
-            (out_dir / f"{path.stem}.json").write_text(json.dumps(
-                {"image": str(path), "height": int(h), "width": int(w), "score_thr": thr, "detections": dets}))
-        print(f"{path} -> {dst} ({len(dets)} detections >= {thr})")
+    for line in task.predict_images(args.checkpoint, paths[rank::world], args.out, split=args.split,
+                                    device=_device(args.device), bf16=args.bf16, **options):
+        print(line)  # under torchrun / srun each rank writes its share
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -1,12 +1,14 @@
 """Tasks: what the engine trains. One file per task, each a bundle of parts (see :mod:`.base`).
 
-``task_for(cfg)`` picks the task from the recipe's model type; ``load_and_validate(recipe, options)`` loads a
+``task_for(cfg)`` picks the task from the recipe's model type (``task_class(model_type)``: the class, for a model type
+without a recipe, e.g. ``launch/export.py`` reading a run record); ``load_and_validate(recipe, options)`` loads a
 recipe and validates it (engine sections, then the task's model on the meta device and its loader arguments),
 raising ``ConfigError`` before any process group or worker starts. Tasks import no engine code.
 """
 from __future__ import annotations
 
 from ..config import ConfigError, load_recipe
+from .base import Task
 from .detection import ObjectDetection
 from .segmentation import SemanticSegmentation
 
@@ -15,11 +17,15 @@ TASKS = {"EncoderDecoder": SemanticSegmentation, "EncoderDecoderMask2Former": Se
          "MaskRCNN": ObjectDetection, "HybridTaskCascade": ObjectDetection, "HybridTaskCascadeAug": ObjectDetection}
 
 
+def task_class(model_type):
+    """The task class that trains ``model_type`` (a recipe's ``model.type``); ``ConfigError`` for an unknown one."""
+    if model_type not in TASKS:
+        raise ConfigError(f"recipe: model.type={model_type!r} is not supported; choose one of {sorted(TASKS)}")
+    return TASKS[model_type]
+
+
 def task_for(cfg):
-    kind = (cfg.get("model") or {}).get("type", "EncoderDecoder")
-    if kind not in TASKS:
-        raise ConfigError(f"recipe: model.type={kind!r} is not supported; choose one of {sorted(TASKS)}")
-    return TASKS[kind](cfg)
+    return task_class((cfg.get("model") or {}).get("type", "EncoderDecoder"))(cfg)
 
 
 def load_and_validate(recipe=None, options=None):
@@ -30,4 +36,4 @@ def load_and_validate(recipe=None, options=None):
     return cfg, task, task.validate()
 
 
-__all__ = ["TASKS", "ObjectDetection", "SemanticSegmentation", "task_for", "load_and_validate"]
+__all__ = ["TASKS", "ObjectDetection", "SemanticSegmentation", "Task", "task_class", "task_for", "load_and_validate"]

@@ -1,6 +1,8 @@
-"""What a task supplies to the engine (torchtitan's ``TrainSpec`` idea): the engine knows nothing else of it.
+"""What a task supplies to the engine and to the command lines (torchtitan's ``TrainSpec`` idea): nothing else of a
+task is known outside it.
 
-A task is built from a recipe (``Task(cfg)``) and provides:
+A task subclasses :class:`Task` and is built from a recipe (``Task(cfg)``). Required (abstract: a subclass that
+leaves one out cannot be instantiated, and the ``TypeError`` names it):
 
 * ``validate() -> meta model``: raise ``ConfigError`` for anything wrong in ``cfg.model`` / ``cfg.data``, before any
   process group or worker starts (builds the model on the meta device and returns it).
@@ -9,32 +11,119 @@ A task is built from a recipe (``Task(cfg)``) and provides:
 * ``build_train_loader(rank, world_size, seed)``: an infinite iterator with ``state_dict()`` / ``load_state_dict()``.
 * ``build_val_loader(rank, world_size)``: an iterable (or None), each sample once over all ranks.
 * ``forward_loss(model, batch, device, dtype) -> dict``: moves the batch to the device and runs the model.
-* optionally ``param_groups(model) -> list[dict]``: optimizer groups (``lr_scale``, ``group_name`` optional); without
-  it the engine builds the recipe's layer-decay groups (``engine/optim.py``).
 * ``evaluate(model, val_loader, dtype, num_vis) -> (metrics: dict[str, float], images: list[HxWx3 uint8])``, called
   on every rank.
-* ``best_metric``: the metric ``evaluation.save_best='auto'`` means.
-* optionally ``checkpoint_filter(state_dict, model, report)``: adapts a foreign checkpoint given to ``--load-from``
-  (e.g. the official mmdet key layout of released detection checkpoints) before it is loaded.
+* ``name`` and ``best_metric`` (class attributes): the task's name and the metric ``evaluation.save_best='auto'``
+  means.
+
+Optional hooks, with defaults here:
+
+* ``param_groups(model) -> list[dict] | None``: optimizer groups (``lr_scale``, ``group_name`` optional); the default
+  None means the engine's groups for the recipe (layer decay, ``engine/optim.py``).
+* ``checkpoint_filter(state_dict, model, report=None) -> state_dict``: adapts a foreign checkpoint given to
+  ``--load-from`` (e.g. the official mmdet key layout of released detection checkpoints) before it is loaded; the
+  default keeps it as it is.
+* ``build_eval_model(checkpoint, device)``: the model (no pretrained file read) with ``checkpoint`` loaded strictly
+  through :mod:`vit_adapter_ds.checkpoint.reader` and ``checkpoint_filter``, in eval mode.
+
+Evaluation, prediction and export (``launch/eval.py``, ``launch/predict.py``, ``launch/export.py``):
+
+* ``cli_options`` (class attribute): the keyword options of ``evaluate_checkpoint`` / ``predict_images`` only this
+  task understands (the command line refuses another task's); ``foreign_options_hint(split)`` adds to that refusal.
+* ``evaluate_checkpoint(checkpoint, *, split, shards, num_workers, device, bf16, rank, world_size, **options) ->
+  (report, record)``: every rank evaluates its share; rank 0 prints ``report`` and writes ``record`` (JSON).
+* ``predict_images(checkpoint, paths, out_dir, *, split, device, bf16, **options)``: writes a prediction per image of
+  ``paths`` (this rank's share) and yields one line per image.
+* ``key_layout(model_type)`` / ``official_state_dict(state_dict, model_type)`` (class methods: export has no recipe,
+  only a model type): the name of the official key layout a checkpoint of this model type is exported in (None:
+  this package's keys are the official ones), and the conversion to it (default: none). Both raise ``KeyError`` /
+  ``ValueError`` for keys that fit no layout.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import abc
 
 
-class Task(Protocol):
-    cfg: object
-    name: str
-    best_metric: str
+class Task(abc.ABC):
+    name: str = ""
+    best_metric: str = ""
+    cli_options: tuple = ()  # keyword options of evaluate_checkpoint / predict_images only this task understands
 
-    def validate(self): ...
+    def __init__(self, cfg):
+        self.cfg = cfg
 
-    def build_model(self, load_pretrained: bool = True): ...
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        abstract = any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls))
+        if not abstract:  # a concrete task names itself and its best metric
+            missing = [a for a in ("name", "best_metric") if not getattr(cls, a, "")]
+            if missing:
+                raise TypeError(f"task {cls.__name__} must set the class attribute(s) {', '.join(missing)}")
 
-    def build_train_loader(self, rank: int, world_size: int, seed: int): ...
+    # ------------------------------------------------------------------ required
+    @abc.abstractmethod
+    def validate(self):
+        """Check the recipe (``ConfigError``) and return the model built on the meta device."""
 
-    def build_val_loader(self, rank: int, world_size: int): ...
+    @abc.abstractmethod
+    def build_model(self, load_pretrained: bool = True):
+        """The model, in train mode."""
 
-    def forward_loss(self, model, batch, device, dtype) -> dict: ...
+    @abc.abstractmethod
+    def build_train_loader(self, rank: int, world_size: int, seed: int):
+        """An infinite, resumable iterator of training batches."""
 
-    def evaluate(self, model, val_loader, dtype, num_vis: int) -> tuple[dict, list]: ...
+    @abc.abstractmethod
+    def build_val_loader(self, rank: int, world_size: int):
+        """The validation batches (each sample once over all ranks), or None."""
+
+    @abc.abstractmethod
+    def forward_loss(self, model, batch, device, dtype) -> dict:
+        """The model's losses on ``batch`` (total under ``'loss'``)."""
+
+    @abc.abstractmethod
+    def evaluate(self, model, val_loader, dtype, num_vis: int) -> tuple[dict, list]:
+        """``(metrics, pictures)`` over the validation loader, on every rank."""
+
+    # ------------------------------------------------------------------ optional hooks
+    def param_groups(self, model):
+        """Optimizer parameter groups, or None (the default): the engine's groups for the recipe (layer decay)."""
+        return None
+
+    def checkpoint_filter(self, state_dict: dict, model, report=None) -> dict:
+        """A foreign checkpoint's state dict (``--load-from``, ``--checkpoint``) adapted to ``model``; the default
+        keeps it as it is."""
+        return state_dict
+
+    def build_eval_model(self, checkpoint, device="cpu"):
+        """The model (no pretrained file read) with ``checkpoint`` loaded strictly through the one safe reader
+        (:mod:`vit_adapter_ds.checkpoint.reader`: any checkpoint kind, never unpickling objects), in eval mode."""
+        from ..checkpoint.reader import load_into
+
+        model = self.build_model(load_pretrained=False)
+        load_into(model, checkpoint, strict=True, filter_fn=self.checkpoint_filter)
+        return model.to(device).eval()
+
+    # ------------------------------------------------------------------ evaluation, prediction, export
+    def foreign_options_hint(self, split: str) -> str:
+        """Appended to the refusal of another task's command-line options."""
+        return ""
+
+    def evaluate_checkpoint(self, checkpoint, *, split="val", shards=None, num_workers=2, device="cpu",
+                            bf16=False, rank=0, world_size=1, **options) -> tuple[str, dict]:
+        """``(report, record)`` of ``checkpoint`` on the ``split`` shards (``launch/eval.py``)."""
+        raise NotImplementedError(f"the {self.name} task has no checkpoint evaluation")
+
+    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, **options):
+        """Write a prediction per image of ``paths``; yields one line per image (``launch/predict.py``)."""
+        raise NotImplementedError(f"the {self.name} task has no image prediction")
+
+    @classmethod
+    def key_layout(cls, model_type: str | None):
+        """The official key layout an exported checkpoint of ``model_type`` uses, None when it is this package's."""
+        return None
+
+    @classmethod
+    def official_state_dict(cls, state_dict: dict, model_type: str | None) -> dict:
+        """``state_dict`` in the official key layout of ``model_type`` (default: this package's keys are it)."""
+        return state_dict

@@ -46,7 +46,9 @@ from ..config.errors import ConfigError
 from ..config.keys import to_plain
 from ..data.datasets import DetectionShards
 from ..data.pipeline import has_semantic_maps, tta_from_pipeline  # noqa: F401  (used here and by tests)
+from .base import Task
 
+DEFAULT_SCORE_THR = 0.3  # launch/predict.py draws the detections scoring at least this
 # The recipe dialect (data.<split> -> loader keyword arguments; data.<split>.type: absent or a detection dataset of
 # the catalog, e.g. 'CocoDataset') and the official-pipeline translator live in data/ (datasets.py, pipeline.py).
 train_loader_kwargs = DetectionShards.train_kwargs
@@ -101,12 +103,15 @@ def epochs_to_iterations(cfg, iters_per_epoch: int) -> None:
     cfg["_epoch_conversion"] = {"max_epochs": epochs, "iters_per_epoch": L}
 
 
-class ObjectDetection:
+class ObjectDetection(Task):
     name = "object_detection"
     best_metric = "bbox_mAP"
+    # COCO result files (format only: no AP); predict: score threshold, JSON next to the pictures, picture format,
+    # the shards whose manifest names the classes
+    cli_options = ("out_json", "format_only", "score_thr", "save_json", "image_format", "shards")
 
     def __init__(self, cfg):
-        self.cfg = cfg
+        super().__init__(cfg)
         self._num_classes = None
 
     def _model_cfg(self) -> dict:
@@ -202,13 +207,30 @@ class ObjectDetection:
             model.pretrained_report = load_backbone_weights(model.backbone, model.pretrained)
         return model
 
-    @staticmethod
-    def checkpoint_filter(state_dict, model, report=None):
-        """``--load-from`` of a released detection checkpoint: the official mmdet key layout is converted
-        (:func:`~vit_adapter_ds.models.detectors.keymap.mmdet_checkpoint_filter`)."""
+    def checkpoint_filter(self, state_dict, model, report=None):
+        """``--load-from`` / ``--checkpoint`` of a released detection checkpoint: the official mmdet key layout is
+        converted (:func:`~vit_adapter_ds.models.detectors.keymap.mmdet_checkpoint_filter`)."""
         from ..models.detectors.keymap import mmdet_checkpoint_filter
 
         return mmdet_checkpoint_filter(state_dict, model, report)
+
+    def build_eval_model(self, checkpoint, device="cpu"):
+        """The detector (no pretrained backbone file is read) with ``checkpoint`` loaded strictly (any kind the
+        checkpoint reader reads; official mmdet keys converted by :meth:`checkpoint_filter`), in eval mode; a
+        checkpoint of another recipe is refused naming the keys that do not fit."""
+        from ..checkpoint.reader import CheckpointError, load_into
+
+        model = self.build_model(load_pretrained=False)
+        what = f"--checkpoint {checkpoint} does not match the recipe's {type(model).__name__}"
+        try:
+            report = load_into(model, checkpoint, filter_fn=self.checkpoint_filter)
+        except CheckpointError as e:  # shape mismatches, unreadable files, unknown official keys
+            raise CheckpointError(f"{what}: {e}") from e
+        if report.missing or report.unexpected:
+            raise CheckpointError(f"{what} (written for another recipe or model size?): "
+                                  f"{_some(report.missing)} missing from the file; "
+                                  f"{_some(report.unexpected)} in the file but not in the model")
+        return model.to(device).eval()
 
     def build_train_loader(self, rank: int, world_size: int, seed: int):
         from ..data.detection import DetectionTrainLoader
@@ -276,6 +298,110 @@ class ObjectDetection:
         metrics = {k: float(v) for k, v in metrics.items()}
         return metrics, self._pictures(predictor, val_loader, autocast, num_vis) if num_vis else []
 
+    # ------------------------------------------------------------------ launch/eval.py, predict.py, export.py
+    def foreign_options_hint(self, split: str) -> str:
+        return (f"; a detection recipe's test scales and flip come from its data.{split}.pipeline (the *_ms recipes "
+                "test with TTA)")
+
+    def evaluate_checkpoint(self, checkpoint, *, split="val", shards=None, num_workers=2, device="cpu", bf16=False,
+                            rank=0, world_size=1, out_json=None, format_only=False, **_predict_options):
+        """COCO AP (``evaluation.metric``) of ``checkpoint`` on the ``split`` shards with the recipe's test pipeline
+        (and its test-time augmentation); ``out_json``: also the COCO result files ``<out_json>.<iou>.json``
+        (``format_only``: those only, no AP). ``(the AP table and counts, the --out record)``."""
+        import torch
+
+        from ..data.manifest import ShardSetError
+        from ..evaluation.coco import evaluate_detector
+        from ..utils.redact import redact_url
+
+        if format_only and not out_json:
+            raise ConfigError("--format-only needs --out-json (where the COCO result files go)")
+        iou = iou_types(self.cfg)
+        shard_dir = _cli_section(self.cfg, split, shards)["shard_dir"]
+        try:
+            loader = self.build_val_loader(rank, world_size, split=split)
+        except ShardSetError as e:
+            raise ShardSetError(f"data.{split}.shard_dir={redact_url(shard_dir)}: {e}") from e
+        loader.num_workers = num_workers
+        model = self.predictor(self.build_eval_model(checkpoint, device), loader)  # the recipe's TTA, if any
+        res = evaluate_detector(model, loader, loader.categories, device=device, iou_types=iou, progress=rank == 0,
+                                dtype=torch.bfloat16 if bf16 else None, results_prefix=out_json,
+                                format_only=format_only)
+        n_total = int(loader.manifest["num_samples"])
+        lines = [] if format_only else [format_coco_metrics(res, iou)]
+        lines.append(f"{res['num_images']} of {n_total} images evaluated" + (
+            f" ({n_total - res['num_images']} bad samples skipped)" if res["num_images"] != n_total else ""))
+        lines += [f"{t} results (COCO format) -> {path}" for t, path in (res.get("results_files") or {}).items()]
+        record = {k: v for k, v in res.items() if k != "results_files"}
+        record.update(checkpoint=str(checkpoint), shards=str(shard_dir), split=split, iou_types=list(iou),
+                      results_files=res.get("results_files"))
+        return "\n".join(lines), record
+
+    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, shards=None,
+                       score_thr=None, save_json=False, image_format=None, **_eval_options):
+        """The images with the detections scoring at least ``score_thr`` (default 0.3) drawn (boxes, class names
+        from the manifest of ``shards`` / ``data.<split>.shard_dir`` when readable, scores, masks) as
+        ``<out_dir>/<stem>.<image_format>``; ``save_json``: also ``<stem>.json`` (:func:`detections_json`). The
+        recipe's test pipeline (scale, normalisation, test-time augmentation) applies. Yields a line per image."""
+        import json
+        from pathlib import Path
+
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from ..evaluation.visualize import draw_detections, save_image
+
+        thr = DEFAULT_SCORE_THR if score_thr is None else float(score_thr)
+        section = _cli_section(self.cfg, split, shards)
+        test_tf = test_settings(to_plain(self.cfg.data), split)  # the recipe's test scale, normalisation and TTA
+        detector = self.build_eval_model(checkpoint, device)
+        model = self.predictor(detector, test_tf)  # the detector, or its test-time augmentation (the recipe's)
+        names, cat_ids, palette = class_info(section["shard_dir"], split, int(detector.num_classes))
+        autocast = torch.bfloat16 if bf16 else None
+        device = torch.device(device)
+        out_dir = Path(out_dir)
+        for path in map(Path, paths):
+            img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+            x = val_loader_item(test_tf, img)
+            with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+            pred = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+                    for k, v in pred.items()}
+            dst = out_dir / f"{path.stem}.{image_format or 'png'}"
+            save_image(dst, draw_detections(img, pred, thr, names, palette))
+            dets = detections_json(pred, thr, names, cat_ids)
+            if save_json:
+                h, w = img.shape[-2:]
+                (out_dir / f"{path.stem}.json").write_text(json.dumps(
+                    {"image": str(path), "height": int(h), "width": int(w), "score_thr": thr, "detections": dets}))
+            yield f"{path} -> {dst} ({len(dets)} detections >= {thr})"
+
+    @classmethod
+    def key_layout(cls, model_type):
+        """``'MaskRCNN'`` / ``'HybridTaskCascade'``: the official mmdet layout a detector type exports to
+        (``HybridTaskCascadeAug`` maps like ``HybridTaskCascade``); None for a type that is no detector."""
+        from ..models.detectors import DETECTORS, HybridTaskCascade, MaskRCNN
+
+        det = DETECTORS.get(model_type)
+        if det is None:
+            return None
+        if issubclass(det, HybridTaskCascade):  # HybridTaskCascadeAug too
+            return "HybridTaskCascade"
+        if issubclass(det, MaskRCNN):
+            return "MaskRCNN"
+        return None
+
+    @classmethod
+    def official_state_dict(cls, state_dict, model_type):
+        """This package's detector keys -> the official mmdet ones
+        (:func:`~vit_adapter_ds.models.detectors.keymap.to_official`; ``KeyError`` for keys that fit no layout)."""
+        if cls.key_layout(model_type) is None:
+            return state_dict
+        from ..models.detectors.keymap import to_official
+
+        return to_official(state_dict, model_type)
+
     @staticmethod
     def _pictures(model, val_loader, autocast, num_vis: int) -> list:
         import torch
@@ -315,3 +441,70 @@ def val_loader_item(val_loader, img):
     x = T.test_transform(img, val_loader.scale) if val_loader.scale is not None else img
     return {"img": T.pad_batch([T.normalize(x, val_loader.mean, val_loader.std)], 32),
             "img_shape": tuple(int(v) for v in x.shape[-2:])}
+
+
+def _some(keys, n: int = 4) -> str:
+    keys = list(keys)
+    if not keys:
+        return "no keys"
+    shown = ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+    return f"{len(keys)} key{'s' if len(keys) != 1 else ''} ({shown})"
+
+
+def _cli_section(cfg, split: str, shards=None) -> dict:
+    """``data.<split>`` (with ``shard_dir`` replaced by ``shards`` when given); a clear error when it is absent."""
+    data = cfg.get("data") or {}
+    if data.get(split) is None:
+        other = "test" if split == "val" else "val"
+        hint = f" (it has data.{other}: --split {other})" if data.get(other) is not None else ""
+        raise ConfigError(f"the recipe has no data.{split} (its shard_dir and test pipeline){hint}")
+    if shards:
+        data[split]["shard_dir"] = str(shards)
+    return data[split]
+
+
+def format_coco_metrics(metrics: dict, iou_types) -> str:
+    """The AP table: one row per iou type, the columns of :data:`~vit_adapter_ds.evaluation.coco.METRIC_NAMES`."""
+    from ..evaluation.coco import METRIC_NAMES
+
+    lines = ["       " + " ".join(f"{n:>7}" for n in METRIC_NAMES)]
+    for t in iou_types:
+        lines.append(f"{t:<6} " + " ".join(f"{metrics[f'{t}_{n}']:7.4f}" for n in METRIC_NAMES))
+    return "\n".join(lines)
+
+
+def class_info(shard_dir, split: str, num_classes: int):
+    """``(names, category ids, palette)`` from the manifest of ``shard_dir`` when it is readable and has
+    ``num_classes`` categories, else ``(None, None, None)`` (labels are drawn as class indices)."""
+    from ..data.manifest import ShardSetError, read_manifest
+
+    try:
+        m = read_manifest(shard_dir, split)
+    except (ShardSetError, OSError, ValueError):
+        return None, None, None
+    cats = m.get("categories") or []
+    if len(cats) != num_classes:
+        return None, None, None
+    palette = m.get("palette")
+    return ([str(c["name"]) for c in cats], [int(c["id"]) for c in cats],
+            palette if palette is not None and len(palette) >= num_classes else None)
+
+
+def detections_json(pred: dict, score_thr: float, names=None, cat_ids=None) -> list[dict]:
+    """The detections scoring ``>= score_thr`` as dicts: ``bbox`` [x, y, w, h] (COCO), ``score``, ``label`` (class
+    index), ``category_id`` / ``name`` (when known) and ``segmentation`` (COCO RLE, when the model predicts masks)."""
+    import torch
+
+    from ..evaluation.coco import encode_mask
+
+    out = []
+    for k in torch.nonzero(pred["scores"] >= score_thr).flatten().tolist():
+        x1, y1, x2, y2 = (float(v) for v in pred["boxes"][k])
+        label = int(pred["labels"][k])
+        d = {"bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(pred["scores"][k]), "label": label}
+        if cat_ids is not None:
+            d["category_id"], d["name"] = cat_ids[label], names[label]
+        if pred.get("masks") is not None:
+            d["segmentation"] = encode_mask(pred["masks"][k].numpy())
+        out.append(d)
+    return out

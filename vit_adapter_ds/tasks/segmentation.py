@@ -1,18 +1,25 @@
-"""Semantic segmentation (UperNet / Mask2Former segmentors): the segmentor, the shard loaders, mIoU evaluation."""
+"""Semantic segmentation (UperNet / Mask2Former segmentors): the segmentor, the shard loaders, mIoU evaluation, and
+checkpoint evaluation / mask prediction for ``launch/eval.py`` / ``launch/predict.py``."""
 from __future__ import annotations
 
 import timm  # noqa: F401  (timm/torchvision before any DeepSpeed module construction, see the DeepSpeed notes)
 import torchvision  # noqa: F401
 
+from ..config.errors import ConfigError
 from ..config.keys import to_plain
+from .base import Task
+
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg/ViT-Adapter multi-scale test ratios (ADE20K UperNet)
 
 
-class SemanticSegmentation:
+class SemanticSegmentation(Task):
     name = "semantic_segmentation"
     best_metric = "mIoU"
+    # test settings (mode, crop_size, stride: default the recipe's test_cfg), multi-scale / flip test, overlays
+    cli_options = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "overlay")
 
     def __init__(self, cfg):
-        self.cfg = cfg
+        super().__init__(cfg)
         self._num_classes = None
 
     def _model_cfg(self) -> dict:
@@ -69,3 +76,109 @@ class SemanticSegmentation:
         from ..evaluation import evaluate_from_cfg
         return evaluate_from_cfg(model, val_loader, self.cfg, dtype=dtype, num_vis=num_vis,
                                  num_classes=self.num_classes)
+
+    # ------------------------------------------------------------------ launch/eval.py, launch/predict.py
+    def _test_settings(self, mode=None, crop_size=None, stride=None) -> dict:
+        tc = dict(self.cfg.model.get("test_cfg") or {})
+        ev = dict(self.cfg.get("evaluation") or {})
+        return dict(mode=mode or tc.get("mode"), crop_size=crop_size or tc.get("crop_size"),
+                    stride=stride or tc.get("stride"), img_scale=ev.get("img_scale"),
+                    size_divisor=ev.get("size_divisor", 32), ms_resize=ev.get("ms_resize"),
+                    pad_short_side=ev.get("pad_short_side"))
+
+    @staticmethod
+    def _aug(aug_test=False, ratios=None, flip=False) -> dict:
+        ratios = list(MS_RATIOS) if aug_test and not ratios else ratios
+        out = {"flip": bool(flip or aug_test)}
+        if ratios:
+            out["ratios"] = ratios
+        return out
+
+    def _norm(self) -> tuple[tuple, tuple]:
+        from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        norm = ((self.cfg.get("data") or {}).get("val") or {}).get("img_norm_cfg") or {}
+        return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
+
+    def evaluate_checkpoint(self, checkpoint, *, split="val", shards=None, num_workers=2, device="cpu", bf16=False,
+                            rank=0, world_size=1, mode=None, crop_size=None, stride=None, aug_test=False,
+                            ratios=None, flip=False, overlay=False) -> tuple[str, dict]:
+        """Dataset mIoU of ``checkpoint`` on the ``split`` shards (``shards`` or ``data.<split>.shard_dir``) with the
+        recipe's test settings (or the given ones) and the multi-scale / flip test asked for: ``(the per-class table
+        and summary, the --out record)``."""
+        import torch
+
+        from ..data import build_val_loader
+        from ..evaluation.evaluator import evaluate
+        from ..evaluation.miou import format_table
+
+        shard_dir = shards or ((self.cfg.get("data") or {}).get(split) or {}).get("shard_dir")
+        if not shard_dir:
+            raise ConfigError(f"no --shards and no data.{split}.shard_dir in the recipe")
+        model = self.build_eval_model(checkpoint, device)
+        num_classes = int(model.num_classes)
+        mean, std = self._norm()
+        loader = build_val_loader(shard_dir, rank=rank, world_size=world_size, num_workers=num_workers, mean=mean,
+                                  std=std, num_classes=num_classes)
+        dtype = None
+        if bf16:
+            model = model.to(torch.bfloat16)
+            dtype = torch.bfloat16
+        names = loader.manifest.get("classes")
+        settings = self._test_settings(mode, crop_size, stride)
+        aug = self._aug(aug_test, ratios, flip)
+        res = evaluate(model, loader, num_classes, **settings, aug=aug,
+                       class_names=names if names is not None and len(names) == num_classes else None,
+                       device=device, dtype=dtype, progress=rank == 0, mean=mean, std=std)
+        report = (format_table(res) + "\n" + f"{res['num_images']} images; aAcc {res['aAcc']:.4f} "
+                  f"mIoU {res['mIoU']:.4f} mAcc {res['mAcc']:.4f}")
+        record = {k: res[k] for k in ("aAcc", "mIoU", "mAcc", "num_images")}
+        record["per_class"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                               for row in res["per_class"]]  # NaN (class absent) -> null: strict JSON
+        record.update(checkpoint=str(checkpoint), shards=str(shard_dir), aug=aug, **settings)
+        return report, record
+
+    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, mode=None,
+                       crop_size=None, stride=None, aug_test=False, ratios=None, flip=False, overlay=False):
+        """Indexed PNG masks ``<out_dir>/<stem>.png`` (values = class ids; with ``overlay`` also
+        ``<stem>_overlay.png``, the mask over the image); yields ``'<image> -> <mask>'`` per image."""
+        from pathlib import Path
+
+        import torch
+
+        from ..evaluation.visualize import overlay as draw_overlay, save_mask_png, save_rgb_png
+        from ..models.test_time_resize import scales_from_ratios, select_test_resize
+
+        model = self.build_eval_model(checkpoint, device)
+        if bf16:
+            model = model.to(torch.bfloat16)
+        num_classes = int(model.num_classes)
+        mean, std = self._norm()
+        st = self._test_settings(mode, crop_size, stride)
+        aug = self._aug(aug_test, ratios, flip)
+        scales = scales_from_ratios(st["img_scale"], aug["ratios"]) if aug.get("ratios") else [st["img_scale"]]
+        resize_rule = select_test_resize(st["size_divisor"], st["ms_resize"], multi_scale=bool(aug.get("ratios")))
+        out_dir = Path(out_dir)
+        for path in map(Path, paths):
+            rgb, x = read_image(path, mean, std)
+            x = x.to(device, torch.bfloat16 if bf16 else torch.float32)
+            with torch.no_grad():
+                prob = model.aug_test(x, scales=scales, flip=aug["flip"], resize_rule=resize_rule,
+                                      mode=st["mode"], crop_size=st["crop_size"], stride=st["stride"])
+            pred = prob.argmax(1)[0].cpu().numpy()
+            save_mask_png(out_dir / f"{path.stem}.png", pred, num_classes)
+            if overlay:
+                save_rgb_png(out_dir / f"{path.stem}_overlay.png", draw_overlay(rgb, pred, num_classes))
+            yield f"{path} -> {out_dir / (path.stem + '.png')}"
+
+
+def read_image(path, mean, std):
+    """RGB uint8 (H, W, 3) and the normalised (1, 3, H, W) float tensor."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return rgb, x[None]
