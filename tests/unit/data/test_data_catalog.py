@@ -170,3 +170,15 @@ def test_the_catalog_is_the_only_table_of_datasets():
             where.append(f"{rel}: a class-name table")
         where += [f"{rel}: {s!r}" for s in _string_constants(f) if s in names]
     assert not where, where
+
+
+def test_every_entry_names_a_known_evaluator(tiny):
+    from vit_adapter_ds.evaluation.coco import evaluate_detector
+    from vit_adapter_ds.evaluation.evaluator import evaluate_from_cfg
+    from vit_adapter_ds.evaluation.registry import dataset_evaluator
+
+    for name in catalog.datasets():
+        dataset_evaluator(name)
+    assert dataset_evaluator("ADE20KDataset") is evaluate_from_cfg and dataset_evaluator("tiny_blobs") is \
+        evaluate_from_cfg
+    assert dataset_evaluator("coco") is evaluate_detector and dataset_evaluator("tiny_boxes") is evaluate_detector
