@@ -38,7 +38,8 @@ class NoCheckpointError(CheckpointError, FileNotFoundError):
     """No complete checkpoint where one was named (an interrupted save has no ``COMPLETE`` marker)."""
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+    """The default ``report`` of the finders: a warning line on stderr."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -51,7 +52,7 @@ def is_tag_dir(path: Path) -> bool:
     return path.is_dir() and any(MODEL_STATES_RE.match(p.name) for p in path.iterdir())
 
 
-def find_tag(path, report=_warn, *, complete_only: bool = False, label: str | None = None
+def find_tag(path, report=warn, *, complete_only: bool = False, label: str | None = None
              ) -> tuple[Path, dict | None]:
     """``(tag folder, its COMPLETE record or None)`` that ``path`` designates -- the one rule for ``--resume PATH``,
     exports and the reader:

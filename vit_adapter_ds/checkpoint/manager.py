@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ import torch
 
 from .. import runtime as rt
 from . import layout
-from .deepspeed import find_tag, raise_everywhere, refuse_unsafe_files
+from .deepspeed import find_tag, raise_everywhere, refuse_unsafe_files, warn
 from .layout import BEST, MARKER, TAG_RE, checkpoint_root, complete_tags, file_manifest, tag_name, verify
 from .reader import CheckpointError
 from .reader import rng_state_from_tensors as set_rng_state
@@ -124,15 +123,11 @@ def check_recipe(tag_dir: Path, meta: dict, fingerprint: str | None, recipe: str
     if not allow_other:
         raise RecipeMismatchError(f"--resume: {what}. Use another --work-dir for a new run, or pass "
                                   "--resume-other-recipe to load it anyway")
-    (report or _print_err)(f"{what}; resuming it anyway (--resume-other-recipe)")
+    (report or warn)(f"{what}; resuming it anyway (--resume-other-recipe)")
 
 
 # ----------------------------------------------------------------------------------------------- finding
-def _print_err(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-def find_resume(resume: str | None, work_dir, report=_print_err) -> tuple[Path, dict] | None:
+def find_resume(resume: str | None, work_dir, report=warn) -> tuple[Path, dict] | None:
     """Resolve ``--resume``: ``auto`` -> the most recently saved complete and intact (:func:`.layout.verify`) tag
     in ``work_dir`` (None if there is none; damaged tags are reported through ``report`` and skipped); a path -> the
     complete tag it designates (:func:`.deepspeed.find_tag` with ``complete_only``: a tag folder that must be
@@ -304,7 +299,7 @@ class CheckpointManager:
         if final.exists() or final.is_symlink():
             old = layout.read_marker(final)
             if old is not None and old.get("run_id") != self.run_id:
-                _print_err(f"{final} of another run (saved {time.ctime(float(old.get('time', 0)))}) is replaced by "
+                warn(f"{final} of another run (saved {time.ctime(float(old.get('time', 0)))}) is replaced by "
                            f"this run's save of the same iteration")
             os.rename(final, replaced)
         os.rename(partial, final)

@@ -440,3 +440,32 @@ def test_eval_weights_of_a_work_dir_skip_a_damaged_newest_tag_with_a_warning(tmp
     assert torch.equal(read_state_dict(tmp_path)["w"], torch.full((4,), 1.0))
     err = capsys.readouterr().err
     assert "warning:" in err and "iter_2" in err and "CRC-32" in err
+
+
+# ------------------------------------------------------------------------------------------------ the manager decides
+def test_step_decides_when_to_save_what_is_best_and_never_saves_twice(tmp_path):
+    """One call per iteration: a save every ``interval`` iterations and at ``max_iters``, a save of a better
+    evaluation that is not saved already (best.json names it once complete), a save before a stop; never one
+    iteration twice, and nothing on other iterations."""
+    lines, states = [], []
+
+    def state(it):
+        states.append(it)
+        return TrainState(iteration=it, loader={"pos": it})
+
+    m = CheckpointManager(tmp_path, -1, interval=3, max_iters=8, best_metric="mIoU", log=lines.append)
+    scores = {2: 0.5, 3: 0.6, 4: 0.4, 6: 0.7}
+    evaluate = {it: (lambda i: {"mIoU": scores[i]}) for it in scores}
+    saved = {}
+    for it in range(1, 9):
+        res = m.step(it, FakeEngine(), state, evaluate=evaluate.get(it), stop=(it == 5))
+        saved[it] = (res.saved is not None, res.best)
+    assert states == [2, 3, 5, 6, 8]  # 2: best; 3: interval (then best, already saved); 5: stop; 6; 8: the last
+    assert saved[2] == (True, True) and saved[3] == (True, True) and saved[4] == (False, False)
+    assert saved[6] == (True, True) and saved[7] == (False, False) and m.last_saved == 8
+    assert m.best()["tag"] == "iter_6" and _tags(m.root) == [f"iter_{i}" for i in (2, 3, 5, 6, 8)]
+    assert "best mIoU 0.7000 at iteration 6" in lines and sum("saved checkpoint" in x for x in lines) == 5
+    with pytest.raises(KeyError, match="save_best='mIoU'"):
+        m.step(10, FakeEngine(), state, evaluate=lambda i: {"aAcc": 1.0})
+    assert m.step(8, FakeEngine(), state, evaluate=lambda i: {"mIoU": 0.9}, periodic=False).best
+    assert states == [2, 3, 5, 6, 8] and m.best()["tag"] == "iter_8"  # iteration 8 is saved already: not again
