@@ -6,8 +6,8 @@ config) and runs iteration-based training: one *iteration* is one optimizer step
 micro-batches on every rank. It logs (TensorBoard, ``metrics.jsonl``, progress bar), evaluates every
 ``evaluation.interval`` iterations, and saves crash-safe checkpoints that resume bitwise, also on another number of
 ranks. When to save, what to keep and what is best is decided by the checkpoint manager
-(:class:`vit_adapter_ds.checkpoint.manager.CheckpointManager`), asked once per iteration. The engine knows nothing of images or labels: the task moves a batch to the device and
-returns the loss dict.
+(:class:`vit_adapter_ds.checkpoint.manager.CheckpointManager`), asked once per iteration. The engine knows nothing
+of images or labels: the task moves a batch to the device and returns the loss dict.
 
 Cluster behaviour (see ``launch/slurm/README.md``; the parts live in :mod:`.faults`):
 
@@ -149,9 +149,8 @@ class Trainer:
             self._load_from(model)
         model = convert_sync_batchnorm(model)
         model.to(self.device)
-        groups = self.task.param_groups(model)  # None: the recipe's groups (layer decay)
-        if groups is None:
-            groups = param_groups_for_recipe(model, self.cfg)
+        groups = self.task.param_groups(model) if hasattr(self.task, "param_groups") \
+            else param_groups_for_recipe(model, self.cfg)
         self.group_names = _group_names(groups)
         self.train_loader = self.task.build_train_loader(self.rank, self.world, self.seed)
         self.val_loader = self.task.build_val_loader(self.rank, self.world)
@@ -178,7 +177,7 @@ class Trainer:
         from ..checkpoint.reader import load_into
 
         report = load_into(model, self.load_from, reinit_mismatched=True,  # the task may adapt foreign layouts
-                           filter_fn=self.task.checkpoint_filter)
+                           filter_fn=getattr(self.task, "checkpoint_filter", None))
         check_load_from_coverage(report, model, self.load_from, allow_partial=self.load_from_partial)
         if rt.is_main():
             print(f"load_from {self.load_from}: {report}", flush=True)
