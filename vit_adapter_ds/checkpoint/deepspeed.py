@@ -145,6 +145,8 @@ def consolidate_deepspeed(path: str | os.PathLike) -> "OrderedDict[str, torch.Te
     """
     tag_dir, _ = find_tag(path)
     model_files = _shards(tag_dir, MODEL_STATES_RE)
+    if not model_files:  # a complete-marked folder without DeepSpeed's shards
+        raise CheckpointError(f"{tag_dir} holds no *_model_states.pt files: not a DeepSpeed checkpoint")
     optim_files = _shards(tag_dir, _OPTIM_STATES_RE)
     models = [read_checkpoint(f) for f in model_files]
     for f, m in zip(model_files, models):
