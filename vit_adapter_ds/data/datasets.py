@@ -10,41 +10,49 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..config.errors import ConfigError
-from ..config.keys import check_keys, signature_kwargs
+from ..config.keys import signature_kwargs
 from .catalog import resolve_type
 from .loader import TrainLoader, ValLoader
+from .pipeline import SEG_PIPELINE_KWARGS, norm_cfg, seg_train_kwargs_from_pipeline
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ENGINE_SUPPLIED = ("batch_size", "num_workers", "seed", "rank", "world_size", "num_classes")
 
 
 def mean_std(section: Mapping, where: str) -> dict:
-    """mmcv ``img_norm_cfg=dict(mean, std, to_rgb=True)`` -> ``{'mean', 'std'}`` (ImageNet's when absent)."""
+    """mmcv ``img_norm_cfg=dict(mean, std, to_rgb=True)`` -> ``{'mean', 'std'}`` (ImageNet's when absent), read as
+    the pipelines' ``Normalize`` is (:func:`~.pipeline.norm_cfg`)."""
     norm = section.get("img_norm_cfg")
     if norm is None:
         return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    check_keys(norm, {"mean", "std", "to_rgb"}, f"{where}.img_norm_cfg")
-    if norm.get("to_rgb", True) is not True:
-        raise ConfigError(f"recipe: {where}.img_norm_cfg.to_rgb=False is not supported (images are decoded as RGB)")
-    for key in ("mean", "std"):
-        v = norm.get(key)
-        if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
-            raise ConfigError(f"recipe: {where}.img_norm_cfg.{key} must be 3 numbers, got {v!r}")
-    return {"mean": tuple(float(x) for x in norm["mean"]), "std": tuple(float(x) for x in norm["std"])}
+    if not isinstance(norm, Mapping):
+        raise ConfigError(f"recipe: {where}.img_norm_cfg must be a dict(mean, std, to_rgb=True), got {norm!r}")
+    mean, std = norm_cfg(norm, f"{where}.img_norm_cfg")
+    return {"mean": mean, "std": std}
 
 
 class SegmentationShards:
     """Semantic-segmentation shards (``make_shards {ade20k,cocostuff,custom,synthetic}``): the resumable
     :class:`~vit_adapter_ds.data.loader.TrainLoader` and the exact :class:`~vit_adapter_ds.data.loader.ValLoader`."""
 
-    TRANSLATED = ("type", "img_norm_cfg")
+    TRANSLATED = ("type", "img_norm_cfg", "pipeline")
 
     @classmethod
     def _kwargs(cls, fn, section, where):
         kw = signature_kwargs(fn, section, where, skip=cls.TRANSLATED, supplied=ENGINE_SUPPLIED + ("mean", "std"))
         if "shard_dir" not in kw:
             raise ConfigError(f"recipe: {where}.shard_dir is required")
-        return {**kw, **mean_std(section, where)}
+        if section.get("pipeline") is None:
+            return {**kw, **mean_std(section, where)}
+        # the official mmseg train pipeline instead of the flat arguments (data/pipeline.py translates it)
+        if fn is not TrainLoader.__init__:
+            raise ConfigError(f"recipe: {where}.pipeline: a segmentation val / test section takes shard_dir and "
+                              "img_norm_cfg (the test scale is evaluation's / model.test_cfg's), not a pipeline")
+        both = [k for k in SEG_PIPELINE_KWARGS if k in section]
+        if both:
+            raise ConfigError(f"recipe: {where} sets {both} and a pipeline that gives them; set them in one place")
+        return {**kw, **seg_train_kwargs_from_pipeline(section["pipeline"], f"{where}.pipeline",
+                                                       kw.get("ignore_index", 255))}
 
     @classmethod
     def check_config(cls, data: Mapping) -> None:

@@ -73,8 +73,9 @@ def norm_cfg(step, where):
     _keys(step, {"mean", "std", "to_rgb"}, where)
     _fixed(step, "to_rgb", True, where, True)
     mean, std = step.get("mean"), step.get("std")
-    if not (isinstance(mean, (list, tuple)) and len(mean) == 3 and isinstance(std, (list, tuple)) and len(std) == 3):
-        raise ConfigError(f"recipe: {where}: mean and std must be 3 numbers each")
+    if not all(isinstance(v, (list, tuple)) and len(v) == 3 and
+               all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) for v in (mean, std)):
+        raise ConfigError(f"recipe: {where}: mean and std must be 3 numbers each, got mean={mean!r}, std={std!r}")
     return tuple(float(x) for x in mean), tuple(float(x) for x in std)
 
 
@@ -300,3 +301,75 @@ def has_semantic_maps(pipeline) -> bool:
     return any(isinstance(s, dict) and (s.get("type") == "SegRescale" or
                                         (s.get("type") == "LoadAnnotations" and s.get("with_seg", False)))
                for s in pipeline or ())
+
+
+# the mmseg train pipeline's steps, in order (PhotoMetricDistortion may be left out)
+SEG_TRAIN_STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip", "PhotoMetricDistortion",
+                   "Normalize", "Pad", "DefaultFormatBundle", "Collect")
+# TrainLoader arguments that a segmentation train pipeline gives (a recipe sets them there or flat, not both)
+SEG_PIPELINE_KWARGS = ("crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "img_norm_cfg")
+
+
+def _int_pair(v, where):
+    if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)):
+        raise ConfigError(f"recipe: {where} must be 2 positive integers, got {v!r}")
+    return (int(v[0]), int(v[1]))
+
+
+def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", ignore_index: int = SEG_IGNORE) -> dict:
+    """Translate an official mmseg train pipeline (``LoadImageFromFile``, ``LoadAnnotations``, ``Resize(img_scale,
+    ratio_range)``, ``RandomCrop(crop_size, cat_max_ratio)``, ``RandomFlip(prob=0.5)``, optionally
+    ``PhotoMetricDistortion()``, ``Normalize``, ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)``,
+    ``DefaultFormatBundle``, ``Collect(keys=['img', 'gt_semantic_seg'])``) into the segmentation
+    :class:`~vit_adapter_ds.data.loader.TrainLoader`'s ``crop_size``, ``scale``, ``ratio_range``,
+    ``cat_max_ratio``, ``photometric``, ``mean`` and ``std``. ``LoadAnnotations.reduce_zero_label`` is accepted as
+    written: the shards' manifest ``label_map`` (written by the dataset's catalog entry) is what maps the labels.
+    Any other step, order, key or value raises ConfigError naming it."""
+    if not isinstance(pipeline, (list, tuple)):
+        raise ConfigError(f"recipe: {where} must be a list of steps")
+    kinds = [s.get("type") if isinstance(s, dict) else None for s in pipeline]
+    expected = [k for k in SEG_TRAIN_STEPS if k != "PhotoMetricDistortion" or k in kinds]
+    if kinds != expected:
+        raise ConfigError(f"recipe: {where}: the steps must be {expected} (mmseg's train pipeline, "
+                          f"PhotoMetricDistortion optional), got {kinds}")
+    out = {"photometric": "PhotoMetricDistortion" in kinds}
+    for i, (kind, step) in enumerate(zip(kinds, pipeline)):
+        w = f"{where}[{i}]"
+        if kind == "LoadAnnotations":
+            _keys(step, {"reduce_zero_label"}, w)
+            if not isinstance(step.get("reduce_zero_label", False), bool):
+                raise ConfigError(f"recipe: {w}.reduce_zero_label must be True or False")
+        elif kind == "Resize":
+            _keys(step, {"img_scale", "ratio_range", "keep_ratio"}, w)
+            _fixed(step, "keep_ratio", True, w, True)
+            out["scale"] = _int_pair(step.get("img_scale"), f"{w}.img_scale")
+            rr = step.get("ratio_range")
+            if not (isinstance(rr, (list, tuple)) and len(rr) == 2 and
+                    all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rr) and 0 < rr[0] <= rr[1]):
+                raise ConfigError(f"recipe: {w}.ratio_range must be (min, max) with 0 < min <= max, got {rr!r}")
+            out["ratio_range"] = (float(rr[0]), float(rr[1]))
+        elif kind == "RandomCrop":
+            _keys(step, {"crop_size", "cat_max_ratio", "ignore_index"}, w)
+            _fixed(step, "ignore_index", ignore_index, w, ignore_index)
+            out["crop_size"] = _int_pair(step.get("crop_size"), f"{w}.crop_size")
+            r = step.get("cat_max_ratio", 1.0)  # mmseg's default: no category limit
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
+                raise ConfigError(f"recipe: {w}.cat_max_ratio must be a number in (0, 1], got {r!r}")
+            out["cat_max_ratio"] = float(r)
+        elif kind == "RandomFlip":
+            _keys(step, {"prob", "flip_ratio", "direction"}, w)
+            _fixed(step, "prob" if "prob" in step else "flip_ratio", 0.5, w, 0.5)
+            _fixed(step, "direction", "horizontal", w, "horizontal")
+        elif kind == "Normalize":
+            out["mean"], out["std"] = norm_cfg(step, w)
+        elif kind == "Pad":
+            _keys(step, {"size", "pad_val", "seg_pad_val"}, w)
+            _fixed(step, "size", out["crop_size"], w)
+            _fixed(step, "pad_val", 0, w, 0)
+            _fixed(step, "seg_pad_val", ignore_index, w, 255)
+        elif kind == "Collect":
+            _keys(step, {"keys", "meta_keys"}, w)
+            _fixed(step, "keys", ["img", "gt_semantic_seg"], w)
+        else:  # LoadImageFromFile, PhotoMetricDistortion (its defaults), DefaultFormatBundle
+            _keys(step, set(), w)
+    return out

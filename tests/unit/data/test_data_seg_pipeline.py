@@ -1,0 +1,70 @@
+"""The official mmseg train pipeline in a segmentation recipe (data/pipeline.py translates it, as it does the
+detection pipelines): the same loader arguments as the flat recipe keys; what it does not implement is refused."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from vit_adapter_ds.config.errors import ConfigError
+from vit_adapter_ds.data.datasets import SegmentationShards
+from vit_adapter_ds.data.loader import TrainLoader
+from vit_adapter_ds.data.pipeline import seg_train_kwargs_from_pipeline
+
+IMG_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+CROP = (512, 512)
+ADE20K_PIPELINE = [  # ViT-Adapter segmentation/configs/_base_/datasets/ade20k.py
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=CROP, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **IMG_NORM),
+    dict(type='Pad', size=CROP, pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg']),
+]
+FLAT = dict(shard_dir='shards/ade20k/train', crop_size=CROP, scale=(2048, 512), ratio_range=(0.5, 2.0),
+            cat_max_ratio=0.75, img_norm_cfg=IMG_NORM)  # recipes/_base_/datasets/ade20k.py
+
+
+def _train_kwargs(section):
+    return SegmentationShards._kwargs(TrainLoader.__init__, section, "data.train")
+
+
+def test_official_pipeline_gives_the_flat_recipes_arguments():
+    official = _train_kwargs(dict(type='ADE20KDataset', shard_dir='shards/ade20k/train', pipeline=ADE20K_PIPELINE))
+    flat = _train_kwargs(FLAT)
+    assert official == {**flat, "photometric": True}
+    without = [s for s in ADE20K_PIPELINE if s["type"] != "PhotoMetricDistortion"]
+    assert seg_train_kwargs_from_pipeline(without)["photometric"] is False
+    no_cat = copy.deepcopy(ADE20K_PIPELINE)
+    del no_cat[3]["cat_max_ratio"]
+    assert seg_train_kwargs_from_pipeline(no_cat)["cat_max_ratio"] == 1.0  # mmseg's default
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda p: p.pop(4), r"the steps must be \[.*RandomFlip"),
+    (lambda p: p[3].update(crop_size=(64, 64)), r"\[7\]\.size=\(512, 512\) is not supported; only \(64, 64\)"),
+    (lambda p: p[4].update(prob=0.3), r"\[4\]\.prob=0\.3 is not supported"),
+    (lambda p: p[5].update(brightness_delta=10), r"\[5\]\.brightness_delta: unknown or unsupported key"),
+    (lambda p: p[6].update(to_rgb=False), r"\[6\]\.to_rgb=False is not supported"),
+    (lambda p: p[7].update(seg_pad_val=0), r"\[7\]\.seg_pad_val=0 is not supported"),
+    (lambda p: p[2].update(ratio_range=(2.0, 0.5)), r"\[2\]\.ratio_range must be \(min, max\)"),
+    (lambda p: p[9].update(keys=['img']), r"\[9\]\.keys=\['img'\] is not supported"),
+])
+def test_unsupported_pipelines_are_refused(edit, msg):
+    p = copy.deepcopy(ADE20K_PIPELINE)
+    edit(p)
+    with pytest.raises(ConfigError, match=msg):
+        seg_train_kwargs_from_pipeline(p, "data.train.pipeline")
+
+
+def test_pipeline_and_flat_keys_are_not_mixed_and_val_takes_no_pipeline():
+    from vit_adapter_ds.data.loader import ValLoader
+
+    with pytest.raises(ConfigError, match=r"sets \['crop_size'\] and a pipeline"):
+        _train_kwargs(dict(shard_dir='x', crop_size=CROP, pipeline=ADE20K_PIPELINE))
+    with pytest.raises(ConfigError, match="data.val.pipeline: a segmentation val / test section"):
+        SegmentationShards._kwargs(ValLoader.__init__, dict(shard_dir='x', pipeline=[]), "data.val")
