@@ -304,8 +304,8 @@ def has_semantic_maps(pipeline) -> bool:
 
 
 # the mmseg train pipeline's steps, in order (PhotoMetricDistortion may be left out)
-SEG_TRAIN_STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip", "PhotoMetricDistortion",
-                   "Normalize", "Pad", "DefaultFormatBundle", "Collect")
+SEG_TRAIN_STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip",
+                   "PhotoMetricDistortion", "Normalize", "Pad", "DefaultFormatBundle", "Collect")
 # TrainLoader arguments that a segmentation train pipeline gives (a recipe sets them there or flat, not both)
 SEG_PIPELINE_KWARGS = ("crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "img_norm_cfg")
 
