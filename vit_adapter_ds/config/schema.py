@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .errors import ConfigError
-from .keys import check_keys, check_type
+from .keys import Check, Section, check_type, check_value, parse, seq
 
 # Top-level keys. The helper variables of the official configs (crop_size, norm_cfg, ...) are allowed too (their
 # effect is checked where they are used), as are names starting with "_".
@@ -23,36 +23,8 @@ TOP_LEVEL_KEYS = set(SECTION_KEYS) | set(SCALAR_KEYS) | set(HELPER_KEYS)
 
 
 # ----------------------------------------------------------------------------------------------- value checkers
-def _t(*types, choices=None, minimum=None, exclusive=False):
-    def check(value, where):
-        value = check_type(value, types, where)
-        if choices is not None and value not in choices:
-            raise ConfigError(f"recipe: {where}={value!r} is not supported; choose one of {list(choices)}")
-        if minimum is not None and value is not None and (value <= minimum if exclusive else value < minimum):
-            raise ConfigError(f"recipe: {where} must be {'>' if exclusive else '>='} {minimum}, got {value!r}")
-        return value
-    return check
-
-
-def _seq(item, length=None, allow_none=False):
-    def check(value, where):
-        if value is None and allow_none:
-            return value
-        if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
-            raise ConfigError(f"recipe: {where} must be a list{f' of {length}' if length else ''}, got {value!r}")
-        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return check
-
-
-def _dict(spec, allow_none=False):
-    def check(value, where):
-        if value is None and allow_none:
-            return value
-        check_section(value, spec, where)
-        return value
-    return check
-
-
+# The rules are those of :mod:`.keys`, the vocabulary every family uses (Check: a checked optional value; seq: a
+# list; Section: a nested dict, here one that may be None); the custom checks below are rules ``(value, where)``.
 def _max_keep(value, where):
     value = check_type(value, (int, type(None)), where)
     if value is not None and value != -1 and value < 1:
@@ -65,23 +37,22 @@ def _custom_keys(value, where):
     if not isinstance(value, Mapping):
         raise ConfigError(f"recipe: {where} must be a dict of name -> dict(lr_mult=..., decay_mult=...)")
     for name, mult in value.items():
-        check_section(mult, {"lr_mult": _t(float, minimum=0), "decay_mult": _t(float, minimum=0)},
-                      f"{where}.{name}")
+        parse(mult, {"lr_mult": Check(float, minimum=0), "decay_mult": Check(float, minimum=0)}, f"{where}.{name}")
     return value
 
 
 def _loss_scale(value, where):
     if isinstance(value, Mapping):
-        check_section(value, {"init_scale": _t(float, minimum=0, exclusive=True), "mode": _t(str),
-                              "scale_factor": _t(float), "growth_interval": _t(int)}, where)
+        parse(value, {"init_scale": Check(float, minimum=0, exclusive=True), "mode": Check(str),
+                      "scale_factor": Check(float), "growth_interval": Check(int)}, where)
         return value
     if value == "dynamic":
         return value
-    return _t(float, minimum=0, exclusive=True)(value, where)
+    return check_value(value, float, where, minimum=0, exclusive=True)
 
 
-POS_INT = _t(int, minimum=1)
-PAIR = _seq(_t(int, minimum=1), length=2)
+POS_INT = Check(int, minimum=1)
+PAIR = seq(Check(int, minimum=1), length=2)
 METRICS = ("mIoU", "aAcc", "mAcc")
 # detection (evaluation/coco.py): '<bbox|segm>_<name>' for the COCO summary names
 DET_METRICS = tuple(f"{t}_{n}" for t in ("bbox", "segm")
@@ -94,60 +65,60 @@ def _metric(value, where):
     if isinstance(value, (list, tuple)):
         if not value:
             raise ConfigError(f"recipe: {where} must not be empty")
-        return [_t(str, choices=EVAL_METRICS)(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return _t(str, choices=EVAL_METRICS)(value, where)
+        return [check_value(v, str, f"{where}[{i}]", choices=EVAL_METRICS) for i, v in enumerate(value)]
+    return check_value(value, str, where, choices=EVAL_METRICS)
 
 
 def _steps(value, where):
     """``lr_config.step``: a positive period or an increasing list of positive milestones (iterations)."""
     if isinstance(value, (list, tuple)):
-        items = [_t(int, minimum=1)(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [check_value(v, int, f"{where}[{i}]", minimum=1) for i, v in enumerate(value)]
         if not items or items != sorted(items):
             raise ConfigError(f"recipe: {where} must be a non-empty increasing list of iterations, got {value!r}")
         return items
-    return _t(int, minimum=1)(value, where)
+    return check_value(value, int, where, minimum=1)
 
 SECTIONS: dict[str, dict] = {
     "optimizer": {
-        "type": _t(str, choices=("AdamW",)), "lr": _t(float, minimum=0, exclusive=True),
-        "betas": _seq(_t(float), length=2), "eps": _t(float, minimum=0, exclusive=True),
-        "weight_decay": _t(float, minimum=0),
-        "constructor": _t(str, type(None), choices=(None, "LayerDecayOptimizerConstructor")),
-        "paramwise_cfg": _dict({"num_layers": POS_INT, "layer_decay_rate": _t(float, minimum=0, exclusive=True),
-                                "custom_keys": _custom_keys, "official_wd_quirk": _t(bool)}, allow_none=True)},
+        "type": Check(str, choices=("AdamW",)), "lr": Check(float, minimum=0, exclusive=True),
+        "betas": seq(Check(float), length=2), "eps": Check(float, minimum=0, exclusive=True),
+        "weight_decay": Check(float, minimum=0),
+        "constructor": Check(str, type(None), choices=(None, "LayerDecayOptimizerConstructor")),
+        "paramwise_cfg": Section({"num_layers": POS_INT, "layer_decay_rate": Check(float, minimum=0, exclusive=True),
+                                  "custom_keys": _custom_keys, "official_wd_quirk": Check(bool)}, allow_none=True)},
     "optimizer_config": {
-        "grad_clip": _dict({"max_norm": _t(float, minimum=0, exclusive=True), "norm_type": _t(int, float,
-                                                                                              choices=(2, 2.0))},
-                           allow_none=True),
-        "max_nonfinite_steps": _t(int, minimum=0)},  # engine/faults.py: consecutive NaN/Inf steps skipped
+        "grad_clip": Section({"max_norm": Check(float, minimum=0, exclusive=True),
+                              "norm_type": Check(int, float, choices=(2, 2.0))}, allow_none=True),
+        "max_nonfinite_steps": Check(int, minimum=0)},  # engine/faults.py: consecutive NaN/Inf steps skipped
     "lr_config": {  # the schedules (engine/schedule.py) implement exactly these; by iteration only
-        "policy": _t(str, choices=("poly", "step")), "warmup": _t(str, type(None), choices=(None, "linear")),
-        "warmup_iters": _t(int, minimum=0), "warmup_ratio": _t(float, minimum=0), "power": _t(float),
-        "min_lr": _t(float, type(None), minimum=0), "by_epoch": _t(bool),  # True: EpochBasedRunner only
-        "step": _steps, "gamma": _t(float, minimum=0, exclusive=True)},  # step: milestones (or period) in iterations
+        "policy": Check(str, choices=("poly", "step")), "warmup": Check(str, type(None), choices=(None, "linear")),
+        "warmup_iters": Check(int, minimum=0), "warmup_ratio": Check(float, minimum=0), "power": Check(float),
+        "min_lr": Check(float, type(None), minimum=0), "by_epoch": Check(bool),  # True: EpochBasedRunner only
+        "step": _steps, "gamma": Check(float, minimum=0, exclusive=True)},  # step: milestones (or period), iterations
     # The engine counts iterations. runner=dict(type='EpochBasedRunner', max_epochs=N) (EPOCH_RUNNER) is accepted for
     # detection recipes only: the detection task rewrites every epoch-based value in iterations before training
     # (tasks/detection.py: epochs_to_iterations).
-    "runner": {"type": _t(str, choices=("IterBasedRunner", "EpochBasedRunner")), "max_iters": POS_INT},
-    "checkpoint_config": {"by_epoch": _t(bool), "interval": POS_INT, "max_keep_ckpts": _max_keep,
-                          "save_last": _t(bool, choices=(True,))},  # the engine always saves the last iteration
+    "runner": {"type": Check(str, choices=("IterBasedRunner", "EpochBasedRunner")), "max_iters": POS_INT},
+    "checkpoint_config": {"by_epoch": Check(bool), "interval": POS_INT, "max_keep_ckpts": _max_keep,
+                          "save_last": Check(bool, choices=(True,))},  # the engine always saves the last iteration
     "evaluation": {
         "interval": POS_INT, "metric": _metric,
-        "save_best": _t(str, type(None), choices=(None, "auto", *METRICS, *DET_METRICS)),
-        "img_scale": _seq(_t(int, minimum=1), length=2, allow_none=True),
-        "size_divisor": _t(int, type(None), minimum=1), "img_ratios": _seq(_t(float, minimum=0, exclusive=True),
-                                                                           allow_none=True),
-        "flip": _t(bool),
-        "ms_resize": _dict({"type": _t(str, choices=("Resize", "SETR_Resize")), "crop_size": PAIR,
-                            "keep_ratio": _t(bool), "setr_multi_scale": _t(bool)}, allow_none=True),
-        "pad_short_side": _dict({"size": POS_INT, "before_normalize": _t(bool)}, allow_none=True)},
+        "save_best": Check(str, type(None), choices=(None, "auto", *METRICS, *DET_METRICS)),
+        "img_scale": seq(Check(int, minimum=1), length=2, allow_none=True),
+        "size_divisor": Check(int, type(None), minimum=1),
+        "img_ratios": seq(Check(float, minimum=0, exclusive=True), allow_none=True),
+        "flip": Check(bool),
+        "ms_resize": Section({"type": Check(str, choices=("Resize", "SETR_Resize")), "crop_size": PAIR,
+                              "keep_ratio": Check(bool), "setr_multi_scale": Check(bool)}, allow_none=True),
+        "pad_short_side": Section({"size": POS_INT, "before_normalize": Check(bool)}, allow_none=True)},
     "log_config": {"interval": POS_INT},
     "fp16": {"loss_scale": _loss_scale},
-    "vis": {"num_images": _t(int, minimum=0)},
+    "vis": {"num_images": Check(int, minimum=0)},
 }
-EPOCH_RUNNER = {"type": _t(str, choices=("EpochBasedRunner",)), "max_epochs": POS_INT}
-SCALARS = {"load_from": _t(str, type(None)), "resume_from": _t(str, type(None)), "seed": _t(int, type(None)),
-           "work_dir": _t(str, type(None)), "global_batch_size": _t(int, type(None), minimum=1)}
+EPOCH_RUNNER = {"type": Check(str, choices=("EpochBasedRunner",)), "max_epochs": POS_INT}
+SCALARS = {"load_from": Check(str, type(None)), "resume_from": Check(str, type(None)),
+           "seed": Check(int, type(None)), "work_dir": Check(str, type(None)),
+           "global_batch_size": Check(int, type(None), minimum=1)}
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
 
 
@@ -203,13 +174,6 @@ def _check_policy(lr_config) -> None:
                                   f"policy={other!r})")
 
 
-def check_section(node, spec: dict, where: str) -> None:
-    check_keys(node, spec, where)
-    for key, check in spec.items():
-        if key in node:
-            check(node[key], f"{where}.{key}")
-
-
 def validate_sections(cfg) -> None:
     """Raise :class:`ConfigError` on an unknown top-level key, or an unknown / ill-typed key of an engine section."""
     unknown = sorted(k for k in cfg if k not in TOP_LEVEL_KEYS and not str(k).startswith("_"))
@@ -223,11 +187,11 @@ def validate_sections(cfg) -> None:
         if name == "runner" and (cfg.get("runner") or {}).get("type") == "EpochBasedRunner":
             spec = EPOCH_RUNNER
         if cfg.get(name) is not None:
-            check_section(cfg[name], spec, name)
+            parse(cfg[name], spec, name)
     _check_runner(cfg)
-    for name, check in SCALARS.items():
+    for name, rule in SCALARS.items():
         if name in cfg:
-            check(cfg[name], name)
+            rule(cfg[name], name)
     _check_policy(cfg["lr_config"])
     _check_metrics(cfg)
     opt = cfg["optimizer"]
@@ -238,9 +202,9 @@ def validate_sections(cfg) -> None:
         if "num_layers" not in pw or "layer_decay_rate" not in pw:
             raise ConfigError("recipe: LayerDecayOptimizerConstructor needs optimizer.paramwise_cfg with "
                               "num_layers and layer_decay_rate")
-    check_section(cfg["data"], {"samples_per_gpu": POS_INT, "workers_per_gpu": _t(int, minimum=0),
-                                "train": _t(Mapping), "val": _t(Mapping, type(None)),
-                                "test": _t(Mapping, type(None))}, "data")  # test: launch/eval.py's split
+    parse(cfg["data"], {"samples_per_gpu": POS_INT, "workers_per_gpu": Check(int, minimum=0),
+                        "train": Check(Mapping), "val": Check(Mapping, type(None)),
+                        "test": Check(Mapping, type(None))}, "data")  # test: launch/eval.py's split
     if "samples_per_gpu" not in cfg["data"]:
         raise ConfigError("recipe: data.samples_per_gpu is required")
     if cfg["data"].get("train") is None:

@@ -44,5 +44,5 @@ def test_matches_float64_reference_and_keeps_other_levels():
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match=r"model.neck\[0\].num_heads: unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) model.neck\[0\].num_heads;"):
         ExtraAttention.from_config(dict(type="ExtraAttention", in_channels=[32] * 4, num_heads=4))

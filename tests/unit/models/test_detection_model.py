@@ -127,13 +127,14 @@ def test_builds_on_meta_device_without_reading_pretrained():
 
 
 @pytest.mark.parametrize("path,value,msg", [
-    ("rpn_head.anchor_generator.scale", [8], "model.rpn_head.anchor_generator.scale: unknown key"),
+    ("rpn_head.anchor_generator.scale", [8],
+     "model.rpn_head.anchor_generator.scale; valid keys of model.rpn_head.anchor_generator:"),
     ("roi_head.bbox_head.loss_bbox.loss_weigth", 1.0, "model.roi_head.bbox_head.loss_bbox.loss_weigth"),
     ("train_cfg.rcnn.sampler.add_gt_as_proposals", False, "train_cfg.rcnn.sampler.add_gt_as_proposals=False"),
     ("roi_head.bbox_head.reg_class_agnostic", True, "reg_class_agnostic=True is not supported"),
     ("neck.add_extra_convs", "on_input", "model.neck.add_extra_convs='on_input'"),
     ("test_cfg.rcnn.score_thr", "0.05", "model.test_cfg.rcnn.score_thr must be float"),
-    ("backbone.windows", 3, "model.backbone.windows: unknown key"),
+    ("backbone.windows", 3, "model.backbone.windows; valid keys of model.backbone:"),
     ("roi_head.mask_head.num_classes", 5, "differs from bbox_head.num_classes=7"),
 ])
 def test_config_errors_name_the_dotted_path(path, value, msg):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from ...config.keys import Fixed, Param, parse
 from ..backbones.layers import make_drop_path
-from ._cfg import Fixed, Param, parse
 
 
 class _Attention(nn.Module):

@@ -18,7 +18,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ...config.errors import ConfigError
-from ._cfg import Fixed, Param, parse
+from ...config.keys import Fixed, Param, parse
 
 _FPN_SPEC = {
     "type": Fixed("FPN"),

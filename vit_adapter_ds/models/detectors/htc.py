@@ -294,7 +294,7 @@ class HybridTaskCascade(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- from_config
 def _htc_specs():
-    from ._cfg import Fixed, Param, Raw
+    from ...config.keys import Fixed, Param, Raw
     from .mask_rcnn import _ASSIGNER, _CODER, _LOSS_CE, _ROI_EXTRACTOR, _SAMPLER
 
     def proposal(prefix, nms_pre, max_per_img):  # mmdet RPN proposal settings; nms 'nms' or (BEiT-L) 'soft_nms'
@@ -375,7 +375,7 @@ def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
     dotted path named in errors; a ``[ExtraAttention, FPN]`` neck list; the backbone's ``pretrained`` recorded
     as ``model.pretrained``, not read)."""
     from ...config.errors import ConfigError
-    from ._cfg import parse
+    from ...config.keys import parse
     from .extra_attention import ExtraAttention
     from .fpn import FPN
     from .mask_rcnn import BACKBONES, RPN, FixedStrideAnchorGenerator, _build_backbone

@@ -43,7 +43,7 @@ SCALE_RANGES = ("s", "m", "m-", "m+", "l", "l-", "l+")
 def aug_test_cfg(cfg: dict, where: str = "model.test_cfg.aug") -> dict:
     """Check the official ``test_cfg.aug`` dict -> ``{'score_thr', 'nms_type', 'nms_iou', 'max_per_img',
     'scale_ranges'}``."""
-    from ._cfg import Fixed, Param, parse
+    from ...config.keys import Fixed, Param, parse
 
     spec = {"score_thr": Param("score_thr", (float,), 0.001),
             "nms": {"type": Param("nms_type", (str,), "soft_nms"), "iou_threshold": Param("nms_iou", (float,), 0.5),

@@ -51,8 +51,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import roi_align
 
 from ...config.errors import ConfigError
+from ...config.keys import Fixed, Param, Raw, parse
 from ..backbones import BEiTAdapter, ViTAdapter
-from ._cfg import Fixed, Param, Raw, parse
 from .fpn import FPN
 from .roi_extractor import LevelRoIAlign
 
@@ -575,11 +575,9 @@ class MaskRCNN(nn.Module):
 def _build_backbone(cls, kwargs, where):
     import inspect
 
-    names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ConfigError(f"recipe: {where}.{unknown[0]}: unknown key (unknown: {unknown}); valid keys: "
-                          f"{', '.join(sorted(names))}")
+    from ...config.keys import check_keys
+
+    check_keys(kwargs, set(inspect.signature(cls.__init__).parameters) - {"self"}, where)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._cfg import Fixed, Param, parse
+from ...config.keys import Fixed, Param, parse
 
 
 class ConvReLU(nn.Module):
