@@ -1,4 +1,5 @@
-"""Optional OpenMMLab interop: register the backbones in mmseg 1.x / mmdet 3.x ``MODELS`` under the official names.
+"""Optional OpenMMLab interop: register the backbones (every class of ``models.registry.BACKBONES``) in mmseg 1.x /
+mmdet 3.x ``MODELS`` under the official names.
 
 Importing this module registers whatever of mmseg / mmdet is installed (``pip install -e '.[mm]'``), so an existing
 OpenMMLab config can name the backbones after adding::
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from vit_adapter_ds.models import BEiTAdapter, ViTAdapter
+from vit_adapter_ds.models.registry import BACKBONES
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def _skip_unimportable_model_zoo(registry, name: str) -> None:
 
 
 def register_openmmlab_backbones() -> list[str]:
-    """Register ViTAdapter / BEiTAdapter in the installed OpenMMLab registries; returns what was registered."""
+    """Register every registered backbone (ViTAdapter, BEiTAdapter, ...) under its registered name in the installed
+    OpenMMLab registries; returns what was registered."""
     done = []
     try:
         from mmseg.registry import MODELS as SEG_MODELS
@@ -48,18 +50,18 @@ def register_openmmlab_backbones() -> list[str]:
         logger.debug("mmsegmentation is not installed; skipping its registry")
     else:
         _skip_unimportable_model_zoo(SEG_MODELS, "mmseg")
-        for cls in (ViTAdapter, BEiTAdapter):
-            SEG_MODELS.register_module(name=cls.__name__, module=cls, force=True)
-            done.append(f"mmseg.{cls.__name__}")
+        for name, cls in BACKBONES.items():
+            SEG_MODELS.register_module(name=name, module=cls, force=True)
+            done.append(f"mmseg.{name}")
     try:
         from mmdet.registry import MODELS as DET_MODELS
     except ImportError:
         logger.debug("mmdet is not installed; skipping its registry")
     else:
         _skip_unimportable_model_zoo(DET_MODELS, "mmdet")
-        for cls in (ViTAdapter, BEiTAdapter):
-            DET_MODELS.register_module(name=cls.__name__, module=_detection_builder(cls), force=True)
-            done.append(f"mmdet.{cls.__name__}")
+        for name, cls in BACKBONES.items():
+            DET_MODELS.register_module(name=name, module=_detection_builder(cls), force=True)
+            done.append(f"mmdet.{name}")
     return done
 
 

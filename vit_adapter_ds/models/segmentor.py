@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads.common import resize
+from .registry import SEGMENTORS, build_backbone, build_head
 from .test_time_resize import KeepRatioResize, inference_size, rescale_size, scales_from_ratios  # noqa: F401
 
 
@@ -43,6 +44,7 @@ def pixel_accuracy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int 
         return correct.sum().float() * 100.0 / valid.sum().clamp(min=1).float()
 
 
+@SEGMENTORS.register()
 class EncoderDecoder(nn.Module):
     """``backbone`` (image -> list of 4 NCHW maps) + ``decode_head`` (+ optional ``auxiliary_head``).
 
@@ -50,6 +52,8 @@ class EncoderDecoder(nn.Module):
     checkpoints load with ``load_state_dict``. ``test_cfg`` (mmseg style: ``mode`` 'whole' | 'slide',
     ``crop_size``, ``stride``) gives the defaults of :meth:`predict`.
     """
+
+    task = "segmentation"  # the task that trains it (models.registry.task_of)
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, auxiliary_head: nn.Module | None = None, *,
                  num_classes: int | None = None, aux_weight: float = 0.4, decode_weight: float = 1.0,
@@ -86,12 +90,11 @@ class EncoderDecoder(nn.Module):
     def from_config(cls, cfg: dict, where: str = "model") -> "EncoderDecoder":
         """From the official mmseg ``model=dict(type='EncoderDecoder', backbone=..., decode_head=...,
         auxiliary_head=..., train_cfg=dict(), test_cfg=dict(mode='whole' | 'slide', crop_size, stride))``.
-        Backbone and heads come from the tables of :mod:`vit_adapter_ds.models.registry`; loss weights,
+        Backbone and heads come from the registries of :mod:`vit_adapter_ds.models.registry`; loss weights,
         ``avg_non_ignore`` and ``ignore_index`` from the heads' ``loss_decode`` / ``ignore_index``. Pretrained
         weights are not read here (see ``registry.build_model``)."""
         from ..config.errors import ConfigError
         from ..config.keys import check_keys, sub, take, take_pair
-        from .registry import build_backbone, build_head
 
         check_keys(cfg, cls.MODEL_KEYS, where)
         if cfg.get("train_cfg"):

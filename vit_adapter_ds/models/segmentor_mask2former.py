@@ -23,6 +23,7 @@ from ..config.keys import check_keys, take
 
 from .heads.common import resize
 from .heads.mask2former import Mask2FormerHead
+from .registry import SEGMENTORS, build_backbone
 from .segmentor import EncoderDecoder
 
 MODEL_KEYS = {"type", "pretrained", "backbone", "decode_head", "neck", "auxiliary_head", "train_cfg", "test_cfg",
@@ -31,6 +32,7 @@ TEST_CFG_KEYS = {"mode", "crop_size", "stride", "crop_batch", "panoptic_on", "se
                  "max_per_image", "iou_thr", "filter_low_score"}
 
 
+@SEGMENTORS.register()
 class EncoderDecoderMask2Former(EncoderDecoder):
     """``backbone`` (image -> 4 maps) + ``decode_head`` (:class:`Mask2FormerHead`); see the module docstring."""
 
@@ -136,5 +138,4 @@ def _build_backbone(cfg: dict, where: str) -> nn.Module:
     bcfg = dict(cfg.get("backbone") or {})
     if not bcfg:
         raise ConfigError(f"recipe: {where}.backbone is required")
-    from .registry import build_backbone
     return build_backbone(bcfg, f"{where}.backbone")

@@ -7,14 +7,40 @@ raising ``ConfigError`` before any process group or worker starts. Tasks import 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ..config import ConfigError, load_recipe
 from .base import Task
 from .detection import ObjectDetection
 from .segmentation import SemanticSegmentation
 
-# model.type -> task class
-TASKS = {"EncoderDecoder": SemanticSegmentation, "EncoderDecoderMask2Former": SemanticSegmentation,
-         "MaskRCNN": ObjectDetection, "HybridTaskCascade": ObjectDetection, "HybridTaskCascadeAug": ObjectDetection}
+# the ``task`` class attribute of a registered segmentor / detector (models.registry.task_of) -> the task class
+BY_MODEL_TASK = {"segmentation": SemanticSegmentation, "detection": ObjectDetection}
+
+
+class _ModelTypeTasks(Mapping):
+    """model.type -> task class, read from the model registries (``SEGMENTORS``, ``DETECTORS``) at each use, so a
+    newly registered segmentor or detector is trained by its task without an entry here."""
+
+    def _table(self) -> dict:
+        from ..models.registry import model_types, task_of
+
+        return {t: BY_MODEL_TASK[task_of(t)] for t in model_types() if task_of(t) in BY_MODEL_TASK}
+
+    def __getitem__(self, model_type):
+        return self._table()[model_type]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self):
+        return len(self._table())
+
+    def __repr__(self):
+        return f"TASKS({self._table()!r})"
+
+
+TASKS: Mapping[str, type] = _ModelTypeTasks()  # model.type -> task class
 
 
 def task_class(model_type):

@@ -213,8 +213,10 @@ class AdapterMixin:
     def from_config(cls, cfg: dict, where: str = "model.backbone"):
         """Build from the official ``backbone=dict(type=..., ...)``: every key must be a constructor argument, and
         arguments whose default is a bool / int / float must have that type. ``pretrained`` is not read here (the
-        builder loads weights after construction): it is dropped from the arguments."""
-        return build_from_signature(cls, cfg, where, skip=("type", "pretrained"))
+        builder loads weights after construction): it is dropped from the arguments. ``window_attn`` /
+        ``window_size`` may also be one value per block (a list), as in the detection configs."""
+        return build_from_signature(cls, cfg, where, skip=("type", "pretrained"),
+                                    per_block=("window_attn", "window_size"))
 
     def _build_adapter(self, *, embed_dim: int, conv_inplane: int, n_points: int, deform_num_heads: int,
                        init_values: float, interaction_indexes, with_cffn: bool, cffn_ratio: float,
@@ -303,9 +305,10 @@ class AdapterMixin:
         return [self.norm1(c1), self.norm2(c2), self.norm3(c3), self.norm4(c4)]
 
 
-def build_from_signature(cls, cfg: dict, where: str, skip=("type",)):
+def build_from_signature(cls, cfg: dict, where: str, skip=("type",), per_block=()):
     """``cls(**cfg)`` after checking ``cfg``'s keys against ``cls.__init__``'s keywords (and the types of those with
-    a bool/int/float default); constructor ``ValueError``/``TypeError`` become a ``ConfigError`` naming ``where``."""
+    a bool/int/float default, except a list given for a ``per_block`` keyword); constructor ``ValueError``/
+    ``TypeError`` become a ``ConfigError`` naming ``where``."""
     import inspect
 
     from ...config.errors import ConfigError
@@ -319,7 +322,9 @@ def build_from_signature(cls, cfg: dict, where: str, skip=("type",)):
         if key in skip or key == "_delete_":
             continue
         default = params[key].default
-        if isinstance(default, bool):
+        if key in per_block and isinstance(value, (list, tuple)):
+            pass  # one value per block: the constructor checks its length and items
+        elif isinstance(default, bool):
             value = check_type(value, bool, f"{where}.{key}")
         elif isinstance(default, int):
             value = check_type(value, int, f"{where}.{key}")

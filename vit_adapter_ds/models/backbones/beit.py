@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from ..registry import BACKBONES
 from .adapter import AdapterMixin
 from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
 from .vit import refuse_pretrained_path
@@ -235,6 +236,22 @@ def _beit_init_weights(m: nn.Module) -> None:
         nn.init.constant_(m.weight, 1.0)
 
 
+_BEIT_L = dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4, qkv_bias=True, use_abs_pos_emb=False,
+               use_rel_pos_bias=True, init_values=1e-6, conv_inplane=64, n_points=4, deform_num_heads=16,
+               cffn_ratio=0.25, deform_ratio=0.5, interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]])
+
+# create_backbone(name) presets: exactly the official backbone=dict(...) of the named config
+BEIT_PRESETS = {
+    # UperNet ADE20K 640 and Mask2Former 896 (segmentation BEiT: img_size = crop size)
+    "beit_adapter_large_640": dict(img_size=640, drop_path_rate=0.3, with_cp=True, **_BEIT_L),
+    "beit_adapter_large_896": dict(img_size=896, drop_path_rate=0.3, with_cp=True, **_BEIT_L),
+    # HTC++ (detection BEiT-Adapter)
+    "beit_adapter_large_det": dict(img_size=224, drop_path_rate=0.4, window_attn=[True] * 24,
+                                   window_size=[14, 14, 14, 14, 14, 56] * 4, task="detection", **_BEIT_L),
+}
+
+
+@BACKBONES.register()
 class BEiTAdapter(AdapterMixin, nn.Module):
     """BEiT-Adapter backbone. Keyword arguments are those of the official ``backbone=dict(type='BEiTAdapter', ...)``
     (segmentation and detection copies) plus ``task`` ('segmentation' | 'detection') and ``norm`` ('bn'|'syncbn').
@@ -244,6 +261,19 @@ class BEiTAdapter(AdapterMixin, nn.Module):
 
     ``forward(x)`` returns 4 NCHW maps (``embed_dim`` channels) at strides 4, 8, 16, 32.
     """
+
+    presets = BEIT_PRESETS
+    # pretrained files it loads (models/pretrained.py detect_checkpoint_kind) and the refusal of any other kind
+    checkpoint_kinds = ("beit", "beit-adapter")
+    checkpoint_mismatch = ("{source} is {what} (qkv biases, absolute pos_embed, no relative position tables), but "
+                           "the model is a BEiTAdapter, which needs BEiT weights (q_bias/v_bias, "
+                           "relative_position_bias_table, gamma_1/gamma_2); build a ViTAdapter for this file or pass a "
+                           "BEiT checkpoint")
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None, kind: str | None = None) -> dict:
+        """:func:`beit_checkpoint_filter_fn`; a BEiT-Adapter file (``kind='beit-adapter'``) keeps its indexes."""
+        return beit_checkpoint_filter_fn(state_dict, model, report, keep_index=kind == "beit-adapter")
 
     def __init__(self, img_size: int = 512, patch_size: int = 16, in_chans: int = 3, num_classes: int = 80,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from ..registry import BACKBONES
 from .adapter import AdapterMixin
 from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
 
@@ -107,15 +108,53 @@ def _per_block(value, depth: int, name: str) -> list:
     return [value] * depth
 
 
+_I12 = [[0, 2], [3, 5], [6, 8], [9, 11]]
+_I24 = [[0, 5], [6, 11], [12, 17], [18, 23]]
+
+# create_backbone(name) presets: exactly the official backbone=dict(...) of the named config (UperNet drop-path)
+VIT_PRESETS = {
+    # UperNet ADE20K 512 (DeiT-T/S/B, AugReg-L)
+    "vit_adapter_tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4, drop_path_rate=0.1,
+                             conv_inplane=64, n_points=4, deform_num_heads=6, cffn_ratio=0.25, deform_ratio=1.0,
+                             interaction_indexes=_I12),
+    "vit_adapter_small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, drop_path_rate=0.2,
+                              conv_inplane=64, n_points=4, deform_num_heads=6, cffn_ratio=0.25, deform_ratio=1.0,
+                              interaction_indexes=_I12),
+    "vit_adapter_base": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, drop_path_rate=0.3,
+                             conv_inplane=64, n_points=4, deform_num_heads=12, cffn_ratio=0.25, deform_ratio=0.5,
+                             interaction_indexes=_I12),
+    "vit_adapter_large": dict(img_size=384, pretrain_size=384, patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                              mlp_ratio=4, drop_path_rate=0.4, conv_inplane=64, n_points=4, deform_num_heads=16,
+                              cffn_ratio=0.25, deform_ratio=0.5, with_cp=True, interaction_indexes=_I24),
+    # Mask R-CNN 3x (detection ViT-Adapter)
+    "vit_adapter_small_det": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4,
+                                  drop_path_rate=0.2, conv_inplane=64, n_points=4, deform_num_heads=6, cffn_ratio=0.25,
+                                  deform_ratio=1.0, interaction_indexes=_I12, window_attn=[True, True, False] * 4,
+                                  window_size=[14] * 12, task="detection"),
+}
+
+
+@BACKBONES.register()
 class ViTAdapter(AdapterMixin, nn.Module):
     """ViT-Adapter backbone. Keyword arguments are those of the official ``backbone=dict(type='ViTAdapter', ...)``
     plus ``task`` ('segmentation' | 'detection') and ``norm`` ('bn' | 'syncbn', the SPM/output norms). The
     constructor reads no files: pretrained weights are loaded after construction
-    (:func:`vit_adapter_ds.models.factory.load_pretrained`, with :func:`vit_checkpoint_filter_fn`); ``pretrained``
+    (:func:`vit_adapter_ds.models.factory.load_pretrained`, with :func:`vit_checkpoint_filter_fn`; presets and
+    filter are declared here and registered with ``@BACKBONES.register()``); ``pretrained``
     is accepted only as ``None`` (the official configs' neutral value).
 
     ``forward(x)`` returns 4 NCHW maps (``embed_dim`` channels) at strides 4, 8, 16, 32.
     """
+
+    presets = VIT_PRESETS
+    # pretrained files it loads (models/pretrained.py detect_checkpoint_kind) and the refusal of any other kind
+    checkpoint_kinds = ("vit", "vit-adapter")
+    checkpoint_mismatch = ("{source} is {what} (q_bias/v_bias, relative position tables), but the model is a "
+                           "ViTAdapter, which needs timm ViT weights (DeiT/AugReg); build a BEiTAdapter for this file")
+
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None, kind: str | None = None) -> dict:
+        return vit_checkpoint_filter_fn(state_dict, model, report)
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,

@@ -9,16 +9,14 @@
   :class:`~.extra_attention.ExtraAttention`, :class:`~.semantic_head.FusedSemanticHead`, :mod:`.htc_heads`,
   :mod:`.soft_nms`; key maps in :mod:`.keymap`.
 
-``DETECTORS`` maps the official ``model.type`` to the class whose ``from_config`` builds it.
+Each detector and neck registers itself (``@DETECTORS.register()``, ``@NECKS.register()``); ``DETECTORS`` and
+``NECKS`` are the registries of :mod:`vit_adapter_ds.models.registry` (official ``type`` -> class).
 """
 from .extra_attention import ExtraAttention
 from .fpn import FPN
 from .htc import HybridTaskCascade
 from .htc_aug import HybridTaskCascadeAug
 from .mask_rcnn import MaskRCNN
-
-DETECTORS = {"MaskRCNN": MaskRCNN, "HybridTaskCascade": HybridTaskCascade,
-             "HybridTaskCascadeAug": HybridTaskCascadeAug}
-NECKS = {"FPN": FPN, "ExtraAttention": ExtraAttention}
+from ..registry import DETECTORS, NECKS
 
 __all__ = ["FPN", "ExtraAttention", "MaskRCNN", "HybridTaskCascade", "HybridTaskCascadeAug", "DETECTORS", "NECKS"]

@@ -173,7 +173,7 @@ def _converters(model_or_type):
     from .mask_rcnn import MaskRCNN
 
     if isinstance(model_or_type, str):
-        from . import DETECTORS
+        from ..registry import DETECTORS
         cls = DETECTORS.get(model_or_type)
     else:
         cls = model_or_type if isinstance(model_or_type, type) else type(model_or_type)

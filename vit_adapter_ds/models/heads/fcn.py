@@ -7,9 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..registry import HEADS
 from .common import BaseDecodeHead, ConvModule, check_bool, check_float, check_int, head_from_config
 
 
+@HEADS.register()
 class FCNHead(BaseDecodeHead):
     """``num_convs`` ConvModules (kernel ``kernel_size``, 'same' padding, dilation), optional concat with the input
     and a fusing ConvModule, then Dropout2d + ``conv_seg``.

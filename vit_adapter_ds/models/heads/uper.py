@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..registry import HEADS
 from .common import (BaseDecodeHead, ConvModule, check_bool, check_float, check_int, check_ints, head_from_config,
                      resize)
 
@@ -32,6 +33,7 @@ class PPM(nn.ModuleList):
         return [resize(m(x), x.shape[2:], self.align_corners) for m in self]
 
 
+@HEADS.register()
 class UPerHead(BaseDecodeHead):
     """UPerNet head over the 4 backbone maps (strides 4/8/16/32).
 

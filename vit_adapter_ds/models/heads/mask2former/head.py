@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...registry import HEADS
 from .criterion import Mask2FormerCriterion, semantic_to_masks
 from .layers import caffe2_xavier_init_
 from .matcher import HungarianMatcher
@@ -51,6 +52,7 @@ def ours_to_official(state_dict: dict, prefix: str = "decode_head.") -> dict:
     return dict(state_dict)
 
 
+@HEADS.register()
 class Mask2FormerHead(nn.Module):
     """See the module docstring.
 
