@@ -13,6 +13,7 @@ from torch import nn
 
 from ...config.keys import Fixed, Param, parse
 from ..backbones.layers import make_drop_path
+from ..registry import NECKS
 
 
 class _Attention(nn.Module):
@@ -54,6 +55,7 @@ _SPEC = {
 }
 
 
+@NECKS.register()
 class ExtraAttention(nn.Module):
     """``forward(feats)``: a list of maps; the last one (B, C, H, W) goes through the attention block."""
 

@@ -19,6 +19,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, parse
+from ..registry import NECKS
 
 _FPN_SPEC = {
     "type": Fixed("FPN"),
@@ -38,6 +39,7 @@ _FPN_SPEC = {
 }
 
 
+@NECKS.register()
 class FPN(nn.Module):
     """mmdet ``FPN(in_channels, out_channels, num_outs)`` without extra convs.
 

@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou, clip_boxes_to_image
 
+from ..registry import BACKBONES, DETECTORS, NECKS
 from .mask_rcnn import MaxIoUMatcher, mask_targets, paste_masks
 from .soft_nms import batched_soft_nms
 
@@ -242,6 +243,7 @@ class HybridTaskCascadeRoIHead(nn.Module):
         return {"boxes": boxes, "labels": result["labels"], "scores": result["scores"], "masks": masks}
 
 
+@DETECTORS.register()
 class HybridTaskCascade(nn.Module):
     """Backbone -> neck (e.g. ``[ExtraAttention, FPN]``) -> RPN -> :class:`HybridTaskCascadeRoIHead`.
 
@@ -250,9 +252,27 @@ class HybridTaskCascade(nn.Module):
     the total under ``loss``. Eval: :meth:`predict` as ``MaskRCNN.predict``.
     """
 
+    task = "detection"  # the task that trains it (models.registry.task_of)
+
     def __init__(self, backbone, necks, rpn, roi_head):
         super().__init__()
         self.backbone, self.neck, self.rpn, self.roi_head = backbone, nn.ModuleList(necks), rpn, roi_head
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "model") -> "HybridTaskCascade":
+        """:func:`htc_from_config` (a ``model.type`` of a registered subclass, e.g. ``'HybridTaskCascadeAug'``,
+        builds that subclass)."""
+        return htc_from_config(cfg, where, cls)
+
+    @classmethod
+    def _from_parts(cls, backbone, necks, rpn, roi_head, aug, where: str) -> "HybridTaskCascade":
+        """The detector from its built parts; ``aug``: the recipe's ``test_cfg.aug`` (refused here, read by
+        the test-time augmentation subclass)."""
+        from ...config.errors import ConfigError
+
+        if aug is not None:
+            raise ConfigError(f"recipe: {where}.test_cfg.aug is read by type='HybridTaskCascadeAug' only")
+        return cls(backbone, necks, rpn, roi_head)
 
     def extract_feat(self, images):
         x = self.backbone(images)
@@ -370,15 +390,14 @@ def _list_of(value, n, where):
     return value
 
 
-def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
+def htc_from_config(cfg: dict, where: str = "model", cls: type | None = None) -> HybridTaskCascade:
     """Build :class:`HybridTaskCascade` from the official HTC++ ``model`` dict (every nested key checked, the
     dotted path named in errors; a ``[ExtraAttention, FPN]`` neck list; the backbone's ``pretrained`` recorded
     as ``model.pretrained``, not read)."""
     from ...config.errors import ConfigError
     from ...config.keys import parse
-    from .extra_attention import ExtraAttention
     from .fpn import FPN
-    from .mask_rcnn import BACKBONES, RPN, FixedStrideAnchorGenerator, _build_backbone
+    from .mask_rcnn import RPN, FixedStrideAnchorGenerator
     from .roi_extractor import LevelRoIAlign
     from .semantic_head import FusedSemanticHead
     from .htc_heads import HTCMaskHead, Shared4Conv1FCBBoxHead
@@ -391,18 +410,15 @@ def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
     bkw = {k: v for k, v in b.items() if k not in ("type", "_delete_")}
     pretrained = bkw.pop("pretrained", None) or p["pretrained"]
     bkw.setdefault("task", "detection")
-    backbone = _build_backbone(BACKBONES[b["type"]], bkw, f"{where}.backbone")
+    backbone = BACKBONES[b["type"]].from_config(bkw, f"{where}.backbone")
     necks_cfg = p["neck"] if isinstance(p["neck"], (list, tuple)) else [p["neck"]]
     necks = []
     for i, n in enumerate(necks_cfg):
         w = f"{where}.neck[{i}]"
         kind = n.get("type") if isinstance(n, dict) else None
-        if kind == "ExtraAttention":
-            necks.append(ExtraAttention.from_config(n, w))
-        elif kind == "FPN":
-            necks.append(FPN.from_config(n, w))
-        else:
-            raise ConfigError(f"recipe: {w}.type={kind!r} is not supported (ExtraAttention, FPN)")
+        if kind not in NECKS:
+            raise ConfigError(f"recipe: {w}.type={kind!r} is not supported ({', '.join(sorted(NECKS))})")
+        necks.append(NECKS[kind].from_config(n, w))
     fpn = necks[-1]
     if not isinstance(fpn, FPN):
         raise ConfigError(f"recipe: {where}.neck must end with an FPN")
@@ -467,19 +483,11 @@ def htc_from_config(cfg: dict, where: str = "model") -> HybridTaskCascade:
                                              p["sem_sampling_ratio"], p["sem_aligned"]) if sem_head else None,
         num_classes=bboxes[0].num_classes, mask_size=rp["mask_size"], score_thr=p["score_thr"],
         nms_iou=p["rcnn_nms_iou"], max_per_img=p["max_per_img"], mask_thr_binary=p["mask_thr_binary"])
-    if cfg.get("type") == "HybridTaskCascadeAug":
-        from .htc_aug import HybridTaskCascadeAug, aug_test_cfg
-
-        if p["aug"] is None:
-            raise ConfigError(f"recipe: {where}.test_cfg.aug is required for type='HybridTaskCascadeAug'")
-        model = HybridTaskCascadeAug(backbone, necks, rpn, roi, aug_test_cfg(p["aug"], f"{where}.test_cfg.aug"))
-    else:
-        if p["aug"] is not None:
-            raise ConfigError(f"recipe: {where}.test_cfg.aug is read by type='HybridTaskCascadeAug' only")
-        model = HybridTaskCascade(backbone, necks, rpn, roi)
+    named = DETECTORS.get(cfg.get("type"))  # the registered class of model.type (the TTA subclass, say)
+    if cls is None or (named is not None and issubclass(named, cls)):
+        cls = named if named is not None and issubclass(named, HybridTaskCascade) else HybridTaskCascade
+    model = cls._from_parts(backbone, necks, rpn, roi, p["aug"], where)
     model.pretrained = pretrained
     model.num_classes = roi.num_classes
     return model
 
-
-HybridTaskCascade.from_config = classmethod(lambda cls, cfg, where="model": htc_from_config(cfg, where))

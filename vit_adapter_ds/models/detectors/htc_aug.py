@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ...config.errors import ConfigError
+from ..registry import DETECTORS
 from .htc import HybridTaskCascade, multiclass_nms
 
 SCALE_RANGES = ("s", "m", "m-", "m+", "l", "l-", "l+")
@@ -119,6 +120,7 @@ def merge_aug_detections(aug_boxes, aug_probs, aug_metas, scale_ranges, score_th
 
 
 # ---------------------------------------------------------------------------------------------- detector
+@DETECTORS.register()
 class HybridTaskCascadeAug(HybridTaskCascade):
     """:class:`~.htc.HybridTaskCascade` (same training) whose test-time augmentation is the official
     ``HybridTaskCascadeAug``'s (module docstring): :meth:`aug_test`. ``aug_cfg`` is :func:`aug_test_cfg`'s."""
@@ -126,6 +128,12 @@ class HybridTaskCascadeAug(HybridTaskCascade):
     def __init__(self, backbone, necks, rpn, roi_head, aug_cfg: dict):
         super().__init__(backbone, necks, rpn, roi_head)
         self.aug_cfg = dict(aug_cfg)
+
+    @classmethod
+    def _from_parts(cls, backbone, necks, rpn, roi_head, aug, where: str) -> "HybridTaskCascadeAug":
+        if aug is None:
+            raise ConfigError(f"recipe: {where}.test_cfg.aug is required for type='HybridTaskCascadeAug'")
+        return cls(backbone, necks, rpn, roi_head, aug_test_cfg(aug, f"{where}.test_cfg.aug"))
 
     @torch.no_grad()
     def aug_test(self, image: torch.Tensor, scales, flip: bool, mean, std) -> dict:

@@ -52,11 +52,9 @@ from torchvision.ops import roi_align
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
-from ..backbones import BEiTAdapter, ViTAdapter
+from ..registry import BACKBONES, DETECTORS
 from .fpn import FPN
 from .roi_extractor import LevelRoIAlign
-
-BACKBONES = {"ViTAdapter": ViTAdapter, "BEiTAdapter": BEiTAdapter}
 
 
 class FixedStrideAnchorGenerator(AnchorGenerator):
@@ -403,12 +401,15 @@ MASK_RCNN_SPEC = {
 }
 
 
+@DETECTORS.register()
 class MaskRCNN(nn.Module):
     """Backbone (4 maps, strides 4-32) -> :class:`~.fpn.FPN` -> :class:`RPN` -> :class:`MaskRCNNRoIHeads`.
 
     ``pretrained``: a backbone checkpoint path recorded for the builder (``self.pretrained``); nothing is read
     here (constructors never read files).
     """
+
+    task = "detection"  # the task that trains it (models.registry.task_of)
 
     def __init__(self, backbone: nn.Module, neck: FPN, rpn: RPN, roi_heads: MaskRCNNRoIHeads, num_classes: int,
                  pretrained: str | None = None):
@@ -512,7 +513,7 @@ class MaskRCNN(nn.Module):
         bkw.setdefault("task", "detection")
         if bkw["task"] != "detection":
             raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
-        backbone = _build_backbone(BACKBONES[bcfg["type"]], bkw, f"{where}.backbone")
+        backbone = BACKBONES[bcfg["type"]].from_config(bkw, f"{where}.backbone")
         neck = FPN.from_config(p["neck"], f"{where}.neck")
         return cls._from_params(backbone, neck, p, where)
 
@@ -570,15 +571,3 @@ class MaskRCNN(nn.Module):
             out.append({"boxes": boxes.float(), "labels": d["labels"] - 1, "scores": d["scores"].float(),
                         "masks": masks})
         return out
-
-
-def _build_backbone(cls, kwargs, where):
-    import inspect
-
-    from ...config.keys import check_keys
-
-    check_keys(kwargs, set(inspect.signature(cls.__init__).parameters) - {"self"}, where)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"recipe: {where}: {e}") from e
