@@ -1,23 +1,18 @@
 """AdamW parameter groups: layer-wise learning-rate decay (official ``LayerDecayOptimizerConstructor``) or mmcv
 ``paramwise_cfg.custom_keys`` multipliers (AugReg-B / Mask R-CNN recipes).
 
-Layer decay (docs/official-architecture.md §4.3, ``segmentation/mmcv_custom/layer_decay_optimizer_constructor.py``), names are the full
-segmentor names (``backbone.*``, ``decode_head.*``, ...)::
+Layer decay (docs/official-architecture.md §4.3, ``segmentation/mmcv_custom/layer_decay_optimizer_constructor.py``)::
 
     L = num_layers + 2
-    layer_id = 0        backbone.cls_token | backbone.mask_token | backbone.pos_embed (exact names),
-                        backbone.patch_embed.*,
-                        decode_head.{mask_embed,cls_embed,level_embed,query_embed,query_feat}.*  (Mask2Former)
-             = i + 1    backbone.blocks.i.* | backbone.layers.i.*
-             = L - 1    everything else (adapter: spm, interactions, level_embed, up, norm1-4; heads)
+    layer_id = the model's answer (vit_adapter_ds/models/layer_decay.py: each backbone / head declares the layers
+               of its own parameters; the official rule: embeddings 0, block i -> i + 1, everything else L - 1)
     lr_scale = rate ** (L - layer_id - 1);   lr = base_lr * lr_scale
     weight_decay = 0 for 1-D parameters and names ending in '.bias', else the base weight decay
 
-The official code also lists ``('pos_embed', 'cls_token')`` (``'visual_embed'`` at HEAD) as no-decay names but compares
-them with the *prefixed* names, so they never match: ``pos_embed``, ``cls_token``, ``level_embed`` and the BEiT
-relative-position tables DO get weight decay. ``official_wd_quirk=True`` (default) reproduces that; ``False``
-exempts parameters named ``pos_embed``, ``cls_token``, ``mask_token``, ``level_embed`` or
-``relative_position_bias_table`` (last name component) from weight decay, which is what the list intended.
+The official code also lists the backbone's no-decay names but compares them with the *prefixed* names, so they
+never match: the embeddings and the BEiT relative-position tables DO get weight decay. ``official_wd_quirk=True``
+(default) reproduces that; ``False`` exempts the parameters the model lists in ``no_weight_decay_names``
+(models/layer_decay.py: the backbones' embeddings and relative-position tables), which is what the list intended.
 
 Groups are merged by (layer_id, decay/no_decay) like the official code (group names ``layer_{id}_{decay|no_decay}``,
 in order of first appearance). Every group carries ``params``, ``lr`` (= base_lr * lr_scale, the value at the
@@ -26,32 +21,17 @@ schedule's peak), ``weight_decay``, ``lr_scale`` and ``group_name``; the schedul
 """
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 
 from torch import nn
 
-_ZERO_LAYER_NAMES = ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed")
-_ZERO_LAYER_PREFIXES = ("backbone.patch_embed", "decode_head.mask_embed", "decode_head.cls_embed",
-                        "decode_head.level_embed", "decode_head.query_embed", "decode_head.query_feat")
-_BLOCK = re.compile(r"^backbone\.(?:blocks|layers)\.(\d+)(?:\.|$)")
-INTENDED_NO_DECAY = ("pos_embed", "cls_token", "mask_token", "level_embed", "relative_position_bias_table")
+from ..models.layer_decay import intended_no_decay, layer_id
 
 
-def layer_id_for(name: str, num_layers: int) -> int:
-    """Official ``get_num_layer_for_vit(name, num_layers)``; ``num_layers`` is cfg.num_layers + 2."""
-    if name in _ZERO_LAYER_NAMES or name.startswith(_ZERO_LAYER_PREFIXES):
-        return 0
-    m = _BLOCK.match(name)
-    if m:
-        return int(m.group(1)) + 1
-    return num_layers - 1
-
-
-def _no_decay(name: str, param, official_wd_quirk: bool) -> bool:
+def _no_decay(model, name: str, param, official_wd_quirk: bool) -> bool:
     if param.ndim == 1 or name.endswith(".bias"):
         return True
-    return not official_wd_quirk and name.rsplit(".", 1)[-1] in INTENDED_NO_DECAY
+    return not official_wd_quirk and intended_no_decay(model, name)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -66,14 +46,17 @@ def _layer_decay_groups(model, base_lr, weight_decay, rate, num_layers, official
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = _no_decay(name, param, official_wd_quirk)
-        layer_id = layer_id_for(name, total)
-        if _BLOCK.match(name) and layer_id - 1 >= num_layers:
-            raise ValueError(f"{name}: block index {layer_id - 1} >= num_layers={num_layers} (paramwise_cfg."
-                             "num_layers must be the backbone depth)")
-        key = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
+        no_decay = _no_decay(model, name, param, official_wd_quirk)
+        try:
+            layer = layer_id(model, name, total)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        if not 0 <= layer < total:
+            raise ValueError(f"{name}: layer {layer} outside 0 .. {total - 1} (paramwise_cfg.num_layers must be the "
+                             "backbone depth)")
+        key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
         if key not in groups:
-            scale = rate ** (total - layer_id - 1)
+            scale = rate ** (total - layer - 1)
             groups[key] = {"params": [], "lr": base_lr * scale, "weight_decay": 0.0 if no_decay else weight_decay,
                            "lr_scale": scale, "group_name": key}
             if with_names:
@@ -175,7 +158,7 @@ def param_groups_from_cfg(model: nn.Module, cfg, official_wd_quirk: bool = True)
 
 def param_groups_for_recipe(model, cfg) -> list[dict]:
     """The recipe's layer-decay (or custom_keys) groups; ``optimizer.paramwise_cfg.official_wd_quirk`` (default
-    True) keeps the official weight decay on pos_embed/cls_token/level_embed/rel-pos tables."""
+    True) keeps the official weight decay on the parameters the model lists in ``no_weight_decay_names``."""
     from ..config.keys import to_plain
 
     opt = to_plain(cfg.optimizer)

@@ -1,12 +1,14 @@
 """Layer-decay parameter groups vs the official rules (hand-written table), custom_keys vs mmengine's
 DefaultOptimWrapperConstructor, and the poly + linear warm-up schedule vs hand-computed values."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from vit_adapter_ds.engine.optim import build_param_groups, layer_id_for, param_groups_from_cfg
+from vit_adapter_ds.engine.optim import build_param_groups, param_groups_from_cfg
+from vit_adapter_ds.models.layer_decay import VIT_NO_WEIGHT_DECAY, layer_id, vit_layer_id, zero_layer_id
 from vit_adapter_ds.engine.schedule import PolyWarmupLR, lr_at
 
 
@@ -32,6 +34,11 @@ class Backbone(nn.Module):
         self.spm = nn.Conv2d(3, 4, 1, bias=False)
         self.norm1 = nn.BatchNorm2d(4)
 
+    no_weight_decay_names = VIT_NO_WEIGHT_DECAY  # the layer-decay declarations of the ViT backbones
+
+    def layer_id(self, name, num_layers):
+        return vit_layer_id(name, num_layers)
+
 
 class Head(nn.Module):
     def __init__(self):
@@ -41,6 +48,9 @@ class Head(nn.Module):
         self.bottleneck.bn = nn.BatchNorm2d(4)
         self.conv_seg = nn.Conv2d(4, 2, 1)
         self.query_feat = nn.Embedding(3, 4)
+
+    def layer_id(self, name, num_layers):  # that of the Mask2Former head
+        return zero_layer_id(name, num_layers, ("mask_embed", "cls_embed", "level_embed", "query_embed", "query_feat"))
 
 
 class Seg(nn.Module):
@@ -108,12 +118,15 @@ def test_layer_decay_groups_match_official_rules(quirk):
 
 
 def test_layer_id_rules():
-    assert layer_id_for("backbone.mask_token", 26) == 0
-    assert layer_id_for("backbone.layers.7.linear1.weight", 26) == 8  # Uni-Perceiver naming
-    assert layer_id_for("backbone.blocks.23.mlp.fc1.weight", 26) == 24
-    assert layer_id_for("backbone.pos_embed_extra", 26) == 25  # exact names only
-    assert layer_id_for("decode_head.level_embed.weight", 26) == 0
-    assert layer_id_for("neck.level_embed", 26) == 25
+    seg = Seg()  # the model answers: its backbone and head declare their layers (models/layer_decay.py)
+    assert layer_id(seg, "backbone.mask_token", 26) == 0
+    assert layer_id(seg, "backbone.layers.7.linear1.weight", 26) == 8  # Uni-Perceiver naming
+    assert layer_id(seg, "backbone.blocks.23.mlp.fc1.weight", 26) == 24
+    assert layer_id(seg, "backbone.pos_embed_extra", 26) == 25  # exact names only
+    assert layer_id(seg, "decode_head.level_embed.weight", 26) == 0
+    assert layer_id(seg, "neck.level_embed", 26) == 25
+    assert layer_id(nn.Sequential(Backbone()), "0.blocks.1.fc.weight", 26) == 2  # found below any wrapper
+    assert layer_id(nn.Linear(2, 2), "weight", 26) == 25  # nothing declared: the top layer
     with pytest.raises(ValueError):
         build_param_groups(Seg(), 1e-4, 0.05, layer_decay_rate=R, num_layers=2)  # blocks.2 -> layer 3 > L-1
     with pytest.raises(ValueError):
@@ -250,3 +263,12 @@ def test_layer_decay_on_tiny_vit_adapter_segmentor():
     assert where["backbone.blocks.0.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.95 ** 4)
     groups = param_groups_from_cfg(model, cfg)
     assert {g["group_name"] for g in groups} == {f"layer_{i}_{k}" for i in range(6) for k in ("decay", "no_decay")}
+
+
+def test_optim_knows_no_model_names():
+    """The models say which parameter is which layer (models/layer_decay.py); the optimizer names none."""
+    from vit_adapter_ds.engine import optim
+
+    src = Path(optim.__file__).read_text()
+    for name in ("decode_head", "query_feat", "mask_embed", "patch_embed", "pos_embed", "cls_token", "blocks."):
+        assert name not in src, name

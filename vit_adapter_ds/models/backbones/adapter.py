@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layer_decay import VIT_NO_WEIGHT_DECAY, vit_layer_id
 from ..norm import norm_class
 from .layers import init_adapter_weights, make_drop_path, maybe_checkpoint
 from .msdeform_attn import MSDeformAttn
@@ -217,6 +218,13 @@ class AdapterMixin:
         ``window_size`` may also be one value per block (a list), as in the detection configs."""
         return build_from_signature(cls, cfg, where, skip=("type", "pretrained"),
                                     per_block=("window_attn", "window_size"))
+
+    no_weight_decay_names = VIT_NO_WEIGHT_DECAY  # layer decay with official_wd_quirk=False
+
+    def layer_id(self, name: str, num_layers: int) -> int:
+        """Layer decay: the layer of this backbone's parameter ``name`` (the official ViT rule,
+        :func:`~vit_adapter_ds.models.layer_decay.vit_layer_id`: embeddings 0, block i -> i + 1, adapter L - 1)."""
+        return vit_layer_id(name, num_layers)
 
     def _build_adapter(self, *, embed_dim: int, conv_inplane: int, n_points: int, deform_num_heads: int,
                        init_values: float, interaction_indexes, with_cffn: bool, cffn_ratio: float,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import HEADS
+from ...layer_decay import zero_layer_id
 from .criterion import Mask2FormerCriterion, semantic_to_masks
 from .layers import caffe2_xavier_init_
 from .matcher import HungarianMatcher
@@ -116,6 +117,13 @@ class Mask2FormerHead(nn.Module):
         if self.criterion.num_classes != self.num_classes:
             raise ValueError(f"criterion has {self.criterion.num_classes} classes, the head {self.num_classes}")
         self.init_weights()
+
+    # layer decay: the query / level embeddings and the prediction embeddings are layer 0 (official rule)
+    LAYER_ZERO = ("mask_embed", "cls_embed", "level_embed", "query_embed", "query_feat")
+
+    def layer_id(self, name: str, num_layers: int) -> int:
+        """Layer decay: the layer of this head's parameter ``name`` (0 for :attr:`LAYER_ZERO`, else L - 1)."""
+        return zero_layer_id(name, num_layers, self.LAYER_ZERO)
 
     @torch.no_grad()
     def init_weights(self) -> None:
