@@ -152,9 +152,9 @@ def test_epochs_to_iterations_by_hand():
 
 
 @pytest.mark.parametrize("gbs,per_epoch", [(16, 1), (None, 4), (8, 2)])
-def test_official_recipe_converted_with_the_loaders_epoch(recipe, monkeypatch, gbs, per_epoch):
+def test_official_recipe_converted_with_the_loaders_epoch(coco_shards, monkeypatch, gbs, per_epoch):
     # 16 trainable synthetic images, 2 ranks x 2 images: len_per_epoch 4 micro-batches, / accumulation (gbs / 4)
-    shards = recipe.parent / "shards"
+    shards = coco_shards
     monkeypatch.setenv("WORLD_SIZE", "2")
     opts = [f"data.train.shard_dir={shards}/train", f"data.val.shard_dir={shards}/val",
             f"data.test.shard_dir={shards}/val", "model.backbone.pretrained=None", f"global_batch_size={gbs}",
