@@ -149,8 +149,9 @@ class Trainer:
             self._load_from(model)
         model = convert_sync_batchnorm(model)
         model.to(self.device)
-        groups = self.task.param_groups(model) if hasattr(self.task, "param_groups") \
-            else param_groups_for_recipe(model, self.cfg)
+        groups = self.task.param_groups(model)  # None: the recipe's groups (layer decay)
+        if groups is None:
+            groups = param_groups_for_recipe(model, self.cfg)
         self.group_names = _group_names(groups)
         self.train_loader = self.task.build_train_loader(self.rank, self.world, self.seed)
         self.val_loader = self.task.build_val_loader(self.rank, self.world)
@@ -177,7 +178,7 @@ class Trainer:
         from ..checkpoint.reader import load_into
 
         report = load_into(model, self.load_from, reinit_mismatched=True,  # the task may adapt foreign layouts
-                           filter_fn=getattr(self.task, "checkpoint_filter", None))
+                           filter_fn=self.task.checkpoint_filter)
         check_load_from_coverage(report, model, self.load_from, allow_partial=self.load_from_partial)
         if rt.is_main():
             print(f"load_from {self.load_from}: {report}", flush=True)
