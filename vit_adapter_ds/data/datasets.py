@@ -13,7 +13,8 @@ from ..config.errors import ConfigError
 from ..config.keys import signature_kwargs
 from .catalog import resolve_type
 from .loader import TrainLoader, ValLoader
-from .pipeline import SEG_PIPELINE_KWARGS, norm_cfg, seg_train_kwargs_from_pipeline
+from .pipeline import (SEG_PIPELINE_KWARGS, SEG_TEST_KEYS, norm_cfg, seg_test_settings_from_pipeline,
+                       seg_train_kwargs_from_pipeline)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ENGINE_SUPPLIED = ("batch_size", "num_workers", "seed", "rank", "world_size", "num_classes")
@@ -44,10 +45,14 @@ class SegmentationShards:
             raise ConfigError(f"recipe: {where}.shard_dir is required")
         if section.get("pipeline") is None:
             return {**kw, **mean_std(section, where)}
-        # the official mmseg train pipeline instead of the flat arguments (data/pipeline.py translates it)
+        # the official mmseg train / test pipeline instead of the flat arguments (data/pipeline.py translates it)
         if fn is not TrainLoader.__init__:
-            raise ConfigError(f"recipe: {where}.pipeline: a segmentation val / test section takes shard_dir and "
-                              "img_norm_cfg (the test scale is evaluation's / model.test_cfg's), not a pipeline")
+            if "img_norm_cfg" in section:
+                raise ConfigError(f"recipe: {where} sets ['img_norm_cfg'] and a pipeline whose Normalize gives it; "
+                                  "set it in one place")
+            te = seg_test_settings_from_pipeline(section["pipeline"], f"{where}.pipeline",
+                                                 kw.get("ignore_index", 255))
+            return {**kw, "mean": te["mean"], "std": te["std"]}
         both = [k for k in SEG_PIPELINE_KWARGS if k in section]
         if both:
             raise ConfigError(f"recipe: {where} sets {both} and a pipeline that gives them; set them in one place")
@@ -55,10 +60,38 @@ class SegmentationShards:
                                                        kw.get("ignore_index", 255))}
 
     @classmethod
-    def check_config(cls, data: Mapping) -> None:
+    def check_config(cls, data: Mapping, evaluation: Mapping | None = None) -> None:
         cls._kwargs(TrainLoader.__init__, data["train"], "data.train")
-        if data.get("val") is not None:
-            cls._kwargs(ValLoader.__init__, data["val"], "data.val")
+        for split in ("val", "test"):
+            if data.get(split) is not None:
+                cls._kwargs(ValLoader.__init__, data[split], f"data.{split}")
+                cls.test_settings(data, evaluation, split)
+
+    @classmethod
+    def test_settings(cls, data: Mapping, evaluation: Mapping | None = None, split: str = "val") -> dict:
+        """What the evaluation of ``data.<split>`` uses: ``img_scale``, ``size_divisor``, ``img_ratios``, ``flip``,
+        ``ms_resize``, ``pad_short_side`` and ``mean`` / ``std``. A flat recipe gives them in ``evaluation`` (and
+        ``img_norm_cfg``); a recipe with the official test pipeline in ``data.<split>.pipeline`` gives them there
+        (:func:`~.pipeline.seg_test_settings_from_pipeline`), and ``evaluation`` may then add only ``ms_resize`` (the
+        rule of multi-scale tests asked for on the command line) when the pipeline has no ``SETR_Resize``."""
+        ev = dict(evaluation or {})
+        section = data.get(split) or data.get("val") or {}
+        where = f"data.{split}" if data.get(split) is not None else "data.val"
+        if section.get("pipeline") is None:
+            ratios = ev.get("img_ratios")
+            return {"img_scale": ev.get("img_scale"), "size_divisor": ev.get("size_divisor", 32),
+                    "img_ratios": None if ratios is None else list(ratios), "flip": bool(ev.get("flip", False)),
+                    "ms_resize": ev.get("ms_resize"), "pad_short_side": ev.get("pad_short_side"),
+                    **mean_std(section, where)}
+        out = seg_test_settings_from_pipeline(section["pipeline"], f"{where}.pipeline",
+                                              section.get("ignore_index", 255))
+        both = [k for k in SEG_TEST_KEYS + (("ms_resize",) if out["ms_resize"] else ()) if k in ev]
+        if both:
+            raise ConfigError(f"recipe: evaluation sets {both} and {where}.pipeline gives them; set them in one place "
+                              "(the test pipeline)")
+        if out["ms_resize"] is None and ev.get("ms_resize") is not None:
+            out["ms_resize"] = ev["ms_resize"]
+        return out
 
     @classmethod
     def train_loader(cls, data: Mapping, *, rank: int, world_size: int, seed: int, num_classes: int) -> TrainLoader:

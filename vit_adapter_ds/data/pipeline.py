@@ -373,3 +373,97 @@ def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", igno
         else:  # LoadImageFromFile, PhotoMetricDistortion (its defaults), DefaultFormatBundle
             _keys(step, set(), w)
     return out
+
+
+# the evaluation settings a segmentation test pipeline gives (a recipe sets them there or in ``evaluation``, not both)
+SEG_TEST_KEYS = ("img_scale", "size_divisor", "img_ratios", "flip", "pad_short_side")
+SEG_TEST_STEPS = ("RandomFlip", "Normalize", "ImageToTensor", "Collect")  # after the resize, optional steps aside
+
+
+def _ratios(v, where):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v]  # mmseg's MultiScaleFlipAug takes one float too
+    if not (isinstance(v, (list, tuple)) and v and
+            all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v)):
+        raise ConfigError(f"recipe: {where} must be a non-empty list of positive numbers, got {v!r}")
+    return [float(x) for x in v]
+
+
+def seg_test_settings_from_pipeline(pipeline, where: str = "test_pipeline", ignore_index: int = SEG_IGNORE) -> dict:
+    """Translate an official mmseg test pipeline (``LoadImageFromFile``, ``MultiScaleFlipAug(img_scale, img_ratios,
+    flip, transforms=[Resize(keep_ratio=True) or SETR_Resize(keep_ratio=True, crop_size, setr_multi_scale=True),
+    ResizeToMultiple(size_divisor)?, RandomFlip, PadShortSide(size, pad_val=0, seg_pad_val=255)?, Normalize,
+    PadShortSide?, ImageToTensor, Collect(keys=['img'])])``) into the evaluation settings the segmentation evaluator
+    takes: ``img_scale``, ``size_divisor`` (None without ``ResizeToMultiple``), ``img_ratios`` (None: single scale),
+    ``flip``, ``pad_short_side`` (``dict(size, before_normalize)`` or None), ``ms_resize`` (the ``SETR_Resize`` of
+    a multi-scale test, or None) and ``mean`` / ``std``. Any other step, order, key or value raises ConfigError
+    naming it."""
+    if not isinstance(pipeline, (list, tuple)) or len(pipeline) != 2:
+        raise ConfigError(f"recipe: {where} must be [LoadImageFromFile, MultiScaleFlipAug(...)]")
+    if not isinstance(pipeline[0], dict) or pipeline[0].get("type") != "LoadImageFromFile":
+        raise ConfigError(f"recipe: {where}[0] must be LoadImageFromFile")
+    _keys(pipeline[0], set(), f"{where}[0]")
+    aug, w = pipeline[1], f"{where}[1]"
+    if not isinstance(aug, dict) or aug.get("type") != "MultiScaleFlipAug":
+        raise ConfigError(f"recipe: {w} must be MultiScaleFlipAug")
+    _keys(aug, {"img_scale", "img_ratios", "flip", "flip_direction", "transforms"}, w)
+    out = {"img_scale": _int_pair(aug.get("img_scale"), f"{w}.img_scale"), "size_divisor": None,
+           "img_ratios": None if aug.get("img_ratios") is None else _ratios(aug["img_ratios"], f"{w}.img_ratios"),
+           "flip": aug.get("flip", False), "pad_short_side": None, "ms_resize": None}
+    if not isinstance(out["flip"], bool):
+        raise ConfigError(f"recipe: {w}.flip must be True or False, got {out['flip']!r}")
+    _fixed(aug, "flip_direction", "horizontal", w, "horizontal")
+    transforms = aug.get("transforms")
+    if not isinstance(transforms, (list, tuple)) or not all(isinstance(s, dict) for s in transforms):
+        raise ConfigError(f"recipe: {w}.transforms must be a list of step dicts")
+    kinds = [s.get("type") for s in transforms]
+    core = [k for k in kinds if k not in ("ResizeToMultiple", "PadShortSide")]
+    if core[1:] != list(SEG_TEST_STEPS) or core[0] not in ("Resize", "SETR_Resize") or \
+            kinds[:1] != core[:1] or kinds.count("PadShortSide") > 1 or \
+            ("ResizeToMultiple" in kinds and kinds[1] != "ResizeToMultiple") or \
+            ("PadShortSide" in kinds and not
+             kinds.index("RandomFlip") < kinds.index("PadShortSide") < kinds.index("ImageToTensor")):
+        raise ConfigError(f"recipe: {w}.transforms: the steps must be [Resize or SETR_Resize, ResizeToMultiple "
+                          "(optional), RandomFlip, Normalize, ImageToTensor, Collect] with an optional PadShortSide "
+                          f"after RandomFlip (mmseg's test pipeline), got {kinds}")
+    for i, (kind, step) in enumerate(zip(kinds, transforms)):
+        sw = f"{w}.transforms[{i}]"
+        if kind == "Resize":
+            _keys(step, {"keep_ratio"}, sw)
+            _fixed(step, "keep_ratio", True, sw, True)
+        elif kind == "SETR_Resize":
+            _keys(step, {"keep_ratio", "crop_size", "setr_multi_scale"}, sw)
+            _fixed(step, "keep_ratio", True, sw, True)
+            _fixed(step, "setr_multi_scale", True, sw, False)
+            if out["img_ratios"] is None:
+                raise ConfigError(f"recipe: {sw}: SETR_Resize is implemented for multi-scale tests only (give "
+                                  f"{w}.img_ratios, or use Resize(keep_ratio=True))")
+            out["ms_resize"] = {"type": "SETR_Resize", "crop_size": _int_pair(step.get("crop_size"),
+                                                                              f"{sw}.crop_size")}
+        elif kind == "ResizeToMultiple":
+            _keys(step, {"size_divisor"}, sw)
+            d = step.get("size_divisor", 32)
+            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                raise ConfigError(f"recipe: {sw}.size_divisor must be a positive integer, got {d!r}")
+            if kinds[0] == "SETR_Resize":
+                raise ConfigError(f"recipe: {sw}: ResizeToMultiple after SETR_Resize is not implemented")
+            out["size_divisor"] = d
+        elif kind == "RandomFlip":
+            _keys(step, set(), sw)
+        elif kind == "PadShortSide":
+            _keys(step, {"size", "pad_val", "seg_pad_val"}, sw)
+            _fixed(step, "pad_val", 0, sw, 0)
+            _fixed(step, "seg_pad_val", ignore_index, sw, 255)
+            size = step.get("size")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ConfigError(f"recipe: {sw}.size must be a positive integer, got {size!r}")
+            out["pad_short_side"] = {"size": size, "before_normalize": i < kinds.index("Normalize")}
+        elif kind == "Normalize":
+            out["mean"], out["std"] = norm_cfg(step, sw)
+        elif kind == "ImageToTensor":
+            _keys(step, {"keys"}, sw)
+            _fixed(step, "keys", ["img"], sw)
+        else:  # Collect
+            _keys(step, {"keys", "meta_keys"}, sw)
+            _fixed(step, "keys", ["img"], sw)
+    return out

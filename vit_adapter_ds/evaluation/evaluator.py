@@ -118,25 +118,25 @@ def _cfg_get(obj, key, default=None):
 
 def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0, num_classes: int | None = None):
     """The engine's ``evaluate(model, val_loader, cfg, dtype, num_vis) -> (metrics, vis)`` hook for a recipe:
-    test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor and optional ``img_ratios``/``flip``/
-    ``ms_resize`` from ``cfg.evaluation``; class names from the loader's manifest.
-    ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
+    test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor, ``img_ratios``/``flip``/``ms_resize``/
+    ``pad_short_side`` and mean/std from ``cfg.evaluation`` + ``data.val.img_norm_cfg`` or from the official test
+    pipeline in ``data.val.pipeline`` (:meth:`~vit_adapter_ds.data.datasets.SegmentationShards.test_settings`);
+    class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
+    from ..config.keys import to_plain
+    from ..data.datasets import SegmentationShards
+
     model_cfg = _cfg_get(cfg, "model")
     test_cfg = _cfg_get(model_cfg, "test_cfg") or {}
-    ev = _cfg_get(cfg, "evaluation") or {}
+    st = SegmentationShards.test_settings(to_plain(_cfg_get(cfg, "data") or {}),
+                                          to_plain(_cfg_get(cfg, "evaluation") or {}), "val")
     num_classes = int(num_classes if num_classes is not None else model.num_classes)
-    ratios = _cfg_get(ev, "img_ratios")
-    aug = dict(ratios=list(ratios), flip=bool(_cfg_get(ev, "flip", False))) if ratios else \
-        dict(flip=bool(_cfg_get(ev, "flip", False)))
+    aug = dict(ratios=list(st["img_ratios"]), flip=st["flip"]) if st["img_ratios"] else dict(flip=st["flip"])
     manifest = getattr(val_loader, "manifest", None) or {}
     names = manifest.get("classes")
     names = names if names is not None and len(names) == num_classes else None
-    norm = _cfg_get(_cfg_get(_cfg_get(cfg, "data"), "val"), "img_norm_cfg") or {}
     res = evaluate(model, val_loader, num_classes, mode=_cfg_get(test_cfg, "mode"),
                    crop_size=_cfg_get(test_cfg, "crop_size"), stride=_cfg_get(test_cfg, "stride"),
-                   img_scale=_cfg_get(ev, "img_scale"), size_divisor=_cfg_get(ev, "size_divisor", 32),
-                   ms_resize=_cfg_get(ev, "ms_resize"), aug=aug,
+                   img_scale=st["img_scale"], size_divisor=st["size_divisor"], ms_resize=st["ms_resize"], aug=aug,
                    class_names=names, dtype=dtype, num_vis=num_vis, palette=manifest.get("palette"),
-                   mean=_cfg_get(norm, "mean", IMAGENET_MEAN), std=_cfg_get(norm, "std", IMAGENET_STD),
-                   pad_short_side=_cfg_get(ev, "pad_short_side"))
+                   mean=st["mean"], std=st["std"], pad_short_side=st["pad_short_side"])
     return {k: res[k] for k in ("aAcc", "mIoU", "mAcc")}, res["vis"]

@@ -24,3 +24,36 @@ def dataset_evaluator(dataset: str):
     from ..data.catalog import get_dataset
 
     return evaluator(get_dataset(dataset).evaluator)
+
+
+# the task whose loaders and models an evaluator's calling convention fits (the task calls it)
+EVALUATOR_TASKS = {"miou": "segmentation", "coco": "detection"}
+
+
+def recipe_evaluator(data, task: str, split: str = "val"):
+    """The evaluation function of the dataset a recipe evaluates for ``task`` (``'segmentation'`` /
+    ``'detection'``): the catalog entry that ``data.<split>.type`` (else ``data.train.type``) names; a recipe that
+    names none (or only the loader, ``'SegmentationShards'``) gets the one evaluator the task's catalog entries
+    share. ConfigError when the type names no dataset of the task, when that choice is ambiguous, or when the
+    entry's evaluator is not one of the task's."""
+    from ..config.errors import ConfigError
+    from ..data.catalog import datasets, resolve_type
+    from ..data.datasets import LOADER_NAMES
+
+    name, where = None, None
+    for s in (split, "train"):
+        section = data.get(s) if hasattr(data, "get") else None
+        kind = section.get("type") if hasattr(section, "get") else None
+        if kind is not None and kind not in LOADER_NAMES:
+            name, where = resolve_type(kind, task, f"data.{s}").evaluator, f"data.{s}.type={kind!r}"
+            break
+    if name is None:
+        names = sorted({e.evaluator for e in datasets().values() if e.task == task})
+        if len(names) != 1:
+            raise ConfigError(f"recipe: the {task} datasets of the catalog are evaluated by {names}; name the dataset "
+                              f"in data.{split}.type")
+        name, where = names[0], f"the {task} datasets of the catalog"
+    if name not in EVALUATORS or EVALUATOR_TASKS.get(name) != task:
+        raise ConfigError(f"recipe: {where} is evaluated by {name!r}, not an evaluator of the {task} task "
+                          f"({sorted(n for n, t in EVALUATOR_TASKS.items() if t == task)})")
+    return evaluator(name)

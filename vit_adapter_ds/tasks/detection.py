@@ -137,7 +137,10 @@ class ObjectDetection(Task):
     # ------------------------------------------------------------------ validation
     def validate(self):
         """Build the detector on the meta device (every model key checked), translate the pipelines and check the
-        loader arguments and ``evaluation.metric``; returns the meta model."""
+        loader arguments and ``evaluation.metric`` (and that the dataset's catalog entry names a detection
+        evaluator); returns the meta model."""
+        from ..evaluation.registry import recipe_evaluator
+
         model = self._build("meta")
         self._num_classes = int(model.num_classes)
         data = to_plain(self.cfg.data)
@@ -158,6 +161,7 @@ class ObjectDetection(Task):
                                       f"{len(model.aug_cfg['scale_ranges'])} entries for the "
                                       f"{len(aug['scales'])} scales of data.{split}.pipeline")
         iou_types(self.cfg)
+        recipe_evaluator(data, "detection")
         if self.cfg["runner"].get("type") == "EpochBasedRunner":
             self._convert_epochs(data)
         return model
@@ -289,8 +293,9 @@ class ObjectDetection(Task):
         pictures of this rank's first validation images with the predictions drawn."""
         import torch
 
-        from ..evaluation.coco import evaluate_detector
+        from ..evaluation.registry import recipe_evaluator
 
+        evaluate_detector = recipe_evaluator(to_plain(self.cfg.data), "detection")  # the catalog entry's ('coco')
         autocast = dtype if dtype in (torch.float16, torch.bfloat16) else None
         predictor = self.predictor(model, val_loader)
         metrics = evaluate_detector(predictor, val_loader, val_loader.categories, dtype=autocast,
@@ -311,12 +316,13 @@ class ObjectDetection(Task):
         import torch
 
         from ..data.manifest import ShardSetError
-        from ..evaluation.coco import evaluate_detector
+        from ..evaluation.registry import recipe_evaluator
         from ..utils.redact import redact_url
 
         if format_only and not out_json:
             raise ConfigError("--format-only needs --out-json (where the COCO result files go)")
         iou = iou_types(self.cfg)
+        evaluate_detector = recipe_evaluator(to_plain(self.cfg.data), "detection", split)
         shard_dir = _cli_section(self.cfg, split, shards)["shard_dir"]
         try:
             loader = self.build_val_loader(rank, world_size, split=split)

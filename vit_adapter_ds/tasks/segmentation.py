@@ -30,12 +30,14 @@ class SemanticSegmentation(Task):
         """Build the model on the meta device (every model key checked by its table entry) and check the loader
         arguments; returns the meta model (the engine checks its optimizer groups on it)."""
         from ..data.datasets import dataset_class
+        from ..evaluation.registry import recipe_evaluator
         from ..models.registry import build_model
 
         model = build_model(self._model_cfg(), device="meta")
         self._num_classes = int(model.num_classes)
         data = to_plain(self.cfg.data)
-        dataset_class(data, "train").check_config(data)
+        dataset_class(data, "train").check_config(data, to_plain(self.cfg.get("evaluation") or {}))
+        recipe_evaluator(data, "segmentation")
         return model
 
     # ------------------------------------------------------------------ parts
@@ -72,19 +74,26 @@ class SemanticSegmentation(Task):
 
     def evaluate(self, model, val_loader, dtype, num_vis: int):
         """mIoU over the validation shards (every sample once over all ranks, per-class areas all-reduced) with the
-        recipe's test pipeline."""
-        from ..evaluation import evaluate_from_cfg
-        return evaluate_from_cfg(model, val_loader, self.cfg, dtype=dtype, num_vis=num_vis,
-                                 num_classes=self.num_classes)
+        recipe's test pipeline, by the evaluator that the dataset's catalog entry names (``'miou'``:
+        :func:`~vit_adapter_ds.evaluation.evaluator.evaluate_from_cfg`)."""
+        from ..evaluation.registry import recipe_evaluator
+        evaluate = recipe_evaluator(to_plain(self.cfg.data), "segmentation")
+        return evaluate(model, val_loader, self.cfg, dtype=dtype, num_vis=num_vis, num_classes=self.num_classes)
 
     # ------------------------------------------------------------------ launch/eval.py, launch/predict.py
-    def _test_settings(self, mode=None, crop_size=None, stride=None) -> dict:
+    def _split_settings(self, split="val") -> dict:
+        """``data.<split>``'s test settings and mean / std (``evaluation`` or the official test pipeline)."""
+        from ..data.datasets import SegmentationShards
+
+        return SegmentationShards.test_settings(to_plain(self.cfg.get("data") or {}),
+                                                to_plain(self.cfg.get("evaluation") or {}), split)
+
+    def _test_settings(self, mode=None, crop_size=None, stride=None, split="val") -> dict:
         tc = dict(self.cfg.model.get("test_cfg") or {})
-        ev = dict(self.cfg.get("evaluation") or {})
+        st = self._split_settings(split)
         return dict(mode=mode or tc.get("mode"), crop_size=crop_size or tc.get("crop_size"),
-                    stride=stride or tc.get("stride"), img_scale=ev.get("img_scale"),
-                    size_divisor=ev.get("size_divisor", 32), ms_resize=ev.get("ms_resize"),
-                    pad_short_side=ev.get("pad_short_side"))
+                    stride=stride or tc.get("stride"), img_scale=st["img_scale"], size_divisor=st["size_divisor"],
+                    ms_resize=st["ms_resize"], pad_short_side=st["pad_short_side"])
 
     @staticmethod
     def _aug(aug_test=False, ratios=None, flip=False) -> dict:
@@ -94,11 +103,9 @@ class SemanticSegmentation(Task):
             out["ratios"] = ratios
         return out
 
-    def _norm(self) -> tuple[tuple, tuple]:
-        from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        norm = ((self.cfg.get("data") or {}).get("val") or {}).get("img_norm_cfg") or {}
-        return tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD))
+    def _norm(self, split="val") -> tuple[tuple, tuple]:
+        st = self._split_settings(split)
+        return tuple(st["mean"]), tuple(st["std"])
 
     def evaluate_checkpoint(self, checkpoint, *, split="val", shards=None, num_workers=2, device="cpu", bf16=False,
                             rank=0, world_size=1, mode=None, crop_size=None, stride=None, aug_test=False,
@@ -117,7 +124,7 @@ class SemanticSegmentation(Task):
             raise ConfigError(f"no --shards and no data.{split}.shard_dir in the recipe")
         model = self.build_eval_model(checkpoint, device)
         num_classes = int(model.num_classes)
-        mean, std = self._norm()
+        mean, std = self._norm(split)
         loader = build_val_loader(shard_dir, rank=rank, world_size=world_size, num_workers=num_workers, mean=mean,
                                   std=std, num_classes=num_classes)
         dtype = None
@@ -125,7 +132,7 @@ class SemanticSegmentation(Task):
             model = model.to(torch.bfloat16)
             dtype = torch.bfloat16
         names = loader.manifest.get("classes")
-        settings = self._test_settings(mode, crop_size, stride)
+        settings = self._test_settings(mode, crop_size, stride, split)
         aug = self._aug(aug_test, ratios, flip)
         res = evaluate(model, loader, num_classes, **settings, aug=aug,
                        class_names=names if names is not None and len(names) == num_classes else None,
@@ -153,8 +160,8 @@ class SemanticSegmentation(Task):
         if bf16:
             model = model.to(torch.bfloat16)
         num_classes = int(model.num_classes)
-        mean, std = self._norm()
-        st = self._test_settings(mode, crop_size, stride)
+        mean, std = self._norm(split)
+        st = self._test_settings(mode, crop_size, stride, split)
         aug = self._aug(aug_test, ratios, flip)
         scales = scales_from_ratios(st["img_scale"], aug["ratios"]) if aug.get("ratios") else [st["img_scale"]]
         resize_rule = select_test_resize(st["size_divisor"], st["ms_resize"], multi_scale=bool(aug.get("ratios")))

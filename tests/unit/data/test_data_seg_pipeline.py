@@ -61,10 +61,11 @@ def test_unsupported_pipelines_are_refused(edit, msg):
         seg_train_kwargs_from_pipeline(p, "data.train.pipeline")
 
 
-def test_pipeline_and_flat_keys_are_not_mixed_and_val_takes_no_pipeline():
+def test_pipeline_and_flat_keys_are_not_mixed_and_val_takes_a_test_pipeline():
     from vit_adapter_ds.data.loader import ValLoader
 
     with pytest.raises(ConfigError, match=r"sets \['crop_size'\] and a pipeline"):
         _train_kwargs(dict(shard_dir='x', crop_size=CROP, pipeline=ADE20K_PIPELINE))
-    with pytest.raises(ConfigError, match="data.val.pipeline: a segmentation val / test section"):
-        SegmentationShards._kwargs(ValLoader.__init__, dict(shard_dir='x', pipeline=[]), "data.val")
+    # a val / test section takes the official test pipeline (test_data_seg_test_pipeline.py), not a train one
+    with pytest.raises(ConfigError, match=r"data\.val\.pipeline must be \[LoadImageFromFile, MultiScaleFlipAug"):
+        SegmentationShards._kwargs(ValLoader.__init__, dict(shard_dir='x', pipeline=ADE20K_PIPELINE), "data.val")
