@@ -170,6 +170,8 @@ def test_registry_refuses_a_second_class_under_a_taken_name():
 class TinyConvBackbone(nn.Module):
     """4 strided convs: maps at strides 4, 8, 16, 32 with ``dim`` channels."""
 
+    presets = {"tiny_conv_backbone_4": dict(dim=4)}  # create_backbone("tiny_conv_backbone_4")
+
     def __init__(self, dim: int = 8):
         super().__init__()
         self.stem = nn.Conv2d(3, dim, 4, stride=4)
@@ -236,6 +238,18 @@ def test_a_backbone_and_head_registered_in_a_test_file_build_from_a_recipe(tiny_
     assert isinstance(built.decode_head, TinyLinearHead) and task.num_classes == 8
 
 
+def test_presets_of_a_backbone_registered_in_a_test_file(tiny_registered):
+    from vit_adapter_ds.models import PRESETS, create_backbone
+
+    assert PRESETS["tiny_conv_backbone_4"] == (TinyConvBackbone, {"dim": 4})
+    model = create_backbone("tiny_conv_backbone_4")
+    assert isinstance(model, TinyConvBackbone) and model.stem.out_channels == 4
+    assert create_backbone("tiny_conv_backbone_4", dim=6).stem.out_channels == 6
+
+
 def test_unregistered_types_are_refused_with_the_registered_names():
+    from vit_adapter_ds.models import PRESETS
+
+    assert "tiny_conv_backbone_4" not in PRESETS
     with pytest.raises(ConfigError, match=r"model.backbone.type='TinyConvBackbone' is not supported"):
         build_model(TINY_MODEL, device="meta")
