@@ -34,7 +34,8 @@ optimizer = dict(_delete_=True, type='AdamW', lr=2e-5, betas=(0.9, 0.999), weigh
                  paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.95))
 lr_config = dict(_delete_=True, policy='poly', warmup='linear', warmup_iters=1500, warmup_ratio=1e-6, power=1.0,
                  min_lr=0.0, by_epoch=False)
-data = dict(samples_per_gpu=2, train=dict(img_norm_cfg=img_norm_cfg), val=dict(img_norm_cfg=img_norm_cfg))
+data = dict(samples_per_gpu=2, train=dict(img_norm_cfg=img_norm_cfg), val=dict(img_norm_cfg=img_norm_cfg),
+            test=dict(img_norm_cfg=img_norm_cfg))
 global_batch_size = 16
 runner = dict(type='IterBasedRunner', max_iters=160000)
 checkpoint_config = dict(by_epoch=False, interval=1000, max_keep_ckpts=1)
