@@ -8,6 +8,9 @@ naming it (``recipe: data.train.pipeline[3].crop_size ...``). Plain Python: no t
 * :func:`test_cfg_from_pipeline`: a single-scale test pipeline -> ``{'scale', 'mean', 'std'}``;
 * :func:`tta_from_pipeline`: a test pipeline's test-time augmentation (several scales, flip) or None;
 * :func:`has_semantic_maps`: whether a train pipeline loads the semantic maps (HTC++);
+* :func:`seg_train_kwargs_from_pipeline`: an mmseg train pipeline -> the segmentation TrainLoader's arguments;
+* :func:`seg_test_settings_from_pipeline`: an mmseg test pipeline -> the segmentation evaluation settings (test
+  scale, ResizeToMultiple, ratios, flip, PadShortSide, SETR_Resize, mean / std);
 * :func:`norm_cfg`: ``Normalize`` / ``img_norm_cfg`` -> ``(mean, std)``.
 """
 from __future__ import annotations

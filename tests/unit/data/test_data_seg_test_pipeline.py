@@ -132,3 +132,59 @@ def test_pipeline_and_evaluation_keys_are_not_mixed():
     # evaluation.ms_resize (the rule of a multi-scale test asked for on the command line) stays allowed
     setr = dict(type='SETR_Resize', crop_size=(512, 512))
     assert SegmentationShards.test_settings(data, dict(ms_resize=setr))["ms_resize"] == setr
+
+
+def test_a_recipe_in_the_official_form_validates_and_tests_like_the_flat_one(tmp_path):
+    """The quickstart recipe written as the official configs are (dataset_type, data_root, train_pipeline,
+    test_pipeline, data.train / val / test with type and pipeline; no test keys in evaluation): the task validates
+    it and evaluates / predicts with the flat recipe's settings."""
+    from vit_adapter_ds.recipes import QUICKSTART
+    from vit_adapter_ds.tasks import task_for
+
+    (tmp_path / "official.py").write_text(f'''
+_base_ = [{str(QUICKSTART)!r}]
+dataset_type = 'synthetic'
+data_root = 'shards/synthetic/'
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+crop_size = (128, 128)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(256, 128), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiScaleFlipAug', img_scale=(256, 128), flip=False,
+         transforms=[
+             dict(type='Resize', keep_ratio=True),
+             dict(type='ResizeToMultiple', size_divisor=32),
+             dict(type='RandomFlip'),
+             dict(type='Normalize', **img_norm_cfg),
+             dict(type='ImageToTensor', keys=['img']),
+             dict(type='Collect', keys=['img']),
+         ])
+]
+data = dict(
+    train=dict(_delete_=True, type=dataset_type, shard_dir=data_root + 'train', pipeline=train_pipeline),
+    val=dict(_delete_=True, type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline),
+    test=dict(type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline))
+evaluation = dict(_delete_=True, interval=100, metric='mIoU', save_best='mIoU')
+''')
+    flat, official_cfg = task_for(load_recipe(None)), task_for(load_recipe(str(tmp_path / "official.py")))
+    official_cfg.validate()
+    for split in ("val", "test"):
+        assert official_cfg._test_settings(split=split) == flat._test_settings()
+        assert official_cfg._norm(split) == flat._norm()
+    from vit_adapter_ds.data.loader import TrainLoader
+
+    data = to_plain(official_cfg.cfg.data)
+    kw = SegmentationShards._kwargs(TrainLoader.__init__, data["train"], "data.train")
+    assert kw == {**SegmentationShards._kwargs(TrainLoader.__init__, to_plain(flat.cfg.data)["train"], "data.train"),
+                  "photometric": True}
