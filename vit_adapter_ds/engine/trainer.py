@@ -175,7 +175,7 @@ class Trainer:
             print(f"warning: {msg}", flush=True)
 
     def _load_from(self, model) -> None:
-        from ..checkpoint.reader import load_into
+        from ..checkpoint.loading import load_into
 
         report = load_into(model, self.load_from, reinit_mismatched=True,  # the task may adapt foreign layouts
                            filter_fn=self.task.checkpoint_filter)

@@ -14,7 +14,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from ..checkpoint.reader import CheckpointError, LoadReport, extract_state_dict, load_into, read_state_dict
+from ..checkpoint.reader import CheckpointError, extract_state_dict
+from ..checkpoint.loading import LoadReport, load_into, read_state_dict
 
 _KIND_WORDS = {"vit": "a timm ViT checkpoint (DeiT/AugReg/DINOv2 style)", "beit": "a BEiT/BEiTv2 checkpoint",
                "vit-adapter": "a ViT-Adapter backbone", "beit-adapter": "a BEiT-Adapter backbone"}
@@ -91,9 +92,9 @@ def _check_size(state_dict: dict, model: nn.Module, source: str) -> None:
 def load_pretrained(model: nn.Module, checkpoint: str | os.PathLike | dict, strict: bool = False) -> LoadReport:
     """Load a pretrained (timm ViT, BEiT/BEiTv2) or released (ViT-Adapter segmentor/detector, or our own backbone)
     checkpoint into a ``ViTAdapter``/``BEiTAdapter`` and return (and log) a
-    :class:`~vit_adapter_ds.checkpoint.reader.LoadReport`.
+    :class:`~vit_adapter_ds.checkpoint.loading.LoadReport`.
 
-    ``checkpoint`` is anything :func:`~vit_adapter_ds.checkpoint.reader.read_state_dict` reads (read safely) or an
+    ``checkpoint`` is anything :func:`~vit_adapter_ds.checkpoint.loading.read_state_dict` reads (read safely) or an
     already loaded (state) dict. The kind is recognised from the keys (:func:`detect_checkpoint_kind`); a released
     segmentor contributes its ``backbone.`` part. Loading is ``strict=False`` (pretrained backbones have no adapter
     weights); with ``strict=True`` any missing or unexpected key raises. A file of the wrong family (ViT weights for

@@ -98,7 +98,7 @@ class Task(abc.ABC):
     def build_eval_model(self, checkpoint, device="cpu"):
         """The model (no pretrained file read) with ``checkpoint`` loaded strictly through the one safe reader
         (:mod:`vit_adapter_ds.checkpoint.reader`: any checkpoint kind, never unpickling objects), in eval mode."""
-        from ..checkpoint.reader import load_into
+        from ..checkpoint.loading import load_into
 
         model = self.build_model(load_pretrained=False)
         load_into(model, checkpoint, strict=True, filter_fn=self.checkpoint_filter)

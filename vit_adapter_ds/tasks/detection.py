@@ -222,7 +222,8 @@ class ObjectDetection(Task):
         """The detector (no pretrained backbone file is read) with ``checkpoint`` loaded strictly (any kind the
         checkpoint reader reads; official mmdet keys converted by :meth:`checkpoint_filter`), in eval mode; a
         checkpoint of another recipe is refused naming the keys that do not fit."""
-        from ..checkpoint.reader import CheckpointError, load_into
+        from ..checkpoint.reader import CheckpointError
+        from ..checkpoint.loading import load_into
 
         model = self.build_model(load_pretrained=False)
         what = f"--checkpoint {checkpoint} does not match the recipe's {type(model).__name__}"

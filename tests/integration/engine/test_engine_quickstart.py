@@ -76,7 +76,8 @@ def test_two_stage_load_from_reinitialises_class_layers(tmp_path):
     """A stage-1 segmentor with 11 classes saved in the official mmcv format, loaded into an 8-class model: every
     tensor but the two classifiers is copied; the classifiers keep their fresh init; the report says so."""
     from vit_adapter_ds.config import load_recipe
-    from vit_adapter_ds.checkpoint.reader import load_into, to_mmcv
+    from vit_adapter_ds.checkpoint.reader import to_mmcv
+    from vit_adapter_ds.checkpoint.loading import load_into
     from vit_adapter_ds.models.registry import build_model
 
     c1 = load_recipe(None, ["model.decode_head.num_classes=11", "model.auxiliary_head.num_classes=11"])

@@ -26,9 +26,9 @@ from torch import nn
 from support import free_port
 
 from vit_adapter_ds.checkpoint.deepspeed import consolidate_deepspeed, find_tag
-from vit_adapter_ds.checkpoint.reader import (CheckpointError, LoadReport, UnsafeCheckpointError, load_into,
-                                              read_checkpoint, read_state_dict, rng_state_from_tensors,
-                                              rng_state_to_tensors)
+from vit_adapter_ds.checkpoint.reader import (CheckpointError, UnsafeCheckpointError, read_checkpoint,
+                                              rng_state_from_tensors, rng_state_to_tensors)
+from vit_adapter_ds.checkpoint.loading import LoadReport, load_into, read_state_dict
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -35,7 +35,8 @@ from vit_adapter_ds.checkpoint import manager as ckpt
 from vit_adapter_ds.checkpoint.deepspeed import find_tag
 from vit_adapter_ds.checkpoint.manager import (CheckpointManager, CheckpointSaveError, RecipeMismatchError,
                                                TrainState, find_resume, find_resume_everywhere, read_train_state)
-from vit_adapter_ds.checkpoint.reader import CheckpointError, LoadReport, UnsafeCheckpointError
+from vit_adapter_ds.checkpoint.reader import CheckpointError, UnsafeCheckpointError
+from vit_adapter_ds.checkpoint.loading import LoadReport
 from vit_adapter_ds.engine.logging import RunLogger
 
 from support import free_port as _free_port  # noqa: E402
@@ -315,7 +316,7 @@ class Tiny(nn.Module):
 
 
 def test_load_from_that_loads_too_little_names_the_prefix(tmp_path):
-    from vit_adapter_ds.checkpoint.reader import load_into
+    from vit_adapter_ds.checkpoint.loading import load_into
     from vit_adapter_ds.engine.trainer import check_load_from_coverage
 
     model = Tiny()
@@ -426,7 +427,7 @@ class ModelOnlyEngine(FakeEngine):
 def test_eval_weights_of_a_work_dir_skip_a_damaged_newest_tag_with_a_warning(tmp_path, capsys):
     """What launch/eval.py, predict.py and --load-from read from a work dir (read_state_dict): the newest intact
     save's weights, and a warning naming the damaged one (was: the damaged newest tag, without a word)."""
-    from vit_adapter_ds.checkpoint.reader import read_state_dict
+    from vit_adapter_ds.checkpoint.loading import read_state_dict
 
     m = CheckpointManager(tmp_path, -1)
     _save(m, 1, ModelOnlyEngine(value=1.0))

@@ -13,7 +13,8 @@ import timm
 import torch
 from scipy.interpolate import make_interp_spline
 
-from vit_adapter_ds.checkpoint.reader import CheckpointError, read_state_dict
+from vit_adapter_ds.checkpoint.reader import CheckpointError
+from vit_adapter_ds.checkpoint.loading import read_state_dict
 from vit_adapter_ds.models import BEiTAdapter, ViTAdapter
 from vit_adapter_ds.models.backbones.beit import (geometric_source_coordinates, relative_position_index,
                                                   resize_rel_pos_table)

@@ -100,14 +100,16 @@ def test_unknown_keys_are_named():
 def test_load_from_filter_converts_official_checkpoints_only(model, official, tmp_path):
     """``--load-from`` (``load_into`` with the detection task's ``checkpoint_filter``) of a released mmcv file in the
     official mmdet layout gives the weights of the direct key map; this package's own layout passes unchanged."""
-    from vit_adapter_ds.checkpoint.reader import load_into
+    from vit_adapter_ds.checkpoint.loading import load_into
+    from vit_adapter_ds.config import load_recipe
     from vit_adapter_ds.tasks.detection import ObjectDetection
 
+    task_filter = ObjectDetection(load_recipe("synthetic_mask_rcnn")).checkpoint_filter  # what the trainer passes
     path = tmp_path / "released.pth"
     torch.save(official, path)
     torch.manual_seed(1)
     fresh = MaskRCNN.from_config(tiny_cfg(num_classes=80, depth=4))
-    report = load_into(fresh, str(path), filter_fn=ObjectDetection.checkpoint_filter, strict=True)
+    report = load_into(fresh, str(path), filter_fn=task_filter, strict=True)
     assert any("mmdet key layout converted" in n for n in report.notes)
     want = from_mmdet(official)
     got = fresh.state_dict()
@@ -115,7 +117,7 @@ def test_load_from_filter_converts_official_checkpoints_only(model, official, tm
         assert torch.equal(got[k], v), k
     torch.manual_seed(2)
     other = MaskRCNN.from_config(tiny_cfg(num_classes=80, depth=4))
-    report = load_into(other, fresh.state_dict(), filter_fn=ObjectDetection.checkpoint_filter, strict=True)
+    report = load_into(other, fresh.state_dict(), filter_fn=task_filter, strict=True)
     assert not any("converted" in n for n in report.notes)
     assert all(torch.equal(other.state_dict()[k], v) for k, v in got.items())
 

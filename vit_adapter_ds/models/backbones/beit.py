@@ -467,10 +467,11 @@ def beit_checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None, k
     unchanged is kept so that the model verifies it (released/own checkpoints); tables of another size are resampled
     with :func:`resize_rel_pos_table` (3 class-token rows kept for the segmentation model, dropped for the
     detection one); ``pos_embed``, if both have one, is resized bicubically. What was resized or dropped is recorded
-    in ``report`` (a :class:`~vit_adapter_ds.checkpoint.reader.LoadReport`) when given."""
+    in ``report`` (a :class:`~vit_adapter_ds.checkpoint.loading.LoadReport`) when given."""
     from collections import OrderedDict
 
-    from ...checkpoint.reader import CheckpointError, LoadReport, square_grid_side
+    from ...checkpoint.reader import CheckpointError, square_grid_side
+    from ...checkpoint.loading import LoadReport
 
     report = report if report is not None else LoadReport("<state dict>")
     out = OrderedDict(state_dict)

@@ -220,11 +220,12 @@ def vit_checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None) ->
     resized bilinearly; the distillation-token slot of a DeiT-distilled ``pos_embed`` removed; a ``pos_embed``
     without a class-token slot given a zero one (unused by ViT-Adapter). A ``pos_embed`` covering another patch grid
     raises: set ``img_size`` and ``pretrain_size`` to the checkpoint's resolution. What was renamed or resized is
-    recorded in ``report`` (a :class:`~vit_adapter_ds.checkpoint.reader.LoadReport`) when given."""
+    recorded in ``report`` (a :class:`~vit_adapter_ds.checkpoint.loading.LoadReport`) when given."""
     from collections import OrderedDict
     import re
 
-    from ...checkpoint.reader import CheckpointError, LoadReport, square_grid_side
+    from ...checkpoint.reader import CheckpointError, square_grid_side
+    from ...checkpoint.loading import LoadReport
 
     report = report if report is not None else LoadReport("<state dict>")
     out = OrderedDict()

@@ -192,7 +192,7 @@ def is_mmdet_layout(state_dict: dict) -> bool:
 
 
 def mmdet_checkpoint_filter(state_dict: dict, model, report=None) -> dict:
-    """``checkpoint.reader.load_into`` filter for detectors: a state dict in the official mmdet layout -> this package's
+    """``checkpoint.loading.load_into`` filter for detectors: a state dict in the official mmdet layout -> this package's
     keys (MaskRCNN / HybridTaskCascade and its TTA subclass); any other state dict is returned as it is."""
     from ...checkpoint.reader import CheckpointError
 
