@@ -24,7 +24,7 @@ from parity.seeded_state import load_seeded, named_shapes
 from parity.variants import TRAIN_VARIANTS, VARIANTS, grad_keys
 from vit_adapter_ds.models.backbones import BEiTAdapter, ViTAdapter
 
-GOLDENS = Path(__file__).parent / "parity" / "goldens"
+GOLDENS = Path(__file__).resolve().parents[2] / "helpers" / "parity" / "goldens"
 TOL = 1e-5
 
 
@@ -125,7 +125,7 @@ def test_golden_generator_lays_out_official_files_and_shims(tmp_path):
     for rel, text in _FAKE_FILES.items():
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         (checkout / rel).write_text(text)
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).resolve().parents[2] / "helpers")  # where the parity package lives
     run = subprocess.run([sys.executable, "-c", _CHILD, str(checkout), tests_dir, str(tmp_path / "work")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]

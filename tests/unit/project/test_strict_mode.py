@@ -77,6 +77,7 @@ def test_strict_mode_fails_skipped_references_and_every_xfail(tmp_path):
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
     shutil.copy(os.path.join(here, "conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "support.py").write_text("")  # the conftest's fixture imports it lazily
+    (tmp_path / "launching.py").write_text("def prune_stale_extension_locks():\n    pass\n")  # its autouse fixture
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: needs a CUDA device\n")
     (tmp_path / "test_cases.py").write_text(CASES)
     xml = tmp_path / "report.xml"
