@@ -122,36 +122,15 @@ SCALARS = {"load_from": Check(str, type(None)), "resume_from": Check(str, type(N
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
 
 
-# model.type of the detection task (the rest: segmentation)
-DETECTOR_TYPES = ("MaskRCNN", "HybridTaskCascade", "HybridTaskCascadeAug")
-
-
-def _check_metrics(cfg) -> None:
-    """``evaluation.metric`` / ``save_best`` must be metrics of the recipe's task (by ``model.type``)."""
-    ev = cfg.get("evaluation") or {}
-    detection = (cfg.get("model") or {}).get("type") in DETECTOR_TYPES
-    names, best = (("bbox", "segm"), DET_METRICS) if detection else (("mIoU",), METRICS)
-    metric = ev.get("metric", [])
-    for m in [metric] if isinstance(metric, str) else metric:
-        if m not in names:
-            raise ConfigError(f"recipe: evaluation.metric={metric!r}: a {'detection' if detection else 'segmentation'}"
-                              f" recipe evaluates {' / '.join(repr(n) for n in names)}")
-    if ev.get("save_best") not in (None, "auto", *best):
-        raise ConfigError(f"recipe: evaluation.save_best={ev['save_best']!r} is not a metric of this task; choose "
-                          f"'auto' or one of {list(best)}")
-
-
 def _check_runner(cfg) -> None:
-    """``max_iters`` (IterBasedRunner) / ``max_epochs`` (EpochBasedRunner, detection only) is required; ``by_epoch``
-    schedules and checkpoints only with an epoch-based runner."""
+    """``max_iters`` (IterBasedRunner) / ``max_epochs`` (EpochBasedRunner; which tasks support it is the task's
+    ``epoch_runner``, checked by ``Task.check_engine_sections``) is required; ``by_epoch`` schedules and checkpoints
+    only with an epoch-based runner."""
     runner = cfg["runner"]
     epochs = runner.get("type", "IterBasedRunner") == "EpochBasedRunner"
     need = "max_epochs" if epochs else "max_iters"
     if need not in runner:
         raise ConfigError(f"recipe: runner.{need} is required for runner.type={runner.get('type', 'IterBasedRunner')!r}")
-    if epochs and (cfg.get("model") or {}).get("type") not in DETECTOR_TYPES:
-        raise ConfigError("recipe: runner.type='EpochBasedRunner' is supported for detection recipes only; use "
-                          "runner=dict(type='IterBasedRunner', max_iters=N)")
     for section in ("lr_config", "checkpoint_config"):
         if (cfg.get(section) or {}).get("by_epoch") is True and not epochs:
             raise ConfigError(f"recipe: {section}.by_epoch=True needs runner.type='EpochBasedRunner' (the engine "
@@ -193,7 +172,6 @@ def validate_sections(cfg) -> None:
         if name in cfg:
             rule(cfg[name], name)
     _check_policy(cfg["lr_config"])
-    _check_metrics(cfg)
     opt = cfg["optimizer"]
     if "lr" not in opt:
         raise ConfigError("recipe: optimizer.lr is required")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..config import ConfigError, load_recipe
+from ..config.keys import to_plain
 from .base import Task
 from .detection import ObjectDetection
 from .segmentation import SemanticSegmentation
@@ -51,7 +52,11 @@ def task_class(model_type):
 
 
 def task_for(cfg):
-    return task_class((cfg.get("model") or {}).get("type", "EncoderDecoder"))(cfg)
+    """The task of a loaded recipe (by its model type), its engine sections checked against what the task supports
+    (``Task.check_engine_sections``)."""
+    task = task_class((cfg.get("model") or {}).get("type", "EncoderDecoder"))(cfg)
+    task.check_engine_sections(to_plain(cfg))
+    return task
 
 
 def load_and_validate(recipe=None, options=None):

@@ -16,6 +16,11 @@ leaves one out cannot be instantiated, and the ``TypeError`` names it):
 * ``name`` and ``best_metric`` (class attributes): the task's name and the metric ``evaluation.save_best='auto'``
   means.
 
+What the engine sections may say depends on the task (class attributes, checked by ``check_engine_sections`` when
+the task is made from a recipe, ``tasks.task_for``): ``eval_metrics`` (what ``evaluation.metric`` may list),
+``best_metrics`` (what ``evaluation.save_best`` may name besides ``'auto'``) -- empty: not checked -- and
+``epoch_runner`` (whether ``runner.type='EpochBasedRunner'`` is supported, converted to iterations by the task).
+
 Optional hooks, with defaults here:
 
 * ``param_groups(model) -> list[dict] | None``: optimizer groups (``lr_scale``, ``group_name`` optional); the default
@@ -43,11 +48,16 @@ from __future__ import annotations
 
 import abc
 
+from ..config.errors import ConfigError
+
 
 class Task(abc.ABC):
     name: str = ""
     best_metric: str = ""
     cli_options: tuple = ()  # keyword options of evaluate_checkpoint / predict_images only this task understands
+    eval_metrics: tuple = ()  # what evaluation.metric may list (empty: not checked)
+    best_metrics: tuple = ()  # what evaluation.save_best may name besides 'auto' (empty: not checked)
+    epoch_runner: bool = False  # runner.type='EpochBasedRunner' supported
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -59,6 +69,24 @@ class Task(abc.ABC):
             missing = [a for a in ("name", "best_metric") if not getattr(cls, a, "")]
             if missing:
                 raise TypeError(f"task {cls.__name__} must set the class attribute(s) {', '.join(missing)}")
+
+    def check_engine_sections(self, cfg) -> None:
+        """``ConfigError`` for engine-section values this task cannot honour: an ``evaluation.metric`` /
+        ``save_best`` that is not one of its metrics, an epoch-based runner it does not support."""
+        words = self.name.replace("_", " ")
+        ev = cfg.get("evaluation") or {}
+        metric = ev.get("metric", [])
+        if self.eval_metrics:
+            for m in [metric] if isinstance(metric, str) else metric:
+                if m not in self.eval_metrics:
+                    raise ConfigError(f"recipe: evaluation.metric={metric!r}: this {words} recipe evaluates "
+                                      f"{' / '.join(repr(n) for n in self.eval_metrics)}")
+        if self.best_metrics and ev.get("save_best") not in (None, "auto", *self.best_metrics):
+            raise ConfigError(f"recipe: evaluation.save_best={ev['save_best']!r} is not a metric of this task "
+                              f"({words}); choose 'auto' or one of {list(self.best_metrics)}")
+        if (cfg.get("runner") or {}).get("type") == "EpochBasedRunner" and not self.epoch_runner:
+            raise ConfigError(f"recipe: runner.type='EpochBasedRunner' is not supported by the {words} task; use "
+                              "runner=dict(type='IterBasedRunner', max_iters=N)")
 
     # ------------------------------------------------------------------ required
     @abc.abstractmethod

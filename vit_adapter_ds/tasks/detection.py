@@ -44,6 +44,7 @@ import torchvision  # noqa: F401
 
 from ..config.errors import ConfigError
 from ..config.keys import to_plain
+from ..config.schema import DET_METRICS
 from ..data.datasets import DetectionShards
 from ..data.pipeline import has_semantic_maps, tta_from_pipeline  # noqa: F401  (used here and by tests)
 from .base import Task
@@ -106,6 +107,9 @@ def epochs_to_iterations(cfg, iters_per_epoch: int) -> None:
 class ObjectDetection(Task):
     name = "object_detection"
     best_metric = "bbox_mAP"
+    eval_metrics = ("bbox", "segm")
+    best_metrics = DET_METRICS
+    epoch_runner = True  # converted to iterations with the loader's epoch length (schedule_kwargs)
     # COCO result files (format only: no AP); predict: score threshold, JSON next to the pictures, picture format,
     # the shards whose manifest names the classes
     cli_options = ("out_json", "format_only", "score_thr", "save_json", "image_format", "shards")

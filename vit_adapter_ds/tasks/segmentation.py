@@ -7,6 +7,7 @@ import torchvision  # noqa: F401
 
 from ..config.errors import ConfigError
 from ..config.keys import to_plain
+from ..config.schema import METRICS
 from .base import Task
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg/ViT-Adapter multi-scale test ratios (ADE20K UperNet)
@@ -15,6 +16,8 @@ MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg/ViT-Adapter multi-scale t
 class SemanticSegmentation(Task):
     name = "semantic_segmentation"
     best_metric = "mIoU"
+    eval_metrics = ("mIoU",)
+    best_metrics = METRICS
     # test settings (mode, crop_size, stride: default the recipe's test_cfg), multi-scale / flip test, overlays
     cli_options = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "overlay")
 
