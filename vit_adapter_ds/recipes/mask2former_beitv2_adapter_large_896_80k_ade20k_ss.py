@@ -6,3 +6,6 @@ _base_ = ['./mask2former_beit_adapter_large_896_80k_ade20k_ss.py']
 pretrained = 'pretrained/beitv2_large_patch16_224_pt1k_ft21k.pth'
 load_from = 'pretrained/mask2former_beitv2_adapter_large_896_80k_cocostuff164k.pth'
 model = dict(pretrained=pretrained)
+# the official test_pipeline of this config flips (MultiScaleFlipAug(img_scale=(3584, 896), flip=True), one scale),
+# unlike its BEiT base
+evaluation = dict(flip=True)

@@ -29,8 +29,8 @@ OFFICIAL = {
         (BEIT, ADE_FROM, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, None, False),
     "mask2former_beit_adapter_large_896_80k_ade20k_ms":
         (BEIT, ADE_FROM, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, R_BEIT, True),
-    "mask2former_beitv2_adapter_large_896_80k_ade20k_ss":
-        (BEITV2, ADE_FROM_V2, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, None, False),
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ss":  # its official test_pipeline flips (one scale)
+        (BEITV2, ADE_FROM_V2, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, None, True),
     "mask2former_beitv2_adapter_large_896_80k_ade20k_ms":
         (BEITV2, ADE_FROM_V2, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, R_BEITV2, True),
     "mask2former_beit_adapter_large_640_160k_ade20k_ss":

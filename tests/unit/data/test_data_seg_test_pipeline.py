@@ -52,8 +52,7 @@ OFFICIAL_TEST = {  # typed from the official configs, independently of the recip
                                                                         pad='before'),
     "mask2former_beitv2_adapter_large_896_80k_ade20k_ms": official(
         (3584, 896), ratios=[800. / 896., 832. / 896., 864. / 896., 1.0], flip=True, pad='after'),
-    # not listed: mask2former_beitv2_adapter_large_896_80k_ade20k_ss, whose official test has flip=True while the
-    # recipe keeps the _ss test of its base (single scale, no flip)
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ss": official((3584, 896), flip=True),  # one scale, flipped
 }
 
 
