@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from support import free_port
+from tiny_recipes import detection_recipe
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
 
 REPO = Path(__file__).resolve().parents[3]
@@ -29,30 +30,6 @@ IDS = [3, 8, 11, 17, 25, 40, 90]  # COCO-style category ids of the 7 synthetic c
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 METRICS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 TRAIN_STEPS = 20  # box AP about 0.04 after 20 steps (enough for non-trivial AP and detections)
-RECIPE = """_base_ = [{base!r}]
-img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', img_scale=(128, 96), keep_ratio=True),
-    dict(type='RandomFlip', flip_ratio=0.5),
-    dict(type='Normalize', **img_norm_cfg),
-    dict(type='Pad', size_divisor=32),
-    dict(type='DefaultFormatBundle'),
-    dict(type='Collect', keys=['img', 'gt_bboxes', 'gt_labels', 'gt_masks']),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='MultiScaleFlipAug', img_scale=(128, 96), flip=False,
-         transforms=[dict(type='Resize', keep_ratio=True), dict(type='RandomFlip'),
-                     dict(type='Normalize', **img_norm_cfg), dict(type='Pad', size_divisor=32),
-                     dict(type='ImageToTensor', keys=['img']), dict(type='Collect', keys=['img'])])
-]
-data = dict(samples_per_gpu=2, workers_per_gpu=0,
-            train=dict(shard_dir={shards!r} + '/train', pipeline=train_pipeline),
-            val=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline),
-            test=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline))
-"""
 
 
 def _env():
@@ -96,7 +73,8 @@ def det(tmp_path_factory):
     root = tmp_path_factory.mktemp("det_cli")
     raw = _write_data(root)
     recipe = root / "tiny_mask_rcnn.py"
-    recipe.write_text(RECIPE.format(base=str(DETECTION_RECIPES["synthetic_mask_rcnn"]), shards=str(root / "shards")))
+    recipe.write_text(detection_recipe(str(DETECTION_RECIPES["synthetic_mask_rcnn"]), root / "shards",
+                                        loader="samples_per_gpu=2, workers_per_gpu=0, "))
     _, task, _ = load_and_validate(str(recipe))
     torch.manual_seed(0)
     model = task.build_model(load_pretrained=False)

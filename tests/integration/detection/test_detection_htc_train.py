@@ -172,9 +172,7 @@ def test_semantic_head_without_labels_is_a_clear_error():
 
 
 # ------------------------------------------------------------------------------------------------ 2-rank training
-TINY = """_base_ = [{base!r}]
-img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-train_pipeline = [
+HTC_TRAIN = """train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='InstaBoost', action_candidate=('normal', 'horizontal', 'skip'), action_prob=(1, 0, 0),
          scale=(0.8, 1.2), dx=15, dy=15, theta=(-1, 1), color_prob=0.5, hflag=False, aug_ratio=0.5),
@@ -186,18 +184,8 @@ train_pipeline = [
     dict(type='SegRescale', scale_factor=1 / 8),
     dict(type='DefaultFormatBundle'),
     dict(type='Collect', keys=['img', 'gt_bboxes', 'gt_labels', 'gt_masks', 'gt_semantic_seg']),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='MultiScaleFlipAug', img_scale=(128, 96), flip=False,
-         transforms=[dict(type='Resize', keep_ratio=True), dict(type='RandomFlip'),
-                     dict(type='Normalize', **img_norm_cfg), dict(type='Pad', size_divisor=32),
-                     dict(type='ImageToTensor', keys=['img']), dict(type='Collect', keys=['img'])])
-]
-data = dict(train=dict(shard_dir={shards!r} + '/train', pipeline=train_pipeline),
-            val=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline),
-            test=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline))
-runner = dict(max_iters=6)
+]"""
+TINY_TAIL = """runner = dict(max_iters=6)
 lr_config = dict(warmup_iters=2, step=[5])
 checkpoint_config = dict(interval=4, max_keep_ckpts=2)
 evaluation = dict(interval=6)
@@ -210,11 +198,12 @@ def recipe(tmp_path_factory):
     """The tiny HTC++ recipe at 96 x 128 over 8 train / 4 val synthetic COCO images with semantic maps, 6
     iterations (checkpoints at 4 and 6, evaluation at 6)."""
     from launching import make_synthetic_shards
+    from tiny_recipes import detection_recipe
 
     root = tmp_path_factory.mktemp("htc")
     shards = make_synthetic_shards(root / "shards", "coco", 8, 4, (96, 128))
     path = root / "tiny_htc.py"
-    path.write_text(TINY.format(base=SYNTHETIC, shards=str(shards)))
+    path.write_text(detection_recipe(SYNTHETIC, shards, train_pipeline=HTC_TRAIN, tail=TINY_TAIL))
     return path
 
 

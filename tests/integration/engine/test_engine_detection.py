@@ -177,29 +177,7 @@ def test_official_recipe_without_shards_validates_but_does_not_schedule():
 
 # ------------------------------------------------------------------------------------------------ 2-rank training
 ITERS = 20
-TINY = """_base_ = [{base!r}]
-img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', img_scale=(128, 96), keep_ratio=True),
-    dict(type='RandomFlip', flip_ratio=0.5),
-    dict(type='Normalize', **img_norm_cfg),
-    dict(type='Pad', size_divisor=32),
-    dict(type='DefaultFormatBundle'),
-    dict(type='Collect', keys=['img', 'gt_bboxes', 'gt_labels', 'gt_masks']),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='MultiScaleFlipAug', img_scale=(128, 96), flip=False,
-         transforms=[dict(type='Resize', keep_ratio=True), dict(type='RandomFlip'),
-                     dict(type='Normalize', **img_norm_cfg), dict(type='Pad', size_divisor=32),
-                     dict(type='ImageToTensor', keys=['img']), dict(type='Collect', keys=['img'])])
-]
-data = dict(train=dict(shard_dir={shards!r} + '/train', pipeline=train_pipeline),
-            val=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline),
-            test=dict(shard_dir={shards!r} + '/val', pipeline=test_pipeline))
-# epoch-based as the official 3x recipes: 16 images / (2 ranks x 2) = 4 iterations per epoch
+TINY_TAIL = """# epoch-based as the official 3x recipes: 16 images / (2 ranks x 2) = 4 iterations per epoch
 runner = dict(_delete_=True, type='EpochBasedRunner', max_epochs=5)
 lr_config = dict(_delete_=True, policy='step', warmup='linear', warmup_iters=2, warmup_ratio=0.001, step=[4])
 checkpoint_config = dict(_delete_=True, interval=2, max_keep_ckpts=2)
@@ -212,8 +190,10 @@ def recipe(tmp_path_factory, coco_shards):
     """The synthetic recipe at 96 x 128 (single-scale resize instead of the multi-scale AutoAugment) over 16 train /
     4 val synthetic COCO images (``coco_shards``), epoch-based (5 epochs, lr step after epoch 4, checkpoint and
     evaluation every 2 epochs)."""
+    from tiny_recipes import detection_recipe
+
     path = tmp_path_factory.mktemp("det") / "tiny_mask_rcnn.py"
-    path.write_text(TINY.format(base=SYNTHETIC, shards=str(coco_shards)))
+    path.write_text(detection_recipe(SYNTHETIC, coco_shards, tail=TINY_TAIL))
     return path
 
 
