@@ -38,6 +38,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+def _add(groups: OrderedDict, key, name: str, param, with_names: bool, **settings) -> None:
+    """Put ``param`` in ``groups[key]``, made with ``settings`` (lr, weight_decay, lr_scale, group_name) on first
+    use; ``with_names`` keeps the parameter names beside the parameters (``param_names``)."""
+    if key not in groups:
+        groups[key] = {"params": [], **settings, **({"param_names": []} if with_names else {})}
+    groups[key]["params"].append(param)
+    if with_names:
+        groups[key]["param_names"].append(name)
+
+
 def _layer_decay_groups(model, base_lr, weight_decay, rate, num_layers, official_wd_quirk, with_names):
     if num_layers is None:
         raise ValueError("layer decay needs num_layers (the backbone depth, e.g. 12 or 24)")
@@ -55,15 +65,9 @@ def _layer_decay_groups(model, base_lr, weight_decay, rate, num_layers, official
             raise ValueError(f"{name}: layer {layer} outside 0 .. {total - 1} (paramwise_cfg.num_layers must be the "
                              "backbone depth)")
         key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
-        if key not in groups:
-            scale = rate ** (total - layer - 1)
-            groups[key] = {"params": [], "lr": base_lr * scale, "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": scale, "group_name": key}
-            if with_names:
-                groups[key]["param_names"] = []
-        groups[key]["params"].append(param)
-        if with_names:
-            groups[key]["param_names"].append(name)
+        scale = rate ** (total - layer - 1)
+        _add(groups, key, name, param, with_names, lr=base_lr * scale, weight_decay=0.0 if no_decay else weight_decay,
+             lr_scale=scale, group_name=key)
     return list(groups.values())
 
 
@@ -90,15 +94,8 @@ def _custom_key_groups(model, base_lr, weight_decay, custom_keys, with_names):
             continue
         mult = custom_key_multipliers(name, custom_keys)
         lr_mult, decay_mult = mult if mult is not None else (1.0, 1.0)
-        key = (lr_mult, decay_mult)
-        if key not in groups:
-            groups[key] = {"params": [], "lr": base_lr * lr_mult, "weight_decay": weight_decay * decay_mult,
-                           "lr_scale": lr_mult, "group_name": f"lr_x{lr_mult:g}_wd_x{decay_mult:g}"}
-            if with_names:
-                groups[key]["param_names"] = []
-        groups[key]["params"].append(param)
-        if with_names:
-            groups[key]["param_names"].append(name)
+        _add(groups, (lr_mult, decay_mult), name, param, with_names, lr=base_lr * lr_mult,
+             weight_decay=weight_decay * decay_mult, lr_scale=lr_mult, group_name=f"lr_x{lr_mult:g}_wd_x{decay_mult:g}")
     return list(groups.values())
 
 

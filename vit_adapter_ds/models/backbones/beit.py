@@ -23,7 +23,7 @@ from torch import nn
 
 from ..registry import BACKBONES
 from .adapter import AdapterMixin
-from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
+from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, per_block, resize_pos_embed_grid
 from .vit import refuse_pretrained_path
 
 
@@ -294,10 +294,8 @@ class BEiTAdapter(AdapterMixin, nn.Module):
         self.drop_path_rate = drop_path_rate
         self.pretrain_size = (pretrain_size, pretrain_size)
         segmentation = task == "segmentation"
-        window_attn = [window_attn] * depth if not isinstance(window_attn, (list, tuple)) else list(window_attn)
-        window_size = [window_size] * depth if not isinstance(window_size, (list, tuple)) else list(window_size)
-        if len(window_attn) != depth or len(window_size) != depth:
-            raise ValueError(f"window_attn / window_size need {depth} entries (one per block)")
+        window_attn = per_block(window_attn, depth, "window_attn")
+        window_size = per_block(window_size, depth, "window_size")
         if segmentation and any(window_attn):
             raise ValueError("windowed attention exists only in the detection BEiT (task='detection')")
 

@@ -76,6 +76,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, b
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
 
 
+def per_block(value, depth: int, name: str) -> list:
+    """A per-block setting (``window_attn``, ``window_size``): one value for every block, or a list of ``depth``."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != depth:
+            raise ValueError(f"{name} has {len(value)} entries but depth is {depth} (one per block)")
+        return list(value)
+    return [value] * depth
+
+
 def maybe_checkpoint(enabled: bool, fn, *args):
     """Run ``fn(*args)`` under non-reentrant activation checkpointing when enabled and gradients are needed."""
     if enabled and torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..registry import BACKBONES
 from .adapter import AdapterMixin
-from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, resize_pos_embed_grid
+from .layers import PatchEmbed, attention, make_drop_path, maybe_checkpoint, per_block, resize_pos_embed_grid
 
 
 class Attention(nn.Module):
@@ -100,14 +100,6 @@ class Block(nn.Module):
         return maybe_checkpoint(self.with_cp, _inner, x)
 
 
-def _per_block(value, depth: int, name: str) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != depth:
-            raise ValueError(f"{name} has {len(value)} entries but depth is {depth}")
-        return list(value)
-    return [value] * depth
-
-
 _I12 = [[0, 2], [3, 5], [6, 8], [9, 11]]
 _I24 = [[0, 5], [6, 11], [12, 17], [18, 23]]
 
@@ -177,8 +169,8 @@ class ViTAdapter(AdapterMixin, nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.drop_path_rate = drop_path_rate
         self.pretrain_size = (pretrain_size, pretrain_size)
-        window_attn = _per_block(window_attn, depth, "window_attn")
-        window_size = _per_block(window_size, depth, "window_size")
+        window_attn = per_block(window_attn, depth, "window_attn")
+        window_size = per_block(window_size, depth, "window_size")
 
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                       embed_dim=embed_dim)
