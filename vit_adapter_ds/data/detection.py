@@ -60,8 +60,8 @@ from . import det_transforms as T
 from . import instaboost
 from ..utils.redact import redact_url
 from .decode import BadSample, ShardReader, decode_image, decode_label, image_member
-from .loader import (BatchStream, EpochLoader, OtherRankFailed, TooManyBadSamples, _BadCounter, bad_sample_budget,
-                     epoch_order, iterate_batches, sum_over_ranks)
+from .loader import (BatchStream, EpochLoader, TooManyBadSamples, _BadCounter, agreed_pass, epoch_order,
+                     iterate_batches)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .manifest import ShardSetError, read_manifest, verify_shards
 
@@ -405,8 +405,8 @@ class DetectionValLoader:
         self.indices = np.arange(rank * n // world_size, (rank + 1) * n // world_size)
         self.num_workers, self.worker_timeout = num_workers, worker_timeout
         self.scale = tuple(scale) if scale is not None else None
-        self.mean, self.std, self.max_bad_fraction, self.rank = tuple(mean), tuple(std), max_bad_fraction, rank
-        self.world_size = world_size
+        self.mean, self.std, self.rank, self.world_size = tuple(mean), tuple(std), rank, world_size
+        self.bad = _BadCounter(max_bad_fraction, f"detection val loader (rank {rank})")
 
     def __len__(self):
         return len(self.indices)
@@ -414,33 +414,6 @@ class DetectionValLoader:
     def __iter__(self):
         """Yield this rank's images; at the end the ranks sum their bad-sample counts and failures (when a process
         group is initialised), so that a failure raises on every rank."""
-        bad, error = 0, None
         ds = _DetValStream(self.reader, self.indices, self.cat2label, self.scale, self.mean, self.std)
         it = iterate_batches(ds, self.num_workers, self.worker_timeout)
-        try:
-            while True:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    break
-                except Exception as e:  # noqa: BLE001 -- re-raised after the other ranks heard of it
-                    error = e
-                    break
-                if "img" not in item:
-                    bad += 1
-                    shard, key, reason = item["bad"][0]
-                    log.warning("detection val loader (rank %d): skipped bad sample %s in shard %s: %s", self.rank,
-                                key, shard, reason)
-                    continue
-                yield item
-        finally:
-            it.close()
-        total, n_error = sum_over_ranks([bad, error is not None], self.world_size)
-        if error is not None:
-            raise error
-        if n_error:
-            raise OtherRankFailed(f"detection val loader (rank {self.rank}): {n_error} other rank(s) failed")
-        allowed = bad_sample_budget(self.max_bad_fraction, int(self.manifest["num_samples"]))
-        if total > allowed:
-            raise TooManyBadSamples(f"detection val loader: {total} bad samples, more than the budget of {allowed} "
-                                    f"(max_bad_fraction={self.max_bad_fraction})")
+        yield from agreed_pass(it, self.bad, int(self.manifest["num_samples"]), self.world_size)

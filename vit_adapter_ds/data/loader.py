@@ -271,6 +271,39 @@ class _BadCounter:
                 f"samples, see bad_sample_budget); {last}")
 
 
+def agreed_pass(it, bad: _BadCounter, epoch_samples: int, world_size: int):
+    """Yield the good items of one evaluation pass over ``it`` (:func:`iterate_batches`); bad samples go to ``bad``.
+    The bad-sample budget of ``epoch_samples`` is checked over all ranks once, at the end of the pass (ranks run
+    unequal numbers of batches, so there is no per-batch collective); a rank that alone exceeds the budget, or whose
+    loader fails, stops early and waits there, so all ranks raise together."""
+    bad.reset_epoch()
+    allowed = bad_sample_budget(bad.max_bad_fraction, epoch_samples)
+    error = None
+    try:
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                break
+            except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks heard of it
+                error = e
+                break
+            if "img" in item:
+                yield item
+                continue
+            bad.add(item["bad"])
+            if bad.epoch_count > allowed:  # the global count is at least this: stop early
+                break
+    finally:
+        it.close()
+    count, n_error = sum_over_ranks([bad.epoch_count, error is not None], world_size)
+    if error is not None:
+        raise error
+    if n_error:
+        raise OtherRankFailed(f"{bad.what}: the loader of {n_error} other rank(s) failed (see their logs)")
+    bad.check(count, epoch_samples, world_size)
+
+
 def iterate_batches(ds, num_workers, timeout, pin_memory=False, prefetch_factor=2):
     """Iterate a DataLoader over ``ds`` (items are already batches). Workers are shut down as soon as the
     iteration ends, fails or is abandoned: left to the garbage collector after a worker error, PyTorch's
@@ -529,35 +562,9 @@ class ValLoader:
         """Yield this rank's samples. The bad-sample budget is checked over all ranks once, at the end of the pass
         (ranks run unequal numbers of batches, so there is no per-batch collective); a rank that alone exceeds
         the budget, or whose loader fails, stops early and waits there, so all ranks raise together."""
-        self.bad.reset_epoch()
-        n_all = int(self.manifest["num_samples"])
-        allowed = bad_sample_budget(self.bad.max_bad_fraction, n_all)
         ds = _ValStream(self.manifest, self.reader, self.indices, self.mean, self.std, self.ignore_index)
         it = iterate_batches(ds, self.num_workers, self.worker_timeout, self.pin_memory, 2)
-        error = None
-        try:
-            while True:
-                try:
-                    item = next(it)
-                except StopIteration:
-                    break
-                except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks heard of it
-                    error = e
-                    break
-                if "img" in item:
-                    yield item
-                    continue
-                self.bad.add(item["bad"])
-                if self.bad.epoch_count > allowed:  # the global count is at least this: stop early
-                    break
-        finally:
-            it.close()
-        count, n_error = sum_over_ranks([self.bad.epoch_count, error is not None], self.world_size)
-        if error is not None:
-            raise error
-        if n_error:
-            raise OtherRankFailed(f"{self.bad.what}: the loader of {n_error} other rank(s) failed (see their logs)")
-        self.bad.check(count, n_all, self.world_size)
+        yield from agreed_pass(it, self.bad, int(self.manifest["num_samples"]), self.world_size)
 
 
 def build_train_loader(shard_dir, *, batch_size, crop_size, scale=(2048, 512), num_workers=0, seed=0, rank=0,

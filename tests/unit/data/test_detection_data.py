@@ -248,6 +248,21 @@ def test_val_loader_each_image_once_across_ranks(shards):
     assert sorted(seen) == [500000, 500001, 500002]
 
 
+def test_val_loader_skips_a_corrupt_image_within_the_budget_and_fails_past_it(shards, caplog):
+    """The detection val loader keeps the segmentation loader's bad-sample rule (loader.agreed_pass): a corrupt
+    image is skipped and named while the budget allows it, and the pass fails with TooManyBadSamples past it."""
+    from vit_adapter_ds.data import TooManyBadSamples
+
+    d, _, corrupt_id = shards
+    caplog.set_level("WARNING", logger="vit_adapter_ds.data.loader")
+    loader = DetectionValLoader(d / "train", split="train", max_bad_fraction=0.5, scale=(160, 128))
+    ids = [item["image"]["id"] for item in loader]
+    assert len(ids) == 7 and corrupt_id not in ids and loader.bad.total == 1
+    assert "detection val loader (rank 0): skipped bad sample" in caplog.text
+    with pytest.raises(TooManyBadSamples, match=r"1 bad samples this epoch .* budget of 0"):
+        list(DetectionValLoader(d / "train", split="train", max_bad_fraction=0.0, scale=(160, 128)))
+
+
 def test_segmentation_shards_are_refused(tmp_path):
     from vit_adapter_ds.data.make_shards import write_synthetic
     from vit_adapter_ds.data.manifest import ShardSetError
