@@ -91,17 +91,31 @@ def _no_stale_extension_locks():
 
 
 @pytest.fixture(scope="session")
-def seg_shards(tmp_path_factory):
-    """Synthetic semantic-segmentation shards (ADE20K layout, 8 classes): 32 train / 6 val images of 64 x 96, in
-    ``<dir>/train`` and ``<dir>/val``. Shared by every test of the session: treat as read-only."""
+def synthetic_shards(tmp_path_factory):
+    """``synthetic_shards(layout, num_train, num_val, size)``: the built-in synthetic shards of ``layout``
+    (``ade20k``, ``cocostuff`` or ``coco``), written once per session for each set of arguments, in
+    ``<dir>/train`` and ``<dir>/val``. Shared: treat as read-only (copy before corrupting)."""
     from launching import make_synthetic_shards
 
-    return make_synthetic_shards(tmp_path_factory.mktemp("seg_shards") / "synthetic", "ade20k", 32, 6, (64, 96))
+    made = {}
+
+    def get(layout="ade20k", num_train=32, num_val=6, size=(64, 96)):
+        key = (layout, num_train, num_val, tuple(size))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"{layout}_shards") / "synthetic"
+            made[key] = make_synthetic_shards(out, layout, num_train, num_val, size)
+        return made[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def coco_shards(tmp_path_factory):
-    """Synthetic COCO instance shards (boxes, masks): 16 train / 4 val images of 96 x 128. Read-only, shared."""
-    from launching import make_synthetic_shards
+def seg_shards(synthetic_shards):
+    """Synthetic semantic-segmentation shards (ADE20K layout, 8 classes): 32 train / 6 val images of 64 x 96."""
+    return synthetic_shards("ade20k", 32, 6, (64, 96))
 
-    return make_synthetic_shards(tmp_path_factory.mktemp("coco_shards") / "synthetic", "coco", 16, 4, (96, 128))
+
+@pytest.fixture(scope="session")
+def coco_shards(synthetic_shards):
+    """Synthetic COCO instance shards (boxes, masks): 16 train / 4 val images of 96 x 128."""
+    return synthetic_shards("coco", 16, 4, (96, 128))

@@ -194,15 +194,13 @@ ITERS = 6
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
+def recipe(tmp_path_factory, synthetic_shards):
     """The tiny HTC++ recipe at 96 x 128 over 8 train / 4 val synthetic COCO images with semantic maps, 6
     iterations (checkpoints at 4 and 6, evaluation at 6)."""
-    from launching import make_synthetic_shards
     from tiny_recipes import detection_recipe
 
-    root = tmp_path_factory.mktemp("htc")
-    shards = make_synthetic_shards(root / "shards", "coco", 8, 4, (96, 128))
-    path = root / "tiny_htc.py"
+    shards = synthetic_shards("coco", 8, 4, (96, 128))
+    path = tmp_path_factory.mktemp("htc") / "tiny_htc.py"
     path.write_text(detection_recipe(SYNTHETIC, shards, train_pipeline=HTC_TRAIN, tail=TINY_TAIL))
     return path
 
