@@ -262,7 +262,17 @@ def test_beit_adapter_htc_backbone_dict_builds_on_meta():
 @pytest.mark.parametrize("mode", ["bf16_model", "autocast"])
 def test_low_precision_keeps_box_math_in_float32(mode):
     torch.manual_seed(0)
-    model = MaskRCNN.from_config(tiny_cfg(depth=4))
+    # few RoIs and narrow heads: bf16 convolutions run about 30x slower than fp32 on CPUs without bf16 units, and
+    # what is checked here (the dtypes of the box math) does not depend on the sizes
+    cfg = dict(tiny_cfg(depth=4), train_cfg=dict(rpn_proposal=dict(max_per_img=64), rcnn=dict(sampler=dict(num=32))),
+               test_cfg=dict(rpn=dict(max_per_img=64), rcnn=dict(max_per_img=4)))
+    cfg["neck"] = dict(cfg["neck"], out_channels=64)
+    cfg["rpn_head"] = dict(in_channels=64, feat_channels=64)
+    cfg["roi_head"] = dict(cfg["roi_head"], bbox_head=dict(cfg["roi_head"]["bbox_head"], in_channels=64,
+                                                           fc_out_channels=128),
+                           mask_head=dict(cfg["roi_head"]["mask_head"], in_channels=64, conv_out_channels=64),
+                           bbox_roi_extractor=dict(out_channels=64), mask_roi_extractor=dict(out_channels=64))
+    model = MaskRCNN.from_config(cfg)
     x = torch.randn(2, 3, 128, 160)
     if mode == "bf16_model":
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
