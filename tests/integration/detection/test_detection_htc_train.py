@@ -194,12 +194,18 @@ ITERS = 6
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory, synthetic_shards):
-    """The tiny HTC++ recipe at 96 x 128 over 8 train / 4 val synthetic COCO images with semantic maps, 6
-    iterations (checkpoints at 4 and 6, evaluation at 6)."""
+def htc_shards(synthetic_shards):
+    """8 train / 4 val synthetic COCO images of 96 x 128 with semantic maps (read-only, shared)."""
+    return synthetic_shards("coco", 8, 4, (96, 128))
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, htc_shards):
+    """The tiny HTC++ recipe at 96 x 128 over ``htc_shards``, 6 iterations (checkpoints at 4 and 6, evaluation at
+    6)."""
     from tiny_recipes import detection_recipe
 
-    shards = synthetic_shards("coco", 8, 4, (96, 128))
+    shards = htc_shards
     path = tmp_path_factory.mktemp("htc") / "tiny_htc.py"
     path.write_text(detection_recipe(SYNTHETIC, shards, train_pipeline=HTC_TRAIN, tail=TINY_TAIL))
     return path
@@ -234,12 +240,12 @@ def test_tiny_recipe_is_the_detection_task_with_semantic_maps(recipe):
 
 
 @pytest.mark.slow
-def test_tta_recipe_evaluates_through_the_task(recipe):
+def test_tta_recipe_evaluates_through_the_task(recipe, htc_shards):
     """The _ms variant: the val loader keeps the original size and evaluate runs the aug test."""
     from vit_adapter_ds.tasks import load_and_validate
 
     ms = recipe.parent / "tiny_htc_ms.py"
-    shards = recipe.parent / "shards"
+    shards = htc_shards
     ms.write_text(f"_base_ = [{str(DETECTION_RECIPES['synthetic_htc_ms'])!r}]\n"
                   f"data = dict(train=dict(shard_dir={str(shards / 'train')!r}), "
                   f"val=dict(shard_dir={str(shards / 'val')!r}), test=dict(shard_dir={str(shards / 'val')!r}))\n")
@@ -285,7 +291,7 @@ def _pycocotools_stats(images, anns, categories, preds) -> dict:
 
 
 @pytest.mark.slow
-def test_tta_recipe_through_eval_and_predict_command_lines(recipe, tmp_path):
+def test_tta_recipe_through_eval_and_predict_command_lines(recipe, htc_shards, tmp_path):
     """launch/eval.py and launch/predict.py on the _ms recipe run the recipe's test-time augmentation: eval's
     metrics equal the task's evaluation (the aug test), predict's detections equal the aug test of the raw image."""
     from PIL import Image
@@ -295,7 +301,7 @@ def test_tta_recipe_through_eval_and_predict_command_lines(recipe, tmp_path):
     from vit_adapter_ds.tasks import load_and_validate
 
     ms = tmp_path / "tiny_htc_ms.py"
-    shards = recipe.parent / "shards"
+    shards = htc_shards
     ms.write_text(f"_base_ = [{str(DETECTION_RECIPES['synthetic_htc_ms'])!r}]\n"
                   f"data = dict(train=dict(shard_dir={str(shards / 'train')!r}), "
                   f"val=dict(shard_dir={str(shards / 'val')!r}), test=dict(shard_dir={str(shards / 'val')!r}))\n")
