@@ -22,8 +22,7 @@ INDEXES = [[0, 2], [3, 5], [6, 8], [9, 11]]
 
 
 def run_one(size: str, with_cp: bool, batch: int, iters: int, res: int) -> dict:
-    import psutil
-    import resource
+    from rss import current_rss_mb, peak_rss_mb, reset_peak_rss
 
     import torch
 
@@ -32,7 +31,8 @@ def run_one(size: str, with_cp: bool, batch: int, iters: int, res: int) -> dict:
     torch.manual_seed(0)
     model = ViTAdapter(**CONFIGS[size], interaction_indexes=INDEXES, with_cp=with_cp).train()
     x = torch.randn(batch, 3, res, res)
-    base_rss = psutil.Process().memory_info().rss
+    base_rss = current_rss_mb()
+    reset_peak_rss()  # the peak read below is the iterations' own
     times = []
     for i in range(iters + 1):
         t0 = time.perf_counter()
@@ -41,9 +41,9 @@ def run_one(size: str, with_cp: bool, batch: int, iters: int, res: int) -> dict:
         model.zero_grad(set_to_none=True)
         if i:  # the first iteration is a warm-up
             times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_mb()
     return dict(size=size, with_cp=with_cp, batch=batch, res=res, sec_per_iter=sum(times) / len(times),
-                peak_extra_mb=(peak - base_rss) / 2**20, threads=torch.get_num_threads())
+                peak_extra_mb=peak - base_rss, threads=torch.get_num_threads())
 
 
 def main() -> None:

@@ -44,10 +44,11 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
+
+from rss import current_rss_mb, peak_rss_mb, reset_peak_rss
 
 M2F_HEAD_CP = ("model.decode_head.pixel_decoder.encoder.transformerlayers.ffn_cfgs.with_cp",
                "model.decode_head.transformer_decoder.transformerlayers.ffn_cfgs.with_cp")
@@ -174,7 +175,8 @@ def one(name: str, mode: str, batch: int, iters: int, warmup: int, device: str) 
 
     m = parse_mode(mode)
     cuda = device.startswith("cuda")
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = current_rss_mb()  # after the imports; the peak is counted from here
+    reset_peak_rss()
     torch.manual_seed(0)
     model = build(name, m["with_cp"]).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
@@ -206,8 +208,7 @@ def one(name: str, mode: str, batch: int, iters: int, warmup: int, device: str) 
         losses.append(float(loss.detach()))
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
     step_s = sorted(times)[len(times) // 2]
     return {"model": name, "mode": mode, "with_cp": m["with_cp"], "dtype": m["dtype"], "zero": m["zero"],
             "batch": batch, "size": list(MODELS[name]["size"]), "device": device, "step_s": step_s,
