@@ -46,9 +46,12 @@ TASKS: Mapping[str, type] = _ModelTypeTasks()  # model.type -> task class
 
 def task_class(model_type):
     """The task class that trains ``model_type`` (a recipe's ``model.type``); ``ConfigError`` for an unknown one."""
-    if model_type not in TASKS:
+    from ..models.registry import task_of
+
+    cls = BY_MODEL_TASK.get(task_of(model_type))
+    if cls is None:
         raise ConfigError(f"recipe: model.type={model_type!r} is not supported; choose one of {sorted(TASKS)}")
-    return TASKS[model_type]
+    return cls
 
 
 def task_for(cfg):
