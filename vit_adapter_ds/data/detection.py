@@ -8,6 +8,13 @@ rank, world size, batch size), independent of the number of workers; a sample's 
 ``numpy.random.default_rng([seed, epoch, slot])``; ``state_dict()`` / ``load_state_dict()`` restore the position
 exactly.
 
+Train batches are grouped by orientation as mmdet 2.x's ``GroupSampler`` / ``DistributedGroupSampler`` group
+them: each rank's batch holds only landscape (``width / height > 1``) or only portrait / square images, the
+orientation read from each sample's json (its COCO image entry, as mmdet's ``img_info``) when the loader is built,
+without decoding an image. The epoch order is taken group by group in chunks of ``batch_size``, each group padded
+to a multiple of ``world_size * batch_size`` by repeating its first samples (:func:`grouped_chunks`,
+:class:`DetectionTrainLoader`); ``group_by_aspect_ratio=False`` restores the global order of mixed batches.
+
 Annotations are read as mmdet 2.x ``CocoDataset._parse_ann_info`` does:
 
 * skipped: ``ignore`` set; no overlap with the image (``inter_w * inter_h == 0``); ``area <= 0``; ``w < 1`` or
@@ -22,7 +29,7 @@ Images without annotations: the train loader leaves out images with no annotatio
 included) and images smaller than 32 pixels (mmdet ``filter_empty_gt=True``, ``min_size=32``), so the epoch order
 runs over the remaining ones; the val loader keeps every image (mmdet test mode). A sample whose image or json
 cannot be read, or whose image size differs from its json entry, is a bad sample (replaced by the next one of the
-epoch order in training, dropped in validation, counted over all ranks, at most ``max_bad_fraction`` of the epoch
+epoch order, of its orientation group, in training; dropped in validation, counted over all ranks, at most ``max_bad_fraction`` of the epoch
 (:func:`.loader.bad_sample_budget`); failures raise on every rank at the same batch).
 
 Train batches: ``img`` float32 (B, 3, H, W) normalised and zero-padded to a multiple of 32; ``targets`` a list of
@@ -212,22 +219,94 @@ def open_detection_set(shard_dir, split, verify="size", num_classes=None):
     return light, reader, {int(c["id"]): i for i, c in enumerate(cats)}
 
 
-def trainable_ids(reader: ShardReader, cat2label: dict, min_size: int = 32) -> np.ndarray:
-    """Global ids of the samples mmdet's ``filter_empty_gt`` keeps: some annotation of a known category (crowd
-    included) and ``min(width, height) >= min_size``. Unreadable json is kept (it fails later as a bad sample)."""
-    keep = []
+def orientation_flag(image: dict) -> int:
+    """mmdet's ``CustomDataset._set_group_flag`` for one COCO image entry: 1 if ``width / height > 1`` (landscape),
+    else 0 (portrait or square)."""
+    return 1 if float(image["width"]) / float(image["height"]) > 1 else 0
+
+
+def train_index(reader: ShardReader, cat2label: dict, min_size: int = 32, filter_empty_gt: bool = True):
+    """One pass over the samples' json members (no image is decoded) -> (``ids``, ``flags``).
+
+    ``ids``: the global ids of the samples mmdet's ``filter_empty_gt`` keeps (some annotation of a known category,
+    crowd included, and ``min(width, height) >= min_size``), or all of them without ``filter_empty_gt``;
+    ``flags``: int8 per global id, the orientation group :func:`orientation_flag` from the json's image entry (the
+    width and height of mmdet's ``img_info``). A sample whose json cannot be read is kept with flag 0: it fails
+    later as a bad sample and is replaced by the next sample of its group."""
+    keep, flags = [], np.zeros(len(reader), dtype=np.int8)
     for i in range(len(reader)):
         try:
             rec = json.loads(reader.read_global(i)["json"])
             im = rec["image"]
             anns = rec.get("annotations") or []
-            ok = any(a.get("category_id") in cat2label for a in anns) and min(im["width"], im["height"]) >= min_size
-        except (BadSample, ValueError, KeyError, TypeError):
+            flags[i] = orientation_flag(im)
+            ok = not filter_empty_gt or (any(a.get("category_id") in cat2label for a in anns) and
+                                         min(im["width"], im["height"]) >= min_size)
+        except (BadSample, ValueError, KeyError, TypeError, ZeroDivisionError):
             ok = True
         if ok:
             keep.append(i)
     reader.close()
-    return np.asarray(keep, dtype=np.int64)
+    return np.asarray(keep, dtype=np.int64), flags
+
+
+def trainable_ids(reader: ShardReader, cat2label: dict, min_size: int = 32) -> np.ndarray:
+    """The ids of :func:`train_index` (mmdet's ``filter_empty_gt``)."""
+    return train_index(reader, cat2label, min_size)[0]
+
+
+NUM_GROUPS = 2  # orientation flags 0 (portrait / square) and 1 (landscape)
+
+
+def group_lists(order: np.ndarray, flags: np.ndarray):
+    """The epoch's samples of each orientation group in epoch order: (``lists``, ``positions``), ``lists[g]`` the
+    global ids of group g in the order ``order`` has them, ``positions[g]`` their positions in ``order``."""
+    f = flags[order]
+    positions = [np.flatnonzero(f == g) for g in range(NUM_GROUPS)]
+    return [order[p] for p in positions], positions
+
+
+def group_epoch_len(sizes, batch_size: int, world_size: int) -> int:
+    """Batches per rank in an epoch grouped by orientation: ``sum_g ceil(n_g / (W * B))`` (mmdet's
+    ``DistributedGroupSampler``; ``GroupSampler`` for W = 1)."""
+    gb = batch_size * world_size
+    return int(sum(math.ceil(int(n) / gb) for n in sizes))
+
+
+def grouped_chunks(positions, num_samples: int, consumed, batch_size: int, world_size: int) -> np.ndarray:
+    """The rest of an epoch grouped by orientation, as chunks of ``batch_size`` samples of one group: an int64
+    array (C, 2) of rows ``(group, start)``, the chunk holding items ``start, ..., start + B - 1`` of the group's
+    list taken cyclically (``lists[g][k % n_g]``); C is a multiple of ``world_size``.
+
+    ``positions``: :func:`group_lists`; ``consumed[g]``: items of group g already handed out this epoch. The
+    next chunk is always the group whose next item comes first in the epoch order (items of the cyclic
+    continuation after all of the order), among the groups with fewer than ``ceil(n_g / (W B)) W B`` items handed
+    out (mmdet's per-group padding); then, only after a change of batch size or world size within the epoch,
+    chunks by the same rule over all groups until C is a multiple of W. So the chunk sequence is a pure function
+    of (epoch order, ``consumed``, B), the same for every world size until the padding at the end of the epoch;
+    a group's last, partial chunk is filled from the start of its list (as mmdet pads)."""
+    B, W = int(batch_size), int(world_size)
+    sizes = [len(p) for p in positions]
+    target = [math.ceil(n / (B * W)) * B * W for n in sizes]
+    c = [int(v) for v in consumed]
+
+    def next_pos(g):
+        return int(positions[g][c[g] % sizes[g]]) + (c[g] // sizes[g]) * num_samples
+
+    groups = [g for g in range(len(sizes)) if sizes[g]]
+    chunks = []
+    while True:
+        live = [g for g in groups if c[g] < target[g]]
+        if not live:
+            break
+        g = min(live, key=next_pos)
+        chunks.append((g, c[g]))
+        c[g] += B
+    while len(chunks) % W:
+        g = min(groups, key=next_pos)
+        chunks.append((g, c[g]))
+        c[g] += B
+    return np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
 
 
 def pad_semantic_maps(maps) -> torch.Tensor:
@@ -253,19 +332,27 @@ def _collate(samples, mean, std):
 
 # ------------------------------------------------------------------------------------------------ train
 class _DetTrainStream(BatchStream):
+    """The rank's batches of the rest of an epoch from global slot ``start``. Without ``chunks`` rank r's batch at
+    step s holds slots ``start + s W B + r B + j`` (sample ``order[slot mod N]``); with ``chunks``
+    (:func:`grouped_chunks` over ``lists``, :func:`group_lists`) it is chunk ``s W + r``: items of one
+    orientation group, at slots ``start + (s W + r) B + j``. A bad sample is replaced by the next sample of the
+    epoch order (of its group, with chunks)."""
+
     def __init__(self, reader, order, cat2label, *, epoch, start, num_batches, rank, world_size, batch_size, seed,
-                 mean, std, ops, semantic_classes=None, max_substitutes=32):
+                 mean, std, ops, semantic_classes=None, max_substitutes=32, lists=None, chunks=None):
         super().__init__()
         self.reader, self.order, self.cat2label = reader, order, cat2label
         self.epoch, self.start, self.num_batches = epoch, start, num_batches
         self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed
         self.mean, self.std, self.ops, self.max_substitutes = mean, std, ops, max_substitutes
         self.semantic_classes = semantic_classes  # None: no semantic maps read
+        self.lists, self.chunks = lists, chunks
 
-    def _load(self, g, bad):
-        n = len(self.order)
+    def _load(self, seq, first, g, bad):
+        """The first decodable sample of ``seq[first], seq[first + 1], ...`` (cyclic) for slot ``g``."""
+        n = len(seq)
         for k in range(self.max_substitutes + 1):
-            i = int(self.order[(g + k) % n])
+            i = int(seq[(first + k) % n])
             try:
                 raw = self.reader.read_global(i)
                 img, parsed, rec = decode_det_sample(raw, self.cat2label)
@@ -278,12 +365,18 @@ class _DetTrainStream(BatchStream):
                                 f"are bad, last: {bad[-1]}")
 
     def make_batch(self, step):
-        base = self.start + step * self.world_size * self.batch_size + self.rank * self.batch_size
+        if self.chunks is None:
+            base = self.start + step * self.world_size * self.batch_size + self.rank * self.batch_size
+            group, seq, first = None, self.order, base
+        else:
+            j = step * self.world_size + self.rank
+            group, first = (int(v) for v in self.chunks[j])
+            base, seq = self.start + j * self.batch_size, self.lists[group]
         slots = list(range(base, base + self.batch_size))
         samples, keys, shards, ids, bad = [], [], [], [], []
-        for g in slots:
+        for t, g in enumerate(slots):
             try:
-                img, parsed, seg, rec, i = self._load(g, bad)
+                img, parsed, seg, rec, i = self._load(seq, first + t, g, bad)
             except TooManyBadSamples as e:  # reported to all ranks by the loader, which raises everywhere
                 return {"fatal": str(e), "meta": {"bad": bad}}
             rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
@@ -293,7 +386,8 @@ class _DetTrainStream(BatchStream):
             ids.append(int(rec["image"]["id"]))
         return {**_collate(samples, self.mean, self.std),
                 "meta": {"keys": keys, "shards": shards, "image_ids": ids, "slots": slots, "epoch": self.epoch,
-                         "step": step, "bad": bad}}
+                         "step": step, "group": group, "bad": bad}}
+
 
 class DetectionTrainLoader(EpochLoader):
     """Infinite, exactly resumable detection train loader (``next(loader)``; see module docstring).
@@ -301,6 +395,20 @@ class DetectionTrainLoader(EpochLoader):
     The augmentation is ``ops`` (from :func:`.det_transforms.train_ops_from_pipeline` of a recipe's
     ``train_pipeline``) or else :func:`.det_transforms.official_train_ops` with ``transform_kw`` (``scales``,
     ``crop_scales``, ``crop_range``, ``final_crop``, ``flip_ratio``); the defaults are the official pipeline.
+
+    ``group_by_aspect_ratio`` (default True, as mmdet's ``GroupSampler`` / ``DistributedGroupSampler`` in every
+    official training): every rank's batch holds images of one orientation (:func:`orientation_flag` of the
+    json's width and height, read when the loader is built; no image is decoded). An epoch takes each group's
+    samples in the epoch order, in chunks of ``batch_size`` (:func:`grouped_chunks`): group g's
+    ``n_g`` samples are padded by repeating its first ones to ``ceil(n_g / (W B)) W B`` (mmdet's rule), so an epoch
+    is ``len_per_epoch = sum_g ceil(n_g / (W B))`` batches per rank. The position adds ``group_consumed`` (items of
+    each group handed out) to the state; resuming reproduces an uninterrupted run exactly with the same world size
+    and batch size (any number of workers), and with another world size the same chunk sequence continues from the
+    same slot (only the padding at the end of the epoch differs); after a batch-size change each group continues
+    where it stopped, so no sample of the epoch is repeated or skipped. A state saved without ``group_consumed``
+    (the global order, ``group_by_aspect_ratio=False``) continues with the groups' samples after the first
+    ``samples_consumed_in_epoch`` of the epoch order. ``False``: the global order of :func:`.loader.epoch_order`,
+    batches of mixed orientations.
 
     ``seg_prefix`` (the official HTC++ ``data.train`` key) is accepted for the recipe's sake and not read: the
     semantic maps are in the shards (``make_shards coco --stuff-maps DIR`` reads them from that folder); ops that
@@ -310,20 +418,21 @@ class DetectionTrainLoader(EpochLoader):
     def __init__(self, shard_dir, *, batch_size, num_workers=0, seed=0, rank=0, world_size=1, num_classes=None,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, max_bad_fraction=0.01, shuffle="global", window_shards=4,
                  split=None, verify="size", worker_timeout=300.0, filter_empty_gt=True, min_size=32,
-                 transform_kw=None, ops=None, seg_prefix=None):
+                 transform_kw=None, ops=None, seg_prefix=None, group_by_aspect_ratio=True):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.manifest, self.reader, self.cat2label = open_detection_set(shard_dir, split, verify, num_classes)
         self.shard_dir = self.manifest["shard_dir"]
-        self.valid = trainable_ids(self.reader, self.cat2label, min_size) if filter_empty_gt else \
-            np.arange(len(self.reader))
+        self.valid, self.flags = train_index(self.reader, self.cat2label, min_size, filter_empty_gt)
         if len(self.valid) == 0:
             raise ShardSetError(f"{redact_url(self.shard_dir)}: no image with annotations to train on")
         self._valid_mask = np.zeros(len(self.reader), dtype=bool)
         self._valid_mask[self.valid] = True
         self.num_samples = int(len(self.valid))
+        self.group_by_aspect_ratio = bool(group_by_aspect_ratio)
+        self.group_sizes = [int((self.flags[self.valid] == g).sum()) for g in range(NUM_GROUPS)]
         self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
         self.num_workers, self.worker_timeout = int(num_workers), worker_timeout
         self.mean, self.std = tuple(mean), tuple(std)
@@ -345,6 +454,7 @@ class DetectionTrainLoader(EpochLoader):
         self.max_bad_fraction = max_bad_fraction
         epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
         self.bad = _BadCounter(max_bad_fraction, f"detection train loader (rank {rank})")
+        self._plan = None  # grouped: (position key, chunks of the rest of the epoch, group lists)
         self._start_position()
 
     def order(self, epoch):
@@ -353,12 +463,82 @@ class DetectionTrainLoader(EpochLoader):
         full = epoch_order(self.manifest, self.seed, epoch, self.shuffle, self.window_shards)
         return full[self._valid_mask[full]]
 
+    # -------------------------------------------------------------- position (orientation groups)
+    @property
+    def len_per_epoch(self):
+        """Batches per rank in a full epoch: ``sum_g ceil(n_g / (W B))`` grouped by orientation, else
+        ``ceil(N / (W B))``."""
+        if not self.group_by_aspect_ratio:
+            return math.ceil(self.num_samples / self.global_batch)
+        return group_epoch_len(self.group_sizes, self.batch_size, self.world_size)
+
+    def _reset_position(self, epoch):
+        super()._reset_position(epoch)
+        self.group_consumed = [0] * NUM_GROUPS
+
+    def _position_key(self):
+        return (self.epoch, self.samples_consumed_in_epoch, tuple(self.group_consumed), self.batch_size,
+                self.world_size)
+
+    def _grouped_plan(self):
+        """(chunks of the rest of the epoch from the current position, the epoch's group lists)."""
+        key = self._position_key()
+        if self._plan is None or self._plan[0] != key:
+            lists, positions = group_lists(self.order(self.epoch), self.flags)
+            chunks = grouped_chunks(positions, self.num_samples, self.group_consumed, self.batch_size,
+                                    self.world_size)
+            self._plan = (key, chunks, lists)
+        return self._plan[1], self._plan[2]
+
+    def remaining_in_epoch(self):
+        if not self.group_by_aspect_ratio:
+            return super().remaining_in_epoch()
+        return len(self._grouped_plan()[0]) // self.world_size
+
+    def _advance(self):
+        if not self.group_by_aspect_ratio:
+            return super()._advance()
+        chunks, lists = self._grouped_plan()
+        for g, _ in chunks[:self.world_size]:
+            self.group_consumed[int(g)] += self.batch_size
+        super()._advance()
+        self._plan = (self._position_key(), chunks[self.world_size:], lists)
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.group_by_aspect_ratio:
+            state["group_consumed"] = list(self.group_consumed) if state["samples_consumed_in_epoch"] else \
+                [0] * NUM_GROUPS
+        return state
+
+    def load_state_dict(self, state):
+        """:meth:`EpochLoader.load_state_dict` plus the groups' positions (``group_consumed``; derived from the
+        epoch order for a state saved without them, see the class docstring)."""
+        super().load_state_dict(state)
+        pos = self.samples_consumed_in_epoch
+        saved = state.get("group_consumed")
+        if not self.group_by_aspect_ratio:
+            if saved is not None and pos:
+                log.warning("resuming a position saved with batches grouped by orientation without grouping: the "
+                            "epoch continues from slot %d of the global order (some samples of this epoch may be "
+                            "repeated or skipped)", pos)
+            return
+        if saved is None:
+            f = self.flags[self.order(self.epoch)[:min(pos, self.num_samples)]]
+            saved = [int((f == g).sum()) for g in range(NUM_GROUPS)]
+        if len(saved) != NUM_GROUPS or any(int(v) < 0 for v in saved):
+            raise ValueError(f"loader state: group_consumed must be {NUM_GROUPS} counts >= 0, got {saved!r}")
+        self.group_consumed = [int(v) for v in saved]
+
     def _stream(self):
+        lists = chunks = None
+        if self.group_by_aspect_ratio:
+            chunks, lists = self._grouped_plan()
         return _DetTrainStream(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
                                start=self.samples_consumed_in_epoch, num_batches=self.remaining_in_epoch(),
                                rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
                                seed=self.seed, mean=self.mean, std=self.std, ops=self.ops,
-                               semantic_classes=self.semantic_classes)
+                               semantic_classes=self.semantic_classes, lists=lists, chunks=chunks)
 
 
 # ------------------------------------------------------------------------------------------------ val

@@ -343,9 +343,16 @@ class EpochLoader:
     prefetch_factor = 2
 
     def _start_position(self):
-        self.epoch = 0
-        self.samples_consumed_in_epoch = 0
+        self._reset_position(0)
         self._it = None
+
+    def _reset_position(self, epoch):
+        """Position at the start of ``epoch`` (a subclass with more position state resets it here too)."""
+        self.epoch, self.samples_consumed_in_epoch = int(epoch), 0
+
+    def _advance(self):
+        """Count one handed-out batch (``world_size * batch_size`` global slots) in the position."""
+        self.samples_consumed_in_epoch += self.global_batch
 
     @property
     def global_batch(self):
@@ -365,12 +372,12 @@ class EpochLoader:
 
     def set_epoch(self, epoch):
         """Start epoch ``epoch`` from its beginning at the next ``next()``."""
-        self.epoch, self.samples_consumed_in_epoch = int(epoch), 0
+        self._reset_position(epoch)
         self._close()
 
     def state_dict(self):
         epoch, pos = self.epoch, self.samples_consumed_in_epoch
-        if pos >= self.num_samples:
+        if self.remaining_in_epoch() == 0:  # the epoch's last batch was handed out: the next epoch's start
             epoch, pos = epoch + 1, 0
         return {"epoch": epoch, "samples_consumed_in_epoch": pos, "seed": self.seed,
                 "world_size": self.world_size, "batch_size": self.batch_size, "num_samples": self.num_samples,
@@ -443,12 +450,11 @@ class EpochLoader:
                         raise TooManyBadSamples(f"{self.bad.what}: {n_fatal} other rank(s) met a run of "
                                                 "consecutive bad samples (see their logs); stopping")
                     self.bad.check(count, epoch_samples, self.world_size)
-                    self.samples_consumed_in_epoch += self.global_batch
+                    self._advance()
                     yield batch
             finally:
                 it.close()
-        self.epoch += 1
-        self.samples_consumed_in_epoch = 0
+        self._reset_position(self.epoch + 1)
 
     def _batches(self):
         while True:

@@ -30,7 +30,8 @@ evaluation every epoch) is rewritten in iterations by :meth:`ObjectDetection.val
 readable (:func:`epochs_to_iterations`)::
 
     iterations per epoch L = ceil(len_per_epoch / accumulation)
-    len_per_epoch = ceil(trainable images / (WORLD_SIZE * samples_per_gpu))      (the train loader's epoch)
+    len_per_epoch = sum over the two orientation groups of ceil(n_g / (WORLD_SIZE * samples_per_gpu))
+                    (the train loader's epoch, mmdet's DistributedGroupSampler; n_g trainable images of group g)
     accumulation  = global_batch_size / (WORLD_SIZE * samples_per_gpu)           (1 when global_batch_size is None)
     max_iters = max_epochs * L;   lr_config.step, checkpoint_config.interval, evaluation.interval (default 1): x L
 
