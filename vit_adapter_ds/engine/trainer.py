@@ -199,7 +199,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ steps
     def train_step(self, iteration: int) -> dict[str, float]:
-        """One iteration (``gas`` micro-batches, one optimizer step); returns this rank's mean of each scalar.
+        """One iteration (``gas`` micro-batches, one optimizer step); returns this rank's mean of each scalar. The
+        step's ``gas`` batches are read first and the micro-steps run inside ``task.step_context`` over them.
 
         Sets ``self.nonfinite_event`` (``None``, or what to log when this iteration's step was skipped for a
         non-finite loss / gradient, on every rank) and ``self.stop_signum`` (a stop signal reached some rank)."""
@@ -210,20 +211,23 @@ class Trainer:
         guard = self.nonfinite_guard
         guard.start(self.engine.module, iteration + 1)
         fault = False
-        for micro in range(self.gas):
-            t0 = time.time()
-            batch = next(self.train_loader)
-            self._data_time += time.time() - t0
-            losses = self.task.forward_loss(self.engine, batch, self.device, self.dtype)
-            terms = {k: float(v.detach().float()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}
-            guard.see_loss(terms)
-            self.engine.backward(losses["loss"])
-            if micro == self.gas - 1:
-                fault, self.stop_signum = agree(guard.local_fault(self.engine.module), self.stop_request.signum,
-                                                self.device)
-            guard.step(self.engine, fault)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v / self.gas
+        t0 = time.time()
+        batches = [next(self.train_loader) for _ in range(self.gas)]  # the whole step's, before its first forward
+        self._data_time += time.time() - t0
+        with self.task.step_context(self.engine.module, batches):  # e.g. losses normalised over the whole step
+            for micro in range(self.gas):
+                batch, batches[micro] = batches[micro], None
+                losses = self.task.forward_loss(self.engine, batch, self.device, self.dtype)
+                terms = {k: float(v.detach().float()) for k, v in losses.items()
+                         if torch.is_tensor(v) and v.numel() == 1}
+                guard.see_loss(terms)
+                self.engine.backward(losses["loss"])
+                if micro == self.gas - 1:
+                    fault, self.stop_signum = agree(guard.local_fault(self.engine.module), self.stop_request.signum,
+                                                    self.device)
+                guard.step(self.engine, fault)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v / self.gas
         self.nonfinite_event = guard.finish(self.engine, fault, sums, self.checkpoints.last_saved)
         return sums
 

@@ -4,7 +4,9 @@ It is an :class:`~vit_adapter_ds.models.segmentor.EncoderDecoder` whose decode h
 
 * training (``model(img, gt_semantic_seg)``): the head's matching losses -- ``loss_cls``, ``loss_mask``,
   ``loss_dice`` for the final prediction and ``d{i}.loss_*`` for the ``num_layers`` earlier ones (mmdet names) --
-  and ``loss``, their sum (mmseg's ``parse_losses`` sums every ``loss*`` term the same way);
+  and ``loss``, their sum (mmseg's ``parse_losses`` sums every ``loss*`` term the same way); the trainer runs the
+  micro-steps of an optimizer step inside ``step_loss_normaliser(labels of every micro-batch)``, which normalises
+  the mask losses over the whole step as the official 16-rank step does;
 * ``encode_decode(img)``: the (N, C, H, W) semantic score map ``sum_q softmax(cls)[:C] * sigmoid(mask)``
   resized bilinearly to the image; whole/slide inference, ``predict`` (which applies a softmax over the classes
   to these scores, as the official ``inference`` does) are EncoderDecoder's;
@@ -50,6 +52,19 @@ class EncoderDecoderMask2Former(EncoderDecoder):
         losses = self.decode_head.loss(self.extract_feat(img), label)
         losses["loss"] = sum(losses.values())
         return losses
+
+    def step_loss_normaliser(self, gt_semantic_segs):
+        """A context for the micro-steps of one optimizer step, given the (N, H, W) labels of every micro-batch of
+        the step on this rank: inside it every :meth:`forward_train` normalises the mask and dice losses by the mean
+        matched-mask count over all micro-batches of the step on all ranks (the official 16-rank normalisation under
+        gradient accumulation, see :mod:`.heads.mask2former.criterion`). Collective: every rank calls it once per
+        step, before the step's first forward."""
+        from .heads.mask2former.criterion import step_num_masks
+
+        head = self.decode_head
+        local = sum(head.num_matched_masks(self._label(g)) for g in gt_semantic_segs)
+        device = next(self.parameters()).device
+        return head.criterion.use_num_masks(step_num_masks(local, len(gt_semantic_segs), device))
 
     def view_probs(self, x: torch.Tensor, flip: bool, mode, crop_size, stride, out_size,
                    pad_short_side: int | None = None, pad_value=0.0) -> torch.Tensor:

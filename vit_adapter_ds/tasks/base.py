@@ -30,6 +30,9 @@ Optional hooks, with defaults here:
   default keeps it as it is.
 * ``build_eval_model(checkpoint, device)``: the model (no pretrained file read) with ``checkpoint`` loaded strictly
   through :mod:`vit_adapter_ds.checkpoint.reader` and ``checkpoint_filter``, in eval mode.
+* ``step_context(model, batches) -> context manager``: entered around the micro-steps of one optimizer step, with
+  this rank's ``gradient_accumulation_steps`` batches of the step (read before its first forward, in order), on
+  every rank; for losses normalised over the whole step (Mask2Former's mask count). The default does nothing.
 
 Evaluation, prediction and export (``launch/eval.py``, ``launch/predict.py``, ``launch/export.py``):
 
@@ -47,6 +50,7 @@ Evaluation, prediction and export (``launch/eval.py``, ``launch/predict.py``, ``
 from __future__ import annotations
 
 import abc
+import contextlib
 
 from ..config.errors import ConfigError
 
@@ -122,6 +126,11 @@ class Task(abc.ABC):
         """A foreign checkpoint's state dict (``--load-from``, ``--checkpoint``) adapted to ``model``; the default
         keeps it as it is."""
         return state_dict
+
+    def step_context(self, model, batches: list):
+        """A context manager around the micro-steps of one optimizer step, given this rank's batches of the step
+        (all of them, before the first forward; called on every rank). The default does nothing."""
+        return contextlib.nullcontext()
 
     def build_eval_model(self, checkpoint, device="cpu"):
         """The model (no pretrained file read) with ``checkpoint`` loaded strictly through the one safe reader

@@ -75,6 +75,12 @@ class SemanticSegmentation(Task):
         img = img.to(dtype) if img.is_floating_point() else img
         return model(img, batch["gt_semantic_seg"].to(device, non_blocking=True))
 
+    def step_context(self, model, batches: list):
+        """The segmentor's context for one optimizer step over these batches' labels, if it has one (Mask2Former:
+        the mask losses are normalised over every micro-batch of the step, as the official 16-rank step)."""
+        hook = getattr(model, "step_loss_normaliser", None)
+        return super().step_context(model, batches) if hook is None else hook([b["gt_semantic_seg"] for b in batches])
+
     def evaluate(self, model, val_loader, dtype, num_vis: int):
         """mIoU over the validation shards (every sample once over all ranks, per-class areas all-reduced) with the
         recipe's test pipeline, by the evaluator that the dataset's catalog entry names (``'miou'``:

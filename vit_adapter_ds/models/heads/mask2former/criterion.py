@@ -9,12 +9,27 @@ matched (prediction, target) pairs at ``num_points`` importance-sampled points p
 prediction, see :func:`~.point_sample.uncertain_point_coords`). ``num_masks`` is the number of matched pairs in
 the batch averaged over the ranks (mmdet ``reduce_mean``: all-reduce / world size when torch.distributed is
 initialised) and clamped to at least 1 -- with data-parallel gradient averaging this normalises by the global mask
-count. With no targets at all the mask terms are 0 (with a graph).
+count. With no targets at all the mask terms are 0 (with a graph). The class loss is normalised by this batch's own
+weights (not reduced over the ranks, as the official head).
+
+Gradient accumulation: an official run takes one optimizer step over 16 ranks, so its ``num_masks`` is the mean
+matched-pair count of all 16 rank batches of the step. Here a step of ``A`` micro-batches on ``W`` ranks does the
+same: before the step's first forward, :func:`step_num_masks` takes the matched pairs of every micro-batch of the
+step (``min(num_queries, masks)`` per image, known from the targets: :func:`num_matched_masks`), sums them over the
+ranks and divides by ``A * W`` (clamped to at least 1), and every micro-step divides by that
+(:meth:`Mask2FormerCriterion.use_num_masks`). DeepSpeed divides each micro-step's loss by ``A`` and averages the
+gradients over the ``W`` ranks, so the step's mask and dice gradients are the sums of the terms over every image of
+the step divided by all its masks: the official 16-rank gradient whenever the step holds the official 16 images,
+however they are split into ranks and micro-steps. (The class loss stays per micro-batch, as per official rank: it
+matches with the official images per micro-batch.) With ``A = 1`` the number is bitwise the one the batch computes
+itself. Outside such a block (a plain forward) ``num_masks`` is the batch's own, reduced over the ranks as above.
 
 Targets come from semantic maps (mmseg_custom ``ToMask``): one binary mask per class present in the image
 (sorted class ids, ``ignore_index`` excluded; ignored pixels are 0 in every mask).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.distributed as dist
@@ -43,6 +58,24 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def num_matched_masks(label: torch.Tensor, num_queries: int, ignore_index: int = 255) -> int:
+    """How many (query, target) pairs the matching of one image will make: ``min(num_queries, G)`` with ``G`` the
+    number of masks :func:`semantic_to_masks` makes of ``label`` (classes present, ``ignore_index`` excluded)."""
+    classes = torch.unique(label)
+    return min(int(num_queries), int((classes != ignore_index).sum()))
+
+
+def step_num_masks(local_masks: int, micro_steps: int = 1, device=None) -> torch.Tensor:
+    """``num_masks`` of every micro-step of one optimizer step: ``local_masks`` (the matched pairs of all this rank's
+    micro-batches of the step) summed over the ranks / ``(micro_steps * world size)``, clamped to at least 1: a 0-d
+    float32 tensor for :meth:`Mask2FormerCriterion.use_num_masks`. Collective: every rank calls it once per step.
+    With ``micro_steps=1`` it is bitwise the number ``loss_single`` computes for the batch (same float32 ops)."""
+    x = torch.tensor([float(local_masks)], dtype=torch.float32, device=device)
+    if micro_steps != 1:
+        x = x.div_(int(micro_steps))
+    return reduce_mean(x).clamp(min=1.0)[0]
+
+
 class Mask2FormerCriterion:
     """Matching + losses for all decoder predictions; see the module docstring."""
 
@@ -66,6 +99,19 @@ class Mask2FormerCriterion:
         self.oversample_ratio = float(oversample_ratio)
         self.importance_sample_ratio = float(importance_sample_ratio)
         self.matcher = matcher or HungarianMatcher(cls_weight, mask_weight, dice_weight, dice_eps)
+        self._step_num_masks: torch.Tensor | None = None  # set by use_num_masks() for one optimizer step
+
+    @contextlib.contextmanager
+    def use_num_masks(self, num_masks: torch.Tensor):
+        """Within the block, every ``loss_single`` divides the mask and dice terms by ``num_masks`` (the step's,
+        from :func:`step_num_masks`) instead of reducing its own batch's count; see the module docstring."""
+        if self._step_num_masks is not None:
+            raise RuntimeError("Mask2FormerCriterion.use_num_masks: already inside an optimizer step's block")
+        self._step_num_masks = num_masks.detach().reshape(()).float()
+        try:
+            yield self
+        finally:
+            self._step_num_masks = None
 
     # ------------------------------------------------------------------ one prediction
     def match(self, cls_logits, mask_logits, gt_labels, gt_masks):
@@ -108,7 +154,10 @@ class Mask2FormerCriterion:
         loss_cls = self.cls_weight * ce / weight[labels.flatten()].sum()
 
         num_pos = sum(int(qi.numel()) for qi, _ in matches)
-        num_masks = reduce_mean(cls_logits.new_tensor([float(num_pos)])).clamp(min=1.0)[0]
+        if self._step_num_masks is not None:  # the optimizer step's mean over all its micro-batches and ranks
+            num_masks = self._step_num_masks.to(cls_logits.device)
+        else:
+            num_masks = reduce_mean(cls_logits.new_tensor([float(num_pos)])).clamp(min=1.0)[0]
         preds = torch.cat(preds) if preds else mask_logits.new_zeros((0,) + mask_logits.shape[2:])
         if preds.shape[0] == 0:
             zero = mask_logits.sum() * 0.0

@@ -29,7 +29,7 @@ from torch import nn
 
 from ...registry import HEADS
 from ...layer_decay import zero_layer_id
-from .criterion import Mask2FormerCriterion, semantic_to_masks
+from .criterion import Mask2FormerCriterion, num_matched_masks, semantic_to_masks
 from .layers import caffe2_xavier_init_
 from .matcher import HungarianMatcher
 from .pixel_decoder import MSDeformAttnPixelDecoder
@@ -194,6 +194,11 @@ class Mask2FormerHead(nn.Module):
         """(N, H, W) label maps -> lists of per-image (labels, masks), see :func:`semantic_to_masks`."""
         pairs = [semantic_to_masks(g, self.num_classes, self.ignore_index) for g in gt_semantic_seg]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def num_matched_masks(self, gt_semantic_seg: torch.Tensor) -> int:
+        """How many (query, target) pairs the matching of this (N, H, W) batch will make (from the targets alone,
+        :func:`~.criterion.num_matched_masks`)."""
+        return sum(num_matched_masks(g, self.num_queries, self.ignore_index) for g in gt_semantic_seg)
 
     def loss(self, feats, gt_semantic_seg: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward + :class:`Mask2FormerCriterion` over all predictions (keys ``loss_cls``, ``loss_mask``,
