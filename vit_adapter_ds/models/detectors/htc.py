@@ -54,13 +54,14 @@ def multiclass_nms(boxes, probs, score_thr, iou_threshold, max_per_img, nms_type
 
 
 class CascadeStage:
-    """Train settings of one stage: assigner IoUs, sampler, box-coder stds."""
+    """Train settings of one stage: assigner (:class:`~.mask_rcnn.MaxIoUMatcher`: IoU thresholds and the config's
+    ``match_low_quality``, mmdet's default True, which the official HTC++ configs keep), sampler, box-coder stds."""
 
     def __init__(self, pos_iou_thr, neg_iou_thr=None, min_pos_iou=None, num=512, pos_fraction=0.25,
-                 target_stds=(0.1, 0.1, 0.2, 0.2)):
+                 target_stds=(0.1, 0.1, 0.2, 0.2), match_low_quality=True):
         neg_iou_thr = pos_iou_thr if neg_iou_thr is None else neg_iou_thr
         min_pos_iou = pos_iou_thr if min_pos_iou is None else min_pos_iou
-        self.matcher = MaxIoUMatcher(pos_iou_thr, neg_iou_thr, min_pos_iou, True)
+        self.matcher = MaxIoUMatcher(pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality)
         self.num, self.pos_fraction = int(num), float(pos_fraction)
         self.coder = det_utils.BoxCoder(tuple(1.0 / s for s in target_stds))
 
@@ -285,11 +286,9 @@ class HybridTaskCascade(nn.Module):
             return self.predict(images, image_sizes)
         from torchvision.models.detection.image_list import ImageList
 
-        from .mask_rcnn import MaskRCNN
+        from .mask_rcnn import MaskRCNN, train_targets
         sizes = MaskRCNN._image_sizes(images, targets, image_sizes)
-        tv = [{"boxes": t["boxes"].to(images.device, torch.float32).reshape(-1, 4),
-               "labels": t["labels"].to(images.device, torch.int64).reshape(-1), "masks": t["masks"].to(images.device)}
-              for t in targets]
+        tv = train_targets(images, targets, sizes)  # masks zero-padded to each image's pad_shape (mmdet Pad)
         feats = self.extract_feat(images)
         proposals, rpn_losses = self.rpn(ImageList(images, sizes), feats, tv)
         losses = {"loss_rpn_cls": rpn_losses["loss_objectness"], "loss_rpn_bbox": rpn_losses["loss_rpn_box_reg"]}
@@ -465,7 +464,8 @@ def htc_from_config(cfg: dict, where: str = "model", cls: type | None = None) ->
         masks.append(HTCMaskHead(mp["with_conv_res"], mp["num_convs"], mp["in_channels"], mp["conv_out_channels"],
                                  mp["num_classes"]))
         stages.append(CascadeStage(rp["stage_pos_iou_thr"], rp["stage_neg_iou_thr"], rp["stage_min_pos_iou"],
-                                   rp["stage_num"], rp["stage_pos_fraction"], tuple(bp["box_target_stds"])))
+                                   rp["stage_num"], rp["stage_pos_fraction"], tuple(bp["box_target_stds"]),
+                                   rp["stage_match_low_quality"]))
     sem_head = None
     if p["semantic_head"] is not None:
         sem_head = FusedSemanticHead.from_config(p["semantic_head"], f"{where}.roi_head.semantic_head")

@@ -10,10 +10,18 @@ Where mmdet and torchvision differ, the mmdet behaviour of the official config i
   base anchors (torchvision rounds them);
 * box losses: ``L1Loss`` (torchvision: smooth L1 with beta 1/9), summed over positives and divided by the number
   of sampled anchors / RoIs as mmdet's ``avg_factor``;
-* assigners: ``MaxIoUAssigner`` low-quality matches only at IoU >= ``min_pos_iou`` (0.3 RPN, 0.5 R-CNN);
+* assigners: ``MaxIoUAssigner`` (:class:`MaxIoUMatcher`): low-quality matches only at IoU >= ``min_pos_iou``
+  (0.3 RPN, 0.5 R-CNN), and every anchor / proposal at a box's best IoU goes to *that* box, later boxes overwriting
+  earlier ones (torchvision keeps the anchor's own best box);
+* RPN anchor targets (:meth:`RPN.assign_targets_to_anchors`): anchors outside an image's own padded size
+  (mmdet's ``valid_flags`` of ``pad_shape``) and, with ``allowed_border >= 0``, beyond the image by more than
+  ``allowed_border`` are removed *before* the assignment (mmdet ``anchor_inside_flags``): they are neither positive
+  nor negative and never take a box in the low-quality step;
 * RoI pooling: mmcv ``RoIAlign(aligned=True)`` with mmdet's level mapping (:mod:`.roi_extractor`);
-* mask targets: the ground-truth bitmaps cropped with ``roi_align(aligned=True)`` and binarised at 0.5
-  (mmdet ``BitmapMasks.crop_and_resize``); torchvision uses unbinarised ``aligned=False`` crops;
+* mask targets: the ground-truth bitmaps, zero-padded to the image's ``pad_shape`` (mmdet's ``Pad`` step), cropped
+  with ``roi_align(aligned=True)`` inside the RoIs clipped to the padded bitmap and binarised at 0.5 (mmdet
+  ``mask_target_single`` / ``BitmapMasks.crop_and_resize``); torchvision uses unbinarised ``aligned=False`` crops
+  of unpadded bitmaps;
 * initialisation: mmdet's (RPN convs normal 0.01; shared FCs Xavier uniform; ``fc_cls`` normal 0.01,
   ``fc_reg`` normal 0.001; mask convs Kaiming normal fan-out);
 * mask pasting: mmdet's ``_do_paste_mask`` (:func:`paste_masks`: ``grid_sample`` of the 28 x 28 probabilities at
@@ -26,8 +34,10 @@ torchvision predictors have ``num_classes + 1`` outputs with background at index
 
 Train mode: ``model(images, targets)`` with ``images`` (B, 3, H, W) normalised and padded to a multiple of 32 and
 ``targets`` a list of dicts ``boxes`` (N, 4) float x1y1x2y2 in input pixels, ``labels`` (N,) int64 class indices,
-``masks`` (N, H', W') uint8 bitmaps (H' x W' at least the unpadded image, aligned at the top-left) and optionally
-``img_shape`` (h, w) of the unpadded image (default: the padded size). Returns a dict of scalar tensors:
+``masks`` (N, H', W') uint8 bitmaps (H' x W' at least the unpadded image, aligned at the top-left; what lies
+beyond ``img_shape`` is not read) and optionally ``img_shape`` (h, w) of the unpadded image (default: the padded
+size) and ``pad_shape`` (h, w), the image padded by its own ``Pad(size_divisor=32)`` step before the batch padding
+(default: ``img_shape`` rounded up to multiples of 32, :func:`padded_shape`). Returns a dict of scalar tensors:
 ``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``, ``loss_mask``, their sum ``loss`` and the
 detached metric ``acc`` (R-CNN classification accuracy, %).
 
@@ -85,6 +95,36 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
         anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
         return [anchors for _ in image_list.image_sizes]
 
+    def valid_flags(self, grid_sizes, pad_shape, device=None) -> torch.Tensor:
+        """mmdet ``AnchorGenerator.valid_flags``: (num anchors,) bool, in the order of :meth:`forward`'s anchors,
+        True for the anchors whose grid position ``(x, y)`` of a level of stride ``s`` lies inside the image's
+        padded size ``pad_shape`` (h, w): ``x < ceil(w / s)`` and ``y < ceil(h / s)``."""
+        ph, pw = (int(v) for v in pad_shape)
+        flags = []
+        for (fh, fw), s, a in zip(grid_sizes, self.strides, self.num_anchors_per_location()):
+            vh, vw = min(-(-ph // s), int(fh)), min(-(-pw // s), int(fw))
+            vy = torch.arange(int(fh), device=device) < vh
+            vx = torch.arange(int(fw), device=device) < vw
+            flags.append((vy[:, None] & vx[None, :]).reshape(-1, 1).expand(-1, a).reshape(-1))
+        return torch.cat(flags)
+
+
+def padded_shape(hw, divisor: int = 32) -> tuple[int, int]:
+    """mmdet ``Pad(size_divisor=divisor)``'s ``pad_shape`` of an image of size ``hw`` (h, w): each side rounded up
+    to a multiple of ``divisor``."""
+    return tuple(-(-int(v) // divisor) * divisor for v in hw)
+
+
+def pad_gt_masks(masks: torch.Tensor, img_shape, pad_shape) -> torch.Tensor:
+    """mmdet ``Pad``'s ``BitmapMasks.pad``: the (N, H', W') bitmaps' top-left ``img_shape`` part, zero-padded (or
+    cut) to ``pad_shape`` (h, w) -> (N, pad_h, pad_w), same dtype."""
+    ph, pw = (int(v) for v in pad_shape)
+    h = min(int(img_shape[0]), masks.shape[-2], ph)
+    w = min(int(img_shape[1]), masks.shape[-1], pw)
+    out = masks.new_zeros((masks.shape[0], ph, pw))
+    out[:, :h, :w] = masks[:, :h, :w]
+    return out
+
 
 class FloatRPNHead(RPNHead):
     """torchvision ``RPNHead`` whose outputs are float32, so that proposals are decoded in float32 also when the
@@ -104,8 +144,11 @@ class FloatFastRCNNPredictor(FastRCNNPredictor):
 
 
 class MaxIoUMatcher(det_utils.Matcher):
-    """torchvision ``Matcher`` with mmdet ``MaxIoUAssigner`` low-quality matching: each ground truth's best
-    anchors/proposals become positive only if that best IoU is at least ``min_pos_iou``."""
+    """torchvision ``Matcher`` with mmdet ``MaxIoUAssigner.assign_wrt_overlaps`` (``gt_max_assign_all=True``):
+    negatives at max IoU < ``neg_iou_thr``, positives (the best box) at max IoU >= ``pos_iou_thr``; then, with
+    ``match_low_quality``, for each box ``i`` in order whose best IoU is >= ``min_pos_iou``, every anchor/proposal
+    at exactly that IoU with box ``i`` is assigned to box ``i`` (a later box overwrites an earlier one, and the
+    anchor's own best box is not kept)."""
 
     def __init__(self, pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality=True):
         super().__init__(pos_iou_thr, neg_iou_thr, allow_low_quality_matches=match_low_quality)
@@ -113,15 +156,17 @@ class MaxIoUMatcher(det_utils.Matcher):
 
     def set_low_quality_matches_(self, matches, all_matches, match_quality_matrix):
         best, _ = match_quality_matrix.max(dim=1)
-        ok = (match_quality_matrix == best[:, None]) & (best[:, None] >= self.min_pos_iou) & (best[:, None] > 0)
-        idx = torch.where(ok)[1]
-        matches[idx] = all_matches[idx]
+        gt, anchor = torch.where((match_quality_matrix == best[:, None]) & (best >= self.min_pos_iou)[:, None])
+        last = torch.full_like(matches, -1).scatter_reduce_(0, anchor, gt, reduce="amax")  # the last box wins
+        hit = last >= 0
+        matches[hit] = last[hit]
 
 
 class RPN(RegionProposalNetwork):
     """torchvision ``RegionProposalNetwork`` with mmdet ``RPNHead`` losses (sigmoid CE + L1, or SmoothL1 with
-    ``smooth_l1_beta``, weighted), mmdet's ``allowed_border`` (``-1``: every anchor is assigned) and the proposal
-    NMS ``nms_type``: ``'nms'`` (torchvision's, per level) or ``'soft_nms'`` (the HTC++ BEiT-L recipe's
+    ``smooth_l1_beta``, weighted), mmdet's anchor targets (:meth:`assign_targets_to_anchors`: the valid flags of
+    each image's ``pad_shape`` and ``allowed_border``, ``-1``: no border rule) and the proposal NMS ``nms_type``:
+    ``'nms'`` (torchvision's, per level) or ``'soft_nms'`` (the HTC++ BEiT-L recipe's
     ``nms=dict(type='soft_nms', iou_threshold=0.7)``: mmcv linear soft-NMS per level, ``min_score`` 1e-3, the
     proposals ranked by their decayed objectness)."""
 
@@ -140,8 +185,8 @@ class RPN(RegionProposalNetwork):
         self.box_coder = det_utils.BoxCoder(tuple(1.0 / s for s in target_stds))
         self.loss_cls_weight, self.loss_bbox_weight = float(loss_cls_weight), float(loss_bbox_weight)
         self.smooth_l1_beta = smooth_l1_beta  # None: L1 (Mask R-CNN); HTC++: SmoothL1 with beta 1/9
-        self.allowed_border = allowed_border  # >= 0: anchors beyond the image by more are ignored (mmdet)
-        self._image_sizes = None
+        self.allowed_border = allowed_border  # >= 0: anchors beyond the image by more are removed (mmdet)
+        self._image_sizes = self._grid_sizes = None  # of the current forward (read by assign_targets_to_anchors)
         if nms_type not in ("nms", "soft_nms"):
             raise ValueError(f"nms_type must be 'nms' or 'soft_nms', got {nms_type!r}")
         self.nms_type = nms_type
@@ -173,16 +218,55 @@ class RPN(RegionProposalNetwork):
 
     def forward(self, images, features, targets=None):
         self._image_sizes = images.image_sizes
+        self._grid_sizes = [tuple(f.shape[-2:]) for f in features.values()]
         return super().forward(images, features, targets)
 
+    def inside_flags(self, anchors: torch.Tensor, image_size, pad_shape=None) -> torch.Tensor:
+        """mmdet ``anchor_inside_flags``: (num anchors,) bool, the anchors of one image that take part in the
+        assignment: valid (:meth:`FixedStrideAnchorGenerator.valid_flags` of ``pad_shape``, default
+        :func:`padded_shape` of ``image_size``; every anchor when the grid sizes of the current forward are not
+        known) and, with ``allowed_border >= 0``, ``x1, y1 >= -allowed_border``, ``x2 < w + allowed_border``,
+        ``y2 < h + allowed_border`` for ``image_size`` (h, w), the unpadded image."""
+        n = anchors.shape[0]
+        flags = torch.ones(n, dtype=torch.bool, device=anchors.device)
+        gen = self.anchor_generator
+        if self._grid_sizes is not None and hasattr(gen, "valid_flags"):
+            valid = gen.valid_flags(self._grid_sizes, pad_shape or padded_shape(image_size), anchors.device)
+            if valid.numel() == n:
+                flags = valid
+        if self.allowed_border >= 0:
+            b, (h, w) = self.allowed_border, image_size
+            flags = flags & (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] < w + b) & \
+                (anchors[:, 3] < h + b)
+        return flags
+
     def assign_targets_to_anchors(self, anchors, targets):
-        labels, matched = super().assign_targets_to_anchors(anchors, targets)
-        if self.allowed_border >= 0 and self._image_sizes is not None:
-            b = self.allowed_border
-            for lab, a, (h, w) in zip(labels, anchors, self._image_sizes):
-                inside = (a[:, 0] >= -b) & (a[:, 1] >= -b) & (a[:, 2] < w + b) & (a[:, 3] < h + b)
-                lab[~inside] = -1.0
-        return labels, matched
+        """Per image: labels (num anchors,) float 1 positive / 0 negative / -1 neither, and the matched box of each
+        anchor (the anchor itself where no box applies). As mmdet ``AnchorHead._get_targets_single``, only the
+        :meth:`inside_flags` anchors are assigned (:class:`MaxIoUMatcher`); the others are -1. ``targets[i]``
+        may carry ``pad_shape``."""
+        labels, matched_boxes = [], []
+        sizes = self._image_sizes or [None] * len(anchors)
+        for a, t, size in zip(anchors, targets, sizes):
+            if size is None:
+                raise ValueError("the RPN assigns anchors inside forward() (image sizes unknown)")
+            pad = t.get("pad_shape")
+            inside = self.inside_flags(a, size, tuple(int(v) for v in pad) if pad is not None else None)
+            lab = torch.full((a.shape[0],), -1.0, dtype=torch.float32, device=a.device)
+            box = a.clone()
+            gt = t["boxes"]
+            if gt.numel() == 0:
+                lab[inside] = 0.0
+            elif inside.any():
+                m = self.proposal_matcher(self.box_similarity(gt, a[inside]))
+                sub = (m >= 0).to(torch.float32)
+                sub[m == self.proposal_matcher.BELOW_LOW_THRESHOLD] = 0.0
+                sub[m == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1.0
+                lab[inside] = sub
+                box[inside] = gt[m.clamp(min=0)].to(box.dtype)
+            labels.append(lab)
+            matched_boxes.append(box)
+        return labels, matched_boxes
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         pos, neg = self.fg_bg_sampler(labels)
@@ -223,14 +307,35 @@ def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, height: int, width: in
 
 
 def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
-    """mmdet ``BitmapMasks.crop_and_resize`` + binarize: (K, size, size) float 0/1 targets of the matched
-    ground-truth masks inside ``boxes``."""
+    """mmdet ``mask_target_single`` (``BitmapMasks.crop_and_resize``, binarised): (K, size, size) float 0/1
+    targets of the matched ground-truth bitmaps (N, H, W) inside ``boxes`` (K, 4), the boxes clipped to
+    ``[0, W] x [0, H]`` first, ``roi_align(aligned=True, sampling_ratio=0)`` in float32, ``>= 0.5``. mmdet's
+    bitmaps are zero-padded to the image's ``pad_shape`` (:func:`pad_gt_masks`); pass them so."""
     if boxes.shape[0] == 0:
         return boxes.new_zeros(0, size, size)
+    h, w = gt_masks.shape[-2:]
+    boxes = boxes.float().clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
     rois = torch.cat([matched[:, None].to(boxes.dtype), boxes], dim=1)
-    rois = rois.float()
     crops = roi_align(gt_masks[:, None].float(), rois, (size, size), 1.0, 0, aligned=True)[:, 0]
     return (crops >= 0.5).float()
+
+
+def train_targets(images: torch.Tensor, targets, sizes, label_offset: int = 0) -> list[dict]:
+    """The detectors' per-image training targets on ``images``' device: ``boxes`` (N, 4) float32, ``labels``
+    (N,) int64 (+ ``label_offset``), ``pad_shape`` (the target's, default :func:`padded_shape` of the image size
+    in ``sizes``) and ``masks`` cut to the image and zero-padded to ``pad_shape`` (:func:`pad_gt_masks`)."""
+    out = []
+    for t, size in zip(targets, sizes):
+        boxes = t["boxes"].to(device=images.device, dtype=torch.float32).reshape(-1, 4)
+        labels = t["labels"].to(device=images.device, dtype=torch.int64).reshape(-1) + label_offset
+        masks = t["masks"].to(images.device)
+        if masks.shape[0] != boxes.shape[0]:
+            raise ValueError(f"{boxes.shape[0]} boxes but {masks.shape[0]} masks")
+        pad = tuple(int(v) for v in t["pad_shape"][:2]) if t.get("pad_shape") is not None else padded_shape(size)
+        out.append({"boxes": boxes, "labels": labels, "masks": pad_gt_masks(masks, size, pad), "pad_shape": pad})
+    return out
 
 
 class MaskRCNNRoIHeads(RoIHeads):
@@ -423,7 +528,7 @@ class MaskRCNN(nn.Module):
               fc_out_channels=1024, mask_convs=4, **kw) -> "MaskRCNN":
         """The official ``mask_rcnn_r50_fpn`` detector around ``backbone`` (defaults are its values); ``kw`` are
         the flat parameter names of :data:`MASK_RCNN_SPEC` (e.g. ``score_thr``, ``rpn_train_nms_pre``)."""
-        p = parse({}, MASK_RCNN_SPEC, "model")
+        p = parse({"backbone": None, "neck": None}, MASK_RCNN_SPEC, "model")  # the built parts are given
         p.update(num_classes=num_classes, mask_num_classes=num_classes, fc_out_channels=fc_out_channels,
                  mask_num_convs=mask_convs, rpn_in_channels=out_channels, rpn_feat_channels=out_channels,
                  box_in_channels=out_channels, box_roi_channels=out_channels, mask_roi_channels=out_channels,
@@ -536,14 +641,7 @@ class MaskRCNN(nn.Module):
         if targets is None or len(targets) != images.shape[0]:
             raise ValueError("training needs one target dict per image")
         sizes = self._image_sizes(images, targets, image_sizes)
-        tv_targets = []
-        for t in targets:
-            boxes = t["boxes"].to(device=images.device, dtype=torch.float32).reshape(-1, 4)
-            labels = t["labels"].to(device=images.device, dtype=torch.int64).reshape(-1) + 1
-            masks = t["masks"].to(images.device)
-            if masks.shape[0] != boxes.shape[0]:
-                raise ValueError(f"{boxes.shape[0]} boxes but {masks.shape[0]} masks")
-            tv_targets.append({"boxes": boxes, "labels": labels, "masks": masks})
+        tv_targets = train_targets(images, targets, sizes, label_offset=1)  # torchvision: background is class 0
         feats = self.extract_feat(images)
         image_list = ImageList(images, sizes)
         proposals, rpn_losses = self.rpn(image_list, feats, tv_targets)

@@ -3,12 +3,15 @@ on the CPU with numpy (torchvision has no soft-NMS; mmcv's kernel is CPU-only to
 
 Repeatedly the highest-scoring remaining box is kept; every other remaining box's score is multiplied by
 
-* ``'linear'`` (mmcv default): ``1 - iou`` if ``iou > iou_threshold`` else 1,
+* ``'linear'`` (mmcv default): ``1 - iou`` if ``iou >= iou_threshold`` else 1,
 * ``'gaussian'``: ``exp(-iou ** 2 / sigma)``,
-* ``'naive'``: 0 if ``iou > iou_threshold`` else 1 (hard NMS),
+* ``'naive'``: 0 if ``iou >= iou_threshold`` else 1 (hard NMS; unlike mmcv ``nms``, which removes at
+  ``iou > iou_threshold``, a box at exactly the threshold is removed)
 
-and boxes whose decayed score falls below ``min_score`` are dropped (as in mmcv, a box is only tested after a
-decay, so an input score below ``min_score`` is not dropped by itself). IoU uses ``x2 - x1`` widths (mmcv ``offset=0``).
+-- ``>=`` as in mmcv 1.4.2's ``softnms_cpu`` kernel (``mmcv/ops/csrc/pytorch/cpu/nms.cpp``), the IoU and the threshold
+in float32 -- and then every remaining box whose score is below ``min_score`` is dropped (as in mmcv, after each
+step, undecayed boxes included; a box is never dropped before a higher one has been kept, so the first kept box
+stays whatever its score). IoU uses ``x2 - x1`` widths (mmcv ``offset=0``).
 Returns the kept boxes' indices in selection order and their decayed scores. (mmcv's CPU kernel breaks score ties
 by its in-place swap order; here ties go to the lower index.)
 """
@@ -51,11 +54,11 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
         inter = w * h
         iou = inter / np.maximum(area[i] + area[rest] - inter, np.float32(1e-12))
         if method == "linear":
-            weight = np.where(iou > thr, 1 - iou, np.float32(1))
+            weight = np.where(iou >= thr, 1 - iou, np.float32(1))
         elif method == "gaussian":
             weight = np.exp(-(iou * iou) / sig)
         else:
-            weight = (iou <= thr).astype(np.float32)
+            weight = (iou < thr).astype(np.float32)
         s[rest] = s[rest] * weight
         alive = rest[s[rest] >= low]
     if not keep:
