@@ -104,13 +104,10 @@ SECTIONS: dict[str, dict] = {
     "evaluation": {
         "interval": POS_INT, "metric": _metric,
         "save_best": Check(str, type(None), choices=(None, "auto", *METRICS, *DET_METRICS)),
-        "img_scale": seq(Check(int, minimum=1), length=2, allow_none=True),
-        "size_divisor": Check(int, type(None), minimum=1),
-        "img_ratios": seq(Check(float, minimum=0, exclusive=True), allow_none=True),
-        "flip": Check(bool),
+        # the resize rule of a multi-scale test asked for on the command line (launch/eval.py --aug-test) when the
+        # test pipeline has none; every other test setting is the test pipeline's (data.val / data.test.pipeline)
         "ms_resize": Section({"type": Check(str, choices=("Resize", "SETR_Resize")), "crop_size": PAIR,
-                              "keep_ratio": Check(bool), "setr_multi_scale": Check(bool)}, allow_none=True),
-        "pad_short_side": Section({"size": POS_INT, "before_normalize": Check(bool)}, allow_none=True)},
+                              "keep_ratio": Check(bool), "setr_multi_scale": Check(bool)}, allow_none=True)},
     "log_config": {"interval": POS_INT},
     "fp16": {"loss_scale": _loss_scale},
     "vis": {"num_images": Check(int, minimum=0)},
@@ -153,8 +150,25 @@ def _check_policy(lr_config) -> None:
                                   f"policy={other!r})")
 
 
+# keys an older dialect of these recipes had, and where their value is now: refused with that pointer
+MOVED_KEYS = {
+    "evaluation": {k: "data.val.pipeline (and data.test.pipeline): the official test pipeline's MultiScaleFlipAug "
+                      "(img_scale, img_ratios, flip), ResizeToMultiple(size_divisor) and PadShortSide(size) steps"
+                   for k in ("img_scale", "size_divisor", "img_ratios", "flip", "pad_short_side")},
+}
+
+
+def _check_moved(cfg) -> None:
+    for section, keys in MOVED_KEYS.items():
+        for key, where in keys.items():
+            if isinstance(cfg.get(section), Mapping) and key in cfg[section]:
+                raise ConfigError(f"recipe: {section}.{key} is not a recipe key; the setting is in {where}, as in "
+                                  "the official configs")
+
+
 def validate_sections(cfg) -> None:
     """Raise :class:`ConfigError` on an unknown top-level key, or an unknown / ill-typed key of an engine section."""
+    _check_moved(cfg)
     unknown = sorted(k for k in cfg if k not in TOP_LEVEL_KEYS and not str(k).startswith("_"))
     if unknown:
         raise ConfigError(f"recipe: unknown top-level key(s) {unknown}; valid keys: "

@@ -1,9 +1,10 @@
-"""The dataset table: ``data.train.type`` / ``data.val.type`` -> the class that builds its loaders from a recipe.
+"""The loaders of a recipe's ``data`` section, one class per shard format: :class:`SegmentationShards` (every
+semantic-segmentation catalog entry) and :class:`DetectionShards` (the COCO-instance entries). The task picks its
+class; the catalog entry that ``data.<split>.type`` names (:mod:`.catalog`) gives classes, palette and evaluator.
 
-Each entry owns the translation of its official-style config keys (``img_norm_cfg`` -> mean/std, the pipeline
-arguments) and refuses unknown or ill-typed keys; the engine supplies batch size, workers, seed, rank, world size
-and the number of classes. Adding a dataset format is one class with ``train_loader`` / ``val_loader`` /
-``check_config`` plus one line in ``DATASETS``.
+Each class translates the official-style keys of a split (its official ``pipeline``, through :mod:`.pipeline`) and
+refuses unknown or ill-typed keys; the engine supplies batch size, workers, seed, rank, world size and the number of
+classes.
 """
 from __future__ import annotations
 
@@ -13,51 +14,51 @@ from ..config.errors import ConfigError
 from ..config.keys import signature_kwargs
 from .catalog import resolve_type
 from .loader import TrainLoader, ValLoader
-from .pipeline import (SEG_PIPELINE_KWARGS, SEG_TEST_KEYS, norm_cfg, seg_test_settings_from_pipeline,
-                       seg_train_kwargs_from_pipeline)
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .pipeline import SEG_PIPELINE_KWARGS, seg_test_settings_from_pipeline, seg_train_kwargs_from_pipeline
 
 ENGINE_SUPPLIED = ("batch_size", "num_workers", "seed", "rank", "world_size", "num_classes")
 
 
-def mean_std(section: Mapping, where: str) -> dict:
-    """mmcv ``img_norm_cfg=dict(mean, std, to_rgb=True)`` -> ``{'mean', 'std'}`` (ImageNet's when absent), read as
-    the pipelines' ``Normalize`` is (:func:`~.pipeline.norm_cfg`)."""
-    norm = section.get("img_norm_cfg")
-    if norm is None:
-        return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    if not isinstance(norm, Mapping):
-        raise ConfigError(f"recipe: {where}.img_norm_cfg must be a dict(mean, std, to_rgb=True), got {norm!r}")
-    mean, std = norm_cfg(norm, f"{where}.img_norm_cfg")
-    return {"mean": mean, "std": std}
-
-
 class SegmentationShards:
     """Semantic-segmentation shards (``make_shards {ade20k,cocostuff,custom,synthetic}``): the resumable
-    :class:`~vit_adapter_ds.data.loader.TrainLoader` and the exact :class:`~vit_adapter_ds.data.loader.ValLoader`."""
+    :class:`~vit_adapter_ds.data.loader.TrainLoader` and the exact :class:`~vit_adapter_ds.data.loader.ValLoader`.
 
-    TRANSLATED = ("type", "img_norm_cfg", "pipeline")
+    A recipe describes them as the official configs do: ``data.train.pipeline`` is mmseg's train pipeline
+    (:func:`~.pipeline.seg_train_kwargs_from_pipeline` gives the crop, scale, ratio range, ``cat_max_ratio``,
+    photometric distortion and normalisation), ``data.val`` / ``data.test.pipeline`` its test pipeline
+    (:func:`~.pipeline.seg_test_settings_from_pipeline`: the test scale, ratios, flip, ``ResizeToMultiple``,
+    ``PadShortSide``, normalisation). Besides ``type`` and ``pipeline`` a section holds the shard folder and the
+    loaders' own options (``ignore_index``, ``max_bad_fraction``, ``shuffle``, ...)."""
+
+    TRANSLATED = ("type", "pipeline")
+
+    @staticmethod
+    def _refuse_pipeline_keys(section: Mapping, where: str, train: bool) -> None:
+        """The loader arguments a pipeline gives are not keys of a data section (one recipe dialect)."""
+        given = [k for k in (*SEG_PIPELINE_KWARGS, "img_norm_cfg") if k in section]
+        if given:
+            step = ("mmseg's train pipeline (Resize(img_scale, ratio_range), RandomCrop(crop_size, cat_max_ratio), "
+                    "PhotoMetricDistortion, Normalize(**img_norm_cfg), ...)" if train else
+                    "mmseg's test pipeline (MultiScaleFlipAug(img_scale, ...), Normalize(**img_norm_cfg), ...)")
+            raise ConfigError(f"recipe: {where} sets {given}: these come from {where}.pipeline, {step}, as in the "
+                              "official configs (see vit_adapter_ds/recipes/_base_/datasets/ade20k.py)")
+        if section.get("pipeline") is None:
+            kind = "train_pipeline" if train else "test_pipeline"
+            raise ConfigError(f"recipe: {where}.pipeline is required: the official {kind} (see "
+                              "vit_adapter_ds/recipes/_base_/datasets/ade20k.py)")
 
     @classmethod
     def _kwargs(cls, fn, section, where):
-        kw = signature_kwargs(fn, section, where, skip=cls.TRANSLATED, supplied=ENGINE_SUPPLIED + ("mean", "std"))
+        train = fn is TrainLoader.__init__
+        cls._refuse_pipeline_keys(section, where, train)
+        kw = signature_kwargs(fn, section, where, skip=cls.TRANSLATED, supplied=ENGINE_SUPPLIED)
         if "shard_dir" not in kw:
             raise ConfigError(f"recipe: {where}.shard_dir is required")
-        if section.get("pipeline") is None:
-            return {**kw, **mean_std(section, where)}
-        # the official mmseg train / test pipeline instead of the flat arguments (data/pipeline.py translates it)
-        if fn is not TrainLoader.__init__:
-            if "img_norm_cfg" in section:
-                raise ConfigError(f"recipe: {where} sets ['img_norm_cfg'] and a pipeline whose Normalize gives it; "
-                                  "set it in one place")
-            te = seg_test_settings_from_pipeline(section["pipeline"], f"{where}.pipeline",
-                                                 kw.get("ignore_index", 255))
+        ignore = kw.get("ignore_index", 255)
+        if not train:
+            te = seg_test_settings_from_pipeline(section["pipeline"], f"{where}.pipeline", ignore)
             return {**kw, "mean": te["mean"], "std": te["std"]}
-        both = [k for k in SEG_PIPELINE_KWARGS if k in section]
-        if both:
-            raise ConfigError(f"recipe: {where} sets {both} and a pipeline that gives them; set them in one place")
-        return {**kw, **seg_train_kwargs_from_pipeline(section["pipeline"], f"{where}.pipeline",
-                                                       kw.get("ignore_index", 255))}
+        return {**kw, **seg_train_kwargs_from_pipeline(section["pipeline"], f"{where}.pipeline", ignore)}
 
     @classmethod
     def check_config(cls, data: Mapping, evaluation: Mapping | None = None) -> None:
@@ -69,26 +70,19 @@ class SegmentationShards:
 
     @classmethod
     def test_settings(cls, data: Mapping, evaluation: Mapping | None = None, split: str = "val") -> dict:
-        """What the evaluation of ``data.<split>`` uses: ``img_scale``, ``size_divisor``, ``img_ratios``, ``flip``,
-        ``ms_resize``, ``pad_short_side`` and ``mean`` / ``std``. A flat recipe gives them in ``evaluation`` (and
-        ``img_norm_cfg``); a recipe with the official test pipeline in ``data.<split>.pipeline`` gives them there
-        (:func:`~.pipeline.seg_test_settings_from_pipeline`), and ``evaluation`` may then add only ``ms_resize`` (the
-        rule of multi-scale tests asked for on the command line) when the pipeline has no ``SETR_Resize``."""
+        """What the evaluation of ``data.<split>`` (``data.val`` when the recipe has no such split) uses, from its
+        official test pipeline: ``img_scale``, ``size_divisor``, ``img_ratios``, ``flip``, ``ms_resize``,
+        ``pad_short_side`` and ``mean`` / ``std``. ``evaluation.ms_resize`` (the resize rule of a multi-scale test
+        asked for on the command line) applies when the pipeline has no ``SETR_Resize`` of its own."""
         ev = dict(evaluation or {})
         section = data.get(split) or data.get("val") or {}
         where = f"data.{split}" if data.get(split) is not None else "data.val"
-        if section.get("pipeline") is None:
-            ratios = ev.get("img_ratios")
-            return {"img_scale": ev.get("img_scale"), "size_divisor": ev.get("size_divisor", 32),
-                    "img_ratios": None if ratios is None else list(ratios), "flip": bool(ev.get("flip", False)),
-                    "ms_resize": ev.get("ms_resize"), "pad_short_side": ev.get("pad_short_side"),
-                    **mean_std(section, where)}
+        cls._refuse_pipeline_keys(section, where, train=False)
         out = seg_test_settings_from_pipeline(section["pipeline"], f"{where}.pipeline",
                                               section.get("ignore_index", 255))
-        both = [k for k in SEG_TEST_KEYS + (("ms_resize",) if out["ms_resize"] else ()) if k in ev]
-        if both:
-            raise ConfigError(f"recipe: evaluation sets {both} and {where}.pipeline gives them; set them in one place "
-                              "(the test pipeline)")
+        if out["ms_resize"] is not None and ev.get("ms_resize") is not None:
+            raise ConfigError(f"recipe: evaluation sets ['ms_resize'] and {where}.pipeline gives it (SETR_Resize); "
+                              "set it in one place (the test pipeline)")
         if out["ms_resize"] is None and ev.get("ms_resize") is not None:
             out["ms_resize"] = ev["ms_resize"]
         return out

@@ -306,11 +306,15 @@ def has_semantic_maps(pipeline) -> bool:
                for s in pipeline or ())
 
 
-# the mmseg train pipeline's steps, in order (PhotoMetricDistortion may be left out)
+# the mmseg train pipeline's steps, in order (PhotoMetricDistortion may be left out; ToMask, the Mask2Former
+# recipes' step that turns the semantic map into one mask per class, may be added after Pad)
 SEG_TRAIN_STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip",
-                   "PhotoMetricDistortion", "Normalize", "Pad", "DefaultFormatBundle", "Collect")
-# TrainLoader arguments that a segmentation train pipeline gives (a recipe sets them there or flat, not both)
-SEG_PIPELINE_KWARGS = ("crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "img_norm_cfg")
+                   "PhotoMetricDistortion", "Normalize", "Pad", "ToMask", "DefaultFormatBundle", "Collect")
+SEG_OPTIONAL_STEPS = ("PhotoMetricDistortion", "ToMask")
+SEG_COLLECT_KEYS = ["img", "gt_semantic_seg"]
+MASK_COLLECT_KEYS = ["img", "gt_semantic_seg", "gt_masks", "gt_labels"]  # with ToMask (mmseg_custom)
+# the TrainLoader arguments a segmentation train pipeline gives: never recipe keys of data.train
+SEG_PIPELINE_KWARGS = ("crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "mean", "std")
 
 
 def _int_pair(v, where):
@@ -322,8 +326,10 @@ def _int_pair(v, where):
 def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", ignore_index: int = SEG_IGNORE) -> dict:
     """Translate an official mmseg train pipeline (``LoadImageFromFile``, ``LoadAnnotations``, ``Resize(img_scale,
     ratio_range)``, ``RandomCrop(crop_size, cat_max_ratio)``, ``RandomFlip(prob=0.5)``, optionally
-    ``PhotoMetricDistortion()``, ``Normalize``, ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)``,
-    ``DefaultFormatBundle``, ``Collect(keys=['img', 'gt_semantic_seg'])``) into the segmentation
+    ``PhotoMetricDistortion()``, ``Normalize``, ``Pad(size=crop_size, pad_val=0, seg_pad_val=255)``, optionally
+    ``ToMask(ignore_index=255)`` (the Mask2Former recipes: one binary mask per class present, which the Mask2Former
+    criterion builds from the semantic map the same way), ``DefaultFormatBundle``, ``Collect(keys=['img',
+    'gt_semantic_seg'])``, with ``'gt_masks', 'gt_labels'`` added after ``ToMask``) into the segmentation
     :class:`~vit_adapter_ds.data.loader.TrainLoader`'s ``crop_size``, ``scale``, ``ratio_range``,
     ``cat_max_ratio``, ``photometric``, ``mean`` and ``std``. ``LoadAnnotations.reduce_zero_label`` is accepted as
     written: the shards' manifest ``label_map`` (written by the dataset's catalog entry) is what maps the labels.
@@ -331,10 +337,10 @@ def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", igno
     if not isinstance(pipeline, (list, tuple)):
         raise ConfigError(f"recipe: {where} must be a list of steps")
     kinds = [s.get("type") if isinstance(s, dict) else None for s in pipeline]
-    expected = [k for k in SEG_TRAIN_STEPS if k != "PhotoMetricDistortion" or k in kinds]
+    expected = [k for k in SEG_TRAIN_STEPS if k not in SEG_OPTIONAL_STEPS or k in kinds]
     if kinds != expected:
         raise ConfigError(f"recipe: {where}: the steps must be {expected} (mmseg's train pipeline, "
-                          f"PhotoMetricDistortion optional), got {kinds}")
+                          f"PhotoMetricDistortion and ToMask optional), got {kinds}")
     out = {"photometric": "PhotoMetricDistortion" in kinds}
     for i, (kind, step) in enumerate(zip(kinds, pipeline)):
         w = f"{where}[{i}]"
@@ -370,9 +376,12 @@ def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", igno
             _fixed(step, "size", out["crop_size"], w)
             _fixed(step, "pad_val", 0, w, 0)
             _fixed(step, "seg_pad_val", ignore_index, w, 255)
+        elif kind == "ToMask":
+            _keys(step, {"ignore_index"}, w)
+            _fixed(step, "ignore_index", ignore_index, w, 255)
         elif kind == "Collect":
             _keys(step, {"keys", "meta_keys"}, w)
-            _fixed(step, "keys", ["img", "gt_semantic_seg"], w)
+            _fixed(step, "keys", MASK_COLLECT_KEYS if "ToMask" in kinds else SEG_COLLECT_KEYS, w)
         else:  # LoadImageFromFile, PhotoMetricDistortion (its defaults), DefaultFormatBundle
             _keys(step, set(), w)
     return out

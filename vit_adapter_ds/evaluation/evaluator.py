@@ -44,7 +44,7 @@ def evaluate(model, loader: Iterable, num_classes: int, *, mode: str | None = No
     flip=True)`` (ratios of ``img_scale``) or ``dict(scales=[(w, h), ...], flip=...)``; None = single scale, no flip.
     ``ms_resize``: the resize rule of multi-scale tests (``evaluation.ms_resize``, e.g.
     ``dict(type='SETR_Resize', crop_size=(640, 640))``); None = the single-scale rule.
-    ``pad_short_side``: the official Mask2Former ``_ms`` ``PadShortSide`` (``evaluation.pad_short_side``,
+    ``pad_short_side``: the official Mask2Former ``_ms`` ``PadShortSide`` (from the test pipeline,
     ``dict(size=896, before_normalize=True)``: pad bottom/right to at least ``size`` with black pixels, or with
     zeros of the normalised image when ``before_normalize=False``), passed to the model's ``aug_test``.
     ``dtype``: cast the images (bf16/fp16 models); ``num_vis``: keep that many (image | label | prediction)
@@ -119,8 +119,9 @@ def _cfg_get(obj, key, default=None):
 def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0, num_classes: int | None = None):
     """The engine's ``evaluate(model, val_loader, cfg, dtype, num_vis) -> (metrics, vis)`` hook for a recipe:
     test mode/crop/stride from ``cfg.model.test_cfg``; scale, divisor, ``img_ratios``/``flip``/``ms_resize``/
-    ``pad_short_side`` and mean/std from ``cfg.evaluation`` + ``data.val.img_norm_cfg`` or from the official test
-    pipeline in ``data.val.pipeline`` (:meth:`~vit_adapter_ds.data.datasets.SegmentationShards.test_settings`);
+    ``pad_short_side`` and mean/std from the official test pipeline in ``data.val.pipeline``
+    (:meth:`~vit_adapter_ds.data.datasets.SegmentationShards.test_settings`; ``evaluation.ms_resize`` may add the
+    resize rule of a multi-scale test);
     class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
     from ..config.keys import to_plain
     from ..data.datasets import SegmentationShards

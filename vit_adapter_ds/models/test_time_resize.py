@@ -44,7 +44,7 @@ def inference_size(h: int, w: int, scale=None, size_divisor: int | None = None) 
 def scales_from_ratios(img_scale, ratios: Sequence[float]) -> list[tuple[int, int]]:
     """mmseg ``MultiScaleFlipAug(img_scale, img_ratios)``: ``[(int(w * r), int(h * r)) for r in ratios]``."""
     if img_scale is None:
-        raise ValueError("multi-scale ratios need a test img_scale (evaluation.img_scale)")
+        raise ValueError("multi-scale ratios need a test img_scale (the test pipeline's MultiScaleFlipAug img_scale)")
     return [(int(img_scale[0] * r), int(img_scale[1] * r)) for r in ratios]
 
 
@@ -100,8 +100,8 @@ class SETRResize:
 
 def build_test_resize(cfg: Mapping | None, size_divisor: int | None = None):
     """A resize rule from a recipe entry: None or ``dict(type='Resize')`` -> :class:`KeepRatioResize`
-    (``size_divisor`` from the argument: ``evaluation.size_divisor``); ``dict(type='SETR_Resize', crop_size=...)``
-    -> :class:`SETRResize`. Unknown types or keys raise ``ValueError``."""
+    (``size_divisor`` from the argument: the test pipeline's ``ResizeToMultiple``);
+    ``dict(type='SETR_Resize', crop_size=...)`` -> :class:`SETRResize`. Unknown types or keys raise ``ValueError``."""
     if cfg is None:
         return KeepRatioResize(size_divisor)
     if not isinstance(cfg, Mapping):

@@ -1,7 +1,7 @@
 # Official: segmentation/configs/ade20k/mask2former_beit_adapter_large_640_160k_ade20k_ss.py.
 # Mask2Former (100 queries) + BEiT-Adapter-L, ADE20K 640x640, 160k iters, batch 16 (8 GPUs x 2), layer decay 0.9,
-# from BEiT-L ImageNet-22k weights (no COCO-Stuff stage). Unlike the 896 recipes: no activation checkpointing
-# (backbone and FFNs), slide 640 / stride 426, train and test img_scale (2048, 640).
+# from BEiT-L ImageNet-22k weights (no COCO-Stuff stage). Activation checkpointing in the backbone and both FFNs (as
+# the official config); unlike the 896 recipes: slide 640 / stride 426, train and test img_scale (2048, 640).
 _base_ = ['./_base_/models/mask2former_beit_adapter.py', './_base_/datasets/ade20k.py',
           './_base_/default_runtime.py', './_base_/schedules/schedule_160k.py']
 crop_size = (640, 640)
@@ -27,6 +27,7 @@ model = dict(
         deform_num_heads=16,
         cffn_ratio=0.25,
         deform_ratio=0.5,
+        with_cp=True,
         interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]]),
     decode_head=dict(
         in_channels=[1024, 1024, 1024, 1024],
@@ -35,13 +36,7 @@ model = dict(
         num_queries=100,
         num_things_classes=100,
         num_stuff_classes=50,
-        # the official FFN configs of this recipe have no with_cp (the base sets with_cp=True)
-        pixel_decoder=dict(encoder=dict(transformerlayers=dict(ffn_cfgs=dict(
-            _delete_=True, type='FFN', embed_dims=1024, feedforward_channels=4096, num_fcs=2, ffn_drop=0.0,
-            act_cfg=dict(type='ReLU', inplace=True))))),
-        transformer_decoder=dict(transformerlayers=dict(ffn_cfgs=dict(
-            _delete_=True, embed_dims=1024, feedforward_channels=4096, num_fcs=2,
-            act_cfg=dict(type='ReLU', inplace=True), ffn_drop=0.0, dropout_layer=None, add_identity=True))),
+        # the FFN configs of the base (with_cp=True in both, as in this official config)
         loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=2.0, reduction='mean',
                       class_weight=[1.0] * 150 + [0.1])),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(426, 426)))
@@ -50,9 +45,40 @@ optimizer = dict(_delete_=True, type='AdamW', lr=2e-5, betas=(0.9, 0.999), weigh
                  paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.90))
 lr_config = dict(_delete_=True, policy='poly', warmup='linear', warmup_iters=1500, warmup_ratio=1e-6, power=1.0,
                  min_lr=0.0, by_epoch=False)
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(2048, 640), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='ToMask'),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg', 'gt_masks', 'gt_labels']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(2048, 640),
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='RandomFlip'),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
 data = dict(samples_per_gpu=2,
-            train=dict(crop_size=crop_size, scale=(2048, 640)))
+            train=dict(pipeline=train_pipeline),
+            val=dict(pipeline=test_pipeline),
+            test=dict(pipeline=test_pipeline))
 global_batch_size = 16
 runner = dict(type='IterBasedRunner', max_iters=160000)
 checkpoint_config = dict(by_epoch=False, interval=1000, max_keep_ckpts=1)
-evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU', img_scale=(2048, 640), size_divisor=32)
+evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU')

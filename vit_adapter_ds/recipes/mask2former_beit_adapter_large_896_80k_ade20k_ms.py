@@ -5,5 +5,23 @@
 # (EncoderDecoderMask2FormerAug). 60.5 mIoU. EncoderDecoderMask2Former.aug_test(pad_short_side=896,
 # pad_value='black') implements the padding rule.
 _base_ = ['./mask2former_beit_adapter_large_896_80k_ade20k_ss.py']
-evaluation = dict(img_ratios=[640. / 896., 768. / 896., 1.0], flip=True,
-                  pad_short_side=dict(size=896, before_normalize=True))
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(3584, 896),
+        img_ratios=[640. / 896., 768. / 896., 1.0],
+        flip=True,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='RandomFlip'),
+            dict(type='PadShortSide', size=896, pad_val=0, seg_pad_val=255),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
+data = dict(val=dict(pipeline=test_pipeline),
+            test=dict(pipeline=test_pipeline))

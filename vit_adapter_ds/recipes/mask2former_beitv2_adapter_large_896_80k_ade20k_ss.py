@@ -6,6 +6,22 @@ _base_ = ['./mask2former_beit_adapter_large_896_80k_ade20k_ss.py']
 pretrained = 'pretrained/beitv2_large_patch16_224_pt1k_ft21k.pth'
 load_from = 'pretrained/mask2former_beitv2_adapter_large_896_80k_cocostuff164k.pth'
 model = dict(pretrained=pretrained)
-# the official test_pipeline of this config flips (MultiScaleFlipAug(img_scale=(3584, 896), flip=True), one scale),
-# unlike its BEiT base
-evaluation = dict(flip=True)
+# the official test_pipeline of this config flips (one scale, flip=True), unlike its BEiT base
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(3584, 896),
+        flip=True,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='RandomFlip'),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
+data = dict(val=dict(pipeline=test_pipeline),
+            test=dict(pipeline=test_pipeline))

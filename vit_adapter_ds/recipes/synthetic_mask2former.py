@@ -79,12 +79,40 @@ model = dict(
         sampler=dict(type='MaskPseudoSampler')),
     test_cfg=dict(mode='whole'),
     init_cfg=None)
+# the official mmseg pipelines (as recipes/_base_/datasets/ade20k.py) at the synthetic images' scale
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(256, 128), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='ToMask'),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg', 'gt_masks', 'gt_labels']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(256, 128),
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='RandomFlip'),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
 data = dict(
     samples_per_gpu=4,
     workers_per_gpu=1,
-    train=dict(shard_dir='shards/synthetic/train', crop_size=crop_size, scale=(256, 128), ratio_range=(0.5, 2.0),
-               cat_max_ratio=0.75, img_norm_cfg=img_norm_cfg),
-    val=dict(shard_dir='shards/synthetic/val', img_norm_cfg=img_norm_cfg))
+    train=dict(type='synthetic', shard_dir='shards/synthetic/train', pipeline=train_pipeline),
+    val=dict(type='synthetic', shard_dir='shards/synthetic/val', pipeline=test_pipeline))
 optimizer = dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05,
                  constructor='LayerDecayOptimizerConstructor',
                  paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.9))
@@ -93,6 +121,6 @@ lr_config = dict(policy='poly', warmup='linear', warmup_iters=20, warmup_ratio=1
                  by_epoch=False)
 runner = dict(type='IterBasedRunner', max_iters=300)
 checkpoint_config = dict(by_epoch=False, interval=100, max_keep_ckpts=2)
-evaluation = dict(interval=100, metric='mIoU', save_best='mIoU', img_scale=(256, 128), size_divisor=32)
+evaluation = dict(interval=100, metric='mIoU', save_best='mIoU')
 log_config = dict(interval=10)
 work_dir = 'work_dirs/synthetic_mask2former'

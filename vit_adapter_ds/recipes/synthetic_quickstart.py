@@ -28,12 +28,39 @@ model = dict(
     decode_head=dict(in_channels=[96, 96, 96, 96], channels=64, num_classes=num_classes),
     auxiliary_head=dict(in_channels=96, channels=32, num_classes=num_classes),
     test_cfg=dict(mode='whole'))
+# the official mmseg pipelines (as recipes/_base_/datasets/ade20k.py) at the synthetic images' scale
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(256, 128), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(256, 128),
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='RandomFlip'),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
 data = dict(
     samples_per_gpu=4,
     workers_per_gpu=1,
-    train=dict(shard_dir='shards/synthetic/train', crop_size=crop_size, scale=(256, 128), ratio_range=(0.5, 2.0),
-               cat_max_ratio=0.75, img_norm_cfg=img_norm_cfg),
-    val=dict(shard_dir='shards/synthetic/val', img_norm_cfg=img_norm_cfg))
+    train=dict(type='synthetic', shard_dir='shards/synthetic/train', pipeline=train_pipeline),
+    val=dict(type='synthetic', shard_dir='shards/synthetic/val', pipeline=test_pipeline))
 optimizer = dict(type='AdamW', lr=3e-3, betas=(0.9, 0.999), weight_decay=0.01,
                  constructor='LayerDecayOptimizerConstructor',
                  paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.95))
@@ -42,6 +69,6 @@ lr_config = dict(policy='poly', warmup='linear', warmup_iters=10, warmup_ratio=1
                  by_epoch=False)
 runner = dict(type='IterBasedRunner', max_iters=200)
 checkpoint_config = dict(by_epoch=False, interval=100, max_keep_ckpts=2)
-evaluation = dict(interval=100, metric='mIoU', save_best='mIoU', img_scale=(256, 128), size_divisor=32)
+evaluation = dict(interval=100, metric='mIoU', save_best='mIoU')
 log_config = dict(interval=10)
 work_dir = 'work_dirs/synthetic_quickstart'

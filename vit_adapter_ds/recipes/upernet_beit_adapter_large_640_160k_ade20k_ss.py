@@ -35,13 +35,42 @@ optimizer = dict(_delete_=True, type='AdamW', lr=2e-5, betas=(0.9, 0.999), weigh
                  paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.90))
 lr_config = dict(_delete_=True, policy='poly', warmup='linear', warmup_iters=1500, warmup_ratio=1e-6, power=1.0,
                  min_lr=0.0, by_epoch=False)
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(2048, 640), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(2048, 640),
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='ResizeToMultiple', size_divisor=32),
+            dict(type='RandomFlip'),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
 data = dict(samples_per_gpu=2,
-            train=dict(crop_size=crop_size, scale=(2048, 640)))
+            train=dict(pipeline=train_pipeline),
+            val=dict(pipeline=test_pipeline),
+            test=dict(pipeline=test_pipeline))
 global_batch_size = 16
 runner = dict(type='IterBasedRunner', max_iters=160000)
 checkpoint_config = dict(by_epoch=False, interval=1000, max_keep_ckpts=1)
-# Test: MultiScaleFlipAug(img_scale=(2048, 640)) + Resize(keep_ratio) + ResizeToMultiple(32). Multi-scale testing
-# (img_ratios / launch/eval.py --aug-test) resizes like the official _ms config: SETR_Resize (short side at least the
-# crop size, no long-edge cap, no ResizeToMultiple), ratios 0.5-1.75 + flip.
-evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU', img_scale=(2048, 640), size_divisor=32,
+# Multi-scale testing asked for on the command line (launch/eval.py --aug-test) resizes like the official _ms config:
+# SETR_Resize (short side at least the crop size, no long-edge cap, no ResizeToMultiple), ratios 0.5-1.75 + flip.
+evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU',
                   ms_resize=dict(type='SETR_Resize', crop_size=crop_size))

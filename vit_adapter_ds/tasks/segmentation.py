@@ -91,7 +91,7 @@ class SemanticSegmentation(Task):
 
     # ------------------------------------------------------------------ launch/eval.py, launch/predict.py
     def _split_settings(self, split="val") -> dict:
-        """``data.<split>``'s test settings and mean / std (``evaluation`` or the official test pipeline)."""
+        """``data.<split>``'s test settings and mean / std (its official test pipeline)."""
         from ..data.datasets import SegmentationShards
 
         return SegmentationShards.test_settings(to_plain(self.cfg.get("data") or {}),

@@ -139,7 +139,7 @@ def test_eval_and_predict_under_srun(slurm, tmp_path):
     for i in range(3):
         Image.fromarray(torch.randint(0, 255, (48, 64, 3), generator=torch.Generator().manual_seed(i),
                                       dtype=torch.uint8).numpy()).save(images / f"im{i}.jpg")
-    common = ["--checkpoint", str(ckpt), "--cfg-options", "evaluation.img_scale=(128,64)"]
+    common = ["--checkpoint", str(ckpt), "--cfg-options", "data.val.pipeline.1.img_scale=(128,64)"]
     single = subprocess.Popen([sys.executable, str(REPO / "launch" / "eval.py"), "--shards", str(shards / "val"),
                                "--num-workers", "0", "--out", str(tmp_path / "single.json"), *common],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())

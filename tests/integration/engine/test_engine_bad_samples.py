@@ -8,6 +8,7 @@ import json
 import pytest
 
 from launching import finished, make_synthetic_shards, train
+from tiny_recipes import seg_size_options
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -31,8 +32,8 @@ def _train(work, shards, max_bad_fraction):
     return train(work, expect_ok=False, timeout=300, options=(
         "runner.max_iters=6", "checkpoint_config.interval=6", "evaluation.interval=6", "log_config.interval=1",
         "vis.num_images=0", "data.samples_per_gpu=2", "data.workers_per_gpu=0", f"data.train.shard_dir={shards}/train",
-        f"data.val.shard_dir={shards}/val", "data.train.crop_size=(64,64)", "data.train.scale=(128,64)",
-        "evaluation.img_scale=(128,64)", f"data.train.max_bad_fraction={max_bad_fraction}"))
+        f"data.val.shard_dir={shards}/val", *seg_size_options(64),
+        f"data.train.max_bad_fraction={max_bad_fraction}"))
 
 
 def test_budget_overrun_stops_every_rank(tmp_path, corrupt_shards):

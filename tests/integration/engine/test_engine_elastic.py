@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from launching import REPO, TRAIN, launch
+from tiny_recipes import seg_size_options
 
 CROP = 64
 
@@ -25,7 +26,7 @@ def _args(work, shards, ds):
             f"checkpoint_config.interval={ITERS}", f"evaluation.interval={ITERS}", "log_config.interval=1",
             "data.samples_per_gpu=2", "data.workers_per_gpu=0", "global_batch_size=4",
             f"data.train.shard_dir={shards}/train", f"data.val.shard_dir={shards}/val",
-            f"data.train.crop_size=({CROP},{CROP})", "data.train.scale=(128,64)", "evaluation.img_scale=(128,64)",
+            *seg_size_options(CROP),
             "lr_config.warmup_iters=2", "vis.num_images=0"]
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from support import free_port
 from launching import TRAIN, command, env, finished, launch, losses, train_args
+from tiny_recipes import seg_size_options
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ITERS = 24
@@ -25,8 +26,8 @@ def _args(work, shards, extra=()):
     return train_args(work, recipe="synthetic_mask2former", args=extra, options=(
         f"runner.max_iters={ITERS}", "checkpoint_config.interval=8", "evaluation.interval=8", "log_config.interval=1",
         "data.samples_per_gpu=2", "data.workers_per_gpu=0", f"data.train.shard_dir={shards}/train",
-        f"data.val.shard_dir={shards}/val", "data.train.crop_size=(64,64)", "data.train.scale=(128,64)",
-        "evaluation.img_scale=(128,64)", "lr_config.warmup_iters=2", "optimizer.lr=1e-3", "vis.num_images=1"))
+        f"data.val.shard_dir={shards}/val", *seg_size_options(64), "lr_config.warmup_iters=2", "optimizer.lr=1e-3",
+        "vis.num_images=1"))
 
 
 def _run(work, shards, extra=(), timeout=600):

@@ -12,6 +12,7 @@ import torch
 
 from support import free_port
 from launching import losses, train
+from tiny_recipes import seg_size_options
 
 CROP = 64
 
@@ -27,7 +28,7 @@ def _train(work, shards, port, args=(), iters=4):
         f"runner.max_iters={iters}", "checkpoint_config.interval=2", f"evaluation.interval={iters}",
         "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0",
         f"data.train.shard_dir={shards}/train", f"data.val.shard_dir={shards}/val",
-        f"data.train.crop_size=({CROP},{CROP})", "data.train.scale=(128,64)", "evaluation.img_scale=(128,64)",
+        *seg_size_options(CROP),
         "lr_config.warmup_iters=2", "vis.num_images=2"))[1]
 
 

@@ -60,7 +60,8 @@ def test_upernet_vit_adapter_recipes_match_official(name):
                                      power=1.0, min_lr=0.0, by_epoch=False)
     assert c.runner.max_iters == 160000 and c.data.samples_per_gpu == 2 and c.global_batch_size == 16
     assert c.model.test_cfg == {"mode": "slide", "crop_size": (512, 512), "stride": (341, 341)}
-    assert c.data.train.crop_size == (512, 512) and c.data.train.scale == (2048, 512)
+    train, test = _resolved(c)
+    assert (train["crop_size"], train["scale"]) == ((512, 512), (2048, 512))
     dh, ah = c.model.decode_head, c.model.auxiliary_head
     assert (dh.type, dh.num_classes, list(dh.in_channels), dh.channels, tuple(dh.pool_scales), dh.dropout_ratio) == \
         ("UPerHead", 150, [d] * 4, 512, (1, 2, 3, 6), 0.1)
@@ -69,11 +70,24 @@ def test_upernet_vit_adapter_recipes_match_official(name):
     assert dh.norm_cfg["type"] == "SyncBN"
     if depth == 24:  # AugReg-L: 384 pretrain size, with_cp, 127.5 normalisation, no fp16
         assert b.img_size == b.pretrain_size == 384 and b.with_cp is True
-        assert c.data.train.img_norm_cfg["mean"] == [127.5] * 3 and c.data.val.img_norm_cfg["std"] == [127.5] * 3
+        assert train["mean"] == test["mean"] == (127.5,) * 3 and train["std"] == test["std"] == (127.5,) * 3
         assert c.get("fp16") is None
     else:
         assert c.fp16 == {"loss_scale": {"init_scale": 512}}
-        assert c.data.train.img_norm_cfg["mean"] == [123.675, 116.28, 103.53]
+        assert train["mean"] == test["mean"] == (123.675, 116.28, 103.53)
+        assert train["std"] == test["std"] == (58.395, 57.12, 57.375)
+
+
+def _resolved(c, split="val"):
+    """What the loaders and the evaluation take from a recipe's pipelines: the TrainLoader arguments of
+    data.train.pipeline and the test settings of data.<split>.pipeline."""
+    from vit_adapter_ds.config.keys import to_plain
+    from vit_adapter_ds.data.datasets import SegmentationShards
+    from vit_adapter_ds.data.loader import TrainLoader
+
+    data = to_plain(c.data)
+    return (SegmentationShards._kwargs(TrainLoader.__init__, data["train"], "data.train"),
+            SegmentationShards.test_settings(data, to_plain(c.get("evaluation") or {}), split))
 
 
 def test_beit_upernet_640_matches_official():
@@ -115,13 +129,15 @@ def test_mask2former_recipes_match_official(name, classes, things, load_from):
 # segmentation/configs/{ade20k,coco_stuff164k}/<name>.py and mmseg 0.20 _base_/datasets/ade20k.py), independently
 # of the recipes: train Resize(img_scale, ratio_range), RandomCrop(crop_size, cat_max_ratio); test
 # MultiScaleFlipAug(img_scale, img_ratios, flip) + Resize(keep_ratio) + ResizeToMultiple(size_divisor); test_cfg
-# mode / crop_size / stride; and the resize type of the official multi-scale (_ms) test pipeline.
+# mode / crop_size / stride; PadShortSide of the Mask2Former _ms tests; and the resize type of the official
+# multi-scale (_ms) test pipeline of UperNet BEiT 640, which a multi-scale test on the command line uses.
 _ADE512 = dict(train_scale=(2048, 512), ratio_range=(0.5, 2.0), crop=(512, 512), cat_max_ratio=0.75,
                test_scale=(2048, 512), size_divisor=32, img_ratios=None, flip=False, mode="slide",
-               test_crop=(512, 512), stride=(341, 341), ms_resize="Resize")
+               test_crop=(512, 512), stride=(341, 341), ms_resize=None, pad=None)
 _M2F896 = dict(train_scale=(3584, 896), ratio_range=(0.5, 2.0), crop=(896, 896), cat_max_ratio=0.75,
                test_scale=(3584, 896), size_divisor=32, img_ratios=None, flip=False, mode="slide",
-               test_crop=(896, 896), stride=(512, 512), ms_resize=None)  # _ms pipeline: the Mask2Former issue's
+               test_crop=(896, 896), stride=(512, 512), ms_resize=None, pad=None)
+_BLACK, _ZERO = dict(size=896, before_normalize=True), dict(size=896, before_normalize=False)
 OFFICIAL_PIPELINES = {
     "upernet_deit_adapter_tiny_512_160k_ade20k": _ADE512,
     "upernet_deit_adapter_small_512_160k_ade20k": _ADE512,
@@ -130,27 +146,25 @@ OFFICIAL_PIPELINES = {
     "upernet_beit_adapter_large_640_160k_ade20k_ss": dict(
         train_scale=(2048, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
         test_scale=(2048, 640), size_divisor=32, img_ratios=None, flip=False, mode="slide", test_crop=(640, 640),
-        stride=(426, 426), ms_resize=("SETR_Resize", (640, 640))),
+        stride=(426, 426), ms_resize=dict(type="SETR_Resize", crop_size=(640, 640)), pad=None),
     "mask2former_beit_adapter_large_896_80k_ade20k_ss": _M2F896,
     "mask2former_beit_adapter_large_896_80k_cocostuff164k_ss": _M2F896,
     "mask2former_beitv2_adapter_large_896_80k_cocostuff164k_ss": _M2F896,
     "mask2former_beit_adapter_large_896_80k_ade20k_ms": dict(_M2F896, img_ratios=[640 / 896, 768 / 896, 1.0],
-                                                             flip=True),
+                                                             flip=True, pad=_BLACK),
     "mask2former_beit_adapter_large_896_80k_cocostuff164k_ms": dict(_M2F896, img_ratios=[640 / 896, 768 / 896, 1.0],
-                                                                    flip=True),
+                                                                    flip=True, pad=_BLACK),
     "mask2former_beitv2_adapter_large_896_80k_ade20k_ms": dict(
-        _M2F896, img_ratios=[800 / 896, 832 / 896, 864 / 896, 1.0], flip=True),
+        _M2F896, img_ratios=[800 / 896, 832 / 896, 864 / 896, 1.0], flip=True, pad=_ZERO),
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ss": dict(_M2F896, flip=True),  # one scale, flipped
     "mask2former_beit_adapter_large_640_160k_ade20k_ss": dict(
         _M2F896, train_scale=(2048, 640), crop=(640, 640), test_scale=(2048, 640), test_crop=(640, 640),
         stride=(426, 426)),
-    # Not listed (its recipe belongs to the Mask2Former work): mask2former_beitv2_adapter_large_896_80k_ade20k_ss,
-    # whose official test pipeline has flip=True (single scale + flip).
 }
 
 
-def test_every_upernet_recipe_has_a_pipeline_row():
-    assert sorted(n for n in OFFICIAL_PIPELINES if n.startswith("upernet")) == \
-        sorted(n for n in RECIPES if n.startswith("upernet"))
+def test_every_segmentation_recipe_has_a_pipeline_row():
+    assert sorted(OFFICIAL_PIPELINES) == sorted(n for n in RECIPES if not n.startswith("synthetic"))
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PIPELINES))
@@ -159,29 +173,24 @@ def test_pipeline_scales_match_official(name):
         pytest.fail(f"recipe {name} is missing")
     want = OFFICIAL_PIPELINES[name]
     c = load_recipe(name)
-    train, ev, tc = c.data.train, c.evaluation, c.model.test_cfg
-    assert tuple(train.scale) == want["train_scale"]
-    assert tuple(train.ratio_range) == want["ratio_range"]
-    assert tuple(train.crop_size) == want["crop"]
-    assert train.cat_max_ratio == want["cat_max_ratio"]
-    assert tuple(ev.img_scale) == want["test_scale"]
-    assert ev.get("size_divisor") == want["size_divisor"]
-    assert (None if ev.get("img_ratios") is None else list(ev.img_ratios)) == want["img_ratios"]
-    assert bool(ev.get("flip", False)) == want["flip"]
+    tc = c.model.test_cfg
+    for split in ("val", "test"):
+        train, test = _resolved(c, split)
+        assert (train["scale"], train["ratio_range"], train["crop_size"], train["cat_max_ratio"]) == \
+            (want["train_scale"], want["ratio_range"], want["crop"], want["cat_max_ratio"])
+        assert train["photometric"] is True
+        assert (test["img_scale"], test["size_divisor"], test["flip"], test["pad_short_side"]) == \
+            (want["test_scale"], want["size_divisor"], want["flip"], want["pad"])
+        assert test["img_ratios"] == (None if want["img_ratios"] is None else pytest.approx(want["img_ratios"]))
+        assert test["ms_resize"] == want["ms_resize"]
     assert (tc.mode, tuple(tc.crop_size), tuple(tc.stride)) == (want["mode"], want["test_crop"], want["stride"])
-    ms = ev.get("ms_resize")
-    if want["ms_resize"] == "Resize":
-        assert ms is None or dict(ms) == {"type": "Resize"}
-    elif isinstance(want["ms_resize"], tuple):
-        kind, crop = want["ms_resize"]
-        assert ms["type"] == kind and tuple(ms["crop_size"]) == crop
 
 
 def test_quickstart_recipe_is_tiny():
     c = load_recipe(None)
     b = c.model.backbone
     assert 96 <= b.embed_dim <= 192 and 4 <= b.depth <= 6 and len(b.interaction_indexes) == 4
-    assert 64 <= c.model.decode_head.channels <= 128 and 128 <= c.data.train.crop_size[0] <= 256
+    assert 64 <= c.model.decode_head.channels <= 128 and 128 <= _resolved(c)[0]["crop_size"][0] <= 256
 
 
 def test_unknown_recipe_lists_builtins():

@@ -30,7 +30,14 @@ from vit_adapter_ds.tasks import load_and_validate
     (["evaluation.save_best=mIoUU"], r"evaluation\.save_best='mIoUU' is not supported"),
     (["data.train.batch_size=3"], "must not set.*batch_size"),
     (["data.train.crop_sise=3"], r"data\.train\.crop_sise"),
-    (["data.train.img_norm_cfg.to_rgb=False"], r"to_rgb=False"),
+    (["data.train.pipeline.6.to_rgb=False"], r"data\.train\.pipeline\[6\]\.to_rgb=False is not supported"),
+    # one recipe dialect: the loader arguments and test settings are the official pipelines', not data / evaluation
+    # keys of their own
+    (["data.train.crop_size=(64,64)"], r"data\.train sets \['crop_size'\]: these come from data\.train\.pipeline"),
+    (["data.val.img_norm_cfg={'mean':[0,0,0],'std':[1,1,1]}"], r"data\.val sets \['img_norm_cfg'\]"),
+    (["data.val.pipeline=None"], r"data\.val\.pipeline is required: the official test_pipeline"),
+    (["evaluation.img_scale=(128,64)"], r"evaluation\.img_scale is not a recipe key.*data\.val\.pipeline"),
+    (["evaluation.flip=True"], r"evaluation\.flip is not a recipe key"),
     (["model.test_cfg.mode=sliding"], r"model\.test_cfg\.mode='sliding'"),
     (["optimizer.paramwise_cfg.custom_keys={'pos_embed': {'decay_mul': 0.0}}"],
      r"optimizer\.paramwise_cfg\.custom_keys\.pos_embed\.decay_mul"),

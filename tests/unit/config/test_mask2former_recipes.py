@@ -8,6 +8,8 @@ import torch
 
 from vit_adapter_ds.config.keys import to_plain
 from vit_adapter_ds.config.loader import load_recipe
+from vit_adapter_ds.data.datasets import SegmentationShards
+from vit_adapter_ds.data.loader import TrainLoader
 from vit_adapter_ds.models.segmentor_mask2former import EncoderDecoderMask2Former
 
 BEIT = "pretrained/beit_large_patch16_224_pt22k_ft22k.pth"
@@ -34,7 +36,7 @@ OFFICIAL = {
     "mask2former_beitv2_adapter_large_896_80k_ade20k_ms":
         (BEITV2, ADE_FROM_V2, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, R_BEITV2, True),
     "mask2former_beit_adapter_large_640_160k_ade20k_ss":
-        (BEIT, None, 150, 100, 100, 640, False, 160000, 2, (2048, 640), 426, 16000, None, False),
+        (BEIT, None, 150, 100, 100, 640, True, 160000, 2, (2048, 640), 426, 16000, None, False),
 }
 
 
@@ -55,9 +57,13 @@ def test_mask2former_recipe_matches_official(name):
     assert dict(c.optimizer.paramwise_cfg) == {"num_layers": 24, "layer_decay_rate": 0.9}
     assert (c.lr_config.warmup_iters, c.lr_config.warmup_ratio, c.lr_config.power) == (1500, 1e-6, 1.0)
     assert (c.runner.max_iters, c.data.samples_per_gpu, c.global_batch_size) == (iters, per_gpu, 16)
-    assert tuple(c.data.train.scale) == scale and tuple(c.data.train.crop_size) == (size, size)
-    assert (c.evaluation.interval, tuple(c.evaluation.img_scale), c.evaluation.size_divisor) == (interval, scale, 32)
-    assert c.evaluation.get("img_ratios") == ratios and bool(c.evaluation.get("flip", False)) == flip
+    data = to_plain(c.data)
+    train = SegmentationShards._kwargs(TrainLoader.__init__, data["train"], "data.train")
+    test = SegmentationShards.test_settings(data, to_plain(c.evaluation), "val")
+    assert (train["scale"], train["crop_size"]) == (scale, (size, size))
+    assert [s["type"] for s in data["train"]["pipeline"]][-3:] == ["ToMask", "DefaultFormatBundle", "Collect"]
+    assert (c.evaluation.interval, test["img_scale"], test["size_divisor"]) == (interval, scale, 32)
+    assert test["img_ratios"] == (None if ratios is None else pytest.approx(ratios)) and test["flip"] == flip
     with torch.device("meta"):
         model = EncoderDecoderMask2Former.from_config(to_plain(c.model))
     head = model.decode_head

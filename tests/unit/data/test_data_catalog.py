@@ -86,13 +86,15 @@ def test_registered_dataset_gets_its_make_shards_subcommand(tiny, capsys):
 def test_segmentation_recipe_naming_the_dataset_builds_the_task_loaders(tiny, name):
     from types import SimpleNamespace
 
+    from tiny_recipes import seg_test_pipeline, seg_train_pipeline
     from vit_adapter_ds.tasks.segmentation import SemanticSegmentation
 
     TinyBlobs.write(str(tiny / "raw"), str(tiny / "shards" / "train"), "train", num_workers=1, progress=False)
     TinyBlobs.write(str(tiny / "raw"), str(tiny / "shards" / "val"), "val", num_workers=1, progress=False)
     data = {"samples_per_gpu": 2, "workers_per_gpu": 0,
-            "train": {"type": name, "shard_dir": str(tiny / "shards"), "crop_size": (32, 32), "scale": (64, 32)},
-            "val": {"type": name, "shard_dir": str(tiny / "shards")}}
+            "train": {"type": name, "shard_dir": str(tiny / "shards"),
+                      "pipeline": seg_train_pipeline(crop=(32, 32), scale=(64, 32))},
+            "val": {"type": name, "shard_dir": str(tiny / "shards"), "pipeline": seg_test_pipeline((64, 32))}}
     task = SemanticSegmentation(SimpleNamespace(data=data))
     task._num_classes = 2  # what the model would say (no model is built here)
     batch = next(iter(task.build_train_loader(rank=0, world_size=1, seed=0)))

@@ -1,5 +1,6 @@
 """The official mmseg train pipeline in a segmentation recipe (data/pipeline.py translates it, as it does the
-detection pipelines): the same loader arguments as the flat recipe keys; what it does not implement is refused."""
+detection pipelines): the loader arguments it means; what it does not implement is refused; the loader arguments
+are never recipe keys of their own (one recipe dialect)."""
 from __future__ import annotations
 
 import copy
@@ -25,23 +26,46 @@ ADE20K_PIPELINE = [  # ViT-Adapter segmentation/configs/_base_/datasets/ade20k.p
     dict(type='DefaultFormatBundle'),
     dict(type='Collect', keys=['img', 'gt_semantic_seg']),
 ]
-FLAT = dict(shard_dir='shards/ade20k/train', crop_size=CROP, scale=(2048, 512), ratio_range=(0.5, 2.0),
-            cat_max_ratio=0.75, img_norm_cfg=IMG_NORM)  # recipes/_base_/datasets/ade20k.py
+M2F_PIPELINE = ADE20K_PIPELINE[:8] + [  # ViT-Adapter segmentation/configs/ade20k/mask2former_beit_*_ss.py
+    dict(type='ToMask'),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg', 'gt_masks', 'gt_labels'])]
+# the TrainLoader arguments that pipeline means (typed from mmseg's transforms, not from the translator)
+LOADER_ARGS = dict(shard_dir='shards/ade20k/train', crop_size=(512, 512), scale=(2048, 512), ratio_range=(0.5, 2.0),
+                   cat_max_ratio=0.75, photometric=True, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 
 
 def _train_kwargs(section):
     return SegmentationShards._kwargs(TrainLoader.__init__, section, "data.train")
 
 
-def test_official_pipeline_gives_the_flat_recipes_arguments():
+def test_official_pipeline_gives_the_loader_arguments():
     official = _train_kwargs(dict(type='ADE20KDataset', shard_dir='shards/ade20k/train', pipeline=ADE20K_PIPELINE))
-    flat = _train_kwargs(FLAT)
-    assert official == {**flat, "photometric": True}
+    assert official == LOADER_ARGS
     without = [s for s in ADE20K_PIPELINE if s["type"] != "PhotoMetricDistortion"]
     assert seg_train_kwargs_from_pipeline(without)["photometric"] is False
     no_cat = copy.deepcopy(ADE20K_PIPELINE)
     del no_cat[3]["cat_max_ratio"]
     assert seg_train_kwargs_from_pipeline(no_cat)["cat_max_ratio"] == 1.0  # mmseg's default
+
+
+def test_the_mask2former_pipeline_adds_to_mask():
+    """ToMask (one binary mask per class present, the Mask2Former recipes) changes no loader argument: the
+    Mask2Former criterion builds the same masks from the semantic map. Its Collect keys must name the masks."""
+    assert _train_kwargs(dict(shard_dir='shards/ade20k/train', pipeline=M2F_PIPELINE)) == LOADER_ARGS
+    p = copy.deepcopy(M2F_PIPELINE)
+    p[-1]["keys"] = ['img', 'gt_semantic_seg']
+    with pytest.raises(ConfigError, match=r"\[10\]\.keys=\['img', 'gt_semantic_seg'\] is not supported; only "
+                                          r"\['img', 'gt_semantic_seg', 'gt_masks', 'gt_labels'\]"):
+        seg_train_kwargs_from_pipeline(p, "data.train.pipeline")
+    p = copy.deepcopy(M2F_PIPELINE)
+    p[8]["ignore_index"] = 0
+    with pytest.raises(ConfigError, match=r"\[8\]\.ignore_index=0 is not supported; only 255"):
+        seg_train_kwargs_from_pipeline(p, "data.train.pipeline")
+    p = copy.deepcopy(M2F_PIPELINE)
+    p.insert(9, p.pop(8))  # ToMask after DefaultFormatBundle
+    with pytest.raises(ConfigError, match=r"the steps must be .*'Pad', 'ToMask', 'DefaultFormatBundle'"):
+        seg_train_kwargs_from_pipeline(p, "data.train.pipeline")
 
 
 @pytest.mark.parametrize("edit,msg", [
@@ -61,11 +85,23 @@ def test_unsupported_pipelines_are_refused(edit, msg):
         seg_train_kwargs_from_pipeline(p, "data.train.pipeline")
 
 
-def test_pipeline_and_flat_keys_are_not_mixed_and_val_takes_a_test_pipeline():
+@pytest.mark.parametrize("key,value", [("crop_size", CROP), ("scale", (2048, 512)), ("ratio_range", (0.5, 2.0)),
+                                       ("cat_max_ratio", 0.75), ("photometric", False), ("img_norm_cfg", IMG_NORM),
+                                       ("mean", (0.0, 0.0, 0.0))])
+def test_loader_arguments_are_not_data_keys(key, value):
+    """One recipe dialect: what a pipeline gives is never a key of data.train, with or without a pipeline."""
+    for section in (dict(shard_dir='x', pipeline=ADE20K_PIPELINE), dict(shard_dir='x')):
+        with pytest.raises(ConfigError, match=rf"data\.train sets \['{key}'\]: these come from data\.train\.pipeline"):
+            _train_kwargs(dict(section, **{key: value}))
+
+
+def test_a_pipeline_is_required_and_val_takes_a_test_pipeline():
     from vit_adapter_ds.data.loader import ValLoader
 
-    with pytest.raises(ConfigError, match=r"sets \['crop_size'\] and a pipeline"):
-        _train_kwargs(dict(shard_dir='x', crop_size=CROP, pipeline=ADE20K_PIPELINE))
+    with pytest.raises(ConfigError, match=r"data\.train\.pipeline is required: the official train_pipeline"):
+        _train_kwargs(dict(shard_dir='x'))
+    with pytest.raises(ConfigError, match=r"data\.val\.pipeline is required: the official test_pipeline"):
+        SegmentationShards._kwargs(ValLoader.__init__, dict(shard_dir='x'), "data.val")
     # a val / test section takes the official test pipeline (test_data_seg_test_pipeline.py), not a train one
     with pytest.raises(ConfigError, match=r"data\.val\.pipeline must be \[LoadImageFromFile, MultiScaleFlipAug"):
         SegmentationShards._kwargs(ValLoader.__init__, dict(shard_dir='x', pipeline=ADE20K_PIPELINE), "data.val")

@@ -1,9 +1,9 @@
 """The official mmseg TEST pipeline in a segmentation recipe's data.val / data.test (data/pipeline.py translates
-it): the same evaluation settings (test scale, ResizeToMultiple, ratios, flip, PadShortSide, SETR_Resize, mean /
-std) as the flat recipes' ``evaluation`` keys; what it does not implement is refused, naming the dotted path."""
+it): every recipe holds its official test pipeline step for step, the evaluation settings (test scale,
+ResizeToMultiple, ratios, flip, PadShortSide, SETR_Resize, mean / std) come from it alone, and what it does not
+implement is refused, naming the dotted path."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 
@@ -36,6 +36,12 @@ def official(img_scale, norm=IMAGENET, ratios=None, flip=False, pad=None, resize
     return [dict(type='LoadImageFromFile'), aug]
 
 
+TRAIN = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
+         dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),
+         dict(type='RandomCrop', crop_size=(512, 512), cat_max_ratio=0.75), dict(type='RandomFlip', prob=0.5),
+         dict(type='PhotoMetricDistortion'), dict(type='Normalize', **IMAGENET),
+         dict(type='Pad', size=(512, 512), pad_val=0, seg_pad_val=255), dict(type='DefaultFormatBundle'),
+         dict(type='Collect', keys=['img', 'gt_semantic_seg'])]
 M2F_MS = [640. / 896., 768. / 896., 1.0]
 OFFICIAL_TEST = {  # typed from the official configs, independently of the recipes
     "upernet_deit_adapter_tiny_512_160k_ade20k": official((2048, 512)),
@@ -56,36 +62,41 @@ OFFICIAL_TEST = {  # typed from the official configs, independently of the recip
 }
 
 
-def _as_official(cfg, pipeline):
-    """The recipe with its test settings moved into data.val / data.test.pipeline (the official form)."""
-    data, ev = to_plain(cfg.data), to_plain(cfg.evaluation)
-    for split in ("val", "test"):
-        section = {k: v for k, v in (data.get(split) or data["val"]).items() if k != "img_norm_cfg"}
-        data[split] = dict(section, pipeline=copy.deepcopy(pipeline))
-    return data, {k: v for k, v in ev.items() if k not in SEG_TEST_KEYS}
+def _plain(v):
+    """Tuples as lists (mmengine keeps a recipe's tuples, the official files mix both), to compare step lists."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_TEST))
-def test_official_test_pipeline_gives_the_flat_recipes_settings(name):
+def test_recipes_have_the_official_test_pipeline(name):
+    """data.val and data.test of each recipe hold its official test pipeline, step for step; the evaluation and the
+    val loader take their settings from it."""
     cfg = load_recipe(name)
-    flat = SegmentationShards.test_settings(to_plain(cfg.data), to_plain(cfg.evaluation), "val")
-    data, ev = _as_official(cfg, OFFICIAL_TEST[name])
-    SegmentationShards.check_config(data, ev)
+    data, ev = to_plain(cfg.data), to_plain(cfg.evaluation)
     for split in ("val", "test"):
-        assert SegmentationShards.test_settings(data, ev, split) == flat
+        assert _plain(data[split]["pipeline"]) == _plain(OFFICIAL_TEST[name])
+        assert SegmentationShards.test_settings(data, ev, split) == \
+            {**seg_test_settings_from_pipeline(OFFICIAL_TEST[name]), "ms_resize": ev.get("ms_resize")}
+    assert not set(ev) & set(SEG_TEST_KEYS)
     val_kw = SegmentationShards._kwargs(ValLoader.__init__, data["val"], "data.val")
-    assert (val_kw["mean"], val_kw["std"]) == (flat["mean"], flat["std"])
+    norm = AUGREG if "augreg" in name else IMAGENET
+    assert (val_kw["mean"], val_kw["std"]) == (tuple(norm["mean"]), tuple(norm["std"]))
 
 
 def test_the_setr_multi_scale_test():
     """upernet_beit_adapter_large_640_160k_ade20k_ms: SETR_Resize(crop_size) for the ratios, + flip; the _ss recipe's
-    flat evaluation.ms_resize is that rule."""
+    evaluation.ms_resize (the rule of a multi-scale test asked for on the command line) is that rule."""
     setr = dict(type='SETR_Resize', keep_ratio=True, crop_size=(640, 640), setr_multi_scale=True)
     ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     got = seg_test_settings_from_pipeline(official((2048, 640), ratios=ratios, flip=True, resize=setr, divisor=None))
-    cfg = load_recipe("upernet_beit_adapter_large_640_160k_ade20k_ss", ["evaluation.flip=True"])
-    ev = dict(to_plain(cfg.evaluation), img_ratios=ratios, size_divisor=None)
-    assert got == SegmentationShards.test_settings(to_plain(cfg.data), ev)
+    assert (got["img_scale"], got["img_ratios"], got["flip"], got["size_divisor"]) == ((2048, 640), ratios, True, None)
+    cfg = load_recipe("upernet_beit_adapter_large_640_160k_ade20k_ss")
+    assert got["ms_resize"] == SegmentationShards.test_settings(to_plain(cfg.data), to_plain(cfg.evaluation))[
+        "ms_resize"] == dict(type='SETR_Resize', crop_size=(640, 640))
 
 
 @pytest.mark.parametrize("edit,msg", [
@@ -110,7 +121,7 @@ def test_unsupported_test_pipelines_are_refused(edit, msg):
     p = official((2048, 512))
     edit(p)
     with pytest.raises(ConfigError, match=msg):
-        SegmentationShards.check_config(dict(train=dict(shard_dir='t', crop_size=(64, 64)),
+        SegmentationShards.check_config(dict(train=dict(shard_dir='t', pipeline=TRAIN),
                                              val=dict(shard_dir='v', pipeline=p)), {})
 
 
@@ -122,68 +133,39 @@ def test_pad_short_side_must_follow_the_flip():
         seg_test_settings_from_pipeline(p, "data.test.pipeline")
 
 
-def test_pipeline_and_evaluation_keys_are_not_mixed():
-    data = dict(train=dict(shard_dir='t'), val=dict(shard_dir='v', pipeline=official((2048, 512))))
-    with pytest.raises(ConfigError, match=r"evaluation sets \['img_scale'\] and data\.val\.pipeline gives them"):
-        SegmentationShards.test_settings(data, dict(img_scale=(2048, 512)))
-    with pytest.raises(ConfigError, match=r"data\.val sets \['img_norm_cfg'\] and a pipeline"):
+def test_test_settings_come_from_the_pipeline_only():
+    data = dict(train=dict(shard_dir='t', pipeline=TRAIN), val=dict(shard_dir='v', pipeline=official((2048, 512))))
+    with pytest.raises(ConfigError, match=r"data\.val sets \['img_norm_cfg'\]: these come from data\.val\.pipeline"):
         SegmentationShards._kwargs(ValLoader.__init__, dict(data["val"], img_norm_cfg=IMAGENET), "data.val")
-    # evaluation.ms_resize (the rule of a multi-scale test asked for on the command line) stays allowed
+    with pytest.raises(ConfigError, match=r"data\.test\.pipeline is required"):
+        SegmentationShards.test_settings(dict(data, test=dict(shard_dir='v')), {}, "test")
+    # evaluation.ms_resize (the rule of a multi-scale test asked for on the command line) stays allowed, unless the
+    # pipeline has its own SETR_Resize
     setr = dict(type='SETR_Resize', crop_size=(512, 512))
     assert SegmentationShards.test_settings(data, dict(ms_resize=setr))["ms_resize"] == setr
+    own = official((2048, 512), ratios=[0.5, 1.0], resize=dict(type='SETR_Resize', keep_ratio=True,
+                                                                crop_size=(512, 512), setr_multi_scale=True),
+                   divisor=None)
+    with pytest.raises(ConfigError, match=r"evaluation sets \['ms_resize'\] and data\.val\.pipeline gives it"):
+        SegmentationShards.test_settings(dict(data, val=dict(shard_dir='v', pipeline=own)), dict(ms_resize=setr))
 
 
-def test_a_recipe_in_the_official_form_validates_and_tests_like_the_flat_one(tmp_path):
-    """The quickstart recipe written as the official configs are (dataset_type, data_root, train_pipeline,
-    test_pipeline, data.train / val / test with type and pipeline; no test keys in evaluation): the task validates
-    it and evaluates / predicts with the flat recipe's settings."""
+def test_a_recipe_in_the_older_flat_dialect_is_refused_with_pointers(tmp_path):
+    """The flat loader keys and evaluation test keys of earlier versions of these recipes are refused, each naming
+    where its setting is now (the task validates on load, before any training)."""
     from vit_adapter_ds.recipes import QUICKSTART
-    from vit_adapter_ds.tasks import task_for
 
-    (tmp_path / "official.py").write_text(f'''
+    flat = tmp_path / "flat.py"
+    flat.write_text(f"""
 _base_ = [{str(QUICKSTART)!r}]
-dataset_type = 'synthetic'
-data_root = 'shards/synthetic/'
-img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
-crop_size = (128, 128)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='Resize', img_scale=(256, 128), ratio_range=(0.5, 2.0)),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='Normalize', **img_norm_cfg),
-    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
-    dict(type='DefaultFormatBundle'),
-    dict(type='Collect', keys=['img', 'gt_semantic_seg']),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='MultiScaleFlipAug', img_scale=(256, 128), flip=False,
-         transforms=[
-             dict(type='Resize', keep_ratio=True),
-             dict(type='ResizeToMultiple', size_divisor=32),
-             dict(type='RandomFlip'),
-             dict(type='Normalize', **img_norm_cfg),
-             dict(type='ImageToTensor', keys=['img']),
-             dict(type='Collect', keys=['img']),
-         ])
-]
-data = dict(
-    train=dict(_delete_=True, type=dataset_type, shard_dir=data_root + 'train', pipeline=train_pipeline),
-    val=dict(_delete_=True, type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline),
-    test=dict(type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline))
-evaluation = dict(_delete_=True, interval=100, metric='mIoU', save_best='mIoU')
-''')
-    flat, official_cfg = task_for(load_recipe(None)), task_for(load_recipe(str(tmp_path / "official.py")))
-    official_cfg.validate()
-    for split in ("val", "test"):
-        assert official_cfg._test_settings(split=split) == flat._test_settings()
-        assert official_cfg._norm(split) == flat._norm()
-    from vit_adapter_ds.data.loader import TrainLoader
-
-    data = to_plain(official_cfg.cfg.data)
-    kw = SegmentationShards._kwargs(TrainLoader.__init__, data["train"], "data.train")
-    assert kw == {**SegmentationShards._kwargs(TrainLoader.__init__, to_plain(flat.cfg.data)["train"], "data.train"),
-                  "photometric": True}
+data = dict(train=dict(_delete_=True, shard_dir='shards/synthetic/train', crop_size=(128, 128), scale=(256, 128)))
+""")
+    with pytest.raises(ConfigError, match=r"data\.train sets \['crop_size', 'scale'\]: these come from "
+                                          r"data\.train\.pipeline"):
+        from vit_adapter_ds.tasks import task_for
+        task_for(load_recipe(str(flat))).validate()
+    ev = tmp_path / "ev.py"
+    ev.write_text(f"_base_ = [{str(QUICKSTART)!r}]\nevaluation = dict(img_scale=(256, 128), size_divisor=32)\n")
+    with pytest.raises(ConfigError, match=r"evaluation\.img_scale is not a recipe key; the setting is in "
+                                          r"data\.val\.pipeline"):
+        load_recipe(str(ev))

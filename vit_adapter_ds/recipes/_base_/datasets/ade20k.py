@@ -1,20 +1,44 @@
-# ADE20K (150 classes, reduce_zero_label) as WebDataset shards (python -m vit_adapter_ds.data.make_shards ade20k ...),
-# laid out like the official _base_/datasets/ade20k.py and the detection bases (dataset_type, data_root,
-# img_norm_cfg, data.train / val / test with type=dataset_type and the shard folder instead of img_dir / ann_dir).
-# The loader arguments express the official train pipeline: Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)),
-# RandomCrop(crop_size, cat_max_ratio=0.75), RandomFlip(0.5), PhotoMetricDistortion, Normalize, Pad(seg_pad_val=255);
-# test (evaluation.img_scale / size_divisor): Resize(keep_ratio) to img_scale, ResizeToMultiple(32), Normalize.
-# The official step lists are accepted too (data/pipeline.py: train_pipeline in data.train.pipeline, test_pipeline
-# in data.val / data.test.pipeline, instead of these keys and evaluation's test keys); the recipes keep the flat keys,
-# which their tests and --cfg-options overrides read.
+# Official: segmentation/configs/_base_/datasets/ade20k.py (ADE20K, 150 classes, reduce_zero_label), read from
+# WebDataset shards (python -m vit_adapter_ds.data.make_shards ade20k --root data/ade/ADEChallengeData2016 ->
+# shards/ade20k/{train,val}) instead of data_root / img_dir / ann_dir. The shards' manifest maps the labels
+# (reduce_zero_label), so LoadAnnotations(reduce_zero_label=True) is accepted as written.
+# The pipelines are the official step lists; data/pipeline.py translates them for the loaders and the
+# evaluation (seg_train_kwargs_from_pipeline / seg_test_settings_from_pipeline) and refuses any step, key or
+# value it does not implement. The recipes derived from this file override test_pipeline (most add
+# ResizeToMultiple(size_divisor=32)) and train_pipeline, as the official ones do.
 dataset_type = 'ADE20KDataset'
 data_root = 'shards/ade20k/'
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 crop_size = (512, 512)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(2048, 512),
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='RandomFlip'),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
 data = dict(
-    samples_per_gpu=2,
+    samples_per_gpu=4,
     workers_per_gpu=4,
-    train=dict(type=dataset_type, shard_dir=data_root + 'train', crop_size=crop_size, scale=(2048, 512),
-               ratio_range=(0.5, 2.0), cat_max_ratio=0.75, img_norm_cfg=img_norm_cfg),
-    val=dict(type=dataset_type, shard_dir=data_root + 'val', img_norm_cfg=img_norm_cfg),
-    test=dict(type=dataset_type, shard_dir=data_root + 'val', img_norm_cfg=img_norm_cfg))
+    train=dict(type=dataset_type, shard_dir=data_root + 'train', pipeline=train_pipeline),
+    val=dict(type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline),
+    test=dict(type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline))

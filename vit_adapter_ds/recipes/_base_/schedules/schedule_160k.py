@@ -5,4 +5,4 @@ lr_config = dict(policy='poly', warmup='linear', warmup_iters=1500, warmup_ratio
                  by_epoch=False)
 runner = dict(type='IterBasedRunner', max_iters=160000)
 checkpoint_config = dict(by_epoch=False, interval=1000, max_keep_ckpts=1)
-evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU', img_scale=(2048, 512), size_divisor=32)
+evaluation = dict(interval=16000, metric='mIoU', save_best='mIoU')
