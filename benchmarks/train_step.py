@@ -11,7 +11,7 @@ Models (``--models``; ``--sizes`` is the older name of the same option):
 * ``det_l``: Mask R-CNN + detection ViT-Adapter-L (``mask_rcnn_augreg_adapter_large_fpn_3x_coco``), 800x1344
   (the largest DETR-style training scale, padded to 32), 80 classes, batch 2 per GPU -- a GPU size;
 * ``det_cpu``: Mask R-CNN reduced to the ``synthetic_mask_rcnn`` recipe, 128x128, 7 classes -- the CPU size;
-* ``htc_l``: HTC++ + detection BEiT-Adapter-L (``htc++_beit_adapter_large_fpn_3x_coco``: RPN soft-NMS, 183-class
+* ``htc_l``: HTC++ + detection BEiT-Adapter-L (``htc++_beit_adapter_large_fpn_3x_coco``: RPN NMS, 183-class
   semantic head), 1216x1600 (the largest ``Resize`` range scale of a 4:3 image, 1200x1600, padded to 32), 80
   classes, batch 1 per GPU -- a GPU size (skipped on a CPU device);
 * ``htc_cpu``: HTC++ reduced to the ``synthetic_htc`` recipe (BEiT-Adapter embed 96, depth 4, 32-channel heads),

@@ -399,8 +399,9 @@ def test_htc_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
 
 
 def test_rpn_soft_nms_proposals_by_hand():
-    """The BEiT-L recipe's RPN ``nms=dict(type='soft_nms', iou_threshold=0.7)``: per level linear soft-NMS of the
-    sigmoid objectness, proposals ranked by the decayed score, ``max_per_img`` kept."""
+    """The RPN's optional ``nms=dict(type='soft_nms', iou_threshold=0.7)`` (no official recipe uses it since the
+    official BEiT-L file's RPN NMS is plain ``nms``): per level linear soft-NMS of the sigmoid objectness, proposals
+    ranked by the decayed score, ``max_per_img`` kept."""
     import math
 
     from vit_adapter_ds.models.detectors.mask_rcnn import RPN, FixedStrideAnchorGenerator

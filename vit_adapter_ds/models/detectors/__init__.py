@@ -3,8 +3,9 @@
 * :class:`~.mask_rcnn.MaskRCNN` (``from_config`` of the official mmdet ``model`` dict), :class:`~.fpn.FPN`,
   :mod:`.keymap` (official mmdet checkpoint keys <-> these modules, both ways).
 * HTC++: :class:`~.htc.HybridTaskCascade` / :class:`~.htc.HybridTaskCascadeRoIHead` (3 interleaved stages, mask
-  information flow, semantic branch, stage-averaged testing with soft-NMS, the RPN's optional soft-NMS of the
-  BEiT-L recipe; ``HybridTaskCascade.from_config`` of the official model dict),
+  information flow, semantic branch, stage-averaged testing with soft-NMS, the RPN's optional soft-NMS
+  (``nms.type='soft_nms'`` in ``train_cfg.rpn_proposal`` / ``test_cfg.rpn``; the official recipes use ``'nms'``);
+  ``HybridTaskCascade.from_config`` of the official model dict),
   :class:`~.htc_aug.HybridTaskCascadeAug` (the official multi-scale + flip test-time augmentation),
   :class:`~.extra_attention.ExtraAttention`, :class:`~.semantic_head.FusedSemanticHead`, :mod:`.htc_heads`,
   :mod:`.soft_nms`; key maps in :mod:`.keymap`.

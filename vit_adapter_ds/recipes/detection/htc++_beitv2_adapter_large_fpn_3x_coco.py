@@ -1,8 +1,10 @@
-# Official: detection/configs/htc++/htc++_beitv2_adapter_large_fpn_3x_coco.py (czczup/ViT-Adapter at c24519f;
+# Official: detection/configs/htc++/htc++_beitv2_adapter_large_fpn_3x_coco.py (czczup/ViT-Adapter at fd64a51;
 # spec §5.1): HTC++ + detection BEiTv2-Adapter-L (all-window attention, w = 14 x 5 + 56 per interaction), neck
 # [ExtraAttention, FPN 256], 3-stage interleaved HTC with mask information flow and a 183-class fused semantic head,
-# soft-NMS testing; AdamW lr 1e-4 wd 0.05 + layer decay 0.90; 16 GPUs x 1 image. Reported 58.8 / 51.1 box / mask AP
-# (minival, single scale); 59.5 / 51.8 test-dev, 60.9 / 53.0 with the TTA of ./htc++_beitv2_adapter_large_fpn_3x_coco_ms.py.
+# backbone drop_path_rate 0.4 (ExtraAttention's drop_path 0.3), plain NMS (IoU 0.7) for the RPN's proposals, soft-NMS
+# (IoU 0.5) in test_cfg.rcnn; AdamW lr 1e-4 wd 0.05 + layer decay 0.90; 16 GPUs x 1 image. Reported 58.8 / 51.1 box /
+# mask AP (minival, single scale); 59.5 / 51.8 test-dev, 60.9 / 53.0 with the TTA of
+# ./htc++_beitv2_adapter_large_fpn_3x_coco_ms.py.
 # Train pipeline: InstaBoost, Resize range mode 1600 x 400..1400, flip, pad 32, the COCO-Stuff maps of the instance
 # shards + SegRescale(1/8) for the semantic head (data.train.seg_prefix is recorded: the maps are in the shards).
 _base_ = [

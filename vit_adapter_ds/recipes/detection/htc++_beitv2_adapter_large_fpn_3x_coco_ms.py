@@ -1,12 +1,14 @@
-# Official: detection/configs/htc++/htc++_beitv2_adapter_large_fpn_3x_coco_ms.py (spec §5.1; the file is not in
-# the stored copy of czczup/ViT-Adapter, so its test settings are the spec's summary, equal to those of the official
-# htc++_beit_adapter_large_fpn_3x_coco_ms.py and htc++_beitv2_adapter_large_fpn_o365_coco_ms.py): the BEiTv2-L
-# HTC++ model (./htc++_beitv2_adapter_large_fpn_3x_coco.py) tested with HybridTaskCascadeAug
-# (vit_adapter_ds.models.detectors.htc_aug): 6 scales (3000, 600..1600) x horizontal flip, per-scale box-area
-# ranges, soft-NMS (IoU 0.5), up to 1000 detections per image. Reported 60.9 / 53.0 box / mask AP (test-dev).
+# Official: detection/configs/htc++/htc++_beitv2_adapter_large_fpn_3x_coco_ms.py (czczup/ViT-Adapter at fd64a51; spec
+# §5.1): the BEiTv2-L HTC++ model (./htc++_beitv2_adapter_large_fpn_3x_coco.py) tested with the official test-time
+# augmentation HybridTaskCascadeAug (vit_adapter_ds.models.detectors.htc_aug): 6 scales (3000, 600..1600) x horizontal
+# flip, per-scale box-area ranges, all detections merged by soft-NMS (IoU 0.5), up to 1000 per image. As in the official
+# file the backbone's pretrained is None (the model's weights come from --checkpoint; the official BEiT-L and BEiTv2-L
+# _ms files are identical). Reported 60.9 / 53.0 box / mask AP (test-dev).
 _base_ = ['./htc++_beitv2_adapter_large_fpn_3x_coco.py']
+pretrained = None
 model = dict(
     type='HybridTaskCascadeAug',
+    backbone=dict(pretrained=None),
     test_cfg=dict(
         aug=dict(score_thr=0.001, nms=dict(type='soft_nms', iou_threshold=0.5), max_per_img=1000,
                  scale_ranges=[['l'], ['l'], ['m', 'l'], ['s', 'm'], ['s', 'm'], ['s', 'm']])))

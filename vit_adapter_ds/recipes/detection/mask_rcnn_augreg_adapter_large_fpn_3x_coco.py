@@ -1,7 +1,8 @@
-# Official: detection/configs/mask_rcnn/mask_rcnn_augreg_adapter_large_fpn_3x_coco.py (czczup/ViT-Adapter at 34a2b87;
+# Official: detection/configs/mask_rcnn/mask_rcnn_augreg_adapter_large_fpn_3x_coco.py (czczup/ViT-Adapter at fd64a51;
 # docs/official-architecture.md §5.2): Mask R-CNN 3x + detection ViT-Adapter-L (AugReg, 384 pre-training; window
 # attention [T x 5, F] x 4, w=14), FPN 256, DETR-style AutoAugment, AugReg mean / std 127.5, AdamW lr 1e-4 wd 0.05
-# with LayerDecayOptimizerConstructor(num_layers=24, layer_decay_rate=0.80); 8 GPUs x 2 images; fp16 commented out.
+# with LayerDecayOptimizerConstructor(num_layers=24, layer_decay_rate=0.80); 8 GPUs x 2 images; fp16 commented out;
+# evaluation save_best='auto' (bbox_mAP).
 # Reported box / mask AP: 52.1 / 46.0.
 _base_ = [
     '../_base_/models/mask_rcnn_fpn.py',
@@ -88,6 +89,7 @@ optimizer = dict(
     constructor='LayerDecayOptimizerConstructor',
     paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.80))
 optimizer_config = dict(grad_clip=None)
+evaluation = dict(save_best='auto')
 # fp16 = dict(loss_scale=dict(init_scale=512))
 checkpoint_config = dict(
     interval=1,

@@ -1,8 +1,8 @@
-# Official: detection/configs/mask_rcnn/mask_rcnn_deit_adapter_base_fpn_3x_coco.py (czczup/ViT-Adapter at c24519f;
+# Official: detection/configs/mask_rcnn/mask_rcnn_deit_adapter_base_fpn_3x_coco.py (czczup/ViT-Adapter at fd64a51;
 # docs/official-architecture.md §5.2): Mask R-CNN 3x + detection ViT-Adapter-B (window attention [T, T, F] x 4, w=14),
 # FPN 256, DETR-style AutoAugment, AdamW lr 1e-4 wd 0.05 with decay_mult 0 for level_embed / pos_embed / norm / bias;
-# 8 GPUs x 2 images. Reported box / mask AP: 49.6 / 43.6. mmdet 2.x trains with Fp16OptimizerHook when `fp16` is set
-# (unlike mmseg 0.20.2), so this config ran in fp16.
+# 8 GPUs x 2 images; fp16 commented out; evaluation save_best='auto' (bbox_mAP).
+# Reported box / mask AP: 49.6 / 43.6.
 _base_ = [
     '../_base_/models/mask_rcnn_fpn.py',
     '../_base_/datasets/coco_instance.py',
@@ -90,7 +90,8 @@ optimizer = dict(
             'bias': dict(decay_mult=0.)
         }))
 optimizer_config = dict(grad_clip=None)
-fp16 = dict(loss_scale=dict(init_scale=512))
+evaluation = dict(save_best='auto')
+# fp16 = dict(loss_scale=dict(init_scale=512))  (commented out in the official file)
 checkpoint_config = dict(
     interval=1,
     max_keep_ckpts=3,
