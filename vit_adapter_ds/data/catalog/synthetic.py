@@ -16,7 +16,8 @@ class Synthetic(Dataset):
     palette = SYNTHETIC_PALETTE
     label_map = "reduce_zero_label"
     evaluator = "miou"
-    layout = "generated: --layout ade20k (8 classes), cocostuff (171) or coco (detection, 7 classes + stuff maps)"
+    layout = ("generated: --layout ade20k (8 classes), cocostuff (171), coco (detection, 7 classes + stuff maps) or "
+              "the name of an entry with a synthetic twin of its raw layout")
 
     @staticmethod
     def write(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=None, layout="ade20k", **kw):
@@ -29,13 +30,23 @@ class Synthetic(Dataset):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--size", type=int, nargs=2, default=[512, 683], metavar=("H", "W"))
         parser.add_argument("--raw-dir", default=None, help="keep the generated dataset folders here")
-        parser.add_argument("--layout", default="ade20k", choices=["ade20k", "cocostuff", "coco"],
-                            help="folder layout / shard type to generate (default: ade20k, 8 classes)")
+        parser.add_argument("--layout", default="ade20k", choices=["ade20k", "cocostuff", "coco", *raw_layouts()],
+                            help="folder layout / shard type to generate (default: ade20k, 8 classes; another "
+                                 "dataset's name: its raw layout, written by its entry's writer)")
 
     @classmethod
     def run(cls, args, kw):
         return write_synthetic(args.out, args.num_train, args.num_val, args.seed, tuple(args.size), args.raw_dir,
                                args.layout, **kw)
+
+
+def raw_layouts() -> dict:
+    """``{name: entry}`` of the catalog entries with a synthetic twin of their raw layout: a static method
+    ``synthetic_raw(raw_dir, num_train, num_val, seed, size) -> root`` that writes the synthetic images there in the
+    dataset's layout, which the entry's own writer then shards (``make_shards synthetic --layout NAME``)."""
+    from .registry import datasets
+
+    return {n: e for n, e in sorted(datasets().items()) if callable(getattr(e, "synthetic_raw", None))}
 
 
 def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=None, layout="ade20k", **kw):
@@ -65,8 +76,15 @@ def write_synthetic(out, num_train, num_val, seed=0, size=(512, 683), raw_dir=No
                     return write_cocostuff(root, dst, split, **kw)
                 return write_coco(root, dst, split, stuff_maps=os.path.join(root, "stuffthingmaps_trainval2017"),
                                   **kw)
+        elif layout in raw_layouts():  # an entry with a synthetic twin of its raw layout (``synthetic_raw``)
+            entry = raw_layouts()[layout]
+            root = entry.synthetic_raw(raw_dir, num_train, num_val, seed=seed, size=size)
+
+            def fn(split, dst):
+                return entry.write(root, dst, split, **kw)
         else:
-            raise ValueError(f"layout must be ade20k, cocostuff or coco, got {layout!r}")
+            raise ValueError(f"layout must be ade20k, cocostuff, coco or one of {sorted(raw_layouts())}, got "
+                             f"{layout!r}")
         return {split: fn(split, os.path.join(out, split))
                 for split, n in (("train", num_train), ("val", num_val)) if n > 0}
     finally:
