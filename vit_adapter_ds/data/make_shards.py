@@ -8,10 +8,11 @@ CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and 
     python -m vit_adapter_ds.data.make_shards coco      --root data/coco                      [--out shards/coco]
         [--stuff-maps data/coco/stuffthingmaps]   # + COCO-Stuff semantic maps per image (HTC++)
     python -m vit_adapter_ds.data.make_shards pascal_context_59 --root data/VOCdevkit/VOC2010 [--out ...]
+    python -m vit_adapter_ds.data.make_shards coco_stuff10k --root data/coco_stuff10k [--out ...]  # .mat labels
     python -m vit_adapter_ds.data.make_shards custom    --images IMG_DIR --masks MASK_DIR --classes classes.txt \\
         --split train [--reduce-zero-label] --out shards/mydata             # -> shards/mydata/train
     python -m vit_adapter_ds.data.make_shards synthetic --out shards/synthetic --num-train 64 --num-val 16
-        [--layout {ade20k,cocostuff,coco,pascal_context_59}] [--size 512 683] [--seed 0] [--raw-dir DIR]
+        [--layout {ade20k,cocostuff,coco,<entry with a synthetic twin>}] [--size 512 683] [--seed 0] [--raw-dir DIR]
     python -m vit_adapter_ds.data.make_shards verify shards/synthetic     # every split: schema, counts, sha256
 
 Common options: ``--max-samples`` / ``--max-bytes`` per shard, ``--workers`` (processes), ``--splits``.

@@ -7,6 +7,7 @@ through the segmentation task's loaders on those shards with the official ``_bas
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 from pathlib import Path
@@ -81,11 +82,75 @@ def pascal_refusals(raw):
              "is not a file id")]
 
 
+# mmseg's tools/dataset_converters/coco_stuff10k.py ``clsID_to_trID``, written out: the .mat ids in train-id order
+# (0 -> 0, ..., 182 -> 171); the ids absent here are the 11 COCO ids without annotations
+MMSEG_COCO_STUFF10K_IDS = (list(range(0, 12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45)) +
+                           list(range(46, 66)) + [67, 70] + list(range(72, 83)) + list(range(84, 91)) +
+                           list(range(92, 183)))
+
+
+def test_coco_stuff10k_table_is_mmsegs():
+    """The written-out table above equals mmseg's converter (read from the installed mmseg's tools, if present)."""
+    import importlib.util
+
+    assert len(MMSEG_COCO_STUFF10K_IDS) == 172
+    spec = importlib.util.find_spec("mmseg")
+    path = Path(spec.origin).parent / ".mim" / "tools" / "dataset_converters" / "coco_stuff10k.py" if spec else None
+    if path is None or not path.exists():
+        pytest.skip("mmseg's dataset converters are not installed")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "clsID_to_trID":
+            assert ast.literal_eval(node.value) == {c: t for t, c in enumerate(MMSEG_COCO_STUFF10K_IDS)}
+            return
+    raise AssertionError(f"no clsID_to_trID in {path}")
+
+
+def coco10k_val_labels(raw):
+    from scipy.io import loadmat
+
+    base = raw
+    table = {c: t for t, c in enumerate(MMSEG_COCO_STUFF10K_IDS)}
+    out = []
+    for i in sorted((base / "imageLists" / "test.txt").read_text().split()):
+        s = loadmat(base / "annotations" / f"{i}.mat")["S"].astype(np.int64)
+        conv = np.vectorize(table.__getitem__)(s)  # mmseg's converter, then the official reduce_zero_label
+        out.append(reduce_zero_label(conv))
+    return out
+
+
+def coco10k_refusals(raw):
+    from scipy.io import loadmat, savemat
+
+    base = raw
+    first = (base / "imageLists" / "train.txt").read_text().split()[0]
+    mat, img = base / "annotations" / f"{first}.mat", base / "images" / f"{first}.jpg"
+    mat_, img_ = re.escape(str(mat)), re.escape(str(img))
+
+    def put(s):
+        return lambda: savemat(mat, {"S": s})
+
+    s = loadmat(mat)["S"]
+    with12, big = s.copy(), s.astype(np.int64)
+    with12[0, 0], big[0, 0] = 12, 300
+    return [(lambda: mat.unlink(), FileNotFoundError, rf"no label.*{mat_}.*--skip-missing"),
+            (lambda: img.unlink(), FileNotFoundError, rf"image not found: {img_}"),
+            (lambda: savemat(mat, {"T": s}), ValueError, rf"label {mat_} has no key 'S' \(keys: \['T'\]\)"),
+            (put(with12), ValueError, rf"label {mat_}: values \[12\] are not labels of this dataset"),
+            (put(big), ValueError, rf"label {mat_}: values 0\.\.300 do not fit 0\.\.255"),
+            (put(np.stack([s, s], -1)), ValueError, rf"label {mat_}: 'S' has shape \(40, 56, 2\)"),
+            (put(s[:-1]), ValueError, rf"label {mat_} is 56x39 but its image {img_} is 56x40"),
+            (lambda: mat.write_bytes(b"not a mat file"), ValueError, rf"label {mat_} cannot be read as a \.mat")]
+
+
 CASES = {
     "pascal_context_59": dict(
         alias="PascalContextDataset59", base="pascal_context_59.py", mmseg=("pascal_context", "PascalContextDataset59"),
         label_map=[255] + list(range(254)) + [255], label_map_name="reduce_zero_label", val_labels=pascal_val_labels,
         refusals=pascal_refusals, skip_missing=True),
+    "coco_stuff10k": dict(
+        alias="COCOStuffDataset", base="coco_stuff10k.py", mmseg=("coco_stuff", "COCOStuffDataset"),
+        palette="cocostuff", label_map=[255] + list(range(254)) + [255], label_map_name="reduce_zero_label",
+        val_labels=coco10k_val_labels, refusals=coco10k_refusals, skip_missing=True),
 }
 
 
@@ -117,13 +182,18 @@ def test_synthetic_twin_gives_the_datasets_manifest(written, name):
     case = CASES[name]
     _, shards = written(name)
     meta = mmseg_metainfo(*case["mmseg"])
-    entry = get_dataset(case["alias"])
-    assert entry is get_dataset(name) and entry.name == name
+    entry = get_dataset(name)
+    official = get_dataset(case["alias"])  # the official recipes' type: this entry, or one with its classes
+    assert (official.classes, official.palette, official.evaluator) == (entry.classes, entry.palette, entry.evaluator)
+    assert official is entry or case.get("palette") == official.name
     for split, n in (("train", 3), ("val", 2)):
         m = read_manifest(str(shards / split))
         assert (m["dataset"], m["split"], m["task"], m["num_samples"]) == (name, split, "segmentation", n)
         assert m["classes"] == list(meta["classes"]) and m["num_classes"] == len(meta["classes"])
-        assert m["palette"] == [list(c) for c in meta["palette"]]
+        if case.get("palette"):  # the palette of the entry named (an entry with the same classes)
+            assert m["palette"] == get_dataset(case["palette"]).meta(split)["palette"]
+        else:
+            assert m["palette"] == [list(c) for c in meta["palette"]]
         assert m["label_map"] == case["label_map"] and m["label_map_name"] == case["label_map_name"]
         assert m["ignore_index"] == 255
 
@@ -187,7 +257,7 @@ def test_one_train_step_and_evaluation_with_the_official_pipelines(written, name
     _, shards = written(name)
     cfg = Config.fromfile(str(RECIPES / CASES[name]["base"]))
     data = cfg.to_dict()["data"]
-    assert data["train"]["type"] == data["val"]["type"] and get_dataset(data["train"]["type"]) is get_dataset(name)
+    assert data["train"]["type"] == data["val"]["type"] == CASES[name]["alias"]
     data.update(samples_per_gpu=2, workers_per_gpu=0)
     train, test = data["train"]["pipeline"], data["val"]["pipeline"]
     train[2]["img_scale"], train[3]["crop_size"], train[7]["size"] = (64, 32), (32, 32), (32, 32)
@@ -220,3 +290,34 @@ def test_one_train_step_and_evaluation_with_the_official_pipelines(written, name
     model.eval()
     metrics, _ = task.evaluate(model, task.build_val_loader(rank=0, world_size=1), None, 0)
     assert set(metrics) == {"aAcc", "mIoU", "mAcc"} and 0.0 <= metrics["mIoU"] <= 1.0
+
+
+def test_coco_stuff10k_reads_mmsegs_converted_layout_too(written, tmp_path):
+    """images/{train2014,test2014} + annotations/{..}/*_labelTrainIds.png, as mmseg's converter writes them from the
+    same raw files (done here with its table): the same labels as the shards of the .mat files."""
+    from scipy.io import loadmat
+
+    from vit_adapter_ds.data.loader import build_val_loader
+
+    raw, shards = written("coco_stuff10k")
+    table = np.zeros(256, np.uint8)
+    table[MMSEG_COCO_STUFF10K_IDS] = np.arange(172)
+    conv = tmp_path / "coco_stuff10k"
+    for lst, sub in (("train", "train2014"), ("test", "test2014")):
+        (conv / "images" / sub).mkdir(parents=True)
+        (conv / "annotations" / sub).mkdir(parents=True)
+        for i in (raw / "imageLists" / f"{lst}.txt").read_text().split():
+            shutil.copy(raw / "images" / f"{i}.jpg", conv / "images" / sub / f"{i}.jpg")
+            s = loadmat(raw / "annotations" / f"{i}.mat")["S"].astype(np.uint8)
+            Image.fromarray(table[s]).save(conv / "annotations" / sub / f"{i}_labelTrainIds.png")
+    m = get_dataset("coco_stuff10k").write(str(conv), str(tmp_path / "out"), "val", num_workers=1, progress=False)
+    assert m["label_map_name"] == "reduce_zero_label" and m["num_samples"] == 2
+
+    def labels(d):
+        return [b["gt_semantic_seg"][0].numpy() for b in build_val_loader(str(d), num_classes=171)]
+
+    assert all(np.array_equal(a, b) for a, b in zip(labels(tmp_path / "out"), labels(shards / "val")))
+    bad = conv / "annotations" / "train2014" / sorted(os.listdir(conv / "annotations" / "train2014"))[0]
+    Image.fromarray(np.full((*SIZE,), 200, np.uint8)).save(bad)
+    with pytest.raises(ValueError, match=rf"label {re.escape(str(bad))}: values \[200\]"):
+        get_dataset("coco_stuff10k").write(str(conv), str(tmp_path / "out"), "train", num_workers=1, progress=False)

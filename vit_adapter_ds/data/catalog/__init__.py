@@ -9,6 +9,7 @@ from .registry import (LABEL_MAPS, Dataset, datasets, get_dataset, register_data
                        unregister_dataset)
 from . import ade20k, coco, cocostuff, custom, synthetic  # noqa: E402,F401  (the built-in entries register)
 from . import pascal_context  # noqa: E402,F401
+from . import coco_stuff10k  # noqa: E402,F401
 
 __all__ = ["LABEL_MAPS", "Dataset", "datasets", "get_dataset", "register_dataset", "resolve_type",
            "unregister_dataset"]
