@@ -88,6 +88,67 @@ def identity_label_map():
 
 
 
+# ---------------------------------------------------------------- Cityscapes and Mapillary Vistas
+# CITYSCAPES_CLASSES / CITYSCAPES_PALETTE: the 19 train ids of mmseg's CityscapesDataset (``*_gtFine_labelTrainIds.png``
+# written by mmseg's tools/convert_datasets/cityscapes.py: 0..18, 255 = ignore), classes and palette as mmseg's.
+# MAPILLARY_CLASSES / MAPILLARY_PALETTE: the 66 ids (65 classes + 'Unlabeled' = 65) of Mapillary Vistas v1.2
+# ``labels/*.png`` as the official ViT-Adapter MapillaryDataset (segmentation/mmseg_custom/datasets/mapillary.py)
+# lists them. MAPILLARY_TO_CITYSCAPES: the official ``MapillaryHack`` pipeline step's table
+# (segmentation/mmseg_custom/datasets/pipelines/transform.py): Cityscapes train id t <- the Mapillary ids
+# MAPILLARY_TO_CITYSCAPES[t]; every other Mapillary id -> 255.
+CITYSCAPES_CLASSES = (
+    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
+    'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
+)
+CITYSCAPES_PALETTE = [
+    [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
+    [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60], [255, 0, 0],
+    [0, 0, 142], [0, 0, 70], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32],
+]
+MAPILLARY_CLASSES = (
+    'Bird', 'Ground Animal', 'Curb', 'Fence', 'Guard Rail', 'Barrier', 'Wall', 'Bike Lane', 'Crosswalk - Plain',
+    'Curb Cut', 'Parking', 'Pedestrian Area', 'Rail Track', 'Road', 'Service Lane', 'Sidewalk', 'Bridge',
+    'Building', 'Tunnel', 'Person', 'Bicyclist', 'Motorcyclist', 'Other Rider', 'Lane Marking - Crosswalk',
+    'Lane Marking - General', 'Mountain', 'Sand', 'Sky', 'Snow', 'Terrain', 'Vegetation', 'Water', 'Banner',
+    'Bench', 'Bike Rack', 'Billboard', 'Catch Basin', 'CCTV Camera', 'Fire Hydrant', 'Junction Box', 'Mailbox',
+    'Manhole', 'Phone Booth', 'Pothole', 'Street Light', 'Pole', 'Traffic Sign Frame', 'Utility Pole',
+    'Traffic Light', 'Traffic Sign (Back)', 'Traffic Sign (Front)', 'Trash Can', 'Bicycle', 'Boat', 'Bus', 'Car',
+    'Caravan', 'Motorcycle', 'On Rails', 'Other Vehicle', 'Trailer', 'Truck', 'Wheeled Slow', 'Car Mount',
+    'Ego Vehicle', 'Unlabeled',
+)
+MAPILLARY_PALETTE = [
+    [165, 42, 42], [0, 192, 0], [196, 196, 196], [190, 153, 153], [180, 165, 180], [90, 120, 150],
+    [102, 102, 156], [128, 64, 255], [140, 140, 200], [170, 170, 170], [250, 170, 160], [96, 96, 96],
+    [230, 150, 140], [128, 64, 128], [110, 110, 110], [244, 35, 232], [150, 100, 100], [70, 70, 70],
+    [150, 120, 90], [220, 20, 60], [255, 0, 0], [255, 0, 100], [255, 0, 200], [200, 128, 128], [255, 255, 255],
+    [64, 170, 64], [230, 160, 50], [70, 130, 180], [190, 255, 255], [152, 251, 152], [107, 142, 35], [0, 170, 30],
+    [255, 255, 128], [250, 0, 30], [100, 140, 180], [220, 220, 220], [220, 128, 128], [222, 40, 40],
+    [100, 170, 30], [40, 40, 40], [33, 33, 33], [100, 128, 160], [142, 0, 0], [70, 100, 150], [210, 170, 100],
+    [153, 153, 153], [128, 128, 128], [0, 0, 80], [250, 170, 30], [192, 192, 192], [220, 220, 0], [140, 140, 20],
+    [119, 11, 32], [150, 0, 255], [0, 60, 100], [0, 0, 142], [0, 0, 90], [0, 0, 230], [0, 80, 100],
+    [128, 64, 64], [0, 0, 110], [0, 0, 70], [0, 0, 192], [32, 32, 32], [120, 10, 10], [0, 0, 0],
+]
+MAPILLARY_TO_CITYSCAPES = (
+    (13, 24, 41), (2, 15), (17,), (6,), (3,), (45, 47), (48,), (50,), (30,), (29,), (27,), (19,), (20, 21, 22),
+    (55,), (61,), (54,), (58,), (57,), (52,),
+)
+
+assert len(CITYSCAPES_CLASSES) == len(CITYSCAPES_PALETTE) == len(MAPILLARY_TO_CITYSCAPES) == 19
+assert len(MAPILLARY_CLASSES) == len(MAPILLARY_PALETTE) == 66
+
+
+def mapillary_hack_label_map():
+    """256-entry lookup table of the official ``MapillaryHack`` step: Mapillary id -> Cityscapes train id
+    (:data:`MAPILLARY_TO_CITYSCAPES`), the other Mapillary ids 0..65 -> 255. Values above 65 never occur in
+    Mapillary v1.2 labels (the writer refuses them); the official step would turn them into 0 ('road'), we map them
+    to 254, an invalid label that the loader reports as bad data."""
+    lut = [255] * 66 + [254] * 190
+    for train_id, ids in enumerate(MAPILLARY_TO_CITYSCAPES):
+        for i in ids:
+            lut[i] = train_id
+    return lut
+
+
 # Pascal Context, the 59-class setting (mmseg's PascalContextDataset59): labels 0 = background, 1..59 (reduce-zero-
 # label). Class names and palette as mmseg's dataset class.
 PASCAL_CONTEXT_59_CLASSES = (

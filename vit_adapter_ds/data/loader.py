@@ -117,9 +117,25 @@ def _open_set(shard_dir, split, num_classes, verify, expect_split):
     return light, reader
 
 
-def _lut(m):
+def _lut(m, label_remap=None):
+    """The manifest's label map as a uint8 table, followed by ``label_remap``'s table when given."""
     lm = m.get("label_map")
-    return torch.tensor(lm if lm is not None else list(range(256)), dtype=torch.uint8)
+    lut = torch.tensor(lm if lm is not None else list(range(256)), dtype=torch.uint8)
+    if label_remap is not None:
+        lut = torch.tensor(label_remap["lut"], dtype=torch.uint8)[lut.long()]
+    return lut
+
+
+def _check_remap(manifest, label_remap, num_classes):
+    """A train pipeline's label remap (``MapillaryHack``) reads the classes of the shards it was written for and
+    gives the model's classes; ShardSetError otherwise."""
+    where, nc = redact_url(manifest["shard_dir"]), int(manifest["num_classes"])
+    if nc != label_remap["in_classes"]:
+        raise ShardSetError(f"{where}: the train pipeline's {label_remap['name']} maps {label_remap['in_classes']} "
+                            f"classes (Mapillary Vistas shards), the manifest has {nc}")
+    if num_classes is not None and int(num_classes) != label_remap["num_classes"]:
+        raise ShardSetError(f"{where}: the train pipeline's {label_remap['name']} gives "
+                            f"{label_remap['num_classes']} classes, the model/recipe {num_classes}")
 
 
 def epoch_order(manifest, seed, epoch, shuffle="global", window_shards=4):
@@ -173,12 +189,12 @@ class _TrainStream(BatchStream):
 
     def __init__(self, manifest, reader, *, epoch, start, num_batches, rank, world_size, batch_size, crop_size,
                  scale, ratio_range, cat_max_ratio, seed, shuffle, window_shards, mean, std, ignore_index,
-                 photometric, max_substitutes=32):
+                 photometric, label_remap=None, max_substitutes=32):
         super().__init__()
         self.reader = reader
         self.order = epoch_order(manifest, seed, epoch, shuffle, window_shards)
-        self.lut = _lut(manifest)
-        self.num_classes = int(manifest["num_classes"])
+        self.lut = _lut(manifest, label_remap)
+        self.num_classes = int(manifest["num_classes"] if label_remap is None else label_remap["num_classes"])
         self.epoch, self.start, self.num_batches = epoch, start, num_batches
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.crop_size, self.scale, self.ratio_range = tuple(crop_size), tuple(scale), tuple(ratio_range)
@@ -477,20 +493,25 @@ class TrainLoader(EpochLoader):
     ``next(loader)`` yields batches forever (the loader is its own iterator), rolling over epochs;
     ``epoch_batches()`` yields the rest of the current epoch only. Batches: ``img`` float32 (B, 3, ch, cw), ``gt_semantic_seg`` int64 (B, ch, cw) with
     ``ignore_index`` for ignored/padded pixels, ``meta`` (keys, shards, ori_shape, slots, epoch, step, bad).
+    ``label_remap`` (from the train pipeline's ``MapillaryHack``, :func:`~vit_adapter_ds.data.pipeline.mapillary_hack`):
+    a second label table applied after the manifest's, from the manifest's ``in_classes`` to ``num_classes`` classes.
     """
 
     def __init__(self, shard_dir, *, batch_size, crop_size, scale=(2048, 512), num_workers=0, seed=0, rank=0,
                  world_size=1, num_classes=None, ignore_index=255, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  max_bad_fraction=0.01, ratio_range=(0.5, 2.0), cat_max_ratio=0.75, photometric=True,
                  shuffle="global", window_shards=4, split=None, verify="size", worker_timeout=300.0,
-                 pin_memory=False, prefetch_factor=2):
+                 pin_memory=False, prefetch_factor=2, label_remap=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
-        self.manifest, self.reader = _open_set(shard_dir, split, num_classes, verify, "train")
+        self.manifest, self.reader = _open_set(shard_dir, split, num_classes if label_remap is None else None,
+                                               verify, "train")
+        if label_remap is not None:
+            _check_remap(self.manifest, label_remap, num_classes)
         self.shard_dir = self.manifest["shard_dir"]
         self.num_samples = int(self.manifest["num_samples"])
         self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), rank, world_size, int(seed)
@@ -498,7 +519,8 @@ class TrainLoader(EpochLoader):
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.opts = dict(crop_size=tuple(crop_size), scale=tuple(scale), ratio_range=tuple(ratio_range),
                          cat_max_ratio=cat_max_ratio, shuffle=shuffle, window_shards=window_shards,
-                         mean=tuple(mean), std=tuple(std), ignore_index=ignore_index, photometric=photometric)
+                         mean=tuple(mean), std=tuple(std), ignore_index=ignore_index, photometric=photometric,
+                         label_remap=label_remap)
         self.shuffle = shuffle
         epoch_order(self.manifest, 0, 0, shuffle, window_shards)  # validates ``shuffle``
         self.bad = _BadCounter(max_bad_fraction, f"train loader (rank {rank})")

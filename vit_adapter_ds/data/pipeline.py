@@ -307,14 +307,26 @@ def has_semantic_maps(pipeline) -> bool:
 
 
 # the mmseg train pipeline's steps, in order (PhotoMetricDistortion may be left out; ToMask, the Mask2Former
-# recipes' step that turns the semantic map into one mask per class, may be added after Pad)
-SEG_TRAIN_STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomCrop", "RandomFlip",
+# recipes' step that turns the semantic map into one mask per class, may be added after Pad; MapillaryHack, the
+# official Mapillary recipes' label mapping, may follow LoadAnnotations)
+SEG_TRAIN_STEPS = ("LoadImageFromFile", "LoadAnnotations", "MapillaryHack", "Resize", "RandomCrop", "RandomFlip",
                    "PhotoMetricDistortion", "Normalize", "Pad", "ToMask", "DefaultFormatBundle", "Collect")
-SEG_OPTIONAL_STEPS = ("PhotoMetricDistortion", "ToMask")
+SEG_OPTIONAL_STEPS = ("MapillaryHack", "PhotoMetricDistortion", "ToMask")
 SEG_COLLECT_KEYS = ["img", "gt_semantic_seg"]
 MASK_COLLECT_KEYS = ["img", "gt_semantic_seg", "gt_masks", "gt_labels"]  # with ToMask (mmseg_custom)
 # the TrainLoader arguments a segmentation train pipeline gives: never recipe keys of data.train
-SEG_PIPELINE_KWARGS = ("crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "mean", "std")
+SEG_PIPELINE_KWARGS = ("crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "mean", "std",
+                       "label_remap")
+
+
+def mapillary_hack():
+    """The official ``MapillaryHack`` step (mmseg_custom/datasets/pipelines/transform.py) as the train loader's
+    ``label_remap``: a 256-entry table from the 66 Mapillary Vistas ids to the 19 Cityscapes train ids (the other
+    ids -> 255), applied to the labels after the manifest's ``label_map``."""
+    from . import classes as C
+
+    return {"name": "MapillaryHack", "lut": C.mapillary_hack_label_map(), "in_classes": len(C.MAPILLARY_CLASSES),
+            "num_classes": len(C.MAPILLARY_TO_CITYSCAPES)}
 
 
 def _int_pair(v, where):
@@ -333,6 +345,9 @@ def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", igno
     :class:`~vit_adapter_ds.data.loader.TrainLoader`'s ``crop_size``, ``scale``, ``ratio_range``,
     ``cat_max_ratio``, ``photometric``, ``mean`` and ``std``. ``LoadAnnotations.reduce_zero_label`` is accepted as
     written: the shards' manifest ``label_map`` (written by the dataset's catalog entry) is what maps the labels.
+    ``MapillaryHack()`` right after ``LoadAnnotations`` (the official Mapillary recipes) gives ``label_remap``
+    (:func:`mapillary_hack`: 66 Mapillary ids -> 19 Cityscapes train ids, which the loader applies after the
+    manifest's map and which only Mapillary shards accept).
     Any other step, order, key or value raises ConfigError naming it."""
     if not isinstance(pipeline, (list, tuple)):
         raise ConfigError(f"recipe: {where} must be a list of steps")
@@ -340,7 +355,7 @@ def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", igno
     expected = [k for k in SEG_TRAIN_STEPS if k not in SEG_OPTIONAL_STEPS or k in kinds]
     if kinds != expected:
         raise ConfigError(f"recipe: {where}: the steps must be {expected} (mmseg's train pipeline, "
-                          f"PhotoMetricDistortion and ToMask optional), got {kinds}")
+                          f"MapillaryHack, PhotoMetricDistortion and ToMask optional), got {kinds}")
     out = {"photometric": "PhotoMetricDistortion" in kinds}
     for i, (kind, step) in enumerate(zip(kinds, pipeline)):
         w = f"{where}[{i}]"
@@ -376,6 +391,9 @@ def seg_train_kwargs_from_pipeline(pipeline, where: str = "train_pipeline", igno
             _fixed(step, "size", out["crop_size"], w)
             _fixed(step, "pad_val", 0, w, 0)
             _fixed(step, "seg_pad_val", ignore_index, w, 255)
+        elif kind == "MapillaryHack":
+            _keys(step, set(), w)
+            out["label_remap"] = mapillary_hack()
         elif kind == "ToMask":
             _keys(step, {"ignore_index"}, w)
             _fixed(step, "ignore_index", ignore_index, w, 255)

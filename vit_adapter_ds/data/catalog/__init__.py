@@ -8,6 +8,7 @@ shards and a recipe's ``data.train.type='name'`` (or one of its ``aliases``) rea
 from .registry import (LABEL_MAPS, Dataset, datasets, get_dataset, register_dataset, resolve_type,
                        unregister_dataset)
 from . import ade20k, coco, cocostuff, custom, synthetic  # noqa: E402,F401  (the built-in entries register)
+from . import cityscapes, mapillary  # noqa: E402,F401
 from . import pascal_context  # noqa: E402,F401
 from . import coco_stuff10k  # noqa: E402,F401
 

@@ -1,0 +1,45 @@
+# Official: segmentation/configs/_base_/datasets/mapillary_896x896.py (the first stage of the Mapillary ->
+# Cityscapes recipe): trains on Mapillary Vistas v1.2 training + validation (the official img_dir / ann_dir lists;
+# python -m vit_adapter_ds.data.make_shards mapillary --root data/Mapillary -> shards/mapillary/train holds both),
+# its 66 ids mapped to the 19 Cityscapes train ids by the official MapillaryHack step (data/pipeline.py: the train
+# loader's label remap), and validates / tests on Cityscapes val (shards/cityscapes/val, make_shards cityscapes).
+# The pipelines are the official step lists; data/pipeline.py translates them and refuses any step, key or value
+# it does not implement.
+dataset_type = 'MapillaryDataset'
+data_root = 'shards/mapillary/'
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+crop_size = (896, 896)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='MapillaryHack'),
+    dict(type='Resize', img_scale=(2048, 1024), ratio_range=(0.5, 1.0)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'),
+    dict(type='Collect', keys=['img', 'gt_semantic_seg']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='MultiScaleFlipAug',
+        img_scale=(2048, 1024),
+        # img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
+        flip=False,
+        transforms=[
+            dict(type='Resize', keep_ratio=True),
+            dict(type='RandomFlip'),
+            dict(type='Normalize', **img_norm_cfg),
+            dict(type='ImageToTensor', keys=['img']),
+            dict(type='Collect', keys=['img']),
+        ])
+]
+data = dict(
+    samples_per_gpu=2,
+    workers_per_gpu=2,
+    train=dict(type=dataset_type, shard_dir=data_root + 'train', pipeline=train_pipeline),
+    val=dict(type='CityscapesDataset', shard_dir='shards/cityscapes/val', pipeline=test_pipeline),
+    test=dict(type='CityscapesDataset', shard_dir='shards/cityscapes/val', pipeline=test_pipeline))
