@@ -171,3 +171,8 @@ PASCAL_CONTEXT_59_PALETTE = [
     [0, 235, 255], [0, 173, 255], [31, 0, 255],
 ]
 assert len(PASCAL_CONTEXT_59_CLASSES) == 59 and len(PASCAL_CONTEXT_59_PALETTE) == 59
+
+
+# CHASE_DB1 retinal vessels (mmseg's ChaseDB1Dataset): the converted ``*_1stHO.png`` hold 0 = background, 1 = vessel.
+CHASE_DB1_CLASSES = ('background', 'vessel')
+CHASE_DB1_PALETTE = [[120, 120, 120], [6, 230, 230]]
