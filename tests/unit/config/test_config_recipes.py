@@ -25,6 +25,9 @@ UPERNET = {
     "upernet_augreg_adapter_large_512_160k_ade20k": (
         1024, 24, 16, 16, 0.5, 0.4, 2e-5, 0.05, 0.95,
         "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384.pth", I24),
+    "upernet_augreg_adapter_tiny_512_160k_ade20k": (
+        192, 12, 3, 6, 1.0, 0.1, 12e-5, 0.01, 0.95,
+        "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.pth", I12),
 }
 
 
@@ -90,18 +93,77 @@ def _resolved(c, split="val"):
             SegmentationShards.test_settings(data, to_plain(c.get("evaluation") or {}), split))
 
 
-def test_beit_upernet_640_matches_official():
-    c = load_recipe("upernet_beit_adapter_large_640_160k_ade20k_ss")
+# name: (num_classes, max_iters, evaluation interval, train / test img_scale, dataset type), typed from the official
+# segmentation/configs/{ade20k,coco_stuff164k}/upernet_beit_adapter_large_640_*.py
+BEIT_UPERNET_640 = {
+    "upernet_beit_adapter_large_640_160k_ade20k_ss": (150, 160000, 16000, (2048, 640), "ADE20KDataset"),
+    "upernet_beit_adapter_large_640_160k_ade20k_ms": (150, 160000, 16000, (2048, 640), "ADE20KDataset"),
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ss": (171, 80000, 8000, (2560, 640), "COCOStuffDataset"),
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ms": (171, 80000, 8000, (2560, 640), "COCOStuffDataset"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEIT_UPERNET_640))
+def test_beit_upernet_640_matches_official(name):
+    classes, iters, interval, scale, dataset = BEIT_UPERNET_640[name]
+    c = load_recipe(name)
     b = c.model.backbone
     assert (b.type, b.img_size, b.embed_dim, b.depth, b.num_heads, b.init_values, b.drop_path_rate) == \
         ("BEiTAdapter", 640, 1024, 24, 16, 1e-6, 0.3)
     assert (b.use_abs_pos_emb, b.use_rel_pos_bias, b.qkv_bias, b.with_cp, b.deform_ratio, b.deform_num_heads) == \
         (False, True, True, True, 0.5, 16)
+    assert (b.patch_size, b.mlp_ratio, b.conv_inplane, b.n_points, b.cffn_ratio) == (16, 4, 64, 4, 0.25)
     assert b.interaction_indexes == I24
-    assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.paramwise_cfg.layer_decay_rate) == (2e-5, 0.05, 0.9)
-    assert c.model.decode_head.channels == 1024 and c.model.decode_head.num_classes == 150
+    assert (c.optimizer.type, c.optimizer.lr, c.optimizer.weight_decay, tuple(c.optimizer.betas)) == \
+        ("AdamW", 2e-5, 0.05, (0.9, 0.999))
+    assert c.optimizer.paramwise_cfg == {"num_layers": 24, "layer_decay_rate": 0.9}
+    assert dict(c.lr_config) == dict(policy="poly", warmup="linear", warmup_iters=1500, warmup_ratio=1e-6,
+                                     power=1.0, min_lr=0.0, by_epoch=False)
+    dh, ah = c.model.decode_head, c.model.auxiliary_head
+    assert (dh.type, dh.channels, dh.num_classes, list(dh.in_channels)) == ("UPerHead", 1024, classes, [1024] * 4)
+    assert (ah.type, ah.num_classes, ah.in_channels, ah.channels) == ("FCNHead", classes, 1024, 256)
     assert c.model.test_cfg == {"mode": "slide", "crop_size": (640, 640), "stride": (426, 426)}
-    assert c.model.pretrained == "pretrained/beit_large_patch16_224_pt22k_ft22k.pth"
+    assert c.model.pretrained == "pretrained/beit_large_patch16_224_pt22k_ft22k.pth" and c.get("load_from") is None
+    assert (c.runner.max_iters, c.data.samples_per_gpu, c.global_batch_size) == (iters, 2, 16)  # 8 GPUs x 2
+    assert (c.evaluation.interval, c.evaluation.save_best) == (interval, "mIoU")
+    assert (c.checkpoint_config.interval, c.checkpoint_config.max_keep_ckpts) == (1000, 1)
+    assert c.get("fp16") is None
+    assert c.data.train.type == c.data.val.type == c.data.test.type == dataset
+    train, test = _resolved(c)
+    assert (train["scale"], train["crop_size"], test["img_scale"]) == (scale, (640, 640), scale)
+
+
+# name: #Param of the official README (segmentation/README.md at fd64a51), in millions
+README_PARAMS = {
+    "upernet_deit_adapter_tiny_512_160k_ade20k": 36,
+    "upernet_deit_adapter_small_512_160k_ade20k": 58,
+    "upernet_deit_adapter_base_512_160k_ade20k": 134,
+    "upernet_augreg_adapter_tiny_512_160k_ade20k": 36,
+    "upernet_augreg_adapter_large_512_160k_ade20k": 364,
+    "upernet_beit_adapter_large_640_160k_ade20k_ss": 451,
+    "upernet_beit_adapter_large_640_160k_ade20k_ms": 451,
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ss": 451,
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ms": 451,
+}
+
+
+@pytest.mark.parametrize("name", sorted(README_PARAMS))
+def test_upernet_parameter_count_matches_the_official_readme(name):
+    """Built on the meta device. The README's 451M for BEiT-Adapter-L is the model with img_size 512 relative-position
+    tables (the count of the 512 model); the 640 configs' tables hold (79^2 - 63^2) x 16 heads x 24 blocks more."""
+    from vit_adapter_ds.tasks import load_and_validate
+
+    def count(options=None):
+        _, _, model = load_and_validate(name, options)
+        assert next(model.parameters()).device.type == "meta"
+        return sum(p.numel() for p in model.parameters())
+
+    n = count()
+    if "beit_adapter_large_640" in name:
+        n512 = count(["model.backbone.img_size=512", "model.test_cfg.crop_size=(512,512)"])
+        assert n - n512 == (79 ** 2 - 63 ** 2) * 16 * 24
+        n = n512
+    assert round(n / 1e6) == README_PARAMS[name]
 
 
 @pytest.mark.parametrize("name,classes,things,load_from", [
@@ -160,7 +222,39 @@ OFFICIAL_PIPELINES = {
     "mask2former_beit_adapter_large_640_160k_ade20k_ss": dict(
         _M2F896, train_scale=(2048, 640), crop=(640, 640), test_scale=(2048, 640), test_crop=(640, 640),
         stride=(426, 426)),
+    "mask2former_beit_adapter_large_640_160k_ade20k_ms": dict(
+        _M2F896, train_scale=(2048, 640), crop=(640, 640), test_scale=(2048, 640), test_crop=(640, 640),
+        stride=(426, 426), size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
+        ms_resize=dict(type="SETR_Resize", crop_size=(640, 640))),
+    "mask2former_beitv2_adapter_large_896_160k_ade20k_ss": _M2F896,
+    "upernet_augreg_adapter_tiny_512_160k_ade20k": _ADE512,
+    "upernet_beit_adapter_large_640_160k_ade20k_ms": dict(
+        train_scale=(2048, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
+        test_scale=(2048, 640), size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
+        mode="slide", test_crop=(640, 640), stride=(426, 426),
+        ms_resize=dict(type="SETR_Resize", crop_size=(640, 640)), pad=None),
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ss": dict(
+        train_scale=(2560, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
+        test_scale=(2560, 640), size_divisor=32, img_ratios=None, flip=False, mode="slide", test_crop=(640, 640),
+        stride=(426, 426), ms_resize=None, pad=None),
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ms": dict(
+        train_scale=(2560, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
+        test_scale=(2560, 640), size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
+        mode="slide", test_crop=(640, 640), stride=(426, 426),
+        ms_resize=dict(type="SETR_Resize", crop_size=(640, 640)), pad=None),
 }
+
+
+def test_augreg_tiny_spells_out_global_attention():
+    """upernet_augreg_adapter_tiny_512_160k_ade20k: window_attn=[False] * 12, window_size=[None] * 12 and the
+    224 defaults (no img_size / pretrain_size), as the official file; every block attends globally."""
+    from vit_adapter_ds.tasks import load_and_validate
+
+    c, _, model = load_and_validate("upernet_augreg_adapter_tiny_512_160k_ade20k")
+    b = c.model.backbone
+    assert (list(b.window_attn), list(b.window_size)) == ([False] * 12, [None] * 12)
+    assert "img_size" not in b and "pretrain_size" not in b and "with_cp" not in b
+    assert not any(type(m).__name__ == "WindowedAttention" for m in model.modules())
 
 
 def test_every_segmentation_recipe_has_a_pipeline_row():

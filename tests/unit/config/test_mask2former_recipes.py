@@ -18,6 +18,7 @@ ADE_FROM = "pretrained/mask2former_beit_adapter_large_896_80k_cocostuff164k.pth.
 ADE_FROM_V2 = "pretrained/mask2former_beitv2_adapter_large_896_80k_cocostuff164k.pth"
 R_BEIT = [640. / 896., 768. / 896., 1.0]
 R_BEITV2 = [800. / 896., 832. / 896., 864. / 896., 1.0]
+R_SETR = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 #  name: (pretrained, load_from, classes, things, queries, img_size, with_cp, iters, per_gpu, train/test scale,
 #         stride, eval interval, img_ratios, flip)
 OFFICIAL = {
@@ -37,6 +38,26 @@ OFFICIAL = {
         (BEITV2, ADE_FROM_V2, 150, 100, 200, 896, True, 80000, 1, (3584, 896), 512, 8000, R_BEITV2, True),
     "mask2former_beit_adapter_large_640_160k_ade20k_ss":
         (BEIT, None, 150, 100, 100, 640, True, 160000, 2, (2048, 640), 426, 16000, None, False),
+    "mask2former_beit_adapter_large_640_160k_ade20k_ms":  # SETR_Resize, no ResizeToMultiple (SETR below)
+        (BEIT, None, 150, 100, 100, 640, True, 160000, 2, (2048, 640), 426, 16000, R_SETR, True),
+    "mask2former_beitv2_adapter_large_896_160k_ade20k_ss":  # no COCO-Stuff stage, 160k, evaluation every 8000
+        (BEITV2, None, 150, 100, 200, 896, True, 160000, 1, (3584, 896), 512, 8000, None, False),
+}
+# the _ms configs whose multi-scale test resizes with SETR_Resize(crop_size, setr_multi_scale=True)
+SETR = {"mask2former_beit_adapter_large_640_160k_ade20k_ms": dict(type="SETR_Resize", crop_size=(640, 640))}
+# #Param of the official README (segmentation/README.md, configs/*/README.md at fd64a51), in millions; the official
+# count includes the decode head's unused conv_seg (classes x 1024 + classes), which this model does not build
+README_PARAMS = {
+    "mask2former_beit_adapter_large_896_80k_cocostuff164k_ss": 571,
+    "mask2former_beit_adapter_large_896_80k_cocostuff164k_ms": 571,
+    "mask2former_beitv2_adapter_large_896_80k_cocostuff164k_ss": 571,
+    "mask2former_beit_adapter_large_896_80k_ade20k_ss": 571,
+    "mask2former_beit_adapter_large_896_80k_ade20k_ms": 571,
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ss": 571,
+    "mask2former_beitv2_adapter_large_896_80k_ade20k_ms": 571,
+    "mask2former_beit_adapter_large_640_160k_ade20k_ss": 568,
+    "mask2former_beit_adapter_large_640_160k_ade20k_ms": 568,
+    "mask2former_beitv2_adapter_large_896_160k_ade20k_ss": 571,
 }
 
 
@@ -62,8 +83,10 @@ def test_mask2former_recipe_matches_official(name):
     test = SegmentationShards.test_settings(data, to_plain(c.evaluation), "val")
     assert (train["scale"], train["crop_size"]) == (scale, (size, size))
     assert [s["type"] for s in data["train"]["pipeline"]][-3:] == ["ToMask", "DefaultFormatBundle", "Collect"]
-    assert (c.evaluation.interval, test["img_scale"], test["size_divisor"]) == (interval, scale, 32)
+    assert (c.evaluation.interval, test["img_scale"], test["size_divisor"]) == \
+        (interval, scale, None if name in SETR else 32)
     assert test["img_ratios"] == (None if ratios is None else pytest.approx(ratios)) and test["flip"] == flip
+    assert test["ms_resize"] == SETR.get(name)
     with torch.device("meta"):
         model = EncoderDecoderMask2Former.from_config(to_plain(c.model))
     head = model.decode_head
@@ -85,3 +108,11 @@ def test_mask2former_recipe_matches_official(name):
     assert head.pixel_decoder.positional_encoding.num_feats == head.decoder_positional_encoding.num_feats == 512
     assert head.pixel_decoder.input_convs[0].gn.num_groups == 32
     assert model.test_cfg == {"mode": "slide", "crop_size": (size, size), "stride": (stride, stride)}
+    n = sum(p.numel() for p in model.parameters()) + classes * 1024 + classes  # + the official unused conv_seg
+    assert round(n / 1e6) == README_PARAMS[name]
+
+
+def test_every_mask2former_recipe_has_a_row():
+    from vit_adapter_ds.recipes import RECIPES
+
+    assert sorted(OFFICIAL) == sorted(README_PARAMS) == sorted(n for n in RECIPES if n.startswith("mask2former"))

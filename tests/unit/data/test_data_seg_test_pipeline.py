@@ -43,6 +43,8 @@ TRAIN = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zer
          dict(type='Pad', size=(512, 512), pad_val=0, seg_pad_val=255), dict(type='DefaultFormatBundle'),
          dict(type='Collect', keys=['img', 'gt_semantic_seg'])]
 M2F_MS = [640. / 896., 768. / 896., 1.0]
+SETR_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+SETR640 = dict(type='SETR_Resize', keep_ratio=True, crop_size=(640, 640), setr_multi_scale=True)
 OFFICIAL_TEST = {  # typed from the official configs, independently of the recipes
     "upernet_deit_adapter_tiny_512_160k_ade20k": official((2048, 512)),
     "upernet_deit_adapter_small_512_160k_ade20k": official((2048, 512)),
@@ -59,6 +61,16 @@ OFFICIAL_TEST = {  # typed from the official configs, independently of the recip
     "mask2former_beitv2_adapter_large_896_80k_ade20k_ms": official(
         (3584, 896), ratios=[800. / 896., 832. / 896., 864. / 896., 1.0], flip=True, pad='after'),
     "mask2former_beitv2_adapter_large_896_80k_ade20k_ss": official((3584, 896), flip=True),  # one scale, flipped
+    "mask2former_beitv2_adapter_large_896_160k_ade20k_ss": official((3584, 896)),
+    "upernet_augreg_adapter_tiny_512_160k_ade20k": official((2048, 512)),  # ImageNet mean / std, unlike AugReg-L
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ss": official((2560, 640)),
+    # the _ms configs of the 640 models: SETR_Resize instead of Resize + ResizeToMultiple, 6 ratios, flip
+    "upernet_beit_adapter_large_640_160k_ade20k_ms": official((2048, 640), ratios=SETR_RATIOS, flip=True,
+                                                              resize=SETR640, divisor=None),
+    "mask2former_beit_adapter_large_640_160k_ade20k_ms": official((2048, 640), ratios=SETR_RATIOS, flip=True,
+                                                                  resize=SETR640, divisor=None),
+    "upernet_beit_adapter_large_640_80k_cocostuff164k_ms": official((2560, 640), ratios=SETR_RATIOS, flip=True,
+                                                                    resize=SETR640, divisor=None),
 }
 
 
@@ -79,11 +91,13 @@ def test_recipes_have_the_official_test_pipeline(name):
     data, ev = to_plain(cfg.data), to_plain(cfg.evaluation)
     for split in ("val", "test"):
         assert _plain(data[split]["pipeline"]) == _plain(OFFICIAL_TEST[name])
+        want = seg_test_settings_from_pipeline(OFFICIAL_TEST[name])
+        # a pipeline's own SETR_Resize gives the multi-scale rule; otherwise evaluation.ms_resize may (the _ss)
         assert SegmentationShards.test_settings(data, ev, split) == \
-            {**seg_test_settings_from_pipeline(OFFICIAL_TEST[name]), "ms_resize": ev.get("ms_resize")}
+            {**want, "ms_resize": want["ms_resize"] or ev.get("ms_resize")}
     assert not set(ev) & set(SEG_TEST_KEYS)
     val_kw = SegmentationShards._kwargs(ValLoader.__init__, data["val"], "data.val")
-    norm = AUGREG if "augreg" in name else IMAGENET
+    norm, = (t for t in OFFICIAL_TEST[name][1]["transforms"] if t["type"] == "Normalize")  # the official one
     assert (val_kw["mean"], val_kw["std"]) == (tuple(norm["mean"]), tuple(norm["std"]))
 
 
