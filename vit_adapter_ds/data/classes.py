@@ -176,3 +176,9 @@ assert len(PASCAL_CONTEXT_59_CLASSES) == 59 and len(PASCAL_CONTEXT_59_PALETTE) =
 # CHASE_DB1 retinal vessels (mmseg's ChaseDB1Dataset): the converted ``*_1stHO.png`` hold 0 = background, 1 = vessel.
 CHASE_DB1_CLASSES = ('background', 'vessel')
 CHASE_DB1_PALETTE = [[120, 120, 120], [6, 230, 230]]
+
+
+# ISPRS Potsdam (the official ViT-Adapter / mmseg PotsdamDataset): mmseg's converter writes 0 = other colours
+# (boundary) and 1..6 for the RGB-coded classes below (reduce-zero-label).
+POTSDAM_CLASSES = ('impervious_surface', 'building', 'low_vegetation', 'tree', 'car', 'clutter')
+POTSDAM_PALETTE = [[255, 255, 255], [0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0]]

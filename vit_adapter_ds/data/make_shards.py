@@ -10,6 +10,7 @@ CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and 
     python -m vit_adapter_ds.data.make_shards pascal_context_59 --root data/VOCdevkit/VOC2010 [--out ...]
     python -m vit_adapter_ds.data.make_shards coco_stuff10k --root data/coco_stuff10k [--out ...]  # .mat labels
     python -m vit_adapter_ds.data.make_shards chase_db1 --root data/CHASE_DB1 [--out ...]
+    python -m vit_adapter_ds.data.make_shards potsdam   --root data/potsdam [--out ...]  # mmseg's converted tiles
     python -m vit_adapter_ds.data.make_shards cityscapes --root data/cityscapes [--out ...]  # *_labelTrainIds.png
     python -m vit_adapter_ds.data.make_shards mapillary --root data/Mapillary [--splits train val]  # train: both
     python -m vit_adapter_ds.data.make_shards custom    --images IMG_DIR --masks MASK_DIR --classes classes.txt \\

@@ -167,6 +167,40 @@ def chase_refusals(raw):
              rf"label {lab_} is 58x40 but its image {img_} is 56x40")]
 
 
+def potsdam_val_labels(raw):
+    stems = sorted(p.stem for p in (raw / "ann_dir" / "val").glob("*.png"))
+    return [reduce_zero_label(np.array(Image.open(raw / "ann_dir" / "val" / f"{s}.png"))) for s in stems]
+
+
+def potsdam_refusals(raw):
+    first = sorted((raw / "ann_dir" / "train").glob("*.png"))[0]
+    lab, img = first, raw / "img_dir" / "train" / first.name
+    lab_, img_ = re.escape(str(lab)), re.escape(str(img))
+
+    def value():
+        a = np.array(Image.open(lab))
+        a[1, 1] = 7
+        Image.fromarray(a).save(lab)
+
+    return [(lambda: lab.unlink(), FileNotFoundError, rf"no label.*{lab_}.*--skip-missing"),
+            (lambda: Image.fromarray(np.zeros((*SIZE, 3), np.uint8)).save(lab), ValueError,
+             rf"label {lab_} has mode RGB.*potsdam\.py"),
+            (value, ValueError, rf"label {lab_}: values \[7\] are not labels of this dataset "
+                                r"\(allowed: 0\.\.6, 255\)"),
+            (lambda: Image.fromarray(np.zeros((SIZE[0] - 1, SIZE[1]), np.uint8)).save(lab), ValueError,
+             rf"label {lab_} is 56x39 but its image {img_} is 56x40")]
+
+
+def test_potsdam_palette_is_the_order_of_mmsegs_rgb_conversion():
+    """mmseg's potsdam.py converter (which the official README says to run) maps the colours of its ``color_map``
+    (BGR, as mmcv reads the tiles; written out here) to 0..6; the entry's classes 0..5 are converted values 1..6
+    (reduce-zero-label), so its palette (RGB, the official potsdam.py) must list those colours in that order."""
+    color_map_bgr = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [255, 255, 0], [0, 255, 0], [0, 255, 255],
+                     [0, 0, 255]]
+    palette = get_dataset("PotsdamDataset").palette
+    assert [color_map_bgr.index(list(rgb[::-1])) for rgb in palette] == [1, 2, 3, 4, 5, 6]
+
+
 CASES = {
     "pascal_context_59": dict(
         alias="PascalContextDataset59", base="pascal_context_59.py", mmseg=("pascal_context", "PascalContextDataset59"),
@@ -180,6 +214,10 @@ CASES = {
         alias="ChaseDB1Dataset", base="chase_db1.py", mmseg=("chase_db1", "ChaseDB1Dataset"),
         label_map=list(range(256)), label_map_name="identity", val_labels=chase_val_labels, refusals=chase_refusals,
         skip_missing=True),
+    "potsdam": dict(
+        alias="PotsdamDataset", base="potsdam.py", mmseg=("potsdam", "PotsdamDataset"),
+        label_map=[255] + list(range(254)) + [255], label_map_name="reduce_zero_label", val_labels=potsdam_val_labels,
+        refusals=potsdam_refusals, skip_missing=True),
 }
 
 
