@@ -1,6 +1,6 @@
 """Data: tar shards (writers, synthetic dataset), a resumable streaming train loader, an exact val loader.
 
-Shards are written once (``python -m vit_adapter_ds.data.make_shards {ade20k,cocostuff,coco,custom,synthetic}``:
+Shards are written once (``python -m vit_adapter_ds.data.make_shards NAME``, NAME a dataset of the catalog:
 one sub-command per dataset of the catalog, ``data/catalog/``; format in ``shards/README.md``); training and evaluation read only shards. A shard set is a folder per split
 (``shards/NAME/{train,val}/``) with ``shard-NNNNNN.tar`` files and ``manifest.json``.
 

@@ -20,7 +20,7 @@ ENGINE_SUPPLIED = ("batch_size", "num_workers", "seed", "rank", "world_size", "n
 
 
 class SegmentationShards:
-    """Semantic-segmentation shards (``make_shards {ade20k,cocostuff,custom,synthetic}``): the resumable
+    """Semantic-segmentation shards (``make_shards <any segmentation entry of the catalog>``): the resumable
     :class:`~vit_adapter_ds.data.loader.TrainLoader` and the exact :class:`~vit_adapter_ds.data.loader.ValLoader`.
 
     A recipe describes them as the official configs do: ``data.train.pipeline`` is mmseg's train pipeline

@@ -1,5 +1,6 @@
 """The shard writer CLI: one sub-command per dataset of the catalog (``data/catalog/``: ADE20K, COCO-Stuff-164k,
-COCO instances, a custom folder layout, the synthetic dataset, and any dataset registered there), plus ``verify``.
+COCO-Stuff-10k, Pascal Context 59, Cityscapes, Mapillary Vistas, CHASE_DB1, ISPRS Potsdam, COCO instances, a custom
+folder layout, the synthetic dataset, and any dataset registered there), plus ``verify``.
 
 CLI (one output folder per split, ``OUT/{train,val}``, each with its shards and ``manifest.json``)::
 
