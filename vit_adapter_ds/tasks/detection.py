@@ -1,11 +1,11 @@
-"""Object detection / instance segmentation (Mask R-CNN, HTC++): the detector, the COCO instance shard loaders,
-COCO AP.
+"""Object detection / instance segmentation (Mask R-CNN, HTC++, Cascade Mask R-CNN): the detector, the COCO
+instance shard loaders, COCO AP.
 
 The recipe's sections are the official mmdet ones:
 
 * ``model``: ``type`` one of :data:`~vit_adapter_ds.models.detectors.DETECTORS` (``'MaskRCNN'``,
-  ``'HybridTaskCascade'``, ``'HybridTaskCascadeAug'``) and its official keys (the class's ``from_config`` checks
-  every key); the backbone's ``pretrained`` file is loaded into ``model.backbone`` by
+  ``'HybridTaskCascade'``, ``'HybridTaskCascadeAug'``, ``'CascadeRCNN'``) and its official keys (the class's
+  ``from_config`` checks every key); the backbone's ``pretrained`` file is loaded into ``model.backbone`` by
   :meth:`ObjectDetection.build_model`. An HTC with a semantic head needs a train pipeline with the semantic maps
   (``LoadAnnotations(with_seg=True)`` / ``SegRescale``): :meth:`ObjectDetection.forward_loss` passes the batch's
   ``semantic_seg`` to the model.
@@ -391,13 +391,15 @@ class ObjectDetection(Task):
 
     @classmethod
     def key_layout(cls, model_type):
-        """``'MaskRCNN'`` / ``'HybridTaskCascade'``: the official mmdet layout a detector type exports to
-        (``HybridTaskCascadeAug`` maps like ``HybridTaskCascade``); None for a type that is no detector."""
-        from ..models.detectors import DETECTORS, HybridTaskCascade, MaskRCNN
+        """``'MaskRCNN'`` / ``'HybridTaskCascade'`` / ``'CascadeRCNN'``: the official mmdet layout a detector type
+        exports to (``HybridTaskCascadeAug`` maps like ``HybridTaskCascade``); None for a type that is no detector."""
+        from ..models.detectors import DETECTORS, CascadeRCNN, HybridTaskCascade, MaskRCNN
 
         det = DETECTORS.get(model_type)
         if det is None:
             return None
+        if issubclass(det, CascadeRCNN):
+            return "CascadeRCNN"
         if issubclass(det, HybridTaskCascade):  # HybridTaskCascadeAug too
             return "HybridTaskCascade"
         if issubclass(det, MaskRCNN):

@@ -123,13 +123,15 @@ def test_load_from_filter_converts_official_checkpoints_only(model, official, tm
 
 
 def test_converters_cover_the_detector_types():
-    """Every DETECTORS type has its mmdet layout, the TTA subclass of HTC++ included; to_official refuses others."""
+    """Every DETECTORS type has its mmdet layout, the TTA subclass of HTC++ and Cascade Mask R-CNN included;
+    to_official refuses others."""
     from vit_adapter_ds.models.detectors import DETECTORS
     from vit_adapter_ds.models.detectors import keymap
 
     assert {t: keymap._converters(t) for t in DETECTORS} == {
         "MaskRCNN": (keymap.from_mmdet, keymap.to_mmdet),
         "HybridTaskCascade": (keymap.htc_from_mmdet, keymap.htc_to_mmdet),
-        "HybridTaskCascadeAug": (keymap.htc_from_mmdet, keymap.htc_to_mmdet)}
+        "HybridTaskCascadeAug": (keymap.htc_from_mmdet, keymap.htc_to_mmdet),
+        "CascadeRCNN": (keymap.cascade_from_mmdet, keymap.cascade_to_mmdet)}
     with pytest.raises(KeyError, match="EncoderDecoder"):
         keymap.to_official({}, "EncoderDecoder")

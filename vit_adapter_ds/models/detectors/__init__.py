@@ -9,10 +9,14 @@
   :class:`~.htc_aug.HybridTaskCascadeAug` (the official multi-scale + flip test-time augmentation),
   :class:`~.extra_attention.ExtraAttention`, :class:`~.semantic_head.FusedSemanticHead`, :mod:`.htc_heads`,
   :mod:`.soft_nms`; key maps in :mod:`.keymap`.
+* Cascade Mask R-CNN: :class:`~.cascade_mask_rcnn.CascadeRCNN` / :class:`~.cascade_mask_rcnn.CascadeRoIHead`
+  (mmdet 2.22 ``CascadeRoIHead``: ``ConvFCBBoxHead`` stages with GIoU on decoded boxes, a mask head per stage,
+  stage-averaged scores and masks at test time; ``CascadeRCNN.from_config`` of the official model dict).
 
 Each detector and neck registers itself (``@DETECTORS.register()``, ``@NECKS.register()``); ``DETECTORS`` and
 ``NECKS`` are the registries of :mod:`vit_adapter_ds.models.registry` (official ``type`` -> class).
 """
+from .cascade_mask_rcnn import CascadeRCNN
 from .extra_attention import ExtraAttention
 from .fpn import FPN
 from .htc import HybridTaskCascade
@@ -20,4 +24,5 @@ from .htc_aug import HybridTaskCascadeAug
 from .mask_rcnn import MaskRCNN
 from ..registry import DETECTORS, NECKS
 
-__all__ = ["FPN", "ExtraAttention", "MaskRCNN", "HybridTaskCascade", "HybridTaskCascadeAug", "DETECTORS", "NECKS"]
+__all__ = ["FPN", "ExtraAttention", "MaskRCNN", "CascadeRCNN", "HybridTaskCascade", "HybridTaskCascadeAug", "DETECTORS",
+           "NECKS"]

@@ -34,12 +34,12 @@ from .soft_nms import batched_soft_nms
 
 
 def multiclass_nms(boxes, probs, score_thr, iou_threshold, max_per_img, nms_type="soft_nms"):
-    """mmdet ``multiclass_nms`` of class-agnostic boxes (N, 4) and class probabilities (N, C + 1) (background
-    last): every (box, class) pair above ``score_thr``, (soft-)NMS within each class, the best ``max_per_img``
-    -> (boxes (K, 4), labels (K,), scores (K,)) sorted by score."""
+    """mmdet ``multiclass_nms`` of class-agnostic boxes (N, 4) or class-specific boxes (N, C, 4) and class
+    probabilities (N, C + 1) (background last): every (box, class) pair above ``score_thr``, (soft-)NMS within
+    each class, the best ``max_per_img`` -> (boxes (K, 4), labels (K,), scores (K,)) sorted by score."""
     p = probs[:, :-1]
     box_idx, cls_idx = torch.where(p > score_thr)
-    b, s = boxes[box_idx], p[box_idx, cls_idx]
+    b, s = (boxes[box_idx] if boxes.dim() == 2 else boxes[box_idx, cls_idx]), p[box_idx, cls_idx]
     if nms_type == "soft_nms":
         keep, s = batched_soft_nms(b, s, cls_idx, iou_threshold=iou_threshold)
     elif nms_type == "nms":
@@ -66,6 +66,34 @@ class CascadeStage:
         self.coder = det_utils.BoxCoder(tuple(1.0 / s for s in target_stds))
 
 
+def sample_rois(stage: CascadeStage, proposals, target, num_classes: int) -> dict:
+    """One image's RoIs of a cascade stage (mmdet ``MaxIoUAssigner`` + ``RandomSampler`` with
+    ``add_gt_as_proposals``): the ground-truth boxes go first, then the proposals; ``num * pos_fraction`` positives
+    at most, negatives fill up to ``num``. Returns ``boxes`` (K, 4) positives first, ``labels`` (K,) (``num_classes``
+    = background), ``targets`` (K, 4) the stage coder's deltas of the positives, ``num_pos``, ``pos_gt`` (the
+    matched box of each positive) and ``pos_is_gt``."""
+    gt, gt_labels = target["boxes"], target["labels"]
+    boxes = torch.cat([gt, proposals.detach()])
+    is_gt = torch.cat([torch.ones(len(gt), dtype=torch.bool, device=boxes.device),
+                       torch.zeros(len(proposals), dtype=torch.bool, device=boxes.device)])
+    if len(gt):
+        matched = stage.matcher(box_iou(gt, boxes))
+    else:
+        matched = torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)
+    pos, neg = torch.where(matched >= 0)[0], torch.where(matched == -1)[0]
+    n_pos = min(len(pos), int(stage.num * stage.pos_fraction))
+    pos = pos[torch.randperm(len(pos), device=pos.device)[:n_pos]]
+    neg = neg[torch.randperm(len(neg), device=neg.device)[:min(len(neg), stage.num - n_pos)]]
+    idx = torch.cat([pos, neg])
+    labels = torch.full((len(idx),), num_classes, dtype=torch.int64, device=boxes.device)
+    labels[:n_pos] = gt_labels[matched[pos]]
+    targets = boxes.new_zeros(len(idx), 4)
+    if n_pos:
+        targets[:n_pos] = stage.coder.encode_single(gt[matched[pos]], boxes[pos])
+    return {"boxes": boxes[idx], "labels": labels, "targets": targets, "num_pos": n_pos,
+            "pos_gt": matched[pos], "pos_is_gt": is_gt[pos]}
+
+
 HTC_PLUS_PLUS_STAGES = ((0.5, (0.1, 0.1, 0.2, 0.2)), (0.6, (0.05, 0.05, 0.1, 0.1)), (0.7, (0.033, 0.033, 0.067, 0.067)))
 
 
@@ -90,26 +118,7 @@ class HybridTaskCascadeRoIHead(nn.Module):
 
     # ------------------------------------------------------------------------------------------ sampling
     def _sample(self, stage: CascadeStage, proposals, target):
-        gt, gt_labels = target["boxes"], target["labels"]
-        boxes = torch.cat([gt, proposals.detach()])
-        is_gt = torch.cat([torch.ones(len(gt), dtype=torch.bool, device=boxes.device),
-                           torch.zeros(len(proposals), dtype=torch.bool, device=boxes.device)])
-        if len(gt):
-            matched = stage.matcher(box_iou(gt, boxes))
-        else:
-            matched = torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)
-        pos, neg = torch.where(matched >= 0)[0], torch.where(matched == -1)[0]
-        n_pos = min(len(pos), int(stage.num * stage.pos_fraction))
-        pos = pos[torch.randperm(len(pos), device=pos.device)[:n_pos]]
-        neg = neg[torch.randperm(len(neg), device=neg.device)[:min(len(neg), stage.num - n_pos)]]
-        idx = torch.cat([pos, neg])
-        labels = torch.full((len(idx),), self.num_classes, dtype=torch.int64, device=boxes.device)
-        labels[:n_pos] = gt_labels[matched[pos]]
-        targets = boxes.new_zeros(len(idx), 4)
-        if n_pos:
-            targets[:n_pos] = stage.coder.encode_single(gt[matched[pos]], boxes[pos])
-        return {"boxes": boxes[idx], "labels": labels, "targets": targets, "num_pos": n_pos,
-                "pos_gt": matched[pos], "pos_is_gt": is_gt[pos]}
+        return sample_rois(stage, proposals, target, self.num_classes)
 
     # ------------------------------------------------------------------------------------------ features
     def _add_semantic(self, feats, semantic_feat, boxes):

@@ -167,8 +167,33 @@ def htc_to_mmdet(state_dict: dict) -> dict:
     return {_htc_rename(k, _HTC_BACK, "HybridTaskCascade"): v.clone() for k, v in unwrap(state_dict).items()}
 
 
+# ------------------------------------------------------------------------------------------- Cascade Mask R-CNN
+_CASCADE_SAME = re.compile(r"(backbone\.|roi_head\.(bbox_head|mask_head)\.\d+\.)")
+
+
+def _cascade_rename(key, table, what):
+    if _CASCADE_SAME.match(key):
+        return key  # the stages' ConvFCBBoxHead / FCNMaskHead keep the official names and class order
+    for pat, rep in table[:5]:  # the FPN and RPN entries of the Mask R-CNN tables
+        if re.fullmatch(pat, key):
+            return re.sub(pat, rep, key)
+    raise KeyMapError(f"{what} key {key!r} has no counterpart in the Cascade Mask R-CNN layout")
+
+
+def cascade_from_mmdet(state_dict: dict) -> dict:
+    """Official mmdet Cascade Mask R-CNN state dict -> :class:`~.cascade_mask_rcnn.CascadeRCNN` (the FPN and RPN
+    renamed as for Mask R-CNN; ``roi_head.bbox_head.{i}.*`` / ``roi_head.mask_head.{i}.*`` unchanged)."""
+    return {_cascade_rename(k, _RENAMES, "mmdet"): v for k, v in unwrap(state_dict).items()}
+
+
+def cascade_to_mmdet(state_dict: dict) -> dict:
+    """:class:`~.cascade_mask_rcnn.CascadeRCNN` state dict -> the official mmdet Cascade Mask R-CNN key layout."""
+    return {_cascade_rename(k, _BACK, "CascadeRCNN"): v.clone() for k, v in unwrap(state_dict).items()}
+
+
 def _converters(model_or_type):
     """(from_mmdet, to_mmdet) for a detector (instance, class or ``model.type`` name), or None."""
+    from .cascade_mask_rcnn import CascadeRCNN
     from .htc import HybridTaskCascade
     from .mask_rcnn import MaskRCNN
 
@@ -179,6 +204,8 @@ def _converters(model_or_type):
         cls = model_or_type if isinstance(model_or_type, type) else type(model_or_type)
     if cls is None:
         return None
+    if issubclass(cls, CascadeRCNN):
+        return cascade_from_mmdet, cascade_to_mmdet
     if issubclass(cls, HybridTaskCascade):  # HybridTaskCascadeAug included
         return htc_from_mmdet, htc_to_mmdet
     if issubclass(cls, MaskRCNN):
@@ -193,7 +220,8 @@ def is_mmdet_layout(state_dict: dict) -> bool:
 
 def mmdet_checkpoint_filter(state_dict: dict, model, report=None) -> dict:
     """``checkpoint.loading.load_into`` filter for detectors: a state dict in the official mmdet layout -> this package's
-    keys (MaskRCNN / HybridTaskCascade and its TTA subclass); any other state dict is returned as it is."""
+    keys (MaskRCNN / HybridTaskCascade and its TTA subclass / CascadeRCNN); any other state dict is returned as it
+    is."""
     from ...checkpoint.reader import CheckpointError
 
     if not is_mmdet_layout(state_dict):
