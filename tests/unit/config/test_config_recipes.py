@@ -139,6 +139,7 @@ README_PARAMS = {
     "upernet_deit_adapter_small_512_160k_ade20k": 58,
     "upernet_deit_adapter_base_512_160k_ade20k": 134,
     "upernet_augreg_adapter_tiny_512_160k_ade20k": 36,
+    "upernet_augreg_adapter_base_512_160k_ade20k": 134,
     "upernet_augreg_adapter_large_512_160k_ade20k": 364,
     "upernet_beit_adapter_large_640_160k_ade20k_ss": 451,
     "upernet_beit_adapter_large_640_160k_ade20k_ms": 451,
@@ -228,6 +229,7 @@ OFFICIAL_PIPELINES = {
         ms_resize=dict(type="SETR_Resize", crop_size=(640, 640))),
     "mask2former_beitv2_adapter_large_896_160k_ade20k_ss": _M2F896,
     "upernet_augreg_adapter_tiny_512_160k_ade20k": _ADE512,
+    "upernet_augreg_adapter_base_512_160k_ade20k": _ADE512,
     "upernet_beit_adapter_large_640_160k_ade20k_ms": dict(
         train_scale=(2048, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
         test_scale=(2048, 640), size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
@@ -243,6 +245,43 @@ OFFICIAL_PIPELINES = {
         mode="slide", test_crop=(640, 640), stride=(426, 426),
         ms_resize=dict(type="SETR_Resize", crop_size=(640, 640)), pad=None),
 }
+
+
+def test_augreg_base_matches_official():
+    """upernet_augreg_adapter_base_512_160k_ade20k (typed from the official file): ViT-Adapter-B at 384 with 127.5
+    normalisation, and the only UperNet config without layer decay: AdamW lr 2e-5, wd 0.01, mmcv custom_keys, where
+    the longest matching key wins and ties go alphabetically ('bias' < 'head' < 'norm')."""
+    from vit_adapter_ds.engine.optim import param_groups_for_recipe
+    from vit_adapter_ds.tasks import load_and_validate
+
+    c, _, model = load_and_validate("upernet_augreg_adapter_base_512_160k_ade20k")
+    b = c.model.backbone
+    assert (b.type, b.img_size, b.pretrain_size, b.embed_dim, b.depth, b.num_heads, b.drop_path_rate) == \
+        ("ViTAdapter", 384, 384, 768, 12, 12, 0.3)
+    assert (b.deform_num_heads, b.deform_ratio, b.cffn_ratio, b.n_points, b.conv_inplane, b.patch_size) == \
+        (12, 0.5, 0.25, 4, 64, 16)
+    assert b.interaction_indexes == I12 and b.get("with_cp") is None
+    assert (list(b.window_attn), list(b.window_size)) == ([False] * 12, [None] * 12)
+    assert c.model.pretrained == ("pretrained/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0"
+                                  "--imagenet2012-steps_20k-lr_0.01-res_384.pth")
+    assert (c.optimizer.type, c.optimizer.lr, c.optimizer.weight_decay, tuple(c.optimizer.betas)) == \
+        ("AdamW", 2e-5, 0.01, (0.9, 0.999))
+    assert c.optimizer.get("constructor") is None
+    assert c.optimizer.paramwise_cfg == {"custom_keys": {
+        "level_embed": {"decay_mult": 0.0}, "pos_embed": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0},
+        "bias": {"decay_mult": 0.0}, "head": {"lr_mult": 10.0}}}
+    assert (c.runner.max_iters, c.data.samples_per_gpu, c.global_batch_size) == (160000, 2, 16)
+    assert c.fp16 == {"loss_scale": {"init_scale": 512}}
+    train, test = _resolved(c)
+    assert train["mean"] == test["mean"] == (127.5,) * 3 and train["std"] == test["std"] == (127.5,) * 3
+    groups = {n: (g["lr"], g["weight_decay"]) for g in param_groups_for_recipe(model, c) for n in
+              [model_name for model_name, q in model.named_parameters() if any(q is x for x in g["params"])]}
+    assert groups["decode_head.conv_seg.weight"] == (2e-4, 0.01)
+    assert groups["decode_head.conv_seg.bias"] == (2e-5, 0.0)  # 'bias' sorts before 'head'
+    assert groups["auxiliary_head.convs.0.bn.weight"] == (2e-4, 0.01)
+    assert groups["backbone.level_embed"] == groups["backbone.pos_embed"] == (2e-5, 0.0)
+    assert groups["backbone.blocks.0.norm1.weight"] == groups["backbone.blocks.0.attn.qkv.bias"] == (2e-5, 0.0)
+    assert groups["backbone.blocks.0.attn.qkv.weight"] == (2e-5, 0.01)
 
 
 def test_augreg_tiny_spells_out_global_attention():
