@@ -229,7 +229,11 @@ class AdapterMixin:
     def _build_adapter(self, *, embed_dim: int, conv_inplane: int, n_points: int, deform_num_heads: int,
                        init_values: float, interaction_indexes, with_cffn: bool, cffn_ratio: float,
                        deform_ratio: float, add_vit_feature: bool, extra_extractor: bool, drop_path_rate: float,
-                       norm_layer, with_cp: bool, task: str, norm: str) -> None:
+                       norm_layer, with_cp: bool, task: str, norm: str,
+                       vit_feature_per_interaction: bool | None = None) -> None:
+        """``vit_feature_per_interaction``: each output level k adds the ViT tokens after interaction k (the
+        segmentation copies and the detection BEiT-Adapter's ``version='old'``) instead of the last interaction's
+        tokens at every level (the detection copies); default: ``task == 'segmentation'``."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if not interaction_indexes:
@@ -239,10 +243,14 @@ class AdapterMixin:
         for idx in interaction_indexes:
             if len(idx) != 2 or not (0 <= idx[0] <= idx[1] < depth):
                 raise ValueError(f"bad interaction index {idx!r} for depth {depth}")
-        if add_vit_feature and task == "segmentation" and len(interaction_indexes) != 4:
-            raise ValueError("add_vit_feature with task='segmentation' needs exactly 4 interactions "
+        if vit_feature_per_interaction is None:
+            vit_feature_per_interaction = task == "segmentation"
+        if add_vit_feature and vit_feature_per_interaction and len(interaction_indexes) != 4:
+            what = "task='segmentation'" if task == "segmentation" else "version='old'"
+            raise ValueError(f"add_vit_feature with {what} needs exactly 4 interactions "
                              f"(one ViT feature per output level), got {len(interaction_indexes)}")
         self.task = task
+        self.vit_feature_per_interaction = vit_feature_per_interaction
         self.interaction_indexes = [list(i) for i in interaction_indexes]
         self.add_vit_feature = add_vit_feature
         norm_cls = norm_class(norm)
@@ -290,7 +298,7 @@ class AdapterMixin:
         outs = []
         for layer, (first, last) in zip(self.interactions, self.interaction_indexes):
             x, c, cls = layer(x, c, self.blocks[first:last + 1], deform_inputs1, deform_inputs2, H, W, cls=cls)
-            if self.task == "segmentation":
+            if self.vit_feature_per_interaction:
                 outs.append(x.transpose(1, 2).reshape(bs, dim, H, W).contiguous())
 
         # .contiguous() as in the official code: with batch 1 these views look channels-last, and torch's CPU
@@ -301,7 +309,7 @@ class AdapterMixin:
         c1 = self.up(c2) + c1
 
         if self.add_vit_feature:
-            if self.task == "segmentation":
+            if self.vit_feature_per_interaction:
                 x1, x2, x3, x4 = outs
             else:
                 x1 = x2 = x3 = x4 = x.transpose(1, 2).reshape(bs, dim, H, W).contiguous()

@@ -255,6 +255,9 @@ BEIT_PRESETS = {
 class BEiTAdapter(AdapterMixin, nn.Module):
     """BEiT-Adapter backbone. Keyword arguments are those of the official ``backbone=dict(type='BEiTAdapter', ...)``
     (segmentation and detection copies) plus ``task`` ('segmentation' | 'detection') and ``norm`` ('bn'|'syncbn').
+    ``version`` is the detection copy's: ``'new'`` (default) adds the last interaction's ViT tokens to all four
+    levels, ``'old'`` (``htc++_beit_adapter_large_fpn_3x_coco_old``) adds interaction k's tokens to level k, as the
+    segmentation copy does; no parameter differs.
     The constructor reads no files: pretrained weights are loaded after construction
     (:func:`vit_adapter_ds.models.factory.load_pretrained`, with :func:`beit_checkpoint_filter_fn`); ``pretrained``
     is accepted only as ``None`` (the official configs' neutral value).
@@ -283,9 +286,16 @@ class BEiTAdapter(AdapterMixin, nn.Module):
                  pretrain_size: int = 224, conv_inplane: int = 64, n_points: int = 4, deform_num_heads: int = 6,
                  interaction_indexes=None, with_cffn: bool = True, cffn_ratio: float = 0.25,
                  deform_ratio: float = 1.0, add_vit_feature: bool = True, use_extra_extractor: bool = True,
-                 with_cp: bool = False, pretrained: None = None, task: str = "segmentation", norm: str = "bn"):
+                 with_cp: bool = False, pretrained: None = None, task: str = "segmentation", norm: str = "bn",
+                 version: str = "new"):
         super().__init__()
         refuse_pretrained_path(pretrained)
+        if version not in ("new", "old"):
+            raise ValueError(f"version must be 'new' or 'old', got {version!r}")
+        if version == "old" and task != "detection":
+            raise ValueError("version='old' exists only in the detection BEiT-Adapter (task='detection'); the "
+                             "segmentation copy always adds each interaction's ViT tokens to its own level")
+        self.version = version
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -339,7 +349,8 @@ class BEiTAdapter(AdapterMixin, nn.Module):
                             interaction_indexes=interaction_indexes, with_cffn=with_cffn, cffn_ratio=cffn_ratio,
                             deform_ratio=deform_ratio, add_vit_feature=add_vit_feature,
                             extra_extractor=use_extra_extractor, drop_path_rate=drop_path_rate,
-                            norm_layer=norm_layer, with_cp=with_cp, task=task, norm=norm)
+                            norm_layer=norm_layer, with_cp=with_cp, task=task, norm=norm,
+                            vit_feature_per_interaction=segmentation or version == "old")
 
     def _check_input(self, x: torch.Tensor) -> None:
         super()._check_input(x)

@@ -1,4 +1,4 @@
-"""Detection recipes: Mask R-CNN 3x and HTC++ (field for field the official mmdet configs, the ``_ms`` files with
+"""Detection recipes: Mask R-CNN 1x / 3x and HTC++ (field for field the official mmdet configs, the ``_ms`` files with
 the official test-time augmentation); ``synthetic_mask_rcnn.py`` / ``synthetic_htc.py`` are the tiny CPU recipes.
 ``DETECTION_RECIPES`` maps a stem to a file; ``--config <stem>`` finds them like the segmentation recipes."""
 from pathlib import Path
