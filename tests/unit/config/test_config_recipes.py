@@ -28,6 +28,8 @@ UPERNET = {
     "upernet_augreg_adapter_tiny_512_160k_ade20k": (
         192, 12, 3, 6, 1.0, 0.1, 12e-5, 0.01, 0.95,
         "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224.pth", I12),
+    "upernet_deit_adapter_light_base_512_160k_ade20k": (768, 12, 12, 12, 0.5, 0.3, 6e-5, 0.01, 0.95,
+                                                        "deit_base_patch16_224-b5f2ef4d.pth", [[0, 11]]),
 }
 
 
@@ -230,6 +232,7 @@ OFFICIAL_PIPELINES = {
     "mask2former_beitv2_adapter_large_896_160k_ade20k_ss": _M2F896,
     "upernet_augreg_adapter_tiny_512_160k_ade20k": _ADE512,
     "upernet_augreg_adapter_base_512_160k_ade20k": _ADE512,
+    "upernet_deit_adapter_light_base_512_160k_ade20k": _ADE512,
     "upernet_beit_adapter_large_640_160k_ade20k_ms": dict(
         train_scale=(2048, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
         test_scale=(2048, 640), size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
@@ -282,6 +285,20 @@ def test_augreg_base_matches_official():
     assert groups["backbone.level_embed"] == groups["backbone.pos_embed"] == (2e-5, 0.0)
     assert groups["backbone.blocks.0.norm1.weight"] == groups["backbone.blocks.0.attn.qkv.bias"] == (2e-5, 0.0)
     assert groups["backbone.blocks.0.attn.qkv.weight"] == (2e-5, 0.01)
+
+
+def test_deit_adapter_light_base_is_the_official_light_adapter():
+    """upernet_deit_adapter_light_base_512_160k_ade20k: one interaction over the 12 blocks, no ConvFFN, no extra
+    extractors, no ViT features added (official file); the built model has exactly those parts."""
+    from vit_adapter_ds.tasks import load_and_validate
+
+    c, _, model = load_and_validate("upernet_deit_adapter_light_base_512_160k_ade20k")
+    b = c.model.backbone
+    assert (b.with_cffn, b.use_extra_extractor, b.add_vit_feature) == (False, False, False)
+    assert (list(b.window_attn), list(b.window_size)) == ([False] * 12, [None] * 12)
+    bb = model.backbone
+    assert len(bb.interactions) == 1 and bb.interactions[0].extra_extractors is None
+    assert not any(type(m).__name__ == "ConvFFN" for m in bb.modules())
 
 
 def test_augreg_tiny_spells_out_global_attention():
