@@ -95,6 +95,12 @@ OFFICIAL = {
     # no load_from in the official _ms file (default_runtime's None)
     "mask2former_beit_adapter_large_896_80k_cityscapes_ms": dict(
         _CITY, test=official_ms_test((2048, 1024), (896, 896), R_SETR + [2.0])),
+    "mask2former_beit_adapter_large_512_40k_cocostuff10k_ss": dict(_C10K_M2F, test=official_ss_test((2048, 512))),
+    "mask2former_beit_adapter_large_512_40k_cocostuff10k_ms": dict(
+        _C10K_M2F, test=official_ms_test((2048, 512), (512, 512))),
+    "upernet_beit_adapter_large_512_80k_cocostuff10k_ss": dict(_C10K_UPN, test=official_ss_test((2048, 512))),
+    "upernet_beit_adapter_large_512_80k_cocostuff10k_ms": dict(
+        _C10K_UPN, test=official_ms_test((2048, 512), (512, 512))),
 }
 
 
