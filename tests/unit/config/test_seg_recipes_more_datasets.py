@@ -101,6 +101,12 @@ OFFICIAL = {
     "upernet_beit_adapter_large_512_80k_cocostuff10k_ss": dict(_C10K_UPN, test=official_ss_test((2048, 512))),
     "upernet_beit_adapter_large_512_80k_cocostuff10k_ms": dict(
         _C10K_UPN, test=official_ms_test((2048, 512), (512, 512))),
+    "mask2former_beit_adapter_large_480_40k_pascal_context_59_ss": dict(_PC_M2F, test=official_ss_test((4096, 520))),
+    "mask2former_beit_adapter_large_480_40k_pascal_context_59_ms": dict(
+        _PC_M2F, test=official_ms_test((4096, 520), (480, 480))),
+    "upernet_beit_adapter_large_480_80k_pascal_context_59_ss": dict(_PC_UPN, test=official_ss_test((4096, 520))),
+    "upernet_beit_adapter_large_480_80k_pascal_context_59_ms": dict(
+        _PC_UPN, test=official_ms_test((4096, 520), (480, 480))),
 }
 
 
