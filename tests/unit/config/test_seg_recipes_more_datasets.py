@@ -107,6 +107,11 @@ OFFICIAL = {
     "upernet_beit_adapter_large_480_80k_pascal_context_59_ss": dict(_PC_UPN, test=official_ss_test((4096, 520))),
     "upernet_beit_adapter_large_480_80k_pascal_context_59_ms": dict(
         _PC_UPN, test=official_ms_test((4096, 520), (480, 480))),
+    # the 256-channel decoder of the official file; batch 8 = 8 GPUs x 1 (README "8x1")
+    "mask2former_beit_adapter_large_512_80k_potsdam_ss": dict(
+        _M2F, feat=256, img=512, classes=6, things=1, iters=80000, per_gpu=1, batch=8, eval=8000, stride=341,
+        train_scale=(2048, 512), test_scale=(2048, 512), train_type="PotsdamDataset", test_type="PotsdamDataset",
+        readme=352, test=official_ss_test((2048, 512))),
 }
 
 
