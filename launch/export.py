@@ -48,8 +48,9 @@ def _task_class(model_type):
 
 
 def _family(model_type):
-    """The official key layout the model type's task exports to (for a detector "MaskRCNN" / "HybridTaskCascade", the
-    mmdet mapping it uses) or None (no mapping: a segmentor, whose keys are already the official ones)."""
+    """The official key layout the model type's task exports to (for a detector "MaskRCNN" / "HybridTaskCascade" /
+    "CascadeRCNN", the mmdet mapping it uses) or None (no mapping: a segmentor, whose keys are already the official
+    ones)."""
     task = _task_class(model_type)
     return None if task is None else task.key_layout(model_type)
 
@@ -63,16 +64,20 @@ def model_type_choices():
 
 def model_type_from_keys(state_dict: dict):
     """``(model type or None, why)`` from this package's keys: ``rpn.*`` with ``roi_heads.*`` (torchvision heads) ->
-    MaskRCNN, with ``roi_head.*`` (cascade) -> HybridTaskCascade, none of these -> a segmentor (None). Raises
+    MaskRCNN, with ``roi_head.*`` (cascade) -> CascadeRCNN when the neck is one FPN (``neck.fpn.*``), else
+    HybridTaskCascade (a list of necks, ``neck.<i>.*``); none of these -> a segmentor (None). Raises
     :class:`ExportError` when the keys fit neither (or both)."""
-    has = {p: any(k.startswith(p) for k in state_dict) for p in ("rpn.", "roi_heads.", "roi_head.", "decode_head.")}
+    has = {p: any(k.startswith(p) for k in state_dict)
+           for p in ("rpn.", "roi_heads.", "roi_head.", "decode_head.", "neck.fpn.")}
     if has["rpn."] and has["roi_heads."] and not has["roi_head."] and not has["decode_head."]:
         return "MaskRCNN", "rpn.* and roi_heads.* keys"
     if has["rpn."] and has["roi_head."] and not has["roi_heads."] and not has["decode_head."]:
+        if has["neck.fpn."]:
+            return "CascadeRCNN", "rpn.*, roi_head.* and neck.fpn.* keys"
         return "HybridTaskCascade", "rpn.* and roi_head.* keys"
     if not (has["rpn."] or has["roi_heads."] or has["roi_head."]):
         return None, "no rpn.* / roi_head(s).* keys"
-    found = ", ".join(f"{p}*" for p, v in has.items() if v)
+    found = ", ".join(f"{p}*" for p, v in has.items() if v and p != "neck.fpn.")
     raise ExportError(f"cannot tell the detector type from its keys ({found}); give --model-type")
 
 

@@ -160,6 +160,7 @@ def test_old_run_without_a_record_embeds_config_py_as_text(tmp_path, mask_rcnn):
     ("upernet_beit_adapter_large_640_160k_ade20k_ss", None),
     ("synthetic_mask_rcnn", "MaskRCNN"), ("synthetic_htc", "HybridTaskCascade"),
     ("synthetic_htc_ms", "HybridTaskCascade"),  # the TTA subclass maps like HybridTaskCascade
+    ("synthetic_cascade_mask_rcnn", "CascadeRCNN"),
 ])
 def test_model_type_from_the_keys_of_every_model_family(recipe, expected):
     from vit_adapter_ds.tasks import load_and_validate
