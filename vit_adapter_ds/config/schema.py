@@ -53,11 +53,12 @@ def _loss_scale(value, where):
 
 POS_INT = Check(int, minimum=1)
 PAIR = seq(Check(int, minimum=1), length=2)
-METRICS = ("mIoU", "aAcc", "mAcc")
+METRICS = ("mIoU", "aAcc", "mAcc", "mDice")  # segmentation (evaluation/miou.py); mDice: mmseg's, CHASE_DB1 recipes
 # detection (evaluation/coco.py): '<bbox|segm>_<name>' for the COCO summary names
 DET_METRICS = tuple(f"{t}_{n}" for t in ("bbox", "segm")
                     for n in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"))
-EVAL_METRICS = ("mIoU", "bbox", "segm")  # evaluation.metric: 'mIoU' (segmentation) or 'bbox' / 'segm' (detection)
+# evaluation.metric: 'mIoU' / 'mDice' (segmentation: both are always computed) or 'bbox' / 'segm' (detection)
+EVAL_METRICS = ("mIoU", "mDice", "bbox", "segm")
 
 
 def _metric(value, where):

@@ -122,7 +122,7 @@ def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0, num_
     ``pad_short_side`` and mean/std from the official test pipeline in ``data.val.pipeline``
     (:meth:`~vit_adapter_ds.data.datasets.SegmentationShards.test_settings`; ``evaluation.ms_resize`` may add the
     resize rule of a multi-scale test);
-    class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc'}`` floats."""
+    class names from the loader's manifest. ``metrics``: ``{'aAcc', 'mIoU', 'mAcc', 'mDice'}`` floats."""
     from ..config.keys import to_plain
     from ..data.datasets import SegmentationShards
 
@@ -140,4 +140,4 @@ def evaluate_from_cfg(model, val_loader, cfg, dtype=None, num_vis: int = 0, num_
                    img_scale=st["img_scale"], size_divisor=st["size_divisor"], ms_resize=st["ms_resize"], aug=aug,
                    class_names=names, dtype=dtype, num_vis=num_vis, palette=manifest.get("palette"),
                    mean=st["mean"], std=st["std"], pad_short_side=st["pad_short_side"])
-    return {k: res[k] for k in ("aAcc", "mIoU", "mAcc")}, res["vis"]
+    return {k: res[k] for k in ("aAcc", "mIoU", "mAcc", "mDice")}, res["vis"]

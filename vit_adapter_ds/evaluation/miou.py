@@ -8,7 +8,8 @@ the single-process one exactly); :func:`summarize` turns them into metrics:
 * ``aAcc`` = sum(intersect) / sum(label): overall pixel accuracy.
 * ``IoU[c]`` = intersect / union: NaN when class c is in neither label nor prediction (0/0).
 * ``Acc[c]`` = intersect / label: NaN when class c is absent from the labels.
-* ``mIoU`` / ``mAcc``: NaN-ignoring means (``numpy.nanmean``) of the per-class values.
+* ``Dice[c]`` = 2 * intersect / (pred + label) (mmseg's ``mDice``): NaN when class c is in neither (0/0).
+* ``mIoU`` / ``mAcc`` / ``mDice``: NaN-ignoring means (``numpy.nanmean``) of the per-class values.
 
 All values are fractions in [0, 1] (mmseg 0.x ``evaluate`` reports these fractions; mmseg 1.x prints them x100,
 rounded to 2 decimals). Label values outside ``[0, num_classes)`` other than ``ignore_index`` are not counted in
@@ -50,13 +51,14 @@ def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: in
 
 def summarize(area_intersect, area_union, area_pred, area_label, class_names: Sequence[str] | None = None) -> dict:
     """Metrics from total per-class counts (see the module docstring). Returns
-    ``{'aAcc', 'mIoU', 'mAcc': float, 'IoU', 'Acc': np.ndarray (float64, NaN = undefined),
-    'per_class': [{'class', 'IoU', 'Acc'} ...]}``."""
-    inter, union, label = (np.asarray(torch.as_tensor(a).cpu(), dtype=np.float64)
-                           for a in (area_intersect, area_union, area_label))
+    ``{'aAcc', 'mIoU', 'mAcc', 'mDice': float, 'IoU', 'Acc', 'Dice': np.ndarray (float64, NaN = undefined),
+    'per_class': [{'class', 'IoU', 'Acc', 'Dice'} ...]}``."""
+    inter, union, pred, label = (np.asarray(torch.as_tensor(a).cpu(), dtype=np.float64)
+                                 for a in (area_intersect, area_union, area_pred, area_label))
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = inter / union
         acc = inter / label
+        dice = 2 * inter / (pred + label)
         aacc = inter.sum() / label.sum() if label.sum() > 0 else math.nan
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(iou))]
     if len(names) != len(iou):
@@ -65,8 +67,10 @@ def summarize(area_intersect, area_union, area_pred, area_label, class_names: Se
     def nanmean(v):
         return float(np.nanmean(v)) if np.any(~np.isnan(v)) else math.nan
 
-    return {"aAcc": float(aacc), "mIoU": nanmean(iou), "mAcc": nanmean(acc), "IoU": iou, "Acc": acc,
-            "per_class": [{"class": n, "IoU": float(i), "Acc": float(a)} for n, i, a in zip(names, iou, acc)]}
+    return {"aAcc": float(aacc), "mIoU": nanmean(iou), "mAcc": nanmean(acc), "mDice": nanmean(dice), "IoU": iou,
+            "Acc": acc, "Dice": dice,
+            "per_class": [{"class": n, "IoU": float(i), "Acc": float(a), "Dice": float(d)}
+                          for n, i, a, d in zip(names, iou, acc, dice)]}
 
 
 def format_table(metrics: dict, digits: int = 2) -> str:
@@ -74,9 +78,10 @@ def format_table(metrics: dict, digits: int = 2) -> str:
     rows = metrics["per_class"]
     w = max([5] + [len(r["class"]) for r in rows])
     fmt = lambda v: "nan" if math.isnan(v) else f"{100 * v:.{digits}f}"  # noqa: E731
-    lines = [f"{'Class':<{w}}  {'IoU':>7}  {'Acc':>7}"]
-    lines += [f"{r['class']:<{w}}  {fmt(r['IoU']):>7}  {fmt(r['Acc']):>7}" for r in rows]
-    lines.append(f"aAcc {fmt(metrics['aAcc'])}  mIoU {fmt(metrics['mIoU'])}  mAcc {fmt(metrics['mAcc'])}")
+    lines = [f"{'Class':<{w}}  {'IoU':>7}  {'Acc':>7}  {'Dice':>7}"]
+    lines += [f"{r['class']:<{w}}  {fmt(r['IoU']):>7}  {fmt(r['Acc']):>7}  {fmt(r['Dice']):>7}" for r in rows]
+    lines.append(f"aAcc {fmt(metrics['aAcc'])}  mIoU {fmt(metrics['mIoU'])}  mAcc {fmt(metrics['mAcc'])}  "
+                 f"mDice {fmt(metrics['mDice'])}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg/ViT-Adapter multi-scale t
 class SemanticSegmentation(Task):
     name = "semantic_segmentation"
     best_metric = "mIoU"
-    eval_metrics = ("mIoU",)
+    eval_metrics = ("mIoU", "mDice")
     best_metrics = METRICS
     # test settings (mode, crop_size, stride: default the recipe's test_cfg), multi-scale / flip test, overlays
     cli_options = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "overlay")
@@ -147,8 +147,8 @@ class SemanticSegmentation(Task):
                        class_names=names if names is not None and len(names) == num_classes else None,
                        device=device, dtype=dtype, progress=rank == 0, mean=mean, std=std)
         report = (format_table(res) + "\n" + f"{res['num_images']} images; aAcc {res['aAcc']:.4f} "
-                  f"mIoU {res['mIoU']:.4f} mAcc {res['mAcc']:.4f}")
-        record = {k: res[k] for k in ("aAcc", "mIoU", "mAcc", "num_images")}
+                  f"mIoU {res['mIoU']:.4f} mAcc {res['mAcc']:.4f} mDice {res['mDice']:.4f}")
+        record = {k: res[k] for k in ("aAcc", "mIoU", "mAcc", "mDice", "num_images")}
         record["per_class"] = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
                                for row in res["per_class"]]  # NaN (class absent) -> null: strict JSON
         record.update(checkpoint=str(checkpoint), shards=str(shard_dir), aug=aug, **settings)

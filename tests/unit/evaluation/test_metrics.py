@@ -35,8 +35,10 @@ def test_hand_computed_3x3():
     assert math.isnan(m["IoU"][3]) and math.isnan(m["Acc"][3])
     assert m["mIoU"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
     assert m["mAcc"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
-    assert m["per_class"][1] == {"class": "b", "IoU": pytest.approx(2 / 3), "Acc": 1.0}
-    assert "mIoU 61.11" in format_table(m)
+    np.testing.assert_allclose(m["Dice"][:3], [2 * 2 / (3 + 3), 2 * 2 / (3 + 2), 2 * 2 / (2 + 3)])  # 2I / (P + L)
+    assert math.isnan(m["Dice"][3]) and m["mDice"] == pytest.approx((2 / 3 + 0.8 + 0.8) / 3)
+    assert m["per_class"][1] == {"class": "b", "IoU": pytest.approx(2 / 3), "Acc": 1.0, "Dice": pytest.approx(0.8)}
+    assert "mIoU 61.11" in format_table(m) and "mDice 75.56" in format_table(m)
 
 
 def test_predicted_but_absent_class():
@@ -88,6 +90,9 @@ def test_matches_mmseg_iou_metric():
     assert m["mIoU"] == pytest.approx(float(np.nanmean(rm["IoU"])), rel=1e-6)
     assert m["mAcc"] == pytest.approx(float(np.nanmean(rm["Acc"])), rel=1e-6)
     assert math.isnan(m["Acc"][nc - 1]) and not math.isnan(m["IoU"][nc - 1])
+    dice = IoUMetric.total_area_to_metrics(*totals, metrics=["mDice"])["Dice"]  # the CHASE_DB1 recipe's metric
+    np.testing.assert_allclose(m["Dice"], dice, rtol=1e-6, equal_nan=True)
+    assert m["mDice"] == pytest.approx(float(np.nanmean(dice)), rel=1e-6)
     # mmseg 1.x IoUMetric.compute_metrics reports round(nanmean * 100, 2)
     metric = IoUMetric(iou_metrics=["mIoU"])
     metric.dataset_meta = dict(classes=[str(i) for i in range(nc)])
