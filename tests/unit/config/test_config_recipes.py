@@ -44,7 +44,7 @@ def test_recipe_stems_are_unique_and_detection_recipes_load_by_name():
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_loads_and_validates(name):
     cfg = load_recipe(name)
-    assert cfg.model.backbone.type in ("ViTAdapter", "BEiTAdapter")
+    assert cfg.model.backbone.type in ("ViTAdapter", "BEiTAdapter", "BEiTBaseline")
 
 
 @pytest.mark.parametrize("name", sorted(UPERNET))
@@ -203,6 +203,13 @@ _M2F896 = dict(train_scale=(3584, 896), ratio_range=(0.5, 2.0), crop=(896, 896),
                test_scale=(3584, 896), size_divisor=32, img_ratios=None, flip=False, mode="slide",
                test_crop=(896, 896), stride=(512, 512), ms_resize=None, pad=None)
 _BLACK, _ZERO = dict(size=896, before_normalize=True), dict(size=896, before_normalize=False)
+_CITY896 = dict(train_scale=(2048, 1024), ratio_range=(0.5, 2.0), crop=(896, 896), cat_max_ratio=0.75,
+                test_scale=(2048, 1024), size_divisor=32, img_ratios=None, flip=False, mode="slide",
+                test_crop=(896, 896), stride=(512, 512), ms_resize=None, pad=None)
+_PC59 = dict(train_scale=(520, 520), ratio_range=(0.5, 2.0), crop=(480, 480), cat_max_ratio=0.75,
+             test_scale=(4096, 520), size_divisor=32, img_ratios=None, flip=False, mode="slide",
+             test_crop=(480, 480), stride=(320, 320), ms_resize=None, pad=None)
+_SETR_MS = dict(size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True)  # the official _ms tests
 OFFICIAL_PIPELINES = {
     "upernet_deit_adapter_tiny_512_160k_ade20k": _ADE512,
     "upernet_deit_adapter_small_512_160k_ade20k": _ADE512,
@@ -233,6 +240,10 @@ OFFICIAL_PIPELINES = {
     "upernet_augreg_adapter_tiny_512_160k_ade20k": _ADE512,
     "upernet_augreg_adapter_base_512_160k_ade20k": _ADE512,
     "upernet_deit_adapter_light_base_512_160k_ade20k": _ADE512,
+    "upernet_beit_large_512_160k_ade20k_ss": _ADE512,
+    "upernet_beit_large_512_160k_ade20k_ms": dict(
+        _ADE512, size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
+        ms_resize=dict(type="SETR_Resize", crop_size=(512, 512))),
     "upernet_beit_adapter_large_640_160k_ade20k_ms": dict(
         train_scale=(2048, 640), ratio_range=(0.5, 2.0), crop=(640, 640), cat_max_ratio=0.75,
         test_scale=(2048, 640), size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
@@ -247,6 +258,27 @@ OFFICIAL_PIPELINES = {
         test_scale=(2560, 640), size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,
         mode="slide", test_crop=(640, 640), stride=(426, 426),
         ms_resize=dict(type="SETR_Resize", crop_size=(640, 640)), pad=None),
+    # the recipes on the datasets added for issue 21 (their other fields: test_seg_recipes_more_datasets.py)
+    "mask2former_beit_adapter_large_896_80k_mapillary_ss": _CITY896,
+    "mask2former_beit_adapter_large_896_80k_cityscapes_ss": dict(_CITY896, size_divisor=None),  # base test pipeline
+    "mask2former_beit_adapter_large_896_80k_cityscapes_ms": dict(
+        _CITY896, **dict(_SETR_MS, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]),
+        ms_resize=dict(type="SETR_Resize", crop_size=(896, 896))),
+    "mask2former_beit_adapter_large_512_40k_cocostuff10k_ss": _ADE512,
+    "mask2former_beit_adapter_large_512_40k_cocostuff10k_ms": dict(
+        _ADE512, **_SETR_MS, ms_resize=dict(type="SETR_Resize", crop_size=(512, 512))),
+    "upernet_beit_adapter_large_512_80k_cocostuff10k_ss": _ADE512,
+    "upernet_beit_adapter_large_512_80k_cocostuff10k_ms": dict(
+        _ADE512, **_SETR_MS, ms_resize=dict(type="SETR_Resize", crop_size=(512, 512))),
+    "mask2former_beit_adapter_large_480_40k_pascal_context_59_ss": _PC59,
+    "mask2former_beit_adapter_large_480_40k_pascal_context_59_ms": dict(
+        _PC59, **_SETR_MS, ms_resize=dict(type="SETR_Resize", crop_size=(480, 480))),
+    "upernet_beit_adapter_large_480_80k_pascal_context_59_ss": _PC59,
+    "upernet_beit_adapter_large_480_80k_pascal_context_59_ms": dict(
+        _PC59, **_SETR_MS, ms_resize=dict(type="SETR_Resize", crop_size=(480, 480))),
+    "mask2former_beit_adapter_large_512_80k_potsdam_ss": _ADE512,
+    "mask2former_beit_adapter_large_128_40k_chase_db1_ss": dict(
+        _ADE512, train_scale=(960, 999), crop=(128, 128), test_scale=(960, 999), test_crop=(128, 128), stride=(85, 85)),
 }
 
 
@@ -299,6 +331,34 @@ def test_deit_adapter_light_base_is_the_official_light_adapter():
     bb = model.backbone
     assert len(bb.interactions) == 1 and bb.interactions[0].extra_extractors is None
     assert not any(type(m).__name__ == "ConvFFN" for m in bb.modules())
+
+
+@pytest.mark.parametrize("name", ["upernet_beit_large_512_160k_ade20k_ss", "upernet_beit_large_512_160k_ade20k_ms"])
+def test_plain_beit_upernet_matches_official(name):
+    """upernet_beit_large_512_160k_ade20k_{ss,ms} (typed from the official files): the plain BEiT-L baseline."""
+    from vit_adapter_ds.tasks import load_and_validate
+
+    c, _, model = load_and_validate(name)
+    b = c.model.backbone
+    assert (b.type, b.img_size, b.patch_size, b.embed_dim, b.depth, b.num_heads, b.mlp_ratio) == \
+        ("BEiTBaseline", 512, 16, 1024, 24, 16, 4)
+    assert (b.qkv_bias, b.use_abs_pos_emb, b.use_rel_pos_bias, b.init_values, b.drop_path_rate) == \
+        (True, False, True, 1e-6, 0.2)
+    assert list(b.out_indices) == [7, 11, 15, 23] and b.get("with_cp") is None
+    assert c.model.pretrained == "pretrained/beit_large_patch16_224_pt22k_ft22k.pth" and c.get("load_from") is None
+    dh, ah = c.model.decode_head, c.model.auxiliary_head
+    assert (dh.type, dh.channels, dh.num_classes, list(dh.in_channels)) == ("UPerHead", 1024, 150, [1024] * 4)
+    assert (ah.type, ah.num_classes, ah.in_channels, ah.channels) == ("FCNHead", 150, 1024, 256)
+    assert c.model.test_cfg == {"mode": "slide", "crop_size": (512, 512), "stride": (341, 341)}
+    assert (c.optimizer.type, c.optimizer.lr, c.optimizer.weight_decay, tuple(c.optimizer.betas)) == \
+        ("AdamW", 2e-5, 0.05, (0.9, 0.999))
+    assert c.optimizer.constructor == "LayerDecayOptimizerConstructor"
+    assert c.optimizer.paramwise_cfg == {"num_layers": 24, "layer_decay_rate": 0.9}
+    assert dict(c.lr_config) == dict(policy="poly", warmup="linear", warmup_iters=1500, warmup_ratio=1e-6,
+                                     power=1.0, min_lr=0.0, by_epoch=False)
+    assert (c.runner.max_iters, c.data.samples_per_gpu, c.global_batch_size) == (160000, 2, 16)  # 8 GPUs x 2
+    assert (c.evaluation.interval, c.checkpoint_config.interval) == (16000, 1000) and c.get("fp16") is None
+    assert type(model.backbone).__name__ == "BEiTBaseline" and len(model.backbone.blocks) == 24
 
 
 def test_augreg_tiny_spells_out_global_attention():
