@@ -325,7 +325,7 @@ def _htc_specs():
     from ...config.keys import Fixed, Param, Raw
     from .mask_rcnn import _ASSIGNER, _CODER, _LOSS_CE, _ROI_EXTRACTOR, _SAMPLER
 
-    def proposal(prefix, nms_pre, max_per_img):  # mmdet RPN proposal settings; nms 'nms' or (BEiT-L) 'soft_nms'
+    def proposal(prefix, nms_pre, max_per_img):  # mmdet RPN proposals; nms 'nms' (official) or 'soft_nms'
         return {"nms_pre": Param(prefix + "_nms_pre", (int,), nms_pre),
                 "max_per_img": Param(prefix + "_max_per_img", (int,), max_per_img),
                 "nms": {"type": Param(prefix + "_nms_type", (str,), "nms"),
