@@ -23,6 +23,7 @@ DET = "detection/mmdet_custom/models/backbones"
 OFFICIAL_FILES = {
     "seg_vit": [f"{SEG}/adapter_modules.py", f"{SEG}/vit_adapter.py", f"{SEG}/base/vit.py"],
     "seg_beit": [f"{SEG}/adapter_modules.py", f"{SEG}/beit_adapter.py", f"{SEG}/base/beit.py"],
+    "seg_beit_baseline": [f"{SEG}/beit_baseline.py"],
     "det_vit": [f"{DET}/adapter_modules.py", f"{DET}/vit_adapter.py", f"{DET}/base/vit.py"],
     "det_beit": [f"{DET}/adapter_modules.py", f"{DET}/beit_adapter.py", f"{DET}/base/beit.py"],
 }
@@ -76,6 +77,7 @@ def import_official(work_dir: str, classes=tuple(OFFICIAL_FILES)) -> dict:
 
     modules = {"seg_vit": ("mmseg_custom.models.backbones.vit_adapter", "ViTAdapter"),
                "seg_beit": ("mmseg_custom.models.backbones.beit_adapter", "BEiTAdapter"),
+               "seg_beit_baseline": ("mmseg_custom.models.backbones.beit_baseline", "BEiTBaseline"),
                "det_vit": ("mmdet_custom.models.backbones.vit_adapter", "ViTAdapter"),
                "det_beit": ("mmdet_custom.models.backbones.beit_adapter", "BEiTAdapter")}
     return {c: getattr(importlib.import_module(modules[c][0]), modules[c][1]) for c in classes}

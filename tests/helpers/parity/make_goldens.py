@@ -17,7 +17,8 @@ official files are copied unchanged. All variants take ~5 min and ~8 GB on 2 cor
 The goldens committed here were generated from these official file versions (the store of the search tool; the
 spec describes HEAD fd64a51 and these files agree with it for everything the goldens exercise):
   segmentation: adapter_modules.py @5cf0b2d, vit_adapter.py @fa32e74, beit_adapter.py @5cf0b2d,
-                base/vit.py @fa32e74 (layer_scale=True default), base/beit.py @2a55d7c
+                base/vit.py @fa32e74 (layer_scale=True default), base/beit.py @2a55d7c,
+                beit_baseline.py @fd64a51 (the beit_large_baseline golden)
   detection:    adapter_modules.py @5cf0b2d, vit_adapter.py @e14d75a, beit_adapter.py @e14d75a,
                 base/vit.py @d8901a3, base/beit.py @b9c2a70
   ops:          modules/ms_deform_attn.py @efdba25, functions/ms_deform_attn_func.py @dac983f
@@ -53,6 +54,7 @@ OFFICIAL_SOURCES = {
     "segmentation/mmseg_custom/models/backbones/beit_adapter.py": "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
     "segmentation/mmseg_custom/models/backbones/base/vit.py": "fa32e74b2e69d676e263b561353a45871523f701",
     "segmentation/mmseg_custom/models/backbones/base/beit.py": "2a55d7c927138b8add47d8086ad53f7e1de71be8",
+    "segmentation/mmseg_custom/models/backbones/beit_baseline.py": "fd64a51 (HEAD)",
     "detection/mmdet_custom/models/backbones/adapter_modules.py": "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
     "detection/mmdet_custom/models/backbones/vit_adapter.py": "e14d75a5075cfba137d9b188d782944e64927d32",
     "detection/mmdet_custom/models/backbones/beit_adapter.py": "e14d75a5075cfba137d9b188d782944e64927d32",

@@ -40,6 +40,11 @@ VARIANTS: dict[str, dict] = {
         official="det_beit", task="detection", input=(1, 3, 256, 320), slow=True,
         kwargs=dict(_COMMON, img_size=224, window_attn=[True] * 24, window_size=[14, 14, 14, 14, 14, 56] * 4,
                     **_BEIT_L)),
+    "beit_large_baseline": dict(  # the plain BEiT-L of upernet_beit_large_512_160k_ade20k (no adapter, fpn1-4)
+        official="seg_beit_baseline", task="segmentation", input=(1, 3, 64, 64), slow=True,
+        kwargs=dict(img_size=64, patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4, qkv_bias=True,
+                    use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6, drop_path_rate=0.0,
+                    out_indices=[7, 11, 15, 23])),
 }
 # Batch 1 (the per-GPU batch of the detection / Mask2Former recipes): a cheap case for batch-1 layout effects.
 VARIANTS["vit_adapter_tiny_b1"] = dict(VARIANTS["vit_adapter_tiny"], input=(1, 3, 64, 96))
@@ -59,6 +64,11 @@ def grad_keys(name: str) -> list[str]:
     cfg = VARIANTS[name]
     kw = cfg["kwargs"]
     depth = kw["depth"]
+    if cfg["official"] == "seg_beit_baseline":
+        return ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", f"blocks.{depth - 1}.mlp.fc2.weight",
+                "blocks.1.gamma_1", "blocks.0.attn.q_bias", "blocks.0.attn.v_bias",
+                "blocks.0.attn.relative_position_bias_table", "cls_token", "fpn1.0.weight", "fpn1.1.weight",
+                "fpn1.3.weight", "fpn2.0.weight"]
     beit = cfg["official"].endswith("beit")
     keys = ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", f"blocks.{depth - 1}.mlp.fc2.weight",
             "blocks.1.gamma_1" if beit else "blocks.1.gamma1",

@@ -65,6 +65,10 @@ OFFICIAL_TEST = {  # typed from the official configs, independently of the recip
     "upernet_augreg_adapter_tiny_512_160k_ade20k": official((2048, 512)),  # ImageNet mean / std, unlike AugReg-L
     "upernet_augreg_adapter_base_512_160k_ade20k": official((2048, 512), AUGREG),
     "upernet_deit_adapter_light_base_512_160k_ade20k": official((2048, 512)),
+    "upernet_beit_large_512_160k_ade20k_ss": official((2048, 512)),
+    "upernet_beit_large_512_160k_ade20k_ms": official(
+        (2048, 512), ratios=SETR_RATIOS, flip=True, divisor=None,
+        resize=dict(type='SETR_Resize', keep_ratio=True, crop_size=(512, 512), setr_multi_scale=True)),
     "upernet_beit_adapter_large_640_80k_cocostuff164k_ss": official((2560, 640)),
     # the _ms configs of the 640 models: SETR_Resize instead of Resize + ResizeToMultiple, 6 ratios, flip
     "upernet_beit_adapter_large_640_160k_ade20k_ms": official((2048, 640), ratios=SETR_RATIOS, flip=True,

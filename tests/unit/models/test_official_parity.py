@@ -22,7 +22,7 @@ import torch
 from parity.harness import compare, run_case
 from parity.seeded_state import load_seeded, named_shapes
 from parity.variants import TRAIN_VARIANTS, VARIANTS, grad_keys
-from vit_adapter_ds.models.backbones import BEiTAdapter, ViTAdapter
+from vit_adapter_ds.models.backbones import BEiTAdapter, BEiTBaseline, ViTAdapter
 
 GOLDENS = Path(__file__).resolve().parents[2] / "helpers" / "parity" / "goldens"
 TOL = 1e-5
@@ -48,9 +48,12 @@ def test_matches_official(name):
     cfg = VARIANTS[base]
     assert golden["kwargs"] == cfg["kwargs"] and golden["input_shape"] == list(cfg["input"]), \
         "the variant table changed since the golden was generated; regenerate the goldens"
-    cls = BEiTAdapter if cfg["official"].endswith("beit") else ViTAdapter
     torch.manual_seed(0)
-    model = cls(task=cfg["task"], **cfg["kwargs"])
+    if cfg["official"] == "seg_beit_baseline":  # the plain BEiT (segmentation only, no task argument)
+        model = BEiTBaseline(**cfg["kwargs"])
+    else:
+        cls = BEiTAdapter if cfg["official"].endswith("beit") else ViTAdapter
+        model = cls(task=cfg["task"], **cfg["kwargs"])
     ours = [f"{k}:{list(s)}:{str(d).replace('torch.', '')}" for k, (s, d) in named_shapes(model).items()]
     assert sorted(ours) == sorted(golden["state_keys"]), (
         f"state-dict keys differ from the official model: missing {sorted(set(golden['state_keys']) - set(ours))[:5]}, "

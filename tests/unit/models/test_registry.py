@@ -27,7 +27,11 @@ from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
 from test_detection_model import _targets
 
 # small configs of registered classes that no synthetic recipe uses: family -> type -> config
-EXTRA: dict[str, dict[str, dict]] = {}
+EXTRA: dict[str, dict[str, dict]] = {
+    "backbone": {"BEiTBaseline": dict(type="BEiTBaseline", img_size=64, embed_dim=64, depth=4, num_heads=4,
+                                      qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6,
+                                      out_indices=[0, 1, 2, 3])},
+}
 
 
 def _small_configs() -> dict[str, dict[str, dict]]:

@@ -1,5 +1,6 @@
 from .beit import BEiTAdapter
+from .beit_baseline import BEiTBaseline
 from .msdeform_attn import MSDeformAttn
 from .vit import ViTAdapter
 
-__all__ = ["ViTAdapter", "BEiTAdapter", "MSDeformAttn"]
+__all__ = ["ViTAdapter", "BEiTAdapter", "BEiTBaseline", "MSDeformAttn"]
