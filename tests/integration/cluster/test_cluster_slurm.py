@@ -162,7 +162,7 @@ launch/slurm/srun.sh --output {tmp_path}/predict-%t.log launch/predict.py --imag
     import json
     a, b = json.loads((tmp_path / "single.json").read_text()), json.loads((tmp_path / "srun.json").read_text())
     assert b["num_images"] == a["num_images"] == 4
-    for k in ("aAcc", "mIoU", "mAcc", "per_class"):
+    for k in ("aAcc", "mIoU", "mAcc", "mDice", "per_class"):
         assert a[k] == b[k], k
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == ["im0.png", "im1.png", "im2.png"]
     by_rank = [(tmp_path / f"predict-{r}.log").read_text().count(" -> ") for r in (0, 1)]

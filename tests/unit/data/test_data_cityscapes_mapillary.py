@@ -268,7 +268,7 @@ def _step_and_evaluate(task, nc):
     assert torch.isfinite(losses["loss"])
     model.eval()
     metrics, _ = task.evaluate(model, task.build_val_loader(rank=0, world_size=1), None, 0)
-    assert set(metrics) == {"aAcc", "mIoU", "mAcc"} and 0.0 <= metrics["mIoU"] <= 1.0
+    assert set(metrics) == {"aAcc", "mIoU", "mAcc", "mDice"} and 0.0 <= metrics["mIoU"] <= 1.0
     return batch
 
 

@@ -356,7 +356,7 @@ def test_one_train_step_and_evaluation_with_the_official_pipelines(written, name
     assert torch.isfinite(losses["loss"])
     model.eval()
     metrics, _ = task.evaluate(model, task.build_val_loader(rank=0, world_size=1), None, 0)
-    assert set(metrics) == {"aAcc", "mIoU", "mAcc"} and 0.0 <= metrics["mIoU"] <= 1.0
+    assert set(metrics) == {"aAcc", "mIoU", "mAcc", "mDice"} and 0.0 <= metrics["mIoU"] <= 1.0
 
 
 def test_coco_stuff10k_reads_mmsegs_converted_layout_too(written, tmp_path):

@@ -163,7 +163,7 @@ def _eval_worker(rank, world, init_file, out_file):
     mine = data[rank * n // world:(rank + 1) * n // world]  # unequal shares (3 + 2), like the val loader
     res = evaluate(model, mine, 3, img_scale=(64, 32), size_divisor=32, aug=dict(ratios=[0.75, 1.0], flip=True))
     if rank == 0:
-        torch.save({k: res[k] for k in ("aAcc", "mIoU", "mAcc", "num_images")}, out_file)
+        torch.save({k: res[k] for k in ("aAcc", "mIoU", "mAcc", "mDice", "num_images")}, out_file)
     dist.destroy_process_group()
 
 
@@ -177,7 +177,7 @@ def test_evaluate_two_ranks_equals_single_process():
                            start_method="fork")
         res = torch.load(out)
     assert res["num_images"] == 5
-    for k in ("aAcc", "mIoU", "mAcc"):
+    for k in ("aAcc", "mIoU", "mAcc", "mDice"):
         assert res[k] == single[k]  # integer areas summed: bit-identical metrics
 
 def test_evaluate_against_explicit_pipeline():
@@ -272,7 +272,7 @@ def test_eval_and_predict_cli(tmp_path):
                               std=(58.395, 57.12, 57.375), num_classes=8)  # the quickstart's Normalize
     ref, _ = evaluate_from_cfg(model.eval(), loader, cfg)
     assert ref["mIoU"] > 0, ref
-    for k in ("aAcc", "mIoU", "mAcc"):
+    for k in ("aAcc", "mIoU", "mAcc", "mDice"):
         assert res[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), (k, res[k], ref[k])
 
     Image.fromarray((np.random.default_rng(0).random((40, 70, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
