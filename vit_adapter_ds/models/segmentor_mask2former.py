@@ -11,9 +11,11 @@ It is an :class:`~vit_adapter_ds.models.segmentor.EncoderDecoder` whose decode h
   resized bilinearly to the image; whole/slide inference, ``predict`` (which applies a softmax over the classes
   to these scores, as the official ``inference`` does) are EncoderDecoder's;
 * ``aug_test(..., pad_short_side=896, pad_value=...)``: the official ``_ms`` test (``PadShortSide`` in the
-  pipeline + ``EncoderDecoderMask2FormerAug``): every resized (and flipped) image is padded at the bottom/right
-  to at least ``pad_short_side`` on both sides -- so every sliding window of the segmentation BEiT is exactly
-  ``img_size`` square -- and the padding is cut off the score map before it is resized back.
+  pipeline): every resized (and flipped) image is padded at the bottom/right to at least ``pad_short_side`` on both
+  sides -- so every sliding window of the segmentation BEiT is exactly ``img_size`` square. The official
+  ``_ms`` configs name :class:`EncoderDecoderMask2FormerAug`, whose slide inference cuts the padding off the score
+  map before it is resized back; ``EncoderDecoderMask2Former`` (as the official class) and whole-image inference
+  keep it in the map that is resized to the image.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ TEST_CFG_KEYS = {"mode", "crop_size", "stride", "crop_batch", "panoptic_on", "se
 
 @SEGMENTORS.register()
 class EncoderDecoderMask2Former(EncoderDecoder):
+    unpad_slide = False  # whether slide inference cuts the PadShortSide padding off (EncoderDecoderMask2FormerAug)
+
     """``backbone`` (image -> 4 maps) + ``decode_head`` (:class:`Mask2FormerHead`); see the module docstring."""
 
     def __init__(self, backbone: nn.Module, decode_head: Mask2FormerHead, *, test_cfg: dict | None = None):
@@ -75,13 +79,16 @@ class EncoderDecoderMask2Former(EncoderDecoder):
 
         ``pad_value`` is in the normalised image space: ``0.0`` where the official pipeline pads after
         ``Normalize`` (BEiTv2 ADE20K ``_ms``), :func:`black_pad_value` (``-mean / std`` per channel) where it pads
-        before (BEiT ``_ms`` configs). (The official ``EncoderDecoderMask2FormerAug`` removes the padding only in
-        slide mode, the mode of every official ``_ms`` config; here it is removed in both modes.)"""
+        before (BEiT ``_ms`` configs). The padding is cut off the scores only by :class:`EncoderDecoderMask2FormerAug`
+        in slide mode, as the official classes do (every official ``_ms`` config slides with the Aug class);
+        otherwise the padded score map is resized to ``out_size``."""
         if pad_short_side is None:
             return super().view_probs(x, flip, mode, crop_size, stride, out_size)
         sh, sw = x.shape[2:]
         xf = pad_bottom_right(x.flip(3) if flip else x, max(sh, pad_short_side), max(sw, pad_short_side), pad_value)
-        scores = self.logits(xf, mode, crop_size, stride)[:, :, :sh, :sw]
+        scores = self.logits(xf, mode, crop_size, stride)
+        if self.unpad_slide and (mode or self.test_cfg.get("mode", "whole")) == "slide":
+            scores = scores[:, :, :sh, :sw]
         prob = resize(scores, out_size, self.align_corners).softmax(dim=1)
         return prob.flip(3) if flip else prob
 
@@ -93,8 +100,8 @@ class EncoderDecoderMask2Former(EncoderDecoder):
         ``pretrained`` is left to ``registry.build_model``. Every key is validated (:class:`ConfigError` names the
         dotted path)."""
         check_keys(cfg, MODEL_KEYS, where)
-        if cfg.get("type", "EncoderDecoderMask2Former") != "EncoderDecoderMask2Former":
-            raise ConfigError(f"recipe: {where}.type={cfg['type']!r}: this builds EncoderDecoderMask2Former")
+        if cfg.get("type", cls.__name__) != cls.__name__:
+            raise ConfigError(f"recipe: {where}.type={cfg['type']!r}: this builds {cls.__name__}")
         for k in ("neck", "auxiliary_head", "init_cfg"):
             if cfg.get(k) is not None:
                 raise ConfigError(f"recipe: {where}.{k}={cfg[k]!r} is not supported by the Mask2Former segmentor "
@@ -124,6 +131,16 @@ class EncoderDecoderMask2Former(EncoderDecoder):
         if backbone is None:
             backbone = _build_backbone(cfg, where)
         return cls(backbone, decode_head, test_cfg=semantic_cfg)
+
+
+@SEGMENTORS.register()
+class EncoderDecoderMask2FormerAug(EncoderDecoderMask2Former):
+    """The official ``mmseg_custom`` ``EncoderDecoderMask2FormerAug`` (named by the official ``_ms`` configs): the
+    Mask2Former segmentor whose slide inference cuts the ``PadShortSide`` padding off the score map (the padded
+    image's ``img_shape`` crop) before resizing it to the image. Same parameters and checkpoints as
+    :class:`EncoderDecoderMask2Former`."""
+
+    unpad_slide = True
 
 
 def black_pad_value(mean, std) -> list[float]:

@@ -2,9 +2,11 @@
 # The _ss recipe (same training) with the official multi-scale + flip test: MultiScaleFlipAug(img_scale=(3584, 896),
 # img_ratios=[640/896, 768/896, 1.0], flip=True), Resize(keep_ratio), ResizeToMultiple(32), PadShortSide(896,
 # pad_val=0 BEFORE Normalize, i.e. black pixels), slide 896 / stride 512, padding removed before the resize back
-# (EncoderDecoderMask2FormerAug). 60.5 mIoU. EncoderDecoderMask2Former.aug_test(pad_short_side=896,
+# (EncoderDecoderMask2FormerAug). 60.5 mIoU. EncoderDecoderMask2FormerAug.aug_test(pad_short_side=896,
 # pad_value='black') implements the padding rule.
 _base_ = ['./mask2former_beit_adapter_large_896_80k_ade20k_ss.py']
+# the official _ms class: its slide inference cuts the PadShortSide padding off the scores
+model = dict(type='EncoderDecoderMask2FormerAug')
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 test_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -4,10 +4,9 @@
 # SETR_Resize(crop_size 896, setr_multi_scale; no ResizeToMultiple), slide 896 / stride 512.
 # Two differences from the _ss file, as in the official one: no load_from (the official file has none, so it is
 # default_runtime's None; the official README loads the Mapillary weights with --cfg-options load_from=<path>), and
-# model.type='EncoderDecoderMask2FormerAug' there, which EncoderDecoderMask2Former.from_config refuses: this recipe
-# keeps 'EncoderDecoderMask2Former'. The Aug class differs only in cropping the slide scores to img_shape before
-# the resize back, which is a no-op here (the pipeline has no Pad / PadShortSide, so the tensor is img_shape).
+# model.type='EncoderDecoderMask2FormerAug' (its slide crop to img_shape is a no-op here: no PadShortSide).
 _base_ = ['./mask2former_beit_adapter_large_896_80k_cityscapes_ss.py']
+model = dict(type='EncoderDecoderMask2FormerAug')
 crop_size = (896, 896)
 load_from = None
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)

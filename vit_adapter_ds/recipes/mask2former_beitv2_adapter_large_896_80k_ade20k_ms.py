@@ -2,8 +2,10 @@
 # The BEiTv2 _ss recipe with the official multi-scale + flip test: img_ratios=[800/896, 832/896, 864/896, 1.0],
 # flip=True, PadShortSide(896, pad_val=0 AFTER Normalize: zeros in the normalised image), padding removed after
 # the sliding window (EncoderDecoderMask2FormerAug). 61.5 mIoU.
-# EncoderDecoderMask2Former.aug_test(pad_short_side=896, pad_value=0.0) implements the padding rule.
+# EncoderDecoderMask2FormerAug.aug_test(pad_short_side=896, pad_value=0.0) implements the padding rule.
 _base_ = ['./mask2former_beitv2_adapter_large_896_80k_ade20k_ss.py']
+# the official _ms class: its slide inference cuts the PadShortSide padding off the scores
+model = dict(type='EncoderDecoderMask2FormerAug')
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 test_pipeline = [
     dict(type='LoadImageFromFile'),

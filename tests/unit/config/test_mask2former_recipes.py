@@ -10,6 +10,7 @@ from vit_adapter_ds.config.keys import to_plain
 from vit_adapter_ds.config.loader import load_recipe
 from vit_adapter_ds.data.datasets import SegmentationShards
 from vit_adapter_ds.data.loader import TrainLoader
+from vit_adapter_ds.models.registry import SEGMENTORS
 from vit_adapter_ds.models.segmentor_mask2former import EncoderDecoderMask2Former
 
 BEIT = "pretrained/beit_large_patch16_224_pt22k_ft22k.pth"
@@ -66,7 +67,11 @@ def test_mask2former_recipe_matches_official(name):
     (pretrained, load_from, classes, things, queries, size, with_cp, iters, per_gpu, scale, stride, interval,
      ratios, flip) = OFFICIAL[name]
     c = load_recipe(name)
-    assert c.model.type == "EncoderDecoderMask2Former"
+    # the official _ms configs with PadShortSide name the Aug class (slide scores cropped to img_shape)
+    aug = name in ("mask2former_beit_adapter_large_896_80k_ade20k_ms",
+                   "mask2former_beitv2_adapter_large_896_80k_ade20k_ms",
+                   "mask2former_beit_adapter_large_896_80k_cocostuff164k_ms")
+    assert c.model.type == ("EncoderDecoderMask2FormerAug" if aug else "EncoderDecoderMask2Former")
     assert (c.model.pretrained, c.load_from) == (pretrained, load_from)
     b = c.model.backbone
     assert (b.type, b.img_size, b.embed_dim, b.depth, b.num_heads, b.drop_path_rate, b.init_values) == \
@@ -88,7 +93,8 @@ def test_mask2former_recipe_matches_official(name):
     assert test["img_ratios"] == (None if ratios is None else pytest.approx(ratios)) and test["flip"] == flip
     assert test["ms_resize"] == SETR.get(name)
     with torch.device("meta"):
-        model = EncoderDecoderMask2Former.from_config(to_plain(c.model))
+        model = SEGMENTORS[c.model.type].from_config(to_plain(c.model))
+    assert isinstance(model, EncoderDecoderMask2Former) and model.unpad_slide == aug
     head = model.decode_head
     assert (head.num_classes, head.num_queries, model.num_classes) == (classes, queries, classes)
     assert c.model.decode_head.num_things_classes == things

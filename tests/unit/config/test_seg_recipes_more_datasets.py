@@ -151,7 +151,9 @@ def test_new_recipe_fields_match_official(name):
     h = c.model.decode_head
     assert h.type == w["head"] and list(h.in_channels) == [1024] * 4
     if w["head"] == "Mask2FormerHead":
-        assert c.model.type == "EncoderDecoderMask2Former"
+        # the official cityscapes _ms names the Aug class (its slide crop to img_shape: a no-op without PadShortSide)
+        assert c.model.type == ("EncoderDecoderMask2FormerAug" if name.endswith("cityscapes_ms")
+                                else "EncoderDecoderMask2Former")
         # the official _base_/models/mask2former_beit*.py test_cfg (mmdet panoptic keys) + the config's slide window
         assert dict(c.model.test_cfg) == dict(panoptic_on=True, semantic_on=False, instance_on=True, max_per_image=100,
                                               iou_thr=0.8, filter_low_score=True, **slide)
@@ -231,7 +233,7 @@ def _count(name):
     c, _, model = load_and_validate(name)
     assert next(model.parameters()).device.type == "meta"
     n = sum(p.numel() for p in model.parameters())
-    if c.model.type == "EncoderDecoderMask2Former":
+    if c.model.type.startswith("EncoderDecoderMask2Former"):
         classes = c.model.decode_head.num_things_classes + c.model.decode_head.num_stuff_classes
         n += c.model.decode_head.feat_channels * classes + classes
     return c, model, n

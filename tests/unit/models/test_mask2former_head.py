@@ -454,30 +454,52 @@ def test_layer_decay_matches_the_official_constructor_parameter_by_parameter():
 
 
 # ----------------------------------------------------------------------------------------------- _ms test
-def test_aug_test_pads_short_side_and_removes_the_padding():
-    from vit_adapter_ds.models.segmentor_mask2former import black_pad_value
+def test_aug_test_pads_short_side_and_removes_the_padding_as_the_official_classes():
+    """PadShortSide (the official _ms tests): the image is padded bottom/right to >= pad_short_side; the official
+    EncoderDecoderMask2FormerAug's slide inference cuts the padding off the scores before the resize back, while
+    EncoderDecoderMask2Former (and whole-image inference of either) resizes the padded score map to the image."""
+    from vit_adapter_ds.models.heads.common import resize
+    from vit_adapter_ds.models.segmentor_mask2former import EncoderDecoderMask2FormerAug, black_pad_value
     c = load_recipe("synthetic_mask2former")
     torch.manual_seed(0)
     model = EncoderDecoderMask2Former.from_config(to_plain(c.model)).eval()
+    slide = dict(to_plain(c.model), type="EncoderDecoderMask2FormerAug",
+                 test_cfg=dict(mode="slide", crop_size=(128, 128), stride=(64, 64)))
+    aug = EncoderDecoderMask2FormerAug.from_config(slide).eval()
+    aug.load_state_dict(model.state_dict())
     img = torch.randn(1, 3, 64, 96)
     mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
     black = black_pad_value(mean, std)
-    got = model.aug_test(img, scales=[None], flip=True, size_divisor=32, pad_short_side=128, pad_value=black)
-    # reference: the official pipeline steps written out (flip, pad bottom/right to >= 128, infer, unpad, softmax)
-    ref = 0
-    for f in (False, True):
-        x = img.flip(3) if f else img
-        padded = torch.empty(1, 3, 128, 128)
-        for ch in range(3):
-            padded[:, ch] = (0.0 - mean[ch]) / std[ch]
-        padded[:, :, :64, :96] = x
-        with torch.no_grad():
-            p = model.encode_decode(padded)[:, :, :64, :96].softmax(1)
-        ref = ref + (p.flip(3) if f else p)
-    torch.testing.assert_close(got, ref / 2, rtol=1e-5, atol=1e-6)
+
+    def reference(m, unpad):
+        """The official pipeline steps written out: flip, pad bottom/right to >= 128 with black, infer, (unpad),
+        resize to the image, softmax, flip back; mean of the two views."""
+        ref = 0
+        for f in (False, True):
+            x = img.flip(3) if f else img
+            padded = torch.empty(1, 3, 128, 128)
+            for ch in range(3):
+                padded[:, ch] = (0.0 - mean[ch]) / std[ch]
+            padded[:, :, :64, :96] = x
+            with torch.no_grad():
+                scores = m.logits(padded)
+            scores = scores[:, :, :64, :96] if unpad else resize(scores, (64, 96), m.align_corners)
+            p = scores.softmax(1)
+            ref = ref + (p.flip(3) if f else p)
+        return ref / 2
+
+    kw = dict(scales=[None], flip=True, size_divisor=32, pad_short_side=128, pad_value=black)
+    got_aug = aug.aug_test(img, **kw)
+    torch.testing.assert_close(got_aug, reference(aug, unpad=True), rtol=1e-5, atol=1e-6)
+    got = model.aug_test(img, **kw)  # whole mode, the non-Aug class: the padding stays in the resized map
+    torch.testing.assert_close(got, reference(model, unpad=False), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, got_aug, atol=1e-3)
     # without padding the result differs (the padding changes what the model sees)
     plain = model.aug_test(img, scales=[None], flip=True, size_divisor=32)
     assert plain.shape == got.shape and not torch.allclose(plain, got)
+    with pytest.raises(ConfigError, match=r"model\.type='EncoderDecoderMask2Former': this builds "
+                                          r"EncoderDecoderMask2FormerAug"):
+        EncoderDecoderMask2FormerAug.from_config(dict(slide, type="EncoderDecoderMask2Former"))
 
 
 def test_bf16_head_gives_float32_losses_and_all_grads():

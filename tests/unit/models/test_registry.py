@@ -61,6 +61,11 @@ def _small_configs() -> dict[str, dict[str, dict]]:
     for family, extra in EXTRA.items():
         for kind, cfg in extra.items():
             found[family].setdefault(kind, cfg)
+    # the official _ms segmentor: the synthetic Mask2Former under its name, sliding (where it differs)
+    m2f = found["segmentor"].get("EncoderDecoderMask2Former")
+    if m2f is not None:
+        found["segmentor"].setdefault("EncoderDecoderMask2FormerAug", dict(
+            m2f, type="EncoderDecoderMask2FormerAug", test_cfg=dict(mode="slide", crop_size=(64, 64), stride=(32, 32))))
     return found
 
 
