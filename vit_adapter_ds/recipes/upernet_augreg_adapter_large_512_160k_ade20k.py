@@ -25,7 +25,9 @@ model = dict(
         deform_num_heads=16,
         cffn_ratio=0.25,
         deform_ratio=0.5,
-        interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]]),
+        interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]],
+        window_attn=[False] * 24,
+        window_size=[None] * 24),
     decode_head=dict(num_classes=150, in_channels=[1024, 1024, 1024, 1024]),
     auxiliary_head=dict(num_classes=150, in_channels=1024),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))

@@ -21,7 +21,9 @@ model = dict(
         deform_num_heads=12,
         cffn_ratio=0.25,
         deform_ratio=0.5,
-        interaction_indexes=[[0, 2], [3, 5], [6, 8], [9, 11]]),
+        interaction_indexes=[[0, 2], [3, 5], [6, 8], [9, 11]],
+        window_attn=[False] * 12,
+        window_size=[None] * 12),
     decode_head=dict(num_classes=150, in_channels=[768, 768, 768, 768]),
     auxiliary_head=dict(num_classes=150, in_channels=768),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))

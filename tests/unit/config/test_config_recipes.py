@@ -56,6 +56,8 @@ def test_upernet_vit_adapter_recipes_match_official(name):
         (d, depth, heads, dheads, ratio, dpr)
     assert (b.patch_size, b.mlp_ratio, b.conv_inplane, b.n_points, b.cffn_ratio) == (16, 4, 64, 4, 0.25)
     assert b.interaction_indexes == idx
+    # written out in every official file (global attention in every block)
+    assert (list(b.window_attn), list(b.window_size)) == ([False] * depth, [None] * depth)
     assert c.model.pretrained == "pretrained/" + pre
     assert (c.optimizer.type, c.optimizer.lr, c.optimizer.weight_decay, tuple(c.optimizer.betas)) == \
         ("AdamW", lr, wd, (0.9, 0.999))
