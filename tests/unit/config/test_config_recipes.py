@@ -279,6 +279,12 @@ OFFICIAL_PIPELINES = {
     "upernet_beit_adapter_large_480_80k_pascal_context_59_ms": dict(
         _PC59, **_SETR_MS, ms_resize=dict(type="SETR_Resize", crop_size=(480, 480))),
     "mask2former_beit_adapter_large_512_80k_potsdam_ss": _ADE512,
+    "mask2former_beit_adapter_base_512_40k_cocostuff10k_ss": _ADE512,
+    "mask2former_beit_adapter_base_512_40k_cocostuff10k_ms": dict(
+        _ADE512, **_SETR_MS, ms_resize=dict(type="SETR_Resize", crop_size=(512, 512))),
+    "mask2former_beit_adapter_base_480_40k_pascal_context_59_ss": _PC59,
+    "mask2former_beit_adapter_base_480_40k_pascal_context_59_ms": dict(
+        _PC59, **_SETR_MS, ms_resize=dict(type="SETR_Resize", crop_size=(480, 480))),
     "mask2former_beit_adapter_large_128_40k_chase_db1_ss": dict(
         _ADE512, train_scale=(960, 999), crop=(128, 128), test_scale=(960, 999), test_crop=(128, 128), stride=(85, 85)),
 }

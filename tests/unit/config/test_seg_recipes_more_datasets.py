@@ -268,3 +268,48 @@ def test_new_recipe_builds_on_meta_with_the_official_parameter_count(name):
         assert abs(n / 1e6 - w["readme"]) < 1
     else:
         assert round(n / 1e6) == w["readme"]
+
+
+# the official BEiT-Adapter-B Mask2Former configurations (coco_stuff10k / pascal_context *_base_*): typed from the
+# official files; every field they share with their BEiT-Adapter-L sibling (data, pipelines, schedule, checkpoints,
+# evaluation, classes, queries, loss) is compared with that sibling, itself checked above against the official values
+BASE_SIBLING = {
+    "mask2former_beit_adapter_base_512_40k_cocostuff10k_ss": "mask2former_beit_adapter_large_512_40k_cocostuff10k_ss",
+    "mask2former_beit_adapter_base_512_40k_cocostuff10k_ms": "mask2former_beit_adapter_large_512_40k_cocostuff10k_ms",
+    "mask2former_beit_adapter_base_480_40k_pascal_context_59_ss":
+        "mask2former_beit_adapter_large_480_40k_pascal_context_59_ss",
+    "mask2former_beit_adapter_base_480_40k_pascal_context_59_ms":
+        "mask2former_beit_adapter_large_480_40k_pascal_context_59_ms",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASE_SIBLING))
+def test_beit_adapter_base_mask2former_recipes_match_official(name):
+    from vit_adapter_ds.tasks import load_and_validate
+
+    c, _, model = load_and_validate(name)
+    large = load_recipe(BASE_SIBLING[name])
+    b = c.model.backbone
+    assert c.model.pretrained == "pretrained/beit_base_patch16_224_pt22k_ft22k.pth"
+    assert (b.type, b.embed_dim, b.depth, b.num_heads, b.drop_path_rate, b.deform_num_heads, b.get("with_cp")) == \
+        ("BEiTAdapter", 768, 12, 12, 0.2, 12, None)
+    assert b.interaction_indexes == [[0, 2], [3, 5], [6, 8], [9, 11]]
+    h = c.model.decode_head
+    assert (list(h.in_channels), h.feat_channels, h.out_channels) == ([768] * 4, 256, 256)
+    enc, dec = h.pixel_decoder.encoder.transformerlayers, h.transformer_decoder.transformerlayers
+    assert (enc.attn_cfgs.embed_dims, enc.attn_cfgs.num_heads, enc.ffn_cfgs.feedforward_channels) == (256, 8, 1024)
+    assert (dec.attn_cfgs.embed_dims, dec.attn_cfgs.num_heads, dec.ffn_cfgs.feedforward_channels,
+            dec.feedforward_channels) == (256, 8, 2048, 2048)
+    assert enc.ffn_cfgs.get("with_cp") is None and dec.ffn_cfgs.get("with_cp") is None
+    assert h.pixel_decoder.positional_encoding.num_feats == h.positional_encoding.num_feats == 128
+    assert (c.optimizer.lr, dict(c.optimizer.paramwise_cfg)) == (3e-5, {"num_layers": 12, "layer_decay_rate": 0.95})
+    for key in ("num_queries", "num_things_classes", "num_stuff_classes", "loss_cls", "loss_mask", "loss_dice"):
+        assert to_plain(h[key]) == to_plain(large.model.decode_head[key]), key
+    assert to_plain(c.model.test_cfg) == to_plain(large.model.test_cfg)
+    for key in ("data", "lr_config", "runner", "checkpoint_config", "evaluation", "global_batch_size"):
+        assert to_plain(c[key]) == to_plain(large[key]), key
+    # the official README: 120M parameters (with the official head's unused conv_seg, 256 x classes + classes)
+    classes = h.num_things_classes + h.num_stuff_classes
+    n = sum(p.numel() for p in model.parameters()) + 256 * classes + classes
+    assert round(n / 1e6) == 120
+    assert not any(getattr(blk, "with_cp", False) for blk in model.backbone.blocks)
