@@ -135,6 +135,14 @@ MASK_RCNN_1X = {
         384, IMNET,
         dict(type="AdamW", lr=0.0001, weight_decay=0.05, paramwise_cfg=dict(custom_keys=NO_DECAY)),
         3, "mask_rcnn_deit_adapter_small_fpn_3x_coco", 48, (44.7, 39.9)),
+    "mask_rcnn_deit_adapter_base_fpn_1x_coco": (
+        dict(type="ViTAdapter", patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, drop_path_rate=0.3,
+             conv_inplane=64, n_points=4, deform_num_heads=12, cffn_ratio=0.25, deform_ratio=0.5,
+             interaction_indexes=I12, window_attn=T12, window_size=W12,
+             pretrained="pretrained/deit_base_patch16_224-b5f2ef4d.pth"),
+        768, IMNET,
+        dict(type="AdamW", lr=0.0001, weight_decay=0.05, paramwise_cfg=dict(custom_keys=NO_DECAY)),
+        3, "mask_rcnn_deit_adapter_base_fpn_3x_coco", 120, (47.0, 41.8)),
     "mask_rcnn_augreg_adapter_large_fpn_1x_coco": (
         dict(type="ViTAdapter", img_size=384, pretrain_size=384, patch_size=16, embed_dim=1024, depth=24,
              num_heads=16, mlp_ratio=4, drop_path_rate=0.4, conv_inplane=64, n_points=4, deform_num_heads=16,
