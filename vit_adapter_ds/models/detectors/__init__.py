@@ -1,6 +1,7 @@
 """Detectors: Mask R-CNN with the detection ViT-Adapter / BEiT-Adapter on torchvision's detection parts.
 
 * :class:`~.mask_rcnn.MaskRCNN` (``from_config`` of the official mmdet ``model`` dict), :class:`~.fpn.FPN`,
+  :class:`~.channel_mapper.ChannelMapperWithPooling` (the official no-FPN neck),
   :mod:`.keymap` (official mmdet checkpoint keys <-> these modules, both ways).
 * HTC++: :class:`~.htc.HybridTaskCascade` / :class:`~.htc.HybridTaskCascadeRoIHead` (3 interleaved stages, mask
   information flow, semantic branch, stage-averaged testing with soft-NMS, the RPN's optional soft-NMS
@@ -17,6 +18,7 @@ Each detector and neck registers itself (``@DETECTORS.register()``, ``@NECKS.reg
 ``NECKS`` are the registries of :mod:`vit_adapter_ds.models.registry` (official ``type`` -> class).
 """
 from .cascade_mask_rcnn import CascadeRCNN
+from .channel_mapper import ChannelMapperWithPooling
 from .extra_attention import ExtraAttention
 from .fpn import FPN
 from .htc import HybridTaskCascade
@@ -24,5 +26,5 @@ from .htc_aug import HybridTaskCascadeAug
 from .mask_rcnn import MaskRCNN
 from ..registry import DETECTORS, NECKS
 
-__all__ = ["FPN", "ExtraAttention", "MaskRCNN", "CascadeRCNN", "HybridTaskCascade", "HybridTaskCascadeAug", "DETECTORS",
-           "NECKS"]
+__all__ = ["FPN", "ChannelMapperWithPooling", "ExtraAttention", "MaskRCNN", "CascadeRCNN", "HybridTaskCascade",
+           "HybridTaskCascadeAug", "DETECTORS", "NECKS"]

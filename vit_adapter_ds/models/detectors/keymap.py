@@ -10,6 +10,7 @@ mmdet                                          here                             
 ``backbone.<k>``                               ``backbone.<k>``                             --
 ``neck.lateral_convs.i.conv.{weight,bias}``    ``neck.fpn.inner_blocks.i.0.{weight,bias}``  --
 ``neck.fpn_convs.i.conv.{weight,bias}``        ``neck.fpn.layer_blocks.i.0.{weight,bias}``  --
+``neck.convs.i.conv.{weight,bias}``            ``neck.convs.i.conv.{weight,bias}``          -- (no-FPN neck)
 ``rpn_head.rpn_conv.*``                        ``rpn.head.conv.0.0.*``                      --
 ``rpn_head.rpn_cls.*``                         ``rpn.head.cls_logits.*``                    -- (A = 3 sigmoid logits)
 ``rpn_head.rpn_reg.*``                         ``rpn.head.bbox_pred.*``                     --
@@ -49,6 +50,8 @@ _RENAMES = [  # (mmdet regex, ours template); applied to keys after the prefix
     (r"roi_head\.mask_head\.convs\.(\d+)\.conv\.(weight|bias)", r"roi_heads.mask_head.\1.0.\2"),
     (r"roi_head\.mask_head\.upsample\.(weight|bias)", r"roi_heads.mask_predictor.conv5_mask.\1"),
     (r"roi_head\.mask_head\.conv_logits\.(weight|bias)", r"roi_heads.mask_predictor.mask_fcn_logits.\1"),
+    # the no-FPN neck (ChannelMapperWithPooling) keeps the official names; last, so the cascade's table[:5] is unchanged
+    (r"neck\.convs\.(\d+)\.conv\.(weight|bias)", r"neck.convs.\1.conv.\2"),
 ]
 _BACK = [  # ours regex -> mmdet template
     (r"neck\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
@@ -63,6 +66,7 @@ _BACK = [  # ours regex -> mmdet template
     (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"roi_head.mask_head.convs.\1.conv.\2"),
     (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"roi_head.mask_head.upsample.\1"),
     (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"roi_head.mask_head.conv_logits.\1"),
+    (r"neck\.convs\.(\d+)\.conv\.(weight|bias)", r"neck.convs.\1.conv.\2"),
 ]
 
 

@@ -62,7 +62,7 @@ from torchvision.ops import roi_align
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
-from ..registry import BACKBONES, DETECTORS
+from ..registry import BACKBONES, DETECTORS, NECKS
 from .fpn import FPN
 from .roi_extractor import LevelRoIAlign
 
@@ -508,7 +508,8 @@ MASK_RCNN_SPEC = {
 
 @DETECTORS.register()
 class MaskRCNN(nn.Module):
-    """Backbone (4 maps, strides 4-32) -> :class:`~.fpn.FPN` -> :class:`RPN` -> :class:`MaskRCNNRoIHeads`.
+    """Backbone (4 maps, strides 4-32) -> :class:`~.fpn.FPN` (or the official no-FPN neck
+    :class:`~.channel_mapper.ChannelMapperWithPooling`) -> :class:`RPN` -> :class:`MaskRCNNRoIHeads`.
 
     ``pretrained``: a backbone checkpoint path recorded for the builder (``self.pretrained``); nothing is read
     here (constructors never read files).
@@ -516,7 +517,7 @@ class MaskRCNN(nn.Module):
 
     task = "detection"  # the task that trains it (models.registry.task_of)
 
-    def __init__(self, backbone: nn.Module, neck: FPN, rpn: RPN, roi_heads: MaskRCNNRoIHeads, num_classes: int,
+    def __init__(self, backbone: nn.Module, neck: nn.Module, rpn: RPN, roi_heads: MaskRCNNRoIHeads, num_classes: int,
                  pretrained: str | None = None):
         super().__init__()
         self.backbone, self.neck, self.rpn, self.roi_heads = backbone, neck, rpn, roi_heads
@@ -619,7 +620,13 @@ class MaskRCNN(nn.Module):
         if bkw["task"] != "detection":
             raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
         backbone = BACKBONES[bcfg["type"]].from_config(bkw, f"{where}.backbone")
-        neck = FPN.from_config(p["neck"], f"{where}.neck")
+        # a neck giving named pyramid levels (``names``, ``out_channels``): FPN, or the official no-FPN
+        # ChannelMapperWithPooling; an absent type is FPN
+        neck_cls = NECKS.lookup(p["neck"], f"{where}.neck", default="FPN")
+        if not hasattr(neck_cls, "names"):
+            raise ConfigError(f"recipe: {where}.neck.type={p['neck'].get('type')!r} gives no feature pyramid; "
+                              "Mask R-CNN takes FPN or ChannelMapperWithPooling")
+        neck = neck_cls.from_config(p["neck"], f"{where}.neck")
         return cls._from_params(backbone, neck, p, where)
 
     # ----------------------------------------------------------------------------------------------------------
