@@ -26,6 +26,7 @@ OFFICIAL_FILES = {
     "seg_beit_baseline": [f"{SEG}/beit_baseline.py"],
     "det_vit": [f"{DET}/adapter_modules.py", f"{DET}/vit_adapter.py", f"{DET}/base/vit.py"],
     "det_beit": [f"{DET}/adapter_modules.py", f"{DET}/beit_adapter.py", f"{DET}/base/beit.py"],
+    "det_vit_baseline": [f"{DET}/vit_baseline.py", f"{DET}/base/vit.py"],
 }
 OPS_FILES = ["detection/ops/modules/ms_deform_attn.py", "detection/ops/functions/ms_deform_attn_func.py"]
 PACKAGE_INITS = {  # package -> content of its __init__.py in the work folder
@@ -79,7 +80,8 @@ def import_official(work_dir: str, classes=tuple(OFFICIAL_FILES)) -> dict:
                "seg_beit": ("mmseg_custom.models.backbones.beit_adapter", "BEiTAdapter"),
                "seg_beit_baseline": ("mmseg_custom.models.backbones.beit_baseline", "BEiTBaseline"),
                "det_vit": ("mmdet_custom.models.backbones.vit_adapter", "ViTAdapter"),
-               "det_beit": ("mmdet_custom.models.backbones.beit_adapter", "BEiTAdapter")}
+               "det_beit": ("mmdet_custom.models.backbones.beit_adapter", "BEiTAdapter"),
+               "det_vit_baseline": ("mmdet_custom.models.backbones.vit_baseline", "ViTBaseline")}
     return {c: getattr(importlib.import_module(modules[c][0]), modules[c][1]) for c in classes}
 
 

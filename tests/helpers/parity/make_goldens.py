@@ -20,7 +20,8 @@ spec describes HEAD fd64a51 and these files agree with it for everything the gol
                 base/vit.py @fa32e74 (layer_scale=True default), base/beit.py @2a55d7c,
                 beit_baseline.py @fd64a51 (the beit_large_baseline golden)
   detection:    adapter_modules.py @5cf0b2d, vit_adapter.py @e14d75a, beit_adapter.py @e14d75a,
-                base/vit.py @d8901a3, base/beit.py @b9c2a70
+                base/vit.py @d8901a3, base/beit.py @b9c2a70;
+                vit_baseline.py with base/vit.py @fd64a51 (the vit_baseline_small_det golden)
   ops:          modules/ms_deform_attn.py @efdba25, functions/ms_deform_attn_func.py @dac983f
 In train mode the official ``nn.SyncBatchNorm`` layers are replaced by ``nn.BatchNorm2d`` with the same state (no
 process group on CPU); in eval mode they are used as they are. Each golden records the torch version and date of
@@ -60,6 +61,7 @@ OFFICIAL_SOURCES = {
     "detection/mmdet_custom/models/backbones/beit_adapter.py": "e14d75a5075cfba137d9b188d782944e64927d32",
     "detection/mmdet_custom/models/backbones/base/vit.py": "d8901a32835b98f1dd2e24519e54b1a86b1abf70",
     "detection/mmdet_custom/models/backbones/base/beit.py": "b9c2a7060c1984bb2eaac6d193a2efd2aabb481b",
+    "detection/mmdet_custom/models/backbones/vit_baseline.py": "fd64a51 (HEAD; with base/vit.py at HEAD)",
     "detection/ops/modules/ms_deform_attn.py": "efdba25798722fc1f03861c101553d3ab5b91915",
     "detection/ops/functions/ms_deform_attn_func.py": "dac983f185defb6b39cf382f19d176d892a0d66b",
 }

@@ -45,6 +45,11 @@ VARIANTS: dict[str, dict] = {
         kwargs=dict(img_size=64, patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4, qkv_bias=True,
                     use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6, drop_path_rate=0.0,
                     out_indices=[7, 11, 15, 23])),
+    "vit_baseline_small_det": dict(  # the plain DeiT-S of mask_rcnn_deit_small_fpn_3x_coco; 12x18 grid, 14-windows
+        official="det_vit_baseline", task="detection", input=(2, 3, 192, 288), slow=False,  # padded to 14x28
+        kwargs=dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, drop_path_rate=0.0,
+                    out_indices=[2, 5, 8, 11], window_attn=[True, True, False] * 4,
+                    window_size=[14, 14, None] * 4)),
 }
 # Batch 1 (the per-GPU batch of the detection / Mask2Former recipes): a cheap case for batch-1 layout effects.
 VARIANTS["vit_adapter_tiny_b1"] = dict(VARIANTS["vit_adapter_tiny"], input=(1, 3, 64, 96))
@@ -69,6 +74,10 @@ def grad_keys(name: str) -> list[str]:
                 "blocks.1.gamma_1", "blocks.0.attn.q_bias", "blocks.0.attn.v_bias",
                 "blocks.0.attn.relative_position_bias_table", "cls_token", "fpn1.0.weight", "fpn1.1.weight",
                 "fpn1.3.weight", "fpn2.0.weight"]
+    if cfg["official"] == "det_vit_baseline":
+        return ["patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.2.attn.qkv.weight",
+                f"blocks.{depth - 1}.mlp.fc2.weight", "blocks.1.gamma1", "norm1.weight", "norm4.bias",
+                "up1.0.weight", "up1.1.weight", "up1.3.weight", "up2.weight"]
     beit = cfg["official"].endswith("beit")
     keys = ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", f"blocks.{depth - 1}.mlp.fc2.weight",
             "blocks.1.gamma_1" if beit else "blocks.1.gamma1",

@@ -22,7 +22,7 @@ import torch
 from parity.harness import compare, run_case
 from parity.seeded_state import load_seeded, named_shapes
 from parity.variants import TRAIN_VARIANTS, VARIANTS, grad_keys
-from vit_adapter_ds.models.backbones import BEiTAdapter, BEiTBaseline, ViTAdapter
+from vit_adapter_ds.models.backbones import BEiTAdapter, BEiTBaseline, ViTAdapter, ViTBaseline
 
 GOLDENS = Path(__file__).resolve().parents[2] / "helpers" / "parity" / "goldens"
 TOL = 1e-5
@@ -51,6 +51,8 @@ def test_matches_official(name):
     torch.manual_seed(0)
     if cfg["official"] == "seg_beit_baseline":  # the plain BEiT (segmentation only, no task argument)
         model = BEiTBaseline(**cfg["kwargs"])
+    elif cfg["official"] == "det_vit_baseline":  # the plain detection ViT (no task argument)
+        model = ViTBaseline(**cfg["kwargs"])
     else:
         cls = BEiTAdapter if cfg["official"].endswith("beit") else ViTAdapter
         model = cls(task=cfg["task"], **cfg["kwargs"])

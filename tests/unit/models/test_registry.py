@@ -30,7 +30,9 @@ from test_detection_model import _targets
 EXTRA: dict[str, dict[str, dict]] = {
     "backbone": {"BEiTBaseline": dict(type="BEiTBaseline", img_size=64, embed_dim=64, depth=4, num_heads=4,
                                       qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6,
-                                      out_indices=[0, 1, 2, 3])},
+                                      out_indices=[0, 1, 2, 3]),
+                 "ViTBaseline": dict(type="ViTBaseline", embed_dim=64, depth=4, num_heads=4, out_indices=[0, 1, 2, 3],
+                                     window_attn=[True, False] * 2, window_size=[2, None] * 2)},
     "neck": {"ChannelMapperWithPooling": dict(type="ChannelMapperWithPooling", in_channels=[16, 16, 16, 16],
                                               out_channels=8, num_outs=5)},
 }

@@ -2,5 +2,6 @@ from .beit import BEiTAdapter
 from .beit_baseline import BEiTBaseline
 from .msdeform_attn import MSDeformAttn
 from .vit import ViTAdapter
+from .vit_baseline import ViTBaseline
 
-__all__ = ["ViTAdapter", "BEiTAdapter", "BEiTBaseline", "MSDeformAttn"]
+__all__ = ["ViTAdapter", "BEiTAdapter", "BEiTBaseline", "ViTBaseline", "MSDeformAttn"]
