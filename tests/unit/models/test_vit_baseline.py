@@ -69,6 +69,8 @@ def test_refusals_and_layer_decay():
         ViTBaseline(**dict(TINY, out_indices=None))
     with pytest.raises(ValueError, match="out_indices"):
         ViTBaseline(**dict(TINY, out_indices=[0, 1, 2, 4]))
+    with pytest.raises(ValueError, match="detection baseline"):
+        ViTBaseline(task="segmentation", **TINY)
     with pytest.raises(ValueError, match="residual_indices"):
         ViTBaseline(residual_indices=[1], **TINY)
     with pytest.raises(ValueError, match="window_attn"):

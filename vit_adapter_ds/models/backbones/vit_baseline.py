@@ -47,7 +47,8 @@ VIT_BASELINE_PRESETS = {
 
 @BACKBONES.register()
 class ViTBaseline(nn.Module):
-    """Plain detection ViT with the official keyword arguments of ``backbone=dict(type='ViTBaseline', ...)``.
+    """Plain detection ViT with the official keyword arguments of ``backbone=dict(type='ViTBaseline', ...)`` plus
+    ``task`` (only 'detection', which the detectors pass as for ViTAdapter).
     ``forward(x)`` returns 4 NCHW maps of ``embed_dim`` channels at strides 4, 8, 16, 32 (``patch_size`` 16). The
     constructor reads no file (``pretrained`` only as ``None``); ``residual_indices`` (unused by every official
     config), a custom ``embed_layer`` / ``norm_layer`` / ``act_layer`` are refused."""
@@ -80,9 +81,11 @@ class ViTBaseline(nn.Module):
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, layer_scale: bool = True, embed_layer=None, norm_layer=None,
                  act_layer=None, window_attn=False, window_size=14, with_cp: bool = False, pretrained: None = None,
-                 pretrain_size: int = 224, out_indices=None):
+                 pretrain_size: int = 224, out_indices=None, task: str = "detection"):
         super().__init__()
         refuse_pretrained_path(pretrained)
+        if task != "detection":
+            raise ValueError(f"task={task!r}: ViTBaseline is the official detection baseline (task='detection')")
         if list(residual_indices or ()):
             raise ValueError("residual_indices is not supported (no official config sets it)")
         if embed_layer is not None or norm_layer is not None or act_layer is not None:
@@ -136,8 +139,8 @@ class ViTBaseline(nn.Module):
         grid = (self.pretrain_size[0] // 16, self.pretrain_size[1] // 16)  # the official // 16, whatever the patch
         if grid[0] * grid[1] != self.pos_embed.shape[1] - 1:
             raise ValueError(f"pos_embed holds {self.pos_embed.shape[1] - 1} patches but pretrain_size "
-                             f"{self.pretrain_size[0]} implies a {grid[0]}x{grid[1]} grid; set img_size = pretrain_size "
-                             "as the official configs do")
+                             f"{self.pretrain_size[0]} implies a {grid[0]}x{grid[1]} grid; set img_size = "
+                             "pretrain_size as the official configs do")
         x = self.pos_drop(x + resize_pos_embed_grid(self.pos_embed[:, 1:], grid, (h, w)))
         outs = []
         for i, blk in enumerate(self.blocks):
