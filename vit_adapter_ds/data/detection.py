@@ -392,7 +392,7 @@ class _DetTrainStream(BatchStream):
 class DetectionTrainLoader(EpochLoader):
     """Infinite, exactly resumable detection train loader (``next(loader)``; see module docstring).
 
-    The augmentation is ``ops`` (from :func:`.det_transforms.train_ops_from_pipeline` of a recipe's
+    The augmentation is ``ops`` (from :func:`.pipeline.train_ops_from_pipeline` of a recipe's
     ``train_pipeline``) or else :func:`.det_transforms.official_train_ops` with ``transform_kw`` (``scales``,
     ``crop_scales``, ``crop_range``, ``final_crop``, ``flip_ratio``); the defaults are the official pipeline.
 

@@ -11,7 +11,7 @@ The recipe's sections are the official mmdet ones:
   ``semantic_seg`` to the model.
 * ``data.train`` / ``data.val`` (``data.test`` is ``launch/eval.py``'s): ``shard_dir`` (written by
   ``make_shards coco`` or ``make_shards synthetic --layout coco``), the official ``pipeline`` (translated by
-  :func:`~vit_adapter_ds.data.det_transforms.train_ops_from_pipeline` / ``test_cfg_from_pipeline``, which refuse
+  :func:`~vit_adapter_ds.data.pipeline.train_ops_from_pipeline` / ``test_cfg_from_pipeline``, which refuse
   steps they do not implement), optionally ``type='CocoDataset'`` and the loaders' own keyword arguments
   (:class:`~vit_adapter_ds.data.detection.DetectionTrainLoader` / ``DetectionValLoader``: ``max_bad_fraction``,
   ``shuffle``, ``filter_empty_gt``, ...). Batch size, workers, seed, ranks and the number of classes come from the

@@ -105,9 +105,8 @@ def test_mask_rcnn_baseline_recipes_match_official(name):
         assert _plain(c.data[split].pipeline) == _plain(test)
         assert c.data[split].type == "CocoDataset"
     assert c.data.samples_per_gpu == 2 and c.global_batch_size == 16  # 8 GPUs x 2 images
-    # loader workers: the project's _base_/datasets/coco_instance.py value, as for every 3x recipe (official base: 2;
-    # the official 1x files set 2 themselves)
-    assert c.data.workers_per_gpu == 8
+    # loader workers: the official _base_/datasets/coco_instance.py value
+    assert c.data.workers_per_gpu == 2
     assert _plain(_no_delete(c.optimizer.to_dict())) == _plain(optimizer)
     _schedule_3x(c)
     assert c.evaluation.to_dict() == {"metric": ["bbox", "segm"], "save_best": "auto"}
@@ -177,7 +176,7 @@ def test_cascade_recipes_match_official(name):
     test = coco_pipelines(IMNET)[1]
     for split in ("val", "test"):
         assert _plain(c.data[split].pipeline) == _plain(test)
-    assert (c.data.samples_per_gpu, c.data.workers_per_gpu) == (per_gpu, 8)  # workers: as above
+    assert (c.data.samples_per_gpu, c.data.workers_per_gpu) == (per_gpu, 2)  # workers: as above
     assert c.global_batch_size == 16  # the paper's batch size 16 (8 x 2; the DeiT-B baseline file has 1 per GPU)
     assert _plain(_no_delete(c.optimizer.to_dict())) == _plain(CUSTOM_KEYS)
     _schedule_3x(c)

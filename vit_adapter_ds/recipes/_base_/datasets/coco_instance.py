@@ -1,7 +1,7 @@
 # Official: detection/configs/_base_/datasets/coco_instance.py (mmdet 2.x), read from COCO instance shards
 # (python -m vit_adapter_ds.data.make_shards coco --root data/coco -> shards/coco/{train,val}) instead of
 # ann_file / img_prefix. The pipelines are the official step lists; the detection loader translates them
-# (vit_adapter_ds.data.det_transforms.train_ops_from_pipeline / test_cfg_from_pipeline) and refuses any step it
+# (vit_adapter_ds.data.pipeline.train_ops_from_pipeline / test_cfg_from_pipeline) and refuses any step it
 # does not implement.
 dataset_type = 'CocoDataset'
 data_root = 'shards/coco/'
@@ -32,7 +32,7 @@ test_pipeline = [
 ]
 data = dict(
     samples_per_gpu=2,
-    workers_per_gpu=8,
+    workers_per_gpu=2,
     train=dict(type=dataset_type, shard_dir=data_root + 'train', pipeline=train_pipeline),
     val=dict(type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline),
     test=dict(type=dataset_type, shard_dir=data_root + 'val', pipeline=test_pipeline))
