@@ -44,7 +44,7 @@ from ..registry import BACKBONES, DETECTORS
 from .fpn import FPN
 from .htc import CascadeStage, multiclass_nms, sample_rois
 from .htc_heads import HTCMaskHead
-from .mask_rcnn import (_ASSIGNER, _CODER, _LOSS_CE, _PROPOSAL, _ROI_EXTRACTOR, _SAMPLER, RPN,
+from .mask_rcnn import (_ASSIGNER, _CODER, _LOSS_CE, _PROPOSAL, _ROI_EXTRACTOR, _RPN_HEAD, _SAMPLER, RPN,
                         FixedStrideAnchorGenerator, MaskRCNN, mask_targets, paste_masks, train_targets)
 from .roi_extractor import LevelRoIAlign
 from .semantic_head import ConvReLU
@@ -312,17 +312,8 @@ class CascadeRoIHead(nn.Module):
 _TOP = {
     "type": Fixed("CascadeRCNN"), "backbone": Raw("backbone"), "neck": Raw("neck"),
     "pretrained": Param("pretrained", (str, type(None)), None), "init_cfg": Fixed(None),
-    "rpn_head": {
-        "type": Fixed("RPNHead"), "in_channels": Param("rpn_in_channels", (int,), 256),
-        "feat_channels": Param("rpn_feat_channels", (int,), 256), "init_cfg": Fixed(None),
-        "anchor_generator": {"type": Fixed("AnchorGenerator"), "scales": Param("anchor_scales", (list,), (8,)),
-                             "ratios": Param("anchor_ratios", (list,), (0.5, 1.0, 2.0)),
-                             "strides": Param("anchor_strides", (list,), (4, 8, 16, 32, 64)),
-                             "center_offset": Fixed(0.0)},
-        "bbox_coder": _CODER("rpn", (1.0, 1.0, 1.0, 1.0)),
-        "loss_cls": _LOSS_CE("rpn_loss_cls", True),
-        "loss_bbox": {"type": Fixed("SmoothL1Loss"), "beta": Param("rpn_loss_bbox_beta", (float,), 1.0 / 9.0),
-                      "reduction": Fixed("mean"), "loss_weight": Param("rpn_loss_bbox_weight", (float,), 1.0)}},
+    "rpn_head": _RPN_HEAD({"type": Fixed("SmoothL1Loss"), "beta": Param("rpn_loss_bbox_beta", (float,), 1.0 / 9.0),
+                           "reduction": Fixed("mean"), "loss_weight": Param("rpn_loss_bbox_weight", (float,), 1.0)}),
     "roi_head": {
         "type": Fixed("CascadeRoIHead"), "num_stages": Param("num_stages", (int,), 3, minimum=1),
         "stage_loss_weights": Param("stage_loss_weights", (list,), (1.0, 0.5, 0.25)),

@@ -323,7 +323,7 @@ class HybridTaskCascade(nn.Module):
 # ---------------------------------------------------------------------------------------------- from_config
 def _htc_specs():
     from ...config.keys import Fixed, Param, Raw
-    from .mask_rcnn import _ASSIGNER, _CODER, _LOSS_CE, _ROI_EXTRACTOR, _SAMPLER
+    from .mask_rcnn import _ASSIGNER, _CODER, _LOSS_CE, _ROI_EXTRACTOR, _RPN_HEAD, _SAMPLER
 
     def proposal(prefix, nms_pre, max_per_img):  # mmdet RPN proposals; nms 'nms' (official) or 'soft_nms'
         return {"nms_pre": Param(prefix + "_nms_pre", (int,), nms_pre),
@@ -340,15 +340,7 @@ def _htc_specs():
     top = {
         "type": Fixed("HybridTaskCascade", "HybridTaskCascadeAug"), "backbone": Raw("backbone"), "neck": Raw("neck"),
         "pretrained": Param("pretrained", (str, type(None)), None), "init_cfg": Fixed(None),
-        "rpn_head": {
-            "type": Fixed("RPNHead"), "in_channels": Param("rpn_in_channels", (int,), 256),
-            "feat_channels": Param("rpn_feat_channels", (int,), 256), "init_cfg": Fixed(None),
-            "anchor_generator": {"type": Fixed("AnchorGenerator"), "scales": Param("anchor_scales", (list,), (8,)),
-                                 "ratios": Param("anchor_ratios", (list,), (0.5, 1.0, 2.0)),
-                                 "strides": Param("anchor_strides", (list,), (4, 8, 16, 32, 64)),
-                                 "center_offset": Fixed(0.0)},
-            "bbox_coder": _CODER("rpn", (1.0, 1.0, 1.0, 1.0)),
-            "loss_cls": _LOSS_CE("rpn_loss_cls", True), "loss_bbox": smooth_l1("rpn_loss_bbox", 1.0 / 9.0)},
+        "rpn_head": _RPN_HEAD(smooth_l1("rpn_loss_bbox", 1.0 / 9.0)),
         "roi_head": {
             "type": Fixed("HybridTaskCascadeRoIHead"), "interleaved": Fixed(True), "mask_info_flow": Fixed(True),
             "num_stages": Param("num_stages", (int,), 3),

@@ -14,7 +14,6 @@ docstring).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -447,6 +447,17 @@ _PROPOSAL = lambda prefix, nms_pre, max_per_img: {  # noqa: E731
     "max_per_img": Param(prefix + "_max_per_img", (int,), max_per_img),
     "nms": {"type": Fixed("nms"), "iou_threshold": Param(prefix + "_nms_iou", (float,), 0.7)},
     "min_bbox_size": Fixed(0)}
+_RPN_HEAD = lambda loss_bbox: {  # noqa: E731  (mmdet RPNHead; the detectors differ in its box loss)
+    "type": Fixed("RPNHead"), "in_channels": Param("rpn_in_channels", (int,), 256),
+    "feat_channels": Param("rpn_feat_channels", (int,), 256), "init_cfg": Fixed(None),
+    "anchor_generator": {"type": Fixed("AnchorGenerator"),
+                         "scales": Param("anchor_scales", (list, tuple), (8,)),
+                         "ratios": Param("anchor_ratios", (list, tuple), (0.5, 1.0, 2.0)),
+                         "strides": Param("anchor_strides", (list, tuple), (4, 8, 16, 32, 64)),
+                         "center_offset": Fixed(0.0)},
+    "bbox_coder": _CODER("rpn", (1.0, 1.0, 1.0, 1.0)),
+    "loss_cls": _LOSS_CE("rpn_loss_cls", True),
+    "loss_bbox": loss_bbox}
 
 MASK_RCNN_SPEC = {
     "type": Fixed("MaskRCNN"),
@@ -454,18 +465,7 @@ MASK_RCNN_SPEC = {
     "neck": Raw("neck"),
     "pretrained": Param("pretrained", (str, type(None)), None),
     "init_cfg": Fixed(None),
-    "rpn_head": {
-        "type": Fixed("RPNHead"), "in_channels": Param("rpn_in_channels", (int,), 256),
-        "feat_channels": Param("rpn_feat_channels", (int,), 256), "init_cfg": Fixed(None),
-        "anchor_generator": {"type": Fixed("AnchorGenerator"),
-                             "scales": Param("anchor_scales", (list, tuple), (8,)),
-                             "ratios": Param("anchor_ratios", (list, tuple), (0.5, 1.0, 2.0)),
-                             "strides": Param("anchor_strides", (list, tuple), (4, 8, 16, 32, 64)),
-                             "center_offset": Fixed(0.0)},
-        "bbox_coder": _CODER("rpn", (1.0, 1.0, 1.0, 1.0)),
-        "loss_cls": _LOSS_CE("rpn_loss_cls", True),
-        "loss_bbox": _LOSS_L1("rpn_loss_bbox"),
-    },
+    "rpn_head": _RPN_HEAD(_LOSS_L1("rpn_loss_bbox")),
     "roi_head": {
         "type": Fixed("StandardRoIHead"), "init_cfg": Fixed(None),
         "bbox_roi_extractor": _ROI_EXTRACTOR("box", 7),
