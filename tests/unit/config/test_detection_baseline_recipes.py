@@ -22,31 +22,8 @@ from vit_adapter_ds.tasks import load_and_validate
 
 from test_detection_cascade_recipe import official_model as official_cascade_adapter_small
 from test_detection_recipes_more import AUGREG, AUGREG_L, IMNET, NO_DECAY, T12, T24, W12, W24, I12, _no_delete, \
-    coco_pipelines, official_mask_rcnn_model
+    coco_pipelines, official_mask_rcnn_model, train_pipeline_3x
 from test_detection_htc_recipes import _plain
-
-SCALES = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333),
-          (736, 1333), (768, 1333), (800, 1333)]
-
-
-def train_pipeline_3x(norm):
-    """The DETR-style AutoAugment + 1024 crop pipeline written out in every official 3x file."""
-    return [
-        dict(type="LoadImageFromFile"),
-        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
-        dict(type="RandomFlip", flip_ratio=0.5),
-        dict(type="AutoAugment", policies=[
-            [dict(type="Resize", img_scale=SCALES, multiscale_mode="value", keep_ratio=True)],
-            [dict(type="Resize", img_scale=[(400, 1333), (500, 1333), (600, 1333)], multiscale_mode="value",
-                  keep_ratio=True),
-             dict(type="RandomCrop", crop_type="absolute_range", crop_size=(384, 600), allow_negative_crop=True),
-             dict(type="Resize", img_scale=SCALES, multiscale_mode="value", override=True, keep_ratio=True)]]),
-        dict(type="RandomCrop", crop_type="absolute_range", crop_size=(1024, 1024), allow_negative_crop=True),
-        dict(type="Normalize", **norm),
-        dict(type="Pad", size_divisor=32),
-        dict(type="DefaultFormatBundle"),
-        dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels", "gt_masks"]),
-    ]
 
 
 def deit_baseline(dim, heads, ckpt, drop_path=0.1):

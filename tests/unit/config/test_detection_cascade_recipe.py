@@ -13,6 +13,9 @@ from vit_adapter_ds.config.errors import ConfigError
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
 from vit_adapter_ds.tasks import load_and_validate
 
+from test_detection_htc_recipes import _plain as _lists
+from test_detection_recipes_more import _no_delete, coco_pipelines, train_pipeline_3x
+
 NAME = "cascade_mask_rcnn_deit_adapter_small_fpn_3x_coco"
 RECIPE = str(DETECTION_RECIPES[NAME])
 NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
@@ -75,38 +78,12 @@ def official_model():
                                 mask_thr_binary=0.5)))
 
 
-SCALES = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333),
-          (736, 1333), (768, 1333), (800, 1333)]
-TRAIN_PIPELINE = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
-    dict(type="RandomFlip", flip_ratio=0.5),
-    dict(type="AutoAugment", policies=[
-        [dict(type="Resize", img_scale=SCALES, multiscale_mode="value", keep_ratio=True)],
-        [dict(type="Resize", img_scale=[(400, 1333), (500, 1333), (600, 1333)], multiscale_mode="value",
-              keep_ratio=True),
-         dict(type="RandomCrop", crop_type="absolute_range", crop_size=(384, 600), allow_negative_crop=True),
-         dict(type="Resize", img_scale=SCALES, multiscale_mode="value", override=True, keep_ratio=True)]]),
-    dict(type="RandomCrop", crop_type="absolute_range", crop_size=(1024, 1024), allow_negative_crop=True),
-    dict(type="Normalize", **NORM),
-    dict(type="Pad", size_divisor=32),
-    dict(type="DefaultFormatBundle"),
-    dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels", "gt_masks"]),
-]
-TEST_PIPELINE = [  # _base_/datasets/coco_instance.py
-    dict(type="LoadImageFromFile"),
-    dict(type="MultiScaleFlipAug", img_scale=(1333, 800), flip=False,
-         transforms=[dict(type="Resize", keep_ratio=True), dict(type="RandomFlip"), dict(type="Normalize", **NORM),
-                     dict(type="Pad", size_divisor=32), dict(type="ImageToTensor", keys=["img"]),
-                     dict(type="Collect", keys=["img"])])]
+TRAIN_PIPELINE = train_pipeline_3x(NORM)
+TEST_PIPELINE = coco_pipelines(NORM)[1]  # _base_/datasets/coco_instance.py
 
 
 def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items() if k != "_delete_"}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
+    return _lists(_no_delete(x))
 
 
 def test_cascade_recipe_matches_official():

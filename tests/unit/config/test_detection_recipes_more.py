@@ -95,6 +95,30 @@ def official_mask_rcnn_model(backbone, dim):
                       mask_thr_binary=0.5)))
 
 
+SCALES = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333),
+          (736, 1333), (768, 1333), (800, 1333)]
+
+
+def train_pipeline_3x(norm):
+    """The DETR-style AutoAugment + 1024 crop pipeline written out in every official 3x file."""
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="RandomFlip", flip_ratio=0.5),
+        dict(type="AutoAugment", policies=[
+            [dict(type="Resize", img_scale=SCALES, multiscale_mode="value", keep_ratio=True)],
+            [dict(type="Resize", img_scale=[(400, 1333), (500, 1333), (600, 1333)], multiscale_mode="value",
+                  keep_ratio=True),
+             dict(type="RandomCrop", crop_type="absolute_range", crop_size=(384, 600), allow_negative_crop=True),
+             dict(type="Resize", img_scale=SCALES, multiscale_mode="value", override=True, keep_ratio=True)]]),
+        dict(type="RandomCrop", crop_type="absolute_range", crop_size=(1024, 1024), allow_negative_crop=True),
+        dict(type="Normalize", **norm),
+        dict(type="Pad", size_divisor=32),
+        dict(type="DefaultFormatBundle"),
+        dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels", "gt_masks"]),
+    ]
+
+
 def coco_pipelines(norm):
     """detection/configs/_base_/datasets/coco_instance.py (and _augreg): the 1x files keep the base pipelines."""
     train = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
@@ -103,8 +127,9 @@ def coco_pipelines(norm):
              dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels", "gt_masks"])]
     test = [dict(type="LoadImageFromFile"),
             dict(type="MultiScaleFlipAug", img_scale=(1333, 800), flip=False,
-                 transforms=[dict(type="Resize", keep_ratio=True), dict(type="RandomFlip"), dict(type="Normalize", **norm),
-                             dict(type="Pad", size_divisor=32), dict(type="ImageToTensor", keys=["img"]),
+                 transforms=[dict(type="Resize", keep_ratio=True), dict(type="RandomFlip"),
+                             dict(type="Normalize", **norm), dict(type="Pad", size_divisor=32),
+                             dict(type="ImageToTensor", keys=["img"]),
                              dict(type="Collect", keys=["img"])])]
     return train, test
 
