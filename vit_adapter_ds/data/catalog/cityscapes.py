@@ -1,5 +1,4 @@
-"""Cityscapes (19 train ids, mmseg's converted layout) and the label checks that the Cityscapes and Mapillary
-writers share.
+"""Cityscapes (19 train ids, mmseg's converted layout).
 
 Layout (what mmseg's ``CityscapesDataset`` reads after ``tools/convert_datasets/cityscapes.py``, which the
 official README asks for): ``leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png`` beside
@@ -11,85 +10,16 @@ most 8 bits, one of another size than its image, or one holding a value outside 
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 
 import numpy as np
 
 from .. import classes as C
-from ..sources import png_header, safe_key, source_file
+from ..sources import safe_key, source_file
+from .label_checks import write_checked
 from .registry import Dataset, register_dataset
 
 IMG_SUFFIX, LABEL_SUFFIX = "_leftImg8bit.png", "_gtFine_labelTrainIds.png"
-
-
-# ---------------------------------------------------------------------- label checks (Cityscapes, Mapillary)
-def image_size(path):
-    """``(height, width)`` of a PNG or JPEG file from its header (ValueError naming the file otherwise)."""
-    from ..decode import BadSample, jpeg_size
-
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head == b"\x89PNG\r\n\x1a\n":
-        w, h, _, _ = png_header(path)
-        return h, w
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        w, h, _ = jpeg_size(data)
-    except BadSample as e:
-        raise ValueError(f"image {path}: {e}") from None
-    return h, w
-
-
-def check_label(job):
-    """Refuse the label of ``job = (image, label, valid values, the values in words)`` unless it is an 8-bit (or
-    less) gray or palette PNG of the image's size whose values (gray value / palette index) are all valid."""
-    from ..decode import BadSample, decode_label
-
-    image, label, valid, words = job
-    w, h, depth, ctype = png_header(label)
-    if ctype not in (0, 3) or depth > 8:
-        raise ValueError(f"label {label}: must be an 8-bit gray or palette PNG (colour type {ctype}, {depth}-bit)")
-    ih, iw = image_size(image)
-    if (h, w) != (ih, iw):
-        raise ValueError(f"label {label} is {h}x{w}, the image {image} {ih}x{iw}")
-    with open(label, "rb") as f:
-        try:
-            lab = decode_label(f.read()).numpy()
-        except BadSample as e:
-            raise ValueError(f"label {label}: {e}") from None
-    ok = np.zeros(256, bool)
-    ok[list(valid)] = True
-    vals = np.unique(lab)
-    bad = vals[~ok[vals]]
-    if bad.size:
-        raise ValueError(f"label {label} holds values {bad[:8].tolist()} outside {words}")
-
-
-def check_labels(samples, valid, words, num_workers=None):
-    """:func:`check_label` on every ``(key, {img: path, 'seg.png': path})`` sample (a process pool of
-    ``num_workers``, default all CPUs); the first refused label raises."""
-    jobs = []
-    for _, files in samples:
-        img = next(p for e, p in files.items() if e != "seg.png")
-        jobs.append((img, files["seg.png"], tuple(valid), words))
-    n = min(len(jobs), num_workers or os.cpu_count() or 1)
-    if n <= 1:
-        for job in jobs:
-            check_label(job)
-        return
-    with mp.get_context("fork").Pool(n) as pool:
-        for _ in pool.imap_unordered(check_label, jobs, chunksize=8):
-            pass
-
-
-def write_checked(entry, samples, out, split, root, valid, words, **kw):
-    """Check ``samples``' labels (:func:`check_labels`), then write them as ``entry``'s shards."""
-    from ..shard_writer import write_shards
-
-    check_labels(samples, valid, words, kw.get("num_workers"))
-    return write_shards(samples, out, entry.meta(split, os.path.abspath(root)), **kw)
 
 
 # ---------------------------------------------------------------------- Cityscapes

@@ -1,13 +1,19 @@
-"""Checks shared by the writers that read label files before sharding them (Pascal Context 59, COCO-Stuff-10k,
-CHASE_DB1, ISPRS Potsdam): a label that does not fit its dataset is refused at writing time, with the file named,
-instead of becoming a bad sample at training time. (The ADE20K / COCO-Stuff-164k writers store the files unread.)"""
+"""Checks shared by the writers that read label files before sharding them: a label that does not fit its dataset
+is refused at writing time, with the file named, instead of becoming a bad sample at training time. (The ADE20K /
+COCO-Stuff-164k writers store the files unread.)
+
+* :func:`check_label_png` (PIL, one file at a time): Pascal Context 59, COCO-Stuff-10k, CHASE_DB1, ISPRS Potsdam;
+* :func:`check_labels` / :func:`write_checked` (PNG headers and the loader's own label decoder, over a process pool
+  for the tens of thousands of Mapillary labels): Cityscapes, Mapillary Vistas.
+"""
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 
 import numpy as np
 
-from ..sources import source_file
+from ..sources import png_header, source_file
 
 
 def read_split_list(path, root, follow_symlinks=False):
@@ -107,3 +113,72 @@ def existing(path, root, follow_symlinks, what):
     if not os.path.lexists(path):
         return None
     return source_file(path, root, follow_symlinks, what)
+
+
+# ---------------------------------------------------------------------- label checks (Cityscapes, Mapillary)
+def image_size(path):
+    """``(height, width)`` of a PNG or JPEG file from its header (ValueError naming the file otherwise)."""
+    from ..decode import BadSample, jpeg_size
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == b"\x89PNG\r\n\x1a\n":
+        w, h, _, _ = png_header(path)
+        return h, w
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        w, h, _ = jpeg_size(data)
+    except BadSample as e:
+        raise ValueError(f"image {path}: {e}") from None
+    return h, w
+
+
+def check_label(job):
+    """Refuse the label of ``job = (image, label, valid values, the values in words)`` unless it is an 8-bit (or
+    less) gray or palette PNG of the image's size whose values (gray value / palette index) are all valid."""
+    from ..decode import BadSample, decode_label
+
+    image, label, valid, words = job
+    w, h, depth, ctype = png_header(label)
+    if ctype not in (0, 3) or depth > 8:
+        raise ValueError(f"label {label}: must be an 8-bit gray or palette PNG (colour type {ctype}, {depth}-bit)")
+    ih, iw = image_size(image)
+    if (h, w) != (ih, iw):
+        raise ValueError(f"label {label} is {h}x{w}, the image {image} {ih}x{iw}")
+    with open(label, "rb") as f:
+        try:
+            lab = decode_label(f.read()).numpy()
+        except BadSample as e:
+            raise ValueError(f"label {label}: {e}") from None
+    ok = np.zeros(256, bool)
+    ok[list(valid)] = True
+    vals = np.unique(lab)
+    bad = vals[~ok[vals]]
+    if bad.size:
+        raise ValueError(f"label {label} holds values {bad[:8].tolist()} outside {words}")
+
+
+def check_labels(samples, valid, words, num_workers=None):
+    """:func:`check_label` on every ``(key, {img: path, 'seg.png': path})`` sample (a process pool of
+    ``num_workers``, default all CPUs); the first refused label raises."""
+    jobs = []
+    for _, files in samples:
+        img = next(p for e, p in files.items() if e != "seg.png")
+        jobs.append((img, files["seg.png"], tuple(valid), words))
+    n = min(len(jobs), num_workers or os.cpu_count() or 1)
+    if n <= 1:
+        for job in jobs:
+            check_label(job)
+        return
+    with mp.get_context("fork").Pool(n) as pool:
+        for _ in pool.imap_unordered(check_label, jobs, chunksize=8):
+            pass
+
+
+def write_checked(entry, samples, out, split, root, valid, words, **kw):
+    """Check ``samples``' labels (:func:`check_labels`), then write them as ``entry``'s shards."""
+    from ..shard_writer import write_shards
+
+    check_labels(samples, valid, words, kw.get("num_workers"))
+    return write_shards(samples, out, entry.meta(split, os.path.abspath(root)), **kw)

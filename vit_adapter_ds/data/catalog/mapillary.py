@@ -29,7 +29,7 @@ import os
 
 from .. import classes as C
 from ..sources import safe_key, source_file, stems
-from .cityscapes import write_checked
+from .label_checks import write_checked
 from .registry import Dataset, register_dataset
 
 # the official train set reads both folders (mapillary_896x896.py: img_dir / ann_dir lists)
