@@ -221,10 +221,10 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
         elif t == "Collect":
             _keys(step, {"keys", "meta_keys"}, w)
             keys = set(step.get("keys", ()))
-            base = {"img", "gt_bboxes", "gt_labels", "gt_masks"}
-            if not base <= keys <= base | {"gt_bboxes_ignore", "gt_semantic_seg"}:
+            base = {"img", "gt_bboxes", "gt_labels"}  # + gt_masks for the detectors that predict masks
+            if not base <= keys <= base | {"gt_masks", "gt_bboxes_ignore", "gt_semantic_seg"}:
                 raise ConfigError(f"recipe: {w}.keys={sorted(keys)}: detection training collects img, gt_bboxes, "
-                                  "gt_labels, gt_masks (and gt_bboxes_ignore, gt_semantic_seg)")
+                                  "gt_labels (and gt_masks, gt_bboxes_ignore, gt_semantic_seg)")
             if ("gt_semantic_seg" in keys) != with_seg:
                 raise ConfigError(f"recipe: {w}.keys: gt_semantic_seg is collected if and only if "
                                   "LoadAnnotations(with_seg=True) loads it")
@@ -296,6 +296,13 @@ def tta_from_pipeline(pipeline, where: str = "test_pipeline"):
     if len(scales) == 1 and not flip:
         return None
     return {"scales": [(int(x[0]), int(x[1])) for x in scales], "flip": flip}
+
+
+def collects_masks(pipeline) -> bool:
+    """Whether an official detection train pipeline collects the instance masks (``Collect`` with ``gt_masks``):
+    a detector that predicts masks trains on them; a box-only one (ATSS, GFL, Sparse R-CNN) needs none."""
+    return any(isinstance(s, dict) and s.get("type") == "Collect" and "gt_masks" in (s.get("keys") or ())
+               for s in pipeline or ())
 
 
 def has_semantic_maps(pipeline) -> bool:

@@ -20,7 +20,8 @@ The recipe's sections are the official mmdet ones:
   (:class:`~vit_adapter_ds.models.detectors.htc_aug.HybridTaskCascadeAug`, ``model.type='HybridTaskCascadeAug'``):
   the val loader then delivers each image at its original size and the augmentations are made from it
   (:func:`tta_from_pipeline`).
-* ``evaluation.metric``: ``'bbox'`` and / or ``'segm'`` (COCO AP through pycocotools, every image once over all
+* ``evaluation.metric``: ``'bbox'`` and / or ``'segm'`` (``'bbox'`` only for a box-only detector, whose class says
+  ``with_mask = False``: ATSS, GFL; its train pipeline need not collect ``gt_masks``) (COCO AP through pycocotools, every image once over all
   ranks); the metrics are ``bbox_mAP``, ``bbox_mAP_50``, ..., ``segm_mAP``, ...; ``save_best='auto'`` means
   ``bbox_mAP``.
 
@@ -47,7 +48,7 @@ from ..config.errors import ConfigError
 from ..config.keys import to_plain
 from ..config.schema import DET_METRICS
 from ..data.datasets import DetectionShards
-from ..data.pipeline import has_semantic_maps, tta_from_pipeline  # noqa: F401  (used here and by tests)
+from ..data.pipeline import collects_masks, has_semantic_maps, tta_from_pipeline  # noqa: F401  (here and tests)
 from .base import Task
 
 DEFAULT_SCORE_THR = 0.3  # launch/predict.py draws the detections scoring at least this
@@ -165,7 +166,13 @@ class ObjectDetection(Task):
                     raise ConfigError(f"recipe: model.test_cfg.aug.scale_ranges has "
                                       f"{len(model.aug_cfg['scale_ranges'])} entries for the "
                                       f"{len(aug['scales'])} scales of data.{split}.pipeline")
-        iou_types(self.cfg)
+        box_only = not getattr(model, "with_mask", True)  # ATSS, GFL, ...: class attribute with_mask = False
+        if box_only and "segm" in iou_types(self.cfg):
+            raise ConfigError(f"recipe: evaluation.metric asks for 'segm', but model.type="
+                              f"{self._model_cfg().get('type')!r} predicts boxes only: use metric=['bbox']")
+        if not box_only and not collects_masks(data["train"]["pipeline"]):
+            raise ConfigError(f"recipe: model.type={self._model_cfg().get('type')!r} predicts masks and trains on "
+                              "them: data.train.pipeline's Collect must have gt_masks")
         recipe_evaluator(data, "detection")
         if self.cfg["runner"].get("type") == "EpochBasedRunner":
             self._convert_epochs(data)
@@ -276,10 +283,10 @@ class ObjectDetection(Task):
         img = img.to(dtype) if img.is_floating_point() else img
         targets = [{k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in t.items()}
                    for t in batch["targets"]]
-        if self._model_cfg().get("type") == "MaskRCNN":
-            return model(img, targets)
         sem = batch.get("semantic_seg")
-        return model(img, targets, semantic_labels=None if sem is None else sem.to(device, non_blocking=True))
+        if self._model_cfg().get("type") == "MaskRCNN" or sem is None:  # box-only detectors take no semantic maps
+            return model(img, targets)
+        return model(img, targets, semantic_labels=sem.to(device, non_blocking=True))
 
     @staticmethod
     def predictor(model, val_loader):
