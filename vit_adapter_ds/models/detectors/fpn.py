@@ -5,8 +5,14 @@ Official neck: ``dict(type='FPN', in_channels=[D] * 4, out_channels=256, num_out
 which is torchvision's ``LastLevelMaxPool``; the top-down path is nearest-neighbour upsampling to the size of the
 finer map in both. Convolutions are initialised as mmdet's FPN (Xavier uniform, bias 0).
 
+The one-stage configs (ATSS, GFL) use ``start_level=1, add_extra_convs='on_output', num_outs=5``: the finest input
+is left out and the extra levels are 3x3 stride-2 convolutions (padding 1), the first on the last FPN output, each
+next on the previous extra level, no ReLU between (``relu_before_extra_convs=False``; torchvision's
+``LastLevelP6P7`` puts one there, so :class:`ExtraConvs` is used instead).
+
 State-dict names are torchvision's (``inner_blocks.i.0`` = mmdet ``lateral_convs.i.conv``,
-``layer_blocks.i.0`` = ``fpn_convs.i.conv``); :mod:`.keymap` translates.
+``layer_blocks.i.0`` = ``fpn_convs.i.conv``, ``extra_blocks.convs.j`` = ``fpn_convs.{n + j}.conv`` for ``n`` used
+inputs); :mod:`.keymap` translates.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, parse
@@ -26,9 +32,9 @@ _FPN_SPEC = {
     "in_channels": Param("in_channels", (list, tuple)),
     "out_channels": Param("out_channels", (int,)),
     "num_outs": Param("num_outs", (int,)),
-    "start_level": Fixed(0),
+    "start_level": Param("start_level", (int,), 0, minimum=0),
     "end_level": Fixed(-1),
-    "add_extra_convs": Fixed(False),
+    "add_extra_convs": Param("add_extra_convs", (bool, str), False, choices=(False, "on_output")),
     "relu_before_extra_convs": Fixed(False),
     "no_norm_on_lateral": Fixed(False),
     "conv_cfg": Fixed(None),
@@ -39,23 +45,54 @@ _FPN_SPEC = {
 }
 
 
+class ExtraConvs(ExtraFPNBlock):
+    """mmdet FPN's ``add_extra_convs='on_output'`` levels: ``num`` 3x3 stride-2 convolutions (padding 1), the first
+    on the last FPN output, each next on the previous one, no activation between; levels named ``extra{j}``."""
+
+    def __init__(self, channels: int, num: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(num))
+
+    def forward(self, results, x, names):
+        results, names = list(results), list(names)
+        for j, conv in enumerate(self.convs):
+            results.append(conv(results[-1]))
+            names.append(f"extra{j}")
+        return results, names
+
+
 @NECKS.register()
 class FPN(nn.Module):
-    """mmdet ``FPN(in_channels, out_channels, num_outs)`` without extra convs.
+    """mmdet ``FPN(in_channels, out_channels, num_outs, start_level, add_extra_convs)`` (``add_extra_convs`` False
+    or ``'on_output'``).
 
     ``forward(feats)``: a list of ``len(in_channels)`` maps (strides 4, 8, 16, 32 for the adapter) -> an
-    ``OrderedDict`` ``{'0': P2, '1': P3, '2': P4, '3': P5[, 'pool': P6]}`` of ``out_channels`` maps;
-    ``num_outs`` is ``len(in_channels)`` (no extra level) or ``len(in_channels) + 1`` (the max-pool level).
+    ``OrderedDict`` of ``out_channels`` maps: ``{'0': P2, '1': P3, '2': P4, '3': P5[, 'pool': P6]}`` (the inputs
+    from ``start_level`` on are numbered from 0); without extra convs ``num_outs`` is the number of used inputs ``n``
+    or ``n + 1`` (the max-pool level), with ``'on_output'`` at least ``n`` (levels ``extra0``, ``extra1``, ...).
     """
 
-    def __init__(self, in_channels, out_channels: int = 256, num_outs: int = 5):
+    def __init__(self, in_channels, out_channels: int = 256, num_outs: int = 5, start_level: int = 0,
+                 add_extra_convs=False):
         super().__init__()
-        in_channels = [int(c) for c in in_channels]
-        if num_outs not in (len(in_channels), len(in_channels) + 1):
+        self.all_in_channels = [int(c) for c in in_channels]
+        self.start_level = int(start_level)
+        in_channels = self.all_in_channels[self.start_level:]
+        if not in_channels:
+            raise ValueError(f"start_level={start_level} leaves no input of {len(self.all_in_channels)}")
+        if add_extra_convs not in (False, "on_output"):
+            raise ValueError(f"add_extra_convs must be False or 'on_output', got {add_extra_convs!r}")
+        if add_extra_convs and num_outs < len(in_channels):
+            raise ValueError(f"num_outs must be >= {len(in_channels)} (the used inputs), got {num_outs}")
+        if not add_extra_convs and num_outs not in (len(in_channels), len(in_channels) + 1):
             raise ValueError(f"num_outs must be {len(in_channels)} or {len(in_channels) + 1} (one max-pool level, "
                              f"mmdet add_extra_convs=False), got {num_outs}")
         self.in_channels, self.out_channels, self.num_outs = in_channels, int(out_channels), int(num_outs)
-        extra = LastLevelMaxPool() if num_outs > len(in_channels) else None
+        self.add_extra_convs = add_extra_convs
+        if add_extra_convs:
+            extra = ExtraConvs(self.out_channels, num_outs - len(in_channels)) if num_outs > len(in_channels) else None
+        else:
+            extra = LastLevelMaxPool() if num_outs > len(in_channels) else None
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
         for m in self.fpn.modules():
             if isinstance(m, nn.Conv2d):
@@ -65,20 +102,28 @@ class FPN(nn.Module):
     @property
     def names(self) -> list[str]:
         base = [str(i) for i in range(len(self.in_channels))]
-        return base + (["pool"] if self.num_outs > len(self.in_channels) else [])
+        extra = self.num_outs - len(self.in_channels)
+        if self.add_extra_convs:
+            return base + [f"extra{j}" for j in range(extra)]
+        return base + (["pool"] if extra else [])
 
     def forward(self, feats) -> "OrderedDict[str, torch.Tensor]":
-        if len(feats) != len(self.in_channels):
-            raise ValueError(f"FPN expects {len(self.in_channels)} feature maps, got {len(feats)}")
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+        if len(feats) != len(self.all_in_channels):
+            raise ValueError(f"FPN expects {len(self.all_in_channels)} feature maps, got {len(feats)}")
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats[self.start_level:])))
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "model.neck") -> "FPN":
         """Build from the official ``neck=dict(type='FPN', ...)``; unknown keys or unsupported values raise
         ConfigError naming ``where.<key>``."""
         p = parse(cfg, _FPN_SPEC, where)
-        n = len(p["in_channels"])
-        if p["num_outs"] not in (n, n + 1):
+        n = len(p["in_channels"]) - p["start_level"]
+        if n < 1:
+            raise ConfigError(f"recipe: {where}.start_level={p['start_level']} leaves none of the "
+                              f"{len(p['in_channels'])} in_channels")
+        if p["add_extra_convs"] and p["num_outs"] < n:
+            raise ConfigError(f"recipe: {where}.num_outs={p['num_outs']} must be >= {n}, the inputs from start_level")
+        if not p["add_extra_convs"] and p["num_outs"] not in (n, n + 1):
             raise ConfigError(f"recipe: {where}.num_outs={p['num_outs']}: only {n} or {n + 1} (one max-pool level, "
                               "add_extra_convs=False) are supported")
-        return cls(p["in_channels"], p["out_channels"], p["num_outs"])
+        return cls(p["in_channels"], p["out_channels"], p["num_outs"], p["start_level"], p["add_extra_convs"])
