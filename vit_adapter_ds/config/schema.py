@@ -18,7 +18,8 @@ SECTION_KEYS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "
                 "evaluation", "log_config", "fp16", "vis")
 SCALAR_KEYS = ("load_from", "resume_from", "seed", "work_dir", "global_batch_size")
 HELPER_KEYS = ("pretrained", "crop_size", "norm_cfg", "img_norm_cfg", "dataset_type", "data_root", "num_classes",
-               "img_scale", "train_pipeline", "test_pipeline")
+               "img_scale", "train_pipeline", "test_pipeline",
+               "num_stages", "num_proposals")
 TOP_LEVEL_KEYS = set(SECTION_KEYS) | set(SCALAR_KEYS) | set(HELPER_KEYS)
 
 

@@ -13,6 +13,8 @@
 * Cascade Mask R-CNN: :class:`~.cascade_mask_rcnn.CascadeRCNN` / :class:`~.cascade_mask_rcnn.CascadeRoIHead`
   (mmdet 2.22 ``CascadeRoIHead``: ``ConvFCBBoxHead`` stages with GIoU on decoded boxes, a mask head per stage,
   stage-averaged scores and masks at test time; ``CascadeRCNN.from_config`` of the official model dict).
+* Sparse R-CNN: :class:`~.sparse_rcnn.SparseRCNN` (mmdet 2.22 ``EmbeddingRPNHead`` + ``SparseRoIHead`` of
+  ``DIIHead`` stages, Hungarian assignment; boxes only; ``SparseRCNN.from_config`` of the official model dict).
 
 Each detector and neck registers itself (``@DETECTORS.register()``, ``@NECKS.register()``); ``DETECTORS`` and
 ``NECKS`` are the registries of :mod:`vit_adapter_ds.models.registry` (official ``type`` -> class).
@@ -24,7 +26,8 @@ from .fpn import FPN
 from .htc import HybridTaskCascade
 from .htc_aug import HybridTaskCascadeAug
 from .mask_rcnn import MaskRCNN
+from .sparse_rcnn import SparseRCNN
 from ..registry import DETECTORS, NECKS
 
 __all__ = ["FPN", "ChannelMapperWithPooling", "ExtraAttention", "MaskRCNN", "CascadeRCNN", "HybridTaskCascade",
-           "HybridTaskCascadeAug", "DETECTORS", "NECKS"]
+           "HybridTaskCascadeAug", "SparseRCNN", "DETECTORS", "NECKS"]
