@@ -73,15 +73,21 @@ class TrainState:
     buffers: dict | None = None          # name -> tensor, every module buffer (saved by rank 0)
     rank: int = 0
     world_size: int = 1
+    hooks: list | None = None            # the state of each custom hook (engine/ema.py; saved by rank 0)
 
     def to_dict(self) -> dict:
         return {"iteration": self.iteration, "loader": self.loader, "rng": self.rng, "buffers": self.buffers,
-                "rank": self.rank, "world_size": self.world_size}
+                "rank": self.rank, "world_size": self.world_size, "hooks": self.hooks}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
         return cls(iteration=int(d["iteration"]), loader=d.get("loader"), rng=d["rng"], buffers=d.get("buffers"),
-                   rank=int(d.get("rank", 0)), world_size=int(d.get("world_size", 1)))
+                   rank=int(d.get("rank", 0)), world_size=int(d.get("world_size", 1)), hooks=d.get("hooks"))
+
+
+def saved_hook_states(tag_dir: Path) -> list | None:
+    """The custom hooks' states of a save (rank 0's extra state; None when it has none)."""
+    return torch.load(Path(tag_dir) / layout.extra_state_name(0), map_location="cpu", weights_only=True).get("hooks")
 
 
 def module_buffers(module: torch.nn.Module) -> dict:

@@ -16,10 +16,10 @@ from .keys import Check, Section, check_type, check_value, parse, seq
 # effect is checked where they are used), as are names starting with "_".
 SECTION_KEYS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config",
                 "evaluation", "log_config", "fp16", "vis")
-SCALAR_KEYS = ("load_from", "resume_from", "seed", "work_dir", "global_batch_size")
+SCALAR_KEYS = ("load_from", "resume_from", "seed", "work_dir", "global_batch_size", "custom_hooks")
 HELPER_KEYS = ("pretrained", "crop_size", "norm_cfg", "img_norm_cfg", "dataset_type", "data_root", "num_classes",
                "img_scale", "train_pipeline", "test_pipeline",
-               "num_stages", "num_proposals")
+               "num_stages", "num_proposals", "NUM_CLASSES", "drop_path_rate", "file_client_args")
 TOP_LEVEL_KEYS = set(SECTION_KEYS) | set(SCALAR_KEYS) | set(HELPER_KEYS)
 
 
@@ -52,6 +52,13 @@ def _loss_scale(value, where):
     return check_value(value, float, where, minimum=0, exclusive=True)
 
 
+def _custom_hooks(value, where):
+    """``custom_hooks``: the hooks :mod:`vit_adapter_ds.engine.ema` implements (mmdet's ``ExpMomentumEMAHook``)."""
+    from ..engine.ema import check_custom_hooks  # engine code, read when a recipe has custom_hooks
+
+    return check_custom_hooks(value, where)
+
+
 POS_INT = Check(int, minimum=1)
 PAIR = seq(Check(int, minimum=1), length=2)
 METRICS = ("mIoU", "aAcc", "mAcc", "mDice")  # segmentation (evaluation/miou.py); mDice: mmseg's, CHASE_DB1 recipes
@@ -72,11 +79,12 @@ def _metric(value, where):
 
 
 def _steps(value, where):
-    """``lr_config.step``: a positive period or an increasing list of positive milestones (iterations)."""
+    """``lr_config.step``: a positive period or an increasing list of positive milestones (iterations); an empty
+    list is mmcv's constant rate after the warm-up (the HTC++ Objects365 -> COCO recipes' ``step=[]``)."""
     if isinstance(value, (list, tuple)):
         items = [check_value(v, int, f"{where}[{i}]", minimum=1) for i, v in enumerate(value)]
-        if not items or items != sorted(items):
-            raise ConfigError(f"recipe: {where} must be a non-empty increasing list of iterations, got {value!r}")
+        if items != sorted(items):
+            raise ConfigError(f"recipe: {where} must be an increasing list of iterations, got {value!r}")
         return items
     return check_value(value, int, where, minimum=1)
 
@@ -117,7 +125,8 @@ SECTIONS: dict[str, dict] = {
 EPOCH_RUNNER = {"type": Check(str, choices=("EpochBasedRunner",)), "max_epochs": POS_INT}
 SCALARS = {"load_from": Check(str, type(None)), "resume_from": Check(str, type(None)),
            "seed": Check(int, type(None)), "work_dir": Check(str, type(None)),
-           "global_batch_size": Check(int, type(None), minimum=1)}
+           "global_batch_size": Check(int, type(None), minimum=1),
+           "custom_hooks": _custom_hooks}
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
 
 

@@ -66,7 +66,7 @@ def step_lr_at(iteration: int, base_lr: float, step, gamma: float = 0.1, warmup_
             raise ValueError(f"step must be positive, got {step}")
         exp = iteration // step
     else:
-        if not step or any(s <= 0 for s in step):
+        if any(s <= 0 for s in step):  # [] (no milestone): mmcv's constant rate after the warm-up
             raise ValueError(f"step milestones must be positive, got {step}")
         exp = len(step)
         for i, s in enumerate(step):
@@ -117,7 +117,7 @@ def schedule_kwargs(cfg) -> dict:
             raise ConfigError(f"recipe: lr_config.step must be a positive number of iterations, got {step}")
     else:
         step = [take({"s": s}, "s", int, f"lr_config.step[{i}]") for i, s in enumerate(step)]
-        if not step or any(s < 1 for s in step) or step != sorted(step):
+        if any(s < 1 for s in step) or step != sorted(step):  # []: constant after the warm-up (mmcv)
             raise ConfigError(f"recipe: lr_config.step must be increasing positive iterations, got {step}")
     return dict(common, step=step, gamma=take(lc, "gamma", float, "lr_config", default=0.1),
                 min_lr=take(lc, "min_lr", (float, type(None)), "lr_config", default=None))

@@ -26,6 +26,7 @@ Cluster behaviour (see ``launch/slurm/README.md``; the parts live in :mod:`.faul
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import resource
@@ -42,6 +43,7 @@ from ..models.norm import convert_sync_batchnorm, keep_norm_stats_fp32
 from ..checkpoint import manager as ckpt
 from ..checkpoint.deepspeed import convert_to_universal
 from .deepspeed_setup import compute_dtype, precision, zero_stage
+from .ema import build_hooks
 from .faults import (REQUEUE_EXIT_CODE, STOP_SIGNALS, NonFiniteGuard, NonFiniteLossError, StopRequest,  # noqa: F401
                      TrainingInterrupted, agree)
 from .logging import RunLogger
@@ -106,6 +108,7 @@ class Trainer:
             best_metric=task.best_metric if save_best == "auto" else save_best, log=lambda msg: self.log.info(msg))
         self.start_iter = 0
         self._eval_copy = None
+        self.hooks = build_hooks(cfg, zero_stage(ds_config))  # custom_hooks (engine/ema.py); ZeRO-3 refused
 
     # ------------------------------------------------------------------------------------------------ build
     def _prepare_work_dir(self) -> None:
@@ -160,8 +163,12 @@ class Trainer:
             model=model, model_parameters=groups, config=self.ds_config,
             lr_scheduler=lambda opt: scheduler_from_config(opt, cfg))
         keep_norm_stats_fp32(self.engine.module)  # bf16/fp16 casts buffers too; statistics stay fp32
+        for hook in self.hooks:  # the EMA starts at the weights the run starts from (after load_from, as mmdet)
+            hook.attach(self.engine.module)
         if self.resume_dir is not None:
             state = ckpt.load(self.engine, self.resume_dir)
+            if self.hooks:
+                self._load_hook_states(self.resume_dir)
             self.start_iter = self.checkpoints.last_saved = state.iteration
             if state.loader is not None and hasattr(self.train_loader, "load_state_dict"):
                 self.train_loader.load_state_dict(state.loader)
@@ -169,6 +176,14 @@ class Trainer:
                              resumed=self.resume_dir is not None)
         self._log_start()
         return self
+
+    def _load_hook_states(self, tag_dir) -> None:
+        saved = ckpt.saved_hook_states(tag_dir)
+        if saved is None or len(saved) != len(self.hooks):
+            raise ckpt.CheckpointError(f"{tag_dir} holds no state for the recipe's {len(self.hooks)} custom hook(s) "
+                                       "(saved by a run without them)")
+        for hook, state in zip(self.hooks, saved):
+            hook.load_state_dict(state)
 
     def _warn(self, msg: str) -> None:
         if rt.is_main():
@@ -260,8 +275,9 @@ class Trainer:
         rt.broadcast_buffers(self.engine.module)
         buffers = ckpt.module_buffers(self.engine.module) if rt.is_main() else None
         loader = self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None
+        hooks = [h.state_dict() for h in self.hooks] if rt.is_main() and self.hooks else None
         return ckpt.TrainState(iteration=iteration, loader=loader, buffers=buffers, rank=self.rank,
-                               world_size=self.world)
+                               world_size=self.world, hooks=hooks)
 
     def _eval_model(self):
         """The module to evaluate. Under ZeRO-3 the parameters are partitioned and every forward is a collective,
@@ -282,12 +298,15 @@ class Trainer:
     def evaluate(self, iteration: int) -> dict:
         rng = ckpt.rng_state()  # evaluation must not shift the training RNG streams (resume equality)
         rt.broadcast_buffers(self.engine.module)
-        model = self._eval_model()
-        model.eval()
         t = time.time()
-        with torch.no_grad():
-            metrics, vis = self.task.evaluate(model, self.val_loader, self.dtype,
-                                              self.num_vis if rt.is_main() else 0)
+        with contextlib.ExitStack() as weights:
+            for hook in self.hooks:  # an epoch end of an epoch-based recipe evaluates the EMA (mmdet's swap)
+                weights.enter_context(hook.evaluation_weights(self.engine.module, iteration))
+            model = self._eval_model()
+            model.eval()
+            with torch.no_grad():
+                metrics, vis = self.task.evaluate(model, self.val_loader, self.dtype,
+                                                  self.num_vis if rt.is_main() else 0)
         self.engine.module.train()
         ckpt.set_rng_state(rng)
         self.log.scalars(iteration, metrics, prefix="val/")
@@ -330,6 +349,8 @@ class Trainer:
         metrics: dict = {}
         for it in range(self.start_iter, self.max_iters):
             sums = self.train_step(it)
+            for hook in self.hooks:  # after the optimizer step, before checkpointing / evaluation (mmcv priority)
+                hook.after_train_iter(self.engine.module, it)
             if self.nonfinite_event is not None:
                 self.nonfinite_guard.count(it + 1, self.nonfinite_event, self.log, self.checkpoints.last_saved)
             else:
