@@ -195,6 +195,33 @@ def cascade_to_mmdet(state_dict: dict) -> dict:
     return {_cascade_rename(k, _BACK, "CascadeRCNN"): v.clone() for k, v in unwrap(state_dict).items()}
 
 
+# ------------------------------------------------------------------------------------------------- Sparse R-CNN
+_SPARSE_SAME = re.compile(r"(backbone\.|rpn_head\.init_proposal_(bboxes|features)\.weight$|roi_head\.bbox_head\.\d+\.)")
+_SPARSE_OURS = re.compile(r"neck\.fpn\.(inner|layer)_blocks\.\d+\.0\.(weight|bias)$")
+
+
+def _sparse_rename(key, table, what, keep):
+    if _SPARSE_SAME.match(key) or keep.match(key):
+        return key  # EmbeddingRPNHead and the DIIHead stages keep the official names
+    for pat, rep in table[:2]:  # the FPN entries of the Mask R-CNN tables
+        if re.fullmatch(pat, key):
+            return re.sub(pat, rep, key)
+    raise KeyMapError(f"{what} key {key!r} has no counterpart in the Sparse R-CNN layout (backbone.*, neck lateral / "
+                      "fpn convs, rpn_head.init_proposal_*, roi_head.bbox_head.*)")
+
+
+def sparse_from_mmdet(state_dict: dict) -> dict:
+    """Official mmdet Sparse R-CNN state dict -> :class:`~.sparse_rcnn.SparseRCNN` (only the FPN renamed as for Mask
+    R-CNN; a state dict already in this layout, whose ``rpn_head.*`` keys are the official ones, is unchanged)."""
+    return {_sparse_rename(k, _RENAMES, "mmdet", _SPARSE_OURS): v for k, v in unwrap(state_dict).items()}
+
+
+def sparse_to_mmdet(state_dict: dict) -> dict:
+    """:class:`~.sparse_rcnn.SparseRCNN` state dict -> the official mmdet Sparse R-CNN key layout."""
+    return {_sparse_rename(k, _BACK, "SparseRCNN", re.compile(r"neck\.(lateral|fpn)_convs\.\d+\.conv\.")): v.clone()
+            for k, v in unwrap(state_dict).items()}
+
+
 def _converters(model_or_type):
     """(from_mmdet, to_mmdet) for a detector (instance, class or ``model.type`` name), or None."""
     from .cascade_mask_rcnn import CascadeRCNN
@@ -210,6 +237,10 @@ def _converters(model_or_type):
         return None
     if issubclass(cls, CascadeRCNN):
         return cascade_from_mmdet, cascade_to_mmdet
+    from .sparse_rcnn import SparseRCNN
+
+    if issubclass(cls, SparseRCNN):
+        return sparse_from_mmdet, sparse_to_mmdet
     if issubclass(cls, HybridTaskCascade):  # HybridTaskCascadeAug included
         return htc_from_mmdet, htc_to_mmdet
     if issubclass(cls, MaskRCNN):
