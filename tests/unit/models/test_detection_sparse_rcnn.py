@@ -328,3 +328,49 @@ def test_predict_rescales_to_the_original_image():
     b = model.predict(img, [(90, 120)], [(180, 360)])[0]
     assert a["boxes"].shape == (20, 4) and torch.equal(a["labels"], b["labels"]) and "masks" not in a
     torch.testing.assert_close(b["boxes"], a["boxes"] * torch.tensor([3.0, 2.0, 3.0, 2.0]))
+
+
+# ------------------------------------------------------------------------------------------------ key map
+def _official_keys(stages=2):
+    """The official mmdet Sparse R-CNN state-dict keys outside the backbone, typed from the mmdet 2.22 / mmcv 1.4.2
+    modules (FPN ConvModules, EmbeddingRPNHead, DIIHead: MultiheadAttention.attn, DynamicConv, FFN.layers,
+    cls_fcs / reg_fcs of Linear-LN-ReLU)."""
+    keys = ["rpn_head.init_proposal_bboxes.weight", "rpn_head.init_proposal_features.weight"]
+    for i in range(4):
+        keys += [f"neck.{m}.{i}.conv.{p}" for m in ("lateral_convs", "fpn_convs") for p in ("weight", "bias")]
+    stage = ["attention.attn.in_proj_weight", "attention.attn.in_proj_bias", "attention.attn.out_proj.weight",
+             "attention.attn.out_proj.bias", "attention_norm.weight", "attention_norm.bias",
+             "instance_interactive_conv.dynamic_layer.weight", "instance_interactive_conv.dynamic_layer.bias",
+             "instance_interactive_conv.norm_in.weight", "instance_interactive_conv.norm_in.bias",
+             "instance_interactive_conv.norm_out.weight", "instance_interactive_conv.norm_out.bias",
+             "instance_interactive_conv.fc_layer.weight", "instance_interactive_conv.fc_layer.bias",
+             "instance_interactive_conv.fc_norm.weight", "instance_interactive_conv.fc_norm.bias",
+             "instance_interactive_conv_norm.weight", "instance_interactive_conv_norm.bias",
+             "ffn.layers.0.0.weight", "ffn.layers.0.0.bias", "ffn.layers.1.weight", "ffn.layers.1.bias",
+             "ffn_norm.weight", "ffn_norm.bias", "cls_fcs.0.weight", "cls_fcs.1.weight", "cls_fcs.1.bias",
+             "fc_cls.weight", "fc_cls.bias", "reg_fcs.0.weight", "reg_fcs.1.weight", "reg_fcs.1.bias",
+             "reg_fcs.3.weight", "reg_fcs.4.weight", "reg_fcs.4.bias", "reg_fcs.6.weight", "reg_fcs.7.weight",
+             "reg_fcs.7.bias", "fc_reg.weight", "fc_reg.bias"]
+    return set(keys + [f"roi_head.bbox_head.{i}.{k}" for i in range(stages) for k in stage])
+
+
+def test_official_key_map_both_ways():
+    from vit_adapter_ds.models.detectors.keymap import (mmdet_checkpoint_filter, sparse_from_mmdet, sparse_to_mmdet,
+                                                        to_official)
+
+    torch.manual_seed(0)
+    model = SparseRCNN.from_config(_model_cfg())
+    ours = model.state_dict()
+    official = sparse_to_mmdet(ours)
+    assert {k for k in official if not k.startswith("backbone.")} == _official_keys()
+    assert official.keys() == to_official(ours, "SparseRCNN").keys()
+    assert torch.equal(official["neck.fpn_convs.3.conv.weight"], ours["neck.fpn.layer_blocks.3.0.weight"])
+    back = sparse_from_mmdet({"state_dict": official, "meta": {}})
+    assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
+    # both layouts go through the loader's filter (this layout's rpn_head.* keys are the official names)
+    for sd in (official, ours):
+        fresh = SparseRCNN.from_config(_model_cfg())
+        fresh.load_state_dict(mmdet_checkpoint_filter(dict(sd), fresh), strict=True)
+        assert torch.equal(fresh.roi_head.bbox_head[1].fc_cls.weight, model.roi_head.bbox_head[1].fc_cls.weight)
+    with pytest.raises(KeyError, match="roi_head.mask_head.0.conv_logits.weight"):
+        sparse_from_mmdet({**official, "roi_head.mask_head.0.conv_logits.weight": torch.zeros(1)})
