@@ -30,8 +30,6 @@ State-dict keys are the official ones for the RoI head (``roi_head.bbox_head.{i}
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,60 +39,14 @@ from ...config.keys import Fixed, Param, Raw, parse
 from ..heads.common import ConvModule
 from ..norm import norm_from_cfg
 from ..registry import BACKBONES, DETECTORS
+from .bbox_ops import delta2bbox, giou_loss  # (also imported from here by other heads)
 from .fpn import FPN
-from .htc import CascadeStage, multiclass_nms, sample_rois
+from .htc import CascadeStage, matched_gt_boxes, multiclass_nms, sample_rois
 from .htc_heads import HTCMaskHead
 from .mask_rcnn import (_ASSIGNER, _CODER, _LOSS_CE, _PROPOSAL, _ROI_EXTRACTOR, _RPN_HEAD, _SAMPLER, RPN,
                         FixedStrideAnchorGenerator, MaskRCNN, mask_targets, paste_masks, train_targets)
 from .roi_extractor import LevelRoIAlign
 from .semantic_head import ConvReLU
-
-WH_RATIO_CLIP = 16 / 1000  # mmdet DeltaXYWHBBoxCoder.decode's default
-
-
-def delta2bbox(rois: torch.Tensor, deltas: torch.Tensor, stds, max_shape=None) -> torch.Tensor:
-    """mmdet ``delta2bbox`` (means 0, ``wh_ratio_clip`` 16/1000, ``clip_border``): boxes (N, 4) and deltas (N, 4 k)
-    -> (N, 4 k) boxes; ``dw, dh`` (times the stds) clamped to ``[-log(1000/16), log(1000/16)]``; with ``max_shape``
-    (h, w) the coordinates are clamped to ``[0, w] x [0, h]``. Differentiable (the GIoU loss decodes)."""
-    n = deltas.shape[0]
-    if n == 0:
-        return deltas
-    d = deltas.reshape(n, -1, 4) * deltas.new_tensor(tuple(float(s) for s in stds))
-    rois = rois.to(d.dtype)
-    pxy = ((rois[:, :2] + rois[:, 2:]) * 0.5)[:, None]
-    pwh = (rois[:, 2:] - rois[:, :2])[:, None]
-    clip = abs(math.log(WH_RATIO_CLIP))
-    gxy = pxy + pwh * d[..., :2]
-    gwh = pwh * d[..., 2:].clamp(min=-clip, max=clip).exp()
-    boxes = torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
-    if max_shape is not None:
-        h, w = float(max_shape[0]), float(max_shape[1])
-        boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
-                             boxes[..., 3].clamp(0, h)], dim=-1)
-    return boxes.reshape(n, -1)
-
-
-def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """mmdet ``giou_loss`` (``bbox_overlaps(mode='giou', is_aligned=True)``): (N,) ``1 - GIoU`` of aligned boxes
-    (N, 4); union and enclosing area floored at ``eps``."""
-    area1 = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    area2 = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    wh = (torch.min(pred[:, 2:], target[:, 2:]) - torch.max(pred[:, :2], target[:, :2])).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    floor = pred.new_tensor([eps])
-    union = torch.max(area1 + area2 - overlap, floor)
-    ewh = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
-    enclose = torch.max(ewh[:, 0] * ewh[:, 1], floor)
-    return 1 - (overlap / union - (enclose - union) / enclose)
-
-
-def _matched_gt(sample, target):
-    """(K, 4): the matched ground-truth box of each positive of ``sample`` (:func:`~.htc.sample_rois`), zeros for the
-    negatives."""
-    out = sample["boxes"].new_zeros(len(sample["boxes"]), 4)
-    out[:sample["num_pos"]] = target["boxes"][sample["pos_gt"]]
-    return out
-
 
 class ConvFCBBoxHead(nn.Module):
     """mmdet ``ConvFCBBoxHead`` with shared branches only: ``num_shared_convs`` 3x3 ConvModules (conv -> BN /
@@ -218,7 +170,7 @@ class CascadeRoIHead(nn.Module):
             boxes = [s["boxes"] for s in samples]
             cls, reg = self._bbox_forward(i, features, boxes)
             labels = torch.cat([s["labels"] for s in samples])
-            gt_boxes = torch.cat([_matched_gt(s, t) for s, t in zip(samples, targets)])
+            gt_boxes = torch.cat([matched_gt_boxes(s, t) for s, t in zip(samples, targets)])
             loss_cls, loss_bbox, acc = self.stage_box_losses(i, cls, reg, torch.cat(boxes), labels, gt_boxes,
                                                              torch.cat([s["targets"] for s in samples]))
             losses[f"s{i}.loss_cls"], losses[f"s{i}.loss_bbox"], losses[f"s{i}.acc"] = w * loss_cls, w * loss_bbox, acc

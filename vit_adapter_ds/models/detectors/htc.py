@@ -5,7 +5,9 @@ Training, per stage ``i`` (IoU thresholds / box-coder stds / loss weights per st
 
 1. assign + sample RoIs from the current proposals (ground truth added first, mmdet ``MaxIoUAssigner`` +
    ``RandomSampler``), box head on the RoI features (+ the semantic RoI feature, average-pooled to 7 x 7), CE +
-   SmoothL1(beta=1) class-agnostic box loss (``/ number of sampled RoIs``);
+   SmoothL1(beta=1) class-agnostic box loss (``/ number of sampled RoIs``), or with ``reg_decoded_bbox`` (the
+   Objects365 -> COCO recipes) the GIoU loss of the decoded boxes (mmdet ``delta2bbox``, no clipping) against the
+   matched ground-truth boxes, times its ``loss_weight`` (10), ``/ number of sampled RoIs`` (as Cascade's);
 2. interleaved: the sampled RoIs are regressed by this stage's box head (no grad; ground-truth RoIs dropped),
    re-assigned and re-sampled, and the mask branch of stage ``i`` is trained on those positives: mask RoI feature
    (+ semantic RoI feature), mask information flow through the mask heads of stages ``< i`` (features only), mask
@@ -29,6 +31,7 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou, clip_boxes_to_image
 
 from ..registry import BACKBONES, DETECTORS, NECKS
+from .bbox_ops import delta2bbox, giou_loss
 from .mask_rcnn import MaxIoUMatcher, mask_targets, paste_masks
 from .soft_nms import batched_soft_nms
 
@@ -94,16 +97,27 @@ def sample_rois(stage: CascadeStage, proposals, target, num_classes: int) -> dic
             "pos_gt": matched[pos], "pos_is_gt": is_gt[pos]}
 
 
+def matched_gt_boxes(sample, target):
+    """(K, 4): the matched ground-truth box of each positive of ``sample`` (:func:`sample_rois`; positives first),
+    zeros for the negatives."""
+    out = sample["boxes"].new_zeros(len(sample["boxes"]), 4)
+    out[:sample["num_pos"]] = target["boxes"][sample["pos_gt"]].to(out.dtype)
+    return out
+
+
 HTC_PLUS_PLUS_STAGES = ((0.5, (0.1, 0.1, 0.2, 0.2)), (0.6, (0.05, 0.05, 0.1, 0.1)), (0.7, (0.033, 0.033, 0.067, 0.067)))
 
 
 class HybridTaskCascadeRoIHead(nn.Module):
     def __init__(self, *, bbox_roi_extractor, mask_roi_extractor, bbox_heads, mask_heads, stages,
                  stage_loss_weights=(1.0, 0.5, 0.25), semantic_head=None, semantic_roi_extractor=None,
-                 num_classes=80, mask_size=28, score_thr=0.001, nms_iou=0.5, max_per_img=100, mask_thr_binary=0.5):
+                 num_classes=80, mask_size=28, score_thr=0.001, nms_iou=0.5, max_per_img=100, mask_thr_binary=0.5,
+                 box_losses=None):
         super().__init__()
         if not len(bbox_heads) == len(mask_heads) == len(stages) == len(stage_loss_weights):
             raise ValueError("one box head, mask head, stage setting and loss weight per stage")
+        # per stage ('smooth_l1',) or ('giou', loss_weight, target_stds) (reg_decoded_bbox)
+        self.box_losses = [tuple(b) for b in (box_losses or [("smooth_l1",)] * len(stages))]
         self.bbox_roi_extractor, self.mask_roi_extractor = bbox_roi_extractor, mask_roi_extractor
         self.bbox_head, self.mask_head = nn.ModuleList(bbox_heads), nn.ModuleList(mask_heads)
         self.semantic_head, self.semantic_roi_extractor = semantic_head, semantic_roi_extractor
@@ -169,9 +183,16 @@ class HybridTaskCascadeRoIHead(nn.Module):
             n = max(1, labels.numel())
             pos = labels < self.num_classes
             losses[f"s{i}.loss_cls"] = w * F.cross_entropy(cls, labels, reduction="sum") / n
-            losses[f"s{i}.loss_bbox"] = w * F.smooth_l1_loss(reg.reshape(-1, 4)[pos],
-                                                             torch.cat([s["targets"] for s in samples])[pos],
-                                                             beta=1.0, reduction="sum") / n
+            if self.box_losses[i][0] == "giou":
+                _, weight, stds = self.box_losses[i]
+                gt = torch.cat([matched_gt_boxes(s, t) for s, t in zip(samples, targets)])
+                pred = delta2bbox(torch.cat(boxes)[pos], reg.reshape(-1, 4)[pos], stds)
+                losses[f"s{i}.loss_bbox"] = w * weight * giou_loss(pred, gt[pos].to(pred.dtype)).sum() / n \
+                    if pos.any() else reg.reshape(-1, 4)[pos].sum()
+            else:
+                losses[f"s{i}.loss_bbox"] = w * F.smooth_l1_loss(reg.reshape(-1, 4)[pos],
+                                                                 torch.cat([s["targets"] for s in samples])[pos],
+                                                                 beta=1.0, reduction="sum") / n
             losses[f"s{i}.acc"] = (cls.detach().argmax(1) == labels).float().mean() * 100
             # interleaved: regress the sampled RoIs, drop the ground-truth ones, re-sample for the mask branch
             with torch.no_grad():
@@ -366,9 +387,10 @@ def _htc_specs():
             "conv_out_channels": Param("conv_out_channels", (int,), 256),
             "fc_out_channels": Param("fc_out_channels", (int,), 1024),
             "roi_feat_size": Param("roi_feat_size", (int,), 7), "num_classes": Param("num_classes", (int,), 80),
-            "reg_class_agnostic": Fixed(True), "reg_decoded_bbox": Fixed(False), "conv_cfg": Fixed(None),
-            "norm_cfg": Fixed(None), "init_cfg": Fixed(None), "bbox_coder": _CODER("box", (0.1, 0.1, 0.2, 0.2)),
-            "loss_cls": _LOSS_CE("loss_cls", False), "loss_bbox": smooth_l1("loss_bbox", 1.0)}
+            "reg_class_agnostic": Fixed(True), "reg_decoded_bbox": Param("reg_decoded_bbox", (bool,), False),
+            "conv_cfg": Fixed(None), "norm_cfg": Raw("norm_cfg", None), "init_cfg": Fixed(None),
+            "bbox_coder": _CODER("box", (0.1, 0.1, 0.2, 0.2)), "loss_cls": _LOSS_CE("loss_cls", False),
+            "loss_bbox": dict(smooth_l1("loss_bbox", 1.0), eps=Fixed(1e-6))}  # eps: GIoULoss's
     mask = {"type": Fixed("HTCMaskHead"), "with_conv_res": Param("with_conv_res", (bool,), True),
             "num_convs": Param("num_convs", (int,), 4), "in_channels": Param("in_channels", (int,), 256),
             "conv_out_channels": Param("conv_out_channels", (int,), 256),
@@ -396,6 +418,7 @@ def htc_from_config(cfg: dict, where: str = "model", cls: type | None = None) ->
     as ``model.pretrained``, not read)."""
     from ...config.errors import ConfigError
     from ...config.keys import parse
+    from ..norm import norm_from_cfg
     from .fpn import FPN
     from .mask_rcnn import RPN, FixedStrideAnchorGenerator
     from .roi_extractor import LevelRoIAlign
@@ -444,24 +467,38 @@ def htc_from_config(cfg: dict, where: str = "model", cls: type | None = None) ->
               loss_bbox_weight=p["rpn_loss_bbox_weight"],
               smooth_l1_beta=p["rpn_loss_bbox_beta"] if p["rpn_loss_bbox_type"] == "SmoothL1Loss" else None,
               allowed_border=p["allowed_border"], nms_type=p["rpn_train_nms_type"])
-    bboxes, masks, stages = [], [], []
+    bboxes, masks, stages, box_losses = [], [], [], []
     rcnn = _list_of(p["rcnn_train"], ns, f"{where}.train_cfg.rcnn")
     for i, (bc, mc, rc) in enumerate(zip(_list_of(p["bbox_heads"], ns, f"{where}.roi_head.bbox_head"),
                                          _list_of(p["mask_heads"], ns, f"{where}.roi_head.mask_head"), rcnn)):
         bp = parse(bc, bbox_spec, f"{where}.roi_head.bbox_head[{i}]")
         mp = parse(mc, mask_spec, f"{where}.roi_head.mask_head[{i}]")
         rp = parse(rc, rcnn_spec, f"{where}.train_cfg.rcnn[{i}]")
-        if (bp["loss_bbox_type"], bp["loss_bbox_beta"], bp["loss_cls_weight"], bp["loss_bbox_weight"]) != \
+        bw, kind = f"{where}.roi_head.bbox_head[{i}]", bp["loss_bbox_type"]
+        if bp["reg_decoded_bbox"] != (kind == "GIoULoss"):
+            raise ConfigError(f"recipe: {bw}: loss_bbox.type={kind!r} needs reg_decoded_bbox={kind == 'GIoULoss'} "
+                              "(GIoU compares decoded boxes, SmoothL1 encoded deltas)")
+        if kind == "GIoULoss":
+            if "beta" in (bc.get("loss_bbox") or {}):
+                raise ConfigError(f"recipe: {bw}.loss_bbox.beta is a SmoothL1Loss key, not a GIoULoss one")
+            if bp["loss_cls_weight"] != 1.0:
+                raise ConfigError(f"recipe: {bw}.loss_cls.loss_weight: only 1.0 (the official value) is implemented")
+        elif "eps" in (bc.get("loss_bbox") or {}):
+            raise ConfigError(f"recipe: {bw}.loss_bbox.eps is a GIoULoss key, not a SmoothL1Loss one")
+        elif (kind, bp["loss_bbox_beta"], bp["loss_cls_weight"], bp["loss_bbox_weight"]) != \
                 ("SmoothL1Loss", 1.0, 1.0, 1.0):
-            raise ConfigError(f"recipe: {where}.roi_head.bbox_head[{i}]: only SmoothL1Loss(beta=1.0) and unit loss "
-                              "weights (the official HTC++ values) are implemented")
+            raise ConfigError(f"recipe: {bw}: only SmoothL1Loss(beta=1.0) or GIoULoss (reg_decoded_bbox) and unit "
+                              "classification / SmoothL1 loss weights (the official HTC++ values) are implemented")
         if bp["num_classes"] != mp["num_classes"]:
             raise ConfigError(f"recipe: {where}.roi_head.mask_head[{i}].num_classes differs from the bbox head's")
         if mp["with_conv_res"] != (i > 0):
             raise ConfigError(f"recipe: {where}.roi_head.mask_head[{i}].with_conv_res must be {i > 0} "
                               "(mask information flow)")
+        norm = None if bp["norm_cfg"] is None else norm_from_cfg(bp["norm_cfg"], f"{bw}.norm_cfg")
         bboxes.append(Shared4Conv1FCBBoxHead(bp["in_channels"], bp["conv_out_channels"], bp["fc_out_channels"],
-                                             bp["roi_feat_size"], bp["num_classes"]))
+                                             bp["roi_feat_size"], bp["num_classes"], norm=norm))
+        box_losses.append(("giou", bp["loss_bbox_weight"], tuple(bp["box_target_stds"])) if kind == "GIoULoss"
+                          else ("smooth_l1",))
         masks.append(HTCMaskHead(mp["with_conv_res"], mp["num_convs"], mp["in_channels"], mp["conv_out_channels"],
                                  mp["num_classes"]))
         stages.append(CascadeStage(rp["stage_pos_iou_thr"], rp["stage_neg_iou_thr"], rp["stage_min_pos_iou"],
@@ -483,7 +520,8 @@ def htc_from_config(cfg: dict, where: str = "model", cls: type | None = None) ->
         semantic_roi_extractor=LevelRoIAlign(("semantic",), p["sem_roi_size"], p["sem_featmap_strides"],
                                              p["sem_sampling_ratio"], p["sem_aligned"]) if sem_head else None,
         num_classes=bboxes[0].num_classes, mask_size=rp["mask_size"], score_thr=p["score_thr"],
-        nms_iou=p["rcnn_nms_iou"], max_per_img=p["max_per_img"], mask_thr_binary=p["mask_thr_binary"])
+        nms_iou=p["rcnn_nms_iou"], max_per_img=p["max_per_img"], mask_thr_binary=p["mask_thr_binary"],
+        box_losses=box_losses)
     named = DETECTORS.get(cfg.get("type"))  # the registered class of model.type (the TTA subclass, say)
     if cls is None or (named is not None and issubclass(named, cls)):
         cls = named if named is not None and issubclass(named, HybridTaskCascade) else HybridTaskCascade

@@ -4,6 +4,8 @@ checkpoints: background is the *last* class logit, ``reg_class_agnostic=True`` r
 * :class:`Shared4Conv1FCBBoxHead`: 4 shared 3x3 conv + ReLU (``shared_convs.i.conv``), flatten, 1 FC + ReLU
   (``shared_fcs.0``), ``fc_cls`` (``num_classes + 1``) and ``fc_reg`` (4, class-agnostic). Init as mmdet: convs
   Kaiming normal (fan-out), shared FC Xavier uniform, ``fc_cls`` normal 0.01, ``fc_reg`` normal 0.001, bias 0.
+  With ``norm`` (the Objects365 recipes' ``norm_cfg=dict(type='SyncBN')``) each conv is mmcv's ``ConvModule``
+  conv (no bias) -> BN / SyncBN -> ReLU (``shared_convs.i.conv`` / ``.bn``).
 * :class:`HTCMaskHead`: mmdet ``FCNMaskHead`` (4 conv + ReLU, 2x deconv + ReLU, 1x1 ``conv_logits`` with
   ``num_classes`` channels) plus the mask information flow: with ``with_conv_res`` the previous stage's mask
   feature goes through ``conv_res`` (1x1 + ReLU) and is added to the RoI feature before the convs;
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads.common import ConvModule
 from .semantic_head import ConvReLU
 
 
@@ -30,16 +33,22 @@ class Shared4Conv1FCBBoxHead(nn.Module):
     (N, 4 num_classes))."""
 
     def __init__(self, in_channels: int = 256, conv_out_channels: int = 256, fc_out_channels: int = 1024,
-                 roi_feat_size: int = 7, num_classes: int = 80, reg_class_agnostic: bool = True, num_convs: int = 4):
+                 roi_feat_size: int = 7, num_classes: int = 80, reg_class_agnostic: bool = True, num_convs: int = 4,
+                 norm: str | None = None):
         super().__init__()
         self.num_classes, self.reg_class_agnostic = int(num_classes), bool(reg_class_agnostic)
-        self.shared_convs = nn.ModuleList(ConvReLU(in_channels if i == 0 else conv_out_channels, conv_out_channels, 3)
-                                          for i in range(num_convs))
+        if norm is None:
+            self.shared_convs = nn.ModuleList(ConvReLU(in_channels if i == 0 else conv_out_channels,
+                                                       conv_out_channels, 3) for i in range(num_convs))
+        else:  # initialised by ConvModule (Kaiming normal fan-out, norm weight 1, bias 0)
+            self.shared_convs = nn.ModuleList(ConvModule(in_channels if i == 0 else conv_out_channels,
+                                                         conv_out_channels, 3, padding=1, norm=norm)
+                                              for i in range(num_convs))
         cin = (conv_out_channels if num_convs else in_channels) * roi_feat_size ** 2
         self.shared_fcs = nn.ModuleList([nn.Linear(cin, fc_out_channels)])
         self.fc_cls = nn.Linear(fc_out_channels, self.num_classes + 1)
         self.fc_reg = nn.Linear(fc_out_channels, 4 if self.reg_class_agnostic else 4 * self.num_classes)
-        for c in self.shared_convs:
+        for c in self.shared_convs if norm is None else ():
             _kaiming(c.conv)
         nn.init.xavier_uniform_(self.shared_fcs[0].weight)
         nn.init.zeros_(self.shared_fcs[0].bias)
