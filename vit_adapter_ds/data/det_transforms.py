@@ -42,6 +42,26 @@ HTC++ pipeline (``htc++_beitv2_adapter_large_fpn_3x_coco.py``; ops ``instaboost`
   nearest. The loader's collate pads the maps of a batch to the largest one with 255 (mmdet's
   ``DefaultFormatBundle`` padding value for ``gt_semantic_seg``).
 
+Large-scale jitter (the upgraded Mask R-CNN recipes ``mask_rcnn_mae_adapter_base_lsj_fpn_*ep_coco.py``; ops
+``resize_ratio``, ``crop_recompute``, ``filter_annotations``, ``flip``, ``pad_to``)::
+
+    Resize(img_scale=(1024, 1024), ratio_range=(0.1, 2.0), multiscale_mode='range', keep_ratio=True)
+    RandomCrop('absolute_range', (1024, 1024), recompute_bbox=True, allow_negative_crop=True)
+    FilterAnnotations(min_gt_bbox_wh=(1e-2, 1e-2)), RandomFlip(0.5), Normalize, Pad(size=(1024, 1024))
+
+* ``Resize`` with ``ratio_range`` (mmdet ``random_sample_ratio``; ``multiscale_mode`` is then not used):
+  ``ratio = lo + rng.random() * (hi - lo)``, scale ``(int(s0 * ratio), int(s1 * ratio))``, then keep-ratio as above.
+* ``RandomCrop(recompute_bbox=True)``: after the crop, each kept box is replaced by the box of its cropped mask
+  (mmdet ``BitmapMasks.get_bboxes``: ``[x_min, y_min, x_max + 1, y_max + 1]`` of the mask's pixels, all zeros for
+  an empty mask); ignored boxes are not recomputed (they have no mask).
+* ``FilterAnnotations(min_gt_bbox_wh=(w, h))`` (``keep_empty=True``): boxes (with labels and masks) of width
+  ``<= w`` or height ``<= h`` are dropped; a sample with boxes none of which is left raises :class:`DroppedSample`
+  (mmdet returns None and its dataset retries with another image of the group; the train loader takes the next
+  sample of the epoch order, of its orientation group); a sample without boxes passes unchanged.
+* ``Pad(size=(h, w))``: the sample's ``pad_shape`` is set to ``(h, w)`` (an image larger than that is an error, as
+  in mmcv's ``impad``); the loader's collate pads the normalised image to it and passes ``pad_shape`` in the
+  target, where the detectors pad the masks and take the anchors' valid flags from it (mmdet's ``pad_shape``).
+
 Test pipeline (:func:`test_transform`): ``Resize((1333, 800), keep_ratio)``, Normalize, Pad 32.
 """
 from __future__ import annotations
@@ -162,9 +182,30 @@ def hflip(sample: dict) -> dict:
     return out
 
 
-def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
+class DroppedSample(Exception):
+    """The pipeline dropped the sample (mmdet ``FilterAnnotations`` returned None); the train loader replaces it."""
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """mmdet ``BitmapMasks.get_bboxes``: (N, 4) float32 ``[x_min, y_min, x_max + 1, y_max + 1]`` of each (H, W)
+    bitmap's non-zero pixels; zeros for an empty bitmap."""
+    m = masks.as_subclass(torch.Tensor) != 0
+    n, h, w = m.shape
+    out = torch.zeros(n, 4, dtype=torch.float32)
+    if n == 0:
+        return out
+    xs, ys = m.any(dim=1), m.any(dim=2)  # (N, W), (N, H)
+    some = xs.any(dim=1)
+    x0, y0 = xs.int().argmax(dim=1), ys.int().argmax(dim=1)
+    x1, y1 = w - xs.flip(1).int().argmax(dim=1), h - ys.flip(1).int().argmax(dim=1)
+    out[some] = torch.stack([x0, y0, x1, y1], dim=1)[some].float()
+    return out
+
+
+def crop(sample: dict, top: int, left: int, height: int, width: int, recompute_bbox: bool = False) -> dict:
     """Crop ``[top, top + height) x [left, left + width)``; boxes shifted, clipped, and dropped (with their labels and
-    masks) when no area is left (mmdet ``RandomCrop._crop_data``, ``bbox_clip_border=True``)."""
+    masks) when no area is left (mmdet ``RandomCrop._crop_data``, ``bbox_clip_border=True``); with
+    ``recompute_bbox`` the kept boxes are then the boxes of their cropped masks (:func:`mask_boxes`)."""
     out = dict(sample)
     h, w = sample["img"].shape[-2:]
     height, width = min(height, h - top), min(width, w - left)
@@ -180,18 +221,52 @@ def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
         if key == "boxes":
             out["labels"] = sample["labels"][keep]
             out["masks"] = tv_tensors.Mask(F.crop(sample["masks"], top, left, height, width)[keep])
+            if recompute_bbox:
+                out[key] = _boxes(key, mask_boxes(out["masks"]), (height, width))
     return out
 
 
-def random_crop_absolute_range(sample: dict, rng, crop_range) -> dict:
-    """mmdet ``RandomCrop(crop_type='absolute_range', crop_size=crop_range, allow_negative_crop=True)``."""
+def random_crop_absolute_range(sample: dict, rng, crop_range, recompute_bbox: bool = False) -> dict:
+    """mmdet ``RandomCrop(crop_type='absolute_range', crop_size=crop_range, allow_negative_crop=True[,
+    recompute_bbox=True])``."""
     h, w = sample["img"].shape[-2:]
     lo, hi = crop_range
     ch = int(rng.integers(min(h, lo), min(h, hi) + 1))
     cw = int(rng.integers(min(w, lo), min(w, hi) + 1))
     top = int(rng.integers(0, max(h - ch, 0) + 1))
     left = int(rng.integers(0, max(w - cw, 0) + 1))
-    return crop(sample, top, left, ch, cw)
+    return crop(sample, top, left, ch, cw, recompute_bbox)
+
+
+def resize_ratio(sample: dict, rng, scale, ratio_range) -> dict:
+    """mmdet ``Resize(img_scale=scale, ratio_range=(lo, hi), keep_ratio=True)`` (``random_sample_ratio``): ratio
+    ``lo + rng.random() * (hi - lo)``, scale ``(int(scale[0] * ratio), int(scale[1] * ratio))``, keep-ratio resize."""
+    lo, hi = ratio_range
+    ratio = rng.random() * (hi - lo) + lo
+    return resize_keep_ratio(sample, (int(scale[0] * ratio), int(scale[1] * ratio)))
+
+
+def filter_annotations(sample: dict, min_wh) -> dict:
+    """mmdet ``FilterAnnotations(min_gt_bbox_wh=min_wh)`` (``keep_empty=True``): keep the boxes (labels, masks) with
+    width ``> min_wh[0]`` and height ``> min_wh[1]``; none left of some: :class:`DroppedSample`."""
+    b = sample["boxes"].as_subclass(torch.Tensor)
+    if b.shape[0] == 0:
+        return sample
+    keep = ((b[:, 2] - b[:, 0]) > min_wh[0]) & ((b[:, 3] - b[:, 1]) > min_wh[1])
+    if not keep.any():
+        raise DroppedSample(f"FilterAnnotations(min_gt_bbox_wh={tuple(min_wh)}) left none of {b.shape[0]} boxes")
+    out = dict(sample, labels=sample["labels"][keep], masks=tv_tensors.Mask(sample["masks"][keep]))
+    out["boxes"] = _boxes("boxes", b[keep], sample["img"].shape[-2:])
+    return out
+
+
+def pad_to(sample: dict, size) -> dict:
+    """mmdet ``Pad(size=(h, w))``: records ``pad_shape`` = (h, w) (the collate pads the normalised image to it)."""
+    h, w = sample["img"].shape[-2:]
+    ph, pw = int(size[0]), int(size[1])
+    if h > ph or w > pw:
+        raise ValueError(f"Pad(size={(ph, pw)}) of a {h} x {w} image: the image is larger (mmcv impad refuses it)")
+    return dict(sample, pad_shape=(ph, pw))
 
 
 def random_resize(sample: dict, rng, scales) -> dict:
@@ -221,7 +296,8 @@ def train_transform(sample: dict, rng, flip_ratio=0.5, scales=MULTI_SCALES, crop
 # ------------------------------------------------------------------------------------------------ official pipelines
 def apply_ops(sample: dict, rng, ops) -> dict:
     """Run pipeline ops made by :func:`train_ops_from_pipeline`: ``("flip", p)``, ``("resize", scales)``,
-    ``("resize_range", scales)``, ``("crop", (lo, hi))``, ``("autoaugment", (ops_1, ops_2, ...))`` (one policy
+    ``("resize_range", scales)``, ``("crop", (lo, hi))``, the large-scale-jitter ops ``("resize_ratio", (scale,
+    (lo, hi)))``, ``("crop_recompute", (lo, hi))``, ``("filter_annotations", (w, h))``, ``("pad_to", (h, w))``, ``("autoaugment", (ops_1, ops_2, ...))`` (one policy
     chosen uniformly), ``("pad_seg", size_divisor)``, ``("seg_rescale", factor)``; ``("load_seg", None)`` is a
     marker for the loader (it reads the semantic map). ``("instaboost", params)`` acts on the annotations before
     the masks are rasterised: the loader runs it (:func:`split_annotation_ops`), here it is an error."""
@@ -235,6 +311,14 @@ def apply_ops(sample: dict, rng, ops) -> dict:
             sample = random_resize_range(sample, rng, arg)
         elif op == "crop":
             sample = random_crop_absolute_range(sample, rng, arg)
+        elif op == "crop_recompute":
+            sample = random_crop_absolute_range(sample, rng, arg, recompute_bbox=True)
+        elif op == "resize_ratio":
+            sample = resize_ratio(sample, rng, *arg)
+        elif op == "filter_annotations":
+            sample = filter_annotations(sample, arg)
+        elif op == "pad_to":
+            sample = pad_to(sample, arg)
         elif op == "autoaugment":
             sample = apply_ops(sample, rng, arg[int(rng.integers(0, len(arg)))])
         elif op == "pad_seg":

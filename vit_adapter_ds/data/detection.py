@@ -320,10 +320,14 @@ def pad_semantic_maps(maps) -> torch.Tensor:
 
 def _collate(samples, mean, std):
     imgs = [T.normalize(s["img"], mean, std) for s in samples]
+    # Pad(size=(h, w)) (the ``pad_to`` op): the normalised image zero-padded to its pad_shape, which the target carries
+    imgs = [im if "pad_shape" not in s else torch.nn.functional.pad(
+        im, (0, s["pad_shape"][1] - im.shape[-1], 0, s["pad_shape"][0] - im.shape[-2])) for im, s in zip(imgs, samples)]
     targets = [{"boxes": s["boxes"].as_subclass(torch.Tensor).contiguous(), "labels": s["labels"],
                 "masks": s["masks"].as_subclass(torch.Tensor).contiguous(),
                 "ignore_boxes": s["ignore_boxes"].as_subclass(torch.Tensor).contiguous(),
-                "img_shape": tuple(int(v) for v in s["img"].shape[-2:])} for s in samples]
+                "img_shape": tuple(int(v) for v in s["img"].shape[-2:]),
+                **({"pad_shape": tuple(s["pad_shape"])} if "pad_shape" in s else {})} for s in samples]
     out = {"img": T.pad_batch(imgs, 32), "targets": targets}
     if "seg" in samples[0]:
         out["semantic_seg"] = pad_semantic_maps([s["seg"] for s in samples])
@@ -348,9 +352,13 @@ class _DetTrainStream(BatchStream):
         self.semantic_classes = semantic_classes  # None: no semantic maps read
         self.lists, self.chunks = lists, chunks
 
-    def _load(self, seq, first, g, bad):
-        """The first decodable sample of ``seq[first], seq[first + 1], ...`` (cyclic) for slot ``g``."""
+    def _load(self, seq, first, g, bad, rng):
+        """The first decodable sample of ``seq[first], seq[first + 1], ...`` (cyclic) for slot ``g`` that the
+        pipeline keeps, augmented with ``rng``: a sample the pipeline drops (:class:`~.det_transforms.DroppedSample`,
+        mmdet ``FilterAnnotations`` leaving no box, where mmdet's dataset retries with a random image of the group)
+        is replaced like a bad one, without counting as bad."""
         n = len(seq)
+        last = None
         for k in range(self.max_substitutes + 1):
             i = int(seq[(first + k) % n])
             try:
@@ -358,11 +366,16 @@ class _DetTrainStream(BatchStream):
                 img, parsed, rec = decode_det_sample(raw, self.cat2label)
                 seg = None if self.semantic_classes is None else \
                     decode_semantic_map(raw, img.shape[-2:], self.semantic_classes)
-                return img, parsed, seg, rec, i
             except BadSample as e:
                 bad.append((self.reader.shard_name(i), str(self.reader.keys[i]), str(e)))
+                last = bad[-1]
+                continue
+            try:
+                return train_sample(img, parsed, seg, rng, self.ops), rec, i
+            except T.DroppedSample as e:
+                last = (self.reader.shard_name(i), str(self.reader.keys[i]), str(e))
         raise TooManyBadSamples(f"{self.max_substitutes + 1} consecutive samples of the epoch order from slot {g} "
-                                f"are bad, last: {bad[-1]}")
+                                f"are bad or dropped by the pipeline, last: {last}")
 
     def make_batch(self, step):
         if self.chunks is None:
@@ -375,12 +388,12 @@ class _DetTrainStream(BatchStream):
         slots = list(range(base, base + self.batch_size))
         samples, keys, shards, ids, bad = [], [], [], [], []
         for t, g in enumerate(slots):
+            rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
             try:
-                img, parsed, seg, rec, i = self._load(seq, first + t, g, bad)
+                sample, rec, i = self._load(seq, first + t, g, bad, rng)
             except TooManyBadSamples as e:  # reported to all ranks by the loader, which raises everywhere
                 return {"fatal": str(e), "meta": {"bad": bad}}
-            rng = np.random.default_rng([int(self.seed), int(self.epoch), int(g)])
-            samples.append(train_sample(img, parsed, seg, rng, self.ops))
+            samples.append(sample)
             keys.append(str(self.reader.keys[i]))
             shards.append(self.reader.shard_name(i))
             ids.append(int(rec["image"]["id"]))

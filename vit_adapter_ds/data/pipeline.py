@@ -42,19 +42,27 @@ def _scales(v, where):
 
 
 def _resize_op(step, where, resized):
-    _keys(step, {"img_scale", "multiscale_mode", "keep_ratio", "override", "bbox_clip_border"}, where)
+    _keys(step, {"img_scale", "multiscale_mode", "keep_ratio", "override", "bbox_clip_border", "ratio_range"}, where)
     _fixed(step, "keep_ratio", True, where, True)
     _fixed(step, "bbox_clip_border", True, where, True)
     scales = _scales(step.get("img_scale"), where + ".img_scale")
     if resized and not step.get("override", False):
         raise ConfigError(f"recipe: {where}: a second Resize needs override=True (mmdet refuses it otherwise)")
     mode = step.get("multiscale_mode", "range")
+    if mode not in ("range", "value"):
+        raise ConfigError(f"recipe: {where}.multiscale_mode={mode!r} is not supported; only 'value' or 'range'")
+    rr = step.get("ratio_range")
+    if rr is not None:  # mmdet random_sample_ratio of the one scale (multiscale_mode is then not used)
+        if len(scales) != 1:
+            raise ConfigError(f"recipe: {where}.img_scale: ratio_range takes exactly one scale (mmdet asserts it)")
+        if not (isinstance(rr, (list, tuple)) and len(rr) == 2 and
+                all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rr) and 0 < rr[0] <= rr[1]):
+            raise ConfigError(f"recipe: {where}.ratio_range must be (min, max) with 0 < min <= max, got {rr!r}")
+        return ("resize_ratio", (scales[0], (float(rr[0]), float(rr[1]))))
     if len(scales) > 1 and mode == "range":
         if len(scales) != 2:
             raise ConfigError(f"recipe: {where}.img_scale: multiscale_mode='range' takes exactly 2 scales")
         return ("resize_range", scales)
-    if len(scales) > 1 and mode != "value":
-        raise ConfigError(f"recipe: {where}.multiscale_mode={mode!r} is not supported; only 'value' or 'range'")
     return ("resize", scales)
 
 
@@ -63,12 +71,14 @@ def _crop_op(step, where):
     _fixed(step, "crop_type", "absolute_range", where, "absolute")
     _fixed(step, "allow_negative_crop", True, where, False)
     _fixed(step, "bbox_clip_border", True, where, True)
-    _fixed(step, "recompute_bbox", False, where, False)
+    recompute = step.get("recompute_bbox", False)
+    if not isinstance(recompute, bool):
+        raise ConfigError(f"recipe: {where}.recompute_bbox must be True or False, got {recompute!r}")
     size = step.get("crop_size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(x, int) for x in size)
             and 0 < size[0] <= size[1]):
         raise ConfigError(f"recipe: {where}.crop_size must be (min, max) integers, got {size!r}")
-    return ("crop", (int(size[0]), int(size[1])))
+    return ("crop_recompute" if recompute else "crop", (int(size[0]), int(size[1])))
 
 
 def norm_cfg(step, where):
@@ -82,13 +92,39 @@ def norm_cfg(step, where):
     return tuple(float(x) for x in mean), tuple(float(x) for x in std)
 
 
-def _pad(step, where):
-    _keys(step, {"size_divisor", "pad_val"}, where)
-    _fixed(step, "size_divisor", 32, where)
+def _pad(step, where, sized=False):
+    """``Pad(size_divisor=32)`` -> None; with ``sized`` (a train pipeline) also ``Pad(size=(h, w))`` -> ``("pad_to",
+    (h, w))`` (mmdet pads to that size; the batch is then padded to a multiple of 32 as well, a no-op for sizes that
+    are multiples of 32)."""
+    _keys(step, {"size_divisor", "pad_val"} | ({"size"} if sized else set()), where)
+    op = None
+    if sized and "size" in step:
+        if "size_divisor" in step:
+            raise ConfigError(f"recipe: {where}: size and size_divisor are exclusive (mmdet asserts it)")
+        size = step["size"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and
+                all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)):
+            raise ConfigError(f"recipe: {where}.size must be (h, w) positive integers, got {size!r}")
+        op = ("pad_to", (int(size[0]), int(size[1])))
+    else:
+        _fixed(step, "size_divisor", 32, where)
     pad_val = step.get("pad_val", 0)
     if pad_val != 0 and pad_val != {"img": 0, "masks": 0, "seg": SEG_IGNORE}:
         raise ConfigError(f"recipe: {where}.pad_val={pad_val!r} is not supported; only 0 or "
                           f"dict(img=0, masks=0, seg={SEG_IGNORE}) (mmdet's default)")
+    return op
+
+
+def _filter_op(step, where):
+    """``FilterAnnotations(min_gt_bbox_wh=(w, h))`` (``keep_empty=True``, mmdet's default) -> ``("filter_annotations",
+    (w, h))``."""
+    _keys(step, {"min_gt_bbox_wh", "keep_empty"}, where)
+    _fixed(step, "keep_empty", True, where, True)
+    wh = step.get("min_gt_bbox_wh")
+    if not (isinstance(wh, (list, tuple)) and len(wh) == 2 and
+            all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in wh)):
+        raise ConfigError(f"recipe: {where}.min_gt_bbox_wh must be (w, h) non-negative numbers, got {wh!r}")
+    return ("filter_annotations", (float(wh[0]), float(wh[1])))
 
 
 def _instaboost_op(step, where):
@@ -204,10 +240,16 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
         elif t == "Normalize":
             norm = norm_cfg(step, w)
         elif t == "Pad":
-            _pad(step, w)
+            op = _pad(step, w, sized=True)
             padded = True
+            if op is not None:
+                if with_seg:
+                    raise ConfigError(f"recipe: {w}.size: Pad(size) with semantic maps is not implemented")
+                ops.append(op)
             if with_seg:
                 ops.append(("pad_seg", 32))
+        elif t == "FilterAnnotations":
+            ops.append(_filter_op(step, w))
         elif t == "SegRescale":
             if not with_seg:
                 raise ConfigError(f"recipe: {w}: SegRescale without semantic maps; set "
@@ -234,6 +276,8 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
         raise ConfigError(f"recipe: {where} needs Normalize and Pad(size_divisor=32)")
     if not resized:
         raise ConfigError(f"recipe: {where} never resizes the image")
+    if any(op == "pad_to" for op, _ in ops[:-1]):
+        raise ConfigError(f"recipe: {where}: Pad(size) must come after every resize, crop, flip and filter step")
     return {"ops": ops, "mean": norm[0], "std": norm[1]}
 
 
