@@ -101,3 +101,22 @@ def test_tiny_o365_model_builds_with_syncbn_giou_heads():
     m = _build_with(lambda b: None)
     assert [b[0] for b in m.roi_head.box_losses] == ["giou"] * 3 and m.roi_head.box_losses[2][1] == 10.0
     assert "roi_head.bbox_head.2.shared_convs.3.bn.running_mean" in m.state_dict()
+
+
+def test_extra_attention_with_cp_gives_the_same_values_and_gradients():
+    """The recipes' ExtraAttention(with_cp=True): activation checkpointing changes no value (drop path off)."""
+    from vit_adapter_ds.models.detectors.extra_attention import ExtraAttention
+
+    cfg = dict(type='ExtraAttention', in_channels=[16, 16], num_head=2, with_ffn=True, ffn_ratio=2.0)
+    plain = ExtraAttention.from_config(cfg)
+    cp = ExtraAttention.from_config(dict(cfg, with_cp=True))
+    cp.load_state_dict(plain.state_dict())
+    assert cp.with_cp and not plain.with_cp
+    outs = []
+    for m in (plain, cp):
+        x = torch.randn(2, 16, 4, 5, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        y = m([torch.zeros(2, 16, 8, 10), x])
+        y[-1].square().sum().backward()
+        outs.append((y[-1].detach(), x.grad, m.attn.qkv.weight.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

@@ -3,6 +3,8 @@ one pre-norm global self-attention + MLP block (with drop path) on the last (str
 LayerNorm; the other maps pass through. Parameter names are the official ones (``norm1``, ``attn.qkv``,
 ``attn.proj``, ``norm2``, ``ffn.fc1``, ``ffn.fc2``, ``final_norm``, ``gamma_1``/``gamma_2`` with ``init_values``),
 so ``neck.0.*`` checkpoint keys load unchanged. Init: Linear truncated normal (std 0.02), bias 0; LayerNorm 1 / 0.
+``with_cp`` (the Objects365 -> COCO recipes) runs the block under activation checkpointing when the map needs a
+gradient, as the official ``cp.checkpoint(_inner_forward, feat)``; the values are the same.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ...config.keys import Fixed, Param, parse
-from ..backbones.layers import make_drop_path
+from ..backbones.layers import make_drop_path, maybe_checkpoint
 from ..registry import NECKS
 
 
@@ -52,6 +54,7 @@ _SPEC = {
     "drop_path": Param("drop_path", (float,), 0.0),
     "init_values": Param("init_values", (float, type(None)), None),
     "use_final_norm": Param("use_final_norm", (bool,), True),
+    "with_cp": Param("with_cp", (bool,), False),
 }
 
 
@@ -60,8 +63,10 @@ class ExtraAttention(nn.Module):
     """``forward(feats)``: a list of maps; the last one (B, C, H, W) goes through the attention block."""
 
     def __init__(self, in_channels, num_head: int, with_ffn: bool = True, ffn_ratio: float = 4.0,
-                 drop_path: float = 0.0, init_values: float | None = None, use_final_norm: bool = True):
+                 drop_path: float = 0.0, init_values: float | None = None, use_final_norm: bool = True,
+                 with_cp: bool = False):
         super().__init__()
+        self.with_cp = bool(with_cp)
         self.in_channels = [int(c) for c in in_channels]
         dim = self.in_channels[-1]
         self.norm1 = nn.LayerNorm(dim)
@@ -86,7 +91,9 @@ class ExtraAttention(nn.Module):
     def forward(self, feats):
         if len(feats) != len(self.in_channels):
             raise ValueError(f"ExtraAttention expects {len(self.in_channels)} maps, got {len(feats)}")
-        feat = feats[-1]
+        return list(feats[:-1]) + [maybe_checkpoint(self.with_cp, self._block, feats[-1])]
+
+    def _block(self, feat):
         b, c, h, w = feat.shape
         x = feat.flatten(2).transpose(1, 2)
         y = self.attn(self.norm1(x))
@@ -96,10 +103,10 @@ class ExtraAttention(nn.Module):
             x = x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return list(feats[:-1]) + [x.transpose(1, 2).reshape(b, c, h, w).contiguous()]
+        return x.transpose(1, 2).reshape(b, c, h, w).contiguous()
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "model.neck[0]") -> "ExtraAttention":
         p = parse(cfg, _SPEC, where)
         return cls(p["in_channels"], p["num_head"], p["with_ffn"], p["ffn_ratio"], p["drop_path"], p["init_values"],
-                   p["use_final_norm"])
+                   p["use_final_norm"], p["with_cp"])
