@@ -33,6 +33,16 @@ def _fixed(step, key, value, where, default=None):
         raise ConfigError(f"recipe: {where}.{key}={v!r} is not supported; only {value!r}")
 
 
+def _load_image(step, where):
+    """mmdet ``LoadImageFromFile``: ``file_client_args`` only as ``dict(backend='disk')`` (the HTC++ Objects365 ->
+    COCO recipes write it out; the images come from the shards either way)."""
+    _keys(step, {"file_client_args"}, where)
+    fca = step.get("file_client_args")
+    if fca is not None and dict(fca) != {"backend": "disk"}:
+        raise ConfigError(f"recipe: {where}.file_client_args={fca!r}: only dict(backend='disk') (images are read "
+                          "from the shards)")
+
+
 def _scales(v, where):
     if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) for x in v):
         return ((int(v[0]), int(v[1])),)
@@ -188,7 +198,7 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
         t = step["type"]
         seen.append(t)
         if t == "LoadImageFromFile":
-            _keys(step, set(), w)
+            _load_image(step, w)
         elif t == "InstaBoost":
             if seen[:-1] != ["LoadImageFromFile"]:
                 raise ConfigError(f"recipe: {w}: InstaBoost must directly follow LoadImageFromFile (before "
@@ -289,6 +299,7 @@ def test_cfg_from_pipeline(pipeline, where: str = "test_pipeline") -> dict:
         raise ConfigError(f"recipe: {where} must be [LoadImageFromFile, MultiScaleFlipAug(...)]")
     if not isinstance(pipeline[0], dict) or pipeline[0].get("type") != "LoadImageFromFile":
         raise ConfigError(f"recipe: {where}[0] must be LoadImageFromFile")
+    _load_image(pipeline[0], f"{where}[0]")
     aug, w = pipeline[1], f"{where}[1]"
     if not isinstance(aug, dict) or aug.get("type") != "MultiScaleFlipAug":
         raise ConfigError(f"recipe: {w} must be MultiScaleFlipAug")

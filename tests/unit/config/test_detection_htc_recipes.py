@@ -243,7 +243,8 @@ def test_benchmark_configurations():
         with torch.device("meta"):
             model = train_step.build("htc_l", cp)
         flags = {type(m).__name__: bool(m.with_cp) for m in model.modules() if hasattr(m, "with_cp")}
-        assert flags == dict.fromkeys({"Injector", "Extractor", "BEiTBlock"}, cp), flags
+        # ExtraAttention has with_cp too (the o365 recipes); the 3x recipe and the benchmark leave it off
+        assert flags == {**dict.fromkeys({"Injector", "Extractor", "BEiTBlock"}, cp), "ExtraAttention": False}, flags
     assert type(model).__name__ == "HybridTaskCascade" and model.rpn.nms_type == "nms"
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 401
     assert train_step.model_kwargs("htc_l", 1, "meta")["semantic_labels"].shape == (1, 152, 200)
