@@ -6,6 +6,7 @@ the files."""
 from __future__ import annotations
 
 import pytest
+import torch
 from mmengine import Config
 
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
@@ -94,3 +95,16 @@ def test_o365_schedule_and_hook_as_the_engine_reads_them():
         step_lr_at(19999, 1e-4, [], warmup_iters=500, warmup_ratio=0.001)
     (hook,) = build_hooks(cfg, 2)
     assert (hook.momentum, hook.total_iter, hook.interval, hook.iters_per_epoch) == (0.0001, 2000, 1, None)
+
+
+@pytest.mark.parametrize("name", [O365, O365_MS])
+def test_o365_recipes_validate_at_the_official_size(name):
+    from vit_adapter_ds.tasks import ObjectDetection, load_and_validate
+
+    _, task, model = load_and_validate(str(DETECTION_RECIPES[name]))
+    assert isinstance(task, ObjectDetection)
+    assert type(model).__name__ == ("HybridTaskCascadeAug" if name == O365_MS else "HybridTaskCascade")
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 401  # htc++/README.md: 401M
+    assert [b[0] for b in model.roi_head.box_losses] == ["giou"] * 3 and model.num_classes == 80
+    assert model.neck[0].with_cp and "roi_head.bbox_head.0.shared_convs.0.bn.weight" in model.state_dict()
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.neck[1].modules())

@@ -120,3 +120,46 @@ def test_extra_attention_with_cp_gives_the_same_values_and_gradients():
         outs.append((y[-1].detach(), x.grad, m.attn.qkv.weight.grad))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_fpn_group_norm_is_mmdets_rule_and_maps_to_the_official_keys():
+    """FPN(norm_cfg=GN(4)) against mmdet FPN.forward re-derived with plain torch ops: lateral = GN(conv1x1) and
+    output = GN(conv3x3) (convs without bias, no activation), top-down nearest sums, the max-pool level; the HTC key
+    map names the norms mmcv ConvModule's ``gn`` both ways."""
+    import torch.nn.functional as F
+
+    from vit_adapter_ds.models.detectors.fpn import FPN
+    from vit_adapter_ds.models.detectors.keymap import htc_from_mmdet, htc_to_mmdet
+
+    fpn = FPN.from_config(dict(type='FPN', in_channels=[8, 8, 8, 8], out_channels=8, num_outs=5,
+                               norm_cfg=dict(type='GN', num_groups=4)))
+    with torch.no_grad():
+        for m in fpn.modules():
+            if isinstance(m, torch.nn.GroupNorm):  # non-trivial affine parameters
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(2, 8, 32 // 2 ** i, 40 // 2 ** i, generator=g) for i in range(4)]
+    out = list(fpn(feats).values())
+    sd = {f"neck.1.{k}": v for k, v in fpn.state_dict().items()}
+    official = htc_to_mmdet(sd)
+    assert "neck.1.lateral_convs.0.gn.weight" in official and "neck.1.fpn_convs.3.gn.bias" in official
+    assert "neck.1.lateral_convs.0.conv.bias" not in official  # ConvModule with a norm: no conv bias
+    assert set(htc_from_mmdet(official)) == set(sd)
+    w = {k[len("neck.1."):]: v for k, v in official.items()}
+
+    def cm(x, i, kind):  # mmcv ConvModule(conv, GN, act_cfg=None)
+        x = F.conv2d(x, w[f"{kind}.{i}.conv.weight"], padding=1 if kind == "fpn_convs" else 0)
+        return F.group_norm(x, 4, w[f"{kind}.{i}.gn.weight"], w[f"{kind}.{i}.gn.bias"])
+
+    lat = [cm(f, i, "lateral_convs") for i, f in enumerate(feats)]
+    for i in range(3, 0, -1):
+        lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
+    ref = [cm(x, i, "fpn_convs") for i, x in enumerate(lat)]
+    ref.append(F.max_pool2d(ref[-1], 1, stride=2))
+    assert len(out) == 5
+    for a, b in zip(out, ref):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    with pytest.raises(ConfigError, match=r"norm_cfg=.*only dict\(type='GN'"):
+        FPN.from_config(dict(type='FPN', in_channels=[8] * 4, out_channels=8, num_outs=5,
+                             norm_cfg=dict(type='BN')), "model.neck[1]")

@@ -17,6 +17,7 @@ inputs); :mod:`.keymap` translates.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 import torch
 from torch import nn
@@ -26,6 +27,22 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, parse
 from ..registry import NECKS
+
+
+def group_norm_groups(norm_cfg, where: str) -> int | None:
+    """The FPN's ``norm_cfg``: None, or mmcv's ``dict(type='GN', num_groups=G)`` (the HTC++ Objects365 -> COCO
+    recipes: ``ConvModule`` conv without bias -> GroupNorm, keys ``lateral_convs.i.gn`` / ``fpn_convs.i.gn``) -> G."""
+    if norm_cfg is None:
+        return None
+    if not isinstance(norm_cfg, dict) or norm_cfg.get("type") != "GN" or set(norm_cfg) - {"type", "num_groups",
+                                                                                          "requires_grad"}:
+        raise ConfigError(f"recipe: {where}.norm_cfg={norm_cfg!r}: only dict(type='GN', num_groups=G) is supported "
+                          "in the FPN")
+    groups = norm_cfg.get("num_groups")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or norm_cfg.get("requires_grad",
+                                                                                             True) is not True:
+        raise ConfigError(f"recipe: {where}.norm_cfg needs a positive int num_groups (and trainable norms)")
+    return groups
 
 _FPN_SPEC = {
     "type": Fixed("FPN"),
@@ -38,7 +55,7 @@ _FPN_SPEC = {
     "relu_before_extra_convs": Fixed(False),
     "no_norm_on_lateral": Fixed(False),
     "conv_cfg": Fixed(None),
-    "norm_cfg": Fixed(None),
+    "norm_cfg": Param("norm_cfg", (dict, type(None)), None),  # None or GN: group_norm_groups
     "act_cfg": Fixed(None),
     "upsample_cfg": Fixed({"mode": "nearest"}),
     "init_cfg": Fixed(None, {"type": "Xavier", "layer": "Conv2d", "distribution": "uniform"}),
@@ -73,8 +90,9 @@ class FPN(nn.Module):
     """
 
     def __init__(self, in_channels, out_channels: int = 256, num_outs: int = 5, start_level: int = 0,
-                 add_extra_convs=False):
+                 add_extra_convs=False, norm_groups: int | None = None):
         super().__init__()
+        norm_layer = None if norm_groups is None else partial(nn.GroupNorm, int(norm_groups))
         self.all_in_channels = [int(c) for c in in_channels]
         self.start_level = int(start_level)
         in_channels = self.all_in_channels[self.start_level:]
@@ -93,11 +111,12 @@ class FPN(nn.Module):
             extra = ExtraConvs(self.out_channels, num_outs - len(in_channels)) if num_outs > len(in_channels) else None
         else:
             extra = LastLevelMaxPool() if num_outs > len(in_channels) else None
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
         for m in self.fpn.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # no bias before a GroupNorm
+                    nn.init.zeros_(m.bias)
 
     @property
     def names(self) -> list[str]:
@@ -126,4 +145,5 @@ class FPN(nn.Module):
         if not p["add_extra_convs"] and p["num_outs"] not in (n, n + 1):
             raise ConfigError(f"recipe: {where}.num_outs={p['num_outs']}: only {n} or {n + 1} (one max-pool level, "
                               "add_extra_convs=False) are supported")
-        return cls(p["in_channels"], p["out_channels"], p["num_outs"], p["start_level"], p["add_extra_convs"])
+        return cls(p["in_channels"], p["out_channels"], p["num_outs"], p["start_level"], p["add_extra_convs"],
+                   norm_groups=group_norm_groups(p["norm_cfg"], where))

@@ -136,6 +136,9 @@ def load_mmdet_checkpoint(model, checkpoint, strict: bool = True):
 _HTC_RENAMES = [
     (r"neck\.(\d+)\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"neck.\1.fpn.inner_blocks.\2.0.\3"),
     (r"neck\.(\d+)\.fpn_convs\.(\d+)\.conv\.(weight|bias)", r"neck.\1.fpn.layer_blocks.\2.0.\3"),
+    # the FPN's GroupNorm (norm_cfg GN, the Objects365 -> COCO recipes): mmcv ConvModule's 'gn'
+    (r"neck\.(\d+)\.lateral_convs\.(\d+)\.gn\.(weight|bias)", r"neck.\1.fpn.inner_blocks.\2.1.\3"),
+    (r"neck\.(\d+)\.fpn_convs\.(\d+)\.gn\.(weight|bias)", r"neck.\1.fpn.layer_blocks.\2.1.\3"),
     (r"rpn_head\.rpn_conv\.(weight|bias)", r"rpn.head.conv.0.0.\1"),
     (r"rpn_head\.rpn_cls\.(weight|bias)", r"rpn.head.cls_logits.\1"),
     (r"rpn_head\.rpn_reg\.(weight|bias)", r"rpn.head.bbox_pred.\1"),
@@ -143,6 +146,8 @@ _HTC_RENAMES = [
 _HTC_BACK = [
     (r"neck\.(\d+)\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)", r"neck.\1.lateral_convs.\2.conv.\3"),
     (r"neck\.(\d+)\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)", r"neck.\1.fpn_convs.\2.conv.\3"),
+    (r"neck\.(\d+)\.fpn\.inner_blocks\.(\d+)\.1\.(weight|bias)", r"neck.\1.lateral_convs.\2.gn.\3"),
+    (r"neck\.(\d+)\.fpn\.layer_blocks\.(\d+)\.1\.(weight|bias)", r"neck.\1.fpn_convs.\2.gn.\3"),
     (r"rpn\.head\.conv\.0\.0\.(weight|bias)", r"rpn_head.rpn_conv.\1"),
     (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn_head.rpn_cls.\1"),
     (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn_head.rpn_reg.\1"),
