@@ -21,6 +21,7 @@ HELPER_KEYS = ("pretrained", "crop_size", "norm_cfg", "img_norm_cfg", "dataset_t
                "img_scale", "train_pipeline", "test_pipeline",
                "num_stages", "num_proposals", "NUM_CLASSES", "drop_path_rate", "file_client_args")
 TOP_LEVEL_KEYS = set(SECTION_KEYS) | set(SCALAR_KEYS) | set(HELPER_KEYS)
+TOP_LEVEL_KEYS.add("find_unused_parameters")  # mmdet's DDP flag (ATSS / GFL): a bool, see SCALARS
 
 
 # ----------------------------------------------------------------------------------------------- value checkers
@@ -125,6 +126,8 @@ SECTIONS: dict[str, dict] = {
 EPOCH_RUNNER = {"type": Check(str, choices=("EpochBasedRunner",)), "max_epochs": POS_INT}
 SCALARS = {"load_from": Check(str, type(None)), "resume_from": Check(str, type(None)),
            "seed": Check(int, type(None)), "work_dir": Check(str, type(None)),
+           # DDP's flag for parameters without a gradient; DeepSpeed reduces every parameter (zeros for those)
+           "find_unused_parameters": Check(bool),
            "global_batch_size": Check(int, type(None), minimum=1),
            "custom_hooks": _custom_hooks}
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")

@@ -15,6 +15,8 @@
   stage-averaged scores and masks at test time; ``CascadeRCNN.from_config`` of the official model dict).
 * Sparse R-CNN: :class:`~.sparse_rcnn.SparseRCNN` (mmdet 2.22 ``EmbeddingRPNHead`` + ``SparseRoIHead`` of
   ``DIIHead`` stages, Hungarian assignment; boxes only; ``SparseRCNN.from_config`` of the official model dict).
+* One-stage: :class:`~.single_stage.ATSS` (and ``GFL``), box-only, with the dense heads of :mod:`.dense_heads`
+  (mmdet 2.22 ``ATSSHead`` / ``GFLHead``, ``ATSSAssigner``); ``from_config`` of the official model dict.
 
 Each detector and neck registers itself (``@DETECTORS.register()``, ``@NECKS.register()``); ``DETECTORS`` and
 ``NECKS`` are the registries of :mod:`vit_adapter_ds.models.registry` (official ``type`` -> class).
@@ -26,8 +28,9 @@ from .fpn import FPN
 from .htc import HybridTaskCascade
 from .htc_aug import HybridTaskCascadeAug
 from .mask_rcnn import MaskRCNN
+from .single_stage import ATSS
 from .sparse_rcnn import SparseRCNN
 from ..registry import DETECTORS, NECKS
 
 __all__ = ["FPN", "ChannelMapperWithPooling", "ExtraAttention", "MaskRCNN", "CascadeRCNN", "HybridTaskCascade",
-           "HybridTaskCascadeAug", "SparseRCNN", "DETECTORS", "NECKS"]
+           "HybridTaskCascadeAug", "SparseRCNN", "ATSS", "DETECTORS", "NECKS"]

@@ -227,6 +227,44 @@ def sparse_to_mmdet(state_dict: dict) -> dict:
             for k, v in unwrap(state_dict).items()}
 
 
+# --------------------------------------------------------------------------------------- one-stage (ATSS, GFL)
+# backbone.* and bbox_head.* keep the official names (ATSSHead / GFLHead modules are named as mmdet's); the FPN's
+# n lateral / output convs are renamed as for Mask R-CNN, its extra convs fpn_convs.{n + j} <-> extra_blocks.convs.j
+_ONE_STAGE_SAME = re.compile(r"(backbone|bbox_head)\.")
+
+
+def _one_stage_neck(key, n, to_ours):
+    if to_ours:
+        m = re.fullmatch(r"neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)", key)
+        if m and int(m.group(1)) >= n:
+            return f"neck.fpn.extra_blocks.convs.{int(m.group(1)) - n}.{m.group(2)}"
+        table = _RENAMES[:2]
+    else:
+        m = re.fullmatch(r"neck\.fpn\.extra_blocks\.convs\.(\d+)\.(weight|bias)", key)
+        if m:
+            return f"neck.fpn_convs.{int(m.group(1)) + n}.conv.{m.group(2)}"
+        table = _BACK[:2]
+    for pat, rep in table:
+        if re.fullmatch(pat, key):
+            return re.sub(pat, rep, key)
+    raise KeyMapError(f"{'mmdet' if to_ours else 'one-stage detector'} key {key!r} has no counterpart in the "
+                      "ATSS / GFL layout (backbone.*, neck lateral / fpn convs, bbox_head.*)")
+
+
+def single_stage_from_mmdet(state_dict: dict) -> dict:
+    """Official mmdet ATSS / GFL state dict -> :class:`~.single_stage.SingleStageDetector` (only the FPN renamed)."""
+    sd = unwrap(state_dict)
+    n = len({k.split(".")[2] for k in sd if k.startswith("neck.lateral_convs.")})
+    return {k if _ONE_STAGE_SAME.match(k) else _one_stage_neck(k, n, True): v for k, v in sd.items()}
+
+
+def single_stage_to_mmdet(state_dict: dict) -> dict:
+    """:class:`~.single_stage.SingleStageDetector` state dict -> the official mmdet ATSS / GFL key layout."""
+    sd = unwrap(state_dict)
+    n = len({k.split(".")[3] for k in sd if k.startswith("neck.fpn.inner_blocks.")})
+    return {(k if _ONE_STAGE_SAME.match(k) else _one_stage_neck(k, n, False)): v.clone() for k, v in sd.items()}
+
+
 def _converters(model_or_type):
     """(from_mmdet, to_mmdet) for a detector (instance, class or ``model.type`` name), or None."""
     from .cascade_mask_rcnn import CascadeRCNN
@@ -240,6 +278,10 @@ def _converters(model_or_type):
         cls = model_or_type if isinstance(model_or_type, type) else type(model_or_type)
     if cls is None:
         return None
+    from .single_stage import SingleStageDetector
+
+    if issubclass(cls, SingleStageDetector):
+        return single_stage_from_mmdet, single_stage_to_mmdet
     if issubclass(cls, CascadeRCNN):
         return cascade_from_mmdet, cascade_to_mmdet
     from .sparse_rcnn import SparseRCNN
@@ -254,8 +296,9 @@ def _converters(model_or_type):
 
 
 def is_mmdet_layout(state_dict: dict) -> bool:
-    """A state dict in the official mmdet layout (``rpn_head.*``), e.g. a released ViT-Adapter detection checkpoint."""
-    return any(k.startswith("rpn_head.") for k in state_dict)
+    """A state dict in the official mmdet layout (``rpn_head.*``; one-stage detectors: ``neck.lateral_convs.*``), e.g.
+    a released ViT-Adapter detection checkpoint."""
+    return any(k.startswith(("rpn_head.", "neck.lateral_convs.")) for k in state_dict)
 
 
 def mmdet_checkpoint_filter(state_dict: dict, model, report=None) -> dict:
