@@ -54,10 +54,14 @@ def _loss_scale(value, where):
 
 
 def _custom_hooks(value, where):
-    """``custom_hooks``: the hooks :mod:`vit_adapter_ds.engine.ema` implements (mmdet's ``ExpMomentumEMAHook``)."""
-    from ..engine.ema import check_custom_hooks  # engine code, read when a recipe has custom_hooks
-
-    return check_custom_hooks(value, where)
+    """``custom_hooks``: a list of ``dict(type=...)``; which hooks and keys the engine runs is checked by
+    :func:`vit_adapter_ds.engine.ema.check_custom_hooks` (``launch/train.py``, before any process starts)."""
+    if value is None:
+        return value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(h, Mapping) and isinstance(h.get("type"), str)
+                                                       for h in value):
+        raise ConfigError(f"recipe: {where} must be a list of dict(type=...) hooks, got {value!r}")
+    return value
 
 
 POS_INT = Check(int, minimum=1)

@@ -47,7 +47,8 @@ def prepare(args, world_size: int):
     from ..config import resolve_recipe_path
     from ..models.registry import pretrained_path
     from ..tasks import load_and_validate
-    from .deepspeed_setup import load_ds_config, resolve_ds_config
+    from .deepspeed_setup import load_ds_config, resolve_ds_config, zero_stage
+    from .ema import build_hooks
 
     from .optim import param_groups_for_recipe
     from .schedule import schedule_kwargs
@@ -56,6 +57,7 @@ def prepare(args, world_size: int):
     schedule_kwargs(cfg)
     param_groups_for_recipe(meta_model, cfg)  # paramwise_cfg / custom_keys against the model's real names
     ds = resolve_ds_config(load_ds_config(args.ds_config), cfg, world_size)
+    build_hooks(cfg, zero_stage(ds))  # custom_hooks: supported types and keys, ZeRO-3 refused (engine/ema.py)
     load_from = args.load_from or cfg.get("load_from")
     if load_from and not Path(load_from).exists():
         raise FileNotFoundError(f"--load-from / load_from: {load_from} not found")
