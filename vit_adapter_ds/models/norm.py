@@ -69,7 +69,7 @@ def keep_norm_stats_fp32(module: nn.Module) -> int:
 
 
 def norm_from_cfg(norm_cfg: dict | None, where: str = "norm_cfg") -> str:
-    """mmcv ``norm_cfg`` (``dict(type='SyncBN' | 'BN', requires_grad=True)``) -> 'syncbn' | 'bn'."""
+    """mmcv ``norm_cfg`` (``dict(type='SyncBN' | 'MMSyncBN' | 'BN', requires_grad=True)``) -> 'syncbn' | 'bn'."""
     from ..config.errors import ConfigError
     from ..config.keys import check_keys
 
@@ -81,9 +81,9 @@ def norm_from_cfg(norm_cfg: dict | None, where: str = "norm_cfg") -> str:
         raise ConfigError(f"recipe: {where}.requires_grad=False (frozen norms) is not supported")
     if kind in ("BN", "BN2d"):
         return "bn"
-    if kind == "SyncBN":
+    if kind in ("SyncBN", "MMSyncBN"):  # MMSyncBN: mmcv.ops.SyncBatchNorm (same statistics, keys 'bn')
         return "syncbn"
-    raise ConfigError(f"recipe: {where}.type={kind!r} is not supported; choose 'SyncBN' or 'BN'")
+    raise ConfigError(f"recipe: {where}.type={kind!r} is not supported; choose 'SyncBN', 'MMSyncBN' or 'BN'")
 
 
 def sync_batchnorm_wanted() -> bool:

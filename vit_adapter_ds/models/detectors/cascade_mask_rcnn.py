@@ -36,7 +36,6 @@ from torch import nn
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
-from ..heads.common import ConvModule
 from ..norm import norm_from_cfg
 from ..registry import BACKBONES, DETECTORS
 from .bbox_ops import delta2bbox, giou_loss  # (also imported from here by other heads)
@@ -44,67 +43,8 @@ from .fpn import FPN
 from .htc import CascadeStage, matched_gt_boxes, multiclass_nms, sample_rois
 from .htc_heads import HTCMaskHead
 from .mask_rcnn import (_ASSIGNER, _CODER, _LOSS_CE, _PROPOSAL, _ROI_EXTRACTOR, _RPN_HEAD, _SAMPLER, RPN,
-                        FixedStrideAnchorGenerator, MaskRCNN, mask_targets, paste_masks, train_targets)
+                        ConvFCBBoxHead, FixedStrideAnchorGenerator, MaskRCNN, mask_targets, paste_masks, train_targets)
 from .roi_extractor import LevelRoIAlign
-from .semantic_head import ConvReLU
-
-class ConvFCBBoxHead(nn.Module):
-    """mmdet ``ConvFCBBoxHead`` with shared branches only: ``num_shared_convs`` 3x3 ConvModules (conv -> BN /
-    SyncBN -> ReLU, mmcv keys ``shared_convs.i.conv`` / ``.bn``; without ``norm`` conv with bias -> ReLU), flatten,
-    ``num_shared_fcs`` FC + ReLU (``shared_fcs.i``), ``fc_cls`` (``num_classes + 1``, background last) and ``fc_reg``
-    (4 or 4 ``num_classes``). Init as mmdet: convs Kaiming normal fan-out (norm weight 1, bias 0), shared FCs Xavier
-    uniform, ``fc_cls`` normal 0.01, ``fc_reg`` normal 0.001, biases 0. ``forward(x (N, C, S, S))`` ->
-    (cls_score, bbox_pred)."""
-
-    def __init__(self, in_channels: int = 256, conv_out_channels: int = 256, fc_out_channels: int = 1024,
-                 roi_feat_size: int = 7, num_classes: int = 80, num_shared_convs: int = 4, num_shared_fcs: int = 1,
-                 reg_class_agnostic: bool = False, norm: str | None = "syncbn"):
-        super().__init__()
-        if num_shared_convs + num_shared_fcs == 0:
-            raise ValueError("ConvFCBBoxHead needs shared convs or shared fcs")
-        self.num_classes, self.reg_class_agnostic = int(num_classes), bool(reg_class_agnostic)
-        convs = []
-        for i in range(num_shared_convs):
-            cin = in_channels if i == 0 else conv_out_channels
-            if norm is None:
-                conv = ConvReLU(cin, conv_out_channels, 3)
-                nn.init.kaiming_normal_(conv.conv.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(conv.conv.bias)
-            else:
-                conv = ConvModule(cin, conv_out_channels, 3, padding=1, norm=norm)
-            convs.append(conv)
-        self.shared_convs = nn.ModuleList(convs)
-        last = (conv_out_channels if num_shared_convs else in_channels) * roi_feat_size ** 2
-        fcs = []
-        for i in range(num_shared_fcs):
-            fcs.append(nn.Linear(last if i == 0 else fc_out_channels, fc_out_channels))
-        self.shared_fcs = nn.ModuleList(fcs)
-        last = fc_out_channels if num_shared_fcs else last
-        self.fc_cls = nn.Linear(last, self.num_classes + 1)
-        self.fc_reg = nn.Linear(last, 4 if self.reg_class_agnostic else 4 * self.num_classes)
-        for fc in self.shared_fcs:
-            nn.init.xavier_uniform_(fc.weight)
-            nn.init.zeros_(fc.bias)
-        nn.init.normal_(self.fc_cls.weight, std=0.01)
-        nn.init.normal_(self.fc_reg.weight, std=0.001)
-        nn.init.zeros_(self.fc_cls.bias)
-        nn.init.zeros_(self.fc_reg.bias)
-
-    def forward(self, x):
-        for conv in self.shared_convs:
-            x = conv(x)
-        x = x.flatten(1)
-        for fc in self.shared_fcs:
-            x = F.relu(fc(x))
-        return self.fc_cls(x), self.fc_reg(x)
-
-    def deltas_at(self, bbox_pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(N, 4) deltas of each RoI at ``labels`` (N,) (mmdet ``regress_by_class``'s gather; class-agnostic: all)."""
-        if self.reg_class_agnostic:
-            return bbox_pred.reshape(-1, 4)
-        per_class = bbox_pred.reshape(bbox_pred.shape[0], bbox_pred.shape[1] // 4, 4)
-        return per_class[torch.arange(len(labels), device=labels.device), labels]
-
 
 class CascadeRoIHead(nn.Module):
     """mmdet ``CascadeRoIHead`` with one box and one mask head per stage (see the module docstring).

@@ -26,6 +26,14 @@ mmdet                                          here                             
                                                (C + 1)                                      channel prepended
 =============================================  ===========================================  ======================
 
+The upgraded Mask R-CNN's parts (norms after the FPN and mask convs, ``rpn_head.num_convs=2``,
+``Shared4Conv1FCBBoxHead``) add: ``neck.{lateral,fpn}_convs.i.bn.*`` = ``neck.fpn.{inner,layer}_blocks.i.1.*``,
+``roi_head.mask_head.convs.i.bn.*`` = ``roi_heads.mask_head.i.1.*``, ``rpn_head.rpn_conv.{i}.conv.*`` (mmdet's
+ConvModules when ``num_convs > 1``) = ``rpn.head.conv.{i}.0.*``, and ``roi_head.bbox_head.*`` of a
+``Shared4Conv1FCBBoxHead`` (``shared_convs.i.{conv,bn}``, ``shared_fcs.0``, ``fc_cls``, ``fc_reg``) =
+``roi_heads.box_head.*`` with the same names and tensors (mmdet's class order is kept there); which layout a
+state dict has is read from its keys (``shared_convs`` / ``rpn_conv.1``).
+
 The background rows of the box regressor and mask logits exist only in torchvision's layout and are never used
 (regression and masks are read at the ground-truth / predicted class): export drops them, so
 mmdet -> here -> mmdet is exact. The RPN's anchor order (ratio-major, per location) and the channel layout of
@@ -52,7 +60,14 @@ _RENAMES = [  # (mmdet regex, ours template); applied to keys after the prefix
     (r"roi_head\.mask_head\.conv_logits\.(weight|bias)", r"roi_heads.mask_predictor.mask_fcn_logits.\1"),
     # the no-FPN neck (ChannelMapperWithPooling) keeps the official names; last, so the cascade's table[:5] is unchanged
     (r"neck\.convs\.(\d+)\.conv\.(weight|bias)", r"neck.convs.\1.conv.\2"),
+    # the upgraded Mask R-CNN's norms and RPN ConvModules (num_convs > 1)
+    (r"neck\.lateral_convs\.(\d+)\.bn\.(\w+)", r"neck.fpn.inner_blocks.\1.1.\2"),
+    (r"neck\.fpn_convs\.(\d+)\.bn\.(\w+)", r"neck.fpn.layer_blocks.\1.1.\2"),
+    (r"roi_head\.mask_head\.convs\.(\d+)\.bn\.(\w+)", r"roi_heads.mask_head.\1.1.\2"),
+    (r"rpn_head\.rpn_conv\.(\d+)\.conv\.(weight|bias)", r"rpn.head.conv.\1.0.\2"),
 ]
+_CONVFC = (r"roi_head\.bbox_head\.((shared_convs|shared_fcs)\.\d+\.[\w.]+|(fc_cls|fc_reg)\.(weight|bias))",
+           r"roi_heads.box_head.\1")  # Shared4Conv1FCBBoxHead: names and tensors kept
 _BACK = [  # ours regex -> mmdet template
     (r"neck\.fpn\.inner_blocks\.(\d+)\.0\.(weight|bias)", r"neck.lateral_convs.\1.conv.\2"),
     (r"neck\.fpn\.layer_blocks\.(\d+)\.0\.(weight|bias)", r"neck.fpn_convs.\1.conv.\2"),
@@ -67,7 +82,13 @@ _BACK = [  # ours regex -> mmdet template
     (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"roi_head.mask_head.upsample.\1"),
     (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"roi_head.mask_head.conv_logits.\1"),
     (r"neck\.convs\.(\d+)\.conv\.(weight|bias)", r"neck.convs.\1.conv.\2"),
+    (r"neck\.fpn\.inner_blocks\.(\d+)\.1\.(\w+)", r"neck.lateral_convs.\1.bn.\2"),
+    (r"neck\.fpn\.layer_blocks\.(\d+)\.1\.(\w+)", r"neck.fpn_convs.\1.bn.\2"),
+    (r"roi_heads\.mask_head\.(\d+)\.1\.(\w+)", r"roi_head.mask_head.convs.\1.bn.\2"),
+    (r"roi_heads\.box_head\.((shared_convs|shared_fcs)\.\d+\.[\w.]+|(fc_cls|fc_reg)\.(weight|bias))",
+     r"roi_head.bbox_head.\1"),
 ]
+_RPN_CONVS_BACK = (r"rpn\.head\.conv\.(\d+)\.0\.(weight|bias)", r"rpn_head.rpn_conv.\1.conv.\2")  # num_convs > 1
 
 
 class KeyMapError(KeyError):
@@ -96,8 +117,10 @@ def unwrap(checkpoint) -> dict:
 def from_mmdet(state_dict: dict) -> dict:
     """Official mmdet Mask R-CNN state dict (or mmcv checkpoint) -> this package's ``MaskRCNN`` state dict."""
     out = {}
-    for k, v in unwrap(state_dict).items():
-        new = _rename(k, _RENAMES, "mmdet")
+    sd = unwrap(state_dict)
+    table = ([_CONVFC] if any(k.startswith("roi_head.bbox_head.shared_convs.") for k in sd) else []) + _RENAMES
+    for k, v in sd.items():
+        new = _rename(k, table, "mmdet")
         if new.endswith("cls_score.weight") or new.endswith("cls_score.bias"):
             v = torch.cat([v[-1:], v[:-1]], dim=0)          # [fg 0..C-1, bg] -> [bg, fg]
         elif new.endswith("bbox_pred.weight") and new.startswith("roi_heads"):
@@ -114,11 +137,13 @@ def to_mmdet(state_dict: dict) -> dict:
     """This package's ``MaskRCNN`` state dict -> the official mmdet key layout (background rows of the box
     regressor and mask logits dropped, background class moved last)."""
     out = {}
-    for k, v in unwrap(state_dict).items():
-        new = _rename(k, _BACK, "MaskRCNN")
-        if new.startswith("roi_head.bbox_head.fc_cls."):
+    sd = unwrap(state_dict)
+    table = ([_RPN_CONVS_BACK] if "rpn.head.conv.1.0.weight" in sd else []) + _BACK
+    for k, v in sd.items():
+        new = _rename(k, table, "MaskRCNN")
+        if k.startswith("roi_heads.box_predictor.cls_score."):
             v = torch.cat([v[1:], v[:1]], dim=0)
-        elif new.startswith("roi_head.bbox_head.fc_reg."):
+        elif k.startswith("roi_heads.box_predictor.bbox_pred."):
             v = v[4:]
         elif new.startswith("roi_head.mask_head.conv_logits."):
             v = v[1:]

@@ -23,10 +23,20 @@ Where mmdet and torchvision differ, the mmdet behaviour of the official config i
   ``mask_target_single`` / ``BitmapMasks.crop_and_resize``); torchvision uses unbinarised ``aligned=False`` crops
   of unpadded bitmaps;
 * initialisation: mmdet's (RPN convs normal 0.01; shared FCs Xavier uniform; ``fc_cls`` normal 0.01,
-  ``fc_reg`` normal 0.001; mask convs Kaiming normal fan-out);
+  ``fc_reg`` normal 0.001; mask convs, ``upsample`` and ``conv_logits`` Kaiming normal fan-out, biases 0);
 * mask pasting: mmdet's ``_do_paste_mask`` (:func:`paste_masks`: ``grid_sample`` of the 28 x 28 probabilities at
   the pixel centres inside each box, then ``>= mask_thr_binary``); torchvision's ``paste_masks_in_image`` pads and
   expands the box first.
+
+The upgraded Mask R-CNN (Li et al., ``upgraded_mask_rcnn/mask_rcnn_mae_adapter_base_lsj_fpn_*ep_coco.py``) changes
+four parts, each as mmdet 2.22 builds it: the FPN's convs followed by a norm (``neck.norm_cfg``, :mod:`.fpn`);
+``rpn_head.num_convs=2`` (mmdet ``RPNHead``: ``num_convs`` ConvModules conv + ReLU, ``rpn_conv.{i}.conv``,
+= torchvision ``RPNHead(conv_depth)``, same init normal 0.01); ``Shared4Conv1FCBBoxHead`` (:class:`ConvFCBBoxHead`
+with 4 shared 3x3 convs + norm + ReLU and 1 FC, official key names, its mmdet-order outputs put in torchvision's
+order by :class:`TorchvisionOrder`); ``FCNMaskHead(norm_cfg)`` (torchvision ``MaskRCNNHeads(norm_layer)``: conv
+without bias -> norm -> ReLU). ``MMSyncBN`` is trained as SyncBN (:mod:`~vit_adapter_ds.models.norm`; mmcv's
+``stats_mode='default'`` averages the ranks' statistics with equal weights, torch's SyncBN by their counts: equal
+when every rank normalises as many RoIs, e.g. the box head's sampled 512 per image).
 
 Class indices: targets and predictions use 0-based class indices ``0 .. num_classes - 1`` (mmdet's labels); the
 torchvision predictors have ``num_classes + 1`` outputs with background at index 0 (mmdet puts it last, see
@@ -62,9 +72,12 @@ from torchvision.ops import roi_align
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
+from ..heads.common import ConvModule
+from ..norm import norm_class, norm_from_cfg
 from ..registry import BACKBONES, DETECTORS, NECKS
 from .fpn import FPN
 from .roi_extractor import LevelRoIAlign
+from .semantic_head import ConvReLU
 
 
 class FixedStrideAnchorGenerator(AnchorGenerator):
@@ -174,8 +187,9 @@ class RPN(RegionProposalNetwork):
                  match_low_quality=True, num=256, pos_fraction=0.5, train_nms_pre=2000, train_max_per_img=1000,
                  train_nms_iou=0.7, test_nms_pre=1000, test_max_per_img=1000, test_nms_iou=0.7,
                  target_stds=(1.0, 1.0, 1.0, 1.0), loss_cls_weight=1.0, loss_bbox_weight=1.0,
-                 smooth_l1_beta=None, allowed_border=-1, nms_type="nms"):
-        head = FloatRPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
+                 smooth_l1_beta=None, allowed_border=-1, nms_type="nms", num_convs=1):
+        # num_convs 3x3 conv + ReLU layers (mmdet RPNHead.num_convs; torchvision's conv_depth)
+        head = FloatRPNHead(in_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=num_convs)
         super().__init__(anchor_generator, head, pos_iou_thr, neg_iou_thr, num, pos_fraction,
                          dict(training=train_nms_pre, testing=test_nms_pre),
                          dict(training=train_max_per_img, testing=test_max_per_img), train_nms_iou)
@@ -338,6 +352,75 @@ def train_targets(images: torch.Tensor, targets, sizes, label_offset: int = 0) -
     return out
 
 
+class ConvFCBBoxHead(nn.Module):
+    """mmdet ``ConvFCBBoxHead`` with shared branches only: ``num_shared_convs`` 3x3 ConvModules (conv -> BN /
+    SyncBN -> ReLU, mmcv keys ``shared_convs.i.conv`` / ``.bn``; without ``norm`` conv with bias -> ReLU), flatten,
+    ``num_shared_fcs`` FC + ReLU (``shared_fcs.i``), ``fc_cls`` (``num_classes + 1``, background last) and ``fc_reg``
+    (4 or 4 ``num_classes``). Init as mmdet: convs Kaiming normal fan-out (norm weight 1, bias 0), shared FCs Xavier
+    uniform, ``fc_cls`` normal 0.01, ``fc_reg`` normal 0.001, biases 0. ``forward(x (N, C, S, S))`` ->
+    (cls_score, bbox_pred)."""
+
+    def __init__(self, in_channels: int = 256, conv_out_channels: int = 256, fc_out_channels: int = 1024,
+                 roi_feat_size: int = 7, num_classes: int = 80, num_shared_convs: int = 4, num_shared_fcs: int = 1,
+                 reg_class_agnostic: bool = False, norm: str | None = "syncbn"):
+        super().__init__()
+        if num_shared_convs + num_shared_fcs == 0:
+            raise ValueError("ConvFCBBoxHead needs shared convs or shared fcs")
+        self.num_classes, self.reg_class_agnostic = int(num_classes), bool(reg_class_agnostic)
+        convs = []
+        for i in range(num_shared_convs):
+            cin = in_channels if i == 0 else conv_out_channels
+            if norm is None:
+                conv = ConvReLU(cin, conv_out_channels, 3)
+                nn.init.kaiming_normal_(conv.conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(conv.conv.bias)
+            else:
+                conv = ConvModule(cin, conv_out_channels, 3, padding=1, norm=norm)
+            convs.append(conv)
+        self.shared_convs = nn.ModuleList(convs)
+        last = (conv_out_channels if num_shared_convs else in_channels) * roi_feat_size ** 2
+        fcs = []
+        for i in range(num_shared_fcs):
+            fcs.append(nn.Linear(last if i == 0 else fc_out_channels, fc_out_channels))
+        self.shared_fcs = nn.ModuleList(fcs)
+        last = fc_out_channels if num_shared_fcs else last
+        self.fc_cls = nn.Linear(last, self.num_classes + 1)
+        self.fc_reg = nn.Linear(last, 4 if self.reg_class_agnostic else 4 * self.num_classes)
+        for fc in self.shared_fcs:
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        nn.init.normal_(self.fc_cls.weight, std=0.01)
+        nn.init.normal_(self.fc_reg.weight, std=0.001)
+        nn.init.zeros_(self.fc_cls.bias)
+        nn.init.zeros_(self.fc_reg.bias)
+
+    def forward(self, x):
+        for conv in self.shared_convs:
+            x = conv(x)
+        x = x.flatten(1)
+        for fc in self.shared_fcs:
+            x = F.relu(fc(x))
+        return self.fc_cls(x), self.fc_reg(x)
+
+    def deltas_at(self, bbox_pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, 4) deltas of each RoI at ``labels`` (N,) (mmdet ``regress_by_class``'s gather; class-agnostic: all)."""
+        if self.reg_class_agnostic:
+            return bbox_pred.reshape(-1, 4)
+        per_class = bbox_pred.reshape(bbox_pred.shape[0], bbox_pred.shape[1] // 4, 4)
+        return per_class[torch.arange(len(labels), device=labels.device), labels]
+
+
+class TorchvisionOrder(nn.Module):
+    """The box predictor of a :class:`ConvFCBBoxHead` box head inside torchvision's ``RoIHeads``: the head gives
+    mmdet-order ``(cls_score (N, C + 1) background last, bbox_pred (N, 4 C))``; this returns float32 ``(logits with
+    the background first, deltas (N, 4 (C + 1)) with 4 zeros for the background, never read)``. No parameters."""
+
+    def forward(self, x):
+        cls, reg = x
+        cls, reg = cls.float(), reg.float()
+        return torch.cat([cls[:, -1:], cls[:, :-1]], dim=1), torch.cat([reg.new_zeros(reg.shape[0], 4), reg], dim=1)
+
+
 class MaskRCNNRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` (box + mask branches) with mmdet ``StandardRoIHead`` losses: CE classification,
     L1 class-specific box regression (``/ num sampled RoIs``), binary CE on the binarised mask targets."""
@@ -465,12 +548,16 @@ MASK_RCNN_SPEC = {
     "neck": Raw("neck"),
     "pretrained": Param("pretrained", (str, type(None)), None),
     "init_cfg": Fixed(None),
-    "rpn_head": _RPN_HEAD(_LOSS_L1("rpn_loss_bbox")),
+    "rpn_head": {**_RPN_HEAD(_LOSS_L1("rpn_loss_bbox")), "num_convs": Param("rpn_num_convs", (int,), 1, minimum=1)},
     "roi_head": {
         "type": Fixed("StandardRoIHead"), "init_cfg": Fixed(None),
         "bbox_roi_extractor": _ROI_EXTRACTOR("box", 7),
         "bbox_head": {
-            "type": Fixed("Shared2FCBBoxHead"), "in_channels": Param("box_in_channels", (int,), 256),
+            "type": Param("box_head_type", (str,), "Shared2FCBBoxHead",
+                          choices=("Shared2FCBBoxHead", "Shared4Conv1FCBBoxHead")),
+            "in_channels": Param("box_in_channels", (int,), 256),
+            "conv_out_channels": Param("box_conv_channels", (int,), 256), "conv_cfg": Fixed(None),
+            "norm_cfg": Raw("box_norm_cfg", None),
             "fc_out_channels": Param("fc_out_channels", (int,), 1024),
             "roi_feat_size": Param("box_roi_feat_size", (int,), 7),
             "num_classes": Param("num_classes", (int,), 80), "reg_class_agnostic": Fixed(False),
@@ -485,7 +572,7 @@ MASK_RCNN_SPEC = {
             "num_classes": Param("mask_num_classes", (int,), 80), "roi_feat_size": Fixed(14),
             "conv_kernel_size": Fixed(3), "class_agnostic": Fixed(False),
             "upsample_cfg": Fixed({"type": "deconv", "scale_factor": 2}), "init_cfg": Fixed(None),
-            "conv_cfg": Fixed(None), "norm_cfg": Fixed(None),
+            "conv_cfg": Fixed(None), "norm_cfg": Raw("mask_norm_cfg", None),
             "loss_mask": {"type": Fixed("CrossEntropyLoss"), "use_mask": Fixed(True), "use_sigmoid": Fixed(False),
                           "reduction": Fixed("mean"), "loss_weight": Param("mask_loss_weight", (float,), 1.0)}},
     },
@@ -577,18 +664,34 @@ class MaskRCNN(nn.Module):
                   train_max_per_img=p["rpn_train_max_per_img"], train_nms_iou=p["rpn_train_nms_iou"],
                   test_nms_pre=p["rpn_test_nms_pre"], test_max_per_img=p["rpn_test_max_per_img"],
                   test_nms_iou=p["rpn_test_nms_iou"], target_stds=_box(p["rpn_target_stds"]),
-                  loss_cls_weight=p["rpn_loss_cls_weight"], loss_bbox_weight=p["rpn_loss_bbox_weight"])
+                  loss_cls_weight=p["rpn_loss_cls_weight"], loss_bbox_weight=p["rpn_loss_bbox_weight"],
+                  num_convs=p["rpn_num_convs"])
         names = neck.names
         box_pool = LevelRoIAlign(names[:len(p["box_featmap_strides"])], p["box_roi_size"], p["box_featmap_strides"],
                                  p["box_sampling_ratio"], p["box_aligned"], p["box_finest_scale"])
         mask_pool = LevelRoIAlign(names[:len(p["mask_featmap_strides"])], p["mask_roi_size"],
                                   p["mask_featmap_strides"], p["mask_sampling_ratio"], p["mask_aligned"],
                                   p["mask_finest_scale"])
-        box_head = TwoMLPHead(c * p["box_roi_size"] ** 2, p["fc_out_channels"])
-        box_predictor = FloatFastRCNNPredictor(p["fc_out_channels"], nc + 1)
-        _init_box_branch(box_head, box_predictor)
-        mask_head = MaskRCNNHeads(c, [p["mask_conv_channels"]] * p["mask_num_convs"], 1)
+        bw = f"{where}.roi_head.bbox_head"
+        box_norm = None if p["box_norm_cfg"] is None else norm_from_cfg(p["box_norm_cfg"], f"{bw}.norm_cfg")
+        if p["box_head_type"] == "Shared4Conv1FCBBoxHead":  # mmdet ConvFCBBoxHead(4 shared convs, 1 shared fc)
+            box_head = ConvFCBBoxHead(c, p["box_conv_channels"], p["fc_out_channels"], p["box_roi_size"], nc, 4, 1,
+                                      False, box_norm)
+            box_predictor = TorchvisionOrder()
+        else:
+            if p["box_norm_cfg"] is not None:
+                raise ConfigError(f"recipe: {bw}.norm_cfg: Shared2FCBBoxHead has no convs to normalise (mmdet "
+                                  "ignores it); remove it or use Shared4Conv1FCBBoxHead")
+            box_head = TwoMLPHead(c * p["box_roi_size"] ** 2, p["fc_out_channels"])
+            box_predictor = FloatFastRCNNPredictor(p["fc_out_channels"], nc + 1)
+            _init_box_branch(box_head, box_predictor)
+        mask_norm = None if p["mask_norm_cfg"] is None else \
+            norm_from_cfg(p["mask_norm_cfg"], f"{where}.roi_head.mask_head.norm_cfg")
+        mask_head = MaskRCNNHeads(c, [p["mask_conv_channels"]] * p["mask_num_convs"], 1,
+                                  norm_layer=None if mask_norm is None else norm_class(mask_norm))
         mask_predictor = MaskRCNNPredictor(p["mask_conv_channels"], p["mask_conv_channels"], nc + 1)
+        for m in (mask_predictor.conv5_mask, mask_predictor.mask_fcn_logits):
+            nn.init.zeros_(m.bias)  # mmdet FCNMaskHead.init_weights (torchvision leaves PyTorch's default bias init)
         roi_heads = MaskRCNNRoIHeads(
             box_roi_pool=box_pool, box_head=box_head, box_predictor=box_predictor, mask_roi_pool=mask_pool,
             mask_head=mask_head, mask_predictor=mask_predictor, pos_iou_thr=p["rcnn_pos_iou_thr"],
