@@ -129,6 +129,21 @@ def _call_filter(filter_fn, state_dict, model, report):
     return out
 
 
+def _drop_ema_buffers(state_dict, report: LoadReport):
+    """A checkpoint saved by an mmcv runner with mmdet's EMA hook (``custom_hooks=[ExpMomentumEMAHook]``, e.g. the
+    released HTC++ Objects365 -> COCO files) holds the average as buffers ``ema_<name with . -> _>`` next to the
+    weights: they are dropped (listed under ``dropped``) and the weights are loaded, as mmdet's
+    ``load_checkpoint(strict=False)`` does (under an IterBasedRunner those weights are the trained ones)."""
+    names = {"ema_" + k.replace(".", "_") for k in state_dict if not k.startswith("ema_")}
+    ema = [k for k in state_dict if k.startswith("ema_") and "." not in k and k in names]
+    if not ema:
+        return state_dict
+    report.dropped += ema
+    report.notes.append(f"{len(ema)} ema_* buffers of mmdet's EMA hook dropped (the weights are loaded)")
+    drop = set(ema)
+    return OrderedDict((k, v) for k, v in state_dict.items() if k not in drop)
+
+
 def load_into(model: nn.Module, state_dict_or_path, *, filter_fn=None, strict: bool = False,
               reinit_mismatched: bool = False, source: str | None = None) -> LoadReport:
     """Load a checkpoint (any kind :func:`read_state_dict` reads, or an already loaded dict / checkpoint dict) into
@@ -148,6 +163,7 @@ def load_into(model: nn.Module, state_dict_or_path, *, filter_fn=None, strict: b
         source = source or str(state_dict_or_path)
         state_dict = read_state_dict(state_dict_or_path)
     report = LoadReport(source=source, model=type(model).__name__)
+    state_dict = _drop_ema_buffers(state_dict, report)
     if filter_fn is not None:
         state_dict = _call_filter(filter_fn, state_dict, model, report)
 
