@@ -162,4 +162,4 @@ def test_fpn_group_norm_is_mmdets_rule_and_maps_to_the_official_keys():
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
     with pytest.raises(ConfigError, match=r"norm_cfg=.*only dict\(type='GN'"):
         FPN.from_config(dict(type='FPN', in_channels=[8] * 4, out_channels=8, num_outs=5,
-                             norm_cfg=dict(type='BN')), "model.neck[1]")
+                             norm_cfg=dict(type='LN')), "model.neck[1]")

@@ -22,7 +22,7 @@ from test_detection_model import _targets
 
 D, C, CONV, FC, NC = 48, 32, 24, 40, 7  # backbone width, FPN channels, box-head conv channels, FC width, classes
 SYNC = dict(type="MMSyncBN", requires_grad=True)
-FPN_NORM = None  # the FPN's norm_cfg (the recipes: SYNC)
+FPN_NORM = SYNC  # the FPN's norm_cfg, as in the recipes
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -220,6 +220,8 @@ def test_one_training_step_reaches_every_new_layer(model):
 @pytest.mark.parametrize("change,msg", [
     (lambda c: c["roi_head"]["bbox_head"].update(type="Shared2FCBBoxHead"), "Shared2FCBBoxHead has no convs"),
     (lambda c: c["roi_head"]["mask_head"].update(norm_cfg=dict(type="LN")), r"mask_head.norm_cfg.type='LN'"),
+    (lambda c: c["neck"].update(norm_cfg=dict(type="LN")), r"neck.norm_cfg=\{'type': 'LN'\}: only"),
+    (lambda c: c["neck"].update(norm_cfg=dict(type="SyncBN", requires_grad=False)), r"neck.norm_cfg.requires_grad"),
     (lambda c: c["rpn_head"].update(num_convs=0), r"rpn_head.num_convs must be >= 1"),
     (lambda c: c["roi_head"]["bbox_head"].update(type="Shared4Conv1FCBBoxHeadX"), r"bbox_head.type"),
 ])

@@ -26,18 +26,23 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, parse
+from ..norm import norm_class, norm_from_cfg
 from ..registry import NECKS
 
 
-def group_norm_groups(norm_cfg, where: str) -> int | None:
+def group_norm_groups(norm_cfg, where: str) -> int | str | None:
     """The FPN's ``norm_cfg``: None, or mmcv's ``dict(type='GN', num_groups=G)`` (the HTC++ Objects365 -> COCO
-    recipes: ``ConvModule`` conv without bias -> GroupNorm, keys ``lateral_convs.i.gn`` / ``fpn_convs.i.gn``) -> G."""
+    recipes: ``ConvModule`` conv without bias -> GroupNorm, keys ``lateral_convs.i.gn`` / ``fpn_convs.i.gn``) -> G,
+    or ``dict(type='BN' | 'SyncBN' | 'MMSyncBN')`` (the upgraded Mask R-CNN recipes: conv without bias ->
+    BatchNorm, keys ``lateral_convs.i.bn`` / ``fpn_convs.i.bn``) -> 'bn' / 'syncbn' (:mod:`~..norm`'s rule)."""
     if norm_cfg is None:
         return None
+    if isinstance(norm_cfg, dict) and norm_cfg.get("type") in ("BN", "BN2d", "SyncBN", "MMSyncBN"):
+        return norm_from_cfg(norm_cfg, f"{where}.norm_cfg")
     if not isinstance(norm_cfg, dict) or norm_cfg.get("type") != "GN" or set(norm_cfg) - {"type", "num_groups",
                                                                                           "requires_grad"}:
-        raise ConfigError(f"recipe: {where}.norm_cfg={norm_cfg!r}: only dict(type='GN', num_groups=G) is supported "
-                          "in the FPN")
+        raise ConfigError(f"recipe: {where}.norm_cfg={norm_cfg!r}: only dict(type='GN', num_groups=G) or "
+                          "dict(type='BN' | 'SyncBN' | 'MMSyncBN') is supported in the FPN")
     groups = norm_cfg.get("num_groups")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or norm_cfg.get("requires_grad",
                                                                                              True) is not True:
@@ -92,7 +97,8 @@ class FPN(nn.Module):
     def __init__(self, in_channels, out_channels: int = 256, num_outs: int = 5, start_level: int = 0,
                  add_extra_convs=False, norm_groups: int | None = None):
         super().__init__()
-        norm_layer = None if norm_groups is None else partial(nn.GroupNorm, int(norm_groups))
+        norm_layer = None if norm_groups is None else norm_class(norm_groups) if isinstance(norm_groups, str) \
+            else partial(nn.GroupNorm, int(norm_groups))  # 'bn' / 'syncbn': BatchNorm (group_norm_groups)
         self.all_in_channels = [int(c) for c in in_channels]
         self.start_level = int(start_level)
         in_channels = self.all_in_channels[self.start_level:]
