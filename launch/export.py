@@ -75,6 +75,11 @@ def model_type_from_keys(state_dict: dict):
         if has["neck.fpn."]:
             return "CascadeRCNN", "rpn.*, roi_head.* and neck.fpn.* keys"
         return "HybridTaskCascade", "rpn.* and roi_head.* keys"
+    one_stage = {k.split(".")[1] for k in state_dict if k.startswith("bbox_head.")}  # ATSS / GFL: a dense head
+    if one_stage and not (has["rpn."] or has["roi_heads."] or has["roi_head."] or has["decode_head."]):
+        for name, kind in (("atss_cls", "ATSS"), ("gfl_cls", "GFL")):
+            if name in one_stage:
+                return kind, f"bbox_head.{name}.* keys"
     if not (has["rpn."] or has["roi_heads."] or has["roi_head."]):
         return None, "no rpn.* / roi_head(s).* keys"
     found = ", ".join(f"{p}*" for p, v in has.items() if v and p != "neck.fpn.")

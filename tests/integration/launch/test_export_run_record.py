@@ -161,6 +161,7 @@ def test_old_run_without_a_record_embeds_config_py_as_text(tmp_path, mask_rcnn):
     ("synthetic_mask_rcnn", "MaskRCNN"), ("synthetic_htc", "HybridTaskCascade"),
     ("synthetic_htc_ms", "HybridTaskCascade"),  # the TTA subclass maps like HybridTaskCascade
     ("synthetic_cascade_mask_rcnn", "CascadeRCNN"),
+    ("synthetic_atss", "ATSS"),  # a dense bbox_head, no RPN
 ])
 def test_model_type_from_the_keys_of_every_model_family(recipe, expected):
     from vit_adapter_ds.tasks import load_and_validate

@@ -322,6 +322,7 @@ def test_official_keys_both_ways_and_a_train_and_predict_step():
     assert sorted(k for k in off if not k.startswith("backbone.")) == OFFICIAL_HEAD_KEYS
     assert off["neck.fpn_convs.3.conv.weight"] is not sd["neck.fpn.extra_blocks.convs.0.weight"]
     assert torch.equal(off["neck.fpn_convs.4.conv.bias"], sd["neck.fpn.extra_blocks.convs.1.bias"])
+    assert off["bbox_head.scales.2.scale"].shape == () and sd["bbox_head.scales.2.scale"].shape == (1,)  # mmcv 0-dim
     assert is_mmdet_layout(off) and not is_mmdet_layout(sd)
     back = mmdet_checkpoint_filter(off, model)
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)

@@ -198,11 +198,12 @@ class ConvGN(nn.Module):
 
 
 class Scale(nn.Module):
-    """mmcv ``Scale``: ``x * scale`` with a learnable scalar."""
+    """mmcv ``Scale``: ``x * scale`` with a learnable scalar, held as shape (1,) (DeepSpeed cannot broadcast 0-dim
+    parameters; the key map gives official checkpoints their 0-dim ``scale``)."""
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float))
+        self.scale = nn.Parameter(torch.tensor([scale], dtype=torch.float))
 
     def forward(self, x):
         return x * self.scale

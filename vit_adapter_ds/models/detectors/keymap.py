@@ -280,14 +280,21 @@ def single_stage_from_mmdet(state_dict: dict) -> dict:
     """Official mmdet ATSS / GFL state dict -> :class:`~.single_stage.SingleStageDetector` (only the FPN renamed)."""
     sd = unwrap(state_dict)
     n = len({k.split(".")[2] for k in sd if k.startswith("neck.lateral_convs.")})
-    return {k if _ONE_STAGE_SAME.match(k) else _one_stage_neck(k, n, True): v for k, v in sd.items()}
+    return {k if _ONE_STAGE_SAME.match(k) else _one_stage_neck(k, n, True): _scale_shape(k, v, (1,))
+            for k, v in sd.items()}
 
 
 def single_stage_to_mmdet(state_dict: dict) -> dict:
     """:class:`~.single_stage.SingleStageDetector` state dict -> the official mmdet ATSS / GFL key layout."""
     sd = unwrap(state_dict)
     n = len({k.split(".")[3] for k in sd if k.startswith("neck.fpn.inner_blocks.")})
-    return {(k if _ONE_STAGE_SAME.match(k) else _one_stage_neck(k, n, False)): v.clone() for k, v in sd.items()}
+    return {(k if _ONE_STAGE_SAME.match(k) else _one_stage_neck(k, n, False)): _scale_shape(k, v, ()).clone()
+            for k, v in sd.items()}
+
+
+def _scale_shape(key, value, shape):
+    """mmcv ``Scale.scale`` is 0-dim in official checkpoints, shape (1,) here (:class:`~.dense_heads.Scale`)."""
+    return value.reshape(shape) if re.fullmatch(r"bbox_head\.scales\.\d+\.scale", key) else value
 
 
 def _converters(model_or_type):
