@@ -106,7 +106,8 @@ SECTIONS: dict[str, dict] = {
                               "norm_type": Check(int, float, choices=(2, 2.0))}, allow_none=True),
         "max_nonfinite_steps": Check(int, minimum=0)},  # engine/faults.py: consecutive NaN/Inf steps skipped
     "lr_config": {  # the schedules (engine/schedule.py) implement exactly these; by iteration only
-        "policy": Check(str, choices=("poly", "step")), "warmup": Check(str, type(None), choices=(None, "linear")),
+        "policy": Check(str, choices=("poly", "step", "CosineAnnealing")),
+        "warmup": Check(str, type(None), choices=(None, "linear")), "min_lr_ratio": Check(float, minimum=0),
         "warmup_iters": Check(int, minimum=0), "warmup_ratio": Check(float, minimum=0), "power": Check(float),
         "min_lr": Check(float, type(None), minimum=0), "by_epoch": Check(bool),  # True: EpochBasedRunner only
         "step": _steps, "gamma": Check(float, minimum=0, exclusive=True)},  # step: milestones (or period), iterations
@@ -152,7 +153,8 @@ def _check_runner(cfg) -> None:
                               "counts iterations; give values in iterations with by_epoch=False)")
 
 
-POLICY_ONLY_KEYS = {"poly": ("power",), "step": ("step", "gamma")}  # lr_config keys only one policy uses
+POLICY_ONLY_KEYS = {"poly": ("power",), "step": ("step", "gamma"),  # lr_config keys only one policy uses
+                    "CosineAnnealing": ("min_lr_ratio",)}
 
 
 def _check_policy(lr_config) -> None:

@@ -23,7 +23,21 @@ Step schedule (mmcv ``StepLrUpdaterHook``; ``step`` a list of milestones or one 
 with the same linear warm-up on ``regular(i)`` (mmcv's ``LrUpdaterHook.get_warmup_lr``). Each group again gets
 ``lr(i) * lr_scale`` (mmcv: ``max(base_lr * lr_scale * gamma ** exp, min_lr)``, equal for ``min_lr=None``).
 
-``lr_at`` / ``step_lr_at`` are the pure functions; :class:`PolyWarmupLR` and :class:`StepWarmupLR` are the DeepSpeed
+Cosine schedule (mmcv ``CosineAnnealingLrUpdaterHook``, the upgraded Mask R-CNN recipes; ``min_lr_ratio`` or
+``min_lr``, exactly one)::
+
+    progress = i // iters_per_epoch, max_progress = max_epochs    (by_epoch, mmcv's default: the epoch's rate)
+    progress = i, max_progress = max_iters                        (by_epoch=False)
+    target = base_lr * min_lr_ratio  (or min_lr)
+    regular(i) = target + (base_lr - target) * (cos(pi * progress / max_progress) + 1) / 2     (mmcv annealing_cos)
+
+with the same linear warm-up by iteration on ``regular(i)`` (mmcv's by-epoch hooks warm up per iteration on the
+epoch's rate). Each group gets ``lr(i) * lr_scale`` (mmcv anneals each group's own lr to its own ``min_lr_ratio``
+target: equal; with ``min_lr`` the targets differ slightly, as for poly). An epoch-based recipe reaches here
+converted (``_epoch_conversion``, :func:`~vit_adapter_ds.tasks.detection.epochs_to_iterations` records
+``lr_by_epoch``).
+
+``lr_at`` / ``step_lr_at`` / ``cosine_lr_at`` are the pure functions; :class:`PolyWarmupLR` and :class:`StepWarmupLR` are the DeepSpeed
 client ``lr_scheduler`` classes (``step()``, ``set_iter()``, ``state_dict()``, ``load_state_dict()``,
 ``get_last_lr()``); ``SCHEDULERS`` maps a policy to its class. ``lr_config.warmup_ratio`` defaults to 0.1 and
 ``power`` to 1.0 (mmcv's defaults). Epoch-based schedules (``by_epoch=True``, ``EpochBasedRunner``) are refused:
@@ -31,6 +45,8 @@ the engine counts iterations (``runner=dict(type='IterBasedRunner', max_iters=..
 iterations); the detection task rewrites epoch-based recipes in iterations before this is called.
 """
 from __future__ import annotations
+
+import math
 
 from ..config.errors import ConfigError
 
@@ -79,8 +95,24 @@ def step_lr_at(iteration: int, base_lr: float, step, gamma: float = 0.1, warmup_
     return _warmup(iteration, lr, warmup_iters, warmup_ratio)
 
 
-LR_CONFIG_KEYS = {"policy", "warmup", "warmup_iters", "warmup_ratio", "power", "min_lr", "by_epoch", "step", "gamma"}
-POLICY_KEYS = {"poly": {"power", "min_lr"}, "step": {"step", "gamma", "min_lr"}}
+def cosine_lr_at(iteration: int, base_lr: float, max_progress: int, iters_per_epoch: int = 1,
+                 min_lr_ratio: float | None = None, min_lr: float | None = None, warmup_iters: int = 0,
+                 warmup_ratio: float = 0.1) -> float:
+    """The base learning rate of the cosine schedule at ``iteration`` (see the module docstring)."""
+    if iteration < 0:
+        raise ValueError(f"iteration must be >= 0, got {iteration}")
+    if (min_lr_ratio is None) == (min_lr is None):
+        raise ValueError("exactly one of min_lr and min_lr_ratio (mmcv asserts it)")
+    target = base_lr * min_lr_ratio if min_lr_ratio is not None else min_lr
+    factor = (iteration // int(iters_per_epoch)) / max_progress
+    lr = target + 0.5 * (base_lr - target) * (math.cos(math.pi * factor) + 1)
+    return _warmup(iteration, lr, warmup_iters, warmup_ratio)
+
+
+LR_CONFIG_KEYS = {"policy", "warmup", "warmup_iters", "warmup_ratio", "power", "min_lr", "by_epoch", "step", "gamma",
+                  "min_lr_ratio"}
+POLICY_KEYS = {"poly": {"power", "min_lr"}, "step": {"step", "gamma", "min_lr"},
+               "CosineAnnealing": {"min_lr", "min_lr_ratio"}}
 
 
 def schedule_kwargs(cfg) -> dict:
@@ -107,6 +139,16 @@ def schedule_kwargs(cfg) -> dict:
         raise ConfigError(f"recipe: lr_config.warmup_iters must be >= 0, got {warmup_iters}")
     common = dict(base_lr=float(cfg["optimizer"]["lr"]), warmup_iters=warmup_iters if warmup else 0,
                   warmup_ratio=take(lc, "warmup_ratio", float, "lr_config", default=0.1))
+    if policy == "CosineAnnealing":
+        ratio = take(lc, "min_lr_ratio", (float, type(None)), "lr_config", default=None)
+        min_lr = take(lc, "min_lr", (float, type(None)), "lr_config", default=None)
+        if (ratio is None) == (min_lr is None):
+            raise ConfigError("recipe: lr_config: policy='CosineAnnealing' needs exactly one of min_lr and "
+                              "min_lr_ratio (mmcv asserts it)")
+        conv = cfg.get("_epoch_conversion") or {}
+        per, maxp = (int(conv["iters_per_epoch"]), int(conv["max_epochs"])) if conv.get("lr_by_epoch") else \
+            (1, int(cfg["runner"]["max_iters"]))
+        return dict(common, max_progress=maxp, iters_per_epoch=per, min_lr_ratio=ratio, min_lr=min_lr)
     if policy == "poly":
         return dict(common, max_iters=int(cfg["runner"]["max_iters"]),
                     power=take(lc, "power", float, "lr_config", default=1.0),
@@ -192,7 +234,22 @@ class StepWarmupLR(_IterScheduler):
         return step_lr_at(iteration, **self.kwargs)
 
 
-SCHEDULERS = {"poly": PolyWarmupLR, "step": StepWarmupLR}  # lr_config.policy -> scheduler class
+class CosineWarmupLR(_IterScheduler):
+    """``lr_config.policy='CosineAnnealing'``: :func:`cosine_lr_at` per iteration, times each group's ``lr_scale``."""
+
+    def __init__(self, optimizer, base_lr: float, max_progress: int, iters_per_epoch: int = 1,
+                 min_lr_ratio: float | None = None, min_lr: float | None = None, warmup_iters: int = 0,
+                 warmup_ratio: float = 0.1, last_iter: int = 0):
+        super().__init__(optimizer, last_iter, base_lr=base_lr, max_progress=int(max_progress),
+                         iters_per_epoch=int(iters_per_epoch), min_lr_ratio=min_lr_ratio, min_lr=min_lr,
+                         warmup_iters=warmup_iters, warmup_ratio=warmup_ratio)
+
+    def lr_at(self, iteration: int) -> float:
+        return cosine_lr_at(iteration, **self.kwargs)
+
+
+SCHEDULERS = {"poly": PolyWarmupLR, "step": StepWarmupLR,  # lr_config.policy -> scheduler class
+              "CosineAnnealing": CosineWarmupLR}
 
 
 def scheduler_from_config(optimizer, cfg, expect=None):

@@ -82,7 +82,8 @@ def iou_types(cfg) -> tuple[str, ...]:
 
 def epochs_to_iterations(cfg, iters_per_epoch: int) -> None:
     """Rewrite an ``EpochBasedRunner`` recipe (mmengine ``Config`` or dict, in place) in iterations: ``runner``,
-    epoch-based ``lr_config.step`` (``by_epoch`` absent or True, mmcv's default), ``checkpoint_config.interval``
+    epoch-based ``lr_config.step`` (``by_epoch`` absent or True, mmcv's default; a by-epoch ``CosineAnnealing`` is
+    recorded as ``_epoch_conversion['lr_by_epoch']``, its progress stays the epoch), ``checkpoint_config.interval``
     (same rule) and ``evaluation.interval`` (mmdet's default: every epoch) times ``iters_per_epoch``."""
     L = int(iters_per_epoch)
     if L < 1:
@@ -90,10 +91,12 @@ def epochs_to_iterations(cfg, iters_per_epoch: int) -> None:
     epochs = int(cfg["runner"]["max_epochs"])
     cfg["runner"] = {"type": "IterBasedRunner", "max_iters": epochs * L}
     lc = cfg["lr_config"]
+    lr_by_epoch = False
     if lc.get("by_epoch", True):
         if "step" in lc:
             step = lc["step"]
             lc["step"] = int(step) * L if isinstance(step, int) else [int(v) * L for v in step]
+        lr_by_epoch = lc.get("policy") == "CosineAnnealing"  # the epoch's rate (engine/schedule.py)
         lc["by_epoch"] = False
     ck = cfg.get("checkpoint_config")
     if ck is not None and ck.get("by_epoch", True):
@@ -103,7 +106,8 @@ def epochs_to_iterations(cfg, iters_per_epoch: int) -> None:
     ev = cfg.get("evaluation")
     if ev is not None:
         ev["interval"] = int(ev.get("interval", 1)) * L
-    cfg["_epoch_conversion"] = {"max_epochs": epochs, "iters_per_epoch": L}
+    cfg["_epoch_conversion"] = {"max_epochs": epochs, "iters_per_epoch": L, **({"lr_by_epoch": True} if lr_by_epoch
+                                                                                else {})}
 
 
 class ObjectDetection(Task):

@@ -190,8 +190,15 @@ def test_mae_recipes_build_the_upgraded_model():
         assert _params(with_extra) - _params(model) == extra and round(_params(model) / 1e6, 1) == 120.1
 
 
-def test_mae_recipes_are_refused_for_training_until_cosine_annealing_exists():
-    """The engine's lr schedules are 'poly' and 'step'; the official CosineAnnealing policy is not implemented, so
-    the recipe is refused naming the key (not silently trained on another schedule)."""
-    with pytest.raises(ConfigError, match=r"lr_config\.(policy|min_lr_ratio)"):
-        load_and_validate(str(DETECTION_RECIPES["mask_rcnn_mae_adapter_base_lsj_fpn_25ep_coco"]))
+def test_mae_recipes_validate_with_the_cosine_schedule():
+    """The official schedule (CosineAnnealing by epoch, min_lr_ratio 0.01, 2000 warm-up iterations) is accepted and
+    becomes the engine's cosine scheduler once the epochs are counted in iterations."""
+    from vit_adapter_ds.engine.schedule import schedule_kwargs
+    from vit_adapter_ds.tasks.detection import epochs_to_iterations
+
+    cfg, _, model = load_and_validate(str(DETECTION_RECIPES["mask_rcnn_mae_adapter_base_lsj_fpn_25ep_coco"]))
+    assert type(model).__name__ == "MaskRCNN"
+    c = cfg.to_dict()
+    epochs_to_iterations(c, 7330)  # 117266 images / 16
+    assert schedule_kwargs(c) == dict(base_lr=1e-4, warmup_iters=2000, warmup_ratio=0.001, max_progress=25,
+                                      iters_per_epoch=7330, min_lr_ratio=0.01, min_lr=None)
