@@ -1,4 +1,4 @@
-"""Import mmseg 1.2.2 reference modules (decode heads, losses) without mmcv-full.
+"""Import mmseg 1.2.2 reference modules (decode heads, necks, losses) without mmcv-full.
 
 ``mmseg.models`` imports its whole model zoo, part of which needs the compiled ``mmcv._ext``. We bypass the package
 ``__init__`` files (registering bare package modules) and stub ``mmcv.ops`` (only referenced, never called, by the
@@ -45,7 +45,8 @@ def load(module: str):
         return None
     _stub_ops()
     root = os.path.dirname(mmseg.__file__)
-    for name in ("mmseg.models", "mmseg.models.decode_heads", "mmseg.models.losses", "mmseg.models.segmentors"):
+    for name in ("mmseg.models", "mmseg.models.decode_heads", "mmseg.models.losses", "mmseg.models.necks",
+                 "mmseg.models.segmentors"):
         if name not in sys.modules:
             m = types.ModuleType(name)
             m.__path__ = [os.path.join(root, *name.split(".")[1:])]

@@ -1,5 +1,9 @@
-"""Encoder-decoder segmentor (mmseg ``EncoderDecoder``): backbone -> decode head (+ auxiliary head), losses and
-whole / sliding-window / multi-scale + flip inference.
+"""Encoder-decoder segmentor (mmseg ``EncoderDecoder``): backbone [-> neck] -> decode head (+ auxiliary head),
+losses and whole / sliding-window / multi-scale + flip inference.
+
+The optional neck (mmseg ``model.neck``, e.g. Semantic FPN's ``FPN``) maps the backbone's maps to the maps both heads
+read (``extract_feat`` = neck(backbone(img)), as mmseg); it is built with the official mmcv state-dict names
+(``neck.lateral_convs.*``, ``neck.fpn_convs.*``), so released mmseg checkpoints load as they are.
 
 Training (``model.train()``; ``model(img, gt_semantic_seg)``) returns a dict of scalar tensors::
 
@@ -18,12 +22,14 @@ Inference (mmseg 0.x ``inference`` / ``aug_test``) returns per-pixel class proba
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .heads.common import resize
-from .registry import SEGMENTORS, build_backbone, build_head
+from .registry import NECKS, SEGMENTORS, build_backbone, build_head
 from .test_time_resize import KeepRatioResize, inference_size, rescale_size, scales_from_ratios  # noqa: F401
 
 
@@ -46,21 +52,23 @@ def pixel_accuracy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int 
 
 @SEGMENTORS.register()
 class EncoderDecoder(nn.Module):
-    """``backbone`` (image -> list of 4 NCHW maps) + ``decode_head`` (+ optional ``auxiliary_head``).
+    """``backbone`` (image -> list of 4 NCHW maps) [+ ``neck`` (list of maps -> list, or dict, of maps)] +
+    ``decode_head`` (+ optional ``auxiliary_head``).
 
-    Attribute names are mmseg's (``backbone``, ``decode_head``, ``auxiliary_head``), so released whole-segmentor
-    checkpoints load with ``load_state_dict``. ``test_cfg`` (mmseg style: ``mode`` 'whole' | 'slide',
+    Attribute names are mmseg's (``backbone``, ``neck``, ``decode_head``, ``auxiliary_head``), so released
+    whole-segmentor checkpoints load with ``load_state_dict``. ``test_cfg`` (mmseg style: ``mode`` 'whole' | 'slide',
     ``crop_size``, ``stride``) gives the defaults of :meth:`predict`.
     """
 
     task = "segmentation"  # the task that trains it (models.registry.task_of)
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, auxiliary_head: nn.Module | None = None, *,
-                 num_classes: int | None = None, aux_weight: float = 0.4, decode_weight: float = 1.0,
-                 ignore_index: int = 255, align_corners: bool | None = None, avg_non_ignore: bool = False,
-                 test_cfg: dict | None = None):
+                 neck: nn.Module | None = None, num_classes: int | None = None, aux_weight: float = 0.4,
+                 decode_weight: float = 1.0, ignore_index: int = 255, align_corners: bool | None = None,
+                 avg_non_ignore: bool = False, test_cfg: dict | None = None):
         super().__init__()
         self.backbone = backbone
+        self.neck = neck
         self.decode_head = decode_head
         if auxiliary_head is not None:
             self.auxiliary_head = auxiliary_head
@@ -82,17 +90,17 @@ class EncoderDecoder(nn.Module):
         self.test_cfg = dict(test_cfg or {"mode": "whole"})
 
     # ------------------------------------------------------------------ building from the official config
-    MODEL_KEYS = ("type", "pretrained", "backbone", "decode_head", "auxiliary_head", "train_cfg", "test_cfg",
+    MODEL_KEYS = ("type", "pretrained", "backbone", "neck", "decode_head", "auxiliary_head", "train_cfg", "test_cfg",
                   "init_cfg")
     TEST_CFG_KEYS = ("mode", "crop_size", "stride", "crop_batch")
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "model") -> "EncoderDecoder":
-        """From the official mmseg ``model=dict(type='EncoderDecoder', backbone=..., decode_head=...,
+        """From the official mmseg ``model=dict(type='EncoderDecoder', backbone=..., neck=..., decode_head=...,
         auxiliary_head=..., train_cfg=dict(), test_cfg=dict(mode='whole' | 'slide', crop_size, stride))``.
-        Backbone and heads come from the registries of :mod:`vit_adapter_ds.models.registry`; loss weights,
-        ``avg_non_ignore`` and ``ignore_index`` from the heads' ``loss_decode`` / ``ignore_index``. Pretrained
-        weights are not read here (see ``registry.build_model``)."""
+        Backbone, neck (:meth:`build_neck`) and heads come from the registries of
+        :mod:`vit_adapter_ds.models.registry`; loss weights, ``avg_non_ignore`` and ``ignore_index`` from the heads'
+        ``loss_decode`` / ``ignore_index``. Pretrained weights are not read here (see ``registry.build_model``)."""
         from ..config.errors import ConfigError
         from ..config.keys import check_keys, sub, take, take_pair
 
@@ -102,11 +110,15 @@ class EncoderDecoder(nn.Module):
         if cfg.get("init_cfg") is not None:
             raise ConfigError(f"recipe: {where}.init_cfg is not supported (use model.pretrained)")
         backbone = build_backbone(sub(cfg, "backbone", where, optional=False), f"{where}.backbone")
+        neck = cls.build_neck(cfg.get("neck"), f"{where}.neck")
         decode_head = build_head(sub(cfg, "decode_head", where, optional=False), f"{where}.decode_head")
         acfg = cfg.get("auxiliary_head")
         if isinstance(acfg, (list, tuple)):
             raise ConfigError(f"recipe: {where}.auxiliary_head: a list of auxiliary heads is not supported")
         aux = build_head(sub(cfg, "auxiliary_head", where), f"{where}.auxiliary_head") if acfg else None
+        if neck is not None:
+            for key, head in (("decode_head", decode_head), ("auxiliary_head", aux)):
+                _check_head_reads_neck(head, neck, f"{where}.{key}")
         test_cfg = sub(cfg, "test_cfg", where, cls.TEST_CFG_KEYS) or {"mode": "whole"}
         tw = f"{where}.test_cfg"
         mode = take(test_cfg, "mode", str, tw, default="whole", choices=("whole", "slide"))
@@ -120,18 +132,40 @@ class EncoderDecoder(nn.Module):
         if aux is not None and aux.avg_non_ignore != decode_head.avg_non_ignore:
             raise ConfigError(f"recipe: {where}: avg_non_ignore differs between decode and auxiliary loss_decode")
         try:
-            return cls(backbone, decode_head, aux, num_classes=decode_head.num_classes,
+            return cls(backbone, decode_head, aux, neck=neck, num_classes=decode_head.num_classes,
                        decode_weight=decode_head.loss_weight, aux_weight=aux.loss_weight if aux is not None else 0.4,
                        ignore_index=decode_head.ignore_index, align_corners=decode_head.align_corners,
                        avg_non_ignore=decode_head.avg_non_ignore, test_cfg=test_cfg)
         except ValueError as e:
             raise ConfigError(f"recipe: {where}: {e}") from e
 
+    @staticmethod
+    def build_neck(ncfg, where: str = "model.neck") -> nn.Module | None:
+        """mmseg's ``model.neck`` (one dict, or None for no neck), built with the official mmcv state-dict names:
+        the neck class must list ``'mmcv'`` in its ``key_layouts`` (:class:`~.detectors.fpn.FPN` does)."""
+        from ..config.errors import ConfigError
+
+        if ncfg is None:
+            return None
+        if isinstance(ncfg, (list, tuple)):
+            raise ConfigError(f"recipe: {where}: a list of necks is not supported (mmseg's EncoderDecoder takes one)")
+        neck_cls = NECKS.lookup(ncfg, where)
+        if "mmcv" not in getattr(neck_cls, "key_layouts", ()):
+            usable = sorted(n for n, c in NECKS.items() if "mmcv" in getattr(c, "key_layouts", ()))
+            raise ConfigError(f"recipe: {where}.type={ncfg.get('type')!r} is not supported in a segmentor (it has no "
+                              f"mmseg state-dict layout); segmentor necks: {usable}")
+        return neck_cls.from_config(ncfg, where, key_layout="mmcv")
+
     # ------------------------------------------------------------------ training
     def extract_feat(self, img: torch.Tensor):
+        """The maps the heads read: the backbone's list of maps, through the neck when there is one."""
         feats = self.backbone(img)
         if not isinstance(feats, (list, tuple)):
             raise TypeError(f"the backbone must return a list of feature maps, got {type(feats)}")
+        if self.neck is not None:
+            feats = self.neck(list(feats))
+            if isinstance(feats, Mapping):  # the FPN names its levels (OrderedDict '0', '1', ...)
+                feats = feats.values()
         return list(feats)
 
     def encode_decode(self, img: torch.Tensor) -> torch.Tensor:
@@ -267,6 +301,24 @@ class EncoderDecoder(nn.Module):
         """Probabilities of one test view at ``out_size``: :meth:`predict` of ``x`` (mirrored and back with
         ``flip``)."""
         return self.predict(x, mode, crop_size, stride, out_size=out_size, flip=flip)
+
+
+def _check_head_reads_neck(head, neck, where: str) -> None:
+    """A head behind a neck that declares ``out_channels`` and level ``names``: its ``in_index`` must name neck
+    levels and its ``in_channels`` be the neck's width (else ConfigError naming ``where``; mmseg would fail in the
+    first forward)."""
+    from ..config.errors import ConfigError
+
+    width, names = getattr(neck, "out_channels", None), getattr(neck, "names", None)
+    if head is None or width is None or names is None:
+        return
+    index = head.in_index if isinstance(head.in_index, (list, tuple)) else [head.in_index]
+    channels = head.in_channels if isinstance(head.in_channels, (list, tuple)) else [head.in_channels]
+    if any(not -len(names) <= int(i) < len(names) for i in index):
+        raise ConfigError(f"recipe: {where}.in_index={head.in_index!r}: the neck gives {len(names)} levels")
+    if any(int(c) != int(width) for c in channels):
+        raise ConfigError(f"recipe: {where}.in_channels={head.in_channels!r}: the neck's maps have {width} channels "
+                          f"(neck.out_channels)")
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:

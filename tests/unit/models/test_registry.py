@@ -35,6 +35,8 @@ EXTRA: dict[str, dict[str, dict]] = {
                                      window_attn=[True, False] * 2, window_size=[2, None] * 2)},
     "neck": {"ChannelMapperWithPooling": dict(type="ChannelMapperWithPooling", in_channels=[16, 16, 16, 16],
                                               out_channels=8, num_outs=5)},
+    "head": {"FPNHead": dict(type="FPNHead", in_channels=[8, 8, 8, 8], in_index=[0, 1, 2, 3],
+                             feature_strides=[4, 8, 16, 32], channels=8, dropout_ratio=0.1, num_classes=5)},
 }
 
 

@@ -1,4 +1,5 @@
-"""Feature pyramid network of the official Mask R-CNN configs, on torchvision's ``FeaturePyramidNetwork``.
+"""Feature pyramid network of the official Mask R-CNN configs and of Semantic FPN (mmseg ``FPN``, the same module
+as mmdet's; ``num_outs=4``, mmseg ``_base_/models/fpn_r50.py``), on torchvision's ``FeaturePyramidNetwork``.
 
 Official neck: ``dict(type='FPN', in_channels=[D] * 4, out_channels=256, num_outs=5)`` (mmdet 2.x). With
 ``add_extra_convs=False`` (the default there) mmdet adds the fifth level as ``max_pool2d(P5, kernel 1, stride 2)``,
@@ -12,7 +13,10 @@ next on the previous extra level, no ReLU between (``relu_before_extra_convs=Fal
 
 State-dict names are torchvision's (``inner_blocks.i.0`` = mmdet ``lateral_convs.i.conv``,
 ``layer_blocks.i.0`` = ``fpn_convs.i.conv``, ``extra_blocks.convs.j`` = ``fpn_convs.{n + j}.conv`` for ``n`` used
-inputs); :mod:`.keymap` translates.
+inputs); :mod:`.keymap` translates. With ``key_layout='mmcv'`` (the segmentor's neck, ``EncoderDecoder.build_neck``)
+the same convolutions are held under mmcv's names instead, ``lateral_convs.i.conv`` and ``fpn_convs.{i, n + j}.conv``
+(a ``ConvModule`` without norm and activation: weight and bias), so released mmseg ``neck.*`` tensors load as they
+are; the forward is then mmdet's / mmseg's ``FPN.forward``, which gives torchvision's values bit for bit (tested).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from collections import OrderedDict
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
@@ -83,6 +88,17 @@ class ExtraConvs(ExtraFPNBlock):
         return results, names
 
 
+class ConvOnly(nn.Module):
+    """mmcv ``ConvModule(norm_cfg=None, act_cfg=None)``: just ``conv`` (with bias), under mmcv's key name."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 @NECKS.register()
 class FPN(nn.Module):
     """mmdet ``FPN(in_channels, out_channels, num_outs, start_level, add_extra_convs)`` (``add_extra_convs`` False
@@ -92,13 +108,21 @@ class FPN(nn.Module):
     ``OrderedDict`` of ``out_channels`` maps: ``{'0': P2, '1': P3, '2': P4, '3': P5[, 'pool': P6]}`` (the inputs
     from ``start_level`` on are numbered from 0); without extra convs ``num_outs`` is the number of used inputs ``n``
     or ``n + 1`` (the max-pool level), with ``'on_output'`` at least ``n`` (levels ``extra0``, ``extra1``, ...).
+    ``key_layout``: the state-dict names, ``'torchvision'`` (default) or ``'mmcv'`` (module docstring).
     """
 
+    key_layouts = ("torchvision", "mmcv")
+
     def __init__(self, in_channels, out_channels: int = 256, num_outs: int = 5, start_level: int = 0,
-                 add_extra_convs=False, norm_groups: int | None = None):
+                 add_extra_convs=False, key_layout: str = "torchvision", norm_groups: int | None = None):
         super().__init__()
         norm_layer = None if norm_groups is None else norm_class(norm_groups) if isinstance(norm_groups, str) \
             else partial(nn.GroupNorm, int(norm_groups))  # 'bn' / 'syncbn': BatchNorm (group_norm_groups)
+        if norm_layer is not None and key_layout != "torchvision":
+            raise ValueError("norm_groups (GN) is implemented for the torchvision key layout only")
+        if key_layout not in self.key_layouts:
+            raise ValueError(f"key_layout must be one of {self.key_layouts}, got {key_layout!r}")
+        self.key_layout = key_layout
         self.all_in_channels = [int(c) for c in in_channels]
         self.start_level = int(start_level)
         in_channels = self.all_in_channels[self.start_level:]
@@ -113,12 +137,21 @@ class FPN(nn.Module):
                              f"mmdet add_extra_convs=False), got {num_outs}")
         self.in_channels, self.out_channels, self.num_outs = in_channels, int(out_channels), int(num_outs)
         self.add_extra_convs = add_extra_convs
-        if add_extra_convs:
-            extra = ExtraConvs(self.out_channels, num_outs - len(in_channels)) if num_outs > len(in_channels) else None
+        if key_layout == "mmcv":
+            n_extra = num_outs - len(in_channels) if add_extra_convs else 0
+            self.lateral_convs = nn.ModuleList(ConvOnly(nn.Conv2d(c, self.out_channels, 1)) for c in in_channels)
+            self.fpn_convs = nn.ModuleList(
+                [ConvOnly(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)) for _ in in_channels]
+                + [ConvOnly(nn.Conv2d(self.out_channels, self.out_channels, 3, stride=2, padding=1))
+                   for _ in range(n_extra)])
         else:
-            extra = LastLevelMaxPool() if num_outs > len(in_channels) else None
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
-        for m in self.fpn.modules():
+            if add_extra_convs:
+                extra = ExtraConvs(self.out_channels, num_outs - len(in_channels)) if num_outs > len(in_channels) \
+                    else None
+            else:
+                extra = LastLevelMaxPool() if num_outs > len(in_channels) else None
+            self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:  # no bias before a GroupNorm
@@ -135,12 +168,26 @@ class FPN(nn.Module):
     def forward(self, feats) -> "OrderedDict[str, torch.Tensor]":
         if len(feats) != len(self.all_in_channels):
             raise ValueError(f"FPN expects {len(self.all_in_channels)} feature maps, got {len(feats)}")
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats[self.start_level:])))
+        if self.key_layout == "torchvision":
+            return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats[self.start_level:])))
+        # mmdet / mmseg FPN.forward: laterals, top-down sums (nearest upsampling), 3x3 convs, then the extra levels
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats[self.start_level:])]
+        n = len(laterals)
+        for i in range(n - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
+                                                              mode="nearest")
+        outs = [self.fpn_convs[i](laterals[i]) for i in range(n)]
+        for conv in self.fpn_convs[n:]:  # add_extra_convs='on_output': each on the previous level, no ReLU
+            outs.append(conv(outs[-1]))
+        if not self.add_extra_convs and self.num_outs > n:
+            outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+        return OrderedDict(zip(self.names, outs))
 
     @classmethod
-    def from_config(cls, cfg: dict, where: str = "model.neck") -> "FPN":
-        """Build from the official ``neck=dict(type='FPN', ...)``; unknown keys or unsupported values raise
-        ConfigError naming ``where.<key>``."""
+    def from_config(cls, cfg: dict, where: str = "model.neck", key_layout: str = "torchvision") -> "FPN":
+        """Build from the official ``neck=dict(type='FPN', ...)`` with the state-dict names of ``key_layout`` (the
+        segmentor asks for ``'mmcv'``); unknown keys or unsupported values raise ConfigError naming
+        ``where.<key>``."""
         p = parse(cfg, _FPN_SPEC, where)
         n = len(p["in_channels"]) - p["start_level"]
         if n < 1:
@@ -152,4 +199,4 @@ class FPN(nn.Module):
             raise ConfigError(f"recipe: {where}.num_outs={p['num_outs']}: only {n} or {n + 1} (one max-pool level, "
                               "add_extra_convs=False) are supported")
         return cls(p["in_channels"], p["out_channels"], p["num_outs"], p["start_level"], p["add_extra_convs"],
-                   norm_groups=group_norm_groups(p["norm_cfg"], where))
+                   key_layout=key_layout, norm_groups=group_norm_groups(p["norm_cfg"], where))
