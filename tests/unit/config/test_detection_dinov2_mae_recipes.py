@@ -11,7 +11,6 @@ import copy
 import pytest
 import torch
 
-from vit_adapter_ds.config.errors import ConfigError
 from vit_adapter_ds.data import det_transforms as T
 from vit_adapter_ds.models.detectors import MaskRCNN
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
