@@ -142,7 +142,12 @@ class SemanticSegmentation(Task):
             dtype = torch.bfloat16
         names = loader.manifest.get("classes")
         settings = self._test_settings(mode, crop_size, stride, split)
-        aug = self._aug(aug_test, ratios, flip)
+        # the recipe's test pipeline (MultiScaleFlipAug img_ratios / flip of an official _ms config) is the default,
+        # as in the in-run evaluation; --aug-test / --ratios replace its ratios, --flip adds flipping
+        st = self._split_settings(split)
+        if not (aug_test or ratios) and st["img_ratios"]:
+            ratios = list(st["img_ratios"])
+        aug = self._aug(aug_test, ratios, flip or bool(st["flip"]))
         res = evaluate(model, loader, num_classes, **settings, aug=aug,
                        class_names=names if names is not None and len(names) == num_classes else None,
                        device=device, dtype=dtype, progress=rank == 0, mean=mean, std=std)
