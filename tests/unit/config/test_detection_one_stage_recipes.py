@@ -1,8 +1,9 @@
 """The one-stage recipes equal their official configs field for field (typed here from czczup/ViT-Adapter
-``detection/configs/atss/atss_deit_adapter_small_fpn_3x_coco.py`` and its ``_base_`` files at fd64a51: the whole
-``model`` dict, pipelines, data, optimizer, schedule, fp16, checkpoints, evaluation), validate as the detection task
-with the official README parameter count (``atss/README.md``: 36M), the tiny synthetic twin builds, and keys the
-model cannot run are refused with their dotted path."""
+``detection/configs/atss/atss_deit_adapter_small_fpn_3x_coco.py``, ``gfl/gfl_deit_adapter_small_fpn_3x_coco.py`` and
+their ``_base_`` files at fd64a51: the whole ``model`` dict, pipelines, data, optimizer, schedule, fp16, checkpoints,
+evaluation), validate as the detection task with the official README parameter counts (``atss/README.md``,
+``gfl/README.md``: 36M each), the tiny synthetic twins build, and keys the model cannot run are refused with their
+dotted path."""
 from __future__ import annotations
 
 import pytest
@@ -40,6 +41,14 @@ OFFICIAL = {
                        loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
                        loss_centerness=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0)),
         train_cfg=TRAIN_CFG, test_cfg=TEST_CFG), "atss", 36, "49.6"),
+    "gfl_deit_adapter_small_fpn_3x_coco": (dict(
+        type="GFL", backbone=BACKBONE, neck=NECK,
+        bbox_head=dict(type="GFLHead", num_classes=80, in_channels=256, stacked_convs=4, feat_channels=256,
+                       anchor_generator=ANCHORS,
+                       loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
+                       loss_dfl=dict(type="DistributionFocalLoss", loss_weight=0.25), reg_max=16,
+                       loss_bbox=dict(type="GIoULoss", loss_weight=2.0)),
+        train_cfg=TRAIN_CFG, test_cfg=TEST_CFG), "gfl", 36, "50.0"),
 }
 # the official 3x train pipeline of these files: boxes only (Collect without gt_masks, LoadAnnotations with_mask)
 TRAIN_PIPELINE = train_pipeline_3x(NORM)[:-1] + [dict(type="Collect", keys=["img", "gt_bboxes", "gt_labels"])]
@@ -93,10 +102,11 @@ def test_one_stage_recipe_validates_with_the_readme_parameter_count(name):
     assert len(head.cls_convs) == 4 and head.cls_convs[0].gn.num_groups == 32
 
 
-def test_synthetic_atss_builds_and_box_only_evaluation_is_enforced():
-    path = str(DETECTION_RECIPES["synthetic_atss"])
+@pytest.mark.parametrize("kind", ["ATSS", "GFL"])
+def test_synthetic_twins_build_and_box_only_evaluation_is_enforced(kind):
+    path = str(DETECTION_RECIPES[f"synthetic_{kind.lower()}"])
     _, _, model = load_and_validate(path)
-    assert type(model).__name__ == "ATSS" and model.num_classes == 7 and model.neck.out_channels == 64
+    assert type(model).__name__ == kind and model.num_classes == 7 and model.neck.out_channels == 64
     with pytest.raises(ConfigError, match="predicts boxes only: use metric=\\['bbox'\\]"):
         load_and_validate(path, {"evaluation.metric": ["bbox", "segm"]})
 
@@ -110,7 +120,19 @@ def test_synthetic_atss_builds_and_box_only_evaluation_is_enforced():
     ("model.train_cfg.allowed_border=0", r"model.train_cfg.allowed_border=0 is not supported"),
     ("model.test_cfg.min_bbox_size=4", r"model.test_cfg.min_bbox_size=4 is not supported"),
     ("find_unused_parameters=1", r"find_unused_parameters"),
+    ("model.bbox_head.type=GFLHead", r"model.bbox_head.type='GFLHead' is not supported"),  # model.type ATSS
 ])
 def test_atss_recipe_errors_name_the_dotted_path(option, msg):
     with pytest.raises(ConfigError, match=msg):
         load_and_validate(str(DETECTION_RECIPES["atss_deit_adapter_small_fpn_3x_coco"]), [option])
+
+
+@pytest.mark.parametrize("option,msg", [
+    ("model.bbox_head.loss_dfl.type=SmoothL1Loss", r"model.bbox_head.loss_dfl.type='SmoothL1Loss' is not supported"),
+    ("model.bbox_head.loss_cls.activated=True", r"model.bbox_head.loss_cls.activated=True is not supported"),
+    ("model.bbox_head.reg_max=0", r"model.bbox_head.reg_max"),
+    ("model.bbox_head.loss_centerness.loss_weight=1.0", r"model.bbox_head.loss_centerness"),
+])
+def test_gfl_recipe_errors_name_the_dotted_path(option, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_and_validate(str(DETECTION_RECIPES["gfl_deit_adapter_small_fpn_3x_coco"]), [option])

@@ -28,9 +28,10 @@ from .fpn import FPN
 from .htc import HybridTaskCascade
 from .htc_aug import HybridTaskCascadeAug
 from .mask_rcnn import MaskRCNN
-from .single_stage import ATSS
+from .single_stage import ATSS, GFL
 from .sparse_rcnn import SparseRCNN
 from ..registry import DETECTORS, NECKS
 
 __all__ = ["FPN", "ChannelMapperWithPooling", "ExtraAttention", "MaskRCNN", "CascadeRCNN", "HybridTaskCascade",
-           "HybridTaskCascadeAug", "SparseRCNN", "ATSS", "DETECTORS", "NECKS"]
+           "HybridTaskCascadeAug", "SparseRCNN", "ATSS", "GFL", "DETECTORS",
+           "NECKS"]

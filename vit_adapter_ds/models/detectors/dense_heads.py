@@ -23,6 +23,9 @@ summed centerness targets (at least 1); ``loss_centerness`` BCE of the centernes
 Test: sigmoid scores, per level the ``nms_pre`` best (anchor, class) pairs above ``score_thr`` (by class score),
 decoded boxes clipped to the image, scores times the sigmoid centerness, class-wise NMS, ``max_per_img``.
 
+GFL (``GFLHead``): see :class:`GFLHead` (quality focal loss, distribution focal loss, GIoU weighted by the best
+class score; the same anchors, assignment, targets and test-time filter + NMS, without centerness).
+
 Module and parameter names are the official ones (``cls_convs.i.conv`` / ``.gn``, ``reg_convs``, ``atss_cls``,
 ``atss_reg``, ``atss_centerness``, ``scales.i.scale``; ``gfl_cls``, ``gfl_reg``, ``integral.project`` is a
 non-persistent constant), so the ``bbox_head.*`` keys of official checkpoints load unchanged.
@@ -325,5 +328,152 @@ class ATSSHead(DenseHead):
         return results
 
 
-__all__ = ["ATSSHead", "atss_assign", "anchor_targets", "bbox_overlaps", "centerness_target", "filter_topk",
+# ------------------------------------------------------------------------------------------------------ GFL
+def quality_focal_loss(logits: torch.Tensor, labels: torch.Tensor, score: torch.Tensor, beta: float = 2.0):
+    """mmdet 2.22 ``quality_focal_loss`` per anchor (N,): ``sum_c BCE(x_c, 0) sigmoid(x_c) ** beta`` with, at the
+    positive's class, ``BCE(x, score) |score - sigmoid(x)| ** beta`` instead (``labels`` (N,), ``C`` = background;
+    ``score`` (N,) the IoU target of the positives)."""
+    p = logits.sigmoid()
+    loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * p.pow(beta)
+    pos = torch.nonzero(labels < logits.shape[1]).flatten()
+    if pos.numel():
+        lab = labels[pos]
+        x, q = logits[pos, lab], score[pos].to(logits.dtype)
+        loss = loss.index_put((pos, lab), F.binary_cross_entropy_with_logits(x, q, reduction="none")
+                              * (q - p[pos, lab]).abs().pow(beta))
+    return loss.sum(dim=1)
+
+
+def distribution_focal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mmdet ``distribution_focal_loss`` (M,): the bins ``pred`` (M, n + 1) against the continuous ``target`` (M,):
+    cross entropies at its two neighbouring bins weighted by the distance to the other."""
+    left = target.long()
+    right = left + 1
+    return (F.cross_entropy(pred, left, reduction="none") * (right.to(target.dtype) - target)
+            + F.cross_entropy(pred, right, reduction="none") * (target - left.to(target.dtype)))
+
+
+def distance2bbox(points: torch.Tensor, distance: torch.Tensor, max_shape=None) -> torch.Tensor:
+    """mmdet ``DistancePointBBoxCoder.decode``: points (N, 2) and (left, top, right, bottom) (N, 4) -> boxes,
+    clamped to ``[0, w] x [0, h]`` with ``max_shape`` (h, w)."""
+    b = torch.cat([points - distance[:, :2], points + distance[:, 2:]], dim=1)
+    if max_shape is not None:
+        h, w = float(max_shape[0]), float(max_shape[1])
+        b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1)
+    return b
+
+
+def bbox2distance(points: torch.Tensor, boxes: torch.Tensor, max_dis: float, eps: float = 0.1) -> torch.Tensor:
+    """mmdet ``DistancePointBBoxCoder.encode`` (``bbox2distance``): (left, top, right, bottom) from the points to the
+    box sides, clamped to ``[0, max_dis - eps]``."""
+    d = torch.cat([points - boxes[:, :2], boxes[:, 2:] - points], dim=1)
+    return d.clamp(min=0, max=max_dis - eps)
+
+
+class Integral(nn.Module):
+    """mmdet ``Integral``: the expectation ``sum_i softmax(x)_i i`` of each side's ``reg_max + 1`` bins (N, 4 (n +
+    1)) -> (N, 4). ``project`` is a (persistent) buffer as in mmdet, so official checkpoints carry it."""
+
+    def __init__(self, reg_max: int = 16):
+        super().__init__()
+        self.reg_max = int(reg_max)
+        self.register_buffer("project", torch.linspace(0, self.reg_max, self.reg_max + 1))
+
+    def forward(self, x):
+        x = F.softmax(x.reshape(-1, self.reg_max + 1), dim=1)
+        return F.linear(x, self.project.type_as(x)).reshape(-1, 4)
+
+
+class GFLHead(DenseHead):
+    """mmdet 2.22 ``GFLHead``: ATSS towers and assignment; ``gfl_cls`` joint class-quality logits trained with the
+    quality focal loss against the IoU of the decoded prediction (positives) / 0 (``/ N``); ``gfl_reg`` a
+    distribution of ``reg_max + 1`` bins per side (in strides) whose expectation gives the distances from the anchor
+    centre; GIoU x ``loss_bbox_weight`` and the distribution focal loss x ``loss_dfl_weight`` (``/ 4``) of the
+    positives, both weighted by their best class score and divided by the rank mean of its sum (at least 1).
+    Test: sigmoid scores, per level ``nms_pre`` pairs above ``score_thr``, distances x stride decoded from the
+    anchor centres and clipped, class-wise NMS, ``max_per_img`` (no centerness)."""
+
+    def __init__(self, num_classes=80, in_channels=256, feat_channels=256, stacked_convs=4,
+                 strides=(8, 16, 32, 64, 128), *, topk=9, reg_max=16, beta=2.0, loss_cls_weight=1.0, loss_bbox_weight=2.0, loss_dfl_weight=0.25,
+                 score_thr=0.05, nms_pre=1000, nms_iou=0.6, max_per_img=100, gn_groups=32):
+        super().__init__(num_classes, in_channels, feat_channels, stacked_convs, len(strides), gn_groups)
+        self.strides = tuple(int(s) for s in strides)
+        self.reg_max = int(reg_max)
+        self.gfl_cls = nn.Conv2d(feat_channels, self.num_classes, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(feat_channels, 4 * (self.reg_max + 1), 3, padding=1)
+        self._init("gfl_cls")
+        self.integral = Integral(self.reg_max)
+        self.topk, self.beta = int(topk), float(beta)
+        self.loss_cls_weight, self.loss_bbox_weight = float(loss_cls_weight), float(loss_bbox_weight)
+        self.loss_dfl_weight = float(loss_dfl_weight)
+        self.score_thr, self.nms_pre, self.nms_iou = float(score_thr), int(nms_pre), float(nms_iou)
+        self.max_per_img = int(max_per_img)
+
+    def forward(self, feats):
+        """Per level (cls (B, C, H, W), side distributions (B, 4 (reg_max + 1), H, W) float32)."""
+        out = []
+        for x, scale in zip(feats, self.scales):
+            c, r = self.towers(x)
+            out.append((self.gfl_cls(c), scale(self.gfl_reg(r)).float()))
+        return out
+
+    def loss(self, outs, anchors, valid, num_level_anchors, targets):
+        """As :meth:`ATSSHead.loss` -> ``loss_cls`` (QFL), ``loss_bbox`` (GIoU), ``loss_dfl``."""
+        nb = 4 * (self.reg_max + 1)
+        cls = torch.cat([_flat(o[0], self.num_classes) for o in outs], 1).float().reshape(-1, self.num_classes)
+        reg = torch.cat([_flat(o[1], nb) for o in outs], 1).float().reshape(-1, nb)
+        labels, weights, boxes, npos = [], [], [], 0
+        for b, t in enumerate(targets):
+            lab, w, box, n = anchor_targets(anchors, valid[b], num_level_anchors, t["boxes"], t["labels"],
+                                            self.num_classes, self.topk)
+            labels.append(lab), weights.append(w), boxes.append(box)
+            npos += max(n, 1)
+        labels, weights, boxes = torch.stack(labels).flatten(), torch.stack(weights).flatten(), torch.cat(boxes)
+        num_total = max(reduce_mean(cls.new_tensor(float(npos))).item(), 1.0)
+        strides = torch.cat([anchors.new_full((int(k),), float(s)) for k, s in zip(num_level_anchors, self.strides)])
+        strides = strides.repeat(len(targets))
+        all_anchors = anchors.float().repeat(len(targets), 1)
+        pos = torch.nonzero(labels < self.num_classes).flatten()
+        score = cls.new_zeros(labels.shape)
+        if pos.numel():
+            s = strides[pos][:, None]
+            ctr = centers(all_anchors[pos]) / s
+            weight = cls.detach().sigmoid().max(dim=1)[0][pos]
+            pred = distance2bbox(ctr, self.integral(reg[pos]))
+            tgt = boxes[pos] / s
+            score[pos] = bbox_overlaps(pred.detach(), tgt, aligned=True)
+            target_corners = bbox2distance(ctr, tgt, self.reg_max).reshape(-1)
+            loss_bbox = weighted_giou(pred, tgt, weight, self.loss_bbox_weight)
+            loss_dfl = self.loss_dfl_weight * (distribution_focal_loss(reg[pos].reshape(-1, self.reg_max + 1),
+                                                                       target_corners)
+                                               * weight[:, None].expand(-1, 4).reshape(-1)).sum() / 4.0
+            wsum = weight.sum()
+        else:
+            loss_bbox, loss_dfl, wsum = reg.sum() * 0, reg.sum() * 0, reg.new_zeros(())
+        qfl = quality_focal_loss(cls, labels, score, self.beta)
+        loss_cls = self.loss_cls_weight * (qfl * weights).sum() / num_total
+        avg = reduce_mean(wsum).clamp(min=1).item()
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox / avg, "loss_dfl": loss_dfl / avg}
+
+    @torch.no_grad()
+    def predict(self, outs, level_anchors, image_sizes, scales):
+        """As :meth:`ATSSHead.predict` (mmdet ``GFLHead._get_bboxes_single``)."""
+        nb = 4 * (self.reg_max + 1)
+        results = []
+        for i, (h, w) in enumerate(image_sizes):
+            bl, sl, ll = [], [], []
+            for (c, r), a, stride in zip(outs, level_anchors, self.strides):
+                scores = _flat(c[i:i + 1].float(), self.num_classes)[0].sigmoid()
+                s, lab, k = filter_topk(scores, self.score_thr, self.nms_pre)
+                dist = self.integral(_flat(r[i:i + 1].float(), nb)[0][k]) * stride
+                bl.append(distance2bbox(centers(a[k].float()), dist, (h, w)))
+                sl.append(s), ll.append(lab)
+            boxes = torch.cat(bl)
+            boxes = boxes / boxes.new_tensor([scales[i][0], scales[i][1]] * 2)
+            results.append(nms_post_process(boxes, torch.cat(sl), torch.cat(ll), self.nms_iou, self.max_per_img))
+        return results
+
+
+__all__ = ["ATSSHead", "GFLHead", "atss_assign", "bbox2distance", "distance2bbox", "distribution_focal_loss",
+           "quality_focal_loss", "anchor_targets", "bbox_overlaps", "centerness_target", "filter_topk",
            "nms_post_process", "sigmoid_focal_loss", "weighted_giou"]

@@ -20,7 +20,7 @@ from torch import nn
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
 from ..registry import BACKBONES, DETECTORS
-from .dense_heads import ATSSHead
+from .dense_heads import ATSSHead, GFLHead
 from .fpn import FPN
 from .mask_rcnn import FixedStrideAnchorGenerator, MaskRCNN, padded_shape
 
@@ -46,6 +46,15 @@ _ATSS_HEAD = dict(_HEAD_COMMON, **{
                  "reduction": Fixed("mean")},
     "loss_centerness": {"type": Fixed("CrossEntropyLoss"), "use_sigmoid": Fixed(True),
                         "loss_weight": Param("loss_centerness_weight", (float,), 1.0), "reduction": Fixed("mean")},
+})
+_GFL_HEAD = dict(_HEAD_COMMON, **{
+    "type": Fixed("GFLHead"), "reg_max": Param("reg_max", (int,), 16, minimum=1),
+    "bbox_coder": {"type": Fixed("DistancePointBBoxCoder"), "clip_border": Fixed(True)},
+    "loss_cls": {"type": Fixed("QualityFocalLoss"), "use_sigmoid": Fixed(True), "beta": Param("beta", (float,), 2.0),
+                 "loss_weight": Param("loss_cls_weight", (float,), 1.0), "reduction": Fixed("mean"),
+                 "activated": Fixed(False)},
+    "loss_dfl": {"type": Fixed("DistributionFocalLoss"), "loss_weight": Param("loss_dfl_weight", (float,), 0.25),
+                 "reduction": Fixed("mean")},
 })
 _TRAIN = {"assigner": {"type": Fixed("ATSSAssigner"), "topk": Param("topk", (int,), 9, minimum=1),
                        "ignore_iof_thr": Fixed(-1), "iou_calculator": Fixed({"type": "BboxOverlaps2D"})},
@@ -185,4 +194,19 @@ class ATSS(SingleStageDetector):
                         gn_groups=p["gn_groups"])
 
 
-__all__ = ["ATSS", "SingleStageDetector"]
+@DETECTORS.register()
+class GFL(SingleStageDetector):
+    """mmdet ``GFL``: :class:`SingleStageDetector` with :class:`~.dense_heads.GFLHead`."""
+
+    HEAD_SPEC = _GFL_HEAD
+
+    @classmethod
+    def _head(cls, p, num_levels):
+        return GFLHead(p["num_classes"], p["head_in_channels"], p["feat_channels"], p["stacked_convs"],
+                       tuple(p["anchor_strides"]), topk=p["topk"], reg_max=p["reg_max"], beta=p["beta"],
+                       loss_cls_weight=p["loss_cls_weight"], loss_bbox_weight=p["loss_bbox_weight"],
+                       loss_dfl_weight=p["loss_dfl_weight"], score_thr=p["score_thr"], nms_pre=p["nms_pre"],
+                       nms_iou=p["nms_iou"], max_per_img=p["max_per_img"], gn_groups=p["gn_groups"])
+
+
+__all__ = ["ATSS", "GFL", "SingleStageDetector"]
