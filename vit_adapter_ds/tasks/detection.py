@@ -1,10 +1,11 @@
-"""Object detection / instance segmentation (Mask R-CNN, HTC++, Cascade Mask R-CNN): the detector, the COCO
-instance shard loaders, COCO AP.
+"""Object detection / instance segmentation (Mask R-CNN, HTC++, Cascade Mask R-CNN; box-only ATSS, GFL): the
+detector, the COCO instance shard loaders, COCO AP.
 
 The recipe's sections are the official mmdet ones:
 
 * ``model``: ``type`` one of :data:`~vit_adapter_ds.models.detectors.DETECTORS` (``'MaskRCNN'``,
-  ``'HybridTaskCascade'``, ``'HybridTaskCascadeAug'``, ``'CascadeRCNN'``) and its official keys (the class's
+  ``'HybridTaskCascade'``, ``'HybridTaskCascadeAug'``, ``'CascadeRCNN'``, ``'ATSS'``, ``'GFL'``, ...) and its official
+  keys (the class's
   ``from_config`` checks every key); the backbone's ``pretrained`` file is loaded into ``model.backbone`` by
   :meth:`ObjectDetection.build_model`. An HTC with a semantic head needs a train pipeline with the semantic maps
   (``LoadAnnotations(with_seg=True)`` / ``SegRescale``): :meth:`ObjectDetection.forward_loss` passes the batch's
