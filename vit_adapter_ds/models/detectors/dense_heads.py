@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from .cascade_mask_rcnn import delta2bbox, giou_loss
+from .bbox_ops import delta2bbox, giou_loss
 
 INF = 100000000  # mmdet ATSSAssigner's
 
