@@ -300,7 +300,11 @@ class SparseRoIHead(nn.Module):
         (B, P, 4) float, object features (B, P, C))."""
         b, p = boxes.shape[:2]
         rois = boxes.detach().float()
-        cls, deltas, obj, _ = self.bbox_head[i](self.bbox_roi_extractor(features, list(rois)), obj_feats)
+        roi_feats = self.bbox_roi_extractor(features, list(rois))
+        if torch.is_grad_enabled():  # every level in the graph, used by a RoI or not (mmdet SingleRoIExtractor
+            # adds feats[l].sum() * 0 for the unused levels): ranks then reduce the same gradients (ZeRO buckets)
+            roi_feats = roi_feats + sum(features[n].sum() for n in self.bbox_roi_extractor.featmap_names) * 0.0
+        cls, deltas, obj, _ = self.bbox_head[i](roi_feats, obj_feats)
         dec = delta2bbox(boxes.reshape(-1, 4).float(), deltas.reshape(-1, 4).float(), self.target_stds[i])
         return cls.float(), dec.view(b, p, 4), obj
 
