@@ -7,7 +7,7 @@ Presets are declared beside each registered backbone (its class attribute ``pres
 :mod:`.registry`); each preset is exactly the official ``backbone=dict(...)`` of the named config (drop-path of the
 UperNet recipes); keyword overrides win. Constructors never read files: :func:`load_pretrained` (:mod:`.pretrained`,
 re-exported here) loads a local file into a built backbone, through :mod:`vit_adapter_ds.checkpoint.reader` (safe
-reading, one load report) and the backbone class's ``checkpoint_filter_fn``. Three kinds of files are understood,
+reading, one load report) and the backbone class's ``checkpoint_filter_fn``. Four kinds of files are understood,
 recognised by their keys:
 
 * **timm ViTs** (DeiT, AugReg, DINOv2 converted or not) for ``ViTAdapter``: names are copied as they are, like the
@@ -17,6 +17,9 @@ recognised by their keys:
   missing and stay 1. See :func:`~vit_adapter_ds.models.backbones.vit.vit_checkpoint_filter_fn`.
 * **BEiT / BEiTv2** (microsoft/unilm) for ``BEiTAdapter``, with the official ``mmcv_custom/checkpoint.py`` rules:
   see :func:`~vit_adapter_ds.models.backbones.beit.beit_checkpoint_filter_fn`.
+* **Uni-Perceiver** (released ``uni-perceiver-*-pretrained.pth``, raw or converted) for ``UniPerceiverAdapter``, with
+  the rules of the official ``uniperceiver_converter.py``: see
+  :func:`~vit_adapter_ds.models.backbones.uniperceiver.uniperceiver_checkpoint_filter_fn`.
 * **Released ViT-Adapter segmentors/detectors** (mmcv ``{'meta', 'state_dict', 'optimizer'}``, keys ``backbone.*``,
   ``decode_head.*``, ...): the ``backbone.`` part is loaded (:func:`split_segmentor_state_dict`). A state dict saved
   from our own backbones is loaded the same way.

@@ -5,10 +5,11 @@ A module declares a method ``layer_id(name, num_layers) -> int`` for the names o
 ``named_parameters()`` (``num_layers`` is L = paramwise_cfg.num_layers + 2; layer 0 is the embeddings, i + 1 block i,
 L - 1 the top). :func:`layer_id` asks, for a parameter of a whole model, the outermost module on the parameter's
 path that declares one (with the name relative to that module); a parameter that no module claims is on the top
-layer L - 1 (the adapter, necks, heads), as in the official rule. The two declarations of this package:
+layer L - 1 (the adapter, necks, heads), as in the official rule. The declarations of this package:
 
 * the ViT / BEiT backbones (:func:`vit_layer_id`): ``cls_token``, ``mask_token``, ``pos_embed`` (exact names) and
   ``patch_embed*`` are layer 0, ``blocks.i.*`` / ``layers.i.*`` layer i + 1, the rest L - 1;
+* the Uni-Perceiver backbone (``UniPerceiverAdapter.layer_id``): ``visual_embed*`` layer 0, then the ViT rule;
 * heads whose embeddings are layer 0 (:func:`zero_layer_id`): Mask2Former's ``query_feat``, ``query_embed``,
   ``level_embed``, ``mask_embed`` and ``cls_embed``.
 

@@ -18,7 +18,9 @@ from ..checkpoint.reader import CheckpointError, extract_state_dict
 from ..checkpoint.loading import LoadReport, load_into, read_state_dict
 
 _KIND_WORDS = {"vit": "a timm ViT checkpoint (DeiT/AugReg/DINOv2 style)", "beit": "a BEiT/BEiTv2 checkpoint",
-               "vit-adapter": "a ViT-Adapter backbone", "beit-adapter": "a BEiT-Adapter backbone"}
+               "vit-adapter": "a ViT-Adapter backbone", "beit-adapter": "a BEiT-Adapter backbone",
+               "uniperceiver": "a Uni-Perceiver checkpoint (released or converted by uniperceiver_converter.py)",
+               "uniperceiver-adapter": "a Uni-Perceiver-Adapter backbone"}
 
 
 def split_segmentor_state_dict(state_dict: dict) -> dict[str, "OrderedDict"]:
@@ -41,22 +43,33 @@ def _is_beit(keys) -> bool:
                or re.search(r"\.gamma_[12]$", k) for k in keys)
 
 
+def _is_uniperceiver(keys) -> bool:
+    """Released Uni-Perceiver keys (``fused_encoder.``, ``video_embed.``) or converted ones (``visual_embed.``,
+    ``layers.i.self_attn.in_proj``); checked before BEiT, whose ``gamma_1`` / ``gamma_2`` names they share."""
+    return any(k.startswith(("fused_encoder.", "video_embed.", "visual_embed."))
+               or re.match(r"layers\.\d+\.self_attn\.in_proj[._]", k) for k in keys)
+
+
 def _is_adapter(keys) -> bool:
     return any(k.startswith(("spm.", "interactions.")) or k == "level_embed" for k in keys)
 
 
 def detect_checkpoint_kind(state_dict: dict) -> str:
-    """'segmentor' (``backbone.*`` keys), 'vit-adapter'/'beit-adapter' (our own or the released backbone format),
-    'beit' (unilm BEiT/BEiTv2) or 'vit' (timm DeiT/AugReg/DINOv2)."""
+    """'segmentor' (``backbone.*`` keys), 'vit-adapter'/'beit-adapter'/'uniperceiver-adapter' (our own or the
+    released backbone format), 'uniperceiver' (released or converted Uni-Perceiver), 'beit' (unilm BEiT/BEiTv2) or
+    'vit' (timm DeiT/AugReg/DINOv2)."""
     keys = list(state_dict)
     if any(k.startswith("backbone.") for k in keys):
         return "segmentor"
+    if _is_uniperceiver(keys):
+        return "uniperceiver-adapter" if _is_adapter(keys) else "uniperceiver"
     if _is_beit(keys):
         return "beit-adapter" if _is_adapter(keys) else "beit"
     if any(re.match(r"blocks\.\d+\.attn\.qkv\.weight$", k) for k in keys):
         return "vit-adapter" if _is_adapter(keys) else "vit"
     raise CheckpointError("unrecognised checkpoint: expected timm ViT keys (blocks.0.attn.qkv.weight, pos_embed), "
-                          "BEiT keys (blocks.0.attn.q_bias, relative_position_bias_table) or a released segmentor "
+                          "BEiT keys (blocks.0.attn.q_bias, relative_position_bias_table), Uni-Perceiver keys "
+                          "(fused_encoder.layers.0.self_attn.in_proj_weight, video_embed.*) or a released segmentor "
                           f"(backbone.*); first keys are {keys[:8]}")
 
 

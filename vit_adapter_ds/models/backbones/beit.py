@@ -268,10 +268,9 @@ class BEiTAdapter(AdapterMixin, nn.Module):
     presets = BEIT_PRESETS
     # pretrained files it loads (models/pretrained.py detect_checkpoint_kind) and the refusal of any other kind
     checkpoint_kinds = ("beit", "beit-adapter")
-    checkpoint_mismatch = ("{source} is {what} (qkv biases, absolute pos_embed, no relative position tables), but "
-                           "the model is a BEiTAdapter, which needs BEiT weights (q_bias/v_bias, "
-                           "relative_position_bias_table, gamma_1/gamma_2); build a ViTAdapter for this file or pass a "
-                           "BEiT checkpoint")
+    checkpoint_mismatch = ("{source} is {what}, but the model is a BEiTAdapter, which needs BEiT weights (q_bias/"
+                           "v_bias, relative_position_bias_table, gamma_1/gamma_2); build a ViTAdapter for timm ViT "
+                           "weights or a UniPerceiverAdapter for Uni-Perceiver weights, or pass a BEiT checkpoint")
 
     @staticmethod
     def checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None, kind: str | None = None) -> dict:

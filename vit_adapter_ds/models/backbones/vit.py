@@ -141,8 +141,9 @@ class ViTAdapter(AdapterMixin, nn.Module):
     presets = VIT_PRESETS
     # pretrained files it loads (models/pretrained.py detect_checkpoint_kind) and the refusal of any other kind
     checkpoint_kinds = ("vit", "vit-adapter")
-    checkpoint_mismatch = ("{source} is {what} (q_bias/v_bias, relative position tables), but the model is a "
-                           "ViTAdapter, which needs timm ViT weights (DeiT/AugReg); build a BEiTAdapter for this file")
+    checkpoint_mismatch = ("{source} is {what}, but the model is a ViTAdapter, which needs timm ViT weights "
+                           "(DeiT/AugReg); build a BEiTAdapter for BEiT weights or a UniPerceiverAdapter for "
+                           "Uni-Perceiver weights")
 
     @staticmethod
     def checkpoint_filter_fn(state_dict: dict, model: nn.Module, report=None, kind: str | None = None) -> dict:
