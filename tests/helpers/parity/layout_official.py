@@ -1,5 +1,6 @@
 """Lay out an official ViT-Adapter checkout's backbone files plus the shims (tests/helpers/parity/shims) in a work folder, so
-that the official ``ViTAdapter`` / ``BEiTAdapter`` (segmentation and detection copies) import on current PyTorch.
+that the official ``ViTAdapter`` / ``BEiTAdapter`` / ``UniPerceiverAdapter`` (segmentation and detection copies) and
+the plain baselines import on current PyTorch.
 
     python tests/helpers/parity/layout_official.py --official-dir ~/src/ViT-Adapter --out /tmp/official_work
 
@@ -27,6 +28,8 @@ OFFICIAL_FILES = {
     "det_vit": [f"{DET}/adapter_modules.py", f"{DET}/vit_adapter.py", f"{DET}/base/vit.py"],
     "det_beit": [f"{DET}/adapter_modules.py", f"{DET}/beit_adapter.py", f"{DET}/base/beit.py"],
     "det_vit_baseline": [f"{DET}/vit_baseline.py", f"{DET}/base/vit.py"],
+    "seg_uniperceiver": [f"{SEG}/adapter_modules.py", f"{SEG}/uniperceiver_adapter.py", f"{SEG}/base/uniperceiver.py"],
+    "det_uniperceiver": [f"{DET}/adapter_modules.py", f"{DET}/uniperceiver_adapter.py", f"{DET}/base/uniperceiver.py"],
 }
 OPS_FILES = ["detection/ops/modules/ms_deform_attn.py", "detection/ops/functions/ms_deform_attn_func.py"]
 PACKAGE_INITS = {  # package -> content of its __init__.py in the work folder
@@ -81,7 +84,9 @@ def import_official(work_dir: str, classes=tuple(OFFICIAL_FILES)) -> dict:
                "seg_beit_baseline": ("mmseg_custom.models.backbones.beit_baseline", "BEiTBaseline"),
                "det_vit": ("mmdet_custom.models.backbones.vit_adapter", "ViTAdapter"),
                "det_beit": ("mmdet_custom.models.backbones.beit_adapter", "BEiTAdapter"),
-               "det_vit_baseline": ("mmdet_custom.models.backbones.vit_baseline", "ViTBaseline")}
+               "det_vit_baseline": ("mmdet_custom.models.backbones.vit_baseline", "ViTBaseline"),
+               "seg_uniperceiver": ("mmseg_custom.models.backbones.uniperceiver_adapter", "UniPerceiverAdapter"),
+               "det_uniperceiver": ("mmdet_custom.models.backbones.uniperceiver_adapter", "UniPerceiverAdapter")}
     return {c: getattr(importlib.import_module(modules[c][0]), modules[c][1]) for c in classes}
 
 

@@ -23,6 +23,16 @@ spec describes HEAD fd64a51 and these files agree with it for everything the gol
                 base/vit.py @d8901a3, base/beit.py @b9c2a70;
                 vit_baseline.py with base/vit.py @fd64a51 (the vit_baseline_small_det golden)
   ops:          modules/ms_deform_attn.py @efdba25, functions/ms_deform_attn_func.py @dac983f
+The goldens uniperceiver_adapter_base, uniperceiver_adapter_base_det and vit_adapter_light_base were generated from
+a checkout of HEAD fd64a51, whose files there were last changed in 5cf0b2d (2025-05-31):
+  segmentation: uniperceiver_adapter.py, base/uniperceiver.py, adapter_modules.py; vit_adapter.py and base/vit.py
+                (the light adapter: layer_scale=True default, use_extra_extractor)
+  detection:    uniperceiver_adapter.py, base/uniperceiver.py, adapter_modules.py
+  ops:          modules/ms_deform_attn.py and functions/ms_deform_attn_func.py @7417df9
+The official model runs with oneDNN (mkldnn) convolutions off, as ours does in the parity test
+(tests/unit/models/test_official_parity.py): on some CPUs (AMD EPYC) oneDNN sums the spm stem convolution in another
+order and the stem / input gradients then differ by ~4e-3 relative from PyTorch's own convolution, even in eval mode;
+the goldens listed first were generated on a CPU where both agree.
 In train mode the official ``nn.SyncBatchNorm`` layers are replaced by ``nn.BatchNorm2d`` with the same state (no
 process group on CPU); in eval mode they are used as they are. Each golden records the torch version and date of
 its generation in ``meta``.
@@ -64,6 +74,17 @@ OFFICIAL_SOURCES = {
     "detection/mmdet_custom/models/backbones/vit_baseline.py": "fd64a51 (HEAD; with base/vit.py at HEAD)",
     "detection/ops/modules/ms_deform_attn.py": "efdba25798722fc1f03861c101553d3ab5b91915",
     "detection/ops/functions/ms_deform_attn_func.py": "dac983f185defb6b39cf382f19d176d892a0d66b",
+    # the uniperceiver_adapter_base{,_det} and vit_adapter_light_base goldens: a checkout of HEAD fd64a51
+    "segmentation/mmseg_custom/models/backbones/uniperceiver_adapter.py": "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
+    "segmentation/mmseg_custom/models/backbones/base/uniperceiver.py": "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
+    "detection/mmdet_custom/models/backbones/uniperceiver_adapter.py": "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
+    "detection/mmdet_custom/models/backbones/base/uniperceiver.py": "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
+    "segmentation/mmseg_custom/models/backbones/vit_adapter.py (vit_adapter_light_base)":
+        "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
+    "segmentation/mmseg_custom/models/backbones/base/vit.py (vit_adapter_light_base)":
+        "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
+    "detection/ops (uniperceiver_adapter_base{,_det}, vit_adapter_light_base)":
+        "7417df9 (modules/ms_deform_attn.py, functions/ms_deform_attn_func.py at HEAD fd64a51)",
 }
 
 
@@ -99,7 +120,8 @@ def generate(name: str, classes: dict, train: bool = False) -> dict:
     else:
         model.eval()
     keys = grad_keys(base)
-    result = run_case(model, cfg["input"], SEED, keys)
+    with torch.backends.mkldnn.flags(enabled=False):  # PyTorch's own convolutions, as the parity test runs them
+        result = run_case(model, cfg["input"], SEED, keys)
     return {
         "variant": name,
         "base_variant": base,

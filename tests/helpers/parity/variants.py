@@ -1,7 +1,8 @@
 """The official configurations checked for fidelity (docs/official-architecture.md §3), with the small inputs used for the goldens.
 
 ``official`` names the official class (segmentation / detection copy); ``kwargs`` are the official
-``backbone=dict(...)`` arguments, accepted unchanged by our ``ViTAdapter`` / ``BEiTAdapter`` plus ``task``.
+``backbone=dict(...)`` arguments, accepted unchanged by our ``ViTAdapter`` / ``BEiTAdapter`` / ``UniPerceiverAdapter``
+(plus ``task``) and the baselines.
 Drop-path is 0 so that train-mode checks are deterministic.
 """
 from __future__ import annotations
@@ -51,6 +52,25 @@ VARIANTS: dict[str, dict] = {
                     out_indices=[2, 5, 8, 11], window_attn=[True, True, False] * 4,
                     window_size=[14, 14, None] * 4)),
 }
+# The light adapter of upernet_deit_adapter_light_base_512_160k_ade20k: one interaction over the 12 blocks, no
+# ConvFFN, no extra extractors, no ViT features added to the pyramid.
+VARIANTS["vit_adapter_light_base"] = dict(
+    official="seg_vit", task="segmentation", input=(2, 3, 64, 96), slow=False,
+    kwargs=dict(_COMMON, embed_dim=768, depth=12, num_heads=12, deform_num_heads=12, deform_ratio=0.5,
+                interaction_indexes=[[0, 11]], with_cffn=False, use_extra_extractor=False, add_vit_feature=False,
+                window_attn=[False] * 12, window_size=[None] * 12))
+# Uni-Perceiver-Adapter at base size (the large recipes differ only in sizes): the backbone of
+# upernet_uniperceiver_adapter_large_512_160k_ade20k (global attention; the 14x14 position table resized to 4x6) and
+# of mask_rcnn_uniperceiver_adapter_base_fpn_3x_coco (12x18 token grid: 14-windows pad it to 14x28 before in_proj).
+VARIANTS["uniperceiver_adapter_base"] = dict(
+    official="seg_uniperceiver", task="segmentation", input=(2, 3, 64, 96), slow=False,
+    kwargs=dict(_COMMON, embed_dim=768, depth=12, num_heads=12, deform_num_heads=12, deform_ratio=0.5,
+                interaction_indexes=I12, window_attn=[False] * 12, window_size=[None] * 12))
+VARIANTS["uniperceiver_adapter_base_det"] = dict(
+    official="det_uniperceiver", task="detection", input=(1, 3, 192, 288), slow=False,
+    kwargs=dict(_COMMON, embed_dim=768, depth=12, num_heads=12, deform_num_heads=12, deform_ratio=0.5,
+                interaction_indexes=I12, window_attn=[True, True, False] * 4, window_size=[14, 14, None] * 4))
+
 # Batch 1 (the per-GPU batch of the detection / Mask2Former recipes): a cheap case for batch-1 layout effects.
 VARIANTS["vit_adapter_tiny_b1"] = dict(VARIANTS["vit_adapter_tiny"], input=(1, 3, 64, 96))
 
@@ -78,6 +98,24 @@ def grad_keys(name: str) -> list[str]:
         return ["patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.2.attn.qkv.weight",
                 f"blocks.{depth - 1}.mlp.fc2.weight", "blocks.1.gamma1", "norm1.weight", "norm4.bias",
                 "up1.0.weight", "up1.1.weight", "up1.3.weight", "up2.weight"]
+    adapter = ["interactions.0.injector.gamma", "interactions.0.injector.attn.sampling_offsets.weight",
+               "interactions.0.injector.attn.value_proj.weight"]
+    if cfg["official"].endswith("uniperceiver"):
+        return ["visual_embed.patch_embed.proj.weight", "visual_embed.patch_embed.spatial_pos_embed.weight",
+                "visual_embed.patch_embed.temporal_pos_embed.weight", "visual_embed.embeddings_norm.weight",
+                "layers.0.self_attn.in_proj.weight", "layers.0.self_attn.in_proj.bias", "layers.2.norm1.weight",
+                f"layers.{depth - 1}.linear2.weight", "layers.1.gamma_1", "layers.1.gamma_2", *adapter,
+                "interactions.1.extractor.attn.attention_weights.weight",
+                "interactions.3.extractor.ffn.dwconv.dwconv.weight", "interactions.3.extra_extractors.1.ffn.fc2.weight",
+                "interactions.3.extra_extractors.0.query_norm.weight", "spm.stem.0.weight", "spm.stem.1.weight",
+                "spm.fc4.weight", "level_embed", "up.weight", "norm1.weight"]
+    if len(kw["interaction_indexes"]) == 1:  # the light adapter: one interaction, no ConvFFN, no extra extractors
+        return ["patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight",
+                f"blocks.{depth - 1}.mlp.fc2.weight", "blocks.1.gamma1", *adapter,
+                "interactions.0.extractor.attn.attention_weights.weight",
+                "interactions.0.extractor.attn.output_proj.weight", "interactions.0.extractor.query_norm.weight",
+                "spm.stem.0.weight", "spm.stem.1.weight", "spm.fc4.weight", "level_embed", "up.weight",
+                "norm1.weight", "norm4.bias"]
     beit = cfg["official"].endswith("beit")
     keys = ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", f"blocks.{depth - 1}.mlp.fc2.weight",
             "blocks.1.gamma_1" if beit else "blocks.1.gamma1",

@@ -2,11 +2,11 @@
 
 The goldens in tests/helpers/parity/goldens were produced by running the official backbone code (outside this repo, see
 tests/helpers/parity/make_goldens.py) with seeded weights on a seeded input, including one backward pass of a fixed scalar
-loss. Here our ViTAdapter / BEiTAdapter get the same weights (same key names, same seeded values) and input, and
-every output subset, input gradient and parameter gradient must agree to a relative L2 error of 1e-5 (float32, CPU).
-On the CPU our float32 op order is the official one (attention, depth-wise conv layouts), so the results are
-bit-identical on the machine that generated the goldens (torch 2.14.1, 2 threads); the tolerance covers other BLAS
-builds and thread counts. The comparison runs with oneDNN (mkldnn) convolutions off: oneDNN picks its convolution
+loss. Here our ViTAdapter / BEiTAdapter / UniPerceiverAdapter (and the baselines) get the same weights (same key
+names, same seeded values) and input, and every output subset, input gradient and parameter gradient must agree to a
+relative L2 error of 1e-5 (float32, CPU). On the CPU our float32 op order is the official one (attention, depth-wise
+conv layouts), so the results are bit-identical on the machine that generated the goldens (torch 2.14.1, 2 threads);
+the tolerance covers other BLAS builds and thread counts. The comparison runs with oneDNN (mkldnn) convolutions off: oneDNN picks its convolution
 kernels by the CPU's instruction set, and on an AMD EPYC the spm stem's different summation order, amplified by the
 train-mode BatchNorm backward, reached a relative error of 1e-3 in the stem gradients (3.6e-3 for
 ``spm.stem.0.weight``) -- a property of the CPU, not a defect -- while PyTorch's own convolution reproduces the
@@ -22,7 +22,7 @@ import torch
 from parity.harness import compare, run_case
 from parity.seeded_state import load_seeded, named_shapes
 from parity.variants import TRAIN_VARIANTS, VARIANTS, grad_keys
-from vit_adapter_ds.models.backbones import BEiTAdapter, BEiTBaseline, ViTAdapter, ViTBaseline
+from vit_adapter_ds.models.backbones import BEiTAdapter, BEiTBaseline, UniPerceiverAdapter, ViTAdapter, ViTBaseline
 
 GOLDENS = Path(__file__).resolve().parents[2] / "helpers" / "parity" / "goldens"
 TOL = 1e-5
@@ -54,7 +54,8 @@ def test_matches_official(name):
     elif cfg["official"] == "det_vit_baseline":  # the plain detection ViT (no task argument)
         model = ViTBaseline(**cfg["kwargs"])
     else:
-        cls = BEiTAdapter if cfg["official"].endswith("beit") else ViTAdapter
+        family = cfg["official"].split("_", 1)[1]  # seg_vit -> vit, det_uniperceiver -> uniperceiver
+        cls = {"vit": ViTAdapter, "beit": BEiTAdapter, "uniperceiver": UniPerceiverAdapter}[family]
         model = cls(task=cfg["task"], **cfg["kwargs"])
     ours = [f"{k}:{list(s)}:{str(d).replace('torch.', '')}" for k, (s, d) in named_shapes(model).items()]
     assert sorted(ours) == sorted(golden["state_keys"]), (
