@@ -44,7 +44,7 @@ def test_recipe_stems_are_unique_and_detection_recipes_load_by_name():
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_loads_and_validates(name):
     cfg = load_recipe(name)
-    assert cfg.model.backbone.type in ("ViTAdapter", "BEiTAdapter", "BEiTBaseline")
+    assert cfg.model.backbone.type in ("ViTAdapter", "BEiTAdapter", "BEiTBaseline", "UniPerceiverAdapter")
 
 
 @pytest.mark.parametrize("name", sorted(UPERNET))
@@ -242,6 +242,7 @@ OFFICIAL_PIPELINES = {
     "upernet_augreg_adapter_tiny_512_160k_ade20k": _ADE512,
     "upernet_augreg_adapter_base_512_160k_ade20k": _ADE512,
     "upernet_deit_adapter_light_base_512_160k_ade20k": _ADE512,
+    "upernet_uniperceiver_adapter_large_512_160k_ade20k": _ADE512,
     "upernet_beit_large_512_160k_ade20k_ss": _ADE512,
     "upernet_beit_large_512_160k_ade20k_ms": dict(
         _ADE512, size_divisor=None, img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True,

@@ -65,6 +65,7 @@ OFFICIAL_TEST = {  # typed from the official configs, independently of the recip
     "upernet_augreg_adapter_tiny_512_160k_ade20k": official((2048, 512)),  # ImageNet mean / std, unlike AugReg-L
     "upernet_augreg_adapter_base_512_160k_ade20k": official((2048, 512), AUGREG),
     "upernet_deit_adapter_light_base_512_160k_ade20k": official((2048, 512)),
+    "upernet_uniperceiver_adapter_large_512_160k_ade20k": official((2048, 512)),
     "upernet_beit_large_512_160k_ade20k_ss": official((2048, 512)),
     "upernet_beit_large_512_160k_ade20k_ms": official(
         (2048, 512), ratios=SETR_RATIOS, flip=True, divisor=None,
