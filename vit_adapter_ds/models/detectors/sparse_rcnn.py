@@ -45,7 +45,8 @@ from torch import nn
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
 from ..registry import BACKBONES, DETECTORS, NECKS
-from .cascade_mask_rcnn import delta2bbox, giou_loss
+from .bbox_ops import delta2bbox, giou_loss
+from .dense_heads import reduce_mean, sigmoid_focal_loss
 from .mask_rcnn import _ROI_EXTRACTOR, MaskRCNN
 from .roi_extractor import LevelRoIAlign
 
@@ -251,27 +252,6 @@ class DIIHead(nn.Module):
                 obj.view(n, p, self.in_channels), attn)
 
 
-def sigmoid_focal_loss(logits, labels, alpha=0.25, gamma=2.0) -> torch.Tensor:
-    """mmdet ``FocalLoss(use_sigmoid=True)`` summed (no reduction by count): logits (N, C), labels (N,) with C =
-    background (an all-zero one-hot row)."""
-    t = F.one_hot(labels, logits.shape[1] + 1)[:, :-1].to(logits.dtype)
-    p = logits.sigmoid()
-    pt = (1 - p) * t + p * (1 - t)
-    w = (alpha * t + (1 - alpha) * (1 - t)) * pt.pow(gamma)
-    return (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * w).sum()
-
-
-def reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """mmdet ``reduce_mean``: the mean of ``t`` over the ranks (``t`` itself without a process group)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return t
-    t = t.clone()
-    dist.all_reduce(t.div_(dist.get_world_size()))
-    return t
-
-
 class SparseRoIHead(nn.Module):
     """mmdet ``SparseRoIHead`` (see the module docstring). ``assigners``: one :class:`HungarianAssigner` per stage;
     ``loss_weights``: per stage ``(cls, alpha, gamma, l1, iou)``."""
@@ -333,7 +313,7 @@ class SparseRoIHead(nn.Module):
         avg = reduce_mean(num_pos)
         avg = torch.where(avg > 0, avg, torch.ones_like(avg))  # mmdet divides by 0 here
         c = cls.reshape(-1, cls.shape[-1])
-        out = {"loss_cls": w_cls * sigmoid_focal_loss(c, labels, alpha, gamma) / avg}
+        out = {"loss_cls": w_cls * sigmoid_focal_loss(c, labels, gamma, alpha).sum() / avg}
         pos_cls, pos_lab = torch.cat(pos_cls), torch.cat(pos_lab)
         out["pos_acc"] = ((pos_cls.detach().argmax(1) == pos_lab).float().mean() * 100 if pos_lab.numel()
                           else c.new_zeros(()))
@@ -578,4 +558,4 @@ class SparseRCNN(nn.Module):
 
 
 __all__ = ["SparseRCNN", "SparseRoIHead", "DIIHead", "DynamicConv", "EmbeddingRPNHead", "HungarianAssigner",
-           "sigmoid_focal_loss", "pairwise_giou"]
+           "pairwise_giou"]
