@@ -403,15 +403,17 @@ class ObjectDetection(Task):
 
     @classmethod
     def key_layout(cls, model_type):
-        """``'MaskRCNN'`` / ``'HybridTaskCascade'`` / ``'CascadeRCNN'`` / ``'SingleStageDetector'`` (ATSS, GFL): the
-        official mmdet layout a detector type exports to (``HybridTaskCascadeAug`` maps like ``HybridTaskCascade``);
-        None for a type that is no detector."""
-        from ..models.detectors import DETECTORS, CascadeRCNN, HybridTaskCascade, MaskRCNN
+        """``'MaskRCNN'`` / ``'HybridTaskCascade'`` / ``'CascadeRCNN'`` / ``'SingleStageDetector'`` (ATSS, GFL) /
+        ``'SparseRCNN'``: the official mmdet layout a detector type exports to (``HybridTaskCascadeAug`` maps like
+        ``HybridTaskCascade``); None for a type that is no detector."""
+        from ..models.detectors import DETECTORS, CascadeRCNN, HybridTaskCascade, MaskRCNN, SparseRCNN
         from ..models.detectors.single_stage import SingleStageDetector
 
         det = DETECTORS.get(model_type)
         if det is None:
             return None
+        if issubclass(det, SparseRCNN):
+            return "SparseRCNN"
         if issubclass(det, SingleStageDetector):
             return "SingleStageDetector"
         if issubclass(det, CascadeRCNN):
