@@ -374,3 +374,13 @@ def test_official_key_map_both_ways():
         assert torch.equal(fresh.roi_head.bbox_head[1].fc_cls.weight, model.roi_head.bbox_head[1].fc_cls.weight)
     with pytest.raises(KeyError, match="roi_head.mask_head.0.conv_logits.weight"):
         sparse_from_mmdet({**official, "roi_head.mask_head.0.conv_logits.weight": torch.zeros(1)})
+
+
+def test_export_layout_of_the_task():
+    from vit_adapter_ds.tasks.detection import ObjectDetection
+
+    torch.manual_seed(0)
+    ours = SparseRCNN.from_config(_model_cfg()).state_dict()
+    assert ObjectDetection.key_layout("SparseRCNN") == "SparseRCNN"
+    official = ObjectDetection.official_state_dict(ours, "SparseRCNN")  # launch/export.py --format mmcv
+    assert {k for k in official if not k.startswith("backbone.")} == _official_keys()
