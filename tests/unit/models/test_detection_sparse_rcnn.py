@@ -178,6 +178,8 @@ def test_initialisation_as_mmdet():
     boxes, feats = rpn([(60, 80), (32, 48)])  # whole images, features expanded per image
     assert boxes.tolist() == [[[0.0, 0.0, 80.0, 60.0]] * 5, [[0.0, 0.0, 48.0, 32.0]] * 5]
     assert feats.shape == (2, 5, C) and torch.equal(feats[0], feats[1])
+    boxes16, _ = rpn.to(torch.bfloat16)([(600, 1000)])  # a bf16 model keeps float32 pixel coordinates
+    assert boxes16.dtype == torch.float32 and boxes16[0, 0].tolist() == [0.0, 0.0, 1000.0, 600.0]
 
 
 # ------------------------------------------------------------------------------------------------ roi head

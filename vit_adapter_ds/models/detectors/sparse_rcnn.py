@@ -119,8 +119,8 @@ class HungarianAssigner:
 
 
 class EmbeddingRPNHead(nn.Module):
-    """mmdet ``EmbeddingRPNHead``: ``forward(image_sizes)`` -> (boxes (B, P, 4) x1y1x2y2 pixels, features (B, P, C)).
-    """
+    """mmdet ``EmbeddingRPNHead``: ``forward(image_sizes)`` -> (boxes (B, P, 4) x1y1x2y2 pixels, float32; features
+    (B, P, C))."""
 
     def __init__(self, num_proposals: int = 100, proposal_feature_channel: int = 256):
         super().__init__()
@@ -131,7 +131,7 @@ class EmbeddingRPNHead(nn.Module):
         nn.init.constant_(self.init_proposal_bboxes.weight[:, 2:], 1.0)
 
     def forward(self, image_sizes):
-        w = self.init_proposal_bboxes.weight
+        w = self.init_proposal_bboxes.weight.float()  # box coordinates in float32 also for a bf16 / fp16 model
         whwh = w.new_tensor([[float(s[1]), float(s[0]), float(s[1]), float(s[0])] for s in image_sizes])
         boxes = cxcywh_to_xyxy(w)[None] * whwh[:, None]
         feats = self.init_proposal_features.weight[None].expand(len(image_sizes), -1, -1)
