@@ -16,7 +16,9 @@ pytest_gpu            150   ``pytest -m gpu`` over every test file that uses the
 msda                  90    ``benchmarks/msda.py`` (CUDA extension, Triton, reference; fp32 / fp16 / bf16)
 train_step            200   ``benchmarks/train_step.py``: Mask2Former + BEiT-Adapter-L 896 and Mask R-CNN +
                             ViT-Adapter-L (fp32 / +with_cp / bf16 autocast, ZeRO-2 / ZeRO-3 under DeepSpeed when it
-                            imports), then UperNet T/S 512 while the budget lasts
+                            imports), the paper's Table 2 / 3 heads with ViT-Adapter-S/T (Cascade Mask R-CNN,
+                            ATSS, GFL, Sparse R-CNN at 800x1344, Semantic FPN at 512; fp32 / bf16+cp), then UperNet
+                            T/S 512 while the budget lasts
 deepspeed             50    a 2-step DeepSpeed fp16 and a 2-step DeepSpeed bf16 run (ZeRO-2, synthetic Mask2Former)
 backbone              40    ``benchmarks/backbone.py``'s ViT-Adapter-T/S at 512 on CUDA: fwd+bwd time and
                             ``max_memory_allocated``, with_cp off/on, fp32 / bf16 autocast
@@ -378,6 +380,7 @@ def part_train_step(r: Runner, deepspeed_ok: bool) -> None:
         large = ["fp32", "bf16+cp", "bf16", "fp32+cp"]  # the official setting (bf16 + with_cp) second
         groups = [(["m2f_l896"], large + (["zero2:bf16+cp", "zero3:bf16+cp"] if deepspeed_ok else []), []),
                   (["det_l", "htc_l"], large, []),
+                  (["cascade_s", "atss_s", "gfl_s", "sparse_s", "semfpn_t"], ["fp32", "bf16+cp"], []),
                   (["tiny", "small"], ["fp32", "fp32+cp", "bf16"], [])]
     t0, results, skipped, rc_all, se_all = time.monotonic(), [], [], 0, ""
     for models, modes, extra in groups:

@@ -16,6 +16,11 @@ Models (``--models``; ``--sizes`` is the older name of the same option):
   classes, batch 1 per GPU -- a GPU size (skipped on a CPU device);
 * ``htc_cpu``: HTC++ reduced to the ``synthetic_htc`` recipe (BEiT-Adapter embed 96, depth 4, 32-channel heads),
   128x128, 7 classes -- the CPU size.
+* ``cascade_s`` / ``atss_s`` / ``gfl_s`` / ``sparse_s``: the paper's Table 2 detectors with ViT-Adapter-S (the official
+  ``*_deit_adapter_small_fpn_3x_coco`` recipes), 800x1344, 80 classes, batch 2 per GPU -- GPU sizes; ``semfpn_t``:
+  Semantic FPN + ViT-Adapter-T (the paper recipe ``fpn_deit_adapter_tiny_512_80k_ade20k``), 512x512, batch 4;
+  ``cascade_cpu`` / ``atss_cpu`` / ``gfl_cpu`` / ``sparse_cpu``: their ``synthetic_*`` twins, 128x128, 7 classes.
+  The box-only detectors (ATSS, GFL, Sparse R-CNN) get the same targets without the masks.
 
 One step = forward (loss dict) + backward + AdamW step on random images (segmentation: blocky label maps with
 a dozen classes per image; detection: 4 boxes with rectangle masks per image; HTC++ also a random semantic map
@@ -70,6 +75,25 @@ MODELS = {
                   semantic_classes=183, batch=1, label="BEiT-Adapter-L + HTC++", gpu_only=True),
     "htc_cpu": dict(task="htc", recipe="synthetic_htc", size=(128, 128), classes=7, semantic_classes=183, batch=2,
                     label="synthetic BEiT-Adapter + HTC++"),
+    # the paper's Table 2 detectors and Table 3 Semantic FPN at their official sizes (GPU), each with its CPU twin
+    "cascade_s": dict(task="det", recipe="cascade_mask_rcnn_deit_adapter_small_fpn_3x_coco", size=(800, 1344),
+                      classes=80, batch=2, label="ViT-Adapter-S + Cascade Mask R-CNN"),
+    "atss_s": dict(task="det", recipe="atss_deit_adapter_small_fpn_3x_coco", size=(800, 1344), classes=80, batch=2,
+                   label="ViT-Adapter-S + ATSS"),
+    "gfl_s": dict(task="det", recipe="gfl_deit_adapter_small_fpn_3x_coco", size=(800, 1344), classes=80, batch=2,
+                  label="ViT-Adapter-S + GFL"),
+    "sparse_s": dict(task="det", recipe="sparse_rcnn_deit_adapter_small_fpn_3x_coco", size=(800, 1344), classes=80,
+                     batch=2, label="ViT-Adapter-S + Sparse R-CNN"),
+    "semfpn_t": dict(task="seg", recipe="fpn_deit_adapter_tiny_512_80k_ade20k", size=(512, 512), classes=150, batch=4,
+                     label="ViT-Adapter-T + Semantic FPN (paper recipe)"),
+    "cascade_cpu": dict(task="det", recipe="synthetic_cascade_mask_rcnn", size=(128, 128), classes=7, batch=2,
+                        label="synthetic ViT-Adapter + Cascade Mask R-CNN"),
+    "atss_cpu": dict(task="det", recipe="synthetic_atss", size=(128, 128), classes=7, batch=2,
+                     label="synthetic ViT-Adapter + ATSS"),
+    "gfl_cpu": dict(task="det", recipe="synthetic_gfl", size=(128, 128), classes=7, batch=2,
+                    label="synthetic ViT-Adapter + GFL"),
+    "sparse_cpu": dict(task="det", recipe="synthetic_sparse_rcnn", size=(128, 128), classes=7, batch=2,
+                       label="synthetic ViT-Adapter + Sparse R-CNN"),
 }
 MODE_RE = re.compile(r"^(?:zero([0-3]):)?(fp32|bf16|fp16)(\+cp)?$")
 
@@ -277,26 +301,26 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"device {device}, median of {a.iters} steps after {a.warmup} warm-up, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
-    print(f"{'model':<10}{'mode':<16}{'batch':>6}{'step (s)':>10}{'img/s':>8}{'peak (MB)':>11}{'GB/img':>8}"
+    print(f"{'model':<12}{'mode':<16}{'batch':>6}{'step (s)':>10}{'img/s':>8}{'peak (MB)':>11}{'GB/img':>8}"
           f"{'extra (MB)':>12}")
     for name in a.models:
         spec = MODELS[name]
         if spec.get("gpu_only") and not device.startswith("cuda"):
             why = f"a GPU size ({spec['size'][0]}x{spec['size'][1]}); on the CPU use the reduced configuration"
             skipped.append({"model": name, "why": why})
-            print(f"{name:<10}skipped: {why}", flush=True)
+            print(f"{name:<12}skipped: {why}", flush=True)
             continue
         for mode in a.modes:
             if a.budget_s is not None and time.monotonic() - start > a.budget_s:
                 skipped.append({"model": name, "mode": mode, "why": f"time budget of {a.budget_s:.0f} s spent"})
-                print(f"{name:<10}{mode:<16} skipped: time budget of {a.budget_s:.0f} s spent", flush=True)
+                print(f"{name:<12}{mode:<16} skipped: time budget of {a.budget_s:.0f} s spent", flush=True)
                 continue
             if parse_mode(mode)["zero"] is not None:
                 try:
                     import deepspeed  # noqa: F401
                 except Exception as e:  # ImportError, or a broken install raising anything on import
                     skipped.append({"model": name, "mode": mode, "why": f"deepspeed does not import: {e}"})
-                    print(f"{name:<10}{mode:<16} skipped: deepspeed does not import ({e})", flush=True)
+                    print(f"{name:<12}{mode:<16} skipped: deepspeed does not import ({e})", flush=True)
                     continue
             cmd = [sys.executable, os.path.abspath(__file__), "--_one", name, mode, "--iters", str(a.iters),
                    "--warmup", str(a.warmup), "--device", device]
@@ -306,17 +330,17 @@ def main(argv: list[str] | None = None) -> int:
                 out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=a.timeout_s)
             except subprocess.TimeoutExpired:
                 skipped.append({"model": name, "mode": mode, "why": f"timed out after {a.timeout_s:.0f} s"})
-                print(f"{name:<10}{mode:<16} timed out after {a.timeout_s:.0f} s", flush=True)
+                print(f"{name:<12}{mode:<16} timed out after {a.timeout_s:.0f} s", flush=True)
                 continue
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not line:
                 skipped.append({"model": name, "mode": mode, "why": "failed: " + out.stderr[-1500:]})
-                print(f"{name:<10}{mode:<16} failed: {out.stderr[-1500:]}", flush=True)
+                print(f"{name:<12}{mode:<16} failed: {out.stderr[-1500:]}", flush=True)
                 continue
             r = json.loads(line[0][7:])
             results.append(r)
             extra = "" if r["extra_mb"] is None else r["extra_mb"]
-            print(f"{name:<10}{mode:<16}{r['batch']:>6}{r['step_s']:>10.3f}{r['images_per_s']:>8.2f}"
+            print(f"{name:<12}{mode:<16}{r['batch']:>6}{r['step_s']:>10.3f}{r['images_per_s']:>8.2f}"
                   f"{r['peak_mb']:>11}{r['gb_per_image']:>8.2f}{extra:>12}", flush=True)
             save()
     for q in ratios(results):

@@ -115,11 +115,13 @@ def test_gpu_all_dry_run(tmp_path):
     assert text.startswith(gpu_all.BEGIN) and text.rstrip().endswith(gpu_all.END) and "DRY RUN" in text
 
 
-@pytest.mark.parametrize("name,params_m", [("m2f_l896", 570.7), ("det_l", 347.9)])
+@pytest.mark.parametrize("name,params_m", [("m2f_l896", 570.7), ("det_l", 347.9), ("cascade_s", 85.6),
+                                           ("atss_s", 35.7), ("gfl_s", 35.8), ("sparse_s", 109.8), ("semfpn_t", 12.2)])
 def test_gpu_sizes_build_with_every_checkpoint_switch(name, params_m):
     """The GPU configurations build (on the meta device) and ``+cp`` reaches the backbone and the head FFNs;
     parameter counts as the official papers' tables (Mask2Former BEiT-Adapter-L 571M, Mask R-CNN ViT-Adapter-L
-    347.9M)."""
+    347.9M; the official READMEs' Cascade Mask R-CNN / ATSS / GFL / Sparse R-CNN ViT-Adapter-S 86M / 36M / 36M /
+    110M, the paper's Table 3 Semantic FPN ViT-Adapter-T 12.2M)."""
     import torch
 
     for cp in (False, True):
