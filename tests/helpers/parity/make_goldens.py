@@ -29,6 +29,10 @@ a checkout of HEAD fd64a51, whose files there were last changed in 5cf0b2d (2025
                 (the light adapter: layer_scale=True default, use_extra_extractor)
   detection:    uniperceiver_adapter.py, base/uniperceiver.py, adapter_modules.py
   ops:          modules/ms_deform_attn.py and functions/ms_deform_attn_func.py @7417df9
+The goldens mae_adapter_base_det and dinov2_adapter_small_det (detection vit_adapter.py with layer_scale /
+use_extra_extractor / pretrain_size 592) were generated on 2026-12-07 from a HEAD snapshot without git metadata
+(files dated 2025-06-03; md5 of detection vit_adapter.py f513a9a9, base/vit.py b377f09a, adapter_modules.py
+685eb932), the detection files and ops listed above at HEAD.
 The official model runs with oneDNN (mkldnn) convolutions off, as ours does in the parity test
 (tests/unit/models/test_official_parity.py): on some CPUs (AMD EPYC) oneDNN sums the spm stem convolution in another
 order and the stem / input gradients then differ by ~4e-3 relative from PyTorch's own convolution, even in eval mode;
@@ -85,6 +89,9 @@ OFFICIAL_SOURCES = {
         "5cf0b2d766adadfce2c9b6a17cb449e0fe21b3b9",
     "detection/ops (uniperceiver_adapter_base{,_det}, vit_adapter_light_base)":
         "7417df9 (modules/ms_deform_attn.py, functions/ms_deform_attn_func.py at HEAD fd64a51)",
+    "detection/mmdet_custom/models/backbones/{vit_adapter,adapter_modules,base/vit}.py and detection/ops "
+    "(mae_adapter_base_det, dinov2_adapter_small_det)": "a HEAD snapshot (files dated 2025-06-03; md5 of vit_adapter.py "
+                                                        "f513a9a9fd7487dec0a81b6f171b1933)",
 }
 
 

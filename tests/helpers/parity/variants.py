@@ -71,6 +71,21 @@ VARIANTS["uniperceiver_adapter_base_det"] = dict(
     kwargs=dict(_COMMON, embed_dim=768, depth=12, num_heads=12, deform_num_heads=12, deform_ratio=0.5,
                 interaction_indexes=I12, window_attn=[True, True, False] * 4, window_size=[14, 14, None] * 4))
 
+# The MAE adapter of upgraded_mask_rcnn/mask_rcnn_mae_adapter_base_lsj_fpn_25ep_coco: ViT-B without layer scale
+# (no gamma1 / gamma2), no extra extractors, 14-windows in 8 of the 12 blocks (12x18 token grid padded to 14x28).
+VARIANTS["mae_adapter_base_det"] = dict(
+    official="det_vit", task="detection", input=(1, 3, 192, 288), slow=False,
+    kwargs=dict(_COMMON, embed_dim=768, depth=12, num_heads=12, deform_num_heads=12, deform_ratio=0.5,
+                use_extra_extractor=False, layer_scale=False, interaction_indexes=I12,
+                window_attn=[True, True, False] * 4, window_size=[14, 14, None] * 4))
+# The DINOv2 adapter of mask_rcnn/dinov2/mask_rcnn_dinov2_adapter_small_fpn_3x_coco: ViT-S with pretrain_size =
+# img_size = 592, a 37x37 position grid (the 14->16 converted DINOv2 table) resized bicubically to the 12x18 input grid.
+VARIANTS["dinov2_adapter_small_det"] = dict(
+    official="det_vit", task="detection", input=(1, 3, 192, 288), slow=False,
+    kwargs=dict(_COMMON, pretrain_size=592, img_size=592, embed_dim=384, depth=12, num_heads=6, deform_num_heads=6,
+                deform_ratio=1.0, interaction_indexes=I12, window_attn=[True, True, False] * 4,
+                window_size=[14, 14, None] * 4))
+
 # Batch 1 (the per-GPU batch of the detection / Mask2Former recipes): a cheap case for batch-1 layout effects.
 VARIANTS["vit_adapter_tiny_b1"] = dict(VARIANTS["vit_adapter_tiny"], input=(1, 3, 64, 96))
 
@@ -123,6 +138,11 @@ def grad_keys(name: str) -> list[str]:
             "interactions.0.injector.attn.value_proj.weight", "interactions.1.extractor.attn.attention_weights.weight",
             "interactions.3.extractor.ffn.dwconv.dwconv.weight", "interactions.3.extra_extractors.1.ffn.fc2.weight",
             "spm.stem.0.weight", "spm.stem.1.weight", "spm.fc4.weight", "level_embed", "up.weight", "norm1.weight"]
+    if not kw.get("use_extra_extractor", True):  # the MAE adapter: no extra extractors
+        keys.remove("interactions.3.extra_extractors.1.ffn.fc2.weight")
+        keys += ["interactions.3.extractor.ffn.fc2.weight", "interactions.3.extractor.query_norm.weight"]
+    if not kw.get("layer_scale", True):  # no gamma1 / gamma2: the blocks' own norm instead
+        keys[keys.index("blocks.1.gamma1")] = "blocks.1.norm1.weight"
     if beit:
         keys += ["blocks.0.attn.q_bias", "blocks.0.attn.v_bias", "blocks.0.attn.relative_position_bias_table"]
         if cfg["official"] == "det_beit":
