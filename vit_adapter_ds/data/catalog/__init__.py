@@ -14,6 +14,7 @@ from . import coco_stuff10k  # noqa: E402,F401
 from . import chase_db1  # noqa: E402,F401
 from . import potsdam  # noqa: E402,F401
 from . import objects365  # noqa: E402,F401
+from . import coco_panoptic  # noqa: E402,F401
 
 __all__ = ["LABEL_MAPS", "Dataset", "datasets", "get_dataset", "register_dataset", "resolve_type",
            "unregister_dataset"]

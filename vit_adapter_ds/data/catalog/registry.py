@@ -93,8 +93,9 @@ def register_dataset(name: str):
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, Dataset)):
             raise TypeError(f"register_dataset({name!r}) decorates a Dataset subclass, got {cls!r}")
-        if cls.task not in ("segmentation", "detection"):
-            raise ValueError(f"dataset {name!r}: task must be 'segmentation' or 'detection', got {cls.task!r}")
+        if cls.task not in ("segmentation", "detection", "panoptic"):
+            raise ValueError(f"dataset {name!r}: task must be 'segmentation', 'detection' or 'panoptic', got "
+                             f"{cls.task!r}")
         if cls.label_map not in LABEL_MAPS:
             raise ValueError(f"dataset {name!r}: label_map {cls.label_map!r} is not one of {sorted(LABEL_MAPS)}")
         for alias in cls.aliases:
