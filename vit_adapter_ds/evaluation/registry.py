@@ -8,6 +8,7 @@ import importlib
 EVALUATORS = {
     "miou": "vit_adapter_ds.evaluation.evaluator:evaluate_from_cfg",  # mIoU over segmentation shards
     "coco": "vit_adapter_ds.evaluation.coco:evaluate_detector",       # COCO box / mask AP over detection shards
+    "coco_panoptic": "vit_adapter_ds.evaluation.panoptic:evaluate_panoptic",  # PQ / SQ / RQ (panopticapi's)
 }
 
 
@@ -27,7 +28,7 @@ def dataset_evaluator(dataset: str):
 
 
 # the task whose loaders and models an evaluator's calling convention fits (the task calls it)
-EVALUATOR_TASKS = {"miou": "segmentation", "coco": "detection"}
+EVALUATOR_TASKS = {"miou": "segmentation", "coco": "detection", "coco_panoptic": "panoptic"}
 
 
 def recipe_evaluator(data, task: str, split: str = "val"):
