@@ -135,6 +135,7 @@ def test_converters_cover_the_detector_types():
         "CascadeRCNN": (keymap.cascade_from_mmdet, keymap.cascade_to_mmdet),
         "ATSS": (keymap.single_stage_from_mmdet, keymap.single_stage_to_mmdet),
         "GFL": (keymap.single_stage_from_mmdet, keymap.single_stage_to_mmdet),
-        "SparseRCNN": (keymap.sparse_from_mmdet, keymap.sparse_to_mmdet)}
+        "SparseRCNN": (keymap.sparse_from_mmdet, keymap.sparse_to_mmdet),
+        "Mask2Former": (keymap.m2f_panoptic_from_mmdet, keymap.m2f_panoptic_to_mmdet)}
     with pytest.raises(KeyError, match="EncoderDecoder"):
         keymap.to_official({}, "EncoderDecoder")

@@ -15,6 +15,8 @@
   stage-averaged scores and masks at test time; ``CascadeRCNN.from_config`` of the official model dict).
 * Sparse R-CNN: :class:`~.sparse_rcnn.SparseRCNN` (mmdet 2.22 ``EmbeddingRPNHead`` + ``SparseRoIHead`` of
   ``DIIHead`` stages, Hungarian assignment; boxes only; ``SparseRCNN.from_config`` of the official model dict).
+* Mask2Former (COCO panoptic): :class:`~.mask2former_panoptic.Mask2Former` (mmdet ``Mask2Former``: the project's
+  Mask2Former head, panoptic targets, ``MaskFormerFusionHead`` panoptic / instance inference).
 * One-stage: :class:`~.single_stage.ATSS` (and ``GFL``), box-only, with the dense heads of :mod:`.dense_heads`
   (mmdet 2.22 ``ATSSHead`` / ``GFLHead``, ``ATSSAssigner``); ``from_config`` of the official model dict.
 
@@ -27,11 +29,12 @@ from .extra_attention import ExtraAttention
 from .fpn import FPN
 from .htc import HybridTaskCascade
 from .htc_aug import HybridTaskCascadeAug
+from .mask2former_panoptic import Mask2Former
 from .mask_rcnn import MaskRCNN
 from .single_stage import ATSS, GFL
 from .sparse_rcnn import SparseRCNN
 from ..registry import DETECTORS, NECKS
 
 __all__ = ["FPN", "ChannelMapperWithPooling", "ExtraAttention", "MaskRCNN", "CascadeRCNN", "HybridTaskCascade",
-           "HybridTaskCascadeAug", "SparseRCNN", "ATSS", "GFL", "DETECTORS",
+           "HybridTaskCascadeAug", "SparseRCNN", "Mask2Former", "ATSS", "GFL", "DETECTORS",
            "NECKS"]

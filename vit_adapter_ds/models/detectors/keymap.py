@@ -292,6 +292,32 @@ def single_stage_to_mmdet(state_dict: dict) -> dict:
             for k, v in sd.items()}
 
 
+# --------------------------------------------------------------------------------------- Mask2Former (panoptic)
+# mmdet's Mask2FormerHead and the project's head (mmseg_custom's copy) name every module alike, and the fusion head
+# has no parameters: backbone.* and panoptic_head.* are the same keys both ways (mmseg's unused conv_seg is not in
+# the mmdet head); a key of any other part is refused
+_M2F_SAME = re.compile(r"(backbone|panoptic_head)\.")
+
+
+def _m2f_same(state_dict: dict, what: str) -> dict:
+    sd = unwrap(state_dict)
+    bad = [k for k in sd if not _M2F_SAME.match(k) or k.startswith("panoptic_head.conv_seg.")]
+    if bad:
+        raise KeyMapError(f"{what} key {bad[0]!r} has no counterpart in the Mask2Former layout (backbone.*, "
+                          "panoptic_head.*)")
+    return dict(sd)
+
+
+def m2f_panoptic_from_mmdet(state_dict: dict) -> dict:
+    """Official mmdet Mask2Former (panoptic) state dict -> :class:`~.mask2former_panoptic.Mask2Former` (same keys)."""
+    return _m2f_same(state_dict, "mmdet")
+
+
+def m2f_panoptic_to_mmdet(state_dict: dict) -> dict:
+    """:class:`~.mask2former_panoptic.Mask2Former` state dict -> the official mmdet layout (same keys)."""
+    return {k: v.clone() for k, v in _m2f_same(state_dict, "Mask2Former").items()}
+
+
 def _scale_shape(key, value, shape):
     """mmcv ``Scale.scale`` is 0-dim in official checkpoints, shape (1,) here (:class:`~.dense_heads.Scale`)."""
     return value.reshape(shape) if re.fullmatch(r"bbox_head\.scales\.\d+\.scale", key) else value
@@ -320,6 +346,10 @@ def _converters(model_or_type):
 
     if issubclass(cls, SparseRCNN):
         return sparse_from_mmdet, sparse_to_mmdet
+    from .mask2former_panoptic import Mask2Former
+
+    if issubclass(cls, Mask2Former):
+        return m2f_panoptic_from_mmdet, m2f_panoptic_to_mmdet
     if issubclass(cls, HybridTaskCascade):  # HybridTaskCascadeAug included
         return htc_from_mmdet, htc_to_mmdet
     if issubclass(cls, MaskRCNN):
