@@ -69,3 +69,41 @@ def panoptic_targets(id_map, segments_info, cat2label, thing_ids):
             "gt_labels": np.asarray(labels, np.int64),
             "gt_masks": np.asarray(masks, np.uint8).reshape(-1, h, w),
             "gt_semantic_seg": seg}
+
+
+def decode_panoptic_sample(sample, categories):
+    """A panoptic shard sample ``{ext: bytes}`` (``jpg``/``png``, ``pan.png``, ``json``) and the manifest's
+    ``categories`` -> ``{"img": uint8 (3, H, W), "image": <COCO image entry>, "segments_info": [...],
+    "gt_pan_ids": (H, W) int64, **panoptic_targets(...)}``. Raises :class:`~vit_adapter_ds.data.decode.BadSample`
+    for a missing or corrupt member, a size mismatch, a PNG segment id not in ``segments_info`` or an unknown
+    category id."""
+    import json
+
+    from .decode import BadSample, decode_image, image_member
+
+    ext = image_member(sample)
+    missing = [m for m in ("pan.png", "json") if m not in sample] + ([] if ext else ["image"])
+    if missing:
+        raise BadSample(f"panoptic sample without {missing} (has {sorted(sample)})")
+    try:
+        rec = json.loads(bytes(sample["json"]))
+        segments = list(rec["segments_info"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadSample(f"corrupt json member: {e}") from None
+    img = decode_image(sample[ext], ext)
+    try:
+        ids = decode_panoptic_png(sample["pan.png"])
+    except ValueError as e:
+        raise BadSample(f"panoptic PNG: {e}") from None
+    if tuple(img.shape[1:]) != ids.shape:
+        raise BadSample(f"image size {tuple(img.shape[1:])} != panoptic PNG size {ids.shape}")
+    cat2label = {c["id"]: i for i, c in enumerate(categories)}
+    try:
+        listed = {s["id"] for s in segments}
+        extra = sorted(set(np.unique(ids).tolist()) - listed - {0})
+        if extra:
+            raise BadSample(f"panoptic PNG segment ids {extra[:8]} not in segments_info")
+        targets = panoptic_targets(ids, segments, cat2label, {c["id"] for c in categories if c["isthing"]})
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadSample(f"bad segments_info: {e}") from None
+    return {"img": img, "image": rec.get("image"), "segments_info": segments, "gt_pan_ids": ids, **targets}

@@ -2,6 +2,7 @@
 refusals (each naming the file), and the training targets against mmdet 2.22's rule re-derived pixel by pixel."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ from vit_adapter_ds.data.catalog import get_dataset
 from vit_adapter_ds.data.catalog.coco_panoptic import (COCO_PANOPTIC_CLASSES, SYNTHETIC_PANOPTIC_CATEGORIES,
                                                        write_synthetic_coco_panoptic)
 from vit_adapter_ds.data.manifest import read_manifest
-from vit_adapter_ds.data.panoptic import decode_panoptic_png, panoptic_targets
+from vit_adapter_ds.data.decode import BadSample
+from vit_adapter_ds.data.panoptic import decode_panoptic_png, decode_panoptic_sample, panoptic_targets
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,25 @@ def test_shards_hold_the_source_files(raw, tmp_path):
             assert np.array_equal(ids, _png_ids(png))
             # the twin covers things, stuff, crowds and void
             assert set(np.unique(ids).tolist()) == {0} | {s["id"] for s in rec["segments_info"]}
+            # the loader's decoding of the sample: the id map and mmdet's targets
+            sample = {x: tar.extractfile(f"{key}.{x}").read() for x in ("jpg", "json", "pan.png")}
+            d = decode_panoptic_sample(sample, m["categories"])
+            cat2label = {c["id"]: i for i, c in enumerate(m["categories"])}
+            things = {c["id"] for c in m["categories"] if c["isthing"]}
+            boxes, labels, masks, seg = _rule(_png_ids(png), rec["segments_info"], cat2label, things)
+            assert np.array_equal(d["gt_pan_ids"], _png_ids(png)) and d["gt_semantic_seg"].tolist() == seg
+            assert d["gt_bboxes"].tolist() == boxes and d["gt_labels"].tolist() == labels
+            assert d["gt_masks"].tolist() == masks and tuple(d["img"].shape) == (3, 48, 64)
+            with pytest.raises(BadSample, match="without"):
+                decode_panoptic_sample({k: v for k, v in sample.items() if k != "json"}, m["categories"])
+            small = Image.new("RGB", (8, 8))
+            buf = io.BytesIO()
+            small.save(buf, format="PNG")
+            with pytest.raises(BadSample, match="!= panoptic PNG size"):
+                decode_panoptic_sample({**sample, "pan.png": buf.getvalue()}, m["categories"])
+            with pytest.raises(BadSample, match="unknown category_id"):
+                decode_panoptic_sample(sample, [c for c in m["categories"]
+                                                if c["id"] != rec["segments_info"][0]["category_id"]])
     segs = [s for a in ann["annotations"] for s in a["segments_info"]]
     cats = {s["category_id"] for s in segs}
     assert {149, 187, 193} <= cats and cats & {1, 3, 18}
