@@ -216,7 +216,8 @@ class PanopticEvaluator:
 def evaluate_panoptic(model, loader, categories, *, device=None, dtype=None, progress: bool = False) -> dict:
     """PQ of a panoptic model over a validation loader (each image once across ranks); collective: every rank must
     call it. Each loader item: ``img`` (1, 3, H, W), ``img_shape``, ``ori_shape``, ``gt_pan_ids`` (the ground-truth
-    id map at the original size, :func:`vit_adapter_ds.data.panoptic.decode_panoptic_png`) and ``segments_info``;
+    id map at the original size) and ``segments_info``, as
+    :func:`vit_adapter_ds.data.panoptic.decode_panoptic_sample` gives them;
     ``model.predict(img, image_sizes, ori_shapes)`` returns one dict per image with ``pan_results`` (the map of
     the module doc at the original size). ``dtype``: autocast dtype or None."""
     was_training = model.training

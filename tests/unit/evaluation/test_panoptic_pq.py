@@ -269,3 +269,34 @@ def test_registered_for_the_panoptic_task():
     assert dataset_evaluator("CocoPanopticDataset") is evaluate_panoptic
     assert recipe_evaluator({"val": {"type": "coco_panoptic"}}, "panoptic") is evaluate_panoptic
     assert recipe_evaluator({}, "panoptic") is evaluate_panoptic
+
+
+def test_evaluate_panoptic_runs_the_model_over_the_loader():
+    """The registered function's calling convention (model.predict -> pan_results; loader items with the ground
+    truth id map and segments_info) gives the evaluator's numbers."""
+    import torch
+
+    from vit_adapter_ds.evaluation.panoptic import evaluate_panoptic
+
+    rng = np.random.default_rng(7)
+    scenes = [_scene(rng) for _ in range(3)]
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def predict(self, img, image_sizes, ori_shapes):
+            assert not self.training and ori_shapes == [(40, 56)]
+            self.calls += 1
+            return [{"pan_results": torch.as_tensor(scenes[int(img[0, 0, 0, 0])][2])}]
+
+    loader = [{"img": torch.full((1, 3, 40, 56), float(i)), "img_shape": (40, 56), "ori_shape": (40, 56),
+               "gt_pan_ids": ids, "segments_info": segs} for i, (ids, segs, _) in enumerate(scenes)]
+    model = Model()
+    res = evaluate_panoptic(model, loader, CATS, device="cpu")
+    ev = PanopticEvaluator(CATS)
+    for ids, segs, pan in scenes:
+        ev.add_pan_result(ids, segs, pan)
+    assert res == ev.evaluate() and model.calls == 3 and model.training
