@@ -273,3 +273,26 @@ def test_config_refusals_name_the_key(tiny_cfg, edit, match):
     edit(cfg)
     with pytest.raises(ConfigError, match=match):
         Mask2Former.from_config(cfg)
+
+
+def _official_detection_layer(name, num_max_layer):
+    """get_num_layer_for_vit of the official detection/mmcv_custom/layer_decay_optimizer_constructor.py."""
+    if name in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed", "backbone.visual_embed"):
+        return 0
+    if name.startswith(("backbone.visual_embed", "backbone.patch_embed")):
+        return 0
+    if name.startswith(("backbone.blocks", "backbone.layers")):
+        return int(name.split(".")[2]) + 1
+    return num_max_layer - 1
+
+
+def test_layer_decay_is_the_official_detection_rule(tiny_cfg):
+    from vit_adapter_ds.models.layer_decay import layer_id
+
+    model = Mask2Former.from_config(copy.deepcopy(tiny_cfg))
+    total = 4 + 2  # paramwise_cfg.num_layers + 2
+    got = {n: layer_id(model, n, total) for n, _ in model.named_parameters()}
+    assert got == {n: _official_detection_layer(n, total) for n in got}
+    # the head's embeddings are on the top layer here (layer 0 in the segmentation rule)
+    assert got["panoptic_head.query_embed.weight"] == got["panoptic_head.cls_embed.weight"] == total - 1
+    assert {got[n] for n in got if n.startswith("backbone.blocks.")} == {1, 2, 3, 4}

@@ -28,6 +28,7 @@ from torch import nn
 from ...config.errors import ConfigError
 from ...config.keys import check_keys, take
 from ..heads.mask2former import Mask2FormerHead
+from ..layer_decay import layer_id as _layer_id
 from ..registry import BACKBONES, DETECTORS
 
 INSTANCE_OFFSET = 1000  # mmdet.core.evaluation.panoptic_utils
@@ -164,6 +165,15 @@ class Mask2Former(nn.Module):
                          "object_mask_thr": float(tc.get("object_mask_thr", 0.8)),
                          "filter_low_score": bool(tc.get("filter_low_score", False))}
         self.pretrained = pretrained
+
+    def layer_id(self, name: str, num_layers: int) -> int:
+        """Layer decay, the official detection rule (``detection/mmcv_custom/layer_decay_optimizer_constructor.py``):
+        the backbone's own layers; every ``panoptic_head`` parameter (its query / level / class / mask embeddings
+        included) is the top layer L - 1 -- the segmentation rule that puts those embeddings at layer 0
+        (:meth:`Mask2FormerHead.layer_id`) is not the detection one."""
+        if name.startswith("backbone."):
+            return _layer_id(self.backbone, name[len("backbone."):], num_layers)
+        return num_layers - 1
 
     # ------------------------------------------------------------------------------------------------ config
     @classmethod
