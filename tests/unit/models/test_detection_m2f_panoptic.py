@@ -296,3 +296,31 @@ def test_layer_decay_is_the_official_detection_rule(tiny_cfg):
     # the head's embeddings are on the top layer here (layer 0 in the segmentation rule)
     assert got["panoptic_head.query_embed.weight"] == got["panoptic_head.cls_embed.weight"] == total - 1
     assert {got[n] for n in got if n.startswith("backbone.blocks.")} == {1, 2, 3, 4}
+
+
+def test_step_loss_normaliser_divides_by_the_step_mean_of_matched_masks(tiny_cfg):
+    """Two micro-batches of one step: inside the context each micro-batch's mask / dice terms are divided by the mean
+    matched count of both (official 16-rank normalisation), i.e. its own loss x (own count / step mean)."""
+    torch.manual_seed(0)
+    model = Mask2Former.from_config(copy.deepcopy(tiny_cfg)).train()
+    masks = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    masks[0, :20, :20] = masks[1, 30:, 30:] = masks[2, 10:40, 40:] = 1
+    sem = torch.full((1, 64, 64), 255)
+    sem[0, 50:] = 7
+    sem[0, :5] = 8
+    b1 = ([dict(labels=torch.tensor([0, 1, 2]), masks=masks)], sem)   # 3 things + 2 stuff = 5 pairs
+    b2 = ([dict(labels=torch.tensor([4]), masks=masks[:1])], None)     # 1 pair
+    assert model.num_matched_masks(*b1) == 5 and model.num_matched_masks(*b2) == 1
+    img = torch.randn(1, 3, 64, 64)
+
+    def losses(batch):
+        torch.manual_seed(1)
+        return model(img, batch[0], semantic_labels=batch[1])
+
+    own = losses(b1)
+    with model.step_loss_normaliser([b1, b2]):
+        step = losses(b1)
+    mean = (5 + 1) / 2
+    for k in ("loss_mask", "loss_dice", "d0.loss_dice"):
+        torch.testing.assert_close(step[k], own[k] * 5 / mean, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(step["loss_cls"], own["loss_cls"])  # the class loss stays per micro-batch

@@ -273,6 +273,29 @@ class Mask2Former(nn.Module):
         losses["loss"] = sum(losses.values())
         return losses
 
+    def num_matched_masks(self, targets, semantic_labels=None) -> int:
+        """The (query, target) pairs the matching of this batch will make, from the targets alone: per image
+        ``min(num_queries, things + stuff classes present)`` (the targets of :meth:`preprocess_gt`)."""
+        q, n = self.panoptic_head.num_queries, 0
+        for i, t in enumerate(targets):
+            g = int(t["labels"].numel())
+            if semantic_labels is not None:
+                present = torch.unique(semantic_labels[i])
+                g += int(((present >= self.num_things_classes) & (present < self.num_classes)).sum())
+            n += min(q, g)
+        return n
+
+    def step_loss_normaliser(self, batches):
+        """A context for the micro-steps of one optimizer step, given ``(targets, semantic_labels)`` of every
+        micro-batch of the step on this rank: inside it the mask and dice losses are divided by the mean matched-mask
+        count over all micro-batches of the step on all ranks (the official 16-rank normalisation under gradient
+        accumulation, :mod:`~..heads.mask2former.criterion`). Collective: every rank calls it once per step."""
+        from ..heads.mask2former.criterion import step_num_masks
+
+        local = sum(self.num_matched_masks(t, s) for t, s in batches)
+        device = next(self.parameters()).device
+        return self.panoptic_head.criterion.use_num_masks(step_num_masks(local, len(batches), device))
+
     # ------------------------------------------------------------------------------------------------ test
     @torch.no_grad()
     def predict(self, images, image_sizes=None, ori_shapes=None):
