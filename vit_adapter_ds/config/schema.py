@@ -16,10 +16,12 @@ from .keys import Check, Section, check_type, check_value, parse, seq
 # effect is checked where they are used), as are names starting with "_".
 SECTION_KEYS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config",
                 "evaluation", "log_config", "fp16", "vis")
-SCALAR_KEYS = ("load_from", "resume_from", "seed", "work_dir", "global_batch_size", "custom_hooks")
+SCALAR_KEYS = ("load_from", "resume_from", "seed", "work_dir", "global_batch_size", "custom_hooks", "workflow")
 HELPER_KEYS = ("pretrained", "crop_size", "norm_cfg", "img_norm_cfg", "dataset_type", "data_root", "num_classes",
                "img_scale", "train_pipeline", "test_pipeline",
-               "num_stages", "num_proposals", "NUM_CLASSES", "drop_path_rate", "file_client_args")
+               "num_stages", "num_proposals", "NUM_CLASSES", "drop_path_rate", "file_client_args",
+               # the Mask2Former panoptic recipe's: used in model / runner / checkpoint_config / evaluation
+               "num_things_classes", "num_stuff_classes", "max_iters", "interval", "dynamic_intervals")
 TOP_LEVEL_KEYS = set(SECTION_KEYS) | set(SCALAR_KEYS) | set(HELPER_KEYS)
 TOP_LEVEL_KEYS.add("find_unused_parameters")  # mmdet's DDP flag (ATSS / GFL): a bool, see SCALARS
 
@@ -71,7 +73,64 @@ METRICS = ("mIoU", "aAcc", "mAcc", "mDice")  # segmentation (evaluation/miou.py)
 DET_METRICS = tuple(f"{t}_{n}" for t in ("bbox", "segm")
                     for n in ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l"))
 # evaluation.metric: 'mIoU' / 'mDice' (segmentation: both are always computed) or 'bbox' / 'segm' (detection)
-EVAL_METRICS = ("mIoU", "mDice", "bbox", "segm")
+# panoptic (evaluation/panoptic.py, mmdet's CocoPanopticDataset.evaluate_pan_json): all / things / stuff
+PAN_METRICS = tuple(f"{m}{s}" for s in ("", "_th", "_st") for m in ("PQ", "SQ", "RQ"))
+EVAL_METRICS = ("mIoU", "mDice", "bbox", "segm", "PQ")
+
+
+def _dynamic_intervals(value, where):
+    """``evaluation.dynamic_intervals`` (mmdet's EvalHook): a list of ``(milestone, interval)`` pairs of positive
+    iterations, milestones increasing; from iteration ``milestone`` on (1-based count of finished iterations) the
+    evaluation interval is ``interval`` (:func:`eval_interval_at`)."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"recipe: {where} must be a list of (milestone, interval) pairs, got {value!r}")
+    pairs = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ConfigError(f"recipe: {where}[{i}] must be a (milestone, interval) pair, got {pair!r}")
+        pairs.append((check_value(pair[0], int, f"{where}[{i}][0]", minimum=1),
+                      check_value(pair[1], int, f"{where}[{i}][1]", minimum=1)))
+    milestones = [m for m, _ in pairs]
+    if milestones != sorted(set(milestones)):
+        raise ConfigError(f"recipe: {where} milestones must be strictly increasing, got {value!r}")
+    return pairs
+
+
+def eval_interval_at(done: int, interval: int, dynamic_intervals=()) -> int:
+    """The evaluation interval after ``done`` finished iterations: mmdet's ``EvalHook._decide_interval`` (the
+    interval of the last ``(milestone, interval)`` pair with ``milestone <= done``, else ``interval``)."""
+    current = int(interval)
+    for milestone, value in dynamic_intervals or ():
+        if int(milestone) <= done:
+            current = int(value)
+    return current
+
+
+def _log_hooks(value, where):
+    """``log_config.hooks``: mmcv's logger hooks; the engine writes its text log (and JSON lines) itself, so only
+    ``TextLoggerHook`` (by iteration) is accepted."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"recipe: {where} must be a list of dict(type=...) logger hooks, got {value!r}")
+    for i, hook in enumerate(value):
+        parse(hook, {"type": Check(str, choices=("TextLoggerHook",)), "by_epoch": Check(bool, choices=(False,))},
+              f"{where}[{i}]")
+    return value
+
+
+def _workflow(value, where):
+    """``workflow`` (mmcv's runner phases): only ``[('train', n)]``; with one train phase the IterBasedRunner just
+    trains ``runner.max_iters`` iterations (``n`` changes nothing). A ``('val', n)`` phase (validation losses) is
+    not run by the engine: it evaluates the metrics of ``evaluation`` instead."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"recipe: {where} must be a list of (phase, iterations) pairs, got {value!r}")
+    for i, phase in enumerate(value):
+        if not isinstance(phase, (list, tuple)) or len(phase) != 2:
+            raise ConfigError(f"recipe: {where}[{i}] must be a (phase, iterations) pair, got {phase!r}")
+        check_value(phase[1], int, f"{where}[{i}][1]", minimum=1)
+    if len(value) != 1 or value[0][0] != "train":
+        raise ConfigError(f"recipe: {where}={value!r} is not supported: only [('train', n)] (the engine has no "
+                          "validation-loss phase; its evaluation is the `evaluation` section's metrics)")
+    return value
 
 
 def _metric(value, where):
@@ -108,7 +167,9 @@ SECTIONS: dict[str, dict] = {
     "lr_config": {  # the schedules (engine/schedule.py) implement exactly these; by iteration only
         "policy": Check(str, choices=("poly", "step", "CosineAnnealing")),
         "warmup": Check(str, type(None), choices=(None, "linear")), "min_lr_ratio": Check(float, minimum=0),
-        "warmup_iters": Check(int, minimum=0), "warmup_ratio": Check(float, minimum=0), "power": Check(float),
+        "warmup_iters": Check(int, minimum=0),
+        "warmup_ratio": Check(float, minimum=0), "power": Check(float),
+        "warmup_by_epoch": Check(bool, choices=(False,)),  # mmcv's; the engine warms up by iteration
         "min_lr": Check(float, type(None), minimum=0), "by_epoch": Check(bool),  # True: EpochBasedRunner only
         "step": _steps, "gamma": Check(float, minimum=0, exclusive=True)},  # step: milestones (or period), iterations
     # The engine counts iterations. runner=dict(type='EpochBasedRunner', max_epochs=N) (EPOCH_RUNNER) is accepted for
@@ -118,13 +179,13 @@ SECTIONS: dict[str, dict] = {
     "checkpoint_config": {"by_epoch": Check(bool), "interval": POS_INT, "max_keep_ckpts": _max_keep,
                           "save_last": Check(bool, choices=(True,))},  # the engine always saves the last iteration
     "evaluation": {
-        "interval": POS_INT, "metric": _metric,
-        "save_best": Check(str, type(None), choices=(None, "auto", *METRICS, *DET_METRICS)),
+        "interval": POS_INT, "metric": _metric, "dynamic_intervals": _dynamic_intervals,
+        "save_best": Check(str, type(None), choices=(None, "auto", *METRICS, *DET_METRICS, *PAN_METRICS)),
         # the resize rule of a multi-scale test asked for on the command line (launch/eval.py --aug-test) when the
         # test pipeline has none; every other test setting is the test pipeline's (data.val / data.test.pipeline)
         "ms_resize": Section({"type": Check(str, choices=("Resize", "SETR_Resize")), "crop_size": PAIR,
                               "keep_ratio": Check(bool), "setr_multi_scale": Check(bool)}, allow_none=True)},
-    "log_config": {"interval": POS_INT},
+    "log_config": {"interval": POS_INT, "hooks": _log_hooks},
     "fp16": {"loss_scale": _loss_scale},
     "vis": {"num_images": Check(int, minimum=0)},
 }
@@ -134,7 +195,7 @@ SCALARS = {"load_from": Check(str, type(None)), "resume_from": Check(str, type(N
            # DDP's flag for parameters without a gradient; DeepSpeed reduces every parameter (zeros for those)
            "find_unused_parameters": Check(bool),
            "global_batch_size": Check(int, type(None), minimum=1),
-           "custom_hooks": _custom_hooks}
+           "custom_hooks": _custom_hooks, "workflow": _workflow}
 REQUIRED = ("model", "data", "optimizer", "lr_config", "runner")
 
 

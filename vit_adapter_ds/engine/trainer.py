@@ -39,6 +39,7 @@ import torch
 
 from .. import runtime as rt
 from ..config.run_record import write_run_config
+from ..config.schema import eval_interval_at
 from ..models.norm import convert_sync_batchnorm, keep_norm_stats_fp32
 from ..checkpoint import manager as ckpt
 from ..checkpoint.deepspeed import convert_to_universal
@@ -94,6 +95,7 @@ class Trainer:
         ck = cfg.get("checkpoint_config") or {}
         ev = cfg.get("evaluation") or {}
         self.eval_interval = int(ev.get("interval", self.max_iters))
+        self.eval_dynamic_intervals = list(ev.get("dynamic_intervals") or ())  # mmdet's EvalHook, schema.py
         save_best = ev.get("save_best")
         self.log_interval = int((cfg.get("log_config") or {}).get("interval", 50))
         max_nf = (cfg.get("optimizer_config") or {}).get("max_nonfinite_steps", 3)
@@ -368,7 +370,8 @@ class Trainer:
             if done % self.log_interval == 0 or done == self.max_iters:
                 self._log_train(done, window)
                 window = {"sums": {}, "n": 0, "iter_time": 0.0, "data_time": 0.0, "lrs": []}
-            evaluate = self.val_loader is not None and (done % self.eval_interval == 0 or done == self.max_iters)
+            interval = eval_interval_at(done, self.eval_interval, self.eval_dynamic_intervals)
+            evaluate = self.val_loader is not None and (done % interval == 0 or done == self.max_iters)
             stop = bool(self.stop_signum) and done < self.max_iters
             step = self.checkpoints.step(done, self.engine, self.train_state, stop=stop,  # save / best / keep
                                          evaluate=self.evaluate if evaluate else None)
