@@ -201,12 +201,15 @@ def train_sample(img, parsed, seg, rng, ops) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ shard set
-def open_detection_set(shard_dir, split, verify="size", num_classes=None):
-    """Read and check a detection shard set; return (manifest without the per-sample index, reader, cat2label)."""
+def open_detection_set(shard_dir, split, verify="size", num_classes=None, task="detection"):
+    """Read and check a detection (or ``task``: panoptic) shard set; return (manifest without the per-sample index,
+    reader, cat2label)."""
     m = read_manifest(shard_dir, split)
-    if m.get("task") != "detection":
+    if m.get("task") != task:
+        layout = "coco" if task == "detection" else "coco_panoptic"
         raise ShardSetError(f"{redact_url(m['shard_dir'])} holds {m.get('task', 'segmentation')!r} shards, not "
-                            "detection (write them with `make_shards coco` or `make_shards synthetic --layout coco`)")
+                            f"{task} (write them with `make_shards {layout}` or `make_shards synthetic --layout "
+                            f"{layout}`)")
     verify_shards(m["shard_dir"], m, verify)
     cats = m.get("categories") or []
     if not cats:
@@ -352,6 +355,16 @@ class _DetTrainStream(BatchStream):
         self.semantic_classes = semantic_classes  # None: no semantic maps read
         self.lists, self.chunks = lists, chunks
 
+    def decode(self, raw):
+        """A shard sample -> ``(inputs of :meth:`augment`, record with the COCO ``image`` entry)``; BadSample."""
+        img, parsed, rec = decode_det_sample(raw, self.cat2label)
+        seg = None if self.semantic_classes is None else decode_semantic_map(raw, img.shape[-2:],
+                                                                             self.semantic_classes)
+        return (img, parsed, seg), rec
+
+    def augment(self, inputs, rng):
+        return train_sample(*inputs, rng, self.ops)
+
     def _load(self, seq, first, g, bad, rng):
         """The first decodable sample of ``seq[first], seq[first + 1], ...`` (cyclic) for slot ``g`` that the
         pipeline keeps, augmented with ``rng``: a sample the pipeline drops (:class:`~.det_transforms.DroppedSample`,
@@ -362,16 +375,13 @@ class _DetTrainStream(BatchStream):
         for k in range(self.max_substitutes + 1):
             i = int(seq[(first + k) % n])
             try:
-                raw = self.reader.read_global(i)
-                img, parsed, rec = decode_det_sample(raw, self.cat2label)
-                seg = None if self.semantic_classes is None else \
-                    decode_semantic_map(raw, img.shape[-2:], self.semantic_classes)
+                inputs, rec = self.decode(self.reader.read_global(i))
             except BadSample as e:
                 bad.append((self.reader.shard_name(i), str(self.reader.keys[i]), str(e)))
                 last = bad[-1]
                 continue
             try:
-                return train_sample(img, parsed, seg, rng, self.ops), rec, i
+                return self.augment(inputs, rng), rec, i
             except T.DroppedSample as e:
                 last = (self.reader.shard_name(i), str(self.reader.keys[i]), str(e))
         raise TooManyBadSamples(f"{self.max_substitutes + 1} consecutive samples of the epoch order from slot {g} "
@@ -428,6 +438,9 @@ class DetectionTrainLoader(EpochLoader):
     load maps over shards without them raise :class:`~.manifest.ShardSetError` here.
     """
 
+    # the shard task, the stream and the trainable-sample index: the panoptic loader (data/panoptic.py) changes them
+    task, stream_class, index_fn = "detection", _DetTrainStream, staticmethod(train_index)
+
     def __init__(self, shard_dir, *, batch_size, num_workers=0, seed=0, rank=0, world_size=1, num_classes=None,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, max_bad_fraction=0.01, shuffle="global", window_shards=4,
                  split=None, verify="size", worker_timeout=300.0, filter_empty_gt=True, min_size=32,
@@ -436,9 +449,10 @@ class DetectionTrainLoader(EpochLoader):
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.manifest, self.reader, self.cat2label = open_detection_set(shard_dir, split, verify, num_classes)
+        self.manifest, self.reader, self.cat2label = open_detection_set(shard_dir, split, verify, num_classes,
+                                                                        self.task)
         self.shard_dir = self.manifest["shard_dir"]
-        self.valid, self.flags = train_index(self.reader, self.cat2label, min_size, filter_empty_gt)
+        self.valid, self.flags = self.index_fn(self.reader, self.cat2label, min_size, filter_empty_gt)
         if len(self.valid) == 0:
             raise ShardSetError(f"{redact_url(self.shard_dir)}: no image with annotations to train on")
         self._valid_mask = np.zeros(len(self.reader), dtype=bool)
@@ -455,7 +469,7 @@ class DetectionTrainLoader(EpochLoader):
         self.ops = list(ops) if ops is not None else T.official_train_ops(**(transform_kw or {}))
         self.seg_prefix = seg_prefix
         self.semantic_classes = None
-        if T.loads_semantic_seg(self.ops):
+        if T.loads_semantic_seg(self.ops) and self.task == "detection":  # panoptic: the maps of the PNGs
             sem = self.manifest.get("semantic_seg")
             if not sem:
                 raise ShardSetError(
@@ -547,7 +561,7 @@ class DetectionTrainLoader(EpochLoader):
         lists = chunks = None
         if self.group_by_aspect_ratio:
             chunks, lists = self._grouped_plan()
-        return _DetTrainStream(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
+        return self.stream_class(self.reader, self.order(self.epoch), self.cat2label, epoch=self.epoch,
                                start=self.samples_consumed_in_epoch, num_batches=self.remaining_in_epoch(),
                                rank=self.rank, world_size=self.world_size, batch_size=self.batch_size,
                                seed=self.seed, mean=self.mean, std=self.std, ops=self.ops,
@@ -561,6 +575,11 @@ class _DetValStream(IterableDataset):
         self.reader, self.indices, self.cat2label = reader, indices, cat2label
         self.scale, self.mean, self.std = scale, mean, std
 
+    def decode(self, raw):
+        """A shard sample -> (image, the item's ground truth: the COCO ``image`` entry and ``annotations``)."""
+        img, _, rec = decode_det_sample(raw, self.cat2label)
+        return img, {"image": rec["image"], "annotations": rec.get("annotations") or []}
+
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -569,16 +588,15 @@ class _DetValStream(IterableDataset):
                 i = int(self.indices[j])
                 key, shard = str(self.reader.keys[i]), self.reader.shard_name(i)
                 try:
-                    img, _, rec = decode_det_sample(self.reader.read_global(i), self.cat2label)
+                    img, extra = self.decode(self.reader.read_global(i))
                 except BadSample as e:
                     yield {"bad": [(shard, key, str(e))]}
                     continue
                 x = T.test_transform(img, self.scale) if self.scale is not None else img
                 yield {"img": T.pad_batch([T.normalize(x, self.mean, self.std)], 32),
                        "img_shape": tuple(int(v) for v in x.shape[-2:]),
-                       "ori_shape": tuple(int(v) for v in img.shape[-2:]), "image": rec["image"],
-                       "annotations": rec.get("annotations") or [], "meta": {"keys": [key], "shards": [shard],
-                                                                              "index": i}}
+                       "ori_shape": tuple(int(v) for v in img.shape[-2:]), **extra,
+                       "meta": {"keys": [key], "shards": [shard], "index": i}}
         finally:
             self.reader.close()
 
@@ -587,12 +605,15 @@ class DetectionValLoader:
     """Each image exactly once across ranks (rank r: the contiguous block ``[r N / W, (r + 1) N / W)``), batch
     size 1, resized to ``scale`` (official test ``(1333, 800)``; ``None`` keeps the size), normalised, padded to 32."""
 
+    task, stream_class = "detection", _DetValStream  # the panoptic loaders (data/panoptic.py) change them
+
     def __init__(self, shard_dir, *, rank=0, world_size=1, num_workers=0, scale=(1333, 800), mean=IMAGENET_MEAN,
                  std=IMAGENET_STD, num_classes=None, max_bad_fraction=0.01, split="val", verify="size",
                  worker_timeout=300.0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        self.manifest, self.reader, self.cat2label = open_detection_set(shard_dir, split, verify, num_classes)
+        self.manifest, self.reader, self.cat2label = open_detection_set(shard_dir, split, verify, num_classes,
+                                                                        self.task)
         self.categories = self.manifest["categories"]
         n = int(self.manifest["num_samples"])
         self.indices = np.arange(rank * n // world_size, (rank + 1) * n // world_size)
@@ -607,6 +628,6 @@ class DetectionValLoader:
     def __iter__(self):
         """Yield this rank's images; at the end the ranks sum their bad-sample counts and failures (when a process
         group is initialised), so that a failure raises on every rank."""
-        ds = _DetValStream(self.reader, self.indices, self.cat2label, self.scale, self.mean, self.std)
+        ds = self.stream_class(self.reader, self.indices, self.cat2label, self.scale, self.mean, self.std)
         it = iterate_batches(ds, self.num_workers, self.worker_timeout)
         yield from agreed_pass(it, self.bad, int(self.manifest["num_samples"]), self.world_size)

@@ -36,7 +36,9 @@ def _fixed(step, key, value, where, default=None):
 def _load_image(step, where):
     """mmdet ``LoadImageFromFile``: ``file_client_args`` only as ``dict(backend='disk')`` (the HTC++ Objects365 ->
     COCO recipes write it out; the images come from the shards either way)."""
-    _keys(step, {"file_client_args"}, where)
+    _keys(step, {"file_client_args", "to_float32"}, where)
+    if not isinstance(step.get("to_float32", False), bool):  # the dtype only: Normalize gives float either way
+        raise ConfigError(f"recipe: {where}.to_float32 must be a bool")
     fca = step.get("file_client_args")
     if fca is not None and dict(fca) != {"backend": "disk"}:
         raise ConfigError(f"recipe: {where}.file_client_args={fca!r}: only dict(backend='disk') (images are read "
@@ -213,6 +215,12 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
                 raise ConfigError(f"recipe: {w}.with_seg must be a bool")
             if with_seg:
                 ops.append(("load_seg", None))
+        elif t == "LoadPanopticAnnotations":  # panoptic shards (data/panoptic_loader.py): maps from the PNGs
+            _keys(step, {"with_bbox", "with_mask", "with_seg"}, w)
+            for k in ("with_bbox", "with_mask", "with_seg"):
+                _fixed(step, k, True, w, True)
+            with_seg = True
+            ops.append(("load_seg", None))
         elif t == "RandomFlip":
             _keys(step, {"flip_ratio", "direction"}, w)
             _fixed(step, "direction", "horizontal", w, "horizontal")
@@ -269,7 +277,8 @@ def train_ops_from_pipeline(pipeline, where: str = "train_pipeline") -> dict:
                                   "then rescaled, as in mmdet's HTC configs)")
             ops.append(_seg_rescale_op(step, w))
         elif t == "DefaultFormatBundle":
-            _keys(step, set(), w)
+            _keys(step, {"img_to_float"}, w)
+            _fixed(step, "img_to_float", True, w, True)  # the loader's images are float after Normalize
         elif t == "Collect":
             _keys(step, {"keys", "meta_keys"}, w)
             keys = set(step.get("keys", ()))

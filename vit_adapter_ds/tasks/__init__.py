@@ -13,10 +13,12 @@ from ..config import ConfigError, load_recipe
 from ..config.keys import to_plain
 from .base import Task
 from .detection import ObjectDetection
+from .panoptic import PanopticSegmentation, is_panoptic_recipe
 from .segmentation import SemanticSegmentation
 
-# the ``task`` class attribute of a registered segmentor / detector (models.registry.task_of) -> the task class
-BY_MODEL_TASK = {"segmentation": SemanticSegmentation, "detection": ObjectDetection}
+# the ``task`` class attribute of a registered segmentor / detector (models.registry.task_of) -> the task class; a
+# detector recipe on a panoptic dataset (``data.train.type``, tasks/panoptic.py) is the panoptic task's
+BY_MODEL_TASK = {"segmentation": SemanticSegmentation, "detection": ObjectDetection, "panoptic": PanopticSegmentation}
 
 
 class _ModelTypeTasks(Mapping):
@@ -57,7 +59,10 @@ def task_class(model_type):
 def task_for(cfg):
     """The task of a loaded recipe (by its model type), its engine sections checked against what the task supports
     (``Task.check_engine_sections``)."""
-    task = task_class((cfg.get("model") or {}).get("type", "EncoderDecoder"))(cfg)
+    cls = task_class((cfg.get("model") or {}).get("type", "EncoderDecoder"))
+    if cls is ObjectDetection and is_panoptic_recipe(cfg):
+        cls = PanopticSegmentation
+    task = cls(cfg)
     task.check_engine_sections(to_plain(cfg))
     return task
 
@@ -70,4 +75,4 @@ def load_and_validate(recipe=None, options=None):
     return cfg, task, task.validate()
 
 
-__all__ = ["TASKS", "ObjectDetection", "SemanticSegmentation", "Task", "task_class", "task_for", "load_and_validate"]
+__all__ = ["TASKS", "ObjectDetection", "PanopticSegmentation", "SemanticSegmentation", "Task", "task_class", "task_for", "load_and_validate"]
