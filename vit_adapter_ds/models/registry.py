@@ -146,6 +146,23 @@ def build_head(cfg: dict, where: str = "model.decode_head"):
     return HEADS.build(cfg, where)
 
 
+def build_detection_backbone(backbone_cfg, pretrained: str | None, where: str = "model"):
+    """A detector's backbone from the official ``model.backbone`` dict with the detection forward (``task``
+    'detection', the default for a detector; another task is refused), and the pretrained file of ``model.pretrained``
+    (``pretrained``) or ``model.backbone.pretrained`` (setting both is an error): ``(backbone, pretrained)``. The
+    file is only recorded here (the builder reads it)."""
+    if not isinstance(backbone_cfg, Mapping) or backbone_cfg.get("type") not in BACKBONES:
+        raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
+    kw = {k: v for k, v in backbone_cfg.items() if k not in ("type", "_delete_")}
+    inner = kw.pop("pretrained", None)
+    if inner is not None and pretrained is not None:
+        raise ConfigError(f"recipe: set pretrained weights either in {where}.pretrained or {where}.backbone.pretrained")
+    kw.setdefault("task", "detection")
+    if kw["task"] != "detection":
+        raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
+    return BACKBONES[backbone_cfg["type"]].from_config(kw, f"{where}.backbone"), inner or pretrained
+
+
 def pretrained_path(model_cfg: Mapping) -> str | None:
     """``model.pretrained`` or ``model.backbone.pretrained`` (setting both is an error)."""
     top, inner = model_cfg.get("pretrained"), (model_cfg.get("backbone") or {}).get("pretrained")

@@ -37,7 +37,7 @@ from torch import nn
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
 from ..norm import norm_from_cfg
-from ..registry import BACKBONES, DETECTORS
+from ..registry import DETECTORS, build_detection_backbone
 from .bbox_ops import delta2bbox, giou_loss  # (also imported from here by other heads)
 from .fpn import FPN
 from .htc import CascadeStage, matched_gt_boxes, multiclass_nms, sample_rois
@@ -286,17 +286,7 @@ class CascadeRCNN(nn.Module):
         here are accepted only with their official value."""
         p = parse(cfg, _TOP, where)
         b = p["backbone"]
-        if not isinstance(b, dict) or b.get("type") not in BACKBONES:
-            raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
-        bkw = {k: v for k, v in b.items() if k not in ("type", "_delete_")}
-        pretrained = bkw.pop("pretrained", None)
-        if pretrained is not None and p["pretrained"] is not None:
-            raise ConfigError(f"recipe: set pretrained weights either in {where}.pretrained or "
-                              f"{where}.backbone.pretrained")
-        bkw.setdefault("task", "detection")
-        if bkw["task"] != "detection":
-            raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
-        backbone = BACKBONES[b["type"]].from_config(bkw, f"{where}.backbone")
+        backbone, pretrained = build_detection_backbone(b, p["pretrained"], where)
         neck = FPN.from_config(p["neck"], f"{where}.neck")
         c, ns = neck.out_channels, p["num_stages"]
         for key, name in (("rpn_in_channels", "rpn_head.in_channels"), ("rpn_feat_channels", "rpn_head.feat_channels"),
@@ -381,7 +371,7 @@ class CascadeRCNN(nn.Module):
             stage_loss_weights=p["stage_loss_weights"], loss_cls_weights=cls_w, loss_mask_weights=mask_w,
             num_classes=bboxes[0].num_classes, mask_size=mask_sizes[0], score_thr=p["score_thr"],
             nms_iou=p["rcnn_nms_iou"], max_per_img=p["max_per_img"], mask_thr_binary=p["mask_thr_binary"])
-        return cls(backbone, neck, rpn, roi, pretrained=pretrained or p["pretrained"])
+        return cls(backbone, neck, rpn, roi, pretrained=pretrained)
 
     # ----------------------------------------------------------------------------------------------------------
     def extract_feat(self, images):

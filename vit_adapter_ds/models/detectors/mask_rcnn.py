@@ -74,7 +74,7 @@ from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
 from ..heads.common import ConvModule
 from ..norm import norm_class, norm_from_cfg
-from ..registry import BACKBONES, DETECTORS, NECKS
+from ..registry import DETECTORS, NECKS, build_detection_backbone
 from .fpn import FPN
 from .roi_extractor import LevelRoIAlign
 from .semantic_head import ConvReLU
@@ -711,18 +711,7 @@ class MaskRCNN(nn.Module):
         ``pretrained`` path is recorded in ``model.pretrained`` (loaded by the builder, not here)."""
         p = parse(cfg, MASK_RCNN_SPEC, where)
         bcfg = p["backbone"]
-        if not isinstance(bcfg, dict) or bcfg.get("type") not in BACKBONES:
-            raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
-        bkw = {k: v for k, v in bcfg.items() if k not in ("type", "_delete_")}
-        pretrained = bkw.pop("pretrained", None)
-        if pretrained is not None and p["pretrained"] is not None:
-            raise ConfigError(f"recipe: set pretrained weights either in {where}.pretrained or "
-                              f"{where}.backbone.pretrained")
-        p["pretrained"] = p["pretrained"] or pretrained
-        bkw.setdefault("task", "detection")
-        if bkw["task"] != "detection":
-            raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
-        backbone = BACKBONES[bcfg["type"]].from_config(bkw, f"{where}.backbone")
+        backbone, p["pretrained"] = build_detection_backbone(bcfg, p["pretrained"], where)
         # a neck giving named pyramid levels (``names``, ``out_channels``): FPN, or the official no-FPN
         # ChannelMapperWithPooling; an absent type is FPN
         neck_cls = NECKS.lookup(p["neck"], f"{where}.neck", default="FPN")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
-from ..registry import BACKBONES, DETECTORS
+from ..registry import DETECTORS, build_detection_backbone
 from .dense_heads import ATSSHead, GFLHead
 from .fpn import FPN
 from .mask_rcnn import FixedStrideAnchorGenerator, MaskRCNN, padded_shape
@@ -97,16 +97,7 @@ class SingleStageDetector(nn.Module):
         with their official value. The backbone's ``pretrained`` file is recorded (read by the builder)."""
         p = parse(cfg, _spec(cls.__name__, cls.HEAD_SPEC), where)
         b = p["backbone"]
-        if not isinstance(b, dict) or b.get("type") not in BACKBONES:
-            raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
-        bkw = {k: v for k, v in b.items() if k not in ("type", "_delete_")}
-        pretrained = bkw.pop("pretrained", None)
-        if pretrained is not None and p["pretrained"] is not None:
-            raise ConfigError(f"recipe: set pretrained weights either in {where}.pretrained or "
-                              f"{where}.backbone.pretrained")
-        bkw.setdefault("task", "detection")
-        if bkw["task"] != "detection":
-            raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
+        backbone, pretrained = build_detection_backbone(b, p["pretrained"], where)
         neck_cfg = p["neck"]
         if not isinstance(neck_cfg, dict) or neck_cfg.get("type", "FPN") != "FPN":
             raise ConfigError(f"recipe: {where}.neck must be dict(type='FPN', ...) for {cls.__name__}")
@@ -126,9 +117,8 @@ class SingleStageDetector(nn.Module):
                               f"norm_cfg.num_groups={p['gn_groups']}")
         if len(p.get("target_stds", (0,) * 4)) != 4:
             raise ConfigError(f"recipe: {hw}.bbox_coder.target_stds must have 4 values")
-        backbone = BACKBONES[b["type"]].from_config(bkw, f"{where}.backbone")
         anchors = FixedStrideAnchorGenerator(strides, (p["octave_base_scale"],), (1.0,))
-        return cls(backbone, neck, cls._head(p, len(strides)), anchors, pretrained=pretrained or p["pretrained"])
+        return cls(backbone, neck, cls._head(p, len(strides)), anchors, pretrained=pretrained)
 
     # ----------------------------------------------------------------------------------------------------------
     def extract_feat(self, images):

@@ -44,7 +44,7 @@ from torch import nn
 
 from ...config.errors import ConfigError
 from ...config.keys import Fixed, Param, Raw, parse
-from ..registry import BACKBONES, DETECTORS, NECKS
+from ..registry import DETECTORS, NECKS, build_detection_backbone
 from .bbox_ops import delta2bbox, giou_loss
 from .dense_heads import reduce_mean, sigmoid_focal_loss
 from .mask_rcnn import _ROI_EXTRACTOR, MaskRCNN
@@ -435,17 +435,7 @@ class SparseRCNN(nn.Module):
         named in errors; official keys without a knob here are accepted only with their official value."""
         p = parse(cfg, _TOP, where)
         b = p["backbone"]
-        if not isinstance(b, dict) or b.get("type") not in BACKBONES:
-            raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
-        bkw = {k: v for k, v in b.items() if k not in ("type", "_delete_")}
-        pretrained = bkw.pop("pretrained", None)
-        if pretrained is not None and p["pretrained"] is not None:
-            raise ConfigError(f"recipe: set pretrained weights either in {where}.pretrained or "
-                              f"{where}.backbone.pretrained")
-        bkw.setdefault("task", "detection")
-        if bkw["task"] != "detection":
-            raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
-        backbone = BACKBONES[b["type"]].from_config(bkw, f"{where}.backbone")
+        backbone, pretrained = build_detection_backbone(b, p["pretrained"], where)
         neck_cfg = p["neck"]
         neck_cls = NECKS.lookup(neck_cfg, f"{where}.neck", default="FPN")
         if not hasattr(neck_cls, "names"):
@@ -520,7 +510,7 @@ class SparseRCNN(nn.Module):
             bbox_heads=heads, assigners=assigners, loss_weights=losses, stage_loss_weights=p["stage_loss_weights"],
             target_stds=stds, max_per_img=p["max_per_img"])
         rpn = EmbeddingRPNHead(p["num_proposals"], p["rpn_feature_channel"])
-        return cls(backbone, neck, rpn, roi, pretrained=pretrained or p["pretrained"])
+        return cls(backbone, neck, rpn, roi, pretrained=pretrained)
 
     # ----------------------------------------------------------------------------------------------------------
     def extract_feat(self, images):
