@@ -26,11 +26,11 @@ import torchvision  # noqa: F401
 from ..config.errors import ConfigError
 from ..config.keys import signature_kwargs, to_plain
 from ..config.schema import PAN_METRICS
+from ..data.datasets import DETECTION_SUPPLIED
 from .detection import ObjectDetection
 
-# set by the engine / the model / the translated pipeline, never by the recipe's data.<split>
-SUPPLIED = ("batch_size", "num_workers", "seed", "rank", "world_size", "num_classes", "mean", "std", "ops",
-            "transform_kw", "scale")
+# set by the engine / the model / the translated pipeline, never by the recipe's data.<split> (the detection rule)
+SUPPLIED = DETECTION_SUPPLIED
 
 
 def is_panoptic_recipe(cfg) -> bool:
