@@ -29,7 +29,7 @@ from ...config.errors import ConfigError
 from ...config.keys import check_keys, take
 from ..heads.mask2former import Mask2FormerHead
 from ..layer_decay import layer_id as _layer_id
-from ..registry import BACKBONES, DETECTORS
+from ..registry import DETECTORS, build_detection_backbone
 
 INSTANCE_OFFSET = 1000  # mmdet.core.evaluation.panoptic_utils
 
@@ -228,20 +228,8 @@ class Mask2Former(nn.Module):
             raise ConfigError(f"recipe: {tw}.semantic_on=True is not supported (mmdet raises NotImplementedError)")
         if test_cfg.get("max_per_image", 100) < 1:
             raise ConfigError(f"recipe: {tw}.max_per_image must be >= 1")
-        b = cfg.get("backbone")
-        if not isinstance(b, dict) or b.get("type") not in BACKBONES:
-            raise ConfigError(f"recipe: {where}.backbone must be a dict with type one of {sorted(BACKBONES)}")
-        bkw = {k: v for k, v in b.items() if k not in ("type", "_delete_")}
-        pretrained = bkw.pop("pretrained", None)
-        if pretrained is not None and cfg.get("pretrained") is not None:
-            raise ConfigError(f"recipe: set pretrained weights either in {where}.pretrained or "
-                              f"{where}.backbone.pretrained")
-        bkw.setdefault("task", "detection")
-        if bkw["task"] != "detection":
-            raise ConfigError(f"recipe: {where}.backbone.task must be 'detection' for a detector")
-        backbone = BACKBONES[b["type"]].from_config(bkw, f"{where}.backbone")
-        return cls(backbone, panoptic_head, things, stuff, test_cfg=test_cfg,
-                   pretrained=pretrained or cfg.get("pretrained"))
+        backbone, pretrained = build_detection_backbone(cfg.get("backbone"), cfg.get("pretrained"), where)
+        return cls(backbone, panoptic_head, things, stuff, test_cfg=test_cfg, pretrained=pretrained)
 
     # ------------------------------------------------------------------------------------------------ train
     def extract_feat(self, images):
