@@ -53,7 +53,7 @@ setup(
     extras_require={
         "train": ["deepspeed>=0.16", "webdataset>=0.2", "mmengine>=0.10", "tensorboard", "pycocotools"],
         "mm": ["mmengine>=0.10", "mmcv-lite==2.1.0", "mmsegmentation==1.2.2", "mmdet==3.3.0", "ftfy", "regex"],
-        "dev": ["pytest>=8", "pytest-timeout", "ninja", "moto[s3]>=5.1", "flask", "flask-cors"],  # moto: S3 server of the tests
+        "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "ninja", "moto[s3]>=5.1", "flask", "flask-cors"],  # moto: S3 server of the tests
         "remote": ["fsspec", "s3fs", "gcsfs", "aiohttp"],  # shards on object stores (http(s) works without them)
         "htc": ["instaboostfast", "scikit-image"],  # HTC++ training pipeline (InstaBoost, as the official config)
     },

@@ -74,6 +74,22 @@ def pytest_make_collect_report(collector):
         _strict_failure(report, _reason(report), collector.nodeid)
 
 
+_SERIAL_GROUPS = {  # folder under tests/ -> the pytest-xdist group whose tests run one after another on one worker
+    os.path.join("integration", "cluster"): "cluster",  # one local SLURM, the vads* network namespaces, one sshd
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The README's test command runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``): tests that
+    bring up a machine-wide service share a group, so xdist runs them on one worker one after another (without xdist
+    the marker does nothing)."""
+    for item in items:
+        rel = os.path.relpath(str(item.path), TESTS)
+        for folder, group in _SERIAL_GROUPS.items():
+            if rel.startswith(folder + os.sep):
+                item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def free_port():
     """``free_port()`` of ``tests/helpers/support.py``: a fresh unused TCP port for each call."""
