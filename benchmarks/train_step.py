@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     if a._one:
         name, mode = a._one
         r = one(name, mode, a.batch or MODELS[name]["batch"], a.iters, a.warmup, device)
-        print("RESULT " + json.dumps(r))
+        print("RESULT " + json.dumps(r), flush=True)
+        from vit_adapter_ds import runtime as rt
+        rt.close_distributed()
         return 0
     start = time.monotonic()
     results, skipped = [], []

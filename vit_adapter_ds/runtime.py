@@ -226,6 +226,14 @@ def init_distributed(timeout_s: float = 600.0, deepspeed: bool = True) -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
 
 
+def close_distributed() -> None:
+    """Destroy the process group (when one exists) at the end of a command that returns normally: a process left to
+    tear gloo / NCCL down at interpreter exit can abort ("terminate called without an active exception", SIGABRT)
+    after its work is done, which the launcher reports as a failed rank."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -39,6 +39,7 @@ def main(argv) -> int:
     if rt.is_main():
         torch.save({"iteration": trainer.start_iter, "metrics": metrics, "state_dict": state}, out)
     rt.barrier()
+    rt.close_distributed()
     return 0
 
 

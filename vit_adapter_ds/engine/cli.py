@@ -112,5 +112,7 @@ def main(argv=None, make_task=None) -> int:
     except (CheckpointError, RecipeMismatchError) as e:  # a refused checkpoint: said plainly, recorded as failed
         if rt.is_main():
             print(f"error: {e}", file=sys.stderr, flush=True)
+        rt.close_distributed()
         return 2
+    rt.close_distributed()
     return 0

@@ -54,24 +54,26 @@ evaluation = dict(_delete_=True, interval=1, metric='bbox', save_best='bbox_mAP'
         terms=("loss", "loss_cls", "loss_bbox", "loss_centerness"),
         head_keys={"bbox_head.atss_centerness.bias", "bbox_head.scales.4.scale", "bbox_head.cls_convs.1.gn.weight"},
         # measured box AP after epochs 1..5: 0.000, 0.074, 0.072, 0.033, 0.040 (AP50 0.000 .. 0.196)
-        ap=dict(first_below=0.01, last_above=0.02, best_above=0.05, last50_above=0.1)),
+        ap=dict(rise=3.0, last_above=0.02, best_above=0.05, last50_above=0.1)),
     "gfl": dict(
         recipe="synthetic_gfl", train_split="val", flip=0.0,
         # 4 images / (2 ranks x 2) = 1 iteration per epoch
-        tail="""runner = dict(_delete_=True, type='EpochBasedRunner', max_epochs=12)
+        tail="""runner = dict(_delete_=True, type='EpochBasedRunner', max_epochs=20)
 lr_config = dict(_delete_=True, policy='step', warmup='linear', warmup_iters=2, warmup_ratio=0.001, step=[100])
 optimizer = dict(lr=1e-3)
 checkpoint_config = dict(_delete_=True, interval=4, max_keep_ckpts=2)
 evaluation = dict(_delete_=True, interval=4, metric='bbox', save_best='bbox_mAP')
 """,
         # the loss peaks at iterations 3-5, once the 2-iteration warmup has reached lr 1e-3 (and QFL's targets, the
-        # IoU of the predicted boxes, rise as the boxes improve): measured loss 1.29, 1.29, 1.66, 1.92, 1.67 .. 1.21,
-        # mean over iterations 3-5 1.75, over 8-12 1.32
-        iters=12, val_iters=[4, 8, 12], resume_at=8, first=(3, 4, 5), loss_ratio=0.85,
+        # IoU of the predicted boxes, rise as the boxes improve): measured loss 1.28, 1.28, 1.49, 1.97, 1.69 .. 0.85,
+        # mean over iterations 3-5 1.71, over 16-20 0.98
+        iters=20, val_iters=[4, 8, 12, 16, 20], resume_at=16, first=(3, 4, 5), loss_ratio=0.75,
         terms=("loss", "loss_cls", "loss_bbox", "loss_dfl"),
         head_keys={"bbox_head.gfl_reg.weight", "bbox_head.scales.4.scale", "bbox_head.cls_convs.1.gn.weight"},
-        # measured box AP on the training images after iterations 4, 8, 12: 0.006, 0.073, 0.178 (AP50 0.008 .. 0.377)
-        ap=dict(first_below=0.02, last_above=0.08, best_above=0.08, last50_above=0.2)),
+        # measured box AP on the training images after iterations 4, 8, .. 20: 0.030, 0.075, 0.103, 0.157, 0.195
+        # (AP50 0.051 .. 0.280). The first evaluation comes after the warmup, so its AP depends on the initial
+        # weights (0.006 with another order of building the parts): the check is the rise, not a first value
+        ap=dict(rise=3.0, last_above=0.12, best_above=0.12, last50_above=0.2)),
 }
 
 
@@ -114,7 +116,7 @@ def test_one_stage_trains_evaluates_exports_predicts_and_resumes_bitwise(tmp_pat
     val = records(ref, "val")
     assert [v["iter"] for v in val] == cfg["val_iters"] and val[-1]["num_images"] == 4
     assert "segm_mAP" not in val[-1]
-    assert val[0]["bbox_mAP"] < ap["first_below"] and val[-1]["bbox_mAP"] > ap["last_above"], val
+    assert val[-1]["bbox_mAP"] > max(ap["last_above"], ap["rise"] * val[0]["bbox_mAP"]), val
     assert max(v["bbox_mAP"] for v in val) > ap["best_above"] and val[-1]["bbox_mAP_50"] > ap["last50_above"], val
     assert list((ref / "predictions" / f"iter_{iters}").glob("*.png"))
 

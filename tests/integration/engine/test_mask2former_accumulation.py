@@ -126,6 +126,7 @@ def _worker(rank, world, port, out, old):
     if rank == 0:
         torch.save(grads, Path(out) / f"grads_{world}_{int(old)}.pt")
     rt.barrier()
+    rt.close_distributed()
 
 
 def _grads(tmp_path, free_port, world, old=False):

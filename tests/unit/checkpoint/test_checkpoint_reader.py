@@ -392,6 +392,7 @@ for stage in stages:
         torch.save({k: v.detach().clone() for k, v in engine.module.state_dict().items()},
                    os.path.join(out, f"stage{stage}", "live.pt"))
     deepspeed.comm.barrier()
+torch.distributed.destroy_process_group()  # not left to interpreter exit, where gloo's teardown can abort a rank
 print("WRITER_OK")
 '''
 
