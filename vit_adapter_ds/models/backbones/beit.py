@@ -52,11 +52,18 @@ _DEVICE_INDEX: dict = {}
 
 
 def _index_on(device: torch.device, wh: int, ww: int, with_cls: bool) -> torch.Tensor:
-    """The cached index on ``device``. Private: only read here, never handed out (``state_dict`` copies it)."""
+    """The cached index on ``device``. Private: only read here, never handed out (``state_dict`` copies it). An
+    index made under fake tensors (the capacity planner, ``vit_adapter_ds/plan``) claims the device but holds no
+    values: it is not cached, so a real model in the same process never receives it."""
+    from torch._subclasses.fake_tensor import is_fake
+
     key = (wh, ww, with_cls, str(device))
-    if key not in _DEVICE_INDEX:
-        _DEVICE_INDEX[key] = relative_position_index(wh, ww, with_cls).to(device)
-    return _DEVICE_INDEX[key]
+    index = _DEVICE_INDEX.get(key)
+    if index is None:
+        index = relative_position_index(wh, ww, with_cls).to(device)
+        if not is_fake(index):
+            _DEVICE_INDEX[key] = index
+    return index
 
 
 class BEiTAttention(nn.Module):

@@ -40,7 +40,8 @@ from ..norm import norm_from_cfg
 from ..registry import DETECTORS, build_detection_backbone
 from .bbox_ops import delta2bbox, giou_loss  # (also imported from here by other heads)
 from .fpn import FPN
-from .htc import CascadeStage, matched_gt_boxes, multiclass_nms, sample_rois
+from . import htc as _htc
+from .htc import CascadeStage, matched_gt_boxes, multiclass_nms, positive_rows, sample_rois
 from .htc_heads import HTCMaskHead
 from .mask_rcnn import (_ASSIGNER, _CODER, _LOSS_CE, _PROPOSAL, _ROI_EXTRACTOR, _RPN_HEAD, _SAMPLER, RPN,
                         ConvFCBBoxHead, FixedStrideAnchorGenerator, MaskRCNN, mask_targets, paste_masks, train_targets)
@@ -83,15 +84,16 @@ class CascadeRoIHead(nn.Module):
         return self.mask_head[i](self.mask_roi_extractor(features, boxes), return_feat=False).float()
 
     # ------------------------------------------------------------------------------------------ train
-    def stage_box_losses(self, i, cls, reg, rois, labels, gt_boxes, targets):
+    def stage_box_losses(self, i, cls, reg, rois, labels, gt_boxes, targets, pos=None):
         """Stage ``i``'s ``loss_cls``, ``loss_bbox`` (before the stage weight) and ``acc`` (mmdet ``BBoxHead.loss``)
         of the sampled RoIs (N, 4) with their ``labels`` (N,) (``num_classes`` = background), the matched
         ground-truth boxes ``gt_boxes`` (N, 4) and encoded ``targets`` (N, 4) (both read at the positives)."""
         n = max(1, labels.numel())
         loss_cls = self.loss_cls_weights[i] * F.cross_entropy(cls, labels, reduction="sum") / n
         acc = (cls.detach().argmax(1) == labels).float().mean() * 100 if labels.numel() else cls.new_zeros(())
-        pos = labels < self.num_classes
-        if not pos.any():
+        if pos is None:  # the positives' rows (forward_train passes them: positive_rows)
+            pos = torch.where(labels < self.num_classes)[0]
+        if not pos.numel():
             return loss_cls, reg[pos].sum(), acc
         deltas = self.bbox_head[i].deltas_at(reg[pos], labels[pos])
         kind, weight = self.loss_bbox[i][0], self.loss_bbox[i][1]
@@ -112,7 +114,8 @@ class CascadeRoIHead(nn.Module):
             labels = torch.cat([s["labels"] for s in samples])
             gt_boxes = torch.cat([matched_gt_boxes(s, t) for s, t in zip(samples, targets)])
             loss_cls, loss_bbox, acc = self.stage_box_losses(i, cls, reg, torch.cat(boxes), labels, gt_boxes,
-                                                             torch.cat([s["targets"] for s in samples]))
+                                                             torch.cat([s["targets"] for s in samples]),
+                                                             pos=positive_rows(samples))
             losses[f"s{i}.loss_cls"], losses[f"s{i}.loss_bbox"], losses[f"s{i}.acc"] = w * loss_cls, w * loss_bbox, acc
             pos_boxes = [s["boxes"][:s["num_pos"]] for s in samples]
             pos_labels = torch.cat([s["labels"][:s["num_pos"]] for s in samples])
@@ -143,9 +146,7 @@ class CascadeRoIHead(nn.Module):
             k = len(s["boxes"])
             dec = delta2bbox(s["boxes"], deltas[start:start + k], self.target_stds[i], max_shape=size)
             start += k
-            keep = torch.ones(k, dtype=torch.bool, device=dec.device)
-            keep[:s["num_pos"]] = ~s["pos_is_gt"]
-            out.append(dec[keep])
+            out.append(_htc.drop_gt_rois(dec, s))
         return out
 
     # ------------------------------------------------------------------------------------------ test

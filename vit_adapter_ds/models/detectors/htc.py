@@ -97,6 +97,25 @@ def sample_rois(stage: CascadeStage, proposals, target, num_classes: int) -> dic
             "pos_gt": matched[pos], "pos_is_gt": is_gt[pos]}
 
 
+def positive_rows(samples) -> torch.Tensor:
+    """Row indices of the positives in the concatenation of ``samples`` (:func:`sample_rois`: each sample's
+    ``num_pos`` positives come first, labelled ``< num_classes``; the rest is background): the same rows as
+    ``torch.where(labels < num_classes)[0]`` of the concatenated labels, from the sample sizes alone."""
+    rows, start = [], 0
+    for s in samples:
+        rows.append(torch.arange(start, start + s["num_pos"], dtype=torch.int64, device=s["labels"].device))
+        start += len(s["labels"])
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
+
+
+def drop_gt_rois(boxes, sample):
+    """mmdet ``refine_bboxes``' ``pos_is_gts`` rule: the rows of ``boxes`` (the sample's RoIs, regressed) without
+    the ground-truth RoIs among the sample's positives."""
+    keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    keep[:sample["num_pos"]] = ~sample["pos_is_gt"]
+    return boxes[keep]
+
+
 def matched_gt_boxes(sample, target):
     """(K, 4): the matched ground-truth box of each positive of ``sample`` (:func:`sample_rois`; positives first),
     zeros for the negatives."""
@@ -181,14 +200,14 @@ class HybridTaskCascadeRoIHead(nn.Module):
             cls, reg = self._bbox_forward(i, features, boxes, semantic_feat)
             labels = torch.cat([s["labels"] for s in samples])
             n = max(1, labels.numel())
-            pos = labels < self.num_classes
+            pos = positive_rows(samples)  # = torch.where(labels < self.num_classes)[0]
             losses[f"s{i}.loss_cls"] = w * F.cross_entropy(cls, labels, reduction="sum") / n
             if self.box_losses[i][0] == "giou":
                 _, weight, stds = self.box_losses[i]
                 gt = torch.cat([matched_gt_boxes(s, t) for s, t in zip(samples, targets)])
                 pred = delta2bbox(torch.cat(boxes)[pos], reg.reshape(-1, 4)[pos], stds)
                 losses[f"s{i}.loss_bbox"] = w * weight * giou_loss(pred, gt[pos].to(pred.dtype)).sum() / n \
-                    if pos.any() else reg.reshape(-1, 4)[pos].sum()
+                    if pos.numel() else reg.reshape(-1, 4)[pos].sum()
             else:
                 losses[f"s{i}.loss_bbox"] = w * F.smooth_l1_loss(reg.reshape(-1, 4)[pos],
                                                                  torch.cat([s["targets"] for s in samples])[pos],
@@ -199,9 +218,7 @@ class HybridTaskCascadeRoIHead(nn.Module):
                 refined = []
                 for s, r, size in zip(samples, reg.split([len(b) for b in boxes]), image_shapes):
                     dec = clip_boxes_to_image(stage.coder.decode_single(r.reshape(-1, 4), s["boxes"]), size)
-                    keep = torch.ones(len(dec), dtype=torch.bool, device=dec.device)
-                    keep[:s["num_pos"]] = ~s["pos_is_gt"]
-                    refined.append(dec[keep])
+                    refined.append(drop_gt_rois(dec, s))
                 proposals = refined
                 mask_samples = [self._sample(stage, p, t) for p, t in zip(proposals, targets)]
             pos_boxes = [s["boxes"][:s["num_pos"]] for s in mask_samples]

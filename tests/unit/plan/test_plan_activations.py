@@ -1,0 +1,54 @@
+"""The planner's activation memory (vit_adapter_ds.plan), measured on fake tensors, against a real forward /
+backward of the same model on the CPU at a size where it fits: the bytes autograd actually saves for backward
+(saved-tensor hooks written here, storages told apart by their real addresses) must agree within 5 %, with and
+without activation checkpointing; the peak of live bytes likewise (the same follower on real tensors).
+
+The real run uses a deformable-attention function written here that keeps what the fused CUDA / Triton kernel
+keeps (its inputs; ops/msda.py ``_MSDeformAttnFunction``), computing its values with the float64-checked
+reference, so the real and the planned step hold the same tensors; Mask2Former's label maps hold exactly
+``segments_per_image`` classes, so its real matching makes the pairs the planner's stand-in assumes."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from plan_reference import real_msda, real_saved_and_peak
+
+from vit_adapter_ds.models.backbones import msdeform_attn
+from vit_adapter_ds.plan.activations import measure_step
+from vit_adapter_ds.plan.step import set_checkpointing, uses_checkpointing
+from vit_adapter_ds.tasks import load_and_validate
+
+SEGMENTS = 3
+
+
+def _labels(n, h, w):
+    """Label maps holding exactly SEGMENTS classes (0 .. SEGMENTS - 1) each, in bands."""
+    lab = torch.zeros(n, h, w, dtype=torch.long)
+    for k in range(SEGMENTS):
+        lab[:, k * h // SEGMENTS:(k + 1) * h // SEGMENTS] = k
+    return lab
+
+
+@pytest.mark.parametrize("with_cp", [False, True], ids=["no_cp", "cp"])
+@pytest.mark.parametrize("recipe", ["synthetic_quickstart", "synthetic_mask2former"])
+def test_fake_step_memory_equals_a_real_step(recipe, with_cp, monkeypatch):
+    size, n = (64, 96), 2
+    cfg, task, meta = load_and_validate(recipe)
+    torch.manual_seed(0)
+    real = task.build_model(load_pretrained=False).train()
+    assert set_checkpointing(real, with_cp) and set_checkpointing(meta, with_cp) and uses_checkpointing(meta) == with_cp
+
+    def batch(dtype=torch.float32):
+        return {"img": torch.randn(n, 3, *size, dtype=dtype), "gt_semantic_seg": _labels(n, *size)}
+
+    def forward_loss(m, b):
+        return task.forward_loss(m, b, torch.device("cpu"), torch.float32)["loss"]
+
+    planned = measure_step(meta, batch, forward_loss, batch_size=n, image_size=size, segments_per_image=SEGMENTS)
+    monkeypatch.setattr(msdeform_attn, "ms_deform_attn", real_msda)
+    saved, peak = real_saved_and_peak(real, batch, forward_loss)
+    assert saved > 0 and planned.saved == pytest.approx(saved, rel=0.05), (planned.saved, saved)
+    assert planned.peak == pytest.approx(peak, rel=0.05), (planned.peak, peak)
+    assert planned.flops > 0 and any("deformable attention" in s for s in planned.stand_ins)

@@ -1,0 +1,349 @@
+"""Stand-ins for the parts of a training step that need real values, used only while the planner measures a step
+on fake tensors (:mod:`.activations`). Each one keeps the sizes of what it replaces, so the memory and FLOPs of
+everything around it are the real ones; each says what it replaces (``StandIns.notes``).
+
+* Multi-scale deformable attention: the fused CUDA / Triton kernel (what a GPU run uses) reads its inputs and
+  saves exactly them for backward (``ops/msda.py`` ``_MSDeformAttnFunction``); the stand-in allocates the output
+  and saves the same tensors, and counts the kernel's FLOPs by its formula (:func:`msda_flops`).
+* Hungarian matching (Mask2Former): the costs are computed as usual; the assignment (scipy on the host) becomes
+  query ``i`` <-> target ``i`` for ``min(Q, G)`` pairs, the number the real matching makes.
+* Classes present in a label map (Mask2Former targets): ``torch.unique`` has a data-dependent size; the stand-in
+  gives every image ``segments_per_image`` classes.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+
+def msda_flops(value_shape, loc_shape) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the fused deformable-attention kernel: per sampled point and channel, the
+    bilinear interpolation of 4 corners (4 multiply-adds) and the attention weighting (1 multiply-add) in the
+    forward; the backward computes the value, location and weight gradients (about twice the forward)."""
+    n, lq, m, levels, points, _ = loc_shape
+    d = value_shape[-1]
+    fwd = 2 * 5 * n * lq * m * levels * points * d
+    return fwd, 2 * fwd
+
+
+@dataclass
+class StandIns:
+    """The stand-ins in use and what they counted."""
+    segments_per_image: int = 10
+    notes: list = field(default_factory=list)
+    extra_flops: int = 0
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+class _FusedMSDA(torch.autograd.Function):
+    """The fused kernel's autograd footprint: output (N, Lq, M * D) in value's dtype, the prepared inputs saved."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, loc, attn, counter):
+        from vit_adapter_ds.ops.msda import _prepare
+
+        args = _prepare(value, spatial_shapes, level_start_index, loc, attn)
+        ctx.save_for_backward(*args)
+        ctx.dtypes = (loc.dtype, attn.dtype)
+        fwd, bwd = msda_flops(value.shape, loc.shape)
+        counter.extra_flops += fwd + bwd
+        n, s, m, d = value.shape
+        return value.new_empty((n, loc.shape[1], m * d))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        value, _, _, loc, attn = ctx.saved_tensors
+        return (torch.empty_like(value), None, None, loc.new_empty(loc.shape, dtype=ctx.dtypes[0]),
+                attn.new_empty(attn.shape, dtype=ctx.dtypes[1]), None)
+
+
+
+# ------------------------------------------------------------------------------------------ two-stage detectors
+def max_iou_match(matcher, iou):
+    """:class:`~vit_adapter_ds.models.detectors.mask_rcnn.MaxIoUMatcher` on (G, A) IoUs with element-wise ops only
+    (no boolean indexing): the same matches (-1 below ``neg_iou_thr``, -2 between, low-quality matches to the last
+    box at its best IoU)."""
+    vals, matches = iou.max(dim=0)
+    out = torch.where(vals < matcher.low_threshold, torch.full_like(matches, matcher.BELOW_LOW_THRESHOLD),
+                      torch.where(vals < matcher.high_threshold, torch.full_like(matches, matcher.BETWEEN_THRESHOLDS),
+                                  matches))
+    if matcher.allow_low_quality_matches:
+        best = iou.max(dim=1).values
+        hit = (iou == best[:, None]) & (best >= matcher.min_pos_iou)[:, None]
+        gt = torch.arange(iou.shape[0], device=iou.device)[:, None].expand_as(iou)
+        last = torch.where(hit, gt, torch.full_like(gt, -1)).amax(dim=0)
+        out = torch.where(last >= 0, last, out)
+    return out
+
+
+def rpn_filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+    """RPN proposals without NMS: the top ``nms_pre`` per level (the real code), clipped, the first
+    ``max_per_img`` of them per image (the most NMS keeps)."""
+    from torchvision.ops import boxes as box_ops
+
+    n = proposals.shape[0]
+    objectness = objectness.detach().reshape(n, -1)
+    top = self._get_top_n_idx(objectness, num_anchors_per_level)
+    rows = torch.arange(n, device=proposals.device)[:, None]
+    objectness, proposals = objectness[rows, top], proposals[rows, top]
+    k = min(int(self.post_nms_top_n()), proposals.shape[1])
+    boxes = [box_ops.clip_boxes_to_image(b[:k], s) for b, s in zip(proposals, image_shapes)]
+    return boxes, [torch.sigmoid(o[:k]) for o in objectness]
+
+
+def rpn_assign_targets(self, anchors, targets):
+    """RPN anchor targets over every anchor (the inside / valid flags keep all of them when the image fills its
+    padded size, ``allowed_border=-1``): labels 1 / 0 / -1 and matched boxes, as the real assignment."""
+    labels, matched = [], []
+    for a, t in zip(anchors, targets):
+        gt = t["boxes"]
+        if gt.shape[0] == 0:
+            labels.append(torch.zeros(a.shape[0], dtype=torch.float32, device=a.device))
+            matched.append(a.clone())
+            continue
+        m = max_iou_match(self.proposal_matcher, self.box_similarity(gt, a))
+        lab = torch.where(m >= 0, 1.0, torch.where(m == self.proposal_matcher.BELOW_LOW_THRESHOLD, 0.0, -1.0))
+        labels.append(lab.to(torch.float32))
+        matched.append(gt[m.clamp(min=0)].to(a.dtype))
+    return labels, matched
+
+
+def rpn_sample_counts(fg_bg_sampler, available):
+    """(positives, negatives) the RPN / R-CNN sampler draws per image: ``int(num * pos_fraction)`` and the rest of
+    ``num``, at most ``available``."""
+    num = min(int(fg_bg_sampler.batch_size_per_image), int(available))
+    pos = min(int(num * fg_bg_sampler.positive_fraction), num)
+    return pos, num - pos
+
+
+def rpn_compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+    """The RPN losses on ``num`` sampled anchors per image with ``int(num * pos_fraction)`` positives."""
+    import torch.nn.functional as F
+
+    pos, neg, start = [], [], 0
+    for lab in labels:
+        p, q = rpn_sample_counts(self.fg_bg_sampler, lab.shape[0])
+        pos.append(torch.arange(start, start + p, device=lab.device))
+        neg.append(torch.arange(start + p, start + p + q, device=lab.device))
+        start += lab.shape[0]
+    pos, neg = torch.cat(pos), torch.cat(neg)
+    sampled = torch.cat([pos, neg])
+    labels = torch.cat(labels, dim=0)
+    regression_targets = torch.cat(regression_targets, dim=0)
+    n = max(1, sampled.numel())
+    if self.smooth_l1_beta is None:
+        box_loss = F.l1_loss(pred_bbox_deltas[pos], regression_targets[pos], reduction="sum") / n
+    else:
+        box_loss = F.smooth_l1_loss(pred_bbox_deltas[pos], regression_targets[pos], beta=self.smooth_l1_beta,
+                                    reduction="sum") / n
+    cls_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="sum") / n
+    return self.loss_cls_weight * cls_loss, self.loss_bbox_weight * box_loss
+
+
+def roi_heads_forward(self, features, proposals, image_shapes, targets=None, _real=None):
+    """Mask R-CNN's R-CNN training step on ``num`` sampled RoIs per image (the ground truth appended to the
+    proposals, matched by the real IoU assignment), the first ``int(num * pos_fraction)`` of them taken as the
+    positives: box losses on all, mask head, mask targets (roi_align of the matched bitmaps) and loss on the
+    positives."""
+    import torch.nn.functional as F
+
+    from vit_adapter_ds.models.detectors.mask_rcnn import mask_targets
+
+    if not self.training:
+        return _real(self, features, proposals, image_shapes, targets)
+    gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
+    props = [torch.cat([p, g]) for p, g in zip(proposals, gt_boxes)]
+    rois, matched, labels, reg_t, npos = [], [], [], [], []
+    for p, g, t in zip(props, gt_boxes, targets):
+        m = max_iou_match(self.proposal_matcher, self.box_similarity(g, p)) if g.shape[0] else \
+            torch.full((p.shape[0],), -1, dtype=torch.int64, device=p.device)
+        lab = torch.where(m >= 0, t["labels"][m.clamp(min=0)] if g.shape[0] else m, torch.zeros_like(m))
+        k_pos, k_neg = rpn_sample_counts(self.fg_bg_sampler, p.shape[0])
+        idx = torch.arange(k_pos + k_neg, device=p.device)
+        rois.append(p[idx])
+        matched.append(m.clamp(min=0)[idx])
+        labels.append(lab[idx])
+        reg_t.append(self.box_coder.encode_single(g[m.clamp(min=0)[idx]] if g.shape[0] else p[idx], p[idx]))
+        npos.append(k_pos)
+    box_feats = self.box_head(self.box_roi_pool(features, rois, image_shapes))
+    class_logits, box_regression = self.box_predictor(box_feats)
+    lab = torch.cat(labels)
+    n = max(1, lab.numel())
+    pos, start = [], 0
+    for r, k in zip(rois, npos):
+        pos.append(torch.arange(start, start + k, device=lab.device))
+        start += r.shape[0]
+    pos = torch.cat(pos)
+    loss_cls = F.cross_entropy(class_logits, lab, reduction="sum") / n
+    box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
+    loss_bbox = F.l1_loss(box_regression[pos, lab[pos]], torch.cat(reg_t)[pos], reduction="sum") / n
+    acc = (class_logits.detach().argmax(1) == lab).float().mean() * 100
+    pos_boxes = [r[:k] for r, k in zip(rois, npos)]
+    pos_labels = torch.cat([la[:k] for la, k in zip(labels, npos)])
+    pos_targets = [mask_targets(t["masks"], b, m[:k], self.mask_size)
+                   for t, b, m, k in zip(targets, pos_boxes, matched, npos)]
+    mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, pos_boxes, image_shapes)))
+    picked = mask_logits[torch.arange(pos_labels.numel(), device=pos_labels.device), pos_labels]
+    loss_mask = F.binary_cross_entropy_with_logits(picked.float(), torch.cat(pos_targets))
+    return [], {"loss_cls": self.loss_cls_weight * loss_cls, "loss_bbox": self.loss_bbox_weight * loss_bbox,
+                "loss_mask": self.loss_mask_weight * loss_mask, "acc": acc}
+
+
+def cascade_sample_rois(stage, proposals, target, num_classes: int) -> dict:
+    """:func:`~vit_adapter_ds.models.detectors.htc.sample_rois` with the sampler's sizes: ``num`` RoIs of the
+    ground truth + proposals (real IoU assignment), ``int(num * pos_fraction)`` positives taken from the proposals
+    (so none is a ground-truth RoI and every sampled RoI goes on to the next stage)."""
+    from torchvision.ops import box_iou
+
+    gt, gt_labels = target["boxes"], target["labels"]
+    boxes = torch.cat([gt, proposals.detach()])
+    g = len(gt)
+    if g:
+        matched = max_iou_match(stage.matcher, box_iou(gt, boxes)).clamp(min=0)
+    else:
+        matched = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+    total = min(stage.num, len(boxes))
+    n_pos = min(int(stage.num * stage.pos_fraction), total) if g else 0
+    first = g if len(boxes) - g >= total else 0  # the positives among the proposals where there are enough
+    idx = (torch.arange(total, device=boxes.device) + first) % len(boxes)
+    pos = idx[:n_pos]
+    labels = torch.full((total,), num_classes, dtype=torch.int64, device=boxes.device)
+    targets = boxes.new_zeros(total, 4)
+    if n_pos:
+        labels[:n_pos] = gt_labels[matched[pos]]
+        targets[:n_pos] = stage.coder.encode_single(gt[matched[pos]], boxes[pos])
+    is_gt = idx[:n_pos] < g
+    return {"boxes": boxes[idx], "labels": labels, "targets": targets, "num_pos": n_pos, "pos_gt": matched[pos],
+            "pos_is_gt": is_gt, "_gt_free": first > 0 or g == 0}
+
+
+def level_roi_align(self, features, boxes, image_shapes=None):
+    """:class:`~vit_adapter_ds.models.detectors.roi_extractor.LevelRoIAlign` with every RoI pooled from the finest
+    level (the level of a RoI under ``finest_scale * 2`` pixels, most of the sampled ones): one ``roi_align`` of
+    all RoIs written into the output as the real per-level loop writes each level's."""
+    from torchvision.ops import roi_align
+
+    from vit_adapter_ds.models.detectors.roi_extractor import boxes_to_rois
+
+    feats = [features[n] for n in self.featmap_names]
+    rois = boxes_to_rois(boxes).to(device=feats[0].device, dtype=torch.float32)
+    c, o = feats[0].shape[1], self.output_size
+    out = feats[0].new_zeros(rois.shape[0], c, o, o)
+    if rois.shape[0] == 0:
+        return out
+    self.map_levels(rois)
+    idx = torch.arange(rois.shape[0], device=rois.device)
+    out[idx] = roi_align(feats[0].float(), rois[idx], (o, o), spatial_scale=1.0 / self.featmap_strides[0],
+                         sampling_ratio=self.sampling_ratio, aligned=self.aligned).to(out.dtype)
+    return out
+
+
+def panoptic_gt(rec):
+    """``preprocess_panoptic_gt`` (panoptic Mask2Former targets) with ``segments_per_image`` stuff classes present
+    in each semantic map (``torch.unique`` has a data-dependent size), the label range check skipped."""
+    def gt(labels, masks, semantic, num_things, num_stuff, pad_shape=None):
+        num_classes = int(num_things) + int(num_stuff)
+        labels = labels.reshape(-1).long()
+        rec.note(f"panoptic targets: {rec.segments_per_image} stuff classes per image (segments_per_image)")
+        if semantic is not None:
+            semantic = semantic.reshape(semantic.shape[-2:])
+            pad_shape = tuple(semantic.shape) if pad_shape is None else tuple(pad_shape)
+        if pad_shape is None:
+            pad_shape = tuple(masks.shape[-2:])
+        masks = masks.reshape(-1, *masks.shape[-2:]).bool()
+        h, w = masks.shape[-2:]
+        things = masks.new_zeros((masks.shape[0],) + tuple(pad_shape))
+        things[:, :h, :w] = masks
+        if semantic is None:
+            return labels, things
+        g = max(0, min(rec.segments_per_image, int(num_classes) - int(num_things)))
+        stuff = torch.arange(num_things, num_things + g, dtype=torch.long, device=labels.device)
+        stuff_masks = semantic.long()[None] == stuff.to(semantic.device)[:, None, None]
+        return torch.cat([labels, stuff]), torch.cat([things, stuff_masks.to(things.device)])
+    return gt
+
+
+def cascade_drop_gt_rois(boxes, sample):
+    """The ground-truth RoIs among the positives dropped: none with :func:`cascade_sample_rois` (its positives are
+    proposals); else all positives are kept (the most RoIs the next stage can get)."""
+    return boxes
+
+@contextlib.contextmanager
+def stand_ins(segments_per_image: int = 10):
+    """Install every stand-in for the duration of the block; yields the :class:`StandIns` record."""
+    from vit_adapter_ds.models.backbones import msdeform_attn
+    from vit_adapter_ds.models.heads.mask2former import criterion, head, matcher
+
+    rec = StandIns(segments_per_image=int(segments_per_image))
+
+    def msda(value, spatial_shapes, level_start_index, loc, attn, backend=None):
+        rec.note("deformable attention: the fused kernel's saved inputs and output; FLOPs by formula")
+        return _FusedMSDA.apply(value, spatial_shapes, level_start_index, loc, attn, rec)
+
+    def match(self, cls_logits, mask_point_logits, labels, target_points):
+        rec.note("Hungarian matching: costs computed, assignment query i <-> target i (min(Q, G) pairs)")
+        with torch.no_grad():
+            self.cost_matrix(cls_logits, mask_point_logits, labels, target_points)
+        k = min(cls_logits.shape[0], labels.shape[0])
+        idx = torch.arange(k, dtype=torch.long, device=cls_logits.device)
+        return idx, idx.clone()
+
+    def to_masks(label, num_classes, ignore_index=255):
+        g = min(rec.segments_per_image, int(num_classes))
+        rec.note(f"classes in a label map: {g} per image (segments_per_image)")
+        classes = torch.arange(g, dtype=torch.long, device=label.device)
+        return classes, label[None] == classes[:, None, None]
+
+    def matched(label, num_queries, ignore_index=255):
+        return min(int(num_queries), rec.segments_per_image)
+
+    patches = [(msdeform_attn, "ms_deform_attn", msda), (matcher.HungarianMatcher, "__call__", match),
+               *[(mod, "semantic_to_masks", to_masks) for mod in (criterion, head)],
+               *[(mod, "num_matched_masks", matched) for mod in (criterion, head)]]
+    patches += detection_patches(rec)
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    try:
+        for obj, name, new in patches:
+            setattr(obj, name, new)
+        yield rec
+    finally:
+        for obj, name, old in saved:
+            setattr(obj, name, old)
+
+
+def detection_patches(rec) -> list:
+    """The detectors' stand-ins (:func:`stand_ins`), each noting what it replaces."""
+    from vit_adapter_ds.models.detectors import cascade_mask_rcnn, htc, mask2former_panoptic, mask_rcnn, roi_extractor
+
+    def noted(text, fn):
+        def wrapper(*a, **k):
+            rec.note(text)
+            return fn(*a, **k)
+        return wrapper
+
+    real_roi_forward = mask_rcnn.MaskRCNNRoIHeads.forward
+    sample = noted("R-CNN sampler (cascade / HTC): num RoIs per image, int(num * pos_fraction) positives from the "
+                   "proposals (real IoU assignment)", cascade_sample_rois)
+    return [
+        (mask_rcnn.MaxIoUMatcher, "__call__", noted("max-IoU assigner: element-wise form (same matches)",
+                                                    max_iou_match)),
+        (mask_rcnn.RPN, "filter_proposals", noted("RPN proposals: max_per_img per image (top nms_pre per level, "
+                                                  "no NMS)", rpn_filter_proposals)),
+        (mask_rcnn.RPN, "assign_targets_to_anchors", noted("RPN anchor assignment over every anchor",
+                                                           rpn_assign_targets)),
+        (mask_rcnn.RPN, "compute_loss", noted("RPN sampler: num anchors per image, int(num * pos_fraction) "
+                                              "positives", rpn_compute_loss)),
+        (mask_rcnn.MaskRCNNRoIHeads, "forward",
+         noted("Mask R-CNN R-CNN sampler: num RoIs per image, int(num * pos_fraction) positives (mask head on "
+               "them)", lambda self, *a, **k: roi_heads_forward(self, *a, _real=real_roi_forward, **k))),
+        (htc, "sample_rois", sample), (cascade_mask_rcnn, "sample_rois", sample),
+        (htc, "drop_gt_rois", cascade_drop_gt_rois),
+        (mask2former_panoptic, "preprocess_panoptic_gt", panoptic_gt(rec)),
+        (roi_extractor.LevelRoIAlign, "forward", noted("RoI level mapping: every RoI pooled from the finest level",
+                                                       level_roi_align)),
+    ]
