@@ -121,28 +121,15 @@ def rpn_sample_counts(fg_bg_sampler, available):
     return pos, num - pos
 
 
-def rpn_compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
-    """The RPN losses on ``num`` sampled anchors per image with ``int(num * pos_fraction)`` positives."""
-    import torch.nn.functional as F
-
+def rpn_sampled_anchors(self, labels):
+    """``RPN.sampled_anchors``: ``num`` anchors per image, the first ``int(num * pos_fraction)`` positive."""
     pos, neg, start = [], [], 0
     for lab in labels:
         p, q = rpn_sample_counts(self.fg_bg_sampler, lab.shape[0])
         pos.append(torch.arange(start, start + p, device=lab.device))
         neg.append(torch.arange(start + p, start + p + q, device=lab.device))
         start += lab.shape[0]
-    pos, neg = torch.cat(pos), torch.cat(neg)
-    sampled = torch.cat([pos, neg])
-    labels = torch.cat(labels, dim=0)
-    regression_targets = torch.cat(regression_targets, dim=0)
-    n = max(1, sampled.numel())
-    if self.smooth_l1_beta is None:
-        box_loss = F.l1_loss(pred_bbox_deltas[pos], regression_targets[pos], reduction="sum") / n
-    else:
-        box_loss = F.smooth_l1_loss(pred_bbox_deltas[pos], regression_targets[pos], beta=self.smooth_l1_beta,
-                                    reduction="sum") / n
-    cls_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="sum") / n
-    return self.loss_cls_weight * cls_loss, self.loss_bbox_weight * box_loss
+    return torch.cat(pos), torch.cat(neg)
 
 
 def roi_heads_forward(self, features, proposals, image_shapes, targets=None, _real=None):
@@ -243,29 +230,14 @@ def level_roi_align(self, features, boxes, image_shapes=None):
     return out
 
 
-def panoptic_gt(rec):
-    """``preprocess_panoptic_gt`` (panoptic Mask2Former targets) with ``segments_per_image`` stuff classes present
-    in each semantic map (``torch.unique`` has a data-dependent size), the label range check skipped."""
-    def gt(labels, masks, semantic, num_things, num_stuff, pad_shape=None):
-        num_classes = int(num_things) + int(num_stuff)
-        labels = labels.reshape(-1).long()
+def panoptic_stuff(rec):
+    """``present_stuff`` (panoptic Mask2Former targets): ``segments_per_image`` stuff classes in each semantic map
+    (``torch.unique`` has a data-dependent size)."""
+    def stuff(semantic, num_things, num_classes):
         rec.note(f"panoptic targets: {rec.segments_per_image} stuff classes per image (segments_per_image)")
-        if semantic is not None:
-            semantic = semantic.reshape(semantic.shape[-2:])
-            pad_shape = tuple(semantic.shape) if pad_shape is None else tuple(pad_shape)
-        if pad_shape is None:
-            pad_shape = tuple(masks.shape[-2:])
-        masks = masks.reshape(-1, *masks.shape[-2:]).bool()
-        h, w = masks.shape[-2:]
-        things = masks.new_zeros((masks.shape[0],) + tuple(pad_shape))
-        things[:, :h, :w] = masks
-        if semantic is None:
-            return labels, things
         g = max(0, min(rec.segments_per_image, int(num_classes) - int(num_things)))
-        stuff = torch.arange(num_things, num_things + g, dtype=torch.long, device=labels.device)
-        stuff_masks = semantic.long()[None] == stuff.to(semantic.device)[:, None, None]
-        return torch.cat([labels, stuff]), torch.cat([things, stuff_masks.to(things.device)])
-    return gt
+        return torch.arange(num_things, num_things + g, dtype=torch.long, device=semantic.device)
+    return stuff
 
 
 def cascade_drop_gt_rois(boxes, sample):
@@ -336,14 +308,15 @@ def detection_patches(rec) -> list:
                                                   "no NMS)", rpn_filter_proposals)),
         (mask_rcnn.RPN, "assign_targets_to_anchors", noted("RPN anchor assignment over every anchor",
                                                            rpn_assign_targets)),
-        (mask_rcnn.RPN, "compute_loss", noted("RPN sampler: num anchors per image, int(num * pos_fraction) "
-                                              "positives", rpn_compute_loss)),
+        (mask_rcnn.RPN, "sampled_anchors", noted("RPN sampler: num anchors per image, int(num * pos_fraction) "
+                                                 "positives", rpn_sampled_anchors)),
         (mask_rcnn.MaskRCNNRoIHeads, "forward",
          noted("Mask R-CNN R-CNN sampler: num RoIs per image, int(num * pos_fraction) positives (mask head on "
                "them)", lambda self, *a, **k: roi_heads_forward(self, *a, _real=real_roi_forward, **k))),
         (htc, "sample_rois", sample), (cascade_mask_rcnn, "sample_rois", sample),
         (htc, "drop_gt_rois", cascade_drop_gt_rois),
-        (mask2former_panoptic, "preprocess_panoptic_gt", panoptic_gt(rec)),
+        (mask2former_panoptic, "present_stuff", panoptic_stuff(rec)),
+        (mask2former_panoptic, "check_thing_labels", lambda labels, num_things: None),
         (roi_extractor.LevelRoIAlign, "forward", noted("RoI level mapping: every RoI pooled from the finest level",
                                                        level_roi_align)),
     ]

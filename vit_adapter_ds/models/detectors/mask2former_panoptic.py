@@ -40,6 +40,18 @@ TEST_KEYS = {"panoptic_on", "semantic_on", "instance_on", "max_per_image", "iou_
              "object_mask_thr"}
 
 
+def check_thing_labels(labels: torch.Tensor, num_things: int) -> None:
+    """ValueError for a thing label outside ``[0, num_things)``."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_things):
+        raise ValueError(f"thing labels {labels.tolist()} outside [0, {num_things})")
+
+
+def present_stuff(semantic: torch.Tensor, num_things: int, num_classes: int) -> torch.Tensor:
+    """The stuff classes (``num_things <= c < num_classes``) present in a semantic map, ascending (int64)."""
+    present = torch.unique(semantic.long())
+    return present[(present >= num_things) & (present < num_classes)]
+
+
 def preprocess_panoptic_gt(labels: torch.Tensor, masks: torch.Tensor, semantic: torch.Tensor | None,
                            num_things: int, num_stuff: int, pad_shape=None):
     """One image: thing ``labels`` (G,), ``masks`` (G, h, w), ``semantic`` (H, W) or None -> (labels (K,) int64,
@@ -60,14 +72,12 @@ def preprocess_panoptic_gt(labels: torch.Tensor, masks: torch.Tensor, semantic: 
     things[:, :h, :w] = masks
     if labels.numel() != things.shape[0]:
         raise ValueError(f"{labels.numel()} labels for {things.shape[0]} masks")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_things):
-        raise ValueError(f"thing labels {labels.tolist()} outside [0, {num_things})")
+    check_thing_labels(labels, num_things)
     if semantic is None:
         return labels, things
     if tuple(semantic.shape) != tuple(pad_shape):
         raise ValueError(f"semantic map {tuple(semantic.shape)} differs from the padded image {tuple(pad_shape)}")
-    present = torch.unique(semantic.long())
-    stuff = present[(present >= num_things) & (present < num_classes)].to(labels.device)
+    stuff = present_stuff(semantic, num_things, num_classes).to(labels.device)
     stuff_masks = semantic.long()[None] == stuff.to(semantic.device)[:, None, None]
     return torch.cat([labels, stuff]), torch.cat([things, stuff_masks.to(things.device)])
 

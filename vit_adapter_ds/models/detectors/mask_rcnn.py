@@ -282,10 +282,13 @@ class RPN(RegionProposalNetwork):
             matched_boxes.append(box)
         return labels, matched_boxes
 
-    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+    def sampled_anchors(self, labels):
+        """(positive, negative) rows of the images' concatenated anchors drawn by the fg / bg sampler."""
         pos, neg = self.fg_bg_sampler(labels)
-        pos = torch.where(torch.cat(pos, dim=0))[0]
-        neg = torch.where(torch.cat(neg, dim=0))[0]
+        return torch.where(torch.cat(pos, dim=0))[0], torch.where(torch.cat(neg, dim=0))[0]
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        pos, neg = self.sampled_anchors(labels)
         sampled = torch.cat([pos, neg], dim=0)
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
