@@ -71,6 +71,11 @@ MIN_PART_S = 15
 DRY_SCALE = 4  # a dry run's limits are this many times longer: it runs on a (shared) CPU
 PART_BUDGET_S = {"syncbn": 30, "pytest_gpu": 150, "msda": 90, "train_step": 200, "deepspeed": 50, "backbone": 40}
 OPTIONAL = ("deepspeed", "mmengine", "webdataset", "timm")
+_LARGE = ["fp32", "bf16+cp", "bf16", "fp32+cp"]  # the official setting (bf16 + with_cp) second
+# the train_step part's configurations (ZeRO modes only where DeepSpeed imports); plan_train_step.py predicts each
+TRAIN_STEP_GROUPS = [(["m2f_l896"], _LARGE + ["zero2:bf16+cp", "zero3:bf16+cp"]), (["det_l", "htc_l"], _LARGE),
+                     (["cascade_s", "atss_s", "gfl_s", "sparse_s", "semfpn_t"], ["fp32", "bf16+cp"]),
+                     (["tiny", "small"], ["fp32", "fp32+cp", "bf16"])]
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -377,11 +382,8 @@ def part_train_step(r: Runner, deepspeed_ok: bool) -> None:
     if r.dry:
         groups = [(["m2f_cpu", "htc_l"], ["fp32"], ["--device", "cpu", "--iters", "1", "--warmup", "0"])]
     else:
-        large = ["fp32", "bf16+cp", "bf16", "fp32+cp"]  # the official setting (bf16 + with_cp) second
-        groups = [(["m2f_l896"], large + (["zero2:bf16+cp", "zero3:bf16+cp"] if deepspeed_ok else []), []),
-                  (["det_l", "htc_l"], large, []),
-                  (["cascade_s", "atss_s", "gfl_s", "sparse_s", "semfpn_t"], ["fp32", "bf16+cp"], []),
-                  (["tiny", "small"], ["fp32", "fp32+cp", "bf16"], [])]
+        groups = [(models, [m for m in modes if deepspeed_ok or not m.startswith("zero")], [])
+                  for models, modes in TRAIN_STEP_GROUPS]
     t0, results, skipped, rc_all, se_all = time.monotonic(), [], [], 0, ""
     for models, modes, extra in groups:
         left = limit - (time.monotonic() - t0)
@@ -459,16 +461,24 @@ def section(info: dict, parts: dict, dry: bool, total_s: float, wall_s: float) -
         L += ["", "### Training step (benchmarks/train_step.py)", "",
               "Median of 3 steps after 1 warm-up (ratios: best step); peak = `torch.cuda.max_memory_allocated` "
               "(weights, AdamW states "
-              "and activations), GB/image = peak / batch; `bf16` = autocast (fp32 weights), `zeroN:` = one-process "
+              "and activations), planned = the capacity planner's prediction of that peak "
+              "(benchmarks/planned_train_step.json, made on the CPU by plan_train_step.py), GB/image = peak / "
+              "batch; `bf16` = autocast (fp32 weights), `zeroN:` = one-process "
               "`deepspeed.initialize` with DeepSpeed's own bf16 (whole model cast); ratios against the first mode "
               "of the same model in this run.", "",
-              "| model | mode | batch | size | s / step | images/s | peak GB | GB / image | time x | memory x |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | mode | batch | size | s / step | images/s | peak GB | planned GB | GB / image | time x | "
+              "memory x |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         rat = {(q["model"], q["mode"]): q for q in ts["ratios"]}
+        sys.path.insert(0, str(HERE))
+        from plan_train_step import load as load_planned  # the planner's predictions (plan_train_step.py)
+        plan = load_planned()
         for x in ts["results"]:
             q = rat[(x["model"], x["mode"])]
+            p = plan.get((x["model"], x["mode"]))
+            planned = f"{p['planned_mb'] / 1024:.2f}" if p else "-"
             L.append(f"| {x['model']} | {x['mode']} | {x['batch']} | {x['size'][0]}x{x['size'][1]} | "
-                     f"{x['step_s']:.3f} | {x['images_per_s']:.2f} | {x['peak_mb'] / 1024:.2f} | "
+                     f"{x['step_s']:.3f} | {x['images_per_s']:.2f} | {x['peak_mb'] / 1024:.2f} | {planned} | "
                      f"{x['gb_per_image']:.2f} | {q['time_x']:.2f} (vs {q['vs']}) | {q['memory_x']:.2f} |")
         for s in ts.get("skipped", []):
             L.append(f"\nSkipped: {s['model']} {s.get('mode', '')}: {s['why'][:300]}")

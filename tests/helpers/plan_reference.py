@@ -59,6 +59,7 @@ def real_saved_and_peak(model, batch, forward_loss):
             b = batch()
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 loss = forward_loss(model, b)
+            gc.collect()
             saved = sum(n for ref, n in packed.values() if ref() is not None)
             loss.backward()
             del loss, b

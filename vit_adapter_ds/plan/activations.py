@@ -131,6 +131,7 @@ def run_step(model, make_batch, forward_loss):
             batch = make_batch()
             with saved.hooks():
                 loss = forward_loss(model, batch)
+            gc.collect()  # what only a reference cycle still holds is not kept for backward
             retained, kept = live.current, saved.alive_bytes()
             loss.backward()
             del loss, batch

@@ -162,6 +162,7 @@ def _plot(rows, path, title) -> None:
         rs = [r for r in rows if r["stage"] == stage and r["fits"]]
         a.plot([r["gpus"] for r in rs], [r["memory"] / 1e9 for r in rs], marker="o", label=f"ZeRO-{stage}")
         b.plot([r["gpus"] for r in rs], [r["images_per_s"] for r in rs], marker="o", label=f"ZeRO-{stage}")
+    b.set_yscale("log", base=2)  # linear scaling is a straight line: where it bends, more GPUs stop paying
     for ax, label in ((a, "memory per GPU (GB)"), (b, "images / s (estimated)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("GPUs")

@@ -159,13 +159,13 @@ def recommend(m: Measured, cluster: Cluster, global_batch: int = 16, ds_config=N
 
 def sweep(m: Measured, cluster: Cluster, global_batch: int = 16, gpu_counts=None, ds_config=None) -> list:
     """Per GPU count (1 .. 512) and stage: the fastest fitting configuration's memory and images/s (None when none
-    fits)."""
+    fits); of equally fast ones, the one using the least memory."""
     rows = []
     for g in gpu_counts or [2 ** k for k in range(10)]:
         c = scaled(cluster, g)
         for stage in (0, 1, 2, 3):
             opts = [o for o in candidates(m, c, max(global_batch, g), ds_config) if o["stage"] == stage and o["fits"]]
-            best = min(opts, key=lambda o: o["step_s"]) if opts else None
+            best = min(opts, key=lambda o: (round(o["step_s"], 6), o["memory"])) if opts else None  # tie: less memory
             rows.append({"gpus": g, "nodes": c.nodes, "stage": stage, "fits": best is not None,
                          "memory": best["memory"] if best else None,
                          "states": best["states"]["total"] if best else None, "images_per_s": best["images_per_s"] if best else None,

@@ -288,6 +288,75 @@ def stand_ins(segments_per_image: int = 10):
             setattr(obj, name, old)
 
 
+class _HostScalar:
+    """A loss normaliser read on the host (``reduce_mean(x).item()``): 1.0 under the planner (scales a loss only)."""
+
+    def __init__(self, value: float = 1.0):
+        self.value = float(value)
+
+    def item(self) -> float:
+        return self.value
+
+    def clamp(self, min=None, max=None):
+        return self
+
+
+def dense_patches(rec) -> list:
+    """The one-stage heads (ATSS, GFL: models/detectors/dense_heads.py): ``boxes x topk`` positive anchors per image
+    (the ATSS candidates of one level per box; the real count depends on the IoU statistics), every anchor valid,
+    the host-side loss normalisers 1."""
+    from vit_adapter_ds.models.detectors import dense_heads
+
+    shape = {}
+
+    def anchor_targets(anchors, valid, num_level_anchors, gt_boxes, gt_labels, num_classes, topk):
+        rec.note("ATSS assignment: boxes x topk positive anchors per image, every anchor valid")
+        n, g = anchors.shape[0], gt_boxes.shape[0]
+        k = min(n, g * int(topk))
+        labels = torch.full((n,), num_classes, dtype=torch.long, device=anchors.device)
+        boxes = anchors.new_zeros(n, 4)
+        if k:
+            j = torch.arange(k, device=anchors.device) % g
+            labels[:k] = gt_labels[j]
+            boxes[:k] = gt_boxes[j].to(anchors.dtype)
+        shape.update(n=n, k=k)
+        return labels, anchors.new_ones(n), boxes, k
+
+    def positive_anchors(labels, num_classes):
+        n, k = shape["n"], shape["k"]
+        return torch.cat([b * n + torch.arange(k, device=labels.device) for b in range(labels.numel() // n)])
+
+    def reduce_mean(value):
+        rec.note("one-stage loss normalisers (reduce_mean(...).item()) taken as 1")
+        return _HostScalar()
+
+    def weighted_giou(pred, target, weight, loss_weight):  # the branch with positive weights (the real test)
+        return loss_weight * (dense_heads.giou_loss(pred, target) * weight).sum()
+
+    return [(dense_heads, "anchor_targets", anchor_targets), (dense_heads, "positive_anchors", positive_anchors),
+            (dense_heads, "reduce_mean", reduce_mean), (dense_heads, "weighted_giou", weighted_giou)]
+
+
+def sparse_patches(rec) -> list:
+    """Sparse R-CNN: the Hungarian assignment (costs computed) matches proposal i <-> box i for min(P, G) pairs."""
+    from vit_adapter_ds.models.detectors import sparse_rcnn
+
+    def assign(self, bbox_pred, cls_pred, gt_boxes, gt_labels, img_shape):
+        rec.note("Sparse R-CNN assignment: costs computed, proposal i <-> box i (min(P, G) pairs)")
+        k = min(bbox_pred.shape[0], gt_boxes.shape[0])
+        if k:
+            with torch.no_grad():
+                self.cost(bbox_pred, cls_pred, gt_boxes, gt_labels, img_shape)
+        out = torch.full((bbox_pred.shape[0],), -1, dtype=torch.int64, device=bbox_pred.device)
+        out[:k] = torch.arange(k, device=out.device)
+        shape["k"] = k
+        return out
+
+    shape = {}
+    return [(sparse_rcnn.HungarianAssigner, "assign", assign),
+            (sparse_rcnn, "matched_rows", lambda match: torch.arange(shape["k"], device=match.device))]
+
+
 def detection_patches(rec) -> list:
     """The detectors' stand-ins (:func:`stand_ins`), each noting what it replaces."""
     from vit_adapter_ds.models.detectors import cascade_mask_rcnn, htc, mask2former_panoptic, mask_rcnn, roi_extractor
@@ -302,6 +371,7 @@ def detection_patches(rec) -> list:
     sample = noted("R-CNN sampler (cascade / HTC): num RoIs per image, int(num * pos_fraction) positives from the "
                    "proposals (real IoU assignment)", cascade_sample_rois)
     return [
+        *dense_patches(rec), *sparse_patches(rec),
         (mask_rcnn.MaxIoUMatcher, "__call__", noted("max-IoU assigner: element-wise form (same matches)",
                                                     max_iou_match)),
         (mask_rcnn.RPN, "filter_proposals", noted("RPN proposals: max_per_img per image (top nms_pre per level, "

@@ -119,8 +119,11 @@ def measure_recipe(recipe, options=None, *, batch_size: int = 1, image_size=None
     try:
         return measure_step(meta, make, forward_loss, batch_size=batch_size, image_size=size, dtype=dtype,
                             with_cp=uses_checkpointing(meta), segments_per_image=segments_per_image)
-    except (DataDependentOutputException, DynamicOutputShapeException) as e:
+    except (DataDependentOutputException, DynamicOutputShapeException, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "subclass" not in str(e):  # .numpy() of a fake tensor; else a real error
+            raise
         model_type = (cfg.get("model") or {}).get("type")
-        raise ConfigError(f"plan: {model_type} has a part that needs real values ({e.func}) and no stand-in of "
+        what = getattr(e, "func", None) or str(e).splitlines()[0]
+        raise ConfigError(f"plan: {model_type} has a part that needs real values ({what}) and no stand-in of "
                           "the same sizes yet (vit_adapter_ds/plan/standins.py), so its step cannot be measured "
                           "on fake tensors") from e

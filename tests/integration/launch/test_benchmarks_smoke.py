@@ -131,3 +131,30 @@ def test_gpu_sizes_build_with_every_checkpoint_switch(name, params_m):
         want = {"Injector", "Extractor"} | ({"BEiTBlock", "FFN"} if name == "m2f_l896" else {"Block"})
         assert flags == dict.fromkeys(want, cp)
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, abs=0.1)
+
+
+def test_planner_predicts_every_gpu_training_step_configuration():
+    """benchmarks/planned_train_step.json (plan_train_step.py) holds the capacity planner's peak-memory prediction
+    for every configuration gpu_all.py's train_step part measures, or says why not (the detectors without planner
+    stand-ins), so the first lent GPU prints prediction and measurement side by side; the gpu_all table shows it."""
+    import plan_train_step
+
+    data = json.loads(plan_train_step.OUT.read_text())
+    want = {(m, mode) for models, modes in gpu_all.TRAIN_STEP_GROUPS for m in models for mode in modes}
+    got = {(r["model"], r["mode"]) for r in data["results"]}
+    skipped = {(r["model"], r["mode"]) for r in data["skipped"]}
+    assert want == got | skipped and not got & skipped
+    assert {m for m, _ in skipped} <= {"atss_s", "gfl_s", "sparse_s"}
+    assert all(r["planned_mb"] == r["states_mb"] + r["activations_mb"] or
+               abs(r["planned_mb"] - r["states_mb"] - r["activations_mb"]) <= 1 for r in data["results"])
+    m2f = {r["mode"]: r for r in data["results"] if r["model"] == "m2f_l896"}
+    # checkpointing saves activation memory; ZeRO-3 on one rank holds no less than ZeRO-2 (nothing to partition)
+    assert m2f["bf16+cp"]["activations_mb"] < m2f["bf16"]["activations_mb"]
+    assert m2f["fp32+cp"]["states_mb"] == m2f["fp32"]["states_mb"]
+    row = {"model": "m2f_l896", "mode": "bf16+cp", "batch": 1, "size": [896, 896], "step_s": 1.0,
+           "images_per_s": 1.0, "peak_mb": 20480, "gb_per_image": 20.0}
+    info = {"optional": {}, "date_utc": "-", "cpu_count": 1, "python": "-", "torch": "-", "cuda": "-", "triton": "-"}
+    part = {"status": "ok", "seconds": 1.0, "results": [row], "skipped": [],
+            "ratios": [{"model": "m2f_l896", "mode": "bf16+cp", "vs": "bf16+cp", "time_x": 1.0, "memory_x": 1.0}]}
+    text = gpu_all.section(info, {"train_step": part}, False, 1.0, 1.0)
+    assert f"| 20.00 | {m2f['bf16+cp']['planned_mb'] / 1024:.2f} | 20.00 |" in text

@@ -124,6 +124,11 @@ def anchor_targets(anchors, valid, num_level_anchors, gt_boxes, gt_labels, num_c
     return labels, weights, boxes, int(pos.sum())
 
 
+def positive_anchors(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Rows of ``labels`` (``num_classes`` = background) that are positives, ascending."""
+    return torch.nonzero(labels < num_classes).flatten()
+
+
 def reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """mmdet ``reduce_mean``: the mean over the ranks of the default process group (the value itself without one)."""
     import torch.distributed as dist
@@ -294,7 +299,7 @@ class ATSSHead(DenseHead):
         all_anchors = anchors.float().repeat(len(targets), 1)
         loss_cls = self.loss_cls_weight * (sigmoid_focal_loss(cls, labels, self.gamma, self.alpha)
                                            * weights[:, None]).sum() / num_total
-        pos = torch.nonzero(labels < self.num_classes).flatten()
+        pos = positive_anchors(labels, self.num_classes)
         if pos.numel():
             pa, pt = all_anchors[pos], boxes[pos]
             ctr_t = centerness_target(pa, pt)
@@ -335,7 +340,7 @@ def quality_focal_loss(logits: torch.Tensor, labels: torch.Tensor, score: torch.
     ``score`` (N,) the IoU target of the positives)."""
     p = logits.sigmoid()
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * p.pow(beta)
-    pos = torch.nonzero(labels < logits.shape[1]).flatten()
+    pos = positive_anchors(labels, logits.shape[1])
     if pos.numel():
         lab = labels[pos]
         x, q = logits[pos, lab], score[pos].to(logits.dtype)
@@ -433,7 +438,7 @@ class GFLHead(DenseHead):
         strides = torch.cat([anchors.new_full((int(k),), float(s)) for k, s in zip(num_level_anchors, self.strides)])
         strides = strides.repeat(len(targets))
         all_anchors = anchors.float().repeat(len(targets), 1)
-        pos = torch.nonzero(labels < self.num_classes).flatten()
+        pos = positive_anchors(labels, self.num_classes)
         score = cls.new_zeros(labels.shape)
         if pos.numel():
             s = strides[pos][:, None]

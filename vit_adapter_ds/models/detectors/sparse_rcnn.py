@@ -118,6 +118,11 @@ class HungarianAssigner:
         return out
 
 
+def matched_rows(match: torch.Tensor) -> torch.Tensor:
+    """The proposals that :meth:`HungarianAssigner.assign` matched to a box (``match >= 0``), ascending."""
+    return torch.nonzero(match >= 0).flatten()
+
+
 class EmbeddingRPNHead(nn.Module):
     """mmdet ``EmbeddingRPNHead``: ``forward(image_sizes)`` -> (boxes (B, P, 4) x1y1x2y2 pixels, float32; features
     (B, P, C))."""
@@ -300,12 +305,12 @@ class SparseRoIHead(nn.Module):
             match = self.assigners[i].assign(xyxy_to_cxcywh(boxes[k].detach() / whwh), cls[k].detach(), gt_boxes,
                                              gt_labels, size)
             lab = torch.full_like(match, self.num_classes)
-            pos = match >= 0
+            pos = matched_rows(match)
             lab[pos] = gt_labels[match[pos]]
             labels.append(lab)
             pos_pred.append(boxes[k][pos])
             pos_gt.append(gt_boxes[match[pos]])
-            pos_whwh.append(whwh.expand(int(pos.sum()), 4))
+            pos_whwh.append(whwh.expand(pos.numel(), 4))
             pos_cls.append(cls[k][pos])
             pos_lab.append(lab[pos])
         labels = torch.cat(labels)
