@@ -209,25 +209,11 @@ def cascade_sample_rois(stage, proposals, target, num_classes: int) -> dict:
             "pos_is_gt": is_gt, "_gt_free": first > 0 or g == 0}
 
 
-def level_roi_align(self, features, boxes, image_shapes=None):
-    """:class:`~vit_adapter_ds.models.detectors.roi_extractor.LevelRoIAlign` with every RoI pooled from the finest
-    level (the level of a RoI under ``finest_scale * 2`` pixels, most of the sampled ones): one ``roi_align`` of
-    all RoIs written into the output as the real per-level loop writes each level's."""
-    from torchvision.ops import roi_align
-
-    from vit_adapter_ds.models.detectors.roi_extractor import boxes_to_rois
-
-    feats = [features[n] for n in self.featmap_names]
-    rois = boxes_to_rois(boxes).to(device=feats[0].device, dtype=torch.float32)
-    c, o = feats[0].shape[1], self.output_size
-    out = feats[0].new_zeros(rois.shape[0], c, o, o)
-    if rois.shape[0] == 0:
-        return out
-    self.map_levels(rois)
-    idx = torch.arange(rois.shape[0], device=rois.device)
-    out[idx] = roi_align(feats[0].float(), rois[idx], (o, o), spatial_scale=1.0 / self.featmap_strides[0],
-                         sampling_ratio=self.sampling_ratio, aligned=self.aligned).to(out.dtype)
-    return out
+def finest_level_rows(levels, i):
+    """``roi_extractor.level_rows``: every RoI pooled from the finest level (the level of a RoI under
+    ``finest_scale * 2`` pixels, most of the sampled ones); the level split is data-dependent."""
+    n = levels.shape[0] if i == 0 else 0
+    return torch.arange(n, dtype=torch.int64, device=levels.device)
 
 
 def panoptic_stuff(rec):
@@ -387,6 +373,6 @@ def detection_patches(rec) -> list:
         (htc, "drop_gt_rois", cascade_drop_gt_rois),
         (mask2former_panoptic, "present_stuff", panoptic_stuff(rec)),
         (mask2former_panoptic, "check_thing_labels", lambda labels, num_things: None),
-        (roi_extractor.LevelRoIAlign, "forward", noted("RoI level mapping: every RoI pooled from the finest level",
-                                                       level_roi_align)),
+        (roi_extractor, "level_rows", noted("RoI level mapping: every RoI pooled from the finest level",
+                                            finest_level_rows)),
     ]

@@ -19,6 +19,11 @@ def boxes_to_rois(boxes: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(rows, dim=0) if rows else torch.zeros(0, 5)
 
 
+def level_rows(levels: torch.Tensor, i: int) -> torch.Tensor:
+    """The RoIs (rows of ``levels``, ascending) that level ``i`` pools."""
+    return torch.nonzero(levels == i).squeeze(1)
+
+
 class LevelRoIAlign(nn.Module):
     """Pool each RoI from one pyramid level (``featmap_names[l]`` at stride ``featmap_strides[l]``).
 
@@ -52,7 +57,7 @@ class LevelRoIAlign(nn.Module):
             return out
         lvl = self.map_levels(rois)
         for i, (f, s) in enumerate(zip(feats, self.featmap_strides)):
-            idx = torch.nonzero(lvl == i).squeeze(1)
+            idx = level_rows(lvl, i)
             if idx.numel() == 0:
                 continue
             out[idx] = roi_align(f.float(), rois[idx], (o, o), spatial_scale=1.0 / s,
