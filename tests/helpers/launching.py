@@ -139,11 +139,14 @@ def train_stub(args, work_dir, *, ranks=2, port=None, ds="zero2_fp32", iters=6, 
     return rc, out
 
 
-def make_synthetic_shards(out, layout: str = "ade20k", num_train: int = 32, num_val: int = 6, size=(64, 96)):
-    """The built-in synthetic shards (``make_shards synthetic``) of ``layout`` in ``out``/{train,val}."""
+def make_synthetic_shards(out, layout: str = "ade20k", num_train: int = 32, num_val: int = 6, size=(64, 96),
+                          raw_dir=None):
+    """The built-in synthetic shards (``make_shards synthetic``) of ``layout`` in ``out``/{train,val}; ``raw_dir``:
+    keep the raw synthetic dataset (its on-disk layout) there."""
+    raw = ["--raw-dir", str(raw_dir)] if raw_dir is not None else []
     res = subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--layout", layout,
                           "--out", str(out), "--num-train", str(num_train), "--num-val", str(num_val), "--size",
-                          str(size[0]), str(size[1]), "--workers", "1", "--no-progress"], capture_output=True,
+                          str(size[0]), str(size[1]), "--workers", "1", "--no-progress", *raw], capture_output=True,
                          text=True, env=env(), timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     return Path(out)

@@ -22,9 +22,11 @@ recipe's test pipeline (``data.<split>.pipeline``); images with the boxes, class
 them; ``--format-only`` writes them without computing AP (test-dev shards carry no annotations). Predict writes
 ``<stem>.png`` (or ``.jpg``) per image, and with ``--save-json`` ``<stem>.json``: the drawn detections (``bbox``
 ``[x, y, w, h]``, ``score``, ``label`` = class index, ``category_id`` / ``name`` from the manifest when readable,
-``segmentation`` RLE). Flags of the other task (``--mode``, ``--crop-size``, ``--stride``, ``--ratios``,
+``segmentation`` RLE); for a panoptic recipe the segments drawn, and with ``--save-json`` COCO's panoptic
+prediction format (``<stem>_panoptic.png`` + ``<stem>.json`` with its ``segments_info``). Flags of the other task (``--mode``, ``--crop-size``, ``--stride``, ``--ratios``,
 ``--aug-test``, ``--flip``, ``--overlay`` for segmentation; ``--out-json``, ``--format-only``, ``--score-thr``,
-``--save-json``, ``--image-format`` for detection) are refused.
+``--save-json``, ``--image-format`` for detection; ``--out-json``, ``--format-only``, ``--score-thr`` for a panoptic
+recipe) are refused.
 
 Under ``torchrun`` / ``srun`` each rank evaluates (predicts) its share and rank 0 writes the metrics: every image is
 evaluated exactly once over all ranks (the COCO evaluator gathers the ranks' images and refuses one seen twice).
@@ -88,8 +90,8 @@ def _task_options(args, task_flags) -> tuple:
 
     task = task_for(load_recipe(args.config, args.cfg_options))
     for owner in dict.fromkeys(TASKS.values()):
-        if isinstance(task, owner):
-            continue
+        # a flag the recipe's task does not take is refused, also where the task derives from the flag's owner
+        # (the panoptic task from detection: --out-json would otherwise be dropped silently)
         given = [n for n in task_flags if n in owner.cli_options and n not in task.cli_options
                  and getattr(args, n, None) not in (None, False)]
         if given:

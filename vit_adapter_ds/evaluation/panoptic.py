@@ -26,6 +26,15 @@ void by panopticapi and is refused).
 
 The metric keys are mmdet 2.22's (``CocoPanopticDataset.evaluate`` / ``parse_pq_results``): ``PQ``, ``SQ``, ``RQ``,
 ``PQ_th``, ``SQ_th``, ``RQ_th``, ``PQ_st``, ``SQ_st``, ``RQ_st``, in percent.
+
+Instance AP (``'bbox'`` / ``'segm'``, the official panoptic recipe's ``metric=['PQ', 'bbox', 'segm']``, which its
+README evaluates with mmdet 2.25): as mmdet 2.25's ``CocoPanopticDataset.evaluate``, the model's ``ins_results``
+(things only) are scored by pycocotools against COCO's *instances* file (``ins_ann_file``, e.g.
+``annotations/instances_val2017.json``; the panoptic PNGs are not used), over the evaluated images, with the thing
+label ``i`` -> the instances file's category named like the ``i``-th thing (mmdet: ``get_cat_ids(cat_names=
+THING_CLASSES)``, which keeps the file's order: the same for COCO's files, where both orders agree), ``maxDets =
+[100, 300, 1000]`` and the keys ``bbox_mAP`` ... ``segm_mAP_l`` (fractions, not percent), through
+:class:`~vit_adapter_ds.evaluation.coco.CocoEvaluator`.
 """
 from __future__ import annotations
 
@@ -36,6 +45,46 @@ import torch.distributed as dist
 INSTANCE_OFFSET = 1000  # mmdet.core.INSTANCE_OFFSET
 VOID = 0                # panopticapi's void segment id
 OFFSET = 1 << 24        # segment ids are 24-bit (RGB PNGs); gt * OFFSET + pred codes a pair
+
+
+def pan_to_segments(pan, cat_ids):
+    """An mmdet panoptic result map (``label + instance * INSTANCE_OFFSET``, void = ``num_classes`` =
+    ``len(cat_ids)``) -> ``(id map with void = 0, [{"id", "category_id"}])`` (mmdet's ``_pan2json``: each distinct
+    value other than void is one segment whose id is the value; ``cat_ids[label]`` its category)."""
+    pan = np.asarray(pan)
+    if pan.ndim != 2 or not np.issubdtype(pan.dtype, np.integer):
+        raise ValueError(f"a panoptic result is an (H, W) integer map, got {pan.dtype} {pan.shape}")
+    pan = pan.astype(np.int64)
+    num_classes = len(cat_ids)
+    if pan.size and (pan.min() < 0 or pan.max() >= OFFSET):
+        raise ValueError(f"panoptic result values must lie in [0, 2^24), got {pan.min()}..{pan.max()}")
+    labels = pan % INSTANCE_OFFSET
+    bad = np.unique(labels[labels > num_classes])
+    if bad.size:
+        raise ValueError(f"panoptic result labels {bad[:10].tolist()} exceed num_classes={num_classes} "
+                         f"(the VOID label)")
+    void = labels == num_classes
+    if (pan[~void] == VOID).any():
+        raise ValueError("panoptic result: value 0 (label 0, instance 0) would be read as void; things take "
+                         "instance ids from 1")
+    ids = np.where(void, VOID, pan)
+    segments = [{"id": int(v), "category_id": cat_ids[int(v) % INSTANCE_OFFSET]}
+                for v in np.unique(ids) if v != VOID]
+    return ids, segments
+
+
+def panoptic_segments(pan, categories):
+    """:func:`pan_to_segments` with ``categories`` (label order: ``id``, ``name``, ``isthing``), each segment also
+    with its ``name``, ``isthing``, ``area`` (pixels) and ``bbox`` ``[x, y, w, h]``: COCO's panoptic prediction
+    ``segments_info``."""
+    ids, segments = pan_to_segments(pan, [c["id"] for c in categories])
+    by_id = {c["id"]: c for c in categories}
+    for s in segments:
+        ys, xs = np.nonzero(ids == s["id"])
+        c = by_id[s["category_id"]]
+        s.update(name=str(c["name"]), isthing=int(bool(c["isthing"])), area=int(len(ys)),
+                 bbox=[int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)])
+    return ids, segments
 
 
 class PanopticEvaluator:
@@ -60,26 +109,7 @@ class PanopticEvaluator:
     def pan_to_segments(self, pan):
         """An mmdet panoptic result map (``label + instance * INSTANCE_OFFSET``, void = ``num_classes``) ->
         ``(id map with void = 0, [{"id", "category_id"}])``."""
-        pan = np.asarray(pan)
-        if pan.ndim != 2 or not np.issubdtype(pan.dtype, np.integer):
-            raise ValueError(f"a panoptic result is an (H, W) integer map, got {pan.dtype} {pan.shape}")
-        pan = pan.astype(np.int64)
-        num_classes = len(self.cat_ids)
-        if pan.size and (pan.min() < 0 or pan.max() >= OFFSET):
-            raise ValueError(f"panoptic result values must lie in [0, 2^24), got {pan.min()}..{pan.max()}")
-        labels = pan % INSTANCE_OFFSET
-        bad = np.unique(labels[labels > num_classes])
-        if bad.size:
-            raise ValueError(f"panoptic result labels {bad[:10].tolist()} exceed num_classes={num_classes} "
-                             f"(the VOID label)")
-        void = labels == num_classes
-        if (pan[~void] == VOID).any():
-            raise ValueError("panoptic result: value 0 (label 0, instance 0) would be read as void; things take "
-                             "instance ids from 1")
-        ids = np.where(void, VOID, pan)
-        segments = [{"id": int(v), "category_id": self.cat_ids[int(v) % INSTANCE_OFFSET]}
-                    for v in np.unique(ids) if v != VOID]
-        return ids, segments
+        return pan_to_segments(pan, self.cat_ids)
 
     def add_pan_result(self, gt_ids, gt_segments, pan):
         """One image: the ground truth (id map, ``segments_info``) and the model's panoptic map (module doc)."""
@@ -213,13 +243,74 @@ class PanopticEvaluator:
         return res
 
 
-def evaluate_panoptic(model, loader, categories, *, device=None, dtype=None, progress: bool = False) -> dict:
+class InstanceGroundTruth:
+    """COCO's instances file (``ins_ann_file``) for the instance AP of a panoptic model (module doc): ``categories``
+    -- the things of the panoptic ``categories`` in label order, each with the instances file's ``id`` of the same
+    name -- and per image id its ``images`` entry and its ``annotations``. The file is read as JSON (never
+    unpickled); ValueError naming the file for what does not fit (not a COCO instances file, a thing missing)."""
+
+    def __init__(self, ins_ann_file, categories):
+        import json
+        import os
+
+        path = os.fspath(ins_ann_file)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ins_ann_file {path}: no such file (COCO's instances JSON, e.g. "
+                                    "annotations/instances_val2017.json, for the 'bbox' / 'segm' metrics)")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"ins_ann_file {path}: not a readable JSON file ({e})") from e
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
+                                                  for k in ("images", "annotations", "categories")):
+            raise ValueError(f"ins_ann_file {path}: not a COCO instances file (lists 'images', 'annotations' and "
+                             "'categories' expected)")
+        by_name = {}
+        for c in data["categories"]:
+            if isinstance(c, dict) and "name" in c and "id" in c:
+                by_name.setdefault(str(c["name"]), int(c["id"]))
+        things = [c for c in categories if c.get("isthing")]
+        missing = [c["name"] for c in things if c["name"] not in by_name]
+        if missing:
+            raise ValueError(f"ins_ann_file {path}: no category named {missing[:5]} (the panoptic thing classes "
+                             f"must be among its {len(by_name)} categories)")
+        self.path = path
+        self.categories = [{"id": by_name[c["name"]], "name": c["name"]} for c in things]
+        self.images = {int(im["id"]): im for im in data["images"]}
+        self.annotations = {}
+        for a in data["annotations"]:
+            self.annotations.setdefault(int(a["image_id"]), []).append(a)
+
+    def image(self, image_id):
+        """``(images entry, annotations)`` of ``image_id``; KeyError naming the file when it has no such image."""
+        image_id = int(image_id)
+        if image_id not in self.images:
+            raise KeyError(f"image {image_id} of the panoptic shards is not in ins_ann_file {self.path}")
+        return self.images[image_id], self.annotations.get(image_id, [])
+
+
+def evaluate_panoptic(model, loader, categories, *, device=None, dtype=None, progress: bool = False,
+                      iou_types=(), ins_ann_file=None) -> dict:
     """PQ of a panoptic model over a validation loader (each image once across ranks); collective: every rank must
-    call it. Each loader item: ``img`` (1, 3, H, W), ``img_shape``, ``ori_shape``, ``gt_pan_ids`` (the ground-truth
-    id map at the original size) and ``segments_info``, as
+    call it. Each loader item: ``img`` (1, 3, H, W), ``img_shape``, ``ori_shape``, ``image`` (its COCO entry),
+    ``gt_pan_ids`` (the ground-truth id map at the original size) and ``segments_info``, as
     :func:`vit_adapter_ds.data.panoptic.decode_panoptic_sample` gives them;
     ``model.predict(img, image_sizes, ori_shapes)`` returns one dict per image with ``pan_results`` (the map of
-    the module doc at the original size). ``dtype``: autocast dtype or None."""
+    the module doc at the original size) and, for ``iou_types`` (``'bbox'`` / ``'segm'``), ``ins_results``
+    (``boxes``, ``labels``, ``scores``, ``masks``), scored against ``ins_ann_file`` (module doc) and added to the
+    returned dict. ``dtype``: autocast dtype or None."""
+    from .coco import CocoEvaluator
+
+    iou_types = tuple(iou_types)
+    ins = None
+    if iou_types:
+        if ins_ann_file is None:
+            raise ValueError(f"the {list(iou_types)} metrics of a panoptic model need ins_ann_file (COCO's "
+                             "instances JSON)")
+        gt = InstanceGroundTruth(ins_ann_file, categories)
+        ins = CocoEvaluator(gt.categories, iou_types)
+    missing = []
     was_training = model.training
     model.eval()
     ev = PanopticEvaluator(categories)
@@ -233,6 +324,19 @@ def evaluate_panoptic(model, loader, categories, *, device=None, dtype=None, pro
                 pan = pred["pan_results"]
                 pan = pan.cpu().numpy() if torch.is_tensor(pan) else np.asarray(pan)
                 ev.add_pan_result(np.asarray(item["gt_pan_ids"]), item["segments_info"], pan)
+                if ins is not None:
+                    if "ins_results" not in pred:
+                        raise ValueError("the 'bbox' / 'segm' metrics need the model's ins_results "
+                                         "(model.test_cfg.instance_on=True)")
+                    try:
+                        image, anns = gt.image(item["image"]["id"])
+                    except KeyError as e:  # raised on every rank below (no rank left waiting in a collective)
+                        missing.append(e.args[0])
+                        continue
+                    ins.add_ground_truth(image, anns)
+                    r = pred["ins_results"]
+                    ins.add_prediction(image["id"], {k: v.float() if v.is_floating_point() else v
+                                                     for k, v in r.items()})
                 if progress:
                     print(f"\revaluated {ev.num_images} / {len(loader)} images", end="", flush=True)
     finally:
@@ -240,4 +344,21 @@ def evaluate_panoptic(model, loader, categories, *, device=None, dtype=None, pro
     if progress:
         print()
     ev.all_reduce()
-    return ev.evaluate()
+    out = ev.evaluate()
+    if ins is not None:
+        if _sum_over_ranks(len(missing)):
+            raise KeyError(missing[0] if missing else "an image of the panoptic shards is not in ins_ann_file "
+                           f"{gt.path} (reported by another rank)")
+        out.update({k: v for k, v in ins.evaluate().items() if k != "num_images"})
+    return out
+
+
+def _sum_over_ranks(n: int) -> int:
+    """``n`` summed over the ranks of the default process group (``n`` without one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return int(t.item())

@@ -86,6 +86,50 @@ def draw_detections(image, pred: dict, score_thr: float = 0.3, class_names=None,
     return out.permute(1, 2, 0).contiguous().numpy()
 
 
+def draw_panoptic(image, ids, segments, categories, palette=None, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 picture of ``image`` ((H, W, 3) uint8 array or (3, H, W) uint8 tensor) with its panoptic
+    segments (``ids``: (H, W) segment id map, 0 = void, left as it is; ``segments``: ``{"id", "category_id"}`` each,
+    as :func:`~vit_adapter_ds.evaluation.panoptic.panoptic_segments` gives them) blended with ``alpha`` in their
+    category's colour (``palette[label]``, label = the category's index in ``categories``), thing instances of one
+    class in shades of it, every segment outlined in white and named (``categories[label]['name']``) at its
+    centre."""
+    from PIL import Image, ImageDraw
+
+    img = image if torch.is_tensor(image) else torch.from_numpy(np.array(image))
+    if img.ndim != 3 or img.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 (H, W, 3) or (3, H, W) image, got {tuple(img.shape)} {img.dtype}")
+    if img.shape[0] == 3 and img.shape[-1] != 3:
+        img = img.permute(1, 2, 0)
+    rgb = img.contiguous().numpy().astype(np.float32)
+    ids = np.asarray(ids)
+    if ids.shape != rgb.shape[:2]:
+        raise ValueError(f"segment map {ids.shape} and image {rgb.shape[:2]} differ in size")
+    label_of = {c["id"]: k for k, c in enumerate(categories)}
+    pal = as_colours(palette, len(categories)).astype(np.float32)
+    out = rgb.copy()
+    seen = {}
+    for s in segments:
+        label = label_of[s["category_id"]]
+        shade = 1.0 - 0.25 * (seen.get(label, 0) % 3)  # the n-th instance of a class a little darker
+        seen[label] = seen.get(label, 0) + 1
+        m = ids == s["id"]
+        out[m] = rgb[m] * (1 - alpha) + pal[label] * shade * alpha
+    edge = np.zeros(ids.shape, bool)
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
+    out[edge] = 255
+    pic = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pic)
+    for s in segments:
+        ys, xs = np.nonzero(ids == s["id"])
+        k = len(ys) // 2  # a pixel of the segment (its centroid may lie outside it)
+        order = np.lexsort((xs, ys))
+        name = str(categories[label_of[s["category_id"]]]["name"])
+        x = min(int(xs[order[k]]), max(0, pic.width - int(draw.textlength(name))))  # inside the picture
+        draw.text((x, int(ys[order[k]])), name, fill=(255, 255, 255))
+    return np.asarray(pic)
+
+
 def save_image(path, rgb: np.ndarray, quality: int = 95) -> Path:
     """Write an (H, W, 3) uint8 picture; the format follows the suffix (``.png`` lossless, ``.jpg`` / ``.jpeg``
     JPEG at ``quality``)."""

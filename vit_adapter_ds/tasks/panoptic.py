@@ -13,10 +13,15 @@ on COCO panoptic shards (``data.train.type='CocoPanopticDataset'`` or another ca
   void); under gradient accumulation the mask / dice losses are normalised over the whole step
   (:meth:`~vit_adapter_ds.models.detectors.mask2former_panoptic.Mask2Former.step_loss_normaliser`).
 * ``evaluation.metric``: ``'PQ'`` (:func:`~vit_adapter_ds.evaluation.panoptic.evaluate_panoptic`: ``PQ``, ``SQ``,
-  ``RQ``, ``PQ_th``, ..., ``PQ_st``, ... in percent, plus per class); ``save_best='auto'`` means ``PQ``. The
-  official recipe also lists ``'bbox'`` / ``'segm'`` (instance AP of the ``ins_results`` against
-  ``data.val.ins_ann_file``, COCO's instances JSON): that file is not in the shards, so those metrics are refused
-  (set ``evaluation.metric=['PQ']``) rather than dropped silently; ``ins_ann_file`` itself is accepted and not read.
+  ``RQ``, ``PQ_th``, ..., ``PQ_st``, ... in percent, plus per class) and, as the official recipe
+  (``metric=['PQ', 'bbox', 'segm']``, evaluated with mmdet 2.25), ``'bbox'`` / ``'segm'``: the instance AP of the
+  model's ``ins_results`` (``test_cfg.instance_on=True``) against ``data.<split>.ins_ann_file``, COCO's instances
+  JSON (``annotations/instances_val2017.json``; a path, relative to the working directory as in mmdet), read when
+  the evaluation starts (a missing file stops the run before its first step, not at its first evaluation).
+  ``save_best='auto'`` means ``PQ``; ``bbox_mAP`` etc. may be named too.
+* ``launch/predict.py``: the panoptic segments drawn over each image (:func:`~vit_adapter_ds.evaluation.visualize.
+  draw_panoptic`); ``--save-json``: also COCO's panoptic prediction format, ``<stem>_panoptic.png`` (segment id =
+  R + 256 G + 256^2 B) and ``<stem>.json`` with its ``segments_info``.
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ import torchvision  # noqa: F401
 
 from ..config.errors import ConfigError
 from ..config.keys import signature_kwargs, to_plain
-from ..config.schema import PAN_METRICS
+from ..config.schema import DET_METRICS, PAN_METRICS
 from ..data.datasets import DETECTION_SUPPLIED
-from .detection import ObjectDetection
+from .detection import ObjectDetection, _cli_section
 
 # set by the engine / the model / the translated pipeline, never by the recipe's data.<split> (the detection rule)
 SUPPLIED = DETECTION_SUPPLIED
@@ -51,7 +56,7 @@ def _section(data, split):
     if not isinstance(section, dict):
         raise ConfigError(f"recipe: data.{split} must be a dict with shard_dir and pipeline")
     resolve_type(section.get("type"), "panoptic", f"data.{split}")
-    section = {k: v for k, v in section.items() if k != "ins_ann_file"}  # read for 'bbox' / 'segm' only (refused)
+    section = {k: v for k, v in section.items() if k != "ins_ann_file"}  # read by the 'bbox' / 'segm' evaluation
     for key in ("shard_dir", "pipeline"):
         if key not in section:
             raise ConfigError(f"recipe: data.{split}.{key} is required")
@@ -86,24 +91,51 @@ def val_loader_kwargs(data, split="val") -> dict:
     return {**kw, "scale": te["scale"], "mean": te["mean"], "std": te["std"]}
 
 
+def instance_iou_types(cfg) -> tuple[str, ...]:
+    """The instance metrics (``'bbox'`` / ``'segm'``) that ``evaluation.metric`` lists besides ``'PQ'``."""
+    metric = (cfg.get("evaluation") or {}).get("metric", ["PQ"])
+    metric = [metric] if isinstance(metric, str) else list(metric)
+    return tuple(dict.fromkeys(m for m in metric if m in ("bbox", "segm")))
+
+
+def ins_ann_file(cfg, split: str = "val"):
+    """``data.<split>.ins_ann_file`` when the recipe evaluates ``'bbox'`` / ``'segm'`` (ConfigError naming the key
+    when it is not set), else None."""
+    if not instance_iou_types(cfg):
+        return None
+    section = ((cfg.get("data") or {}).get(split)) or {}
+    path = section.get("ins_ann_file")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"recipe: evaluation.metric lists {list(instance_iou_types(cfg))}, the instance AP against "
+                          f"COCO's instances JSON: set data.{split}.ins_ann_file (e.g. "
+                          "'data/coco/annotations/instances_val2017.json'), or evaluate metric=['PQ'] only")
+    return path
+
+
 class PanopticSegmentation(ObjectDetection):
     """The detection task's model parts (build, checkpoints, layer decay), panoptic data and PQ (module doc)."""
 
     name = "panoptic_segmentation"
     best_metric = "PQ"
-    eval_metrics = ("PQ",)
-    best_metrics = PAN_METRICS
+    eval_metrics = ("PQ", "bbox", "segm")
+    best_metrics = PAN_METRICS + DET_METRICS
     epoch_runner = False
-    cli_options = ()
+    cli_options = ("save_json", "image_format", "shards")
 
     def check_engine_sections(self, cfg) -> None:
-        metric = (cfg.get("evaluation") or {}).get("metric", [])
-        bad = [m for m in ([metric] if isinstance(metric, str) else metric) if m in ("bbox", "segm")]
-        if bad:
-            raise ConfigError(f"recipe: evaluation.metric={metric!r}: {bad} (instance AP against "
-                              "data.val.ins_ann_file, COCO's instances JSON) is not supported by the panoptic task: "
-                              "the shards hold the panoptic annotations only; use evaluation.metric=['PQ']")
         super().check_engine_sections(cfg)
+        if (cfg.get("data") or {}).get("val") is not None:
+            ins_ann_file(cfg, "val")
+
+    def _instance_setup(self, split: str) -> dict:
+        """``iou_types`` / ``ins_ann_file`` of the evaluation of ``split``, the file checked to exist."""
+        import os
+
+        path = ins_ann_file(self.cfg, split)
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"data.{split}.ins_ann_file={path!r}: no such file (COCO's instances JSON for "
+                                    f"evaluation.metric {list(instance_iou_types(self.cfg))})")
+        return {"iou_types": instance_iou_types(self.cfg), "ins_ann_file": path}
 
     def validate(self):
         """The detector on the meta device (must be a panoptic one: ``pan_results``), the loaders' arguments and
@@ -114,6 +146,9 @@ class PanopticSegmentation(ObjectDetection):
         if not hasattr(model, "num_things_classes"):
             raise ConfigError(f"recipe: model.type={self._model_cfg().get('type')!r} is not a panoptic model; "
                               "the panoptic task trains model.type='Mask2Former'")
+        if instance_iou_types(self.cfg) and not model.test_cfg.get("instance_on"):
+            raise ConfigError(f"recipe: evaluation.metric lists {list(instance_iou_types(self.cfg))}, which scores the "
+                              "model's instance results: set model.test_cfg.instance_on=True")
         self._num_classes = int(model.num_classes)
         data = to_plain(self.cfg.data)
         train_loader_kwargs(data)
@@ -137,6 +172,7 @@ class PanopticSegmentation(ObjectDetection):
         data = to_plain(self.cfg.data)
         if data.get(split) is None:
             return None
+        self._instance_setup(split)  # a missing ins_ann_file stops the run now, not at its first evaluation
         return PanopticValLoader(rank=rank, world_size=world_size, num_workers=0, num_classes=self.num_classes,
                                  **val_loader_kwargs(data, split))
 
@@ -160,11 +196,12 @@ class PanopticSegmentation(ObjectDetection):
 
         evaluate = recipe_evaluator(to_plain(self.cfg.data), "panoptic")
         autocast = dtype if dtype in (torch.float16, torch.bfloat16) else None
-        metrics = evaluate(model, val_loader, val_loader.categories, dtype=autocast)
+        metrics = evaluate(model, val_loader, val_loader.categories, dtype=autocast, **self._instance_setup("val"))
         return {k: float(v) for k, v in metrics.items()}, []
 
     def foreign_options_hint(self, split: str) -> str:
-        return f"; a panoptic recipe's test scale comes from its data.{split}.pipeline"
+        return (f"; a panoptic recipe's test scale comes from its data.{split}.pipeline and its kept segments from "
+                "model.test_cfg.object_mask_thr")
 
     def evaluate_checkpoint(self, checkpoint, *, split="val", shards=None, num_workers=2, device="cpu", bf16=False,
                             rank=0, world_size=1, **_options):
@@ -172,19 +209,91 @@ class PanopticSegmentation(ObjectDetection):
         import torch
 
         from ..evaluation.registry import recipe_evaluator
-        from .detection import _cli_section
+
+        from .detection import format_coco_metrics
 
         evaluate = recipe_evaluator(to_plain(self.cfg.data), "panoptic", split)
         shard_dir = _cli_section(self.cfg, split, shards)["shard_dir"]
+        instances = self._instance_setup(split)
         loader = self.build_val_loader(rank, world_size, split=split)
         loader.num_workers = num_workers
         model = self.build_eval_model(checkpoint, device)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bool(bf16)):
-            res = evaluate(model, loader, loader.categories, device=device, progress=rank == 0)
+            res = evaluate(model, loader, loader.categories, device=device, progress=rank == 0, **instances)
         res = {k: float(v) for k, v in res.items()}
         report = "  ".join(f"{k} {res[k]:.2f}" for k in PAN_METRICS)
+        if instances["iou_types"]:
+            report += "\n" + format_coco_metrics(res, instances["iou_types"])
         record = dict(res, checkpoint=str(checkpoint), shards=str(shard_dir), split=split)
+        if instances["ins_ann_file"] is not None:
+            record["ins_ann_file"] = instances["ins_ann_file"]
         return report, record
 
-    def predict_images(self, checkpoint, paths, out_dir, **options):
-        raise NotImplementedError("the panoptic task has no image prediction (launch/predict.py) yet")
+    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, shards=None,
+                       save_json=False, image_format=None, **_eval_options):
+        """Each image with its panoptic segments drawn (:func:`~vit_adapter_ds.evaluation.visualize.draw_panoptic`:
+        class colours, thing instances apart, names) as ``<out_dir>/<stem>.<image_format>``; ``save_json``: also
+        COCO's panoptic prediction format, ``<stem>_panoptic.png`` and ``<stem>.json`` (``segments_info``: ``id``,
+        ``category_id``, ``name``, ``isthing``, ``area``, ``bbox``). The recipe's test scale and normalisation
+        apply (no score threshold: the fusion head's ``object_mask_thr`` decides). Yields a line per image."""
+        import json
+        from pathlib import Path
+
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from ..data.panoptic import id2rgb
+        from ..evaluation.panoptic import panoptic_segments
+        from ..evaluation.visualize import draw_panoptic, save_image
+        from .detection import val_loader_item
+
+        _cli_section(self.cfg, split, shards)
+        kw = val_loader_kwargs(to_plain(self.cfg.data), split)
+        model = self.build_eval_model(checkpoint, device)
+        categories = panoptic_categories(self.cfg, split, shards, model)
+        autocast = torch.bfloat16 if bf16 else None
+        device = torch.device(device)
+        out_dir = Path(out_dir)
+        model.eval()
+        for path in map(Path, paths):
+            img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+            x = val_loader_item(_TestSettings(kw), img)
+            with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+            pan = pred["pan_results"].cpu().numpy()
+            ids, segments = panoptic_segments(pan, categories)
+            dst = out_dir / f"{path.stem}.{image_format or 'png'}"
+            save_image(dst, draw_panoptic(img, ids, segments, categories))
+            if save_json:
+                png = out_dir / f"{path.stem}_panoptic.png"
+                Image.fromarray(id2rgb(ids)).save(png)
+                h, w = img.shape[-2:]
+                (out_dir / f"{path.stem}.json").write_text(json.dumps(
+                    {"image": str(path), "height": int(h), "width": int(w), "file_name": png.name,
+                     "segments_info": segments}))
+            yield f"{path} -> {dst} ({len(segments)} segments)"
+
+
+class _TestSettings:
+    """The val loader's test transform settings (``scale``, ``mean``, ``std``) from its keyword arguments."""
+
+    def __init__(self, kw):
+        self.scale, self.mean, self.std = kw["scale"], kw["mean"], kw["std"]
+
+
+def panoptic_categories(cfg, split, shards, model) -> list[dict]:
+    """The categories (label order: ``id``, ``name``, ``isthing``) from the manifest of ``data.<split>.shard_dir``
+    (or ``shards``) when readable and of the model's size, else the model's labels as ``class <i>`` (things
+    first)."""
+    from ..data.manifest import ShardSetError, read_manifest
+
+    section = _cli_section(cfg, split, shards)
+    n, things = int(model.num_classes), int(model.num_things_classes)
+    try:
+        cats = read_manifest(section["shard_dir"], split).get("categories") or []
+    except (ShardSetError, OSError, ValueError):
+        cats = []
+    if len(cats) == n and sum(bool(c.get("isthing")) for c in cats) == things:
+        return [{"id": int(c["id"]), "name": str(c["name"]), "isthing": int(bool(c["isthing"]))} for c in cats]
+    return [{"id": i + 1, "name": f"class {i}", "isthing": int(i < things)} for i in range(n)]

@@ -1,5 +1,5 @@
 """The panoptic task (tasks/panoptic.py): chosen for a Mask2Former recipe on a panoptic dataset, the official recipe
-validated (its 'bbox' / 'segm' metrics refused clearly), and its loaders over synthetic COCO panoptic shards checked
+validated (its 'bbox' / 'segm' metrics need data.val.ins_ann_file and instance results), and its loaders over synthetic COCO panoptic shards checked
 against the shards' PNGs and json decoded here by hand (segment id = R + 256 G + 256^2 B, label = the category's
 index in the manifest), the tiny detector's loss on a batch, and PQ = 100 for an oracle that predicts the ground
 truth (through the task's evaluate)."""
@@ -25,10 +25,18 @@ H, W = 96, 128
 
 
 def test_official_recipe_is_the_panoptic_task():
-    with pytest.raises(ConfigError, match=r"\['bbox', 'segm'\].*not supported by the panoptic task.*\['PQ'\]"):
-        load_and_validate(str(OFFICIAL))
-    cfg, task, _ = load_and_validate(str(OFFICIAL), ["evaluation.metric=PQ"])
+    cfg, task, _ = load_and_validate(str(OFFICIAL))  # metric=['PQ', 'bbox', 'segm'] with data.val.ins_ann_file
     assert isinstance(task, PanopticSegmentation) and task.best_metric == "PQ" and task.num_classes == 133
+    assert list(cfg.evaluation.metric) == ["PQ", "bbox", "segm"]
+    load_and_validate(str(OFFICIAL), ["evaluation.save_best=segm_mAP"])
+    with pytest.raises(ConfigError, match=r"\['bbox', 'segm'\].*set data\.val\.ins_ann_file"):
+        load_and_validate(str(OFFICIAL), ["data.val.ins_ann_file=None"])
+    with pytest.raises(ConfigError, match=r"\['segm'\].*model\.test_cfg\.instance_on=True"):
+        load_and_validate(str(OFFICIAL), ["evaluation.metric=['PQ','segm']", "model.test_cfg.instance_on=False"])
+    load_and_validate(str(OFFICIAL), ["evaluation.metric=PQ", "model.test_cfg.instance_on=False",
+                                      "data.val.ins_ann_file=None"])
+    with pytest.raises(ConfigError, match=r"evaluation\.metric\[1\]='proposal' is not supported"):
+        load_and_validate(str(OFFICIAL), ["evaluation.metric=['PQ','proposal']"])
     with pytest.raises(ConfigError, match=r"data\.val\.type='CocoDataset' is not supported by the panoptic"):
         load_and_validate(str(OFFICIAL), ["evaluation.metric=PQ", "data.val.type=CocoDataset"])
     # the same detector on instance data is the detection task's (which evaluates no PQ)
@@ -41,7 +49,7 @@ def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("pan")
     subprocess.run([sys.executable, "-m", "vit_adapter_ds.data.make_shards", "synthetic", "--layout", "coco_panoptic",
                     "--num-train", "6", "--num-val", "3", "--size", str(H), str(W), "--out", str(out),
-                    "--workers", "1", "--no-progress"], check=True, capture_output=True)
+                    "--workers", "1", "--no-progress", "--raw-dir", str(out / "raw")], check=True, capture_output=True)
     return out
 
 
@@ -136,7 +144,8 @@ def test_loaders_against_the_shards(tmp_path, shards):
 
 
 class _Oracle(torch.nn.Module):
-    """Predicts the ground truth of the val items, in the order they come (mmdet's pan_results encoding)."""
+    """Predicts the ground truth of the val items, in the order they come (mmdet's pan_results encoding, and the
+    thing segments as ins_results with score 1)."""
 
     def __init__(self, items, label, things, num_classes):
         super().__init__()
@@ -146,10 +155,18 @@ class _Oracle(torch.nn.Module):
     def predict(self, img, image_sizes, ori_shapes):
         ids, segs = self.items.pop(0)
         pan = np.full(ids.shape, self.num_classes, np.int64)
+        masks, labels = [], []
         for k, s in enumerate(segs):
             lab = self.label[s["category_id"]]
             pan[ids == s["id"]] = lab + (k + 1) * 1000 if s["category_id"] in self.things else lab
-        return [{"pan_results": torch.from_numpy(pan)}]
+            if s["category_id"] in self.things:
+                masks.append(torch.from_numpy(ids == s["id"]))
+                labels.append(lab)
+        masks = torch.stack(masks)
+        boxes = torch.stack([torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+                             for ys, xs in (torch.nonzero(m, as_tuple=True) for m in masks)])
+        ins = {"boxes": boxes, "labels": torch.tensor(labels), "scores": torch.ones(len(labels)), "masks": masks}
+        return [{"pan_results": torch.from_numpy(pan), "ins_results": ins}]
 
 
 def test_evaluate_is_pq_100_for_the_ground_truth(tmp_path, shards):
@@ -162,4 +179,79 @@ def test_evaluate_is_pq_100_for_the_ground_truth(tmp_path, shards):
     oracle = _Oracle(items, {c["id"]: i for i, c in enumerate(cats)}, {c["id"] for c in cats if c["isthing"]}, 6)
     metrics, pictures = task.evaluate(oracle, val, torch.float32, 0)
     assert metrics["PQ"] == pytest.approx(100.0) and metrics["PQ_th"] == pytest.approx(100.0)
-    assert pictures == []
+    assert pictures == [] and not any(k.startswith(("bbox", "segm")) for k in metrics)
+
+
+def test_instance_ap_is_1_for_the_ground_truth(tmp_path, shards):
+    """metric=['PQ', 'bbox', 'segm'] with data.val.ins_ann_file (the synthetic layout's instances file): the task
+    scores the ins_results against it; a missing file stops the run when the val loader is built (before training,
+    not at the first evaluation)."""
+    ins = shards / "raw" / "coco_panoptic" / "annotations" / "instances_train2017.json"
+    opts = ["evaluation.metric=['PQ','bbox','segm']", f"data.val.ins_ann_file={str(ins)!r}"]
+    cfg, task, _ = load_and_validate(_recipe(tmp_path, shards), opts)
+    val = task.build_val_loader(rank=0, world_size=1)
+    refs, cats = _reference(shards)
+    items = [(np.asarray(it["gt_pan_ids"]), it["segments_info"]) for it in val]
+    oracle = _Oracle(items, {c["id"]: i for i, c in enumerate(cats)}, {c["id"] for c in cats if c["isthing"]}, 6)
+    metrics, _ = task.evaluate(oracle, val, torch.float32, 0)
+    assert metrics["PQ"] == pytest.approx(100.0)
+    assert metrics["bbox_mAP"] == pytest.approx(1.0) and metrics["segm_mAP"] == pytest.approx(1.0), metrics
+    cfg, task, _ = load_and_validate(_recipe(tmp_path, shards), opts[:1] + ["data.val.ins_ann_file='missing.json'"])
+    with pytest.raises(FileNotFoundError, match=r"data\.val\.ins_ann_file='missing\.json': no such file"):
+        task.build_val_loader(rank=0, world_size=1)
+
+
+def test_predict_draws_panoptic_segments_and_writes_coco_panoptic(tmp_path, shards):
+    """launch/predict.py on a panoptic recipe: per image the drawn segments and (--save-json) COCO's panoptic
+    prediction format, whose PNG ids and segments_info are the in-process model's pan_results (mmdet's _pan2json:
+    segment id = label + instance * 1000, category = the manifest's); detection-only flags are refused."""
+    from vit_adapter_ds.data.panoptic import rgb2id
+    from vit_adapter_ds.engine.eval_cli import predict_main, run_cli
+    from vit_adapter_ds.tasks.detection import val_loader_item
+    from vit_adapter_ds.tasks.panoptic import val_loader_kwargs
+
+    # a random model keeps no segment at the official thresholds: keep every query's mask, and favour the thing
+    # classes 0 and 1 a little (stuff and thing instances both come out)
+    opts = ["model.test_cfg.object_mask_thr=0.0", "model.test_cfg.iou_thr=0.0"]
+    recipe = _recipe(tmp_path, shards)
+    cfg, task, _ = load_and_validate(recipe, opts)
+    torch.manual_seed(0)
+    model = task.build_model(load_pretrained=False).eval()
+    with torch.no_grad():
+        model.panoptic_head.cls_embed.bias[:2] += 1.0
+    ckpt = tmp_path / "model.pth"
+    torch.save(model.state_dict(), ckpt)
+    rng = np.random.default_rng(0)
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for name, (h, w) in (("a.png", (H, W)), ("b.jpg", (70, 150))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(img_dir / name)
+    out = tmp_path / "drawn"
+    argv = ["--config", recipe, "--cfg-options", *opts, "--checkpoint", str(ckpt), "--images", str(img_dir),
+            "--out", str(out), "--save-json"]
+    assert run_cli(predict_main, argv) == 0
+    cats = _reference(shards)[1]
+    kinds = set()
+    kw = val_loader_kwargs(dict(cfg.data), "val")
+    for name in ("a.png", "b.jpg"):
+        stem = name.split(".")[0]
+        rgb = np.asarray(Image.open(img_dir / name).convert("RGB"))
+        x = val_loader_item(type("T", (), kw)(), torch.from_numpy(rgb.copy()).permute(2, 0, 1))
+        with torch.no_grad():
+            pan = model.predict(x["img"], [x["img_shape"]], [rgb.shape[:2]])[0]["pan_results"].numpy()
+        rec = json.loads((out / f"{stem}.json").read_text())
+        ids = rgb2id(np.asarray(Image.open(out / rec["file_name"])))
+        labels = pan % 1000
+        assert np.array_equal(ids, np.where(labels == 6, 0, pan))  # void = 0, else mmdet's segment id
+        segs = rec["segments_info"]
+        kinds |= {s["isthing"] for s in segs}
+        assert segs and sorted(s["id"] for s in segs) == sorted(set(np.unique(ids).tolist()) - {0})
+        for s in segs:
+            c = cats[s["id"] % 1000]
+            assert (s["category_id"], s["name"], s["isthing"]) == (c["id"], c["name"], int(c["isthing"]))
+            assert s["area"] == int((ids == s["id"]).sum())
+        pic = np.asarray(Image.open(out / f"{stem}.png"))
+        assert pic.shape == rgb.shape and (pic != rgb).any()
+    assert kinds == {0, 1}  # stuff and thing segments
+    assert run_cli(predict_main, argv[:-1] + ["--score-thr", "0.5"]) == 2
+    assert run_cli(predict_main, argv[:-1] + ["--overlay"]) == 2

@@ -240,10 +240,38 @@ def _synthetic_image(rng, h, w):
     return np.clip(img, 0, 255).astype(np.uint8), remap[ids], out
 
 
+def uncompressed_rle(mask) -> dict:
+    """COCO's uncompressed RLE of an (H, W) bool mask (``counts``: run lengths in column-major order, starting with
+    a run of zeros; the form of COCO's crowd annotations), without pycocotools."""
+    mask = np.asarray(mask, bool)
+    flat = mask.T.reshape(-1)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    runs = np.diff(bounds).astype(int).tolist()
+    if flat.size and flat[0]:
+        runs = [0] + runs
+    return {"counts": runs, "size": [int(mask.shape[0]), int(mask.shape[1])]}
+
+
+def instances_from_panoptic(image_id, ids, segments, thing_ids, first_id):
+    """The thing segments of one panoptic image as COCO instance annotations (``id`` from ``first_id``, the
+    segment's ``category_id`` / ``iscrowd`` / ``area`` / ``bbox``, its mask as uncompressed RLE): COCO's instances
+    file describes the same objects as its panoptic file."""
+    out = []
+    for s in segments:
+        if s["category_id"] not in thing_ids:
+            continue
+        out.append({"id": first_id + len(out), "image_id": image_id, "category_id": s["category_id"],
+                    "iscrowd": int(s.get("iscrowd", 0)), "area": int(s["area"]), "bbox": list(s["bbox"]),
+                    "segmentation": uncompressed_rle(ids == s["id"])})
+    return out
+
+
 def write_synthetic_coco_panoptic(raw_dir, num_train, num_val, seed=0, size=(512, 683)):
     """The tiny twin of the COCO panoptic layout under ``raw_dir/coco_panoptic`` (returned): JPEG images in
     ``{train,val}2017/``, RGB panoptic PNGs in ``annotations/panoptic_{train,val}2017/`` and the JSONs, with the six
-    :data:`SYNTHETIC_PANOPTIC_CATEGORIES` (3 things, 3 stuff), crowd persons and void pixels."""
+    :data:`SYNTHETIC_PANOPTIC_CATEGORIES` (3 things, 3 stuff), crowd persons and void pixels; beside them COCO's
+    instances files ``annotations/instances_{train,val}2017.json`` (the thing segments as instances, the
+    ``ins_ann_file`` of the 'bbox' / 'segm' metrics)."""
     from PIL import Image
 
     from ..panoptic import id2rgb
@@ -255,7 +283,8 @@ def write_synthetic_coco_panoptic(raw_dir, num_train, num_val, seed=0, size=(512
         idir, pdir = os.path.join(root, sub), os.path.join(root, "annotations", f"panoptic_{sub}")
         os.makedirs(idir, exist_ok=True)
         os.makedirs(pdir, exist_ok=True)
-        images, anns = [], []
+        images, anns, instances = [], [], []
+        thing_ids = {c["id"] for c in SYNTHETIC_PANOPTIC_CATEGORIES if c["isthing"]}
         for i in range(n):
             rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
             img, ids, segs = _synthetic_image(rng, h, w)
@@ -265,6 +294,11 @@ def write_synthetic_coco_panoptic(raw_dir, num_train, num_val, seed=0, size=(512
             Image.fromarray(id2rgb(ids)).save(os.path.join(pdir, name + ".png"))
             images.append({"id": image_id, "file_name": name + ".jpg", "height": h, "width": w})
             anns.append({"image_id": image_id, "file_name": name + ".png", "segments_info": segs})
+            instances += instances_from_panoptic(image_id, ids, segs, thing_ids, len(instances) + 1)
         with open(os.path.join(root, "annotations", f"panoptic_{sub}.json"), "w") as f:
             json.dump({"images": images, "annotations": anns, "categories": list(SYNTHETIC_PANOPTIC_CATEGORIES)}, f)
+        thing_cats = [{k: c[k] for k in ("id", "name", "supercategory")} for c in SYNTHETIC_PANOPTIC_CATEGORIES
+                      if c["isthing"]]
+        with open(os.path.join(root, "annotations", f"instances_{sub}.json"), "w") as f:
+            json.dump({"images": images, "annotations": instances, "categories": thing_cats}, f)
     return root
