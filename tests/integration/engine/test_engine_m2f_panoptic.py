@@ -6,15 +6,19 @@ check is that the model learns, not that it generalises) rises clearly above its
 24); the official metric=['PQ', 'bbox', 'segm'] scores the instance results against the synthetic layout's instances
 file (``data.val.ins_ann_file``) and the mask AP rises; a copy of the run resumed from its iteration-18 checkpoint
 gives the same losses bitwise; ``launch/eval.py`` on the final checkpoint gives the in-run PQ and AP;
+``launch/export.py`` writes the official key layout, which maps back to the trained weights exactly;
 ``launch/predict.py`` draws the thing and stuff segments of an image and writes them in COCO's panoptic format."""
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from support import free_port
@@ -105,6 +109,21 @@ def test_panoptic_trains_evaluates_predicts_and_resumes_bitwise(tmp_path):
     for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_75"):
         assert got[k] == pytest.approx(val[-1][k], abs=1e-6), (k, got[k], val[-1][k])
     assert got["ins_ann_file"] == str(ins)
+
+    # launch/export.py writes the official mmdet Mask2Former layout (the same keys), which maps back exactly
+    from launching import REPO, env
+
+    from vit_adapter_ds.checkpoint.deepspeed import consolidate_deepspeed
+    from vit_adapter_ds.models.detectors.keymap import m2f_panoptic_from_mmdet
+
+    exp = subprocess.run([sys.executable, str(REPO / "launch" / "export.py"), str(ref), "--out",
+                          str(tmp_path / "model.pth")], capture_output=True, text=True, env=env(), timeout=300)
+    assert exp.returncode == 0, exp.stderr[-3000:]
+    exported = torch.load(tmp_path / "model.pth", map_location="cpu", weights_only=True)["state_dict"]
+    assert "panoptic_head.cls_embed.weight" in exported and "backbone.spm.stem.0.weight" in exported
+    trained = consolidate_deepspeed(ref / "checkpoints" / f"iter_{ITERS}")
+    back = m2f_panoptic_from_mmdet(exported)
+    assert set(back) == set(trained) and all(torch.equal(back[k], trained[k]) for k in back)
 
     # launch/predict.py draws the segments of a training image and writes COCO's panoptic prediction format
     with tarfile.open(next((shards / "train").glob("*.tar"))) as tar:
