@@ -1,10 +1,12 @@
 """One training step of a recipe measured on fake tensors (:mod:`.activations`): the recipe's model (built on the
 meta device, no weights read), a synthetic batch of the recipe's training size, the task's own loss.
 
-The training image size is the recipe's: the segmentation crop (``RandomCrop.crop_size``, else ``Pad.size``), the
-detection crop of a large-scale-jitter pipeline, else the largest image its ``Resize`` can give (``img_scale``
-(long, short) with ``keep_ratio``: long x short, padded to 32, the worst case of COCO's aspect ratios), also inside
-``AutoAugment`` policies. ``--image-size`` overrides it.
+The training image size is the recipe's: the largest image its ``train_pipeline`` can give, its steps followed in
+order over every ``AutoAugment`` policy: a keep-ratio ``Resize`` gives at most short x long of its ``img_scale``
+(x the top of ``ratio_range``; the worst case of COCO's aspect ratios), a ``RandomCrop`` caps that (the
+segmentation crop; the large-scale-jitter crop), a later ``Resize`` sets it again (the DETR-style policy: resize,
+crop 384-600, resize to at most 800 x 1333), ``Pad`` rounds it up (``size_divisor``) or to ``size``.
+``--image-size`` overrides it.
 """
 from __future__ import annotations
 
@@ -38,23 +40,59 @@ def _pairs(v):
     return [p for x in v for p in _pairs(x)]
 
 
+def _paths(pipeline):
+    """Every sequence of steps a training image can go through: each ``AutoAugment`` policy is one branch."""
+    paths = [[]]
+    for s in pipeline or ():
+        if not isinstance(s, dict):
+            continue
+        if s.get("type") == "AutoAugment":
+            branches = [b for pol in s.get("policies") or () for b in _paths(list(pol))]
+            paths = [p + b for p in paths for b in branches] or paths
+        else:
+            paths = [p + [s] for p in paths]
+    return paths
+
+
+def _path_size(steps):
+    """(short, long) bound of the image after ``steps`` (None before any step sets a size): a keep-ratio ``Resize``
+    to ``img_scale`` x the largest ``ratio_range`` gives at most its short x long side (the image whose aspect equals
+    the scale's), a ``RandomCrop`` caps it (``absolute_range``: both sides up to the range's top), ``Pad`` grows it to
+    ``size`` / the next multiple of ``size_divisor``."""
+    size = None
+    for s in steps:
+        kind = s.get("type")
+        if kind == "Resize":
+            pairs = _pairs(s.get("img_scale"))
+            if pairs:
+                r = max(s.get("ratio_range") or (1,))
+                size = (max(min(p) for p in pairs) * r, max(max(p) for p in pairs) * r)
+        elif kind == "RandomCrop" and s.get("crop_size") is not None:
+            h, w = _pairs(s.get("crop_size"))[0]
+            if s.get("crop_type", "absolute") == "absolute_range":
+                h = w = max(h, w)
+            elif s.get("crop_type", "absolute") != "absolute":  # relative crops only shrink the image
+                continue
+            size = (h, w) if size is None else (min(size[0], h), min(size[1], w))
+        elif kind == "Pad" and size is not None:
+            if s.get("size") is not None:
+                ph, pw = _pairs(s.get("size"))[0]
+                size = (max(size[0], ph), max(size[1], pw))
+            div = int(s.get("size_divisor") or 1)
+            size = tuple(math.ceil(v / div) * div for v in size)
+        elif kind == "Pad" and s.get("size") is not None:
+            size = _pairs(s.get("size"))[0]
+    return None if size is None else (int(math.ceil(size[0])), int(math.ceil(size[1])))
+
+
 def train_image_size(cfg) -> tuple[int, int]:
-    """(H, W) of the largest training image of the recipe's ``train_pipeline`` (see the module docstring)."""
-    steps = list(_walk(list(cfg.get("train_pipeline") or [])))
-    crops = [p for s in steps if s.get("type") == "RandomCrop" for p in _pairs(s.get("crop_size"))]
-    pads = [p for s in steps if s.get("type") == "Pad" for p in _pairs(s.get("size"))]
-    if crops:  # (h, w)
-        return max(crops[0], pads[0]) if pads else crops[0]
-    if pads:
-        return pads[0]
-    scales = [(p, s.get("ratio_range")) for s in steps if s.get("type") == "Resize" for p in _pairs(s.get("img_scale"))]
-    if not scales:
+    """(H, W) of the largest training image of the recipe's ``train_pipeline`` (see the module docstring): over
+    every ``AutoAugment`` branch, the steps followed in order (:func:`_path_size`), the largest by area."""
+    sizes = [z for z in map(_path_size, _paths(list(cfg.get("train_pipeline") or []))) if z is not None]
+    if not sizes:
         raise ConfigError("plan: the recipe's train_pipeline has no RandomCrop, Pad size or Resize img_scale: give "
                           "--image-size H W")
-    long_side = max(max(p) * (max(r) if r else 1) for p, r in scales)
-    short_side = max(min(p) * (max(r) if r else 1) for p, r in scales)
-    div = max([int(s.get("size_divisor") or 1) for s in steps if s.get("type") == "Pad"] or [1])
-    return (int(math.ceil(short_side / div) * div), int(math.ceil(long_side / div) * div))
+    return max(sizes, key=lambda z: (z[0] * z[1], z))
 
 
 def set_checkpointing(model, enabled: bool) -> int:
