@@ -74,7 +74,7 @@ OPTIONAL = ("deepspeed", "mmengine", "webdataset", "timm")
 _LARGE = ["fp32", "bf16+cp", "bf16", "fp32+cp"]  # the official setting (bf16 + with_cp) second
 # the train_step part's configurations (ZeRO modes only where DeepSpeed imports); plan_train_step.py predicts each
 TRAIN_STEP_GROUPS = [(["m2f_l896"], _LARGE + ["zero2:bf16+cp", "zero3:bf16+cp"]), (["det_l", "htc_l"], _LARGE),
-                     (["cascade_s", "atss_s", "gfl_s", "sparse_s", "semfpn_t"], ["fp32", "bf16+cp"]),
+                     (["cascade_s", "atss_s", "gfl_s", "sparse_s", "semfpn_t", "pan_l"], ["fp32", "bf16+cp"]),
                      (["tiny", "small"], ["fp32", "fp32+cp", "bf16"])]
 
 

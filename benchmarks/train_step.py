@@ -21,6 +21,10 @@ Models (``--models``; ``--sizes`` is the older name of the same option):
   Semantic FPN + ViT-Adapter-T (the paper recipe ``fpn_deit_adapter_tiny_512_80k_ade20k``), 512x512, batch 4;
   ``cascade_cpu`` / ``atss_cpu`` / ``gfl_cpu`` / ``sparse_cpu``: their ``synthetic_*`` twins, 128x128, 7 classes.
   The box-only detectors (ATSS, GFL, Sparse R-CNN) get the same targets without the masks.
+* ``pan_l``: the COCO panoptic Mask2Former + BEiTv2-Adapter-L (``mask2former_beitv2_adapter_large_16x1_3x_coco-
+  panoptic``), 800x1344 (its largest DETR-style training image, padded to 32), 80 things + 53 stuff, batch 1 per
+  GPU; ``pan_cpu``: its ``synthetic_mask2former_panoptic`` twin, 128x128, 7 things + 2 stuff. Targets: the 4 boxes'
+  masks as things, and a blocky stuff map as the panoptic semantic map.
 
 One step = forward (loss dict) + backward + AdamW step on random images (segmentation: blocky label maps with
 a dozen classes per image; detection: 4 boxes with rectangle masks per image; HTC++ also a random semantic map
@@ -57,6 +61,7 @@ from rss import current_rss_mb, peak_rss_mb, reset_peak_rss
 
 M2F_HEAD_CP = ("model.decode_head.pixel_decoder.encoder.transformerlayers.ffn_cfgs.with_cp",
                "model.decode_head.transformer_decoder.transformerlayers.ffn_cfgs.with_cp")
+PAN_HEAD_CP = tuple(k.replace("decode_head", "panoptic_head") for k in M2F_HEAD_CP)
 
 MODELS = {
     "tiny": dict(task="seg", recipe="upernet_deit_adapter_tiny_512_160k_ade20k", size=(512, 512), classes=150,
@@ -86,6 +91,12 @@ MODELS = {
                      batch=2, label="ViT-Adapter-S + Sparse R-CNN"),
     "semfpn_t": dict(task="seg", recipe="fpn_deit_adapter_tiny_512_80k_ade20k", size=(512, 512), classes=150, batch=4,
                      label="ViT-Adapter-T + Semantic FPN (paper recipe)"),
+    # the COCO panoptic Mask2Former (80 things + 53 stuff) at its largest training image (800 x 1333 padded)
+    "pan_l": dict(task="pan", recipe="mask2former_beitv2_adapter_large_16x1_3x_coco-panoptic", size=(800, 1344),
+                  classes=133, things=80, batch=1, head_cp=PAN_HEAD_CP,
+                  label="BEiTv2-Adapter-L + Mask2Former (COCO panoptic)"),
+    "pan_cpu": dict(task="pan", recipe="synthetic_mask2former_panoptic", size=(128, 128), classes=9, things=7,
+                    batch=2, head_cp=PAN_HEAD_CP, label="synthetic ViT-Adapter + Mask2Former (panoptic)"),
     "cascade_cpu": dict(task="det", recipe="synthetic_cascade_mask_rcnn", size=(128, 128), classes=7, batch=2,
                         label="synthetic ViT-Adapter + Cascade Mask R-CNN"),
     "atss_cpu": dict(task="det", recipe="synthetic_atss", size=(128, 128), classes=7, batch=2,
@@ -126,7 +137,7 @@ def build(name: str, with_cp: bool):
     from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
 
     cfg = Config.fromfile(str(DETECTION_RECIPES[spec["recipe"]]))
-    cfg.merge_from_dict({"model.backbone.with_cp": with_cp})
+    cfg.merge_from_dict({"model.backbone.with_cp": with_cp, **{k: with_cp for k in spec.get("head_cp", ())}})
     model = cfg.model.to_dict()
     model.pop("pretrained", None)
     model["backbone"].pop("pretrained", None)
@@ -158,21 +169,30 @@ def make_batch(name: str, batch: int, device: str, seed: int = 0):
         masks = torch.zeros(4, h, w, dtype=torch.uint8)
         for k, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
             masks[k, y0:y1, x0:x1] = 1
-        targets.append({"boxes": boxes.to(device), "labels": torch.randint(0, spec["classes"], (4,), generator=g)
-                        .to(device), "masks": masks.to(device)})
+        labels = torch.randint(0, spec.get("things", spec["classes"]), (4,), generator=g).to(device)
+        if spec["task"] == "pan":  # the panoptic Mask2Former's things: labels and masks only
+            targets.append({"labels": labels, "masks": masks.to(device)})
+            continue
+        targets.append({"boxes": boxes.to(device), "labels": labels, "masks": masks.to(device)})
     return img.to(device), targets
 
 
 def model_kwargs(name: str, batch: int, device: str, seed: int = 0) -> dict:
     """The model's inputs besides images and targets: for HTC++ a random semantic map at 1/8 of the image
-    (``SegRescale(1/8)``; 255 = ignore on a tenth of the pixels)."""
+    (``SegRescale(1/8)``; 255 = ignore on a tenth of the pixels), for the panoptic Mask2Former a blocky map of stuff
+    classes at full size."""
     import torch
 
     spec = MODELS[name]
-    if spec["task"] != "htc":
-        return {}
     g = torch.Generator().manual_seed(seed + 1)
     h, w = spec["size"]
+    if spec["task"] == "pan":  # the panoptic semantic map at full size: blocks of stuff classes
+        stuff = torch.randint(spec["things"], spec["classes"], (batch, 1, max(2, h // 64), max(2, w // 64)),
+                              generator=g)
+        return {"semantic_labels": torch.nn.functional.interpolate(stuff.float(), size=(h, w), mode="nearest")[:, 0]
+                .long().to(device)}
+    if spec["task"] != "htc":
+        return {}
     sem = torch.randint(0, spec["semantic_classes"], (batch, h // 8, w // 8), generator=g)
     sem[torch.rand(sem.shape, generator=g) < 0.1] = 255
     return {"semantic_labels": sem.to(device)}
