@@ -1,6 +1,6 @@
 """References for the planner's tests (tests/unit/plan): what a REAL CPU training step keeps and peaks at, written
 independently of vit_adapter_ds.plan's fake-tensor measurement (saved-tensor hooks telling storages apart by their
-real addresses), and a deformable-attention function with the footprint of the fused kernel."""
+real addresses), and deformable / softmax attention functions with the footprints of the fused GPU kernels."""
 from __future__ import annotations
 
 import gc
@@ -34,6 +34,58 @@ class RealFusedMSDA(torch.autograd.Function):
 
 def real_msda(value, shapes, starts, loc, attn, backend=None):
     return RealFusedMSDA.apply(value, shapes, starts, loc, attn)
+
+
+def _softmax_attention(q, k, v, scale, bias, scale_q_first):
+    scores = (q * scale) @ k.transpose(-2, -1) if scale_q_first else (q @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        scores = scores + bias
+    return scores
+
+
+class RealFusedAttention(torch.autograd.Function):
+    """Softmax attention computed in full, saving what the fused GPU kernel (``F.scaled_dot_product_attention``'s
+    memory-efficient / flash kernel) saves: q, k, v, the output and the float32 log-sum-exp of the scores; the
+    backward recomputes the weights."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale, scale_q_first):
+        with torch.no_grad():
+            scores = _softmax_attention(q, k, v, scale, bias, scale_q_first)
+            lse = torch.logsumexp(scores.float(), dim=-1)
+            out = (scores.softmax(-1) @ v)
+            del scores
+        ctx.save_for_backward(q, k, v, out, lse, bias)
+        ctx.scale, ctx.scale_q_first = scale, scale_q_first
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _, bias = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            b = bias.detach().requires_grad_() if bias is not None and ctx.needs_input_grad[3] else bias
+            out = _softmax_attention(*leaves, ctx.scale, b, ctx.scale_q_first).softmax(-1) @ leaves[2]
+            wrt = leaves + ([b] if b is not None and b.requires_grad else [])
+            grads = torch.autograd.grad(out, wrt, grad)
+        gb = grads[3] if len(grads) == 4 else None
+        return grads[0], grads[1], grads[2], gb, None, None
+
+
+def real_attention(q, k, v, scale, bias=None, dropout_p=0.0, scale_q_first=False):
+    """``models/backbones/layers.attention`` (no dropout) with the fused GPU kernel's saved tensors."""
+    assert dropout_p == 0.0
+    return RealFusedAttention.apply(q, k, v, bias, scale, scale_q_first)
+
+
+def use_fused_references(monkeypatch):
+    """The real step with the fused kernels' footprints, as the planner models a GPU step: deformable attention
+    (:func:`real_msda`) and the backbones' softmax attention (:func:`real_attention`)."""
+    from vit_adapter_ds.models.backbones import beit, msdeform_attn, uniperceiver, vit
+
+    monkeypatch.setattr(msdeform_attn, "ms_deform_attn", real_msda)
+    for mod in (beit, vit, uniperceiver):
+        monkeypatch.setattr(mod, "attention", real_attention)
 
 
 def real_saved_and_peak(model, batch, forward_loss):

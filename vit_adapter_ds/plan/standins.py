@@ -5,6 +5,12 @@ everything around it are the real ones; each says what it replaces (``StandIns.n
 * Multi-scale deformable attention: the fused CUDA / Triton kernel (what a GPU run uses) reads its inputs and
   saves exactly them for backward (``ops/msda.py`` ``_MSDeformAttnFunction``); the stand-in allocates the output
   and saves the same tensors, and counts the kernel's FLOPs by its formula (:func:`msda_flops`).
+* Softmax attention of the ViT / BEiT / Uni-Perceiver blocks (``models/backbones/layers.py`` ``attention``): on a
+  GPU it is ``F.scaled_dot_product_attention``'s fused (memory-efficient / flash) kernel, which never materialises
+  the (heads, N, N) weights (the CPU float32 path does, as the official code does): the stand-in allocates the
+  output and saves what the fused kernel saves -- q, k, v, the output and the (B, heads, N) float32 log-sum-exp --,
+  its backward gives q / k / v (and a learnt bias) gradients, and it counts the FLOPs by formula
+  (:func:`attention_flops`).
 * Hungarian matching (Mask2Former): the costs are computed as usual; the assignment (scipy on the host) becomes
   query ``i`` <-> target ``i`` for ``min(Q, G)`` pairs, the number the real matching makes.
 * Classes present in a label map (Mask2Former targets): ``torch.unique`` has a data-dependent size; the stand-in
@@ -25,6 +31,18 @@ def msda_flops(value_shape, loc_shape) -> tuple[int, int]:
     n, lq, m, levels, points, _ = loc_shape
     d = value_shape[-1]
     fwd = 2 * 5 * n * lq * m * levels * points * d
+    return fwd, 2 * fwd
+
+
+def attention_flops(q_shape, k_shape, v_shape) -> tuple[int, int]:
+    """(forward, backward) FLOPs of softmax attention: ``q @ k^T`` and ``weights @ v`` (2 FLOPs per multiply-add)
+    forward; the backward's four products (and the fused kernel's recomputation of the weights) about twice that."""
+    *batch, n, d = q_shape
+    m, dv = k_shape[-2], v_shape[-1]
+    b = 1
+    for x in batch:
+        b *= int(x)
+    fwd = 2 * b * n * m * (d + dv)
     return fwd, 2 * fwd
 
 
@@ -61,6 +79,30 @@ class _FusedMSDA(torch.autograd.Function):
         return (torch.empty_like(value), None, None, loc.new_empty(loc.shape, dtype=ctx.dtypes[0]),
                 attn.new_empty(attn.shape, dtype=ctx.dtypes[1]), None)
 
+
+
+class _FusedAttention(torch.autograd.Function):
+    """``F.scaled_dot_product_attention``'s fused GPU kernel's autograd footprint: output (..., N, Dv) in q's dtype;
+    saved q, k, v, the output and the float32 log-sum-exp (..., N); a bias (BEiT's relative positions) is an
+    input, its gradient (when it needs one) of its shape."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, counter):
+        out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.bias_shape = None if bias is None else (tuple(bias.shape), bias.dtype)
+        fwd, bwd = attention_flops(q.shape, k.shape, v.shape)
+        counter.extra_flops += fwd + bwd
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, _, _ = ctx.saved_tensors
+        gb = None
+        if ctx.bias_shape is not None and ctx.needs_input_grad[3]:
+            gb = q.new_empty(ctx.bias_shape[0], dtype=ctx.bias_shape[1])
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), gb, None
 
 
 # ------------------------------------------------------------------------------------------ two-stage detectors
@@ -132,53 +174,31 @@ def rpn_sampled_anchors(self, labels):
     return torch.cat(pos), torch.cat(neg)
 
 
-def roi_heads_forward(self, features, proposals, image_shapes, targets=None, _real=None):
-    """Mask R-CNN's R-CNN training step on ``num`` sampled RoIs per image (the ground truth appended to the
-    proposals, matched by the real IoU assignment), the first ``int(num * pos_fraction)`` of them taken as the
-    positives: box losses on all, mask head, mask targets (roi_align of the matched bitmaps) and loss on the
-    positives."""
-    import torch.nn.functional as F
+def roi_sampler_patches(rec) -> list:
+    """Mask R-CNN's R-CNN sampler at its configured size: ``MaskRCNNRoIHeads.subsample`` (torchvision's, the
+    sampler's random draw) takes the first ``num`` RoIs of each image (proposals + ground truth, assigned by the real
+    IoU rule), and ``mask_rcnn.foreground_rows`` the first ``int(num * pos_fraction)`` of each as the foreground
+    (box regression and the mask head on them); the losses are the model's own."""
+    shape = {}
 
-    from vit_adapter_ds.models.detectors.mask_rcnn import mask_targets
+    def subsample(self, labels):
+        rec.note("Mask R-CNN R-CNN sampler: num RoIs per image, int(num * pos_fraction) foreground (mask head on "
+                 "them)")
+        out = []
+        for lab in labels:
+            pos, neg = rpn_sample_counts(self.fg_bg_sampler, lab.shape[0])
+            shape.update(pos=pos, per=pos + neg)
+            out.append(torch.arange(pos + neg, device=lab.device))
+        return out
 
-    if not self.training:
-        return _real(self, features, proposals, image_shapes, targets)
-    gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
-    props = [torch.cat([p, g]) for p, g in zip(proposals, gt_boxes)]
-    rois, matched, labels, reg_t, npos = [], [], [], [], []
-    for p, g, t in zip(props, gt_boxes, targets):
-        m = max_iou_match(self.proposal_matcher, self.box_similarity(g, p)) if g.shape[0] else \
-            torch.full((p.shape[0],), -1, dtype=torch.int64, device=p.device)
-        lab = torch.where(m >= 0, t["labels"][m.clamp(min=0)] if g.shape[0] else m, torch.zeros_like(m))
-        k_pos, k_neg = rpn_sample_counts(self.fg_bg_sampler, p.shape[0])
-        idx = torch.arange(k_pos + k_neg, device=p.device)
-        rois.append(p[idx])
-        matched.append(m.clamp(min=0)[idx])
-        labels.append(lab[idx])
-        reg_t.append(self.box_coder.encode_single(g[m.clamp(min=0)[idx]] if g.shape[0] else p[idx], p[idx]))
-        npos.append(k_pos)
-    box_feats = self.box_head(self.box_roi_pool(features, rois, image_shapes))
-    class_logits, box_regression = self.box_predictor(box_feats)
-    lab = torch.cat(labels)
-    n = max(1, lab.numel())
-    pos, start = [], 0
-    for r, k in zip(rois, npos):
-        pos.append(torch.arange(start, start + k, device=lab.device))
-        start += r.shape[0]
-    pos = torch.cat(pos)
-    loss_cls = F.cross_entropy(class_logits, lab, reduction="sum") / n
-    box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
-    loss_bbox = F.l1_loss(box_regression[pos, lab[pos]], torch.cat(reg_t)[pos], reduction="sum") / n
-    acc = (class_logits.detach().argmax(1) == lab).float().mean() * 100
-    pos_boxes = [r[:k] for r, k in zip(rois, npos)]
-    pos_labels = torch.cat([la[:k] for la, k in zip(labels, npos)])
-    pos_targets = [mask_targets(t["masks"], b, m[:k], self.mask_size)
-                   for t, b, m, k in zip(targets, pos_boxes, matched, npos)]
-    mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, pos_boxes, image_shapes)))
-    picked = mask_logits[torch.arange(pos_labels.numel(), device=pos_labels.device), pos_labels]
-    loss_mask = F.binary_cross_entropy_with_logits(picked.float(), torch.cat(pos_targets))
-    return [], {"loss_cls": self.loss_cls_weight * loss_cls, "loss_bbox": self.loss_bbox_weight * loss_bbox,
-                "loss_mask": self.loss_mask_weight * loss_mask, "acc": acc}
+    def foreground_rows(labels):
+        per, pos = shape["per"], shape["pos"]
+        return torch.cat([torch.arange(i * per, i * per + pos, device=labels.device)
+                          for i in range(max(1, labels.shape[0] // max(1, per)))])
+
+    from vit_adapter_ds.models.detectors import mask_rcnn
+
+    return [(mask_rcnn.MaskRCNNRoIHeads, "subsample", subsample), (mask_rcnn, "foreground_rows", foreground_rows)]
 
 
 def cascade_sample_rois(stage, proposals, target, num_classes: int) -> dict:
@@ -234,10 +254,15 @@ def cascade_drop_gt_rois(boxes, sample):
 @contextlib.contextmanager
 def stand_ins(segments_per_image: int = 10):
     """Install every stand-in for the duration of the block; yields the :class:`StandIns` record."""
-    from vit_adapter_ds.models.backbones import msdeform_attn
+    from vit_adapter_ds.models.backbones import beit, msdeform_attn, uniperceiver, vit
     from vit_adapter_ds.models.heads.mask2former import criterion, head, matcher
 
     rec = StandIns(segments_per_image=int(segments_per_image))
+
+    def attention(q, k, v, scale, bias=None, dropout_p=0.0, scale_q_first=False):
+        rec.note("softmax attention: the fused GPU kernel's saved q, k, v, output and log-sum-exp (no N x N "
+                 "weights); FLOPs by formula")
+        return _FusedAttention.apply(q, k, v, bias, rec)
 
     def msda(value, spatial_shapes, level_start_index, loc, attn, backend=None):
         rec.note("deformable attention: the fused kernel's saved inputs and output; FLOPs by formula")
@@ -261,6 +286,7 @@ def stand_ins(segments_per_image: int = 10):
         return min(int(num_queries), rec.segments_per_image)
 
     patches = [(msdeform_attn, "ms_deform_attn", msda), (matcher.HungarianMatcher, "__call__", match),
+               *[(mod, "attention", attention) for mod in (beit, vit, uniperceiver)],
                *[(mod, "semantic_to_masks", to_masks) for mod in (criterion, head)],
                *[(mod, "num_matched_masks", matched) for mod in (criterion, head)]]
     patches += detection_patches(rec)
@@ -353,7 +379,6 @@ def detection_patches(rec) -> list:
             return fn(*a, **k)
         return wrapper
 
-    real_roi_forward = mask_rcnn.MaskRCNNRoIHeads.forward
     sample = noted("R-CNN sampler (cascade / HTC): num RoIs per image, int(num * pos_fraction) positives from the "
                    "proposals (real IoU assignment)", cascade_sample_rois)
     return [
@@ -366,9 +391,7 @@ def detection_patches(rec) -> list:
                                                            rpn_assign_targets)),
         (mask_rcnn.RPN, "sampled_anchors", noted("RPN sampler: num anchors per image, int(num * pos_fraction) "
                                                  "positives", rpn_sampled_anchors)),
-        (mask_rcnn.MaskRCNNRoIHeads, "forward",
-         noted("Mask R-CNN R-CNN sampler: num RoIs per image, int(num * pos_fraction) positives (mask head on "
-               "them)", lambda self, *a, **k: roi_heads_forward(self, *a, _real=real_roi_forward, **k))),
+        *roi_sampler_patches(rec),
         (htc, "sample_rois", sample), (cascade_mask_rcnn, "sample_rois", sample),
         (htc, "drop_gt_rois", cascade_drop_gt_rois),
         (mask2former_panoptic, "present_stuff", panoptic_stuff(rec)),

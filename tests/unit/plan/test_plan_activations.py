@@ -13,9 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plan_reference import real_msda, real_saved_and_peak
+from plan_reference import real_saved_and_peak, use_fused_references
 
-from vit_adapter_ds.models.backbones import msdeform_attn
 from vit_adapter_ds.plan.activations import measure_step
 from vit_adapter_ds.plan.step import set_checkpointing, uses_checkpointing
 from vit_adapter_ds.tasks import load_and_validate
@@ -47,8 +46,38 @@ def test_fake_step_memory_equals_a_real_step(recipe, with_cp, monkeypatch):
         return task.forward_loss(m, b, torch.device("cpu"), torch.float32)["loss"]
 
     planned = measure_step(meta, batch, forward_loss, batch_size=n, image_size=size, segments_per_image=SEGMENTS)
-    monkeypatch.setattr(msdeform_attn, "ms_deform_attn", real_msda)
+    use_fused_references(monkeypatch)  # deformable and softmax attention as the fused GPU kernels keep them
     saved, peak = real_saved_and_peak(real, batch, forward_loss)
     assert saved > 0 and planned.saved == pytest.approx(saved, rel=0.05), (planned.saved, saved)
     assert planned.peak == pytest.approx(peak, rel=0.05), (planned.peak, peak)
     assert planned.flops > 0 and any("deformable attention" in s for s in planned.stand_ins)
+
+
+def test_softmax_attention_is_planned_as_the_fused_gpu_kernel():
+    """A ViT attention at 1024 tokens: the planner keeps what F.scaled_dot_product_attention's fused kernel keeps for
+    backward -- the qkv projection's output (q, k, v are views of it), the attention output and the float32
+    log-sum-exp -- and no (heads, N, N) weights (the CPU float32 path materialises 2 of them, 8x the rest here);
+    its FLOPs are the two products' 2 * B * h * N * N * (d + d) forward plus twice that backward."""
+    from vit_adapter_ds.models.backbones.vit import Attention
+
+    b, n, c, heads = 2, 1024, 64, 4
+    with torch.device("meta"):
+        model = Attention(c, num_heads=heads, qkv_bias=True)
+
+    def batch(dtype=torch.float32):
+        return {"x": torch.randn(b, n, c, dtype=dtype, requires_grad=True)}
+
+    def forward_loss(m, bt):
+        return m(bt["x"], 32, 32).sum()
+
+    planned = measure_step(model, batch, forward_loss, batch_size=b, image_size=(32, 32))
+    f = 4  # bytes per float32
+    x_and_qkv = b * n * c * f + b * n * 3 * c * f  # the linear's input, its output (the views q, k, v)
+    out, lse, merged = b * n * c * f, b * heads * n * f, b * n * c * f  # output, log-sum-exp, proj's input
+    assert planned.saved == x_and_qkv + out + lse + merged, planned.saved
+    weights = b * heads * n * n * f
+    assert planned.saved < weights / 4 and any("softmax attention" in s for s in planned.stand_ins)
+    d = c // heads
+    attn_flops = 3 * 2 * b * heads * n * n * 2 * d
+    linear_flops = 3 * (2 * b * n * c * 3 * c + 2 * b * n * c * c)  # qkv + proj, forward and backward (2x)
+    assert planned.flops == attn_flops + linear_flops, (planned.flops, attn_flops + linear_flops)

@@ -22,9 +22,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plan_reference import real_msda, real_saved_and_peak
+from plan_reference import real_saved_and_peak, use_fused_references
 
-from vit_adapter_ds.models.backbones import msdeform_attn
 from vit_adapter_ds.models.detectors import mask_rcnn
 from vit_adapter_ds.plan.activations import measure_step
 from vit_adapter_ds.plan.detection_inputs import detection_batch
@@ -92,7 +91,7 @@ def _step_case(recipe, with_cp, n=1):
 def test_fake_detection_step_equals_a_pinned_real_step(recipe, with_cp, monkeypatch):
     task, meta, real, batch, forward_loss = _step_case(recipe, with_cp)
     planned = measure_step(meta, batch, forward_loss, batch_size=1, image_size=SIZE)
-    monkeypatch.setattr(msdeform_attn, "ms_deform_attn", real_msda)
+    use_fused_references(monkeypatch)  # deformable and softmax attention as the fused GPU kernels keep them
     rpn = real.rpn
     monkeypatch.setattr(rpn, "fg_bg_sampler", _PinnedSampler(rpn.fg_bg_sampler))
     rpn._pinned_gt = batch()["targets"][0]["boxes"]
@@ -135,7 +134,7 @@ def test_fake_one_stage_step_equals_a_pinned_real_step(recipe, with_cp, monkeypa
 
     task, meta, real, batch, forward_loss = _step_case(recipe, with_cp, n=2)
     planned = measure_step(meta, batch, forward_loss, batch_size=2, image_size=SIZE)
-    monkeypatch.setattr(msdeform_attn, "ms_deform_attn", real_msda)
+    use_fused_references(monkeypatch)  # deformable and softmax attention as the fused GPU kernels keep them
     monkeypatch.setattr(dense_heads, "anchor_targets", _pinned_anchor_targets)
     monkeypatch.setattr(sparse_rcnn.HungarianAssigner, "assign", _pinned_sparse_assign)
     saved, peak = real_saved_and_peak(real, batch, forward_loss)

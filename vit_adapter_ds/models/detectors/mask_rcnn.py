@@ -424,6 +424,12 @@ class TorchvisionOrder(nn.Module):
         return torch.cat([cls[:, -1:], cls[:, :-1]], dim=1), torch.cat([reg.new_zeros(reg.shape[0], 4), reg], dim=1)
 
 
+def foreground_rows(labels: torch.Tensor) -> torch.Tensor:
+    """Rows of the foreground (``label > 0``) among sampled RoIs: ``torch.where(labels > 0)[0]`` (the one
+    data-dependent selection of the R-CNN losses; the capacity planner replaces it by the sampler's sizes)."""
+    return torch.where(labels > 0)[0]
+
+
 class MaskRCNNRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` (box + mask branches) with mmdet ``StandardRoIHead`` losses: CE classification,
     L1 class-specific box regression (``/ num sampled RoIs``), binary CE on the binarised mask targets."""
@@ -446,7 +452,7 @@ class MaskRCNNRoIHeads(RoIHeads):
         regression_targets = torch.cat(regression_targets, dim=0)
         n = max(1, labels.numel())
         loss_cls = F.cross_entropy(class_logits, labels, reduction="sum") / n
-        pos = torch.where(labels > 0)[0]
+        pos = foreground_rows(labels)
         box_regression = box_regression.reshape(box_regression.shape[0], -1, 4)
         loss_bbox = F.l1_loss(box_regression[pos, labels[pos]], regression_targets[pos], reduction="sum") / n
         acc = (class_logits.detach().argmax(1) == labels).float().mean() * 100 if labels.numel() else \
@@ -471,7 +477,7 @@ class MaskRCNNRoIHeads(RoIHeads):
         loss_cls, loss_bbox, acc = self._box_losses(class_logits, box_regression, labels, regression_targets)
         pos_boxes, pos_labels, pos_targets = [], [], []
         for p, m, lab, t in zip(proposals, matched_idxs, labels, targets):
-            keep = torch.where(lab > 0)[0]
+            keep = foreground_rows(lab)
             pos_boxes.append(p[keep])
             pos_labels.append(lab[keep])
             pos_targets.append(mask_targets(t["masks"], p[keep], m[keep], self.mask_size))
