@@ -178,7 +178,7 @@ def measure(engine):
 
 
 results = []
-for stage in (1, 2, 3):
+for stage in (0, 1, 2, 3):
     for dtype in ("fp32", "bf16"):
         torch.manual_seed(0)
         net = Net()
@@ -230,14 +230,14 @@ def test_matches_deepspeed_tensors(tmp_path):
     assert proc.returncode == 0 and "MEASURE_OK" in log, log[-4000:]
     print(f"2-rank DeepSpeed run: {time.time() - t0:.1f} s")
     rows = [r for k in (0, 1) for r in json.loads((tmp_path / f"rank{k}.json").read_text())]
-    assert len(rows) == 12
+    assert len(rows) == 16
     # the same model, built without DeepSpeed: Linear(37, 29), Linear(29, 13) trainable, Linear(11, 7) frozen
     counts = ParamCounts(trainable=37 * 29 + 29 + 29 * 13 + 13, frozen=11 * 7 + 7, buffers=23,
                          largest_param=37 * 29, num_tensors=4, sizes=(37 * 29, 29, 29 * 13, 13),
                          frozen_sizes=(77, 7))
     cfg = {"zero_optimization": {"reduce_bucket_size": 1000, "allgather_bucket_size": 1000,
                                  "stage3_param_persistence_threshold": 50, "stage3_prefetch_bucket_size": 1000}}
-    for stage in (1, 2, 3):
+    for stage in (0, 1, 2, 3):
         for dtype in ("fp32", "bf16"):
             got = [r for r in rows if r["stage"] == stage and r["dtype"] == dtype]
             want = model_state_bytes(counts, stage=stage, dtype=dtype, world_size=2,
@@ -252,5 +252,5 @@ def test_matches_deepspeed_tensors(tmp_path):
                 # gives the largest rank, the others hold less
                 assert r["grads"] <= want["grads"] + TOL, (stage, dtype, r["rank"], r["grads"], want["grads"])
                 if stage != 2:  # the reduce bucket lives through backward at ZeRO-1 and for good at ZeRO-3
-                    assert r["buffers"] == want["buffers_detail"]["reduce_bucket"], (stage, dtype, r)
+                    assert r["buffers"] == want["buffers_detail"].get("reduce_bucket", 0), (stage, dtype, r)
             assert abs(max(r["grads"] for r in got) - want["grads"]) <= TOL, (stage, dtype, got, want["grads"])
