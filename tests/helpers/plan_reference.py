@@ -19,17 +19,30 @@ class RealFusedMSDA(torch.autograd.Function):
     def forward(ctx, value, shapes, starts, loc, attn):
         args = (value.contiguous(), shapes, starts, loc.contiguous(), attn.contiguous())
         ctx.save_for_backward(*args)
-        with torch.no_grad():
-            return ms_deform_attn_reference(*args)
+        n, lq, m, d = value.shape[0], loc.shape[1], value.shape[2], value.shape[3]
+        out = value.new_empty((n, lq, m * d))
+        with torch.no_grad():  # a few queries at a time (see backward): the kernel keeps no per-sample tensors
+            for q0 in range(0, lq, 16):
+                sl = slice(q0, q0 + 16)
+                out[:, sl] = ms_deform_attn_reference(args[0], shapes, starts, args[3][:, sl], args[4][:, sl])
+        return out
 
     @staticmethod
     def backward(ctx, grad):
+        """The reference's gradients over chunks of queries: the fused kernel's backward allocates the three
+        gradients and no per-sample intermediates; the reference (grid_sample per level) materialises
+        (queries x points x channels) samples, so it runs a few queries at a time to stay near that footprint."""
         value, shapes, starts, loc, attn = ctx.saved_tensors
-        with torch.enable_grad():
-            v, lo, a = (t.detach().requires_grad_() for t in (value, loc, attn))
-            out = ms_deform_attn_reference(v, shapes, starts, lo, a)
-            gv, gl, ga = torch.autograd.grad(out, (v, lo, a), grad)
-        return gv, None, None, gl, ga
+        v = value.detach().requires_grad_()
+        gl, ga = torch.empty_like(loc), torch.empty_like(attn)
+        step = 16
+        for q0 in range(0, loc.shape[1], step):
+            sl = slice(q0, q0 + step)
+            with torch.enable_grad():
+                lo, a = loc[:, sl].detach().requires_grad_(), attn[:, sl].detach().requires_grad_()
+                ms_deform_attn_reference(v, shapes, starts, lo, a).backward(grad[:, sl])
+            gl[:, sl], ga[:, sl] = lo.grad, a.grad
+        return v.grad, None, None, gl, ga
 
 
 def real_msda(value, shapes, starts, loc, attn, backend=None):
@@ -98,8 +111,10 @@ def real_saved_and_peak(model, batch, forward_loss):
 
     def pack(t):
         st = t.untyped_storage()
-        if st.data_ptr() not in own and st.nbytes():
-            packed.setdefault(st.data_ptr(), (weakref.ref(st), st.nbytes()))
+        prev = packed.get(st.data_ptr())
+        # the allocator reuses the address of a freed storage: a dead entry there is another storage
+        if st.data_ptr() not in own and st.nbytes() and (prev is None or prev[0]() is None):
+            packed[st.data_ptr()] = (weakref.ref(st), st.nbytes())
         return t
 
     hooks = [p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None)) for p in model.parameters()]

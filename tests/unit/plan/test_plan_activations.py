@@ -81,3 +81,34 @@ def test_softmax_attention_is_planned_as_the_fused_gpu_kernel():
     attn_flops = 3 * 2 * b * heads * n * n * 2 * d
     linear_flops = 3 * (2 * b * n * c * 3 * c + 2 * b * n * c * c)  # qkv + proj, forward and backward (2x)
     assert planned.flops == attn_flops + linear_flops, (planned.flops, attn_flops + linear_flops)
+
+
+def test_a_branch_that_does_not_reach_the_loss_is_not_kept():
+    """A module output the loss never uses (as the ATSS / GFL backbone's stride-4 map): a real step frees its graph
+    after the forward, so its saved tensors are not kept for backward; the planner (FLOPs counted as well) agrees
+    with the real step to the byte, and still counts the unused branch's FLOPs."""
+    from torch import nn
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(64, 64), nn.Sequential(nn.Linear(64, 256), nn.GELU())
+
+        def forward(self, x):
+            return self.used(x), self.unused(x)
+
+    with torch.device("meta"):
+        meta = TwoHeads()
+    real = TwoHeads()
+
+    def batch(dtype=torch.float32):
+        return {"x": torch.randn(8, 512, 64, dtype=dtype, requires_grad=True)}
+
+    def forward_loss(m, b):
+        return m(b["x"])[0].sum()
+
+    planned = measure_step(meta, batch, forward_loss, batch_size=8, image_size=(1, 512))
+    saved, peak = real_saved_and_peak(real, batch, forward_loss)
+    assert planned.saved == saved == 8 * 512 * 64 * 4  # the used Linear's input only
+    forward = 2 * 8 * 512 * 64 * (64 + 256)  # both branches run
+    assert planned.flops == forward + 2 * 2 * 8 * 512 * 64 * 64, planned.flops  # backward of the used one

@@ -126,10 +126,10 @@ def _pinned_sparse_assign(self, bbox_pred, cls_pred, gt_boxes, gt_labels, img_sh
 @pytest.mark.parametrize("recipe", ["synthetic_atss", "synthetic_gfl", "synthetic_sparse_rcnn"])
 def test_fake_one_stage_step_equals_a_pinned_real_step(recipe, with_cp, monkeypatch):
     """ATSS / GFL / Sparse R-CNN: the real step with its real positive selection (``nonzero``), losses and
-    normalisers; only the assignment (ATSS, Hungarian) is pinned to the planner's size. Without checkpointing the saved bytes and the peak agree within
-    5 %. With checkpointing the planner's saved bytes are 14 % above the real step's (measured 21.04 MB vs 18.41
-    MB for ATSS; the peak agrees): not explained yet (Mask R-CNN and HTC++ with the same checkpointed backbone
-    agree), so the test holds it to what was measured: never below the real figure, at most 20 % above."""
+    normalisers; only the assignment (ATSS, Hungarian) is pinned to the planner's size. The saved bytes and the peak
+    agree within 5 %, with and without checkpointing. (ATSS / GFL leave the backbone's stride-4 map unused: torch's
+    FlopCounterMode module tracker kept its graph alive, 2.46 MB more saved bytes than the real step, 14 % with
+    checkpointing, until the planner counted FLOPs without it: plan/activations.py global_flop_counter.)"""
     from vit_adapter_ds.models.detectors import dense_heads, sparse_rcnn
 
     task, meta, real, batch, forward_loss = _step_case(recipe, with_cp, n=2)
@@ -138,10 +138,7 @@ def test_fake_one_stage_step_equals_a_pinned_real_step(recipe, with_cp, monkeypa
     monkeypatch.setattr(dense_heads, "anchor_targets", _pinned_anchor_targets)
     monkeypatch.setattr(sparse_rcnn.HungarianAssigner, "assign", _pinned_sparse_assign)
     saved, peak = real_saved_and_peak(real, batch, forward_loss)
-    if with_cp and recipe != "synthetic_sparse_rcnn":
-        assert saved > 0 and saved <= planned.saved <= 1.2 * saved, (planned.saved, saved)
-    else:
-        assert saved > 0 and planned.saved == pytest.approx(saved, rel=0.05), (planned.saved, saved)
+    assert saved > 0 and planned.saved == pytest.approx(saved, rel=0.05), (planned.saved, saved)
     assert planned.peak == pytest.approx(peak, rel=0.05), (planned.peak, peak)
     assert any("ATSS assignment" in s or "Sparse R-CNN assignment" in s for s in planned.stand_ins)
 
