@@ -334,9 +334,7 @@ def evaluate_panoptic(model, loader, categories, *, device=None, dtype=None, pro
                         missing.append(e.args[0])
                         continue
                     ins.add_ground_truth(image, anns)
-                    r = pred["ins_results"]
-                    ins.add_prediction(image["id"], {k: v.float() if v.is_floating_point() else v
-                                                     for k, v in r.items()})
+                    ins.add_prediction(image["id"], pred["ins_results"])  # cast / moved to the host there
                 if progress:
                     print(f"\revaluated {ev.num_images} / {len(loader)} images", end="", flush=True)
     finally:
@@ -346,19 +344,12 @@ def evaluate_panoptic(model, loader, categories, *, device=None, dtype=None, pro
     ev.all_reduce()
     out = ev.evaluate()
     if ins is not None:
-        if _sum_over_ranks(len(missing)):
+        from ..data.loader import sum_over_ranks
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if sum_over_ranks([len(missing)], world)[0]:
             raise KeyError(missing[0] if missing else "an image of the panoptic shards is not in ins_ann_file "
                            f"{gt.path} (reported by another rank)")
         out.update({k: v for k, v in ins.evaluate().items() if k != "num_images"})
     return out
 
-
-def _sum_over_ranks(n: int) -> int:
-    """``n`` summed over the ranks of the default process group (``n`` without one)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return n
-    t = torch.tensor([n], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return int(t.item())

@@ -25,6 +25,8 @@ on COCO panoptic shards (``data.train.type='CocoPanopticDataset'`` or another ca
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import timm  # noqa: F401  (timm/torchvision before any DeepSpeed module construction, see the DeepSpeed notes)
 import torchvision  # noqa: F401
 
@@ -248,17 +250,18 @@ class PanopticSegmentation(ObjectDetection):
         from ..evaluation.visualize import draw_panoptic, save_image
         from .detection import val_loader_item
 
-        _cli_section(self.cfg, split, shards)
+        section = _cli_section(self.cfg, split, shards)
         kw = val_loader_kwargs(to_plain(self.cfg.data), split)
+        test_tf = SimpleNamespace(scale=kw["scale"], mean=kw["mean"], std=kw["std"])  # what val_loader_item reads
         model = self.build_eval_model(checkpoint, device)
-        categories = panoptic_categories(self.cfg, split, shards, model)
+        categories = panoptic_categories(section["shard_dir"], split, model)
         autocast = torch.bfloat16 if bf16 else None
         device = torch.device(device)
         out_dir = Path(out_dir)
         model.eval()
         for path in map(Path, paths):
             img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).contiguous()
-            x = val_loader_item(_TestSettings(kw), img)
+            x = val_loader_item(test_tf, img)
             with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
             pan = pred["pan_results"].cpu().numpy()
@@ -275,23 +278,14 @@ class PanopticSegmentation(ObjectDetection):
             yield f"{path} -> {dst} ({len(segments)} segments)"
 
 
-class _TestSettings:
-    """The val loader's test transform settings (``scale``, ``mean``, ``std``) from its keyword arguments."""
-
-    def __init__(self, kw):
-        self.scale, self.mean, self.std = kw["scale"], kw["mean"], kw["std"]
-
-
-def panoptic_categories(cfg, split, shards, model) -> list[dict]:
-    """The categories (label order: ``id``, ``name``, ``isthing``) from the manifest of ``data.<split>.shard_dir``
-    (or ``shards``) when readable and of the model's size, else the model's labels as ``class <i>`` (things
-    first)."""
+def panoptic_categories(shard_dir, split, model) -> list[dict]:
+    """The categories (label order: ``id``, ``name``, ``isthing``) from the manifest of ``shard_dir`` when readable
+    and of the model's size, else the model's labels as ``class <i>`` (things first)."""
     from ..data.manifest import ShardSetError, read_manifest
 
-    section = _cli_section(cfg, split, shards)
     n, things = int(model.num_classes), int(model.num_things_classes)
     try:
-        cats = read_manifest(section["shard_dir"], split).get("categories") or []
+        cats = read_manifest(shard_dir, split).get("categories") or []
     except (ShardSetError, OSError, ValueError):
         cats = []
     if len(cats) == n and sum(bool(c.get("isthing")) for c in cats) == things:
