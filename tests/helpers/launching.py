@@ -161,3 +161,85 @@ def records(work_dir, mode: str | None = None) -> list[dict]:
 def losses(work_dir) -> dict[int, dict]:
     """Training records by iteration."""
     return {r["iter"]: r for r in records(work_dir, "train")}
+
+
+# ---------------------------------------------------------------------------------------------- kills
+def descendants(pid: int) -> list[int]:
+    """The process ids below ``pid`` (from /proc; torchrun may start its workers in sessions of their own)."""
+    parent = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == pid]
+        out += kids
+        todo += kids
+    return out
+
+
+def _logged(work_dir, iteration: int) -> bool:
+    """Whether ``metrics.jsonl`` holds the training record of ``iteration`` (a line still being written is skipped)."""
+    path = Path(work_dir) / "metrics.jsonl"
+    if not path.exists():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("mode") == "train" and rec.get("iter") == iteration:
+            return True
+    return False
+
+
+def train_and_kill(work_dir, *, after_iter: int, recipe=None, args=(), options=(), ds: str = "zero2_fp32",
+                   ranks: int = 2, timeout: float = 400) -> None:
+    """Start :func:`train`'s run and SIGKILL the whole job -- launcher and every rank, as a node failure would -- as
+    soon as the training record of iteration ``after_iter`` is logged (a checkpoint taken after iteration
+    ``after_iter - 1`` is then complete). Fails when the run ends, or does not get there within ``timeout``."""
+    from support import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(command(TRAIN, train_args(work_dir, recipe=recipe, args=args, options=options, ds=ds),
+                                    ranks=ranks, port=port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env(), start_new_session=True)
+    t0 = time.time()
+    try:
+        while not _logged(work_dir, after_iter):
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before iteration {after_iter}"
+            assert time.time() - t0 < timeout, f"iteration {after_iter} not logged within {timeout} s"
+            time.sleep(0.05)
+    finally:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        for f in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+            f.unlink(missing_ok=True)
+
+
+def resume_copy_through_a_kill(ref, res, *, recipe, drop: int, kill_after: int, options=(), timeout: float = 550):
+    """The detection families' bitwise-resume check, with a real crash in it: ``res`` = run ``ref`` without its
+    checkpoint of iteration ``drop`` (and without its metrics), resumed (``--resume auto``) and SIGKILLed as a whole
+    job once iteration ``kill_after`` is logged -- past the checkpoint it resumed from, before the next -- then resumed
+    again to the end. Returns the output of that last run; ``losses(res)`` / ``records(res)`` hold the records of the
+    iterations after the resumed checkpoint (the killed run's, then the last run's for the same iterations)."""
+    import shutil
+
+    shutil.copytree(ref, res)
+    shutil.rmtree(Path(res) / "checkpoints" / f"iter_{drop}")
+    (Path(res) / "metrics.jsonl").unlink()
+    train_and_kill(res, recipe=recipe, args=["--resume", "auto"], options=options, after_iter=kill_after,
+                   timeout=timeout)
+    assert not finished(res) and not (Path(res) / "checkpoints" / f"iter_{drop}").exists()
+    rc, out = launch(TRAIN, train_args(res, recipe=recipe, args=["--resume", "auto"], options=options),
+                     timeout=timeout)
+    assert rc == 0 and finished(res), out[-4000:]
+    return out

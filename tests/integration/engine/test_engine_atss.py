@@ -4,8 +4,8 @@ synthetic COCO shards with a box-only pipeline (no ``gt_masks`` collected; the b
 no gradient, the official ``find_unused_parameters``): the losses fall and the box AP (pycocotools, every evaluated
 image once over the 2 ranks) rises clearly above its first evaluation; ``launch/export.py`` writes the official
 mmdet ATSS / GFL keys, which map back to the trained weights exactly; ``launch/eval.py`` on that exported file gives
-the in-run evaluation's AP exactly; ``launch/predict.py`` draws boxes; deleting the last checkpoint + ``--resume
-auto`` reproduces the losses and the evaluation bitwise.
+the in-run evaluation's AP exactly; ``launch/predict.py`` draws boxes; a copy without the last checkpoint, resumed,
+SIGKILLed as a whole job one iteration later and resumed again, reproduces the losses and the evaluation bitwise.
 
 ATSS trains on the 16 train images and is evaluated on the 4 val images. GFL (quality focal loss: its scores start
 near 0 and rise slowly) shares every check but, to keep its CI time small, fits the 4 val images (no flip; 2 ranks x
@@ -91,17 +91,19 @@ def family(request, tmp_path_factory, coco_shards):
     return name, cfg, path
 
 
+OPTIONS = ("log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1")
+
+
 def _train(recipe, work, extra=()):
     from launching import train
 
-    return train(work, recipe=recipe, args=extra, port=free_port(), timeout=550, options=(
-        "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1"))[1]
+    return train(work, recipe=recipe, args=extra, port=free_port(), timeout=550, options=OPTIONS)[1]
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_one_stage_trains_evaluates_exports_predicts_and_resumes_bitwise(tmp_path, family, coco_shards):
-    from launching import REPO, env, losses, records
+    from launching import REPO, env, losses, records, resume_copy_through_a_kill
 
     name, cfg, recipe = family
     iters, terms, ap = cfg["iters"], cfg["terms"], cfg["ap"]
@@ -156,11 +158,11 @@ def test_one_stage_trains_evaluates_exports_predicts_and_resumes_bitwise(tmp_pat
     pic = np.asarray(Image.open(drawn / "a.png"))
     assert dets and all("segmentation" not in d for d in dets) and (pic != rgb).any()
 
+    # a copy without the last checkpoint, resumed, SIGKILLed one iteration later and resumed again: run A's losses
+    # and final evaluation, bit for bit
     res = tmp_path / "res"
-    shutil.copytree(ref, res)
-    shutil.rmtree(res / "checkpoints" / f"iter_{iters}")
-    (res / "metrics.jsonl").unlink()
-    out = _train(recipe, res, ["--resume", "auto"])
+    out = resume_copy_through_a_kill(ref, res, recipe=recipe, drop=iters, kill_after=cfg["resume_at"] + 1,
+                                     options=OPTIONS)
     assert "resumed from" in out and f"at iteration {cfg['resume_at']}" in out, out[-2000:]
     b = losses(res)
     assert sorted(b) == list(range(cfg["resume_at"] + 1, iters + 1))

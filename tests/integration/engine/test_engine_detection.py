@@ -1,7 +1,8 @@
 """Detection as a task of the engine: the step learning-rate schedule (mmcv ``StepLrUpdaterHook`` + linear warm-up,
 values by hand), the detection keys of the recipe validation, and the synthetic Mask R-CNN recipe trained by
 ``launch/train.py`` under 2-rank torchrun + DeepSpeed ZeRO-2 fp32 on the CPU: the loss falls, box AP (pycocotools)
-is clearly above zero, and deleting the last checkpoint + ``--resume auto`` reproduces the losses bitwise."""
+is clearly above zero, and a copy without the last checkpoint, resumed (``--resume auto``), SIGKILLed as a whole job
+one iteration later and resumed again, reproduces the losses bitwise."""
 from __future__ import annotations
 
 import math
@@ -197,13 +198,15 @@ def recipe(tmp_path_factory, coco_shards):
     return path
 
 
+OPTIONS = ("log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1")
+
+
 def _train(recipe, work, port, extra=(), timeout=500, ds="zero2_fp32", options=()):
     """2-rank torchrun training (DeepSpeed config ``ds``) of a detection recipe through launch/train.py; returns the
     output."""
     from launching import train
 
-    return train(work, recipe=recipe, args=extra, ds=ds, port=port, timeout=timeout, options=(
-        "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1", *options))[1]
+    return train(work, recipe=recipe, args=extra, ds=ds, port=port, timeout=timeout, options=(*OPTIONS, *options))[1]
 
 
 def _records(work, mode):
@@ -215,7 +218,7 @@ def _records(work, mode):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
-    from launching import losses
+    from launching import losses, resume_copy_through_a_kill
 
     ref = tmp_path / "ref"
     _train(recipe, ref, free_port())
@@ -266,10 +269,7 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
         assert torch.equal(v[n:], trained[k][n:]) if n else torch.equal(v, trained[k]), k
 
     res = tmp_path / "res"
-    shutil.copytree(ref, res)
-    shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")
-    (res / "metrics.jsonl").unlink()
-    out = _train(recipe, res, free_port(), ["--resume", "auto"])
+    out = resume_copy_through_a_kill(ref, res, recipe=recipe, drop=ITERS, kill_after=17, options=OPTIONS)
     assert "resumed from" in out and "at iteration 16" in out, out[-2000:]
     b = losses(res)
     assert sorted(b) == list(range(17, ITERS + 1))

@@ -4,10 +4,11 @@ DeepSpeed ZeRO-2 fp32 on the CPU; PQ (evaluated on the 4 training images, as tes
 check is that the model learns, not that it generalises) rises clearly above its first value; the evaluations follow
 ``evaluation.dynamic_intervals`` (mmdet's rule: every 8, from iteration 13 every 6 -> 8, 18, 24; without it 8, 16,
 24); the official metric=['PQ', 'bbox', 'segm'] scores the instance results against the synthetic layout's instances
-file (``data.val.ins_ann_file``) and the mask AP rises; a copy of the run resumed from its iteration-18 checkpoint
-gives the same losses bitwise; ``launch/eval.py`` on the final checkpoint gives the in-run PQ and AP;
-``launch/export.py`` writes the official key layout, which maps back to the trained weights exactly;
-``launch/predict.py`` draws the thing and stuff segments of an image and writes them in COCO's panoptic format."""
+file (``data.val.ins_ann_file``) and the mask AP rises; a copy of the run resumed from its iteration-18 checkpoint,
+SIGKILLed after iteration 19 and resumed again, gives the same losses bitwise; ``launch/eval.py`` on the final
+checkpoint gives the in-run PQ and AP; ``launch/export.py`` writes the official key layout, which maps back to the
+trained weights exactly; ``launch/predict.py`` draws the thing and stuff segments of an image and writes them in
+COCO's panoptic format."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ import torch
 from PIL import Image
 
 from support import free_port
-from launching import losses, make_synthetic_shards, records, train
+from launching import losses, make_synthetic_shards, records, resume_copy_through_a_kill, train
 from vit_adapter_ds.data.panoptic import rgb2id
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
 
@@ -143,12 +144,10 @@ def test_panoptic_trains_evaluates_predicts_and_resumes_bitwise(tmp_path):
     pic = np.asarray(Image.open(drawn / f"{stem}.png"))
     assert pic.shape == rgb.shape and (pic != rgb).any()
 
-    # bitwise resume: a copy without the checkpoint of iteration 24 resumes from 18
+    # bitwise resume: a copy without the checkpoint of iteration 24 resumes from 18, is SIGKILLed after iteration 19
+    # and resumes again
     res = tmp_path / "res"
-    shutil.copytree(ref, res)
-    shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")
-    (res / "metrics.jsonl").unlink()
-    _, log = train(res, recipe=recipe, args=["--resume", "auto"], port=free_port(), timeout=550)
+    log = resume_copy_through_a_kill(ref, res, recipe=recipe, drop=ITERS, kill_after=19)
     assert "resumed from" in log
     b = losses(res)
     assert sorted(b) == list(range(19, ITERS + 1))

@@ -2,9 +2,9 @@
 ``launch/train.py`` under 2-rank torchrun + DeepSpeed ZeRO-2 fp32 on the CPU. Sparse R-CNN's set prediction learns
 slowly, so within a CI budget the run fits 4 synthetic COCO images (no flip; 2 ranks x 2 images = all of them each
 iteration) at lr 4e-3 and is evaluated on those same images: box AP must rise clearly above its first evaluation.
-Copy-and-resume from the second-last checkpoint (``--resume auto``) reproduces the last losses and the evaluation
-bitwise; ``launch/eval.py`` on the final DeepSpeed checkpoint gives the in-run AP; ``launch/predict.py`` draws the
-detections (boxes only) and lists them in its JSON."""
+A copy resumed from the second-last checkpoint (``--resume auto``), SIGKILLed as a whole job one iteration later and
+resumed again, reproduces the last losses and the evaluation bitwise; ``launch/eval.py`` on the final DeepSpeed
+checkpoint gives the in-run AP; ``launch/predict.py`` draws the detections (boxes only) and lists them in its JSON."""
 from __future__ import annotations
 
 import json
@@ -54,17 +54,19 @@ def recipe(tmp_path_factory, coco_shards):
     return path
 
 
+OPTIONS = ("log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1")
+
+
 def _train(recipe, work, extra=()):
     from launching import train
 
-    return train(work, recipe=recipe, args=extra, port=free_port(), timeout=550, options=(
-        "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0", "vis.num_images=1"))[1]
+    return train(work, recipe=recipe, args=extra, port=free_port(), timeout=550, options=OPTIONS)[1]
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_sparse_rcnn_trains_resumes_bitwise_evaluates_and_predicts(tmp_path, recipe, coco_shards):
-    from launching import losses, records
+    from launching import losses, records, resume_copy_through_a_kill
 
     from vit_adapter_ds.engine.eval_cli import eval_main, predict_main, run_cli
 
@@ -111,12 +113,10 @@ def test_sparse_rcnn_trains_resumes_bitwise_evaluates_and_predicts(tmp_path, rec
     changed = (pic != rgb).any(-1)
     assert changed[max(y, 0):y + h + 1, max(x, 0):x + w + 1].any()
 
-    # copy the run without its last checkpoint and resume: the same losses and evaluation, bit for bit
+    # a copy without the last checkpoint, resumed, SIGKILLed one iteration later and resumed again: the same losses
+    # and evaluation, bit for bit
     res = tmp_path / "res"
-    shutil.copytree(ref, res)
-    shutil.rmtree(res / "checkpoints" / f"iter_{ITERS}")
-    (res / "metrics.jsonl").unlink()
-    log = _train(recipe, res, ["--resume", "auto"])
+    log = resume_copy_through_a_kill(ref, res, recipe=recipe, drop=ITERS, kill_after=ITERS - 5 + 1, options=OPTIONS)
     assert "resumed from" in log and f"at iteration {ITERS - 5}" in log, log[-2000:]
     b = losses(res)
     assert sorted(b) == list(range(ITERS - 4, ITERS + 1))
