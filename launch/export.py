@@ -150,15 +150,57 @@ def official_layout(state_dict: dict, model_type) -> dict:
         raise ExportError(f"no official layout for these keys as {model_type}: {e}; give the right --model-type")
 
 
+def export_onnx(args) -> int:
+    """``--format onnx``: the recipe's model with the checkpoint, traced to ONNX and checked with ONNX Runtime
+    (``vit_adapter_ds/deploy/onnx.py``)."""
+    if args.config is None:
+        print("error: --format onnx needs --config RECIPE (a recipe name or .py path): the graph is built from the "
+              "recipe's model, the checkpoint only gives its weights", file=sys.stderr)
+        return 2
+    if args.model_type is not None:
+        print("error: --model-type is not read by --format onnx (the recipe gives the model type)", file=sys.stderr)
+        return 2
+    from vit_adapter_ds.deploy.onnx import ExportError as OnnxExportError, export_recipe
+
+    try:
+        record = export_recipe(args.config, args.checkpoint, args.out, input_size=args.input_size,
+                               verify=args.verify, options=args.cfg_options)
+    except OnnxExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "verify_summary" in record:
+        print(record["verify_summary"], file=sys.stderr)
+    record.pop("verify_summary", None)
+    print(json.dumps(record))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint tag dir (iter_N), a checkpoints dir or a work dir")
+    p.add_argument("checkpoint", help="a checkpoint tag dir (iter_N), a checkpoints dir or a work dir (--format onnx: "
+                                      "also any weights file, e.g. model.pth)")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--format", choices=("mmcv", "torch", "safetensors"), default="mmcv")
+    p.add_argument("--format", choices=("mmcv", "torch", "safetensors", "onnx"), default="mmcv")
     p.add_argument("--model-type", choices=model_type_choices(), default=None,
                    help="the model.type that decides the mmcv key layout (default: the run's config.json, else the "
                         "checkpoint's keys)")
+    p.add_argument("--config", default=None,
+                   help="--format onnx: the recipe (name or .py path) the model is built from (required)")
+    p.add_argument("--cfg-options", nargs="+", default=None, help="--format onnx: overrides of the recipe, key=value")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
+                   help="--format onnx: the static input size, multiples of 32 (default: the recipe's test scale, "
+                        "short x long side rounded up, or its sliding-window crop)")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="--format onnx: run the file with ONNX Runtime next to PyTorch and refuse differences over "
+                        "the tolerance (vit_adapter_ds/deploy/onnx.py)")
     args = p.parse_args(argv)
+    if args.format == "onnx":
+        return export_onnx(args)
+    for flag, value in (("--config", args.config), ("--input-size", args.input_size),
+                        ("--cfg-options", args.cfg_options)):
+        if value is not None:
+            print(f"error: {flag} is only read by --format onnx", file=sys.stderr)
+            return 2
 
     from vit_adapter_ds.checkpoint.deepspeed import consolidate_deepspeed
     from vit_adapter_ds.checkpoint.manager import find_resume
