@@ -56,5 +56,10 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "ninja", "moto[s3]>=5.1", "flask", "flask-cors"],  # moto: S3 server of the tests
         "remote": ["fsspec", "s3fs", "gcsfs", "aiohttp"],  # shards on object stores (http(s) works without them)
         "htc": ["instaboostfast", "scikit-image"],  # HTC++ training pipeline (InstaBoost, as the official config)
+        # launch/export.py --format onnx and its check with ONNX Runtime (torch.onnx's exporter needs onnxscript)
+        "onnx": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
+        # the browser test of the demo page (launch/demo.py --web; the page itself needs nothing beyond the package):
+        # Selenium drives Debian's chromium / chromium-driver (apt), no browser download
+        "web-test": ["selenium>=4.20"],
     },
 )

@@ -56,4 +56,4 @@ def test_installed_references_are_the_pinned_versions():
         if got != version:
             wrong.append(f"{name} {got} (pinned: {version})")
     assert not wrong, (f"installed reference packages differ from {CONSTRAINTS}: {', '.join(wrong)}; install with "
-                       f"pip install -c {CONSTRAINTS} -e \".[train,dev,mm,remote,htc]\"")
+                       f"pip install -c {CONSTRAINTS} -e \".[train,dev,mm,remote,htc,onnx,web-test]\"")
