@@ -22,7 +22,9 @@ recipe's test pipeline (``data.<split>.pipeline``); images with the boxes, class
 them; ``--format-only`` writes them without computing AP (test-dev shards carry no annotations). Predict writes
 ``<stem>.png`` (or ``.jpg``) per image, and with ``--save-json`` ``<stem>.json``: the drawn detections (``bbox``
 ``[x, y, w, h]``, ``score``, ``label`` = class index, ``category_id`` / ``name`` from the manifest when readable,
-``segmentation`` RLE); for a panoptic recipe the segments drawn, and with ``--save-json`` COCO's panoptic
+``segmentation`` RLE); for a segmentation recipe the recipe's test-time settings apply by default, as in
+``launch/eval.py`` and mmseg's ``inference_segmentor`` (an ``_ms`` recipe's multi-scale ratios and flip; ``--ratios 1.0``
+for a single scale); for a panoptic recipe the segments drawn, and with ``--save-json`` COCO's panoptic
 prediction format (``<stem>_panoptic.png`` + ``<stem>.json`` with its ``segments_info``). Flags of the other task (``--mode``, ``--crop-size``, ``--stride``, ``--ratios``,
 ``--aug-test``, ``--flip``, ``--overlay`` for segmentation; ``--out-json``, ``--format-only``, ``--score-thr``,
 ``--save-json``, ``--image-format`` for detection; ``--out-json``, ``--format-only``, ``--score-thr`` for a panoptic
@@ -54,7 +56,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # argparse dests of the flags only some tasks understand (a task's ``cli_options``): refused for the others
 EVAL_TASK_FLAGS = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "out_json", "format_only")
 PREDICT_TASK_FLAGS = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "overlay", "score_thr",
@@ -68,13 +69,14 @@ class UsageError(ValueError):
 def run_cli(main, argv=None) -> int:
     """``main(argv)``; a :class:`UsageError`, ``ConfigError``, ``CheckpointError``, ``ShardSetError`` or missing file
     is printed as ``<prog>: error: ...`` (exit status 2) instead of a traceback."""
+    from ..apis.images import ImageError
     from ..checkpoint.reader import CheckpointError
     from ..config import ConfigError
     from ..data.manifest import ShardSetError
 
     try:
         return main(argv)
-    except (UsageError, ConfigError, CheckpointError, ShardSetError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, CheckpointError, ShardSetError, ImageError, FileNotFoundError) as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -175,19 +177,6 @@ def _json_default(v):
     return str(v)
 
 
-def list_images(paths) -> list[Path]:
-    """Files given directly, plus the image files (by suffix, sorted) of the given directories."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such image or directory")
-    return out
-
-
 def predict_main(argv=None) -> int:
     from ..tasks.detection import DEFAULT_SCORE_THR
 
@@ -208,7 +197,11 @@ def predict_main(argv=None) -> int:
                      help="shard dir whose manifest gives the class names and COCO ids (default: data.<split>)")
     args = p.parse_args(argv)
 
+    from ..apis.images import list_images
+
     task, options = _task_options(args, PREDICT_TASK_FLAGS)
+    if options.get("flip") is False:  # --flip not given: the recipe's test pipeline decides (as launch/eval.py)
+        options["flip"] = None
     paths = list_images(args.images)
     rank, world = _init_runtime()
     for line in task.predict_images(args.checkpoint, paths[rank::world], args.out, split=args.split,

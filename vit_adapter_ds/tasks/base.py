@@ -40,8 +40,10 @@ Evaluation, prediction and export (``launch/eval.py``, ``launch/predict.py``, ``
   task understands (the command line refuses another task's); ``foreign_options_hint(split)`` adds to that refusal.
 * ``evaluate_checkpoint(checkpoint, *, split, shards, num_workers, device, bf16, rank, world_size, **options) ->
   (report, record)``: every rank evaluates its share; rank 0 prints ``report`` and writes ``record`` (JSON).
-* ``predict_images(checkpoint, paths, out_dir, *, split, device, bf16, **options)``: writes a prediction per image of
-  ``paths`` (this rank's share) and yields one line per image.
+* ``image_predictor(model, *, split, bf16, **options)``: what predicts, draws and writes single images (the one
+  home of per-image inference: ``launch/predict.py``, ``launch/demo.py`` and :mod:`vit_adapter_ds.apis` use it);
+  ``predict_images(checkpoint, paths, out_dir, *, split, device, bf16, **options)`` (default here, over
+  ``image_predictor``) writes a prediction per image of ``paths`` (this rank's share), one line per image.
 * ``key_layout(model_type)`` / ``official_state_dict(state_dict, model_type)`` (class methods: export has no recipe,
   only a model type): the name of the official key layout a checkpoint of this model type is exported in (None:
   this package's keys are the official ones), and the conversion to it (default: none). Both raise ``KeyError`` /
@@ -59,6 +61,7 @@ class Task(abc.ABC):
     name: str = ""
     best_metric: str = ""
     cli_options: tuple = ()  # keyword options of evaluate_checkpoint / predict_images only this task understands
+    image_options: tuple = ()  # keyword options of image_predictor (the Python API refuses others)
     eval_metrics: tuple = ()  # what evaluation.metric may list (empty: not checked)
     best_metrics: tuple = ()  # what evaluation.save_best may name besides 'auto' (empty: not checked)
     epoch_runner: bool = False  # runner.type='EpochBasedRunner' supported
@@ -151,9 +154,31 @@ class Task(abc.ABC):
         """``(report, record)`` of ``checkpoint`` on the ``split`` shards (``launch/eval.py``)."""
         raise NotImplementedError(f"the {self.name} task has no checkpoint evaluation")
 
-    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, **options):
-        """Write a prediction per image of ``paths``; yields one line per image (``launch/predict.py``)."""
+    def image_predictor(self, model, *, split="val", bf16=False, **options):
+        """What predicts single images with the recipe's test settings of ``data.<split>`` (``options``: this
+        task's ``cli_options``, overriding them): an object with ``predict(rgb) -> result``, ``draw(rgb, result) ->
+        rgb``, ``outputs(out_dir, stem)`` / ``write(out_dir, stem, rgb, result, source)`` (the files of one image,
+        each complete or absent), ``summary(result)``, ``classes`` and ``settings()``. ``rgb``: (H, W, 3) uint8
+        (:func:`vit_adapter_ds.apis.images.load_rgb`); results: :mod:`vit_adapter_ds.apis.results`."""
         raise NotImplementedError(f"the {self.name} task has no image prediction")
+
+    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, **options):
+        """Write the prediction files of each image of ``paths`` (:meth:`image_predictor`); yields one line per
+        image (``launch/predict.py``). An unreadable image raises
+        :class:`~vit_adapter_ds.apis.images.ImageError`."""
+        from pathlib import Path
+
+        from ..apis.images import load_rgb
+
+        if type(self).image_predictor is Task.image_predictor:  # before reading any checkpoint
+            raise NotImplementedError(f"the {self.name} task has no image prediction")
+        predictor = self.image_predictor(self.build_eval_model(checkpoint, device), split=split, bf16=bf16,
+                                         **options)
+        for path in map(Path, paths):
+            rgb = load_rgb(path)
+            result = predictor.predict(rgb)
+            written = predictor.write(out_dir, path.stem, rgb, result, source=path)
+            yield f"{path} -> {written[0]} ({predictor.summary(result)})"
 
     @classmethod
     def key_layout(cls, model_type: str | None):

@@ -120,6 +120,7 @@ class ObjectDetection(Task):
     # COCO result files (format only: no AP); predict: score threshold, JSON next to the pictures, picture format,
     # the shards whose manifest names the classes
     cli_options = ("out_json", "format_only", "score_thr", "save_json", "image_format", "shards")
+    image_options = ("score_thr", "save_json", "image_format", "shards")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -361,45 +362,18 @@ class ObjectDetection(Task):
                       results_files=res.get("results_files"))
         return "\n".join(lines), record
 
-    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, shards=None,
-                       score_thr=None, save_json=False, image_format=None, **_eval_options):
-        """The images with the detections scoring at least ``score_thr`` (default 0.3) drawn (boxes, class names
-        from the manifest of ``shards`` / ``data.<split>.shard_dir`` when readable, scores, masks) as
-        ``<out_dir>/<stem>.<image_format>``; ``save_json``: also ``<stem>.json`` (:func:`detections_json`). The
-        recipe's test pipeline (scale, normalisation, test-time augmentation) applies. Yields a line per image."""
-        import json
-        from pathlib import Path
-
-        import numpy as np
-        import torch
-        from PIL import Image
-
-        from ..evaluation.visualize import draw_detections, save_image
-
-        thr = DEFAULT_SCORE_THR if score_thr is None else float(score_thr)
+    def image_predictor(self, model, *, split="val", bf16=False, shards=None, score_thr=None, save_json=False,
+                        image_format=None, **_eval_options):
+        """What predicts single images (``launch/predict.py``, ``launch/demo.py``, :mod:`vit_adapter_ds.apis`) with
+        the recipe's test pipeline of ``data.<split>`` (scale, normalisation, test-time augmentation); class names,
+        COCO ids and colours from the manifest of ``shards`` / ``data.<split>.shard_dir`` when readable. Drawing and
+        JSON keep the detections scoring at least ``score_thr`` (default 0.3)."""
         section = _cli_section(self.cfg, split, shards)
         test_tf = test_settings(to_plain(self.cfg.data), split)  # the recipe's test scale, normalisation and TTA
-        detector = self.build_eval_model(checkpoint, device)
-        model = self.predictor(detector, test_tf)  # the detector, or its test-time augmentation (the recipe's)
-        names, cat_ids, palette = class_info(section["shard_dir"], split, int(detector.num_classes))
-        autocast = torch.bfloat16 if bf16 else None
-        device = torch.device(device)
-        out_dir = Path(out_dir)
-        for path in map(Path, paths):
-            img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).contiguous()
-            x = val_loader_item(test_tf, img)
-            with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
-            pred = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-                    for k, v in pred.items()}
-            dst = out_dir / f"{path.stem}.{image_format or 'png'}"
-            save_image(dst, draw_detections(img, pred, thr, names, palette))
-            dets = detections_json(pred, thr, names, cat_ids)
-            if save_json:
-                h, w = img.shape[-2:]
-                (out_dir / f"{path.stem}.json").write_text(json.dumps(
-                    {"image": str(path), "height": int(h), "width": int(w), "score_thr": thr, "detections": dets}))
-            yield f"{path} -> {dst} ({len(dets)} detections >= {thr})"
+        names, cat_ids, palette = class_info(section["shard_dir"], split, int(model.num_classes))
+        return DetectionImagePredictor(self.predictor(model, test_tf), test_tf, int(model.num_classes), names,
+                                       cat_ids, palette, score_thr=score_thr, bf16=bf16, save_json=save_json,
+                                       image_format=image_format)
 
     @classmethod
     def key_layout(cls, model_type):
@@ -540,3 +514,72 @@ def detections_json(pred: dict, score_thr: float, names=None, cat_ids=None) -> l
             d["segmentation"] = encode_mask(pred["masks"][k].numpy())
         out.append(d)
     return out
+
+
+class DetectionImagePredictor:
+    """One image -> :class:`~vit_adapter_ds.apis.results.DetectionResult` (every detection the model keeps) with the
+    recipe's test pipeline; draws and writes the detections scoring at least ``score_thr``: ``<stem>.<image_format>``
+    (the image with boxes, names, scores and masks drawn) and, with ``save_json``, ``<stem>.json``
+    (:func:`detections_json`)."""
+
+    def __init__(self, model, test_tf, num_classes, names=None, cat_ids=None, palette=None, *, score_thr=None,
+                 bf16=False, save_json=False, image_format=None):
+        self.model, self.test_tf, self.names, self.cat_ids, self.palette = model, test_tf, names, cat_ids, palette
+        self.classes = list(names) if names is not None else [f"class {i}" for i in range(num_classes)]
+        self.score_thr = DEFAULT_SCORE_THR if score_thr is None else float(score_thr)
+        self.bf16, self.save_json, self.image_format = bool(bf16), bool(save_json), image_format or "png"
+
+    def settings(self) -> dict:
+        return {"scale": self.test_tf.scale, "test_aug": self.test_tf.test_aug, "mean": self.test_tf.mean,
+                "std": self.test_tf.std, "score_thr": self.score_thr}
+
+    def predict(self, rgb):
+        import numpy as np
+        import torch
+
+        from ..apis.results import DetectionResult
+
+        device = next(self.model.parameters()).device
+        img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        x = val_loader_item(self.test_tf, img)
+        autocast = torch.bfloat16 if self.bf16 else None
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            pred = self.model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+        return DetectionResult.from_prediction(pred, img.shape[-2:])
+
+    def draw(self, rgb, result, score_thr: float | None = None):
+        from ..evaluation.visualize import draw_detections
+
+        thr = self.score_thr if score_thr is None else float(score_thr)
+        return draw_detections(rgb, result.as_tensors(), thr, self.names, self.palette)
+
+    def to_json(self, result, score_thr: float | None = None) -> list[dict]:
+        """The detections scoring at least the threshold as COCO-style dicts (:func:`detections_json`)."""
+        return detections_json(result.as_tensors(), self.score_thr if score_thr is None else float(score_thr),
+                               self.names, self.cat_ids)
+
+    def outputs(self, out_dir, stem) -> list:
+        from pathlib import Path
+
+        out = [Path(out_dir) / f"{stem}.{self.image_format}"]
+        return out + [Path(out_dir) / f"{stem}.json"] if self.save_json else out
+
+    def write(self, out_dir, stem, rgb, result, source=None) -> list:
+        """Write :meth:`outputs` (each file complete or absent)."""
+        import json
+
+        from ..evaluation.visualize import save_image
+        from ..utils.files import write_text_aside, written_aside
+
+        paths = self.outputs(out_dir, stem)
+        with written_aside(paths[0]) as tmp:
+            save_image(tmp, self.draw(rgb, result))
+        if self.save_json:
+            h, w = rgb.shape[:2]
+            write_text_aside(paths[1], json.dumps({"image": str(source if source is not None else stem),
+                                                   "height": int(h), "width": int(w), "score_thr": self.score_thr,
+                                                   "detections": self.to_json(result)}))
+        return paths
+
+    def summary(self, result) -> str:
+        return result.summary(self.score_thr)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import timm  # noqa: F401  (timm/torchvision before any DeepSpeed module construction, see the DeepSpeed notes)
 import torchvision  # noqa: F401
 
@@ -123,6 +124,7 @@ class PanopticSegmentation(ObjectDetection):
     best_metrics = PAN_METRICS + DET_METRICS
     epoch_runner = False
     cli_options = ("save_json", "image_format", "shards")
+    image_options = cli_options
 
     def check_engine_sections(self, cfg) -> None:
         super().check_engine_sections(cfg)
@@ -231,51 +233,89 @@ class PanopticSegmentation(ObjectDetection):
             record["ins_ann_file"] = instances["ins_ann_file"]
         return report, record
 
-    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, shards=None,
-                       save_json=False, image_format=None, **_eval_options):
-        """Each image with its panoptic segments drawn (:func:`~vit_adapter_ds.evaluation.visualize.draw_panoptic`:
-        class colours, thing instances apart, names) as ``<out_dir>/<stem>.<image_format>``; ``save_json``: also
-        COCO's panoptic prediction format, ``<stem>_panoptic.png`` and ``<stem>.json`` (``segments_info``: ``id``,
-        ``category_id``, ``name``, ``isthing``, ``area``, ``bbox``). The recipe's test scale and normalisation
-        apply (no score threshold: the fusion head's ``object_mask_thr`` decides). Yields a line per image."""
-        import json
-        from pathlib import Path
-
-        import numpy as np
-        import torch
-        from PIL import Image
-
-        from ..data.panoptic import id2rgb
-        from ..evaluation.panoptic import panoptic_segments
-        from ..evaluation.visualize import draw_panoptic, save_image
-        from .detection import val_loader_item
-
+    def image_predictor(self, model, *, split="val", bf16=False, shards=None, save_json=False, image_format=None,
+                        **_eval_options):
+        """What predicts single images: the recipe's test scale and normalisation of ``data.<split>`` (no score
+        threshold: the fusion head's ``object_mask_thr`` decides); categories from the manifest of ``shards`` /
+        ``data.<split>.shard_dir`` when readable (:func:`panoptic_categories`)."""
         section = _cli_section(self.cfg, split, shards)
         kw = val_loader_kwargs(to_plain(self.cfg.data), split)
         test_tf = SimpleNamespace(scale=kw["scale"], mean=kw["mean"], std=kw["std"])  # what val_loader_item reads
-        model = self.build_eval_model(checkpoint, device)
-        categories = panoptic_categories(section["shard_dir"], split, model)
-        autocast = torch.bfloat16 if bf16 else None
-        device = torch.device(device)
-        out_dir = Path(out_dir)
-        model.eval()
-        for path in map(Path, paths):
-            img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).contiguous()
-            x = val_loader_item(test_tf, img)
-            with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                pred = model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
-            pan = pred["pan_results"].cpu().numpy()
-            ids, segments = panoptic_segments(pan, categories)
-            dst = out_dir / f"{path.stem}.{image_format or 'png'}"
-            save_image(dst, draw_panoptic(img, ids, segments, categories))
-            if save_json:
-                png = out_dir / f"{path.stem}_panoptic.png"
-                Image.fromarray(id2rgb(ids)).save(png)
-                h, w = img.shape[-2:]
-                (out_dir / f"{path.stem}.json").write_text(json.dumps(
-                    {"image": str(path), "height": int(h), "width": int(w), "file_name": png.name,
-                     "segments_info": segments}))
-            yield f"{path} -> {dst} ({len(segments)} segments)"
+        return PanopticImagePredictor(model, test_tf, panoptic_categories(section["shard_dir"], split, model),
+                                      bf16=bf16, save_json=save_json, image_format=image_format)
+
+
+class PanopticImagePredictor:
+    """One image -> :class:`~vit_adapter_ds.apis.results.PanopticResult`; draws the segments
+    (:func:`~vit_adapter_ds.evaluation.visualize.draw_panoptic`: class colours, thing instances apart, names) as
+    ``<stem>.<image_format>`` and, with ``save_json``, writes COCO's panoptic prediction format: ``<stem>_panoptic.png``
+    and ``<stem>.json`` (``segments_info``: ``id``, ``category_id``, ``name``, ``isthing``, ``area``, ``bbox``)."""
+
+    def __init__(self, model, test_tf, categories, *, bf16=False, save_json=False, image_format=None):
+        self.model, self.test_tf, self.categories = model, test_tf, categories
+        self.classes = [str(c["name"]) for c in categories]
+        self.bf16, self.save_json, self.image_format = bool(bf16), bool(save_json), image_format or "png"
+
+    def settings(self) -> dict:
+        return {"scale": self.test_tf.scale, "mean": self.test_tf.mean, "std": self.test_tf.std}
+
+    def predict(self, rgb):
+        import torch
+
+        from ..apis.results import DetectionResult, PanopticResult
+        from ..evaluation.panoptic import panoptic_segments
+        from .detection import val_loader_item
+
+        device = next(self.model.parameters()).device
+        img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        x = val_loader_item(self.test_tf, img)
+        autocast = torch.bfloat16 if self.bf16 else None
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            pred = self.model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+        pan = pred.get("pan_results")  # absent when the recipe's test_cfg has panoptic_on=False
+        ids, segments = ((np.zeros(img.shape[-2:], np.int32), []) if pan is None
+                         else panoptic_segments(pan.cpu().numpy(), self.categories))
+        ins = pred.get("ins_results")
+        instances = None if ins is None else DetectionResult.from_prediction(ins, img.shape[-2:])
+        return PanopticResult(np.asarray(ids, dtype=np.int32), segments, instances)
+
+    def draw(self, rgb, result):
+        from ..evaluation.visualize import draw_panoptic
+
+        return draw_panoptic(rgb, result.segment_ids, result.segments, self.categories)
+
+    def outputs(self, out_dir, stem) -> list:
+        from pathlib import Path
+
+        out = [Path(out_dir) / f"{stem}.{self.image_format}"]
+        if self.save_json:
+            out += [Path(out_dir) / f"{stem}_panoptic.png", Path(out_dir) / f"{stem}.json"]
+        return out
+
+    def write(self, out_dir, stem, rgb, result, source=None) -> list:
+        """Write :meth:`outputs` (each file complete or absent; the JSON last)."""
+        import json
+
+        from PIL import Image
+
+        from ..data.panoptic import id2rgb
+        from ..evaluation.visualize import save_image
+        from ..utils.files import write_text_aside, written_aside
+
+        paths = self.outputs(out_dir, stem)
+        with written_aside(paths[0]) as tmp:
+            save_image(tmp, self.draw(rgb, result))
+        if self.save_json:
+            with written_aside(paths[1]) as tmp:
+                Image.fromarray(id2rgb(result.segment_ids)).save(tmp)
+            h, w = rgb.shape[:2]
+            write_text_aside(paths[2], json.dumps({"image": str(source if source is not None else stem),
+                                                   "height": int(h), "width": int(w), "file_name": paths[1].name,
+                                                   "segments_info": result.segments}))
+        return paths
+
+    def summary(self, result) -> str:
+        return result.summary()
 
 
 def panoptic_categories(shard_dir, split, model) -> list[dict]:

@@ -2,6 +2,7 @@
 checkpoint evaluation / mask prediction for ``launch/eval.py`` / ``launch/predict.py``."""
 from __future__ import annotations
 
+import numpy as np
 import timm  # noqa: F401  (timm/torchvision before any DeepSpeed module construction, see the DeepSpeed notes)
 import torchvision  # noqa: F401
 
@@ -20,6 +21,7 @@ class SemanticSegmentation(Task):
     best_metrics = METRICS
     # test settings (mode, crop_size, stride: default the recipe's test_cfg), multi-scale / flip test, overlays
     cli_options = ("mode", "crop_size", "stride", "aug_test", "ratios", "flip", "overlay")
+    image_options = (*cli_options, "probabilities")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -159,47 +161,129 @@ class SemanticSegmentation(Task):
         record.update(checkpoint=str(checkpoint), shards=str(shard_dir), aug=aug, **settings)
         return report, record
 
-    def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, mode=None,
-                       crop_size=None, stride=None, aug_test=False, ratios=None, flip=False, overlay=False):
-        """Indexed PNG masks ``<out_dir>/<stem>.png`` (values = class ids; with ``overlay`` also
-        ``<stem>_overlay.png``, the mask over the image); yields ``'<image> -> <mask>'`` per image."""
-        from pathlib import Path
-
+    def image_predictor(self, model, *, split="val", bf16=False, mode=None, crop_size=None, stride=None,
+                        aug_test=False, ratios=None, flip=None, overlay=False, probabilities=False, **_unused):
+        """What predicts single images (``launch/predict.py``, ``launch/demo.py``, :mod:`vit_adapter_ds.apis`): the
+        recipe's test settings of ``data.<split>`` -- whole image or sliding window (``model.test_cfg``), its test
+        scale, and the multi-scale ratios / flip of its test pipeline (an official ``_ms`` recipe's
+        ``MultiScaleFlipAug``), as mmseg's ``inference_segmentor`` runs ``cfg.data.test.pipeline`` -- each
+        overridable: ``mode`` / ``crop_size`` / ``stride``; ``ratios`` (``[1.0]``: single scale), ``aug_test`` (the
+        standard ratios + flip), ``flip`` (None: the pipeline's)."""
         import torch
 
-        from ..evaluation.visualize import overlay as draw_overlay, save_mask_png, save_rgb_png
         from ..models.test_time_resize import scales_from_ratios, select_test_resize
 
-        model = self.build_eval_model(checkpoint, device)
-        if bf16:
+        if bf16:  # the segmentor in bf16 (softmax / argmax in fp32), as launch/eval.py --bf16
             model = model.to(torch.bfloat16)
-        num_classes = int(model.num_classes)
-        mean, std = self._norm(split)
         st = self._test_settings(mode, crop_size, stride, split)
-        aug = self._aug(aug_test, ratios, flip)
+        pipe = self._split_settings(split)
+        if not (aug_test or ratios) and pipe["img_ratios"]:
+            ratios = list(pipe["img_ratios"])
+        aug = self._aug(aug_test, ratios, bool(pipe["flip"]) if flip is None else flip)
+        multi = bool(aug.get("ratios")) and list(aug["ratios"]) != [1.0]
         scales = scales_from_ratios(st["img_scale"], aug["ratios"]) if aug.get("ratios") else [st["img_scale"]]
-        resize_rule = select_test_resize(st["size_divisor"], st["ms_resize"], multi_scale=bool(aug.get("ratios")))
-        out_dir = Path(out_dir)
-        for path in map(Path, paths):
-            rgb, x = read_image(path, mean, std)
-            x = x.to(device, torch.bfloat16 if bf16 else torch.float32)
-            with torch.no_grad():
-                prob = model.aug_test(x, scales=scales, flip=aug["flip"], resize_rule=resize_rule,
-                                      mode=st["mode"], crop_size=st["crop_size"], stride=st["stride"])
-            pred = prob.argmax(1)[0].cpu().numpy()
-            save_mask_png(out_dir / f"{path.stem}.png", pred, num_classes)
-            if overlay:
-                save_rgb_png(out_dir / f"{path.stem}_overlay.png", draw_overlay(rgb, pred, num_classes))
-            yield f"{path} -> {out_dir / (path.stem + '.png')}"
+        names, palette = segmentation_classes(self.cfg, split, int(model.num_classes))
+        mean, std = self._norm(split)
+        return SegmentationImagePredictor(
+            model, mean=mean, std=std, scales=scales, flip=aug["flip"],
+            resize_rule=select_test_resize(st["size_divisor"], st["ms_resize"], multi_scale=multi),
+            mode=st["mode"], crop_size=st["crop_size"], stride=st["stride"], classes=names, palette=palette,
+            bf16=bf16, overlay=overlay, probabilities=probabilities)
 
 
-def read_image(path, mean, std):
-    """RGB uint8 (H, W, 3) and the normalised (1, 3, H, W) float tensor."""
-    import numpy as np
-    import torch
-    from PIL import Image
+def segmentation_classes(cfg, split: str, num_classes: int) -> tuple[list, list]:
+    """``(class names, palette)`` of a segmentation recipe's dataset: the manifest of ``data.<split>.shard_dir``
+    when it is readable and has ``num_classes`` classes, else the catalog entry of ``data.<split>.type`` (or of
+    ``data.train.type``) when its class list has that length, else ``class <i>`` and the default palette."""
+    from ..data.catalog import get_dataset
+    from ..data.manifest import ShardSetError, read_manifest
+    from ..utils.vis import make_palette
 
-    rgb = np.asarray(Image.open(path).convert("RGB"))
-    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()
-    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return rgb, x[None]
+    data = to_plain(cfg.get("data") or {})
+    section = data.get(split) or data.get("val") or {}
+    if section.get("shard_dir"):
+        try:
+            m = read_manifest(section["shard_dir"], split)
+        except (ShardSetError, OSError, ValueError):
+            m = {}
+        names = m.get("classes")
+        if names is not None and len(names) == num_classes:
+            pal = m.get("palette")
+            return [str(n) for n in names], pal if pal is not None and len(pal) >= num_classes else \
+                make_palette(num_classes)
+    for kind in (section.get("type"), (data.get("train") or {}).get("type")):
+        try:
+            entry = get_dataset(kind) if isinstance(kind, str) else None
+        except KeyError:
+            entry = None
+        if entry is not None and entry.classes is not None and len(entry.classes) == num_classes:
+            pal = entry.palette
+            return [str(n) for n in entry.classes], pal if pal is not None and len(pal) >= num_classes else \
+                make_palette(num_classes)
+    return [f"class {i}" for i in range(num_classes)], make_palette(num_classes)
+
+
+class SegmentationImagePredictor:
+    """One image -> :class:`~vit_adapter_ds.apis.results.SegmentationResult` with fixed test settings (see
+    :meth:`SemanticSegmentation.image_predictor`); draws and writes results: ``<stem>.png``, an indexed PNG whose
+    values are the class ids (the machine-readable result) and, with ``overlay``, ``<stem>_overlay.png``."""
+
+    def __init__(self, model, *, mean, std, scales, flip, resize_rule, mode, crop_size, stride, classes, palette,
+                 bf16=False, overlay=False, probabilities=False):
+        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+        self.scales, self.flip, self.resize_rule = list(scales), bool(flip), resize_rule
+        self.mode, self.crop_size, self.stride = mode, crop_size, stride
+        self.classes, self.palette = list(classes), palette
+        self.bf16, self.overlay, self.probabilities = bool(bf16), bool(overlay), bool(probabilities)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def settings(self) -> dict:
+        """The test settings in use (what a user asks "how was this predicted")."""
+        return {"mode": self.mode, "crop_size": self.crop_size, "stride": self.stride, "scales": self.scales,
+                "flip": self.flip, "mean": self.mean, "std": self.std}
+
+    def predict(self, rgb, probabilities: bool | None = None):
+        import torch
+
+        from ..apis.results import SegmentationResult
+
+        device = next(self.model.parameters()).device
+        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float()
+        x = ((x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1))[None]
+        x = x.to(device, torch.bfloat16 if self.bf16 else torch.float32)
+        with torch.no_grad():
+            prob = self.model.aug_test(x, scales=self.scales, flip=self.flip, resize_rule=self.resize_rule,
+                                       mode=self.mode, crop_size=self.crop_size, stride=self.stride)
+        want = self.probabilities if probabilities is None else probabilities
+        return SegmentationResult(prob.argmax(1)[0].cpu().numpy().astype(np.int64),
+                                  prob[0].float().cpu().numpy() if want else None)
+
+    def draw(self, rgb, result, alpha: float = 0.5):
+        from ..evaluation.visualize import overlay
+
+        return overlay(rgb, result.label_map, self.num_classes, self.palette, alpha)
+
+    def outputs(self, out_dir, stem) -> list:
+        from pathlib import Path
+
+        out = [Path(out_dir) / f"{stem}.png"]
+        return out + [Path(out_dir) / f"{stem}_overlay.png"] if self.overlay else out
+
+    def write(self, out_dir, stem, rgb, result, source=None) -> list:
+        """Write :meth:`outputs` (each file complete or absent: written aside, then renamed)."""
+        from ..evaluation.visualize import save_mask_png, save_rgb_png
+        from ..utils.files import written_aside
+
+        paths = self.outputs(out_dir, stem)
+        with written_aside(paths[0]) as tmp:
+            save_mask_png(tmp, result.label_map, self.num_classes, self.palette)
+        if self.overlay:
+            with written_aside(paths[1]) as tmp:
+                save_rgb_png(tmp, self.draw(rgb, result))
+        return paths
+
+    def summary(self, result) -> str:
+        return result.summary(self.classes)
