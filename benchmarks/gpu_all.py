@@ -14,12 +14,17 @@ syncbn                30    1-rank NCCL group: ``nn.SyncBatchNorm`` forward/back
 pytest_gpu            150   ``pytest -m gpu`` over every test file that uses the ``gpu`` marker (builds the CUDA
                             extension on first use)
 msda                  90    ``benchmarks/msda.py`` (CUDA extension, Triton, reference; fp32 / fp16 / bf16)
-train_step            200   ``benchmarks/train_step.py``: Mask2Former + BEiT-Adapter-L 896 and Mask R-CNN +
+train_step            170   ``benchmarks/train_step.py``: Mask2Former + BEiT-Adapter-L 896 and Mask R-CNN +
                             ViT-Adapter-L (fp32 / +with_cp / bf16 autocast, ZeRO-2 / ZeRO-3 under DeepSpeed when it
                             imports), the paper's Table 2 / 3 heads with ViT-Adapter-S/T (Cascade Mask R-CNN,
                             ATSS, GFL, Sparse R-CNN at 800x1344, Semantic FPN at 512; fp32 / bf16+cp), then UperNet
                             T/S 512 while the budget lasts
 deepspeed             50    a 2-step DeepSpeed fp16 and a 2-step DeepSpeed bf16 run (ZeRO-2, synthetic Mask2Former)
+infer                 60    inference latency of the ``*_896_*`` recipes (Mask2Former BEiT / BEiTv2-Adapter-L, one
+                            896 x 896 window as their sliding-window test decodes it, whole-image ``model.logits``,
+                            batch 1, untrained weights): ms per window, median of 5 after 2 warm-ups, fp32 and bf16
+                            autocast, ``max_memory_allocated``; one row per distinct model (recipes that differ only
+                            in data / schedule / pretrained weights / _ms test share it), while the part's time lasts
 backbone              40    ``benchmarks/backbone.py``'s ViT-Adapter-T/S at 512 on CUDA: fwd+bwd time and
                             ``max_memory_allocated``, with_cp off/on, fp32 / bf16 autocast
 ====================  ====  =========================================================================================
@@ -69,7 +74,9 @@ BEGIN, END = "<!-- gpu_all: begin -->", "<!-- gpu_all: end -->"
 TOTAL_BUDGET_S = 570
 MIN_PART_S = 15
 DRY_SCALE = 4  # a dry run's limits are this many times longer: it runs on a (shared) CPU
-PART_BUDGET_S = {"syncbn": 30, "pytest_gpu": 150, "msda": 90, "train_step": 200, "deepspeed": 50, "backbone": 40}
+# train_step gave 30 s to infer (its last group, UperNet T/S, runs only while its budget lasts)
+PART_BUDGET_S = {"syncbn": 30, "pytest_gpu": 150, "msda": 90, "train_step": 170, "deepspeed": 50, "infer": 60,
+                 "backbone": 40}
 OPTIONAL = ("deepspeed", "mmengine", "webdataset", "timm")
 _LARGE = ["fp32", "bf16+cp", "bf16", "fp32+cp"]  # the official setting (bf16 + with_cp) second
 # the train_step part's configurations (ZeRO modes only where DeepSpeed imports); plan_train_step.py predicts each
@@ -218,7 +225,75 @@ def worker_backbone(dry: bool) -> dict:
     return {"device": device, "rows": rows}
 
 
-WORKERS = {"syncbn": worker_syncbn, "backbone": worker_backbone}
+def infer_recipes() -> list[str]:
+    """The built-in ``*_896_*`` recipes (the 896 x 896 BEiT / BEiTv2-Adapter-L Mask2Former family)."""
+    return sorted(p.stem for p in (ROOT / "vit_adapter_ds" / "recipes").glob("*_896_*.py"))
+
+
+def worker_infer(dry: bool) -> dict:
+    """GPU inference latency of one test window of each distinct ``*_896_*`` model (dry run: the synthetic
+    Mask2Former at 128 on the CPU, one recipe, to check the control flow)."""
+    import torch
+
+    from vit_adapter_ds.config import load_recipe
+    from vit_adapter_ds.config.keys import to_plain
+    from vit_adapter_ds.tasks import task_for
+
+    cuda = torch.cuda.is_available() and not dry
+    device = torch.device("cuda" if cuda else "cpu")
+    recipes = ["synthetic_mask2former"] if dry else infer_recipes()
+    warmup, iters = (0, 1) if dry else (2, 5)
+    deadline = time.monotonic() + PART_BUDGET_S["infer"] * (DRY_SCALE if dry else 1) - 20
+    rows, seen, skipped = [], {}, []
+    for recipe in recipes:
+        cfg = load_recipe(recipe)
+        model_cfg = to_plain(cfg.model)
+        model_cfg.pop("pretrained", None)
+        model_cfg.get("backbone", {}).pop("pretrained", None)
+        # the _ms recipes' Aug class and test settings change the test procedure, not one window's computation
+        key = json.dumps({k: v for k, v in model_cfg.items() if k not in ("type", "test_cfg")}, sort_keys=True,
+                         default=str)
+        if key in seen:  # same architecture as an earlier recipe (other data / schedule / pretrained weights)
+            seen[key]["recipes"].append(recipe)
+            continue
+        if time.monotonic() > deadline:
+            skipped.append(recipe)
+            continue
+        test_cfg = model_cfg.get("test_cfg") or {}
+        size = tuple(test_cfg.get("crop_size") or (128, 128))
+        if dry:
+            size = (128, 128)
+        torch.manual_seed(0)
+        with device:
+            model = task_for(cfg).build_model(load_pretrained=False).eval()
+        x = torch.randn(1, 3, *size, device=device)
+        row = {"recipes": [recipe], "model": type(model).__name__, "backbone": type(model.backbone).__name__,
+               "classes": int(model.num_classes), "size": list(size), "params_m": round(
+                   sum(p.numel() for p in model.parameters()) / 1e6, 1)}
+        for dtype in ("fp32", "bf16"):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                for i in range(warmup + iters):
+                    t0 = time.perf_counter()
+                    model.logits(x, mode="whole")
+                    if cuda:
+                        torch.cuda.synchronize()
+                    if i >= warmup:
+                        times.append(time.perf_counter() - t0)
+            row[f"{dtype}_ms"] = round(1000 * sorted(times)[len(times) // 2], 2)
+            row[f"{dtype}_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None
+        seen[key] = row
+        rows.append(row)
+        del model, x
+        if cuda:
+            torch.cuda.empty_cache()
+    return {"device": str(device), "rows": rows, "skipped": skipped, "warmup": warmup, "iters": iters}
+
+
+WORKERS = {"syncbn": worker_syncbn, "backbone": worker_backbone, "infer": worker_infer}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -493,6 +568,20 @@ def section(info: dict, parts: dict, dry: bool, total_s: float, wall_s: float) -
         for x in bb["rows"]:
             L.append(f"| ViT-Adapter-{x['size']} | {x['with_cp']} | {x['dtype']} | {x['batch']} | {x['res']} | "
                      f"{x['ms_per_iter']:.1f} | {_fmt(x['peak_mb'])} |")
+    inf = parts.get("infer", {}).get("result")
+    if inf and inf.get("rows"):
+        L += ["", "### Inference latency of the 896 recipes (one sliding window, batch 1)", "",
+              f"`model.logits(x, mode='whole')` on one {inf['rows'][0]['size'][0]} x {inf['rows'][0]['size'][1]} "
+              f"window (what the recipes' slide test decodes per window), untrained weights, median of "
+              f"{inf['iters']} after {inf['warmup']} warm-ups; bf16 = autocast.", "",
+              "| recipes | model | classes | params M | fp32 ms | bf16 ms | fp32 peak MB | bf16 peak MB |",
+              "|---|---|---|---|---|---|---|---|"]
+        for x in inf["rows"]:
+            L.append(f"| {', '.join(x['recipes'])} | {x['model']} + {x['backbone']} | {x['classes']} | "
+                     f"{x['params_m']} | {x['fp32_ms']:.1f} | {x['bf16_ms']:.1f} | {_fmt(x['fp32_peak_mb'])} | "
+                     f"{_fmt(x['bf16_peak_mb'])} |")
+        if inf.get("skipped"):
+            L.append(f"\nNot measured (the part's time ran out): {', '.join(inf['skipped'])}")
     ds = parts.get("deepspeed", {})
     if ds.get("runs"):
         L += ["", "### DeepSpeed 2-step runs (ZeRO-2, synthetic Mask2Former)", "",
@@ -529,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=None,
                     help=f"total time budget (s); default {TOTAL_BUDGET_S}, x{DRY_SCALE} for a dry run")
     ap.add_argument("--parts", nargs="+", default=["syncbn", "pytest_gpu", "msda", "train_step", "deepspeed",
-                                                   "backbone"], choices=list(PART_BUDGET_S))
+                                                   "infer", "backbone"], choices=list(PART_BUDGET_S))
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--merge", default=None, metavar="SECTION_MD",
                     help="only splice this gpu_section.md into --results-md and exit")
@@ -556,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         deepspeed_ok = info["optional"].get("deepspeed") is not None
         steps = {"syncbn": lambda: r.worker("syncbn"), "pytest_gpu": lambda: part_pytest(r),
                  "msda": lambda: part_msda(r), "train_step": lambda: part_train_step(r, deepspeed_ok),
-                 "deepspeed": lambda: part_deepspeed(r, deepspeed_ok), "backbone": lambda: r.worker("backbone")}
+                 "deepspeed": lambda: part_deepspeed(r, deepspeed_ok), "infer": lambda: r.worker("infer"),
+                 "backbone": lambda: r.worker("backbone")}
         for name in a.parts:
             try:
                 steps[name]()

@@ -99,7 +99,7 @@ def test_gpu_all_dry_run(tmp_path):
     assert data["dry_run"] and not data["env"]["cuda_available"]
     assert {k: v["status"] for k, v in parts.items()} == {
         "syncbn": "ok", "pytest_gpu": "ok", "msda": "ok", "train_step": "ok", "deepspeed": "skipped",
-        "backbone": "ok"}
+        "infer": "ok", "backbone": "ok"}
     sb = parts["syncbn"]["result"]
     assert sb["backend"] == "gloo" and sb["world_size"] == 1 and sb["sync_batchnorm_wanted"] is False
     assert sb["convert"]["after"] == ["Conv2d", "SyncBatchNorm", "ReLU"]
@@ -111,6 +111,8 @@ def test_gpu_all_dry_run(tmp_path):
     assert all(x["finite"] for x in ts["results"])
     assert [s["model"] for s in ts["skipped"]] == ["htc_l"]
     assert len(parts["backbone"]["result"]["rows"]) == 4
+    inf = parts["infer"]["result"]  # the 896 recipes' latency part, in a dry run the synthetic Mask2Former only
+    assert [x["recipes"] for x in inf["rows"]] == [["synthetic_mask2former"]] and inf["rows"][0]["fp32_ms"] > 0
     text = (tmp_path / "gpu_section.md").read_text()
     assert text.startswith(gpu_all.BEGIN) and text.rstrip().endswith(gpu_all.END) and "DRY RUN" in text
 
