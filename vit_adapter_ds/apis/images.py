@@ -48,14 +48,14 @@ def load_rgb(image) -> np.ndarray:
         try:
             with Image.open(path) as pic:
                 pic = ImageOps.exif_transpose(pic)
-                rgb = np.asarray(pic.convert("RGB"))
+                rgb = np.array(pic.convert("RGB"))  # a writable array (asarray of a PIL image is read-only)
         except Image.DecompressionBombError as e:
             raise ImageError(f"{path}: image too large to run a model on ({e})") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
         return np.ascontiguousarray(rgb)
     if isinstance(image, Image.Image):
-        return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
+        return np.array(ImageOps.exif_transpose(image).convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ImageError(f"{describe(image)}: expected uint8 pixels (0-255); convert first, e.g. "

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from support import free_port
-from launching import losses, train
+from launching import REPO, losses, train
 from tiny_recipes import seg_size_options
 
 CROP = 64
@@ -61,6 +61,8 @@ def test_real_parts_train_resume_and_outputs(tmp_path, shards):
             layer_id = int(name.split("_")[1])  # group names 'layer_<id>_{decay,no_decay}'
             assert lr == pytest.approx(expected * 0.95 ** (n - layer_id - 1), rel=1e-9), (it, name)
 
+    _readme_inference_lines_reproduce_the_in_run_evaluation(ref, shards, val[-1], tmp_path)
+
     # bitwise resume with the real loader (its position comes back from the checkpoint)
     res = tmp_path / "res"
     shutil.copytree(ref, res)
@@ -71,6 +73,48 @@ def test_real_parts_train_resume_and_outputs(tmp_path, shards):
     b = losses(res)
     for it in (3, 4):
         assert b[it]["loss"] == a[it]["loss"], (it, a[it]["loss"], b[it]["loss"])
+
+
+def _readme_inference_lines_reproduce_the_in_run_evaluation(ref, shards, final: dict, tmp_path):
+    """The README's three inference lines (between its ``inference-quickstart`` markers), run on this run's folder
+    and a val image, work; the same ``model`` on every val image (the pixels the val loader decodes) gives the
+    in-run evaluation's mIoU, computed here from a confusion matrix (the evaluator's own code is not used)."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from vit_adapter_ds.config import load_recipe
+    from vit_adapter_ds.data.loader import build_val_loader
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- inference-quickstart.*?-->\s*```python\n(.*?)```", readme, re.S).group(1)
+    assert block.count("\n") == 3 and "work_dirs/synthetic_quickstart" in block and '"image.png"' in block
+    cfg = load_recipe(None)
+    mean, std = np.asarray(cfg.img_norm_cfg.mean), np.asarray(cfg.img_norm_cfg.std)
+    loader = build_val_loader(f"{shards}/val", num_classes=8, mean=tuple(mean), std=tuple(std))
+    pixels, labels = [], []
+    for b in loader:
+        x = b["img"][0].numpy().transpose(1, 2, 0).astype(np.float64)
+        pixels.append(np.clip(np.round(x * std + mean), 0, 255).astype(np.uint8))
+        labels.append(b["gt_semantic_seg"][0].numpy().astype(np.int64))
+    Image.fromarray(pixels[0]).save(tmp_path / "image.png")
+    # the run was trained and evaluated with the test's smaller scales: the same --cfg-options for the model
+    code = block.replace('"work_dirs/synthetic_quickstart"',
+                         f"{str(ref)!r}, cfg_options={seg_size_options(CROP)!r}").replace(
+        '"image.png"', repr(str(tmp_path / "image.png")))
+    scope = {}
+    exec(code, scope)  # noqa: S102 - the README's own lines
+    model, result = scope["model"], scope["result"]
+    assert result.label_map.shape == pixels[0].shape[:2]
+    conf = np.zeros((8, 8), np.int64)
+    for rgb, lab in zip(pixels, labels):
+        pred = model(rgb).label_map
+        keep = lab != 255
+        conf += np.bincount(lab[keep] * 8 + pred[keep], minlength=64).reshape(8, 8)
+    inter, union = np.diag(conf), conf.sum(0) + conf.sum(1) - np.diag(conf)
+    miou = float(np.mean(inter[union > 0] / union[union > 0]))
+    assert miou == pytest.approx(final["mIoU"], abs=1e-9), (miou, final["mIoU"])
 
 
 def test_two_stage_load_from_reinitialises_class_layers(tmp_path):
