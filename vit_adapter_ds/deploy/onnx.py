@@ -70,13 +70,8 @@ from torch import nn
 RTOL = 1e-4  # see the module docstring: |onnx - torch| <= RTOL * max(1, max |torch|) per output
 OPSET = 17
 SIZE_DIVISOR = 32
-SEGMENTORS = ("EncoderDecoder", "EncoderDecoderMask2Former", "EncoderDecoderMask2FormerAug")
-REFUSED = {
-    "HybridTaskCascade": "its R-CNN test uses soft-NMS (models/detectors/soft_nms.py), a NumPy loop whose length "
-                         "depends on the data, which a trace cannot record",
-    "HybridTaskCascadeAug": "its R-CNN test uses soft-NMS (a NumPy loop of data-dependent length) and multi-scale + "
-                            "flip test-time augmentation in Python",
-}
+HTC_REFUSAL = ("its R-CNN test uses soft-NMS (models/detectors/soft_nms.py), a NumPy loop whose length depends on "
+               "the data, which a trace cannot record")
 
 
 class ExportError(Exception):
@@ -167,26 +162,47 @@ class PanopticGraph(nn.Module):
         return cls_list[-1][0].float(), masks[0]
 
 
-GRAPHS = {**{t: SegmentorGraph for t in SEGMENTORS}, "MaskRCNN": MaskRCNNGraph, "CascadeRCNN": CascadeGraph,
-          "ATSS": BoxGraph, "GFL": BoxGraph, "SparseRCNN": BoxGraph, "Mask2Former": PanopticGraph}
+def graph_class(model_class: type):
+    """The exported module for a model class (by its family: subclasses included), or ``(None, why not)``. Model
+    types come from the model registry (``models.registry``); nothing here lists them by name."""
+    from ..models.detectors.cascade_mask_rcnn import CascadeRCNN
+    from ..models.detectors.htc import HybridTaskCascade
+    from ..models.detectors.mask2former_panoptic import Mask2Former
+    from ..models.detectors.mask_rcnn import MaskRCNN
+    from ..models.detectors.single_stage import SingleStageDetector
+    from ..models.detectors.sparse_rcnn import SparseRCNN
+    from ..models.segmentor import EncoderDecoder
+
+    if issubclass(model_class, EncoderDecoder):
+        return SegmentorGraph, ""
+    if issubclass(model_class, HybridTaskCascade):
+        tta = " (and its multi-scale + flip test-time augmentation is Python too)" if model_class.__name__.endswith(
+            "Aug") else ""
+        return None, HTC_REFUSAL + tta
+    for family, graph in ((MaskRCNN, MaskRCNNGraph), (CascadeRCNN, CascadeGraph), (SingleStageDetector, BoxGraph),
+                          (SparseRCNN, BoxGraph), (Mask2Former, PanopticGraph)):
+        if issubclass(model_class, family):
+            return graph, ""
+    return None, "no ONNX graph is defined for this model family (vit_adapter_ds/deploy/onnx.py graph_class)"
 
 
 def onnx_support(model_type: str) -> tuple[bool, str]:
-    """``(exportable, what / why not)`` for a recipe's ``model.type``."""
-    if model_type in GRAPHS:
-        return True, f"outputs {', '.join(GRAPHS[model_type].outputs)}"
-    if model_type in REFUSED:
-        return False, REFUSED[model_type]
-    return False, "no ONNX graph is defined for this model type (vit_adapter_ds/deploy/onnx.py GRAPHS)"
+    """``(exportable, its outputs / why not)`` for a recipe's ``model.type`` (a registered segmentor or detector)."""
+    from ..models.registry import DETECTORS, SEGMENTORS
+
+    cls = SEGMENTORS.get(model_type) or DETECTORS.get(model_type)
+    if cls is None:
+        return False, "not a registered segmentor or detector"
+    graph, why = graph_class(cls)
+    return (True, f"outputs {', '.join(graph.outputs)}") if graph is not None else (False, why)
 
 
 def graph_for(model) -> nn.Module:
-    """The exported module around ``model`` (:data:`GRAPHS`), or :class:`ExportError` naming the model type."""
-    model_type = type(model).__name__
-    ok, why = onnx_support(model_type)
-    if not ok:
-        raise ExportError(f"{model_type} cannot be exported to ONNX: {why}")
-    return GRAPHS[model_type](model).eval()
+    """The exported module around ``model``, or :class:`ExportError` naming the model type and the reason."""
+    graph, why = graph_class(type(model))
+    if graph is None:
+        raise ExportError(f"{type(model).__name__} cannot be exported to ONNX: {why}")
+    return graph(model).eval()
 
 
 # ---------------------------------------------------------------------------------------- export-only changes
@@ -298,7 +314,7 @@ def check_input_size(input_size, model_type: str = "model") -> tuple[int, int]:
 
 def export_onnx(model, out, input_size, *, metadata: dict | None = None, opset: int = OPSET) -> Path:
     """Trace ``model`` (eval mode, CPU, float32) at ``input_size`` (H, W) and write ``out`` (ONNX, one input ``img``,
-    outputs of :data:`GRAPHS`, ``metadata`` as string metadata props). :class:`ExportError` for a model type that
+    outputs of :func:`graph_class`, ``metadata`` as string metadata props). :class:`ExportError` for a model type that
     does not export, a size the model refuses, or an exporter failure."""
     import onnx
 
@@ -365,7 +381,7 @@ class VerifyReport:
         h, w = self.input_size
         parts = [f"{n} max abs {self.max_abs[n]:.2e} (rel {self.max_rel[n]:.2e}, tol {self.tol[n]:.2e})"
                  for n in self.max_abs]
-        if self.model_type in SEGMENTORS:
+        if "logits" in self.max_abs:
             parts.append(f"{self.differing_labels} label pixels differ")
         if self.counts:
             parts.append(f"detections per input {self.counts}")
@@ -498,7 +514,7 @@ def verify_onnx(path, model, inputs=None, *, num_inputs: int = 3, mean=None, std
                 raise ExportError(f"{path}: exported for {size[0]} x {size[1]} inputs, got {tuple(x.shape[-2:])} "
                                   "(the graph has a static size: export again with --input-size)")
             onnx_out = sess.run(None, {"img": x.numpy()})
-            if model_type in SEGMENTORS:
+            if isinstance(graph, SegmentorGraph):
                 _compare_segmentation(report, onnx_out, model, x)
             elif isinstance(graph, (MaskRCNNGraph, BoxGraph)):
                 _compare_detection(report, onnx_out, model, graph, x)
@@ -564,7 +580,7 @@ def load_model(recipe, checkpoint, options=None):
     model_type = (cfg.get("model") or {}).get("type", "EncoderDecoder")
     ok, why = onnx_support(model_type)
     if not ok:  # before reading a possibly large checkpoint
-        raise ExportError(f"{model_type} (recipe {recipe}) cannot be exported to ONNX: {why}")
+        raise ExportError(f"{model_type} cannot be exported to ONNX (recipe {recipe}): {why}")
     try:
         model = task.build_eval_model(str(checkpoint), "cpu")
     except (CheckpointError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
@@ -590,12 +606,13 @@ def export_recipe(recipe, checkpoint, out, *, input_size=None, verify: bool = Tr
     meta = {"recipe": str(recipe), "checkpoint": str(checkpoint),
             "mean": " ".join(f"{v:g}" for v in prep["mean"]) if prep["mean"] else "unknown",
             "std": " ".join(f"{v:g}" for v in prep["std"]) if prep["std"] else "unknown"}
-    if model_type in SEGMENTORS and prep.get("mode") == "slide":
+    graph = graph_for(model)
+    if isinstance(graph, SegmentorGraph) and prep.get("mode") == "slide":
         meta["note"] = (f"one sliding window: the recipe tests with mode='slide', crop {prep['crop_size']}, "
                         f"stride {(cfg.model.get('test_cfg') or {}).get('stride')}; tile and average the logits")
     path = export_onnx(model, out, (h, w), metadata=meta)
     record = {"out": str(path), "format": "onnx", "model_type": model_type, "input_size": [h, w],
-              "mean": list(prep["mean"] or []), "std": list(prep["std"] or []), "outputs": list(GRAPHS[model_type].outputs),
+              "mean": list(prep["mean"] or []), "std": list(prep["std"] or []), "outputs": list(graph.outputs),
               "opset": OPSET}
     if verify:
         report = verify_onnx(path, model, num_inputs=num_inputs, mean=prep["mean"], std=prep["std"])
@@ -606,6 +623,6 @@ def export_recipe(recipe, checkpoint, out, *, input_size=None, verify: bool = Tr
     return record
 
 
-__all__ = ["ExportError", "VerifyReport", "RTOL", "OPSET", "GRAPHS", "REFUSED", "onnx_support", "graph_for",
+__all__ = ["ExportError", "VerifyReport", "RTOL", "OPSET", "graph_class", "onnx_support", "graph_for",
            "pytorch_attention", "traceable", "export_onnx", "verify_onnx", "verification_inputs", "preprocessing",
            "default_input_size", "load_model", "export_recipe"]
