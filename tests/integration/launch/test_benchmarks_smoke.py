@@ -1,5 +1,6 @@
 """The benchmark scripts keep working: benchmarks/train_step.py at its tiniest CPU size, benchmarks/gpu_all.py's
-control flow (--dry-run on the CPU, the budget, the RESULTS.md section splice)."""
+control flow (--dry-run on the CPU, the budget, the RESULTS.md section splice), benchmarks/infer_cpu.py at a tiny
+size."""
 from __future__ import annotations
 
 import json
@@ -177,3 +178,17 @@ def test_planner_predicts_every_gpu_training_step_configuration():
             "ratios": [{"model": "m2f_l896", "mode": "bf16+cp", "vs": "bf16+cp", "time_x": 1.0, "memory_x": 1.0}]}
     text = gpu_all.section(info, {"train_step": part}, False, 1.0, 1.0)
     assert f"| 20.00 | {m2f['bf16+cp']['planned_mb'] / 1024:.2f} | 20.00 |" in text
+
+
+def test_infer_cpu_runs_and_checks_the_onnx_file(tmp_path):
+    """benchmarks/infer_cpu.py at a tiny size: exports, checks against PyTorch, times both runtimes."""
+    pytest.importorskip("onnxruntime")
+    js = tmp_path / "infer.json"
+    p = subprocess.run([sys.executable, str(BENCH / "infer_cpu.py"), "--size", "64", "96", "--warmup", "0",
+                        "--iters", "1", "--json", str(js)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    data = json.loads(js.read_text())
+    assert data["info"]["verify"]["ok"] and data["info"]["size"] == [64, 96]
+    assert [r["runtime"] for r in data["rows"]] == ["PyTorch", "ONNX Runtime"]
+    assert all(r["images_per_s"] > 0 for r in data["rows"])
+    assert "| ONNX Runtime | 1 |" in p.stdout
