@@ -13,6 +13,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pycocotools_stats_on(images, anns, categories, preds) -> dict:
+    """:func:`pycocotools_stats` on ground truth given as COCO ``images`` / ``annotations`` / ``categories`` lists
+    (a loader's records): label i -> ``categories[i]['id']``."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = {"images": images, "categories": [dict(c) for c in categories],
+                  "annotations": [dict(a, id=i + 1, iscrowd=a.get("iscrowd", 0)) for i, a in enumerate(anns)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return pycocotools_stats(gt, [int(c["id"]) for c in categories], preds)
+
+
 def pycocotools_stats(gt, cat_ids, preds) -> dict:
     """COCO box / mask AP of ``preds`` ([(image id, {"boxes", "labels", "scores", "masks"})]) computed by pycocotools
     alone on the ``COCO`` ground truth ``gt``: label i -> ``cat_ids[i]``, boxes as xywh, masks as RLE, mmdet's maxDets

@@ -22,7 +22,7 @@ from vit_adapter_ds.models.detectors.htc_aug import (AugTestPredictor, HybridTas
                                                      bbox_mapping, bbox_mapping_back, in_scale_ranges,
                                                      merge_aug_detections, merge_aug_masks)
 from vit_adapter_ds.recipes.detection import DETECTION_RECIPES
-from support import pycocotools_stats  # noqa: E402
+from support import pycocotools_stats_on  # noqa: E402
 
 SYNTHETIC = str(DETECTION_RECIPES["synthetic_htc"])
 
@@ -268,26 +268,9 @@ def test_tta_recipe_evaluates_through_the_task(recipe, htc_shards):
             preds.append((item["image"]["id"], aug.predict(item["img"], [tuple(item["img_shape"])],
                                                            [tuple(item["ori_shape"])])[0]))
     assert sum(len(p["scores"]) for _, p in preds) > 0, "no detections: the AP comparison would be vacuous"
-    ref = _pycocotools_stats(images, anns, val.categories, preds)
+    ref = pycocotools_stats_on(images, anns, val.categories, preds)
     for k, v in ref.items():
         assert metrics[k] == pytest.approx(v, abs=1e-12), (k, metrics[k], v)
-
-
-def _pycocotools_stats(images, anns, categories, preds) -> dict:
-    """pycocotools on the loader's ground truth and ``preds`` ([(image id, boxes/labels/scores/masks)]), converted
-    here: label i -> ``categories[i]['id']``, masks as pycocotools RLE; mmdet's maxDets (100, 300, 1000)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-
-    gt = COCO()
-    gt.dataset = {"images": images, "categories": [dict(c) for c in categories],
-                  "annotations": [dict(a, id=i + 1, iscrowd=a.get("iscrowd", 0)) for i, a in enumerate(anns)]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    cat_ids = [int(c["id"]) for c in categories]
-    return pycocotools_stats(gt, cat_ids, preds)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,6 +216,39 @@ def _records(work, mode):
     return records(work, mode)
 
 
+def _api_reproduces_the_in_run_evaluation(recipe, run_dir, exported, final: dict) -> None:
+    """The Python API (README: ``init_model(recipe, run folder)(image)``) on the run's folder and on its export in
+    the official mmdet layout (the released-checkpoint path) predicts the same detections; scored by pycocotools
+    alone on the val images (the pixels the val loader decodes) they give the in-run evaluation's box and mask AP."""
+    from support import pycocotools_stats_on
+
+    from vit_adapter_ds.apis import init_model
+    from vit_adapter_ds.data.detection import decode_det_sample
+    from vit_adapter_ds.tasks import load_and_validate
+
+    _, task, _ = load_and_validate(str(recipe))
+    val = task.build_val_loader(rank=0, world_size=1)
+    from_run, from_export = init_model(str(recipe), run_dir, device="cpu"), init_model(str(recipe), exported,
+                                                                                        device="cpu")
+    images, anns, preds = [], [], []
+    for i in val.indices:
+        img, _, record = decode_det_sample(val.reader.read_global(int(i)), val.cat2label)
+        rgb = img.as_subclass(torch.Tensor).permute(1, 2, 0).numpy()
+        got, again = from_run(rgb), from_export(rgb)
+        assert np.array_equal(got.boxes, again.boxes) and np.array_equal(got.masks, again.masks)
+        assert got.masks.shape[1:] == rgb.shape[:2]
+        images.append({k: record["image"][k] for k in ("id", "height", "width")})
+        anns.extend(record["annotations"])
+        preds.append((record["image"]["id"], {"boxes": torch.from_numpy(got.boxes),
+                                              "labels": torch.from_numpy(got.labels),
+                                              "scores": torch.from_numpy(got.scores),
+                                              "masks": torch.from_numpy(got.masks)}))
+    assert len(images) == final["num_images"] and sum(len(p["scores"]) for _, p in preds) > 0
+    stats = pycocotools_stats_on(images, anns, val.categories, preds)
+    for k in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50"):
+        assert stats[k] == pytest.approx(final[k], abs=1e-12), (k, stats[k], final[k])
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
@@ -267,6 +301,8 @@ def test_mask_rcnn_trains_evaluates_and_resumes_bitwise(tmp_path, recipe):
     for k, v in back.items():  # torchvision's background rows (never used, not in mmdet's layout) are dropped
         n = unused.get(k, 0)
         assert torch.equal(v[n:], trained[k][n:]) if n else torch.equal(v, trained[k]), k
+
+    _api_reproduces_the_in_run_evaluation(recipe, ref, tmp_path / "model.pth", val[-1])
 
     res = tmp_path / "res"
     out = resume_copy_through_a_kill(ref, res, recipe=recipe, drop=ITERS, kill_after=17, options=OPTIONS)
