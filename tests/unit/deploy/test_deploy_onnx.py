@@ -99,7 +99,8 @@ def test_segmentor_round_trip(recipe, size, checkpoint, tmp_path):
 # ------------------------------------------------------------------------------------------------------ detectors
 DETECTORS = [("synthetic_mask_rcnn", None), ("synthetic_cascade_mask_rcnn", None),
              # untrained one-stage heads start at the focal-loss prior (scores ~0.01): a lower threshold gives boxes
-             ("synthetic_atss", ["model.test_cfg.score_thr=0.005"]), ("synthetic_gfl", ["model.test_cfg.score_thr=0.005"]),
+             ("synthetic_atss", ["model.test_cfg.score_thr=0.005"]),
+             ("synthetic_gfl", ["model.test_cfg.score_thr=0.005"]),
              ("synthetic_sparse_rcnn", None)]
 
 
@@ -157,7 +158,8 @@ def test_cli_needs_config_and_refuses_another_recipes_checkpoint(checkpoint, tmp
                      "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert "does not load into the EncoderDecoder of recipe synthetic_quickstart" in err and "Traceback" not in err
-    assert cli.main([str(ckpt), "--format", "onnx", "--config", "synthetic_htc", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert cli.main([str(ckpt), "--format", "onnx", "--config", "synthetic_htc",
+                     "--out", str(tmp_path / "m.onnx")]) == 2
     assert "HybridTaskCascade cannot be exported to ONNX" in capsys.readouterr().err
     assert cli.main([str(ckpt), "--format", "mmcv", "--config", "synthetic_mask_rcnn",
                      "--out", str(tmp_path / "m.pth")]) == 2
