@@ -4,6 +4,11 @@
     python launch/export.py work_dirs/x/checkpoints/iter_1000 --out model.pth              # mmcv format (default)
     python launch/export.py work_dirs/x --out model.pth                                    # newest complete checkpoint
     python launch/export.py CKPT --out model.safetensors --format safetensors              # plain tensors
+    python launch/export.py CKPT --out model.onnx --format onnx --config RECIPE            # ONNX, checked by ORT
+
+``onnx``: the recipe's model (``--config``, required) with the checkpoint's weights, traced at one static size and
+checked with ONNX Runtime against PyTorch (``vit_adapter_ds/deploy/onnx.py`` says what each family exports, the
+tolerance and what is refused).
 
 ``mmcv`` format: ``{'meta': {...}, 'state_dict': {...}}``, the layout of the officially released ViT-Adapter
 checkpoints: ``backbone.*``, ``decode_head.*``, ``auxiliary_head.*`` for segmentors; for a detector the official mmdet
