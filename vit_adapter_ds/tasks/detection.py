@@ -440,6 +440,20 @@ def _semantic_head(model):
     return getattr(roi, "semantic_head", None)
 
 
+def predict_rgb(model, test_tf, rgb, bf16: bool = False) -> dict:
+    """``model.predict`` of one (H, W, 3) uint8 image through the test transform ``test_tf`` (what a val loader
+    carries: scale, mean, std), with bf16 autocast when asked; the prediction at the image's size."""
+    import numpy as np
+    import torch
+
+    device = next(model.parameters()).device
+    img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    x = val_loader_item(test_tf, img)
+    autocast = torch.bfloat16 if bf16 else None
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        return model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+
+
 def val_loader_item(val_loader, img):
     """The val loader's test transform of one uint8 CHW image: ``{'img': (1, 3, H, W), 'img_shape'}``."""
     from ..data import det_transforms as T
@@ -534,18 +548,9 @@ class DetectionImagePredictor:
                 "std": self.test_tf.std, "score_thr": self.score_thr}
 
     def predict(self, rgb):
-        import numpy as np
-        import torch
-
         from ..apis.results import DetectionResult
 
-        device = next(self.model.parameters()).device
-        img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        x = val_loader_item(self.test_tf, img)
-        autocast = torch.bfloat16 if self.bf16 else None
-        with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            pred = self.model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
-        return DetectionResult.from_prediction(pred, img.shape[-2:])
+        return DetectionResult.from_prediction(predict_rgb(self.model, self.test_tf, rgb, self.bf16), rgb.shape[:2])
 
     def draw(self, rgb, result, score_thr: float | None = None):
         from ..evaluation.visualize import draw_detections

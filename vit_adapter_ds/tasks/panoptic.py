@@ -260,23 +260,16 @@ class PanopticImagePredictor:
         return {"scale": self.test_tf.scale, "mean": self.test_tf.mean, "std": self.test_tf.std}
 
     def predict(self, rgb):
-        import torch
-
         from ..apis.results import DetectionResult, PanopticResult
         from ..evaluation.panoptic import panoptic_segments
-        from .detection import val_loader_item
+        from .detection import predict_rgb
 
-        device = next(self.model.parameters()).device
-        img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        x = val_loader_item(self.test_tf, img)
-        autocast = torch.bfloat16 if self.bf16 else None
-        with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            pred = self.model.predict(x["img"].to(device), [x["img_shape"]], [tuple(img.shape[-2:])])[0]
+        pred = predict_rgb(self.model, self.test_tf, rgb, self.bf16)
         pan = pred.get("pan_results")  # absent when the recipe's test_cfg has panoptic_on=False
-        ids, segments = ((np.zeros(img.shape[-2:], np.int32), []) if pan is None
+        ids, segments = ((np.zeros(rgb.shape[:2], np.int32), []) if pan is None
                          else panoptic_segments(pan.cpu().numpy(), self.categories))
         ins = pred.get("ins_results")
-        instances = None if ins is None else DetectionResult.from_prediction(ins, img.shape[-2:])
+        instances = None if ins is None else DetectionResult.from_prediction(ins, rgb.shape[:2])
         return PanopticResult(np.asarray(ids, dtype=np.int32), segments, instances)
 
     def draw(self, rgb, result):
