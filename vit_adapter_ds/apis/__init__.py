@@ -4,9 +4,9 @@
     model = init_model("synthetic", "work_dirs/quickstart")
     result = inference_model(model, "image.jpg")
 """
-from .images import ImageError, list_images, load_rgb
+from ..data.user_images import ImageError, list_images, load_rgb
 from .inference import InferenceError, Predictor, draw_result, inference_model, init_model
-from .results import DetectionResult, PanopticResult, SegmentationResult
+from ..tasks.results import DetectionResult, PanopticResult, SegmentationResult
 
 __all__ = ["init_model", "inference_model", "draw_result", "Predictor", "InferenceError", "ImageError", "load_rgb",
            "list_images", "SegmentationResult", "DetectionResult", "PanopticResult"]

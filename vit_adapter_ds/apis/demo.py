@@ -58,8 +58,8 @@ def run_images(predictor, paths, out_dir, *, roots=(), progress: bool = True, ov
                must_read=()) -> dict:
     """Predict and write every image of ``paths`` (see the module docstring); returns ``{'written', 'skipped_done',
     'unreadable': [{'file', 'reason'}]}``. An unreadable image of ``must_read`` (files named on the command line)
-    raises :class:`~vit_adapter_ds.apis.images.ImageError` instead of being skipped."""
-    from .images import ImageError, load_rgb
+    raises :class:`~vit_adapter_ds.data.user_images.ImageError` instead of being skipped."""
+    from ..data.user_images import ImageError, load_rgb
 
     out_dir = Path(out_dir)
     stems = output_stems([Path(p) for p in paths], [Path(r) for r in roots])
@@ -93,8 +93,8 @@ def run_video(predictor, path, out_dir, *, progress: bool = True, fps: float | N
 
     from ..evaluation.visualize import save_mask_png
     from ..utils.files import written_aside
-    from .images import ImageError
-    from .results import DetectionResult, PanopticResult, SegmentationResult
+    from ..data.user_images import ImageError
+    from ..tasks.results import DetectionResult, PanopticResult, SegmentationResult
 
     path, out_dir = Path(path), Path(out_dir)
     video = out_dir / f"{path.stem}_demo.mp4"
@@ -205,7 +205,7 @@ def _predictor_factory(args):
 
 
 def main(argv=None) -> int:
-    from .images import list_images
+    from ..data.user_images import list_images
 
     p = build_parser()
     args = p.parse_args(argv)

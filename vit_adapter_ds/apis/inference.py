@@ -15,12 +15,12 @@ the keyword options of the task (segmentation: ``mode``, ``crop_size``, ``stride
 ``aug_test``, ``probabilities``; detection and panoptic: ``score_thr`` for drawing, ``shards`` for class names).
 
 Inputs: one image or a list of them, each a path, a ``PIL.Image`` or an (H, W, 3) uint8 RGB array of any size
-(:func:`~vit_adapter_ds.apis.images.load_rgb`); results are at each image's own size
-(:mod:`~vit_adapter_ds.apis.results`). Checkpoints: whatever the safe reader takes -- a run's folder (its newest
+(:func:`~vit_adapter_ds.data.user_images.load_rgb`); results are at each image's own size
+(:mod:`~vit_adapter_ds.tasks.results`). Checkpoints: whatever the safe reader takes -- a run's folder (its newest
 complete checkpoint), a DeepSpeed tag folder, an export of ``launch/export.py``, a released official ``.pth`` (mmseg
 / mmdet key layouts) -- loaded strictly: a checkpoint of another recipe is refused with the keys that do not fit.
 
-Errors: :class:`~vit_adapter_ds.apis.images.ImageError` for an input that is not a readable image,
+Errors: :class:`~vit_adapter_ds.data.user_images.ImageError` for an input that is not a readable image,
 :class:`InferenceError` for an image the device has no memory for, ``CheckpointError`` / ``ConfigError`` for the
 checkpoint and the recipe, ``TypeError`` for an option the recipe's task does not take.
 """
@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 import torch
 
-from .images import describe, load_rgb
+from ..data.user_images import describe, load_rgb
 
 
 class InferenceError(RuntimeError):
@@ -144,7 +144,7 @@ class Predictor:
 
     def legend(self, result) -> list[dict]:
         """The classes present in ``result``, most pixels / detections first: ``{'id', 'name', 'color', 'count'}``."""
-        from .results import DetectionResult, PanopticResult, SegmentationResult
+        from ..tasks.results import DetectionResult, PanopticResult, SegmentationResult
 
         colours = self.palette
         if isinstance(result, SegmentationResult):

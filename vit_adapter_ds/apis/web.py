@@ -28,7 +28,7 @@ HTTP interface (what the page uses; also usable with ``curl``):
   upload at its own size, ``legend`` is ``Predictor.legend`` (classes by pixels / detections, most first).
 
 Errors are JSON ``{"error": message, "status": code, "reason": phrase}`` with that HTTP status: 400 for no image, an
-unreadable image (the :class:`~vit_adapter_ds.apis.images.ImageError` message) or an unknown model; 411 for an
+unreadable image (the :class:`~vit_adapter_ds.data.user_images.ImageError` message) or an unknown model; 411 for an
 upload without a length; 413 for an upload over ``max_upload`` (32 MiB by default); 415 for a multipart form (send
 the file's bytes); 404 / 405 for other paths and methods; 500 for anything else (its message; the traceback goes to
 the server's stderr only). The page shows the status and the message.
@@ -49,7 +49,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from .images import ImageError, load_rgb
+from ..data.user_images import ImageError, load_rgb
 
 MAX_UPLOAD = 32 * 1024 * 1024
 # an upload over the limit is still read (and dropped) up to this many times the limit before the answer, so that the

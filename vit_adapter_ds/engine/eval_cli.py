@@ -69,7 +69,7 @@ class UsageError(ValueError):
 def run_cli(main, argv=None) -> int:
     """``main(argv)``; a :class:`UsageError`, ``ConfigError``, ``CheckpointError``, ``ShardSetError`` or missing file
     is printed as ``<prog>: error: ...`` (exit status 2) instead of a traceback."""
-    from ..apis.images import ImageError
+    from ..data.user_images import ImageError
     from ..checkpoint.reader import CheckpointError
     from ..config import ConfigError
     from ..data.manifest import ShardSetError
@@ -197,7 +197,7 @@ def predict_main(argv=None) -> int:
                      help="shard dir whose manifest gives the class names and COCO ids (default: data.<split>)")
     args = p.parse_args(argv)
 
-    from ..apis.images import list_images
+    from ..data.user_images import list_images
 
     task, options = _task_options(args, PREDICT_TASK_FLAGS)
     if options.get("flip") is False:  # --flip not given: the recipe's test pipeline decides (as launch/eval.py)

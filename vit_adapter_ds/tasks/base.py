@@ -159,16 +159,16 @@ class Task(abc.ABC):
         task's ``cli_options``, overriding them): an object with ``predict(rgb) -> result``, ``draw(rgb, result) ->
         rgb``, ``outputs(out_dir, stem)`` / ``write(out_dir, stem, rgb, result, source)`` (the files of one image,
         each complete or absent), ``summary(result)``, ``classes`` and ``settings()``. ``rgb``: (H, W, 3) uint8
-        (:func:`vit_adapter_ds.apis.images.load_rgb`); results: :mod:`vit_adapter_ds.apis.results`."""
+        (:func:`vit_adapter_ds.data.user_images.load_rgb`); results: :mod:`vit_adapter_ds.tasks.results`."""
         raise NotImplementedError(f"the {self.name} task has no image prediction")
 
     def predict_images(self, checkpoint, paths, out_dir, *, split="val", device="cpu", bf16=False, **options):
         """Write the prediction files of each image of ``paths`` (:meth:`image_predictor`); yields one line per
         image (``launch/predict.py``). An unreadable image raises
-        :class:`~vit_adapter_ds.apis.images.ImageError`."""
+        :class:`~vit_adapter_ds.data.user_images.ImageError`."""
         from pathlib import Path
 
-        from ..apis.images import load_rgb
+        from ..data.user_images import load_rgb
 
         if type(self).image_predictor is Task.image_predictor:  # before reading any checkpoint
             raise NotImplementedError(f"the {self.name} task has no image prediction")

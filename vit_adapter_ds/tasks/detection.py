@@ -531,7 +531,7 @@ def detections_json(pred: dict, score_thr: float, names=None, cat_ids=None) -> l
 
 
 class DetectionImagePredictor:
-    """One image -> :class:`~vit_adapter_ds.apis.results.DetectionResult` (every detection the model keeps) with the
+    """One image -> :class:`~vit_adapter_ds.tasks.results.DetectionResult` (every detection the model keeps) with the
     recipe's test pipeline; draws and writes the detections scoring at least ``score_thr``: ``<stem>.<image_format>``
     (the image with boxes, names, scores and masks drawn) and, with ``save_json``, ``<stem>.json``
     (:func:`detections_json`)."""
@@ -548,7 +548,7 @@ class DetectionImagePredictor:
                 "std": self.test_tf.std, "score_thr": self.score_thr}
 
     def predict(self, rgb):
-        from ..apis.results import DetectionResult
+        from .results import DetectionResult
 
         return DetectionResult.from_prediction(predict_rgb(self.model, self.test_tf, rgb, self.bf16), rgb.shape[:2])
 

@@ -246,7 +246,7 @@ class PanopticSegmentation(ObjectDetection):
 
 
 class PanopticImagePredictor:
-    """One image -> :class:`~vit_adapter_ds.apis.results.PanopticResult`; draws the segments
+    """One image -> :class:`~vit_adapter_ds.tasks.results.PanopticResult`; draws the segments
     (:func:`~vit_adapter_ds.evaluation.visualize.draw_panoptic`: class colours, thing instances apart, names) as
     ``<stem>.<image_format>`` and, with ``save_json``, writes COCO's panoptic prediction format: ``<stem>_panoptic.png``
     and ``<stem>.json`` (``segments_info``: ``id``, ``category_id``, ``name``, ``isthing``, ``area``, ``bbox``)."""
@@ -260,7 +260,7 @@ class PanopticImagePredictor:
         return {"scale": self.test_tf.scale, "mean": self.test_tf.mean, "std": self.test_tf.std}
 
     def predict(self, rgb):
-        from ..apis.results import DetectionResult, PanopticResult
+        from .results import DetectionResult, PanopticResult
         from ..evaluation.panoptic import panoptic_segments
         from .detection import predict_rgb
 

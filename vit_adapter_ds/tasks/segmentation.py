@@ -224,7 +224,7 @@ def segmentation_classes(cfg, split: str, num_classes: int) -> tuple[list, list]
 
 
 class SegmentationImagePredictor:
-    """One image -> :class:`~vit_adapter_ds.apis.results.SegmentationResult` with fixed test settings (see
+    """One image -> :class:`~vit_adapter_ds.tasks.results.SegmentationResult` with fixed test settings (see
     :meth:`SemanticSegmentation.image_predictor`); draws and writes results: ``<stem>.png``, an indexed PNG whose
     values are the class ids (the machine-readable result) and, with ``overlay``, ``<stem>_overlay.png``."""
 
@@ -248,7 +248,7 @@ class SegmentationImagePredictor:
     def predict(self, rgb, probabilities: bool | None = None):
         import torch
 
-        from ..apis.results import SegmentationResult
+        from .results import SegmentationResult
 
         device = next(self.model.parameters()).device
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float()

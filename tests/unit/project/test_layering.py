@@ -1,4 +1,5 @@
-"""Imports flow one way (README *Layout*): ops <- models <- data <- evaluation <- tasks <- engine. The foundation
+"""Imports flow one way (README *Layout*): ops <- models <- data <- evaluation <- tasks <- engine <- deploy / apis
+(the user-facing layers: ONNX export, the inference API, demo and web page, which nothing below imports). The foundation
 modules (config, checkpoint, runtime, utils) import none of those layers. Checked on the source with ``ast``,
 lazy imports inside functions included, so a shortcut through a higher layer fails here."""
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[3] / "vit_adapter_ds"
-LAYERS = ["ops", "models", "data", "evaluation", "tasks", "engine"]
+LAYERS = ["ops", "models", "data", "evaluation", "tasks", "engine", "deploy", "apis"]
 FOUNDATION = ["config", "checkpoint", "runtime", "utils"]
 
 
