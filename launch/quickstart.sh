@@ -38,4 +38,6 @@ preds = sorted((w / "predictions").glob("iter_*"), key=lambda p: int(p.name[5:])
 print(f"predictions:  {preds[-1] if preds else w / 'predictions'}  (input | ground truth | prediction PNGs)")
 print(f"checkpoints:  {w / 'checkpoints'}   metrics: {w / 'metrics.jsonl'}")
 print(f"export:       python launch/export.py {w} --out {w / 'model.pth'}")
+print(f"your images:  python launch/demo.py --checkpoint {w} --input IMAGE_OR_FOLDER --out demo/  (README: Inference;"
+      f" in Python: vit_adapter_ds.apis.init_model('synthetic_quickstart', '{w}'))")
 PY
