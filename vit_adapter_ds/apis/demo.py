@@ -4,7 +4,7 @@ machine-readable results; or serve a local page to try models in a browser (``--
     python launch/demo.py --config RECIPE --checkpoint CKPT --input photo.jpg --out demo/
     python launch/demo.py --config RECIPE --checkpoint CKPT --input photos/ --out demo/ [--recursive]
     python launch/demo.py --config RECIPE --checkpoint CKPT --input clip.mp4 --out demo/
-    python launch/demo.py --config RECIPE --checkpoint CKPT --web [--port 7860]
+    python launch/demo.py --config RECIPE --checkpoint CKPT --web [--port 7860] [--add-model RECIPE2 CKPT2 ...]
 
 What is written for an image ``<stem>`` (the task's image predictor, the same files as ``launch/predict.py``):
 
@@ -179,17 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--web", action="store_true", help="serve a local page to try the model in a browser")
     web.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     web.add_argument("--port", type=int, default=7860)
+    web.add_argument("--add-model", nargs=2, action="append", default=[], metavar=("RECIPE", "CHECKPOINT"),
+                     help="another model to pick on the page (repeatable); --config / --checkpoint give the first")
     return p
 
 
-def _predictor_factory(args):
-    """A zero-argument callable building the :class:`~vit_adapter_ds.apis.inference.Predictor` of the flags."""
+def _predictor_factory(args, config=None, checkpoint=None):
+    """A zero-argument callable building the :class:`~vit_adapter_ds.apis.inference.Predictor` of the flags (of
+    ``config`` / ``checkpoint`` when given: ``--add-model``); the recipe is checked here, before any page is served."""
     from ..config import load_recipe
     from ..engine.eval_cli import UsageError
     from ..tasks import task_for
     from .inference import Predictor
 
-    task = task_for(load_recipe(args.config, args.cfg_options))
+    config = args.config if config is None else config
+    checkpoint = args.checkpoint if checkpoint is None else checkpoint
+    task = task_for(load_recipe(config, args.cfg_options))
     if task.name == "semantic_segmentation":
         if args.score_thr is not None:
             raise UsageError("--score-thr: detection recipes only")
@@ -200,8 +205,7 @@ def _predictor_factory(args):
         options = {"save_json": True}
     else:
         options = {"save_json": True, "score_thr": args.score_thr}
-    return lambda: Predictor(args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options,
-                             **options)
+    return lambda: Predictor(config, checkpoint, device=args.device, cfg_options=args.cfg_options, **options)
 
 
 def main(argv=None) -> int:
@@ -209,6 +213,8 @@ def main(argv=None) -> int:
 
     p = build_parser()
     args = p.parse_args(argv)
+    if args.add_model and not args.web:
+        p.error("--add-model: only with --web (the page lets you pick the model)")
     if args.checkpoint is None and not args.random_weights:
         p.error("--checkpoint is required (or --random-weights to try the untrained model)")
     if args.checkpoint is not None and args.random_weights:
@@ -218,8 +224,12 @@ def main(argv=None) -> int:
             p.error("--web serves a page; --input is for the command line (give one or the other)")
         from .web import serve
 
-        name = Path(args.config).stem if args.config else "synthetic_quickstart"
-        serve({name: _predictor_factory(args)}, host=args.host, port=args.port)
+        models = {}
+        for config, checkpoint in [(args.config, args.checkpoint), *map(tuple, args.add_model)]:
+            name = Path(config).stem if config else "synthetic_quickstart"
+            name = name if name not in models else f"{name} ({len(models) + 1})"
+            models[name] = _predictor_factory(args, config, checkpoint)
+        serve(models, host=args.host, port=args.port)
         return 0
     if not args.input or not args.out:
         p.error("--input and --out are required (or --web)")

@@ -170,3 +170,22 @@ def test_errors_are_one_line_with_status_2(tmp_path, seg_ckpt, demo):
     assert res.returncode == 2 and "--score-thr: detection recipes only" in res.stderr
     res = demo("--input", tmp_path, "--out", tmp_path / "o", check=False)
     assert res.returncode == 2 and "--checkpoint is required" in res.stderr
+
+
+def test_web_serves_every_model_given(monkeypatch, seg_ckpt, det_ckpt, demo):
+    """``--web`` with ``--add-model``: the page offers each model by its recipe's name; each is built lazily by the
+    page (the callables build the Predictor of that recipe and checkpoint); a recipe error stops before serving."""
+    import vit_adapter_ds.apis.web as web
+
+    served = {}
+    monkeypatch.setattr(web, "serve", lambda models, host, port: served.update(models=models, host=host, port=port))
+    demo("--checkpoint", seg_ckpt, "--web", "--port", "7999", "--add-model", "synthetic_mask_rcnn", det_ckpt,
+         "--add-model", "synthetic_quickstart", seg_ckpt)
+    assert list(served["models"]) == ["synthetic_quickstart", "synthetic_mask_rcnn", "synthetic_quickstart (3)"]
+    assert (served["host"], served["port"]) == ("127.0.0.1", 7999)
+    built = served["models"]["synthetic_mask_rcnn"]()
+    assert built.task_name == "object_detection" and str(built.checkpoint) == str(det_ckpt)
+    res = demo("--checkpoint", seg_ckpt, "--web", "--add-model", "no_such_recipe", det_ckpt, check=False)
+    assert res.returncode == 2 and "no_such_recipe" in res.stderr
+    res = demo("--checkpoint", seg_ckpt, "--input", ".", "--out", "o", "--add-model", "x", "y", check=False)
+    assert res.returncode == 2 and "--add-model: only with --web" in res.stderr
