@@ -227,3 +227,25 @@ def test_test_time_settings_default_to_the_recipe_and_can_be_overridden(seg):
     r = slide(rgb, probabilities=True)
     assert r.label_map.shape == (48, 64)
     np.testing.assert_allclose(r.probabilities.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w", [(50, 70), (64, 96), (300, 120)])
+def test_the_model_sees_the_recipes_test_scale(seg, monkeypatch, h, w):
+    """The quickstart's test pipeline, by mmcv's rules computed here: ``Resize(img_scale=(256, 128),
+    keep_ratio=True)`` scales by ``min(256 / long side, 128 / short side)`` (sizes rounded half up), then
+    ``ResizeToMultiple(32)`` rounds each side up to a multiple of 32; the result comes back at the image's size."""
+    import math
+
+    model, _ = seg
+    seen = []
+    inner = model.model.view_probs
+
+    def spy(x, *a, **k):
+        seen.append(tuple(x.shape[-2:]))
+        return inner(x, *a, **k)
+
+    monkeypatch.setattr(model.model, "view_probs", spy)
+    res = model(_image(h, w))
+    f = min(256 / max(h, w), 128 / min(h, w))
+    want = tuple(32 * math.ceil(int(v * f + 0.5) / 32) for v in (h, w))
+    assert seen == [want] and res.label_map.shape == (h, w)
