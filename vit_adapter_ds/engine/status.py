@@ -51,6 +51,12 @@ def write_status(work_dir, state: str, **info) -> Path:
     return path
 
 
+def write_stopped(work_dir, iteration: int, signum: int, exit_status, **info) -> Path:
+    """The ``stopped`` record: checkpoint ``iter_<iteration>`` is complete, ``signum`` asked for the stop."""
+    return write_status(work_dir, "stopped", **{**info, "iteration": iteration, "signal": signal.Signals(signum).name,
+                                                "exit_status": exit_status})
+
+
 def read_status(work_dir) -> dict | None:
     """The record of ``work_dir/status.json``, None when there is none."""
     path = Path(work_dir) / STATUS_FILE
@@ -71,8 +77,7 @@ def recorded(work_dir, *, main: bool = True):
     except SystemExit as e:
         if main:
             if hasattr(e, "iteration") and hasattr(e, "signum"):
-                write_status(work_dir, "stopped", **{**info, "iteration": e.iteration,
-                                                     "signal": signal.Signals(e.signum).name, "exit_status": e.code})
+                write_stopped(work_dir, e.iteration, e.signum, e.code, **info)
             else:
                 write_status(work_dir, "failed", **{**info, "error": f"SystemExit({e.code!r})", "exit_status": e.code})
         raise

@@ -382,10 +382,17 @@ class Trainer:
         return metrics
 
     def _stop(self, done: int, signum: int) -> None:
-        """Every rank arrives here after the same iteration (the flag was all-reduced; the manager saved it): raise."""
+        """Every rank arrives here after the same iteration (the flag was all-reduced; the manager saved it): record
+        the stop, then raise. Rank 0 writes ``status.json`` before the barrier: once any rank has exited (status 3),
+        DeepSpeed's ``launch.py`` terminates the others, rank 0 included, so a record written on the way out could
+        be lost and the run would read as crashed (``running``)."""
+        from .status import write_stopped
+
         self.log.info(f"stopped by {signal.Signals(signum).name} after iteration {done}: checkpoint iter_{done} is "
                       f"complete; continue with --resume auto (exit status {REQUEUE_EXIT_CODE})")
         self.log.close()
+        if rt.is_main():
+            write_stopped(self.work_dir, done, signum, REQUEUE_EXIT_CODE)
         rt.barrier()
         raise TrainingInterrupted(done, signum)
 

@@ -52,6 +52,24 @@ def test_status_records_finished_stopped_failed(tmp_path):
     assert not list(tmp_path.glob("*/.status.json.*"))  # no temporary file left
 
 
+def test_a_stop_is_recorded_before_any_rank_can_exit(tmp_path):
+    """The trainer's stop path writes ``stopped`` (rank 0) before the barrier that lets the ranks exit: under
+    DeepSpeed's launch.py the first rank to exit (status 3) gets the others terminated, so a record left to rank 0's
+    way out was lost now and then (status.json still ``running``: the run read as crashed). Here the record must
+    exist before ``TrainingInterrupted`` leaves ``_stop``, i.e. without ``recorded`` around it."""
+    from types import SimpleNamespace
+
+    from vit_adapter_ds.engine.faults import TrainingInterrupted
+    from vit_adapter_ds.engine.status import read_status
+    from vit_adapter_ds.engine.trainer import Trainer
+
+    trainer = SimpleNamespace(work_dir=tmp_path, log=SimpleNamespace(info=lambda *a: None, close=lambda: None))
+    with pytest.raises(TrainingInterrupted):
+        Trainer._stop(trainer, 8, signal.SIGTERM)
+    rec = read_status(tmp_path)
+    assert (rec["state"], rec["iteration"], rec["signal"], rec["exit_status"]) == ("stopped", 8, "SIGTERM", 3)
+
+
 def _children(pid):
     out = []
     for p in filter(str.isdigit, os.listdir("/proc")):
