@@ -39,12 +39,12 @@ class InferenceError(RuntimeError):
 
 
 def _out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, torch.OutOfMemoryError):
+    """CUDA's / Python's out-of-memory errors, or the CPU allocator's ``RuntimeError``."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(err).lower()
-    return isinstance(err, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
-        or isinstance(err, MemoryError))
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
 def _default_device() -> torch.device:

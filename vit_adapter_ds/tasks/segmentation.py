@@ -114,6 +114,15 @@ class SemanticSegmentation(Task):
             out["ratios"] = ratios
         return out
 
+    def _recipe_aug(self, split="val", aug_test=False, ratios=None, flip=None) -> dict:
+        """The test-time augmentation of ``data.<split>``'s pipeline (an official ``_ms`` recipe's
+        ``MultiScaleFlipAug`` ratios / flip) unless overridden: ``aug_test`` / ``ratios`` replace its ratios,
+        ``flip`` (None: the pipeline's) its flipping. The one rule of checkpoint evaluation and image prediction."""
+        st = self._split_settings(split)
+        if not (aug_test or ratios) and st["img_ratios"]:
+            ratios = list(st["img_ratios"])
+        return self._aug(aug_test, ratios, bool(st["flip"]) if flip is None else flip)
+
     def _norm(self, split="val") -> tuple[tuple, tuple]:
         st = self._split_settings(split)
         return tuple(st["mean"]), tuple(st["std"])
@@ -144,12 +153,8 @@ class SemanticSegmentation(Task):
             dtype = torch.bfloat16
         names = loader.manifest.get("classes")
         settings = self._test_settings(mode, crop_size, stride, split)
-        # the recipe's test pipeline (MultiScaleFlipAug img_ratios / flip of an official _ms config) is the default,
-        # as in the in-run evaluation; --aug-test / --ratios replace its ratios, --flip adds flipping
-        st = self._split_settings(split)
-        if not (aug_test or ratios) and st["img_ratios"]:
-            ratios = list(st["img_ratios"])
-        aug = self._aug(aug_test, ratios, flip or bool(st["flip"]))
+        # the recipe's test pipeline is the default, as in the in-run evaluation; --flip adds flipping
+        aug = self._recipe_aug(split, aug_test, ratios, True if flip else None)
         res = evaluate(model, loader, num_classes, **settings, aug=aug,
                        class_names=names if names is not None and len(names) == num_classes else None,
                        device=device, dtype=dtype, progress=rank == 0, mean=mean, std=std)
@@ -176,11 +181,8 @@ class SemanticSegmentation(Task):
         if bf16:  # the segmentor in bf16 (softmax / argmax in fp32), as launch/eval.py --bf16
             model = model.to(torch.bfloat16)
         st = self._test_settings(mode, crop_size, stride, split)
-        pipe = self._split_settings(split)
-        if not (aug_test or ratios) and pipe["img_ratios"]:
-            ratios = list(pipe["img_ratios"])
-        aug = self._aug(aug_test, ratios, bool(pipe["flip"]) if flip is None else flip)
-        multi = bool(aug.get("ratios")) and list(aug["ratios"]) != [1.0]
+        aug = self._recipe_aug(split, aug_test, ratios, flip)
+        multi = bool(aug.get("ratios"))  # the multi-scale resize rule whenever ratios are given, as the evaluator
         scales = scales_from_ratios(st["img_scale"], aug["ratios"]) if aug.get("ratios") else [st["img_scale"]]
         names, palette = segmentation_classes(self.cfg, split, int(model.num_classes))
         mean, std = self._norm(split)
@@ -201,24 +203,25 @@ def segmentation_classes(cfg, split: str, num_classes: int) -> tuple[list, list]
 
     data = to_plain(cfg.get("data") or {})
     section = data.get(split) or data.get("val") or {}
-    if section.get("shard_dir"):
-        try:
-            m = read_manifest(section["shard_dir"], split)
-        except (ShardSetError, OSError, ValueError):
-            m = {}
-        names = m.get("classes")
+
+    def sources():
+        if section.get("shard_dir"):
+            try:
+                m = read_manifest(section["shard_dir"], split)
+            except (ShardSetError, OSError, ValueError):
+                m = {}
+            yield m.get("classes"), m.get("palette")
+        for kind in (section.get("type"), (data.get("train") or {}).get("type")):
+            try:
+                entry = get_dataset(kind) if isinstance(kind, str) else None
+            except KeyError:
+                entry = None
+            if entry is not None:
+                yield entry.classes, entry.palette
+
+    for names, pal in sources():
         if names is not None and len(names) == num_classes:
-            pal = m.get("palette")
             return [str(n) for n in names], pal if pal is not None and len(pal) >= num_classes else \
-                make_palette(num_classes)
-    for kind in (section.get("type"), (data.get("train") or {}).get("type")):
-        try:
-            entry = get_dataset(kind) if isinstance(kind, str) else None
-        except KeyError:
-            entry = None
-        if entry is not None and entry.classes is not None and len(entry.classes) == num_classes:
-            pal = entry.palette
-            return [str(n) for n in entry.classes], pal if pal is not None and len(pal) >= num_classes else \
                 make_palette(num_classes)
     return [f"class {i}" for i in range(num_classes)], make_palette(num_classes)
 
