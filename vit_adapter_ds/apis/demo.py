@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--web", action="store_true", help="serve a local page to try the model in a browser")
     web.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     web.add_argument("--port", type=int, default=7860)
+    web.add_argument("--allow-host", action="append", default=None, metavar="NAME",
+                     help="answer requests for this host name (repeatable; e.g. behind a proxy). Default: on "
+                          "127.0.0.1 only localhost / 127.0.0.1 / [::1], on other addresses any name")
     web.add_argument("--add-model", nargs=2, action="append", default=[], metavar=("RECIPE", "CHECKPOINT"),
                      help="another model to pick on the page (repeatable); --config / --checkpoint give the first")
     return p
@@ -215,6 +218,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.add_model and not args.web:
         p.error("--add-model: only with --web (the page lets you pick the model)")
+    if args.allow_host and not args.web:
+        p.error("--allow-host: only with --web")
     if args.checkpoint is None and not args.random_weights:
         p.error("--checkpoint is required (or --random-weights to try the untrained model)")
     if args.checkpoint is not None and args.random_weights:
@@ -229,7 +234,7 @@ def main(argv=None) -> int:
             name = Path(config).stem if config else "synthetic_quickstart"
             name = name if name not in models else f"{name} ({len(models) + 1})"
             models[name] = _predictor_factory(args, config, checkpoint)
-        serve(models, host=args.host, port=args.port)
+        serve(models, host=args.host, port=args.port, allowed_hosts=args.allow_host)
         return 0
     if not args.input or not args.out:
         p.error("--input and --out are required (or --web)")

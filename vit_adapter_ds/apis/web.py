@@ -6,8 +6,8 @@ Standard library only (``http.server.ThreadingHTTPServer``); the models are the 
     from vit_adapter_ds.apis.web import serve
     serve({"my_run": lambda: Predictor("recipe", "work_dirs/run", device="cpu")}, host="127.0.0.1", port=7860)
 
-``serve(models, host="127.0.0.1", port=7860, *, max_upload=MAX_UPLOAD) -> None`` prints the page's URL and serves
-until Ctrl-C. ``models`` maps the names shown in the page's model list to zero-argument callables that build a
+``serve(models, host="127.0.0.1", port=7860, *, max_upload=MAX_UPLOAD, allowed_hosts=None) -> None`` prints the
+page's URL and serves until Ctrl-C. ``models`` maps the names shown in the page's model list to zero-argument callables that build a
 ``Predictor`` (an already built ``Predictor`` is taken as it is). A model is built on its first request, once even
 when several requests for it arrive together, and kept; a build that fails answers 500 with its message and is tried
 again on the next request. Requests for one model run one at a time; different models run side by side.
@@ -15,7 +15,10 @@ again on the next request. Requests for one model run one at a time; different m
 ``srv.url``, ``srv.shutdown()``; ``port=0`` picks a free port).
 
 The address defaults to ``127.0.0.1``, this machine only: there is no authentication, so serve on another address
-(``0.0.0.0``) only on a network you trust.
+(``0.0.0.0``) only on a network you trust. Bound to a loopback address, the server answers only requests whose
+``Host`` names this machine (``localhost``, ``127.0.0.1``, ``[::1]``, any port): another site cannot reach it through
+a DNS name that it re-points to 127.0.0.1 (DNS rebinding); any other ``Host`` gets 403. ``allowed_hosts`` (names,
+without the port) replaces that list; bound to another address, every ``Host`` is answered unless it is given.
 
 HTTP interface (what the page uses; also usable with ``curl``):
 
@@ -30,7 +33,7 @@ HTTP interface (what the page uses; also usable with ``curl``):
 Errors are JSON ``{"error": message, "status": code, "reason": phrase}`` with that HTTP status: 400 for no image, an
 unreadable image (the :class:`~vit_adapter_ds.data.user_images.ImageError` message) or an unknown model; 411 for an
 upload without a length; 413 for an upload over ``max_upload`` (32 MiB by default); 415 for a multipart form (send
-the file's bytes); 404 / 405 for other paths and methods; 500 for anything else (its message; the traceback goes to
+the file's bytes); 403 for a ``Host`` not allowed (above); 404 / 405 for other paths and methods; 500 for anything else (its message; the traceback goes to
 the server's stderr only). The page shows the status and the message.
 """
 from __future__ import annotations
@@ -183,8 +186,25 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             super().log_message(format, *args)
 
+    def _host_refused(self) -> bool:
+        """Answer 403 (and say True) when the request's ``Host`` is not one the server answers (module docstring)."""
+        allowed = self.server.allowed_hosts
+        host = self.headers.get("Host")
+        if allowed is None or host is None:  # (a request without Host comes from no browser: HTTP/1.0 tools)
+            return False
+        name = host_name(host)
+        if name in allowed:
+            return False
+        self.close_connection = True
+        self._error(403, f"this page answers requests for {', '.join(sorted(allowed))}, not for Host {host!r} "
+                         "(a page of another site reaching it through its own DNS name is refused); open "
+                         f"{self.server.url}")
+        return True
+
     # ------------------------------------------------------------------ routes
     def do_GET(self):  # noqa: N802 (http.server's name)
+        if self._host_refused():
+            return
         path = urlsplit(self.path).path
         if path in ("/", "/index.html"):
             self._send(200, self.server.page, "text/html; charset=utf-8",
@@ -200,6 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self):  # noqa: N802
+        if self._host_refused():
+            return
         url = urlsplit(self.path)
         if url.path != "/predict":
             self._error(404, f"no endpoint {url.path!r} here (POST /predict)")
@@ -265,8 +287,15 @@ class DemoServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, models: dict, max_upload: int = MAX_UPLOAD, quiet: bool = False):
+    def __init__(self, address, models: dict, max_upload: int = MAX_UPLOAD, quiet: bool = False,
+                 allowed_hosts=None):
         self.models = _Models(models)
+        if allowed_hosts is not None:
+            self.allowed_hosts = frozenset(host_name(h) for h in allowed_hosts)
+        elif is_loopback(address[0]):
+            self.allowed_hosts = LOOPBACK_NAMES
+        else:
+            self.allowed_hosts = None  # served on a network address: whatever name the clients use for it
         self.max_upload = int(max_upload)
         self.quiet = quiet
         self.page = render_page(self.models.names, self.max_upload).encode("utf-8")
@@ -282,19 +311,46 @@ class DemoServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(host: str) -> str:
+    """The name of a ``Host`` header or an address, without its port and brackets, lower case:
+    ``"[::1]:7860"`` -> ``"::1"``, ``"LocalHost:80"`` -> ``"localhost"``, ``"example.org."`` -> ``"example.org"``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    name = host_name(address)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def make_server(models: dict, host: str = "127.0.0.1", port: int = 0, *, max_upload: int = MAX_UPLOAD,
-                quiet: bool = False) -> DemoServer:
+                quiet: bool = False, allowed_hosts=None) -> DemoServer:
     """The page's server bound to ``host:port`` (``port=0``: a free one, see ``server.url``), not yet serving; see
-    the module docstring for ``models``. ``quiet``: no request log on stderr."""
-    return DemoServer((host, int(port)), models, max_upload=max_upload, quiet=quiet)
+    the module docstring for ``models`` and ``allowed_hosts``. ``quiet``: no request log on stderr."""
+    return DemoServer((host, int(port)), models, max_upload=max_upload, quiet=quiet, allowed_hosts=allowed_hosts)
 
 
-def serve(models: dict, host: str = "127.0.0.1", port: int = 7860, *, max_upload: int = MAX_UPLOAD) -> None:
+def serve(models: dict, host: str = "127.0.0.1", port: int = 7860, *, max_upload: int = MAX_UPLOAD,
+          allowed_hosts=None) -> None:
     """Serve the page on ``host:port`` until Ctrl-C, after printing its URL (see the module docstring)."""
-    server = make_server(models, host, port, max_upload=max_upload)
+    server = make_server(models, host, port, max_upload=max_upload, allowed_hosts=allowed_hosts)
     print(f"Serving the demo page on {server.url} (models: {', '.join(server.models.names)}); Ctrl-C to stop",
           flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         print(f"warning: serving on {host}: anyone who can reach this machine can use the page (no login)",
               file=sys.stderr, flush=True)
     try:

@@ -178,14 +178,19 @@ def test_web_serves_every_model_given(monkeypatch, seg_ckpt, det_ckpt, demo):
     import vit_adapter_ds.apis.web as web
 
     served = {}
-    monkeypatch.setattr(web, "serve", lambda models, host, port: served.update(models=models, host=host, port=port))
+    monkeypatch.setattr(web, "serve", lambda models, host, port, allowed_hosts: served.update(
+        models=models, host=host, port=port, allowed_hosts=allowed_hosts))
     demo("--checkpoint", seg_ckpt, "--web", "--port", "7999", "--add-model", "synthetic_mask_rcnn", det_ckpt,
          "--add-model", "synthetic_quickstart", seg_ckpt)
     assert list(served["models"]) == ["synthetic_quickstart", "synthetic_mask_rcnn", "synthetic_quickstart (3)"]
-    assert (served["host"], served["port"]) == ("127.0.0.1", 7999)
+    assert (served["host"], served["port"], served["allowed_hosts"]) == ("127.0.0.1", 7999, None)
     built = served["models"]["synthetic_mask_rcnn"]()
     assert built.task_name == "object_detection" and str(built.checkpoint) == str(det_ckpt)
     res = demo("--checkpoint", seg_ckpt, "--web", "--add-model", "no_such_recipe", det_ckpt, check=False)
     assert res.returncode == 2 and "no_such_recipe" in res.stderr
     res = demo("--checkpoint", seg_ckpt, "--input", ".", "--out", "o", "--add-model", "x", "y", check=False)
     assert res.returncode == 2 and "--add-model: only with --web" in res.stderr
+    demo("--checkpoint", seg_ckpt, "--web", "--allow-host", "demo.internal", "--allow-host", "gpu-box")
+    assert served["allowed_hosts"] == ["demo.internal", "gpu-box"]
+    res = demo("--checkpoint", seg_ckpt, "--input", ".", "--out", "o", "--allow-host", "x", check=False)
+    assert res.returncode == 2 and "--allow-host: only with --web" in res.stderr

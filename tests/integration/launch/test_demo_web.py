@@ -10,6 +10,7 @@ computed here. Without chromium, chromedriver or selenium those tests skip, whic
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -29,7 +30,7 @@ import torch
 from PIL import Image
 
 from vit_adapter_ds.apis import init_model, load_rgb
-from vit_adapter_ds.apis.web import make_server
+from vit_adapter_ds.apis.web import host_name, is_loopback, make_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -372,3 +373,61 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(free_port):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------------- the Host header (DNS rebinding)
+def _get_with_host(srv, host, path="/models", method="GET", body=None):
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.putheader("Content-Length", str(len(body or b"")))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_a_loopback_server_answers_only_requests_for_this_machine(images):
+    srv, thread = _start({"m": _Fake})
+    port = srv.server_address[1]
+    try:
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "localhost.", None):
+            status, body = _get_with_host(srv, host)
+            assert status == 200 and json.loads(body)["models"] == ["m"], (host, body)
+        png = images["photo"].read_bytes()
+        for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1.nip.io:{port}", "localhost.evil",
+                     f"10.0.0.5:{port}", ""):
+            for method, path, body in (("GET", "/", None), ("GET", "/models", None),
+                                       ("POST", "/predict?model=m", png)):
+                status, answer = _get_with_host(srv, host, path, method, body)
+                out = json.loads(answer)
+                assert status == 403 and out["status"] == 403, (host, method, path, status)
+                assert f"not for Host {host!r}" in out["error"] and srv.url in out["error"], out
+    finally:
+        _stop(srv, thread)
+    # named hosts replace the default list (e.g. a reverse proxy's name)
+    srv, thread = _start({"m": _Fake}, allowed_hosts=["demo.internal"])
+    try:
+        assert _get_with_host(srv, "demo.internal:443")[0] == 200
+        assert _get_with_host(srv, f"localhost:{srv.server_address[1]}")[0] == 403
+    finally:
+        _stop(srv, thread)
+
+
+def test_a_server_on_a_network_address_answers_any_host():
+    srv, thread = _start({"m": _Fake}, host="0.0.0.0")
+    try:
+        assert srv.allowed_hosts is None
+        assert _get_with_host(srv, "gpu-box.lab:7860")[0] == 200
+    finally:
+        _stop(srv, thread)
+
+
+def test_host_names_and_loopback_addresses():
+    assert [host_name(h) for h in ("[::1]:7860", "LocalHost:80", "example.org.", "::1", "127.0.0.1", " a:1 ")] == [
+        "::1", "localhost", "example.org", "::1", "127.0.0.1", "a"]
+    assert [is_loopback(a) for a in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "0.0.0.0", "::", "10.1.2.3",
+                                     "example.org")] == [True, True, True, True, False, False, False, False]
