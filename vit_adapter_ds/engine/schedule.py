@@ -49,6 +49,9 @@ from __future__ import annotations
 import math
 
 from ..config.errors import ConfigError
+from ..config.schema import SECTIONS
+
+LR_CONFIG_SECTION = SECTIONS["lr_config"]
 
 
 def lr_at(iteration: int, base_lr: float, max_iters: int, warmup_iters: int = 0, warmup_ratio: float = 1e-6,
@@ -109,8 +112,8 @@ def cosine_lr_at(iteration: int, base_lr: float, max_progress: int, iters_per_ep
     return _warmup(iteration, lr, warmup_iters, warmup_ratio)
 
 
-LR_CONFIG_KEYS = {"policy", "warmup", "warmup_iters", "warmup_ratio", "power", "min_lr", "by_epoch", "step", "gamma",
-                  "min_lr_ratio"}
+# the keys of lr_config are the recipe schema's (one vocabulary: config/schema.py); which policy uses which:
+LR_CONFIG_KEYS = frozenset(LR_CONFIG_SECTION)
 POLICY_KEYS = {"poly": {"power", "min_lr"}, "step": {"step", "gamma", "min_lr"},
                "CosineAnnealing": {"min_lr", "min_lr_ratio"}}
 
@@ -124,8 +127,8 @@ def schedule_kwargs(cfg) -> dict:
     lc = dict(cfg["lr_config"])
     check_keys(lc, LR_CONFIG_KEYS, "lr_config")
     policy = take(lc, "policy", str, "lr_config", default="poly", choices=tuple(POLICY_KEYS))
-    other = sorted(k for k in lc if k in LR_CONFIG_KEYS - POLICY_KEYS[policy] - {"policy", "warmup", "warmup_iters",
-                                                                                 "warmup_ratio", "by_epoch"})
+    other = sorted(k for k in lc if k in LR_CONFIG_KEYS - POLICY_KEYS[policy] - {
+        "policy", "warmup", "warmup_iters", "warmup_ratio", "by_epoch", "warmup_by_epoch"})
     if other:
         raise ConfigError(f"recipe: lr_config.{other[0]} is not a key of policy={policy!r} (its keys: "
                           f"{', '.join(sorted(POLICY_KEYS[policy]))})")
@@ -133,6 +136,9 @@ def schedule_kwargs(cfg) -> dict:
         raise ConfigError("recipe: an epoch-based schedule (lr_config.by_epoch=True / EpochBasedRunner) is not "
                           "supported here: the engine schedules by iteration (the detection task rewrites epoch-based "
                           "recipes in iterations once data.train.shard_dir is readable)")
+    # mmcv's warmup_by_epoch=True counts warm-up epochs; the engine warms up by iteration (the official recipes
+    # that name it say False)
+    take(lc, "warmup_by_epoch", bool, "lr_config", default=False, choices=(False,))
     warmup = take(lc, "warmup", (str, type(None)), "lr_config", default=None, choices=(None, "linear"))
     warmup_iters = take(lc, "warmup_iters", int, "lr_config", default=0)
     if warmup and warmup_iters < 0:
