@@ -23,7 +23,7 @@ Models (``--models``; ``--sizes`` is the older name of the same option):
   The box-only detectors (ATSS, GFL, Sparse R-CNN) get the same targets without the masks.
 * ``pan_l``: the COCO panoptic Mask2Former + BEiTv2-Adapter-L (``mask2former_beitv2_adapter_large_16x1_3x_coco-
   panoptic``), 800x1344 (its largest DETR-style training image, padded to 32), 80 things + 53 stuff, batch 1 per
-  GPU; ``pan_cpu``: its ``synthetic_mask2former_panoptic`` twin, 128x128, 7 things + 2 stuff. Targets: the 4 boxes'
+  GPU; ``pan_cpu``: its ``synthetic_mask2former_panoptic`` twin, 128x128, 3 things + 3 stuff. Targets: the 4 boxes'
   masks as things, and a blocky stuff map as the panoptic semantic map.
 
 One step = forward (loss dict) + backward + AdamW step on random images (segmentation: blocky label maps with
@@ -95,7 +95,7 @@ MODELS = {
     "pan_l": dict(task="pan", recipe="mask2former_beitv2_adapter_large_16x1_3x_coco-panoptic", size=(800, 1344),
                   classes=133, things=80, batch=1, head_cp=PAN_HEAD_CP,
                   label="BEiTv2-Adapter-L + Mask2Former (COCO panoptic)"),
-    "pan_cpu": dict(task="pan", recipe="synthetic_mask2former_panoptic", size=(128, 128), classes=9, things=7,
+    "pan_cpu": dict(task="pan", recipe="synthetic_mask2former_panoptic", size=(128, 128), classes=6, things=3,
                     batch=2, head_cp=PAN_HEAD_CP, label="synthetic ViT-Adapter + Mask2Former (panoptic)"),
     "cascade_cpu": dict(task="det", recipe="synthetic_cascade_mask_rcnn", size=(128, 128), classes=7, batch=2,
                         label="synthetic ViT-Adapter + Cascade Mask R-CNN"),

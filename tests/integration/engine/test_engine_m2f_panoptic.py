@@ -1,5 +1,5 @@
-"""The panoptic task under the real engine: the tiny ``synthetic_mask2former_panoptic`` twin, with the classes of the
-synthetic ``coco_panoptic`` layout (3 things + 3 stuff) and the panoptic pipelines at 96 x 128, trains with 2-rank
+"""The panoptic task under the real engine: the tiny ``synthetic_mask2former_panoptic`` twin (the classes of the
+synthetic ``coco_panoptic`` layout, 3 things + 3 stuff) with the panoptic pipelines at 96 x 128, trains with 2-rank
 DeepSpeed ZeRO-2 fp32 on the CPU; PQ (evaluated on the 4 training images, as test_engine_sparse_rcnn.py does: the
 check is that the model learns, not that it generalises) rises clearly above its first value; the evaluations follow
 ``evaluation.dynamic_intervals`` (mmdet's rule: every 8, from iteration 13 every 6 -> 8, 18, 24; without it 8, 16,
@@ -35,9 +35,6 @@ H, W = 96, 128
 def _recipe(path, shards, ins_ann_file):
     path.write_text(f"""
 _base_ = ['{DETECTION_RECIPES["synthetic_mask2former_panoptic"]}']
-model = dict(panoptic_head=dict(num_things_classes=3, num_stuff_classes=3,
-                                loss_cls=dict(class_weight=[1.0] * 6 + [0.1])),
-             panoptic_fusion_head=dict(num_things_classes=3, num_stuff_classes=3))
 img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
 train_pipeline = [
     dict(type='LoadImageFromFile', to_float32=True),

@@ -12,8 +12,6 @@ from PIL import Image
 pytestmark = pytest.mark.filterwarnings("ignore:no checkpoint given")
 
 SIZES = [(64, 96), (17, 23), (130, 61)]
-PANOPTIC = {"data.train.type": "CocoPanopticDataset", "data.val.type": "CocoPanopticDataset",
-            "evaluation.metric": ["PQ"]}
 
 
 def _checkpoint(tmp_path_factory, recipe, name, cfg_options=None):
@@ -134,9 +132,9 @@ def test_detection_result_on_every_input_kind(det, tmp_path):
 def test_panoptic_segments_match_their_id_map(tmp_path_factory):
     from vit_adapter_ds.apis import PanopticResult, init_model
 
-    ckpt = _checkpoint(tmp_path_factory, "synthetic_mask2former_panoptic", "pan", PANOPTIC)
+    ckpt = _checkpoint(tmp_path_factory, "synthetic_mask2former_panoptic", "pan")
     model = init_model("synthetic_mask2former_panoptic", ckpt, device="cpu",
-                       cfg_options=dict(PANOPTIC, **{"model.test_cfg.object_mask_thr": 0.0}))
+                       cfg_options={"model.test_cfg.object_mask_thr": 0.0})
     rgb = _image(64, 80)
     res = model(rgb)
     assert isinstance(res, PanopticResult) and res.segment_ids.shape == (64, 80) and res.segments
@@ -146,6 +144,9 @@ def test_panoptic_segments_match_their_id_map(tmp_path_factory):
         assert s["area"] == int((res.segment_ids == s["id"]).sum())
     assert res.instances is not None and res.instances.masks.shape[1:] == (64, 80)
     assert model.draw(rgb, res).shape == rgb.shape
+    # the built-in twin is the panoptic task as it stands (its dataset: the synthetic COCO panoptic layout, 3 things
+    # + 3 stuff; the names come from its shards' manifest, absent here)
+    assert model.task_name == "panoptic_segmentation" and len(model.classes) == 6
 
 
 # ---------------------------------------------------------------------------------------------- errors

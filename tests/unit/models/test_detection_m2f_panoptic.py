@@ -174,7 +174,13 @@ def test_instance_postprocess_matches_the_mmdet_rule():
 # ------------------------------------------------------------------------------------------------ the model
 @pytest.fixture(scope="module")
 def tiny_cfg():
-    return to_plain(load_recipe("synthetic_mask2former_panoptic", validate=False).model)
+    """The twin's model with 7 things + 2 stuff (the twin has its synthetic layout's 3 + 3): these tests' labels are
+    things 0..6 and stuff 7, 8."""
+    cfg = to_plain(load_recipe("synthetic_mask2former_panoptic", validate=False).model)
+    for head in ("panoptic_head", "panoptic_fusion_head"):
+        cfg[head].update(num_things_classes=7, num_stuff_classes=2)
+    cfg["panoptic_head"]["loss_cls"]["class_weight"] = [1.0] * 9 + [0.1]
+    return cfg
 
 
 def test_tiny_model_trains_one_step_and_predicts(tiny_cfg):

@@ -2,15 +2,19 @@
 # ./mask2former_beitv2_adapter_large_16x1_3x_coco-panoptic.py (official
 # detection/configs/mask2former/mask2former_beitv2_adapter_large_16x1_3x_coco-panoptic.py): the ViT-Adapter of
 # ../synthetic_mask2former.py (embed 96, 4 blocks / 4 interactions) + the same small Mask2Former head (64 channels,
-# 2 pixel-decoder / 2 decoder layers, 16 queries) under mmdet's keys (panoptic_head, strides, 7 thing + 2 stuff
-# classes), the official MaskFormerFusionHead and test_cfg (panoptic + instance results), 2048 sampled points.
-# Model only: the synthetic COCO-layout shards have no panoptic maps (stuff targets come from gt_semantic_seg).
+# 2 pixel-decoder / 2 decoder layers, 16 queries) under mmdet's keys (panoptic_head, strides), the official
+# MaskFormerFusionHead and test_cfg (panoptic + instance results), 2048 sampled points; the official pipeline
+# structure (flip, DETR-style AutoAugment, absolute-range crop, pad 32) at small scales, on the synthetic COCO
+# panoptic shards (3 things + 3 stuff, the classes of that layout):
+#   python -m vit_adapter_ds.data.make_shards synthetic --layout coco_panoptic --out shards/synthetic_coco_panoptic \
+#       --num-train 64 --num-val 16 --size 192 256
+#   python launch/train.py --config synthetic_mask2former_panoptic --ds_config ds_configs/zero2_fp32.json
 _base_ = [
-    '../_base_/datasets/coco_instance.py',
+    '../_base_/datasets/coco_panoptic.py',
     '../_base_/default_runtime_det.py'
 ]
-num_things_classes = 7
-num_stuff_classes = 2
+num_things_classes = 3
+num_stuff_classes = 3
 num_classes = num_things_classes + num_stuff_classes
 model = dict(
     type='Mask2Former',
@@ -90,6 +94,45 @@ model = dict(
     test_cfg=dict(panoptic_on=True, semantic_on=False, instance_on=True, max_per_image=20, iou_thr=0.8,
                   filter_low_score=True),
     init_cfg=None)
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+train_pipeline = [
+    dict(type='LoadImageFromFile', to_float32=True),
+    dict(type='LoadPanopticAnnotations', with_bbox=True, with_mask=True, with_seg=True),
+    dict(type='RandomFlip', flip_ratio=0.5),
+    dict(type='AutoAugment',
+         policies=[
+             [dict(type='Resize', img_scale=[(160, 267), (176, 267), (192, 267)], multiscale_mode='value',
+                   keep_ratio=True)],
+             [dict(type='Resize', img_scale=[(128, 267), (144, 267)], multiscale_mode='value', keep_ratio=True),
+              dict(type='RandomCrop', crop_type='absolute_range', crop_size=(96, 160), allow_negative_crop=True),
+              dict(type='Resize', img_scale=[(160, 267), (176, 267), (192, 267)], multiscale_mode='value',
+                   override=True, keep_ratio=True)]]),
+    dict(type='Normalize', **img_norm_cfg),
+    dict(type='Pad', size_divisor=32),
+    dict(type='DefaultFormatBundle', img_to_float=True),
+    dict(type='Collect', keys=['img', 'gt_bboxes', 'gt_labels', 'gt_masks', 'gt_semantic_seg']),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiScaleFlipAug',
+         img_scale=(267, 176),
+         flip=False,
+         transforms=[
+             dict(type='Resize', keep_ratio=True),
+             dict(type='RandomFlip'),
+             dict(type='Normalize', **img_norm_cfg),
+             dict(type='Pad', size_divisor=32),
+             dict(type='ImageToTensor', keys=['img']),
+             dict(type='Collect', keys=['img']),
+         ])
+]
+data = dict(
+    samples_per_gpu=2,
+    workers_per_gpu=1,
+    train=dict(shard_dir='shards/synthetic_coco_panoptic/train', pipeline=train_pipeline),
+    val=dict(shard_dir='shards/synthetic_coco_panoptic/val', pipeline=test_pipeline),
+    test=dict(shard_dir='shards/synthetic_coco_panoptic/val', pipeline=test_pipeline))
+evaluation = dict(interval=100, metric=['PQ'], save_best='PQ')
 optimizer = dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05,
                  constructor='LayerDecayOptimizerConstructor',
                  paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.90))
