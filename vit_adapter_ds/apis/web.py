@@ -7,12 +7,12 @@ Standard library only (``http.server.ThreadingHTTPServer``); the models are the 
     serve({"my_run": lambda: Predictor("recipe", "work_dirs/run", device="cpu")}, host="127.0.0.1", port=7860)
 
 ``serve(models, host="127.0.0.1", port=7860, *, max_upload=MAX_UPLOAD, allowed_hosts=None) -> None`` prints the
-page's URL and serves until Ctrl-C. ``models`` maps the names shown in the page's model list to zero-argument callables that build a
-``Predictor`` (an already built ``Predictor`` is taken as it is). A model is built on its first request, once even
-when several requests for it arrive together, and kept; a build that fails answers 500 with its message and is tried
-again on the next request. Requests for one model run one at a time; different models run side by side.
-:func:`make_server` returns the server without serving (tests: ``threading.Thread(target=srv.serve_forever)``,
-``srv.url``, ``srv.shutdown()``; ``port=0`` picks a free port).
+page's URL and serves until Ctrl-C. ``models`` maps the names shown in the page's model list to zero-argument
+callables that build a ``Predictor`` (an already built ``Predictor`` is taken as it is). A model is built on its
+first request, once even when several requests for it arrive together, and kept; a build that fails answers 500 with
+its message and is tried again on the next request. Requests for one model run one at a time; different models run
+side by side. :func:`make_server` returns the server without serving (tests:
+``threading.Thread(target=srv.serve_forever)``, ``srv.url``, ``srv.shutdown()``; ``port=0`` picks a free port).
 
 The address defaults to ``127.0.0.1``, this machine only: there is no authentication, so serve on another address
 (``0.0.0.0``) only on a network you trust. Bound to a loopback address, the server answers only requests whose
@@ -33,14 +33,15 @@ HTTP interface (what the page uses; also usable with ``curl``):
 Errors are JSON ``{"error": message, "status": code, "reason": phrase}`` with that HTTP status: 400 for no image, an
 unreadable image (the :class:`~vit_adapter_ds.data.user_images.ImageError` message) or an unknown model; 411 for an
 upload without a length; 413 for an upload over ``max_upload`` (32 MiB by default); 415 for a multipart form (send
-the file's bytes); 403 for a ``Host`` not allowed (above); 404 / 405 for other paths and methods; 500 for anything else (its message; the traceback goes to
-the server's stderr only). The page shows the status and the message.
+the file's bytes); 403 for a ``Host`` not allowed (above); 404 / 405 for other paths and methods; 500 for anything
+else (its message; the traceback goes to the server's stderr only). The page shows the status and the message.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
+import ipaddress
 import json
 import sys
 import threading
@@ -58,6 +59,8 @@ MAX_UPLOAD = 32 * 1024 * 1024
 # an upload over the limit is still read (and dropped) up to this many times the limit before the answer, so that the
 # browser gets the 413 instead of a reset connection; a larger one gets the answer and a closed connection
 _DRAIN_FACTOR = 4
+# the Host names a server bound to a loopback address answers (module docstring)
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _size(n: float) -> str:
@@ -311,9 +314,6 @@ class DemoServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 def host_name(host: str) -> str:
     """The name of a ``Host`` header or an address, without its port and brackets, lower case:
     ``"[::1]:7860"`` -> ``"::1"``, ``"LocalHost:80"`` -> ``"localhost"``, ``"example.org."`` -> ``"example.org"``."""
@@ -326,8 +326,7 @@ def host_name(host: str) -> str:
 
 
 def is_loopback(address: str) -> bool:
-    import ipaddress
-
+    """Whether an address or host name is this machine only: ``localhost`` or a loopback IP (127.0.0.0/8, ::1)."""
     name = host_name(address)
     if name == "localhost":
         return True

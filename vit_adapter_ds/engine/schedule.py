@@ -51,8 +51,6 @@ import math
 from ..config.errors import ConfigError
 from ..config.schema import SECTIONS
 
-LR_CONFIG_SECTION = SECTIONS["lr_config"]
-
 
 def lr_at(iteration: int, base_lr: float, max_iters: int, warmup_iters: int = 0, warmup_ratio: float = 1e-6,
           power: float = 1.0, min_lr: float = 0.0) -> float:
@@ -113,7 +111,7 @@ def cosine_lr_at(iteration: int, base_lr: float, max_progress: int, iters_per_ep
 
 
 # the keys of lr_config are the recipe schema's (one vocabulary: config/schema.py); which policy uses which:
-LR_CONFIG_KEYS = frozenset(LR_CONFIG_SECTION)
+LR_CONFIG_KEYS = frozenset(SECTIONS["lr_config"])
 POLICY_KEYS = {"poly": {"power", "min_lr"}, "step": {"step", "gamma", "min_lr"},
                "CosineAnnealing": {"min_lr", "min_lr_ratio"}}
 

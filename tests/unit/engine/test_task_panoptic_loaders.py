@@ -146,7 +146,7 @@ def test_the_built_in_twin_trains_on_its_synthetic_layout_as_it_stands(shards):
     data, so it was the detection task and failed on its panoptic head)."""
     from vit_adapter_ds.engine.schedule import scheduler_from_config
 
-    opts = [f"data.{split}.shard_dir={str(shards / ('val' if split != 'train' else 'train'))!r}"
+    opts = [f"data.{split}.shard_dir={str(shards / ('train' if split == 'train' else 'val'))!r}"
             for split in ("train", "val", "test")]
     cfg, task, _ = load_and_validate("synthetic_mask2former_panoptic", opts)
     assert isinstance(task, PanopticSegmentation) and task.num_classes == 6 and task.best_metric == "PQ"
