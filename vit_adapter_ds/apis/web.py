@@ -7,12 +7,14 @@ Standard library only (``http.server.ThreadingHTTPServer``); the models are the 
     serve({"my_run": lambda: Predictor("recipe", "work_dirs/run", device="cpu")}, host="127.0.0.1", port=7860)
 
 ``serve(models, host="127.0.0.1", port=7860, *, max_upload=MAX_UPLOAD, allowed_hosts=None) -> None`` prints the
-page's URL and serves until Ctrl-C. ``models`` maps the names shown in the page's model list to zero-argument
-callables that build a ``Predictor`` (an already built ``Predictor`` is taken as it is). A model is built on its
-first request, once even when several requests for it arrive together, and kept; a build that fails answers 500 with
-its message and is tried again on the next request. Requests for one model run one at a time; different models run
-side by side. :func:`make_server` returns the server without serving (tests:
-``threading.Thread(target=srv.serve_forever)``, ``srv.url``, ``srv.shutdown()``; ``port=0`` picks a free port).
+page's URL and serves until Ctrl-C (SIGINT). A process started with SIGINT ignored (a background job of a script,
+``nohup``) is not stopped by Ctrl-C: the printed line then says to stop it with ``kill PID`` instead. ``models``
+maps the names shown in the page's model list to zero-argument callables that build a ``Predictor`` (an already
+built ``Predictor`` is taken as it is). A model is built on its first request, once even when several requests for
+it arrive together, and kept; a build that fails answers 500 with its message and is tried again on the next
+request. Requests for one model run one at a time; different models run side by side. :func:`make_server` returns
+the server without serving (tests: ``threading.Thread(target=srv.serve_forever)``, ``srv.url``, ``srv.shutdown()``;
+``port=0`` picks a free port).
 
 The address defaults to ``127.0.0.1``, this machine only: there is no authentication, so serve on another address
 (``0.0.0.0``) only on a network you trust. Bound to a loopback address, the server answers only requests whose
@@ -43,6 +45,8 @@ import html
 import io
 import ipaddress
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -347,7 +351,7 @@ def serve(models: dict, host: str = "127.0.0.1", port: int = 7860, *, max_upload
           allowed_hosts=None) -> None:
     """Serve the page on ``host:port`` until Ctrl-C, after printing its URL (see the module docstring)."""
     server = make_server(models, host, port, max_upload=max_upload, allowed_hosts=allowed_hosts)
-    print(f"Serving the demo page on {server.url} (models: {', '.join(server.models.names)}); Ctrl-C to stop",
+    print(f"Serving the demo page on {server.url} (models: {', '.join(server.models.names)}); {stop_hint()}",
           flush=True)
     if not is_loopback(host):
         print(f"warning: serving on {host}: anyone who can reach this machine can use the page (no login)",
@@ -358,6 +362,15 @@ def serve(models: dict, host: str = "127.0.0.1", port: int = 7860, *, max_upload
         print("stopped", flush=True)
     finally:
         server.server_close()
+
+
+def stop_hint() -> str:
+    """How to stop this process: ``"Ctrl-C to stop"``, or, when SIGINT is ignored here (started as a background job
+    of a script or under ``nohup``: the shell ignores SIGINT for those and Python keeps it ignored, so Ctrl-C never
+    arrives), ``"stop it with kill PID (Ctrl-C is ignored in this process)"``."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return f"stop it with kill {os.getpid()} (Ctrl-C is ignored in this process)"
+    return "Ctrl-C to stop"
 
 
 # ---------------------------------------------------------------------- the page

@@ -355,20 +355,52 @@ def test_models_are_built_on_first_use_once_and_the_page_escapes_names(images):
         _stop(srv, thread)
 
 
+def _serve_in_a_child(port, sigint):
+    """``serve`` in a new Python process whose SIGINT is ``sigint`` from its start: ``"terminal"`` (what a command
+    typed in a terminal gets: Python's KeyboardInterrupt) or ``"ignored"`` (a background job of a script, ``nohup``).
+    Set explicitly, because the child would otherwise inherit the test process's own disposition: a suite started
+    in the background has SIGINT ignored, and Python keeps an ignored SIGINT ignored (a fresh-clone run started with
+    ``nohup .ci/run &`` failed here that way: SIGINT never arrived)."""
+    handler = {"terminal": "signal.default_int_handler", "ignored": "signal.SIG_IGN"}[sigint]
+    code = (f"import signal\nsignal.signal(signal.SIGINT, {handler})\n"
+            "from vit_adapter_ds.apis.web import serve\n"
+            f"serve({{'m': lambda: None}}, port={port})\n")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
 def test_serve_prints_the_url_and_stops_on_ctrl_c(free_port):
     port = free_port()
-    code = ("from vit_adapter_ds.apis.web import serve\n"
-            f"serve({{'m': lambda: None}}, port={port})\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _serve_in_a_child(port, "terminal")
     try:
         line = proc.stdout.readline()
-        assert line.startswith(f"Serving the demo page on http://127.0.0.1:{port}/ (models: m)"), line
+        assert line == f"Serving the demo page on http://127.0.0.1:{port}/ (models: m); Ctrl-C to stop\n", line
         status, _, page = _request(f"http://127.0.0.1:{port}/")
         assert status == 200 and b'<option value="m">m</option>' in page
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and out.strip() == "stopped", (out, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_with_sigint_ignored_says_to_stop_it_with_kill(free_port):
+    """Started where SIGINT is ignored, "Ctrl-C to stop" would be false: the line names ``kill PID``, and a SIGINT
+    indeed leaves the page served; SIGTERM (what ``kill`` sends) ends it."""
+    port = free_port()
+    proc = _serve_in_a_child(port, "ignored")
+    try:
+        line = proc.stdout.readline()
+        assert line == (f"Serving the demo page on http://127.0.0.1:{port}/ (models: m); stop it with kill {proc.pid} "
+                        "(Ctrl-C is ignored in this process)\n"), line
+        proc.send_signal(signal.SIGINT)
+        status, _, page = _request(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b'<option value="m">m</option>' in page and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGTERM and out == "", (out, err)
     finally:
         if proc.poll() is None:
             proc.kill()
